@@ -1,0 +1,311 @@
+//! Types shared by the XDP programs (`ingress-ebpf`) and the agent (`ingress-userspace`).
+//!
+//! Everything here is `#[repr(C)]` and `Copy` so the same bytes mean the same thing in the kernel
+//! and in user space. Addresses and ports are kept in network byte order exactly as they appear on
+//! the wire, so the kernel never swaps bytes on the per-packet path. The pure helpers (`flow_hash`,
+//! the checksum updates) live here so the unit tests in user space exercise the very code the kernel
+//! runs.
+#![no_std]
+#![deny(missing_docs)]
+
+/// Names of the maps in the eBPF object, so user space and kernel agree on them.
+pub mod map_names {
+    /// `HashMap<ServiceKey, ServiceEntry>`: which (VIP, port, protocol) are ours.
+    pub const SERVICES: &str = "SERVICES";
+    /// `HashMap<u32, u32>`: every VIP address (value: number of Service ports on it), so fragments,
+    /// which may carry no ports, can be recognised as ours.
+    pub const VIPS: &str = "VIPS";
+    /// `Array<BackendEntry>`, indexed by backend id.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `Array<MaglevChunk>`: every Service's Maglev lookup table, each in its own range.
+    pub const MAGLEV_SLOTS: &str = "MAGLEV_SLOTS";
+    /// `LruHashMap<FlowKey, FlowEntry>`: client → VIP flows and the backend they were given.
+    pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<FlowKey, ReverseEntry>`: backend → client flows and the VIP to restore.
+    pub const REVERSE_FLOWS: &str = "REVERSE_FLOWS";
+    /// `PerCpuArray<TrafficCounters>`, indexed by service id.
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    /// `PerCpuArray<TrafficCounters>`, indexed by backend id.
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    /// `PerCpuArray<u64>`, indexed by [`crate::Reason`].
+    pub const REASON_STATS: &str = "REASON_STATS";
+}
+
+/// Name of the XDP program in the object.
+pub const XDP_PROGRAM: &str = "xdp_ingress";
+
+/// Default sizes; user space may override them at load time (`EbpfLoader::set_max_entries`).
+pub mod capacity {
+    /// Services (VIP:port/protocol entries).
+    pub const SERVICES: u32 = 65_536;
+    /// Backend ids; ids are per (Service, endpoint).
+    pub const BACKENDS: u32 = 262_144;
+    /// Maglev slots in all tables together (each chunk holds [`crate::MAGLEV_CHUNK_SLOTS`]).
+    pub const MAGLEV_SLOTS: u32 = 16 * 1024 * 1024;
+    /// Connection-tracking entries, each direction.
+    pub const FLOWS: u32 = 262_144;
+}
+
+/// Slots per element of the Maglev slot array. Array values are padded to 8 bytes by the kernel, so
+/// one u32 per element would waste half the memory; 16 slots per element waste nothing.
+pub const MAGLEV_CHUNK_SLOTS: u32 = 16;
+
+/// Sixteen consecutive Maglev slots; each holds a backend id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MaglevChunk {
+    /// Backend ids.
+    pub slots: [u32; MAGLEV_CHUNK_SLOTS as usize],
+}
+
+/// IP protocol numbers we forward.
+pub mod proto {
+    /// TCP.
+    pub const TCP: u8 = 6;
+    /// UDP.
+    pub const UDP: u8 = 17;
+}
+
+/// Identifies a Service port: the VIP, the port and the protocol, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    /// VIP, network byte order.
+    pub vip: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// [`proto::TCP`] or [`proto::UDP`].
+    pub proto: u8,
+    /// Always zero (padding is part of the hash key).
+    pub pad: u8,
+}
+
+/// What the kernel knows about one Service port. Replaced as a whole by one map update, so a
+/// packet sees either the old table or the new one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceEntry {
+    /// Index into `SERVICE_STATS`.
+    pub service_id: u32,
+    /// First slot of this Service's Maglev table in `MAGLEV_SLOTS` (a multiple of the chunk size).
+    pub table_offset: u32,
+    /// Number of slots (a prime), 0 when the Service has no ready backend.
+    pub table_size: u32,
+    /// Reserved for flags (session affinity, external traffic policy); zero today.
+    pub flags: u32,
+}
+
+/// Backend is live: new flows may be sent to it and existing flows keep it.
+pub const BACKEND_ACTIVE: u32 = 1;
+
+/// One backend of one Service port.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendEntry {
+    /// Endpoint address, network byte order.
+    pub addr: u32,
+    /// Endpoint port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+    /// [`BACKEND_ACTIVE`] or 0.
+    pub flags: u32,
+    /// Bumped every time the id is given to a new backend, so a flow remembered for an old owner
+    /// of the id is re-balanced instead of being sent to a stranger.
+    pub generation: u32,
+}
+
+/// A 5-tuple in one direction, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Source address.
+    pub src_addr: u32,
+    /// Destination address.
+    pub dst_addr: u32,
+    /// Source port.
+    pub src_port: u16,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: [u8; 3],
+}
+
+/// A tracked client → VIP flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// Backend chosen for the flow.
+    pub backend_id: u32,
+    /// The backend's generation when chosen.
+    pub backend_generation: u32,
+    /// Service the flow belongs to (the Service id is reused only after the Service is gone).
+    pub service_id: u32,
+    /// Always zero.
+    pub pad: u32,
+}
+
+/// A tracked backend → client flow: what to put back as the source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReverseEntry {
+    /// VIP, network byte order.
+    pub vip: u32,
+    /// Service port, network byte order.
+    pub port: u16,
+    /// Always zero.
+    pub pad: u16,
+}
+
+/// Packet and byte counters, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TrafficCounters {
+    /// Packets forwarded.
+    pub packets: u64,
+    /// Bytes forwarded (frame length as received).
+    pub bytes: u64,
+    /// Flows that were given a backend (new or re-balanced).
+    pub new_flows: u64,
+    /// Packets dropped because the Service had no ready backend.
+    pub no_backend: u64,
+}
+
+/// Why a packet was passed, dropped or how it was forwarded: index into `REASON_STATS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not IPv4/TCP/UDP or not for a VIP and not a tracked reply: handed to the stack untouched.
+    PassNotOurs = 0,
+    /// Truncated header (Ethernet, VLAN, IPv4 or L4): handed to the stack untouched.
+    PassMalformed = 1,
+    /// TTL would expire: handed to the stack untouched, which answers with ICMP.
+    PassTtlExpired = 2,
+    /// The FIB had no answer for the backend (no neighbour yet, no route): rewritten packet handed
+    /// to the stack, which resolves the neighbour and forwards it.
+    PassFibMiss = 3,
+    /// A fragment addressed to a VIP: dropped, since non-first fragments carry no ports.
+    DropFragment = 4,
+    /// The Service has no ready backend: dropped.
+    DropNoBackend = 5,
+    /// Forwarded to a backend with XDP_TX (same interface).
+    ForwardTx = 6,
+    /// Forwarded to a backend with XDP_REDIRECT.
+    ForwardRedirect = 7,
+    /// A reply was rewritten to come from the VIP and sent with XDP_TX.
+    ReverseTx = 8,
+    /// A reply was rewritten to come from the VIP and redirected.
+    ReverseRedirect = 9,
+    /// Internal inconsistency (a table slot pointing at a missing backend): dropped.
+    DropInternal = 10,
+    /// A VLAN-tagged frame whose backend lies behind another interface: rewritten, then handed to
+    /// the stack, which owns the VLAN devices and forwards it.
+    PassVlanOtherInterface = 11,
+}
+
+impl Reason {
+    /// Number of reasons (size of `REASON_STATS`).
+    pub const COUNT: u32 = 12;
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Reason::COUNT as usize] = [
+        Reason::PassNotOurs,
+        Reason::PassMalformed,
+        Reason::PassTtlExpired,
+        Reason::PassFibMiss,
+        Reason::DropFragment,
+        Reason::DropNoBackend,
+        Reason::ForwardTx,
+        Reason::ForwardRedirect,
+        Reason::ReverseTx,
+        Reason::ReverseRedirect,
+        Reason::DropInternal,
+        Reason::PassVlanOtherInterface,
+    ];
+
+    /// Stable snake-case name for logs, metrics and `inspect`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::PassNotOurs => "pass_not_ours",
+            Reason::PassMalformed => "pass_malformed",
+            Reason::PassTtlExpired => "pass_ttl_expired",
+            Reason::PassFibMiss => "pass_fib_miss",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::ForwardTx => "forward_tx",
+            Reason::ForwardRedirect => "forward_redirect",
+            Reason::ReverseTx => "reverse_tx",
+            Reason::ReverseRedirect => "reverse_redirect",
+            Reason::DropInternal => "drop_internal",
+            Reason::PassVlanOtherInterface => "pass_vlan_other_interface",
+        }
+    }
+}
+
+/// Hash of a flow's 5-tuple, used to pick a Maglev slot. Takes the wire-order fields as they sit
+/// in memory, so kernel and user space compute the same value on any little-endian host.
+#[inline(always)]
+pub fn flow_hash(src_addr: u32, dst_addr: u32, src_port: u16, dst_port: u16, proto: u8) -> u32 {
+    // Two rounds of a murmur3-style finalizer over the tuple folded into 64 bits: cheap (no loop,
+    // no table), and well mixed in the low bits, which the modulo by a prime then uses.
+    let a = ((src_addr as u64) << 32) | dst_addr as u64;
+    let b = ((src_port as u64) << 32) | ((dst_port as u64) << 8) | proto as u64;
+    let mut h = a ^ b.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    h ^= h >> 33;
+    h as u32
+}
+
+/// Folds a 32-bit one's complement sum into 16 bits.
+#[inline(always)]
+pub fn csum_fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// RFC 1624 incremental update of a checksum field (as read from the packet, any byte order) when
+/// a 16-bit word changes from `old` to `new` (same byte order as the checksum).
+#[inline(always)]
+pub fn csum_replace2(check: u16, old: u16, new: u16) -> u16 {
+    // HC' = ~(~HC + ~m + m')
+    let sum = (!check as u32) + (!old as u32 & 0xffff) + new as u32;
+    !csum_fold(sum)
+}
+
+/// RFC 1624 incremental update when a 32-bit field changes (e.g. an IPv4 address).
+#[inline(always)]
+pub fn csum_replace4(check: u16, old: u32, new: u32) -> u16 {
+    let sum = (!check as u32)
+        + (!(old as u16) as u32)
+        + (!((old >> 16) as u16) as u32)
+        + (new & 0xffff)
+        + (new >> 16);
+    !csum_fold(sum)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, contain only integers and have no implicit padding
+    // (explicit `pad` fields), so every bit pattern is valid.
+    unsafe impl aya::Pod for ServiceKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ReverseEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for TrafficCounters {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for MaglevChunk {}
+}

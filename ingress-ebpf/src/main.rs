@@ -1,0 +1,217 @@
+//! The XDP load balancer. One program, attached to every interface the agent is given, handles
+//! both directions:
+//!
+//! * client → VIP:port: parse, look the Service up, find or pick the backend (connection tracking,
+//!   then Maglev), DNAT with incremental checksums, FIB lookup, MAC rewrite, TX or redirect;
+//! * backend → client replies of tracked flows: SNAT back to VIP:port, FIB lookup, TX or redirect.
+//!
+//! Everything else is handed to the stack untouched. The stages live in small modules: `parse`
+//! (bounds-checked header access), `maps` (definitions), `nat` (rewrites and checksums), `forward`
+//! (FIB and verdict), `stats` (per-CPU counters). No loops, no allocation, no per-packet logging.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
+
+mod forward;
+mod maps;
+mod nat;
+mod parse;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use ingress_common::{
+    flow_hash, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE,
+    MAGLEV_CHUNK_SLOTS,
+};
+
+use crate::{
+    maps::{BACKENDS, FLOWS, MAGLEV_SLOTS, REVERSE_FLOWS, SERVICES, VIPS},
+    parse::Packet,
+};
+
+/// Entry point: every frame on an attached interface.
+#[xdp]
+pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+    let (action, reason) = process(&ctx);
+    stats::count_reason(reason);
+    action
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> (u32, Reason) {
+    let packet = match parse::parse(ctx) {
+        Ok(packet) => packet,
+        Err(reason) => return (xdp_action::XDP_PASS, reason),
+    };
+    if packet.is_fragment {
+        // Non-first fragments carry no ports, so they can be neither hashed nor matched to a flow.
+        // Rather than forward some pieces and strand others, every fragment for a VIP is dropped
+        // (as Katran does); fragments for anything else belong to the stack.
+        // SAFETY: the value is a plain integer read by the verifier-checked helper.
+        return if unsafe { VIPS.get(packet.dst_addr) }.is_some() {
+            (xdp_action::XDP_DROP, Reason::DropFragment)
+        } else {
+            (xdp_action::XDP_PASS, Reason::PassNotOurs)
+        };
+    }
+    let service_key = ServiceKey {
+        vip: packet.dst_addr,
+        port: packet.dst_port,
+        proto: packet.proto,
+        pad: 0,
+    };
+    // SAFETY: ServiceEntry is plain data; user space replaces entries whole, never in place.
+    match unsafe { SERVICES.get(&service_key) } {
+        Some(service) => forward_to_backend(ctx, &packet, *service),
+        None => reply_to_client(ctx, &packet),
+    }
+}
+
+/// Client → VIP: pick the backend and DNAT.
+#[inline(always)]
+fn forward_to_backend(ctx: &XdpContext, packet: &Packet, service: ServiceEntry) -> (u32, Reason) {
+    if packet.ttl <= 1 {
+        return (xdp_action::XDP_PASS, Reason::PassTtlExpired);
+    }
+    let flow_key = FlowKey {
+        src_addr: packet.src_addr,
+        dst_addr: packet.dst_addr,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        proto: packet.proto,
+        pad: [0; 3],
+    };
+    let (backend_id, backend) = match tracked_backend(&flow_key, &service) {
+        Some(found) => found,
+        None => {
+            let Some((backend_id, backend)) = pick_backend(packet, &service) else {
+                let reason = if service.table_size == 0 {
+                    Reason::DropNoBackend
+                } else {
+                    Reason::DropInternal
+                };
+                if reason == Reason::DropNoBackend {
+                    stats::count_no_backend(service.service_id);
+                } else {
+                    aya_log_ebpf::warn!(
+                        ctx,
+                        "maglev slot of service {} points at no live backend",
+                        service.service_id
+                    );
+                }
+                return (xdp_action::XDP_DROP, reason);
+            };
+            let flow = FlowEntry {
+                backend_id,
+                backend_generation: backend.generation,
+                service_id: service.service_id,
+                pad: 0,
+            };
+            let reverse_key = FlowKey {
+                src_addr: backend.addr,
+                dst_addr: packet.src_addr,
+                src_port: backend.port,
+                dst_port: packet.src_port,
+                proto: packet.proto,
+                pad: [0; 3],
+            };
+            let reverse = ReverseEntry {
+                vip: packet.dst_addr,
+                port: packet.dst_port,
+                pad: 0,
+            };
+            // A full LRU evicts the oldest flow; a failed insert only means the next packet of this
+            // flow hashes again (to the same backend while the table is unchanged).
+            let _ = FLOWS.insert(&flow_key, &flow, 0);
+            let _ = REVERSE_FLOWS.insert(&reverse_key, &reverse, 0);
+            stats::count_new_flow(service.service_id);
+            (backend_id, backend)
+        }
+    };
+    nat::rewrite_destination(packet, backend.addr, backend.port);
+    stats::count_forward(service.service_id, backend_id, packet.frame_len);
+    forward::send(ctx, packet, packet.src_addr, backend.addr, true)
+}
+
+/// The backend remembered for this flow, if it is still the same live backend of this Service.
+#[inline(always)]
+fn tracked_backend(
+    flow_key: &FlowKey,
+    service: &ServiceEntry,
+) -> Option<(u32, ingress_common::BackendEntry)> {
+    // SAFETY: FlowEntry is plain data; a concurrent replacement yields the old or the new value.
+    let flow = unsafe { FLOWS.get(flow_key) }?;
+    if flow.service_id != service.service_id {
+        return None;
+    }
+    let backend = BACKENDS.get(flow.backend_id)?;
+    if backend.flags & BACKEND_ACTIVE == 0 || backend.generation != flow.backend_generation {
+        // The backend left (or its id was reused): re-balance this flow instead of black-holing it.
+        return None;
+    }
+    Some((flow.backend_id, *backend))
+}
+
+/// Maglev: hash the 5-tuple onto the Service's lookup table.
+#[inline(always)]
+fn pick_backend(
+    packet: &Packet,
+    service: &ServiceEntry,
+) -> Option<(u32, ingress_common::BackendEntry)> {
+    if service.table_size == 0 {
+        return None;
+    }
+    let hash = flow_hash(
+        packet.src_addr,
+        packet.dst_addr,
+        packet.src_port,
+        packet.dst_port,
+        packet.proto,
+    );
+    let slot = service.table_offset.wrapping_add(hash % service.table_size);
+    let chunk = MAGLEV_SLOTS.get(slot / MAGLEV_CHUNK_SLOTS)?;
+    let backend_id = *chunk
+        .slots
+        .get((slot % MAGLEV_CHUNK_SLOTS) as usize & (MAGLEV_CHUNK_SLOTS as usize - 1))?;
+    let backend = BACKENDS.get(backend_id)?;
+    if backend.flags & BACKEND_ACTIVE == 0 {
+        return None;
+    }
+    Some((backend_id, *backend))
+}
+
+/// Backend → client: if this is a reply of a tracked flow, make it come from the VIP again.
+#[inline(always)]
+fn reply_to_client(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
+    let reverse_key = FlowKey {
+        src_addr: packet.src_addr,
+        dst_addr: packet.dst_addr,
+        src_port: packet.src_port,
+        dst_port: packet.dst_port,
+        proto: packet.proto,
+        pad: [0; 3],
+    };
+    // SAFETY: ReverseEntry is plain data.
+    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(&reverse_key) }).copied() else {
+        return (xdp_action::XDP_PASS, Reason::PassNotOurs);
+    };
+    if packet.ttl <= 1 {
+        return (xdp_action::XDP_PASS, Reason::PassTtlExpired);
+    }
+    nat::rewrite_source(packet, reverse.vip, reverse.port);
+    forward::send(ctx, packet, reverse.vip, packet.dst_addr, false)
+}
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; the verifier rejects any path that could get here.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,45 @@
+//! Map definitions. Sizes are defaults; the agent sets them at load time.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use ingress_common::{
+    capacity, BackendEntry, FlowEntry, FlowKey, MaglevChunk, Reason, ReverseEntry, ServiceEntry,
+    ServiceKey, TrafficCounters, MAGLEV_CHUNK_SLOTS,
+};
+
+/// Lets the agent mmap the Maglev slots and write whole tables with a memcpy.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
+
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+    HashMap::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(capacity::BACKENDS, 0);
+
+#[map(name = "MAGLEV_SLOTS")]
+pub static MAGLEV_SLOTS: Array<MaglevChunk> =
+    Array::with_max_entries(capacity::MAGLEV_SLOTS / MAGLEV_CHUNK_SLOTS, BPF_F_MMAPABLE);
+
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map(name = "REVERSE_FLOWS")]
+pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseEntry> =
+    LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map(name = "SERVICE_STATS")]
+pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "BACKEND_STATS")]
+pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+    PerCpuArray::with_max_entries(capacity::BACKENDS, 0);
+
+#[map(name = "REASON_STATS")]
+pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);

@@ -1,0 +1,435 @@
+//! Keeps the BPF maps equal to the L4 plan by writing only the difference.
+//!
+//! Each frontend (VIP:port/protocol) owns a service id, a range of Maglev slots and one backend id
+//! per endpoint. A change never edits what packets are reading: new backends and a new table are
+//! written into unused ids and slots first, then the frontend's `ServiceEntry` is replaced in one
+//! map update (the atomic switch), and only then are the old slots and departed backends retired.
+//! Retired ids and slots wait out a grace period before reuse, because a packet that looked up the
+//! old entry on another CPU may still be reading them.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use ingress_common::{BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE};
+
+use crate::{
+    datapath::maglev,
+    translate::l4::{Backend, Frontend, L4Plan, ServicePortPlan},
+};
+
+/// How long retired ids and slots wait before reuse. XDP programs finish within microseconds; this
+/// is generous.
+pub const GRACE_PERIOD: Duration = Duration::from_millis(100);
+
+/// A failure writing the maps or a full map.
+#[derive(Debug, thiserror::Error)]
+pub enum DatapathError {
+    /// A map operation failed.
+    #[error("{operation}: {source}")]
+    Map {
+        /// What was being done.
+        operation: String,
+        /// The error from aya.
+        source: aya::maps::MapError,
+    },
+    /// No free id or slot range left.
+    #[error("{0} exhausted; raise the capacity")]
+    Exhausted(&'static str),
+    /// Loading or attaching failed.
+    #[error("{0}")]
+    Load(String),
+}
+
+/// Writes to the kernel maps. `loader::KernelMaps` implements it over aya; the unit tests use an
+/// in-memory model to count writes.
+pub trait DatapathMaps {
+    /// Inserts or replaces a Service entry (one atomic map update).
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), DatapathError>;
+    /// Removes a Service entry.
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError>;
+    /// Records that `vip` carries `ports` Service ports.
+    fn set_vip(&mut self, vip: u32, ports: u32) -> Result<(), DatapathError>;
+    /// Forgets a VIP.
+    fn remove_vip(&mut self, vip: u32) -> Result<(), DatapathError>;
+    /// Writes a backend entry.
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DatapathError>;
+    /// Writes Maglev slots starting at `offset`.
+    fn write_slots(&mut self, offset: u32, slots: &[u32]) -> Result<(), DatapathError>;
+    /// Zeroes a Service's counters (its id is being given to a new frontend).
+    fn reset_service_counters(&mut self, id: u32) -> Result<(), DatapathError>;
+    /// Zeroes a backend's counters.
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError>;
+}
+
+/// Map sizes the sync must stay within.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    /// Service ids (and SERVICES entries).
+    pub services: u32,
+    /// Backend ids.
+    pub backends: u32,
+    /// Maglev slots in total.
+    pub slots: u32,
+}
+
+/// What one sync did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Frontends programmed for the first time.
+    pub added: usize,
+    /// Frontends whose backends changed.
+    pub changed: usize,
+    /// Frontends removed.
+    pub removed: usize,
+    /// Frontends left as they were.
+    pub unchanged: usize,
+    /// Frontends that could not be (re)programmed; their previous state stays.
+    pub errors: Vec<String>,
+}
+
+/// A frontend as it is in the maps.
+#[derive(Debug, Clone)]
+pub struct ProgrammedFrontend {
+    /// Its service id (index of its counters).
+    pub service_id: u32,
+    /// First Maglev slot.
+    pub table_offset: u32,
+    /// Maglev table size.
+    pub table_size: u32,
+    /// Backends and their ids.
+    pub backends: BTreeMap<Backend, u32>,
+    /// The plan it was programmed from.
+    pub plan: ServicePortPlan,
+}
+
+#[derive(Debug)]
+enum Retired {
+    ServiceId(u32),
+    BackendId(u32),
+    Slots { offset: u32, len: u32 },
+}
+
+/// Ids handed out densely from 0; freed ids are reused.
+#[derive(Debug)]
+struct IdPool {
+    next: u32,
+    free: Vec<u32>,
+    capacity: u32,
+}
+
+impl IdPool {
+    fn new(capacity: u32) -> Self {
+        Self { next: 0, free: Vec::new(), capacity }
+    }
+    fn allocate(&mut self) -> Option<u32> {
+        if let Some(id) = self.free.pop() {
+            return Some(id);
+        }
+        (self.next < self.capacity).then(|| {
+            self.next += 1;
+            self.next - 1
+        })
+    }
+    fn release(&mut self, id: u32) {
+        self.free.push(id);
+    }
+}
+
+/// Free ranges of the slot space, first fit, coalesced on release.
+#[derive(Debug)]
+struct SlotPool {
+    free: BTreeMap<u32, u32>,
+}
+
+impl SlotPool {
+    fn new(capacity: u32) -> Self {
+        let mut free = BTreeMap::new();
+        if capacity > 0 {
+            free.insert(0, capacity);
+        }
+        Self { free }
+    }
+    fn allocate(&mut self, len: u32) -> Option<u32> {
+        let (&offset, &available) = self.free.iter().find(|(_, &l)| l >= len)?;
+        self.free.remove(&offset);
+        if available > len {
+            self.free.insert(offset + len, available - len);
+        }
+        Some(offset)
+    }
+    fn release(&mut self, mut offset: u32, mut len: u32) {
+        if len == 0 {
+            return;
+        }
+        if let Some((&before, &before_len)) = self.free.range(..offset).next_back() {
+            if before + before_len == offset {
+                self.free.remove(&before);
+                offset = before;
+                len += before_len;
+            }
+        }
+        if let Some(&after_len) = self.free.get(&(offset + len)) {
+            self.free.remove(&(offset + len));
+            len += after_len;
+        }
+        self.free.insert(offset, len);
+    }
+}
+
+/// The user-space mirror of the datapath and the diff engine.
+pub struct DatapathSync<M> {
+    maps: M,
+    frontends: BTreeMap<Frontend, ProgrammedFrontend>,
+    vip_ports: BTreeMap<Ipv4Addr, u32>,
+    service_ids: IdPool,
+    backend_ids: IdPool,
+    slots: SlotPool,
+    generations: Vec<u32>,
+    retired: VecDeque<(Instant, Retired)>,
+}
+
+fn service_key(frontend: &Frontend) -> ServiceKey {
+    ServiceKey {
+        vip: u32::from_ne_bytes(frontend.vip.octets()),
+        port: frontend.port.to_be(),
+        proto: frontend.protocol.number(),
+        pad: 0,
+    }
+}
+
+fn vip_key(vip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(vip.octets())
+}
+
+impl<M: DatapathMaps> DatapathSync<M> {
+    /// A sync for empty maps of the given capacity.
+    pub fn new(maps: M, capacity: Capacity) -> Self {
+        Self {
+            maps,
+            frontends: BTreeMap::new(),
+            vip_ports: BTreeMap::new(),
+            service_ids: IdPool::new(capacity.services),
+            backend_ids: IdPool::new(capacity.backends),
+            slots: SlotPool::new(capacity.slots),
+            generations: Vec::new(),
+            retired: VecDeque::new(),
+        }
+    }
+
+    /// The maps (for reading counters).
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    /// What is programmed now.
+    pub fn frontends(&self) -> &BTreeMap<Frontend, ProgrammedFrontend> {
+        &self.frontends
+    }
+
+    /// Makes the maps equal to `plan`, writing only what differs.
+    pub fn apply(&mut self, plan: &L4Plan, now: Instant) -> SyncReport {
+        self.recycle(now);
+        let mut report = SyncReport::default();
+        let gone: Vec<Frontend> =
+            self.frontends.keys().filter(|f| !plan.frontends.contains_key(f)).copied().collect();
+        for frontend in gone {
+            match self.remove_frontend(&frontend, now) {
+                Ok(()) => report.removed += 1,
+                Err(error) => report.errors.push(format!("removing {frontend}: {error}")),
+            }
+        }
+        for (frontend, wanted) in &plan.frontends {
+            let unchanged = self.frontends.get(frontend).map(|programmed| {
+                programmed.backends.len() == wanted.backends.len()
+                    && wanted.backends.iter().all(|b| programmed.backends.contains_key(b))
+            });
+            match unchanged {
+                Some(true) => {
+                    report.unchanged += 1;
+                    if let Some(programmed) = self.frontends.get_mut(frontend) {
+                        programmed.plan = wanted.clone();
+                    }
+                }
+                Some(false) => match self.program_frontend(frontend, wanted, now) {
+                    Ok(()) => report.changed += 1,
+                    Err(error) => report.errors.push(format!("updating {frontend}: {error}")),
+                },
+                None => match self.program_frontend(frontend, wanted, now) {
+                    Ok(()) => report.added += 1,
+                    Err(error) => report.errors.push(format!("adding {frontend}: {error}")),
+                },
+            }
+        }
+        report
+    }
+
+    /// Returns ids and slots whose grace period is over to the pools.
+    fn recycle(&mut self, now: Instant) {
+        while let Some((retired_at, _)) = self.retired.front() {
+            if now.duration_since(*retired_at) < GRACE_PERIOD {
+                break;
+            }
+            let Some((_, item)) = self.retired.pop_front() else { break };
+            match item {
+                Retired::ServiceId(id) => self.service_ids.release(id),
+                Retired::BackendId(id) => self.backend_ids.release(id),
+                Retired::Slots { offset, len } => self.slots.release(offset, len),
+            }
+        }
+    }
+
+    fn retire_backend(&mut self, id: u32, backend: &Backend, now: Instant) -> Result<(), DatapathError> {
+        let entry = BackendEntry {
+            addr: u32::from_ne_bytes(backend.addr.octets()),
+            port: backend.port.to_be(),
+            pad: 0,
+            flags: 0,
+            generation: self.generations.get(id as usize).copied().unwrap_or(0),
+        };
+        self.maps.set_backend(id, &entry)?;
+        self.retired.push_back((now, Retired::BackendId(id)));
+        Ok(())
+    }
+
+    fn remove_frontend(&mut self, frontend: &Frontend, now: Instant) -> Result<(), DatapathError> {
+        let Some(programmed) = self.frontends.get(frontend).cloned() else { return Ok(()) };
+        // Unpublish first: from here on no packet reaches the table or the backends.
+        self.maps.remove_service(&service_key(frontend))?;
+        self.frontends.remove(frontend);
+        self.release_vip_port(frontend.vip)?;
+        for (backend, id) in &programmed.backends {
+            self.retire_backend(*id, backend, now)?;
+        }
+        self.retired.push_back((
+            now,
+            Retired::Slots { offset: programmed.table_offset, len: programmed.table_size },
+        ));
+        self.retired.push_back((now, Retired::ServiceId(programmed.service_id)));
+        Ok(())
+    }
+
+    fn release_vip_port(&mut self, vip: Ipv4Addr) -> Result<(), DatapathError> {
+        let remaining = self.vip_ports.get(&vip).copied().unwrap_or(1).saturating_sub(1);
+        if remaining == 0 {
+            self.vip_ports.remove(&vip);
+            self.maps.remove_vip(vip_key(vip))
+        } else {
+            self.vip_ports.insert(vip, remaining);
+            self.maps.set_vip(vip_key(vip), remaining)
+        }
+    }
+
+    /// Programs a new frontend or a new backend set for an existing one.
+    fn program_frontend(
+        &mut self,
+        frontend: &Frontend,
+        wanted: &ServicePortPlan,
+        now: Instant,
+    ) -> Result<(), DatapathError> {
+        let previous = self.frontends.get(frontend).cloned();
+        // Ids: keep those of backends that stay, allocate for newcomers.
+        let mut backends = BTreeMap::new();
+        let mut fresh = Vec::new();
+        for backend in &wanted.backends {
+            if let Some(id) = previous.as_ref().and_then(|p| p.backends.get(backend)) {
+                backends.insert(*backend, *id);
+                continue;
+            }
+            let Some(id) = self.backend_ids.allocate() else {
+                fresh.iter().for_each(|id| self.backend_ids.release(*id));
+                return Err(DatapathError::Exhausted("backend ids"));
+            };
+            fresh.push(id);
+            backends.insert(*backend, id);
+        }
+        let table_size =
+            maglev::resize(previous.as_ref().map(|p| p.table_size).unwrap_or(0), backends.len());
+        let Some(table_offset) = self.slots.allocate(table_size) else {
+            fresh.iter().for_each(|id| self.backend_ids.release(*id));
+            return Err(DatapathError::Exhausted("Maglev slots"));
+        };
+        let service_id = match &previous {
+            Some(p) => p.service_id,
+            None => match self.service_ids.allocate() {
+                Some(id) => id,
+                None => {
+                    fresh.iter().for_each(|id| self.backend_ids.release(*id));
+                    self.slots.release(table_offset, table_size);
+                    return Err(DatapathError::Exhausted("service ids"));
+                }
+            },
+        };
+
+        // 1. Newcomers into unused backend ids.
+        for id in &fresh {
+            let index = *id as usize;
+            if self.generations.len() <= index {
+                self.generations.resize(index + 1, 0);
+            }
+            self.generations[index] = self.generations[index].wrapping_add(1);
+            let Some((backend, _)) = backends.iter().find(|(_, b)| *b == id) else { continue };
+            self.maps.reset_backend_counters(*id)?;
+            self.maps.set_backend(
+                *id,
+                &BackendEntry {
+                    addr: u32::from_ne_bytes(backend.addr.octets()),
+                    port: backend.port.to_be(),
+                    pad: 0,
+                    flags: BACKEND_ACTIVE,
+                    generation: self.generations[index],
+                },
+            )?;
+        }
+        // 2. The new table into unused slots.
+        let names: Vec<String> = backends.keys().map(|b| b.to_string()).collect();
+        let ids: Vec<u32> = backends.values().copied().collect();
+        let table: Vec<u32> = maglev::populate(&names, table_size)
+            .into_iter()
+            .map(|index| ids[index as usize])
+            .collect();
+        self.maps.write_slots(table_offset, &table)?;
+        // 3. The switch: one map update.
+        if previous.is_none() {
+            self.maps.reset_service_counters(service_id)?;
+        }
+        self.maps.set_service(
+            &service_key(frontend),
+            &ServiceEntry { service_id, table_offset, table_size, flags: 0 },
+        )?;
+        if previous.is_none() {
+            let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
+            *ports += 1;
+            let ports = *ports;
+            self.maps.set_vip(vip_key(frontend.vip), ports)?;
+        }
+        // 4. Retire what the old table used.
+        if let Some(previous) = &previous {
+            for (backend, id) in &previous.backends {
+                if !backends.contains_key(backend) {
+                    self.retire_backend(*id, backend, now)?;
+                }
+            }
+            self.retired.push_back((
+                now,
+                Retired::Slots { offset: previous.table_offset, len: previous.table_size },
+            ));
+        }
+        self.frontends.insert(
+            *frontend,
+            ProgrammedFrontend {
+                service_id,
+                table_offset,
+                table_size,
+                backends,
+                plan: wanted.clone(),
+            },
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! The typed objects every source produces and the translator reads: the Kubernetes objects
+//! themselves (k8s-openapi types), each tagged with where it came from so problems can name it.
+
+use std::{collections::BTreeMap, fmt, sync::Arc};
+
+use k8s_openapi::{api::core::v1::Service, api::discovery::v1::EndpointSlice};
+
+/// Namespace and name of an object (the namespace defaults to `default`, as kubectl does).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectName {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+}
+
+impl fmt::Display for ObjectName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Where an object came from: a file and document number, or the API server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Document `document` (1-based) of `path`.
+    File {
+        /// The manifest file.
+        path: Arc<str>,
+        /// 1-based index of the YAML document in the file.
+        document: usize,
+    },
+    /// The Kubernetes API.
+    Api,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, document } => write!(f, "{path} (document {document})"),
+            Origin::Api => f.write_str("the Kubernetes API"),
+        }
+    }
+}
+
+/// An object and where it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sourced<T> {
+    /// The object.
+    pub object: T,
+    /// Where it came from.
+    pub origin: Origin,
+}
+
+/// Everything the translator needs to know about the cluster (or the manifest directory).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClusterObjects {
+    /// Services by namespace/name.
+    pub services: BTreeMap<ObjectName, Sourced<Service>>,
+    /// EndpointSlices by namespace/name.
+    pub endpoint_slices: BTreeMap<ObjectName, Sourced<EndpointSlice>>,
+}
+
+/// A problem with one object: which object, which field, what is wrong. Problems never stop the
+/// agent; they are reported and the object's last good state stays programmed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Where the object came from.
+    pub origin: String,
+    /// `Kind namespace/name`, or empty when the document could not be read as an object.
+    pub object: String,
+    /// The field path, e.g. `spec.ports[1].protocol`, or empty.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if !self.object.is_empty() {
+            write!(f, ": {}", self.object)?;
+        }
+        if !self.field.is_empty() {
+            write!(f, ": field {}", self.field)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// Namespace and name of a k8s-openapi object's metadata.
+pub fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectName {
+    ObjectName {
+        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
+        name: meta.name.clone().unwrap_or_default(),
+    }
+}

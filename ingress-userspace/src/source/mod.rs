@@ -1,0 +1,2 @@
+//! Sources produce [`crate::model::ClusterObjects`]; they know nothing about plans or sinks.
+pub mod files;

@@ -1,0 +1,3 @@
+//! The translator: pure functions from [`crate::model::ClusterObjects`] to plans. No sockets, no
+//! maps, no clocks; sources feed it and sinks apply what it returns.
+pub mod l4;
