@@ -34,7 +34,11 @@ pub struct L4Agent<M = KernelMaps> {
 impl<M: DatapathMaps> L4Agent<M> {
     /// An agent whose maps are empty.
     pub fn new(source: ManifestDir, sync: DatapathSync<M>) -> Self {
-        Self { source, plan: L4Plan::default(), sync }
+        Self {
+            source,
+            plan: L4Plan::default(),
+            sync,
+        }
     }
 
     /// Reads the directory and applies the difference. An unreadable directory changes nothing.
@@ -45,7 +49,11 @@ impl<M: DatapathMaps> L4Agent<M> {
         problems.splice(0..0, snapshot.problems);
         let report = self.sync.apply(&plan, Instant::now());
         self.plan = plan;
-        Ok(ReloadOutcome { problems, report, elapsed: started.elapsed() })
+        Ok(ReloadOutcome {
+            problems,
+            report,
+            elapsed: started.elapsed(),
+        })
     }
 
     /// The plan now programmed.
@@ -70,7 +78,11 @@ pub fn describe_plan(plan: &L4Plan) -> Vec<String> {
         .iter()
         .map(|(frontend, port)| {
             let backends: Vec<String> = port.backends.iter().map(|b| b.to_string()).collect();
-            let port_name = if port.port_name.is_empty() { "-" } else { port.port_name.as_str() };
+            let port_name = if port.port_name.is_empty() {
+                "-"
+            } else {
+                port.port_name.as_str()
+            };
             format!(
                 "{frontend:<24} service {} port {port_name}: {} backend(s) [{}]",
                 port.service,

@@ -89,9 +89,14 @@ impl fmt::Display for Problem {
 }
 
 /// Namespace and name of a k8s-openapi object's metadata.
-pub fn object_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectName {
+pub fn object_name(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> ObjectName {
     ObjectName {
-        namespace: meta.namespace.clone().unwrap_or_else(|| "default".to_string()),
+        namespace: meta
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_string()),
         name: meta.name.clone().unwrap_or_default(),
     }
 }

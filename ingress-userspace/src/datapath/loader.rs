@@ -110,10 +110,14 @@ impl Datapath {
             .ok_or_else(|| DatapathError::Load(format!("program {XDP_PROGRAM} missing")))?
             .try_into()
             .map_err(|e| DatapathError::Load(format!("{XDP_PROGRAM} is not XDP: {e}")))?;
-        program
-            .load()
-            .map_err(|e| DatapathError::Load(format!("the verifier rejected {XDP_PROGRAM}: {e}")))?;
-        Ok(Self { ebpf, logger, attached: Vec::new() })
+        program.load().map_err(|e| {
+            DatapathError::Load(format!("the verifier rejected {XDP_PROGRAM}: {e}"))
+        })?;
+        Ok(Self {
+            ebpf,
+            logger,
+            attached: Vec::new(),
+        })
     }
 
     /// The XDP program (for attaching and for BPF_PROG_TEST_RUN).
@@ -130,7 +134,9 @@ impl Datapath {
         let link = self
             .program()?
             .attach(interface, mode.into())
-            .map_err(|e| DatapathError::Load(format!("attaching XDP to {interface} ({mode:?}): {e}")))?;
+            .map_err(|e| {
+                DatapathError::Load(format!("attaching XDP to {interface} ({mode:?}): {e}"))
+            })?;
         self.attached.push((interface.to_string(), link));
         Ok(())
     }
@@ -203,7 +209,11 @@ impl MappedSlots {
         }
         let base = NonNull::new(address.cast::<u32>())
             .ok_or_else(|| DatapathError::Load("mmap returned null".into()))?;
-        Ok(Self { base, slots: bytes / 4, bytes })
+        Ok(Self {
+            base,
+            slots: bytes / 4,
+            bytes,
+        })
     }
 
     fn write(&mut self, offset: u32, values: &[u32]) -> Result<(), DatapathError> {
@@ -213,7 +223,11 @@ impl MappedSlots {
         }
         // SAFETY: bounds checked above; the mapping is live until drop and u32-aligned (page).
         unsafe {
-            std::ptr::copy_nonoverlapping(values.as_ptr(), self.base.as_ptr().add(offset as usize), values.len());
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.base.as_ptr().add(offset as usize),
+                values.len(),
+            );
         }
         Ok(())
     }
@@ -250,7 +264,8 @@ pub struct KernelMaps {
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
-    ebpf.take_map(name).ok_or_else(|| DatapathError::Load(format!("map {name} missing")))
+    ebpf.take_map(name)
+        .ok_or_else(|| DatapathError::Load(format!("map {name} missing")))
 }
 
 fn map_error(operation: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -271,7 +286,10 @@ impl KernelMaps {
             .map_err(|(what, e)| DatapathError::Load(format!("{what}: {e}")))?;
         let slot_map = take(ebpf, map_names::MAGLEV_SLOTS)?;
         let Map::Array(slot_data) = slot_map else {
-            return Err(DatapathError::Load(format!("{} is not an array", map_names::MAGLEV_SLOTS)));
+            return Err(DatapathError::Load(format!(
+                "{} is not an array",
+                map_names::MAGLEV_SLOTS
+            )));
         };
         let chunks = slot_data
             .info()
@@ -300,7 +318,8 @@ impl KernelMaps {
     ) -> Result<(), DatapathError> {
         let values = PerCpuValues::try_from(vec![T::default(); cpus])
             .map_err(|e| DatapathError::Load(format!("per-CPU values: {e}")))?;
-        map.set(id, values, 0).map_err(map_error(format!("zeroing {name}[{id}]")))
+        map.set(id, values, 0)
+            .map_err(map_error(format!("zeroing {name}[{id}]")))
     }
 
     /// Counters of one Service id, summed over CPUs.
@@ -339,7 +358,9 @@ impl KernelMaps {
 
     /// Inserts a tracked flow directly (tests use it to stage conntrack state).
     pub fn insert_flow(&mut self, key: FlowKey, entry: FlowEntry) -> Result<(), DatapathError> {
-        self.flows.insert(key, entry, 0).map_err(map_error("inserting into FLOWS"))
+        self.flows
+            .insert(key, entry, 0)
+            .map_err(map_error("inserting into FLOWS"))
     }
 
     /// A Service entry as the kernel sees it.
@@ -367,39 +388,63 @@ fn sum_counters(
     map: &PerCpuArray<MapData, TrafficCounters>,
     id: u32,
 ) -> Result<TrafficCounters, DatapathError> {
-    let values = map.get(&id, 0).map_err(map_error(format!("reading counters {id}")))?;
-    Ok(values.iter().fold(TrafficCounters::default(), |mut sum, c| {
-        sum.packets += c.packets;
-        sum.bytes += c.bytes;
-        sum.new_flows += c.new_flows;
-        sum.no_backend += c.no_backend;
-        sum
-    }))
+    let values = map
+        .get(&id, 0)
+        .map_err(map_error(format!("reading counters {id}")))?;
+    Ok(values
+        .iter()
+        .fold(TrafficCounters::default(), |mut sum, c| {
+            sum.packets += c.packets;
+            sum.bytes += c.bytes;
+            sum.new_flows += c.new_flows;
+            sum.no_backend += c.no_backend;
+            sum
+        }))
 }
 
 impl DatapathMaps for KernelMaps {
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), DatapathError> {
-        self.services.insert(key, entry, 0).map_err(map_error("writing SERVICES"))
+        self.services
+            .insert(key, entry, 0)
+            .map_err(map_error("writing SERVICES"))
     }
     fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
-        self.services.remove(key).map_err(map_error("removing from SERVICES"))
+        self.services
+            .remove(key)
+            .map_err(map_error("removing from SERVICES"))
     }
     fn set_vip(&mut self, vip: u32, ports: u32) -> Result<(), DatapathError> {
-        self.vips.insert(vip, ports, 0).map_err(map_error("writing VIPS"))
+        self.vips
+            .insert(vip, ports, 0)
+            .map_err(map_error("writing VIPS"))
     }
     fn remove_vip(&mut self, vip: u32) -> Result<(), DatapathError> {
-        self.vips.remove(&vip).map_err(map_error("removing from VIPS"))
+        self.vips
+            .remove(&vip)
+            .map_err(map_error("removing from VIPS"))
     }
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DatapathError> {
-        self.backends.set(id, entry, 0).map_err(map_error(format!("writing BACKENDS[{id}]")))
+        self.backends
+            .set(id, entry, 0)
+            .map_err(map_error(format!("writing BACKENDS[{id}]")))
     }
     fn write_slots(&mut self, offset: u32, slots: &[u32]) -> Result<(), DatapathError> {
         self.slots.write(offset, slots)
     }
     fn reset_service_counters(&mut self, id: u32) -> Result<(), DatapathError> {
-        Self::zero_per_cpu(&mut self.service_stats, self.cpus, id, map_names::SERVICE_STATS)
+        Self::zero_per_cpu(
+            &mut self.service_stats,
+            self.cpus,
+            id,
+            map_names::SERVICE_STATS,
+        )
     }
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError> {
-        Self::zero_per_cpu(&mut self.backend_stats, self.cpus, id, map_names::BACKEND_STATS)
+        Self::zero_per_cpu(
+            &mut self.backend_stats,
+            self.cpus,
+            id,
+            map_names::BACKEND_STATS,
+        )
     }
 }

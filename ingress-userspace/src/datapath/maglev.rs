@@ -91,7 +91,11 @@ pub fn populate<N: AsRef<[u8]>>(names: &[N], size: u32) -> Vec<u32> {
         .map(|&i| {
             let name = names[i].as_ref();
             let offset = stable_hash(name, 0xdead_beef) % m;
-            let skip = if m > 1 { stable_hash(name, 0x0bad_cafe) % (m - 1) + 1 } else { 1 };
+            let skip = if m > 1 {
+                stable_hash(name, 0x0bad_cafe) % (m - 1) + 1
+            } else {
+                1
+            };
             (offset, skip)
         })
         .collect();
@@ -122,7 +126,9 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<String> {
-        (0..n).map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250 + 1)).collect()
+        (0..n)
+            .map(|i| format!("10.0.{}.{}:8080", i / 250, i % 250 + 1))
+            .collect()
     }
 
     fn shares(table: &[u32], n: usize) -> Vec<usize> {
@@ -173,7 +179,10 @@ mod tests {
             let ideal = table.len() as f64 / n as f64;
             for (backend, count) in shares(&table, n).into_iter().enumerate() {
                 let deviation = (count as f64 - ideal).abs() / ideal;
-                assert!(deviation < 0.03, "n={n} backend {backend}: {count} vs {ideal:.1}");
+                assert!(
+                    deviation < 0.03,
+                    "n={n} backend {backend}: {count} vs {ideal:.1}"
+                );
             }
         }
     }
@@ -182,9 +191,15 @@ mod tests {
     fn order_of_backends_does_not_matter() {
         let mut list = names(10);
         let size = table_size(10);
-        let first: Vec<String> = populate(&list, size).iter().map(|&i| list[i as usize].clone()).collect();
+        let first: Vec<String> = populate(&list, size)
+            .iter()
+            .map(|&i| list[i as usize].clone())
+            .collect();
         list.reverse();
-        let second: Vec<String> = populate(&list, size).iter().map(|&i| list[i as usize].clone()).collect();
+        let second: Vec<String> = populate(&list, size)
+            .iter()
+            .map(|&i| list[i as usize].clone())
+            .collect();
         assert_eq!(first, second);
     }
 
@@ -199,7 +214,11 @@ mod tests {
             .map(|&i| before_names[i as usize].as_str())
             .collect();
         let removed = before_names[7].clone();
-        let after_names: Vec<String> = before_names.iter().filter(|n| **n != removed).cloned().collect();
+        let after_names: Vec<String> = before_names
+            .iter()
+            .filter(|n| **n != removed)
+            .cloned()
+            .collect();
         let after: Vec<&str> = populate(&after_names, size)
             .iter()
             .map(|&i| after_names[i as usize].as_str())
@@ -213,7 +232,11 @@ mod tests {
         }
         let others_slots = before.iter().filter(|b| **b != removed).count();
         let fraction = moved_others as f64 / others_slots as f64;
-        assert!(fraction < 0.05, "{:.2}% of other backends' slots moved", fraction * 100.0);
+        assert!(
+            fraction < 0.05,
+            "{:.2}% of other backends' slots moved",
+            fraction * 100.0
+        );
     }
 
     #[test]
@@ -223,7 +246,8 @@ mod tests {
         let table = populate(&names(3), size);
         let mut hits = [0usize; 3];
         for port in 0..30_000u16 {
-            let h = ingress_common::flow_hash(0x0200_00c0, 0x0a71_00cb, port.to_be(), 80u16.to_be(), 6);
+            let h =
+                ingress_common::flow_hash(0x0200_00c0, 0x0a71_00cb, port.to_be(), 80u16.to_be(), 6);
             hits[table[(h % size) as usize] as usize] += 1;
         }
         for count in hits {

@@ -122,7 +122,11 @@ struct IdPool {
 
 impl IdPool {
     fn new(capacity: u32) -> Self {
-        Self { next: 0, free: Vec::new(), capacity }
+        Self {
+            next: 0,
+            free: Vec::new(),
+            capacity,
+        }
     }
     fn allocate(&mut self) -> Option<u32> {
         if let Some(id) = self.free.pop() {
@@ -233,8 +237,12 @@ impl<M: DatapathMaps> DatapathSync<M> {
     pub fn apply(&mut self, plan: &L4Plan, now: Instant) -> SyncReport {
         self.recycle(now);
         let mut report = SyncReport::default();
-        let gone: Vec<Frontend> =
-            self.frontends.keys().filter(|f| !plan.frontends.contains_key(f)).copied().collect();
+        let gone: Vec<Frontend> = self
+            .frontends
+            .keys()
+            .filter(|f| !plan.frontends.contains_key(f))
+            .copied()
+            .collect();
         for frontend in gone {
             match self.remove_frontend(&frontend, now) {
                 Ok(()) => report.removed += 1,
@@ -244,7 +252,10 @@ impl<M: DatapathMaps> DatapathSync<M> {
         for (frontend, wanted) in &plan.frontends {
             let unchanged = self.frontends.get(frontend).map(|programmed| {
                 programmed.backends.len() == wanted.backends.len()
-                    && wanted.backends.iter().all(|b| programmed.backends.contains_key(b))
+                    && wanted
+                        .backends
+                        .iter()
+                        .all(|b| programmed.backends.contains_key(b))
             });
             match unchanged {
                 Some(true) => {
@@ -272,7 +283,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
             if now.duration_since(*retired_at) < GRACE_PERIOD {
                 break;
             }
-            let Some((_, item)) = self.retired.pop_front() else { break };
+            let Some((_, item)) = self.retired.pop_front() else {
+                break;
+            };
             match item {
                 Retired::ServiceId(id) => self.service_ids.release(id),
                 Retired::BackendId(id) => self.backend_ids.release(id),
@@ -281,7 +294,12 @@ impl<M: DatapathMaps> DatapathSync<M> {
         }
     }
 
-    fn retire_backend(&mut self, id: u32, backend: &Backend, now: Instant) -> Result<(), DatapathError> {
+    fn retire_backend(
+        &mut self,
+        id: u32,
+        backend: &Backend,
+        now: Instant,
+    ) -> Result<(), DatapathError> {
         let entry = BackendEntry {
             addr: u32::from_ne_bytes(backend.addr.octets()),
             port: backend.port.to_be(),
@@ -295,7 +313,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
     }
 
     fn remove_frontend(&mut self, frontend: &Frontend, now: Instant) -> Result<(), DatapathError> {
-        let Some(programmed) = self.frontends.get(frontend).cloned() else { return Ok(()) };
+        let Some(programmed) = self.frontends.get(frontend).cloned() else {
+            return Ok(());
+        };
         // Unpublish first: from here on no packet reaches the table or the backends.
         self.maps.remove_service(&service_key(frontend))?;
         self.frontends.remove(frontend);
@@ -305,14 +325,23 @@ impl<M: DatapathMaps> DatapathSync<M> {
         }
         self.retired.push_back((
             now,
-            Retired::Slots { offset: programmed.table_offset, len: programmed.table_size },
+            Retired::Slots {
+                offset: programmed.table_offset,
+                len: programmed.table_size,
+            },
         ));
-        self.retired.push_back((now, Retired::ServiceId(programmed.service_id)));
+        self.retired
+            .push_back((now, Retired::ServiceId(programmed.service_id)));
         Ok(())
     }
 
     fn release_vip_port(&mut self, vip: Ipv4Addr) -> Result<(), DatapathError> {
-        let remaining = self.vip_ports.get(&vip).copied().unwrap_or(1).saturating_sub(1);
+        let remaining = self
+            .vip_ports
+            .get(&vip)
+            .copied()
+            .unwrap_or(1)
+            .saturating_sub(1);
         if remaining == 0 {
             self.vip_ports.remove(&vip);
             self.maps.remove_vip(vip_key(vip))
@@ -345,8 +374,10 @@ impl<M: DatapathMaps> DatapathSync<M> {
             fresh.push(id);
             backends.insert(*backend, id);
         }
-        let table_size =
-            maglev::resize(previous.as_ref().map(|p| p.table_size).unwrap_or(0), backends.len());
+        let table_size = maglev::resize(
+            previous.as_ref().map(|p| p.table_size).unwrap_or(0),
+            backends.len(),
+        );
         let Some(table_offset) = self.slots.allocate(table_size) else {
             fresh.iter().for_each(|id| self.backend_ids.release(*id));
             return Err(DatapathError::Exhausted("Maglev slots"));
@@ -370,7 +401,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 self.generations.resize(index + 1, 0);
             }
             self.generations[index] = self.generations[index].wrapping_add(1);
-            let Some((backend, _)) = backends.iter().find(|(_, b)| *b == id) else { continue };
+            let Some((backend, _)) = backends.iter().find(|(_, b)| *b == id) else {
+                continue;
+            };
             self.maps.reset_backend_counters(*id)?;
             self.maps.set_backend(
                 *id,
@@ -397,7 +430,12 @@ impl<M: DatapathMaps> DatapathSync<M> {
         }
         self.maps.set_service(
             &service_key(frontend),
-            &ServiceEntry { service_id, table_offset, table_size, flags: 0 },
+            &ServiceEntry {
+                service_id,
+                table_offset,
+                table_size,
+                flags: 0,
+            },
         )?;
         if previous.is_none() {
             let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
@@ -414,7 +452,10 @@ impl<M: DatapathMaps> DatapathSync<M> {
             }
             self.retired.push_back((
                 now,
-                Retired::Slots { offset: previous.table_offset, len: previous.table_size },
+                Retired::Slots {
+                    offset: previous.table_offset,
+                    len: previous.table_size,
+                },
             ));
         }
         self.frontends.insert(

@@ -113,17 +113,18 @@ impl ManifestDir {
         changes: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Result<notify::RecommendedWatcher, FilesError> {
         use notify::Watcher as _;
-        let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if let Ok(event) = event {
-                if !event.kind.is_access() {
-                    let _ = changes.send(());
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if let Ok(event) = event {
+                    if !event.kind.is_access() {
+                        let _ = changes.send(());
+                    }
                 }
-            }
-        })
-        .map_err(|source| FilesError::Watch {
-            path: self.dir.clone(),
-            source,
-        })?;
+            })
+            .map_err(|source| FilesError::Watch {
+                path: self.dir.clone(),
+                source,
+            })?;
         watcher
             .watch(&self.dir, notify::RecursiveMode::Recursive)
             .map_err(|source| FilesError::Watch {
@@ -237,33 +238,52 @@ fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Problem>) {
         if value.is_null() {
             continue;
         }
-        let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or("");
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
         let display_name = describe(&value, kind);
         match (api_version, kind) {
             ("v1", "Service") => match typed::<Service>(value) {
                 Ok(service) => match named(&service.metadata) {
-                    Some(name) => objects.services.push((name, Sourced { object: service, origin })),
+                    Some(name) => objects.services.push((
+                        name,
+                        Sourced {
+                            object: service,
+                            origin,
+                        },
+                    )),
                     None => problems.push(problem(display_name, "metadata.name", "missing".into())),
                 },
                 Err((field, message)) => problems.push(problem(display_name, &field, message)),
             },
             ("discovery.k8s.io/v1", "EndpointSlice") => match typed::<EndpointSlice>(value) {
                 Ok(slice) => match named(&slice.metadata) {
-                    Some(name) => objects
-                        .endpoint_slices
-                        .push((name, Sourced { object: slice, origin })),
+                    Some(name) => objects.endpoint_slices.push((
+                        name,
+                        Sourced {
+                            object: slice,
+                            origin,
+                        },
+                    )),
                     None => problems.push(problem(display_name, "metadata.name", "missing".into())),
                 },
                 Err((field, message)) => problems.push(problem(display_name, &field, message)),
             },
             ("", _) | (_, "") => problems.push(problem(
                 display_name,
-                if api_version.is_empty() { "apiVersion" } else { "kind" },
+                if api_version.is_empty() {
+                    "apiVersion"
+                } else {
+                    "kind"
+                },
                 "missing; every document must be a Kubernetes object".into(),
             )),
             // Other kinds (Deployments, ConfigMaps, ...) may share the directory; they are not ours.
-            _ => tracing::debug!(%origin, api_version, kind, "ignoring object of a kind we do not use"),
+            _ => {
+                tracing::debug!(%origin, api_version, kind, "ignoring object of a kind we do not use")
+            }
         }
     }
     (objects, problems)
@@ -277,7 +297,10 @@ fn named(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> O
 /// `Kind namespace/name` for messages, from the raw document.
 fn describe(value: &serde_yaml::Value, kind: &str) -> String {
     let meta = value.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or("<unnamed>");
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(|v| v.as_str())
+        .unwrap_or("<unnamed>");
     let namespace = meta
         .and_then(|m| m.get("namespace"))
         .and_then(|v| v.as_str())
@@ -316,7 +339,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("xdp-ingress-files-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("svc.yaml");
-        std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n").unwrap();
+        std::fs::write(
+            &file,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n",
+        )
+        .unwrap();
         let mut source = ManifestDir::new(&dir);
         assert_eq!(source.load().unwrap().objects.services.len(), 1);
         std::fs::write(&file, "apiVersion: v1\nkind: Service\nmetadata: {name: a\n").unwrap();

@@ -124,7 +124,10 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
     let mut previous_by_service: BTreeMap<&ObjectName, Vec<(&Frontend, &ServicePortPlan)>> =
         BTreeMap::new();
     for (frontend, plan) in &previous.frontends {
-        previous_by_service.entry(&plan.service).or_default().push((frontend, plan));
+        previous_by_service
+            .entry(&plan.service)
+            .or_default()
+            .push((frontend, plan));
     }
 
     // Every candidate claim on a frontend, with what decides conflicts.
@@ -138,7 +141,10 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
         if !is_load_balancer(&service.object) {
             continue;
         }
-        let slices = slices_by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let slices = slices_by_service
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
         let result = translate_service(name, service, slices, &mut problems);
         let frontends = if result.broken {
             previous_by_service
@@ -169,7 +175,9 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
                 .then_with(|| a.plan.service.cmp(&b.plan.service))
         });
         let mut contenders = contenders.into_iter();
-        let Some(winner) = contenders.next() else { continue };
+        let Some(winner) = contenders.next() else {
+            continue;
+        };
         for loser in contenders {
             problems.push(Problem {
                 origin: loser.origin,
@@ -239,12 +247,18 @@ fn translate_service(
                  spec.loadBalancerIP or spec.externalIPs)"
                     .into(),
             ));
-            return ServiceResult { frontends: Vec::new(), broken: true };
+            return ServiceResult {
+                frontends: Vec::new(),
+                broken: true,
+            };
         }
         Ok(vips) => vips,
         Err((field, message)) => {
             problems.push(report(field, message));
-            return ServiceResult { frontends: Vec::new(), broken: true };
+            return ServiceResult {
+                frontends: Vec::new(),
+                broken: true,
+            };
         }
     };
     let ports = service.object.spec.as_ref().and_then(|s| s.ports.as_ref());
@@ -295,7 +309,11 @@ fn translate_service(
         }
         for vip in &vips {
             frontends.push((
-                Frontend { vip: *vip, port: service_port, protocol },
+                Frontend {
+                    vip: *vip,
+                    port: service_port,
+                    protocol,
+                },
                 ServicePortPlan {
                     service: name.clone(),
                     port_name: port_name.clone(),
@@ -350,7 +368,10 @@ fn service_vips(service: &Service) -> Result<Vec<Ipv4Addr>, (String, String)> {
         return Ok(vips);
     }
     let spec = service.spec.as_ref();
-    if let Some(ip) = spec.and_then(|s| s.load_balancer_ip.as_deref()).filter(|ip| !ip.is_empty()) {
+    if let Some(ip) = spec
+        .and_then(|s| s.load_balancer_ip.as_deref())
+        .filter(|ip| !ip.is_empty())
+    {
         let vips = parse_all(std::iter::once(("spec.loadBalancerIP".to_string(), ip)))?;
         if !vips.is_empty() {
             return Ok(vips);
@@ -381,30 +402,40 @@ fn resolve_backends(
         if slice.address_type != "IPv4" {
             continue;
         }
-        let Some(ports) = slice.ports.as_ref() else { continue };
+        let Some(ports) = slice.ports.as_ref() else {
+            continue;
+        };
         any_ports |= !ports.is_empty();
         let matching = ports.iter().find(|p| {
             p.name.as_deref().unwrap_or("") == port_name
                 && p.protocol.as_deref().unwrap_or("TCP") == protocol.to_string()
         });
-        let Some(target_port) = matching.and_then(|p| p.port).and_then(|p| u16::try_from(p).ok())
+        let Some(target_port) = matching
+            .and_then(|p| p.port)
+            .and_then(|p| u16::try_from(p).ok())
         else {
             continue;
         };
         resolved = true;
         for endpoint in slice.endpoints.iter().flatten() {
             // kube-proxy: a missing `ready` means ready; only an explicit false excludes.
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
             if !ready {
                 continue;
             }
             for address in &endpoint.addresses {
                 if let Ok(addr) = address.parse::<Ipv4Addr>() {
-                    backends.insert(Backend { addr, port: target_port });
+                    backends.insert(Backend {
+                        addr,
+                        port: target_port,
+                    });
                 }
             }
         }
     }
     (backends, resolved || !any_ports)
 }
-

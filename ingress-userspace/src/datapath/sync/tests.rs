@@ -1,0 +1,253 @@
+//! The diff engine against an in-memory model of the maps: what it writes, and in what order.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
+
+use super::*;
+use crate::{
+    model::ObjectName,
+    translate::l4::{Protocol, ServicePortPlan},
+};
+
+/// The maps as plain collections, plus a log of every write.
+#[derive(Default)]
+struct MemoryMaps {
+    services: BTreeMap<(u32, u16, u8), ServiceEntry>,
+    vips: BTreeMap<u32, u32>,
+    backends: BTreeMap<u32, BackendEntry>,
+    slots: Vec<u32>,
+    writes: Vec<String>,
+}
+
+impl DatapathMaps for MemoryMaps {
+    fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), DatapathError> {
+        self.writes.push(format!("service {}", entry.service_id));
+        self.services.insert((key.vip, key.port, key.proto), *entry);
+        Ok(())
+    }
+    fn remove_service(&mut self, key: &ServiceKey) -> Result<(), DatapathError> {
+        self.writes.push("remove service".into());
+        self.services.remove(&(key.vip, key.port, key.proto));
+        Ok(())
+    }
+    fn set_vip(&mut self, vip: u32, ports: u32) -> Result<(), DatapathError> {
+        self.vips.insert(vip, ports);
+        Ok(())
+    }
+    fn remove_vip(&mut self, vip: u32) -> Result<(), DatapathError> {
+        self.vips.remove(&vip);
+        Ok(())
+    }
+    fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DatapathError> {
+        self.writes
+            .push(format!("backend {id} active={}", entry.flags));
+        self.backends.insert(id, *entry);
+        Ok(())
+    }
+    fn write_slots(&mut self, offset: u32, slots: &[u32]) -> Result<(), DatapathError> {
+        self.writes.push(format!("slots {offset}+{}", slots.len()));
+        let end = offset as usize + slots.len();
+        if self.slots.len() < end {
+            self.slots.resize(end, u32::MAX);
+        }
+        self.slots[offset as usize..end].copy_from_slice(slots);
+        Ok(())
+    }
+    fn reset_service_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
+    fn reset_backend_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
+}
+
+fn frontend(last: u8, port: u16) -> Frontend {
+    Frontend {
+        vip: Ipv4Addr::new(203, 0, 113, last),
+        port,
+        protocol: Protocol::Tcp,
+    }
+}
+
+fn plan_of(entries: &[(Frontend, &[u8])]) -> L4Plan {
+    let mut plan = L4Plan::default();
+    for (frontend, backends) in entries {
+        plan.frontends.insert(
+            *frontend,
+            ServicePortPlan {
+                service: ObjectName {
+                    namespace: "demo".into(),
+                    name: format!("svc{}", frontend.port),
+                },
+                port_name: String::new(),
+                backends: backends
+                    .iter()
+                    .map(|last| Backend {
+                        addr: Ipv4Addr::new(198, 51, 100, *last),
+                        port: 8080,
+                    })
+                    .collect::<BTreeSet<_>>(),
+            },
+        );
+    }
+    plan
+}
+
+fn capacity() -> Capacity {
+    Capacity {
+        services: 16,
+        backends: 64,
+        slots: 1 << 16,
+    }
+}
+
+/// Backend addresses a frontend's table points at, read back from the maps.
+fn table_backends(maps: &MemoryMaps, frontend: &Frontend) -> BTreeSet<Ipv4Addr> {
+    let key = service_key(frontend);
+    let entry = maps.services[&(key.vip, key.port, key.proto)];
+    let slots =
+        &maps.slots[entry.table_offset as usize..(entry.table_offset + entry.table_size) as usize];
+    slots
+        .iter()
+        .map(|id| {
+            let backend = maps.backends[id];
+            assert_eq!(
+                backend.flags, BACKEND_ACTIVE,
+                "table points at a retired backend"
+            );
+            Ipv4Addr::from(backend.addr.to_ne_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn programs_every_frontend_and_its_table() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let plan = plan_of(&[
+        (frontend(10, 80), &[11, 12, 13]),
+        (frontend(10, 443), &[11]),
+    ]);
+    let report = sync.apply(&plan, Instant::now());
+    assert_eq!((report.added, report.errors.len()), (2, 0));
+    let maps = sync.maps();
+    assert_eq!(maps.vips.values().copied().collect::<Vec<_>>(), vec![2]);
+    assert_eq!(table_backends(maps, &frontend(10, 80)).len(), 3);
+    assert_eq!(table_backends(maps, &frontend(10, 443)).len(), 1);
+}
+
+#[test]
+fn unchanged_plan_writes_nothing() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let plan = plan_of(&[(frontend(10, 80), &[11, 12, 13])]);
+    sync.apply(&plan, Instant::now());
+    let before = sync.maps().writes.len();
+    let report = sync.apply(&plan, Instant::now());
+    assert_eq!(report.unchanged, 1);
+    assert_eq!(sync.maps().writes.len(), before);
+}
+
+#[test]
+fn a_change_writes_table_before_switch_and_retires_after() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let now = Instant::now();
+    sync.apply(
+        &plan_of(&[(frontend(10, 80), &[11, 12, 13]), (frontend(11, 80), &[21])]),
+        now,
+    );
+    let start = sync.maps().writes.len();
+    let report = sync.apply(
+        &plan_of(&[(frontend(10, 80), &[11, 12]), (frontend(11, 80), &[21])]),
+        now,
+    );
+    assert_eq!((report.changed, report.unchanged), (1, 1));
+    let writes = &sync.maps().writes[start..];
+    // New slots first, then the one switching update, then the departed backend is retired.
+    assert!(writes[0].starts_with("slots"), "{writes:?}");
+    assert!(writes[1].starts_with("service"), "{writes:?}");
+    assert!(writes[2].ends_with("active=0"), "{writes:?}");
+    assert_eq!(
+        writes.len(),
+        3,
+        "only the difference is written: {writes:?}"
+    );
+    let remaining = table_backends(sync.maps(), &frontend(10, 80));
+    assert_eq!(remaining.len(), 2);
+    assert!(!remaining.contains(&Ipv4Addr::new(198, 51, 100, 13)));
+}
+
+#[test]
+fn removed_frontend_is_unpublished_and_vip_forgotten() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let now = Instant::now();
+    sync.apply(&plan_of(&[(frontend(10, 80), &[11])]), now);
+    let report = sync.apply(&L4Plan::default(), now);
+    assert_eq!(report.removed, 1);
+    assert!(sync.maps().services.is_empty());
+    assert!(sync.maps().vips.is_empty());
+    assert!(sync.maps().backends.values().all(|b| b.flags == 0));
+}
+
+#[test]
+fn retired_ids_wait_for_the_grace_period_and_come_back_with_a_new_generation() {
+    let mut sync = DatapathSync::new(
+        MemoryMaps::default(),
+        Capacity {
+            services: 1,
+            backends: 1,
+            slots: 2 * 101,
+        },
+    );
+    let start = Instant::now();
+    sync.apply(&plan_of(&[(frontend(10, 80), &[11])]), start);
+    let first_generation = sync.maps().backends[&0].generation;
+    // Replacing the only backend needs a second id, and there is none until the grace period ends.
+    let report = sync.apply(&plan_of(&[(frontend(10, 80), &[12])]), start);
+    assert_eq!(report.errors.len(), 1, "{report:?}");
+    assert_eq!(
+        table_backends(sync.maps(), &frontend(10, 80)).len(),
+        1,
+        "old state kept"
+    );
+    // Remove, wait out the grace period, then the id is reused with a new generation.
+    sync.apply(&L4Plan::default(), start);
+    let later = start + GRACE_PERIOD + Duration::from_millis(1);
+    let report = sync.apply(&plan_of(&[(frontend(10, 80), &[12])]), later);
+    assert_eq!(report.added, 1, "{report:?}");
+    let entry = sync.maps().backends[&0];
+    assert_eq!(entry.flags, BACKEND_ACTIVE);
+    assert_ne!(entry.generation, first_generation);
+}
+
+#[test]
+fn exhausted_slots_keep_the_previous_state() {
+    let mut sync = DatapathSync::new(
+        MemoryMaps::default(),
+        Capacity {
+            services: 4,
+            backends: 64,
+            slots: 400,
+        },
+    );
+    let now = Instant::now();
+    sync.apply(&plan_of(&[(frontend(10, 80), &[11, 12])]), now);
+    // 5 backends need a 503-slot table: more than there is.
+    let report = sync.apply(&plan_of(&[(frontend(10, 80), &[11, 12, 13, 14, 15])]), now);
+    assert_eq!(report.errors.len(), 1);
+    assert_eq!(table_backends(sync.maps(), &frontend(10, 80)).len(), 2);
+}
+
+#[test]
+fn slot_pool_coalesces() {
+    let mut pool = SlotPool::new(100);
+    let a = pool.allocate(30).unwrap();
+    let b = pool.allocate(30).unwrap();
+    let c = pool.allocate(40).unwrap();
+    assert!(pool.allocate(1).is_none());
+    pool.release(a, 30);
+    pool.release(c, 40);
+    pool.release(b, 30);
+    assert_eq!(pool.allocate(100), Some(0));
+}
