@@ -439,3 +439,6 @@ fn resolve_backends(
     }
     (backends, resolved || !any_ports)
 }
+
+#[cfg(test)]
+mod tests;
