@@ -34,6 +34,32 @@ pub mod map_names {
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "xdp_ingress";
 
+/// The reference programs `cargo xtask bench l4` compares against (never attached by the agent).
+pub mod bench {
+    /// Parses Ethernet and IPv4, returns XDP_TX: the per-packet floor.
+    pub const FLOOR: &str = "xdp_bench_floor";
+    /// Rewrites MACs and redirects: the forwarding ceiling.
+    pub const REDIRECT: &str = "xdp_bench_redirect";
+    /// Counts and drops IPv4 frames at the receiving end.
+    pub const SINK: &str = "xdp_bench_sink";
+    /// `Array<RedirectTarget>` with one entry, read by [`REDIRECT`].
+    pub const REDIRECT_MAP: &str = "BENCH_REDIRECT";
+    /// `PerCpuArray<u64>` with one entry, written by [`SINK`].
+    pub const SINK_COUNT_MAP: &str = "BENCH_SINK_COUNT";
+
+    /// Where the redirect reference program sends frames.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct RedirectTarget {
+        /// Egress interface index.
+        pub ifindex: u32,
+        /// Destination MAC to write.
+        pub dst_mac: [u8; 6],
+        /// Source MAC to write.
+        pub src_mac: [u8; 6],
+    }
+}
+
 /// Default sizes; user space may override them at load time (`EbpfLoader::set_max_entries`).
 pub mod capacity {
     /// Services (VIP:port/protocol entries).
@@ -308,4 +334,6 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MaglevChunk {}
+    // SAFETY: as above (4 + 6 + 6 bytes, no padding).
+    unsafe impl aya::Pod for crate::bench::RedirectTarget {}
 }

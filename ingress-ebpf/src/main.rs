@@ -12,6 +12,7 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
+mod bench;
 mod forward;
 mod maps;
 mod nat;

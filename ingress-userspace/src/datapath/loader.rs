@@ -129,6 +129,27 @@ impl Datapath {
             .map_err(|e| DatapathError::Load(format!("{XDP_PROGRAM} is not XDP: {e}")))
     }
 
+    /// Loads another program of the object by name (the bench reference programs) and returns it.
+    pub fn load_program(&mut self, name: &str) -> Result<&mut Xdp, DatapathError> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| DatapathError::Load(format!("program {name} missing")))?
+            .try_into()
+            .map_err(|e| DatapathError::Load(format!("{name} is not XDP: {e}")))?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|e| DatapathError::Load(format!("the verifier rejected {name}: {e}")))?;
+        }
+        Ok(program)
+    }
+
+    /// The whole object, for tools that need maps or programs beyond the agent's own.
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
     /// Attaches the program to `interface`.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
         let link = self

@@ -1,0 +1,75 @@
+//! Reference programs for `cargo xtask bench l4`, never attached by the agent:
+//! - `xdp_bench_floor`: parses Ethernet and IPv4 and returns XDP_TX, the floor our per-packet cost
+//!   is compared with;
+//! - `xdp_bench_redirect`: rewrites both MACs and redirects every IPv4 frame to one interface, the
+//!   ceiling of what an XDP forwarder can do on the rig;
+//! - `xdp_bench_sink`: counts IPv4 frames per CPU and drops them (other frames, ARP among them,
+//!   go to the stack), so the receiving end counts delivered packets cheaply.
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_redirect,
+    macros::{map, xdp},
+    maps::{Array, PerCpuArray},
+    programs::XdpContext,
+};
+
+use ingress_common::bench::RedirectTarget;
+
+use crate::parse::{ptr_at, EthHdr, Ipv4Hdr};
+
+#[map(name = "BENCH_REDIRECT")]
+static BENCH_REDIRECT: Array<RedirectTarget> = Array::with_max_entries(1, 0);
+
+#[map(name = "BENCH_SINK_COUNT")]
+static BENCH_SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+const ETH_P_IP: u16 = 0x0800;
+
+#[inline(always)]
+fn ipv4_eth(ctx: &XdpContext) -> Option<*mut EthHdr> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0)?;
+    // SAFETY: bounds-checked by ptr_at.
+    if u16::from_be(unsafe { (*eth).ether_type }) != ETH_P_IP {
+        return None;
+    }
+    let _: *const Ipv4Hdr = ptr_at(ctx, 14)?;
+    Some(eth)
+}
+
+#[xdp]
+pub fn xdp_bench_floor(ctx: XdpContext) -> u32 {
+    match ipv4_eth(&ctx) {
+        Some(_) => xdp_action::XDP_TX,
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+#[xdp]
+pub fn xdp_bench_redirect(ctx: XdpContext) -> u32 {
+    let Some(eth) = ipv4_eth(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(target) = BENCH_REDIRECT.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by ipv4_eth.
+    unsafe {
+        (*eth).dst = target.dst_mac;
+        (*eth).src = target.src_mac;
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(target.ifindex, 0) as u32 }
+}
+
+#[xdp]
+pub fn xdp_bench_sink(ctx: XdpContext) -> u32 {
+    if ipv4_eth(&ctx).is_none() {
+        return xdp_action::XDP_PASS;
+    }
+    if let Some(count) = BENCH_SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *count += 1 };
+    }
+    xdp_action::XDP_DROP
+}
