@@ -1,1 +1,56 @@
-fn main() {}
+//! `cargo xtask`: the project's commands, in Rust rather than shell scattered around.
+//!
+//! * `setup`: Debian packages, rust-src, bpf-linker (against the nightly's own LLVM), bpffs;
+//! * `build`: the agent binary;
+//! * `lab up|down`: the namespaces of a node, a client and backends, left running;
+//! * `demo`: the agent forwarding a Service in the lab, with who answered what;
+//! * `test`: formatting, the workspace's tests (end to end included) and clippy.
+
+mod build;
+mod cmd;
+mod demo;
+mod lab;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "xdp-ingress development commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (idempotent; quick when everything is there).
+    Setup(setup::SetupArgs),
+    /// Build the agent binary `xdp-ingress` (debug profile) and print its path.
+    Build,
+    /// Bring the lab of network namespaces up or down.
+    Lab(lab::LabArgs),
+    /// Run the agent in the lab and show it balancing TCP and UDP over three backends.
+    Demo,
+    /// Check formatting, run every test (as root), run clippy.
+    Test(test::TestArgs),
+    /// A backend's server inside a lab namespace (started by `lab up`).
+    #[command(hide = true)]
+    LabServe(lab::ServeArgs),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup(args) => setup::run(&args),
+        Command::Build => {
+            let binary = build::agent()?;
+            println!("{}", binary.display());
+            Ok(())
+        }
+        Command::Lab(args) => lab::run(&args),
+        Command::Demo => demo::run(),
+        Command::Test(args) => test::run(&args),
+        Command::LabServe(args) => lab::serve(&args),
+    }
+}

@@ -1,0 +1,246 @@
+//! The real `xdp-ingress` binary as a child process inside a namespace: started with
+//! `ip netns exec`, its output collected line by line (to wait for "running" and to show the
+//! counters it prints on exit), stopped with SIGTERM. Killed on drop if still running, so a
+//! failing test never leaves XDP attached to anything.
+
+use std::{
+    io::{BufRead as _, BufReader, Read},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::netns::Netns;
+
+/// The environment variable naming the agent binary (`cargo xtask test` sets it).
+pub const BIN_ENV: &str = "XDP_INGRESS_BIN";
+
+/// The agent binary: `$XDP_INGRESS_BIN`, else `<workspace>/target/<profile>/xdp-ingress` (or
+/// under `$CARGO_TARGET_DIR`) as `cargo xtask build` leaves it.
+pub fn binary() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os(BIN_ENV) {
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            bail!("{BIN_ENV}={} is not a file", path.display());
+        }
+        return Ok(path);
+    }
+    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        // This crate sits one level below the workspace root.
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+    };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let path = target_dir.join(profile).join("xdp-ingress");
+    if !path.is_file() {
+        bail!(
+            "the agent binary {} is missing: run `cargo xtask build` (or `cargo xtask test`, \
+             which builds it and sets {BIN_ENV})",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Output lines seen so far, and a signal for each new one.
+#[derive(Debug, Default)]
+struct Output {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+/// A running agent.
+#[derive(Debug)]
+pub struct AgentProcess {
+    child: Child,
+    output: Arc<Output>,
+    readers: Vec<JoinHandle<()>>,
+    command_line: String,
+}
+
+impl AgentProcess {
+    /// `ip netns exec <netns> <binary> run --manifests <dir> --interface <if>...`; logs without
+    /// colour codes. `ip netns exec` execs the binary itself, so the child's pid is the agent's.
+    pub fn start(
+        binary: &Path,
+        netns: &Netns,
+        manifests: &Path,
+        interfaces: &[String],
+    ) -> Result<Self> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", netns.name()])
+            .arg(binary)
+            .arg("run")
+            .arg("--manifests")
+            .arg(manifests);
+        for interface in interfaces {
+            command.args(["--interface", interface]);
+        }
+        command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let command_line = format!(
+            "ip netns exec {} {} run --manifests {} {}",
+            netns.name(),
+            binary.display(),
+            manifests.display(),
+            interfaces
+                .iter()
+                .map(|interface| format!("--interface {interface}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting {command_line}"))?;
+        let output = Arc::new(Output::default());
+        let mut readers = Vec::new();
+        if let Some(stdout) = child.stdout.take() {
+            readers.push(collect(stdout, output.clone()));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            readers.push(collect(stderr, output.clone()));
+        }
+        Ok(Self {
+            child,
+            output,
+            readers,
+            command_line,
+        })
+    }
+
+    /// The command that started it.
+    pub fn command_line(&self) -> &str {
+        &self.command_line
+    }
+
+    /// Waits until a line satisfies `matches`; fails if the agent exits first or time runs out.
+    /// Returns the line.
+    pub fn wait_for_line(
+        &mut self,
+        matches: impl Fn(&str) -> bool,
+        timeout: Duration,
+    ) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = 0;
+        loop {
+            {
+                let lines = self
+                    .output
+                    .lines
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("output lock poisoned"))?;
+                if let Some(line) = lines[seen..].iter().find(|line| matches(line)) {
+                    return Ok(line.clone());
+                }
+                seen = lines.len();
+                let now = Instant::now();
+                if now >= deadline {
+                    bail!(
+                        "timed out after {timeout:?} waiting for the agent; its output:\n{}",
+                        lines.join("\n")
+                    );
+                }
+                // Short waits so an exit is noticed even without new output.
+                let wait = (deadline - now).min(Duration::from_millis(100));
+                let _ = self.output.grew.wait_timeout(lines, wait);
+            }
+            if let Some(status) = self.child.try_wait().context("checking the agent")? {
+                self.join_readers();
+                bail!(
+                    "the agent exited ({status}) before the expected line; its output:\n{}",
+                    self.output().join("\n")
+                );
+            }
+        }
+    }
+
+    /// Waits for the log line saying the agent attached and is forwarding.
+    pub fn wait_running(&mut self, timeout: Duration) -> Result<()> {
+        self.wait_for_line(
+            |line| line.split_whitespace().any(|word| word == "running"),
+            timeout,
+        )
+        .map(|_| ())
+    }
+
+    /// Whether the process is still alive.
+    pub fn is_running(&mut self) -> Result<bool> {
+        Ok(self
+            .child
+            .try_wait()
+            .context("checking the agent")?
+            .is_none())
+    }
+
+    /// Everything it printed so far (stdout and stderr interleaved as read).
+    pub fn output(&self) -> Vec<String> {
+        self.output
+            .lines
+            .lock()
+            .map(|lines| lines.clone())
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit. Returns the exit status and all output.
+    pub fn terminate(mut self, timeout: Duration) -> Result<(ExitStatus, Vec<String>)> {
+        let pid = self.child.id() as i32;
+        // SAFETY: plain FFI call on our own child's pid (not yet reaped, so not reused).
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().context("waiting for the agent")? {
+                self.join_readers();
+                return Ok((status, self.output()));
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "the agent did not exit within {timeout:?} of SIGTERM; its output:\n{}",
+                    self.output().join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn join_readers(&mut self) {
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        self.join_readers();
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, output: Arc<Output>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(mut lines) = output.lines.lock() {
+                lines.push(line);
+            }
+            output.grew.notify_all();
+        }
+    })
+}

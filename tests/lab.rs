@@ -1,0 +1,775 @@
+//! The lab: network namespaces standing for one node, a client and the backend pods behind it,
+//! wired with veth pairs the way a cluster node is. The agent runs in the node namespace; nothing
+//! routes the VIP there, so the VIP answers only while the agent forwards it.
+//!
+//! ```text
+//!  client ns              node ns                        Shared:  lan ns (br0) ── b1, b2, b3 ...
+//!  eth0 192.0.2.2 ─── n-client 192.0.2.1                          (one link, n-lan 198.51.100.1/24)
+//!                         n-lan | n-b1 n-b2 ... ─────── PerBackend: one veth per backend, /32
+//!                                                                 routes (as CNI plugins do)
+//! ```
+//!
+//! Addresses come from the documentation ranges; traffic never leaves the namespaces made here.
+//! Used by the end-to-end tests (unique names, removed on drop) and by `cargo xtask lab` /
+//! `cargo xtask demo` (fixed names, so `lab down` finds them later).
+
+use std::{
+    collections::HashMap,
+    io::{BufRead as _, BufReader, Write as _},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::Path,
+    process::{Command, Stdio},
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::netns::Netns;
+
+/// The Service VIP of `deploy/examples/web.yaml`: routed to the node by the client, but not
+/// configured on the node, so only the agent makes it answer.
+pub const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
+/// The VIP's TCP port (targetPort [`TCP_PORT`]).
+pub const VIP_TCP_PORT: u16 = 80;
+/// The VIP's UDP port (targetPort [`UDP_PORT`]).
+pub const VIP_UDP_PORT: u16 = 53;
+/// The client's address (its eth0).
+pub const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// The node's address towards the client (`n-client`), the client's gateway to the VIP range.
+pub const NODE_CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// The node's address towards the backends, their default gateway.
+pub const NODE_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+/// The backend servers' TCP port.
+pub const TCP_PORT: u16 = 8080;
+/// The backend servers' UDP port.
+pub const UDP_PORT: u16 = 8053;
+/// The node's interface towards the client.
+pub const NODE_CLIENT_IF: &str = "n-client";
+/// The node's interface towards the bridge in [`BackendLink::Shared`].
+pub const NODE_LAN_IF: &str = "n-lan";
+
+/// `203.0.113.10:80`.
+pub fn vip_tcp() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(VIP, VIP_TCP_PORT))
+}
+
+/// `203.0.113.10:53`.
+pub fn vip_udp() -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(VIP, VIP_UDP_PORT))
+}
+
+/// Address of backend `index` (0-based): 198.51.100.11, .12, ...
+pub fn backend_addr(index: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 11 + index as u8)
+}
+
+/// How the node reaches its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendLink {
+    /// One node interface (`n-lan`, 198.51.100.1/24) into a bridge that all backends hang off:
+    /// a node on a flat L2 network.
+    Shared,
+    /// One veth per backend (`n-b1`, `n-b2`, ...), /32 addresses and routes, as CNI plugins
+    /// (Calico, Cilium) wire pods.
+    PerBackend,
+}
+
+impl FromStr for BackendLink {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "shared" => Ok(Self::Shared),
+            "per-backend" => Ok(Self::PerBackend),
+            other => bail!("unknown backend link {other:?} (expected shared or per-backend)"),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shared => "shared",
+            Self::PerBackend => "per-backend",
+        })
+    }
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct LabConfig {
+    /// Namespace name prefix: `<prefix>-node`, `<prefix>-client`, `<prefix>-b1`, ...
+    pub prefix: String,
+    /// Number of backends (at most 200, to stay inside 198.51.100.0/24).
+    pub backends: usize,
+    /// How the backends are wired to the node.
+    pub link: BackendLink,
+    /// Fixed names (`<prefix>-node`) instead of unique ones (`<prefix>-node-<pid>`): for the lab
+    /// that outlives the command that made it.
+    pub fixed_names: bool,
+}
+
+impl LabConfig {
+    /// Three backends, unique names (what a test wants).
+    pub fn for_test(prefix: &str, link: BackendLink) -> Self {
+        Self {
+            prefix: prefix.to_string(),
+            backends: 3,
+            link,
+            fixed_names: false,
+        }
+    }
+}
+
+/// One backend: a namespace standing for a pod.
+#[derive(Debug)]
+pub struct LabBackend {
+    /// The name its server answers with (`b1`, `b2`, ...).
+    pub name: String,
+    /// Its address (198.51.100.11, ...).
+    pub addr: Ipv4Addr,
+    /// Its namespace.
+    pub netns: Netns,
+}
+
+/// A built lab. Dropping it stops the in-process servers and removes the namespaces (unless
+/// [`Lab::keep`] was called).
+#[derive(Debug)]
+pub struct Lab {
+    // Declared first so it is dropped first: server threads keep their namespace alive.
+    servers: Vec<BackendServer>,
+    link: BackendLink,
+    client: Netns,
+    node: Netns,
+    lan: Option<Netns>,
+    backends: Vec<LabBackend>,
+}
+
+impl Lab {
+    /// Creates the namespaces and links. On error everything made so far is removed again.
+    pub fn up(config: &LabConfig) -> Result<Self> {
+        if config.backends == 0 || config.backends > 200 {
+            bail!("a lab needs 1 to 200 backends, not {}", config.backends);
+        }
+        let make = |role: &str| {
+            let base = format!("{}-{role}", config.prefix);
+            if config.fixed_names {
+                Netns::with_name(&base)
+            } else {
+                Netns::new(&base)
+            }
+        };
+        let client = make("client")?;
+        let node = make("node")?;
+        let lan = match config.link {
+            BackendLink::Shared => Some(make("lan")?),
+            BackendLink::PerBackend => None,
+        };
+        let mut backends = Vec::with_capacity(config.backends);
+        for index in 0..config.backends {
+            let name = format!("b{}", index + 1);
+            backends.push(LabBackend {
+                netns: make(&name)?,
+                name,
+                addr: backend_addr(index),
+            });
+        }
+        let lab = Self {
+            servers: Vec::new(),
+            link: config.link,
+            client,
+            node,
+            lan,
+            backends,
+        };
+        lab.wire().context("wiring the lab")?;
+        lab.settle(Duration::from_secs(5))?;
+        Ok(lab)
+    }
+
+    fn wire(&self) -> Result<()> {
+        let node = &self.node;
+        // A router: forwarding on, so the stack forwards what the XDP program passes up (first
+        // packets before the neighbour is known) and bpf_fib_lookup does not refuse.
+        node.exec(&["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+
+        // Client <-> node.
+        node.ip(&[
+            "link",
+            "add",
+            NODE_CLIENT_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            self.client.name(),
+        ])?;
+        node.ip(&[
+            "addr",
+            "add",
+            &cidr(NODE_CLIENT_ADDR, 24),
+            "dev",
+            NODE_CLIENT_IF,
+        ])?;
+        node.ip(&["link", "set", NODE_CLIENT_IF, "up"])?;
+        let client = &self.client;
+        client.ip(&["addr", "add", &cidr(CLIENT_ADDR, 24), "dev", "eth0"])?;
+        client.ip(&["link", "set", "eth0", "up"])?;
+        client.ip(&[
+            "route",
+            "add",
+            "203.0.113.0/24",
+            "via",
+            &NODE_CLIENT_ADDR.to_string(),
+        ])?;
+        veth_offloads(node, NODE_CLIENT_IF, false)?;
+        veth_offloads(client, "eth0", true)?;
+
+        match (&self.lan, self.link) {
+            (Some(lan), BackendLink::Shared) => self.wire_shared(lan)?,
+            _ => self.wire_per_backend()?,
+        }
+        for backend in &self.backends {
+            let ns = &backend.netns;
+            ns.ip(&[
+                "route",
+                "add",
+                "default",
+                "via",
+                &NODE_BACKEND_ADDR.to_string(),
+            ])?;
+            veth_offloads(ns, "eth0", true)?;
+        }
+        Ok(())
+    }
+
+    fn wire_shared(&self, lan: &Netns) -> Result<()> {
+        let node = &self.node;
+        lan.ip(&["link", "add", "br0", "type", "bridge"])?;
+        lan.ip(&["link", "set", "br0", "up"])?;
+        node.ip(&[
+            "link",
+            "add",
+            NODE_LAN_IF,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "p-node",
+            "netns",
+            lan.name(),
+        ])?;
+        node.ip(&[
+            "addr",
+            "add",
+            &cidr(NODE_BACKEND_ADDR, 24),
+            "dev",
+            NODE_LAN_IF,
+        ])?;
+        node.ip(&["link", "set", NODE_LAN_IF, "up"])?;
+        lan.ip(&["link", "set", "p-node", "master", "br0", "up"])?;
+        veth_offloads(node, NODE_LAN_IF, false)?;
+        veth_offloads(lan, "p-node", true)?;
+        for backend in &self.backends {
+            let port = format!("p-{}", backend.name);
+            lan.ip(&[
+                "link",
+                "add",
+                &port,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                backend.netns.name(),
+            ])?;
+            backend
+                .netns
+                .ip(&["addr", "add", &cidr(backend.addr, 24), "dev", "eth0"])?;
+            // The pod's end first: a bridge port that comes up with carrier forwards at once,
+            // one that gains carrier later waits for linkwatch (up to a second).
+            backend.netns.ip(&["link", "set", "eth0", "up"])?;
+            lan.ip(&["link", "set", &port, "master", "br0", "up"])?;
+            veth_offloads(lan, &port, true)?;
+        }
+        Ok(())
+    }
+
+    fn wire_per_backend(&self) -> Result<()> {
+        let node = &self.node;
+        let gateway = NODE_BACKEND_ADDR.to_string();
+        for backend in &self.backends {
+            let interface = format!("n-{}", backend.name);
+            node.ip(&[
+                "link",
+                "add",
+                &interface,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                backend.netns.name(),
+            ])?;
+            // The same /32 gateway address on every pod link, as Calico does with 169.254.1.1.
+            node.ip(&[
+                "addr",
+                "add",
+                &cidr(NODE_BACKEND_ADDR, 32),
+                "dev",
+                &interface,
+            ])?;
+            node.ip(&["link", "set", &interface, "up"])?;
+            node.ip(&["route", "add", &cidr(backend.addr, 32), "dev", &interface])?;
+            veth_offloads(node, &interface, false)?;
+            let ns = &backend.netns;
+            ns.ip(&["addr", "add", &cidr(backend.addr, 32), "dev", "eth0"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", &gateway, "dev", "eth0"])?;
+        }
+        Ok(())
+    }
+
+    /// Waits until the node reaches the client and every backend (a connection refused proves
+    /// the path): links and bridge ports become usable a moment after they are set up.
+    fn settle(&self, timeout: Duration) -> Result<()> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut targets = vec![CLIENT_ADDR];
+        targets.extend(self.backends.iter().map(|backend| backend.addr));
+        self.node.run_inside(move || {
+            for addr in targets {
+                // Port 9 (discard): nothing listens, so a reachable host answers with a reset.
+                let target = SocketAddr::from((addr, 9));
+                loop {
+                    match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+                        Ok(_) => break,
+                        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+                            break
+                        }
+                        Err(error) if std::time::Instant::now() >= deadline => {
+                            return Err(error).with_context(|| {
+                                format!("{addr} not reachable from the node after {timeout:?}")
+                            })
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// How the backends are wired.
+    pub fn link(&self) -> BackendLink {
+        self.link
+    }
+
+    /// The client's namespace.
+    pub fn client(&self) -> &Netns {
+        &self.client
+    }
+
+    /// The node's namespace (where the agent runs).
+    pub fn node(&self) -> &Netns {
+        &self.node
+    }
+
+    /// The node's interfaces, to pass to the agent as `--interface`.
+    pub fn node_interfaces(&self) -> Vec<String> {
+        let mut interfaces = vec![NODE_CLIENT_IF.to_string()];
+        match self.link {
+            BackendLink::Shared => interfaces.push(NODE_LAN_IF.to_string()),
+            BackendLink::PerBackend => interfaces.extend(
+                self.backends
+                    .iter()
+                    .map(|backend| format!("n-{}", backend.name)),
+            ),
+        }
+        interfaces
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &[LabBackend] {
+        &self.backends
+    }
+
+    /// The backend with this server name (`b2`), if any.
+    pub fn backend_named(&self, name: &str) -> Option<&LabBackend> {
+        self.backends.iter().find(|backend| backend.name == name)
+    }
+
+    /// Every namespace of the lab, client and node first.
+    pub fn namespaces(&self) -> Vec<&Netns> {
+        let mut all = vec![&self.client, &self.node];
+        all.extend(&self.lan);
+        all.extend(self.backends.iter().map(|backend| &backend.netns));
+        all
+    }
+
+    /// Checks the wiring without the agent: from the node, every backend's server answers over
+    /// TCP and UDP with its own name.
+    pub fn check_backends(&self, timeout: Duration) -> Result<()> {
+        let backends: Vec<(String, Ipv4Addr)> = self
+            .backends
+            .iter()
+            .map(|backend| (backend.name.clone(), backend.addr))
+            .collect();
+        self.node.run_inside(move || {
+            for (name, addr) in backends {
+                let tcp = tcp_ask(SocketAddr::from((addr, TCP_PORT)), timeout)
+                    .with_context(|| format!("TCP from the node to backend {name} ({addr})"))?;
+                let (udp, _) = udp_ask(SocketAddr::from((addr, UDP_PORT)), timeout)
+                    .with_context(|| format!("UDP from the node to backend {name} ({addr})"))?;
+                if tcp != name || udp != name {
+                    bail!("backend {name} ({addr}) answered {tcp:?} over TCP, {udp:?} over UDP");
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Starts a [`BackendServer`] in every backend namespace, as threads of this process; they
+    /// stop when the lab is dropped.
+    pub fn start_servers(&mut self) -> Result<()> {
+        for backend in &self.backends {
+            let name = backend.name.clone();
+            let server = backend
+                .netns
+                .run_inside(move || BackendServer::start(&name))
+                .with_context(|| format!("starting the server of {}", backend.name))?;
+            self.servers.push(server);
+        }
+        Ok(())
+    }
+
+    /// Starts `<program> <args...> --name <backend>` inside every backend namespace as a
+    /// separate process (`ip netns exec`), for a lab that outlives this process. Output goes
+    /// to `log_dir/<backend>.log`. Returns the pids; [`Lab::down`] ends them.
+    pub fn spawn_server_processes(
+        &self,
+        program: &Path,
+        args: &[&str],
+        log_dir: &Path,
+    ) -> Result<Vec<u32>> {
+        std::fs::create_dir_all(log_dir)
+            .with_context(|| format!("creating {}", log_dir.display()))?;
+        let mut pids = Vec::new();
+        for backend in &self.backends {
+            let log_path = log_dir.join(format!("{}.log", backend.name));
+            let log = std::fs::File::create(&log_path)
+                .with_context(|| format!("creating {}", log_path.display()))?;
+            let child = Command::new("ip")
+                .args(["netns", "exec", backend.netns.name()])
+                .arg(program)
+                .args(args)
+                .args(["--name", &backend.name])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().context("duplicating the log file")?)
+                .stderr(log)
+                .process_group(0)
+                .spawn()
+                .with_context(|| format!("starting {} in {}", program.display(), backend.name))?;
+            pids.push(child.id());
+        }
+        Ok(pids)
+    }
+
+    /// Leaves the namespaces (and any server processes in them) in place; returns their names.
+    /// In-process servers stop: they cannot outlive this process anyway.
+    pub fn keep(self) -> Vec<String> {
+        let Lab {
+            servers,
+            client,
+            node,
+            lan,
+            backends,
+            ..
+        } = self;
+        drop(servers);
+        let mut names = vec![client.keep(), node.keep()];
+        names.extend(lan.map(Netns::keep));
+        names.extend(backends.into_iter().map(|backend| backend.netns.keep()));
+        names
+    }
+
+    /// Removes a lab built with fixed names and this prefix: ends every process inside its
+    /// namespaces (servers, an agent), then deletes them. Returns the names removed.
+    pub fn down(prefix: &str) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for name in Netns::list()? {
+            let Some(role) = name
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_prefix('-'))
+            else {
+                continue;
+            };
+            let is_lab_role = matches!(role, "client" | "node" | "lan")
+                || role
+                    .strip_prefix('b')
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !is_lab_role {
+                continue;
+            }
+            let netns = Netns::open(&name)?;
+            end_processes(&netns.pids()?);
+            drop(netns);
+            removed.push(name);
+        }
+        Ok(removed)
+    }
+}
+
+fn cidr(addr: Ipv4Addr, prefix: u8) -> String {
+    format!("{addr}/{prefix}")
+}
+
+/// Every veth: no TX checksum offload, since a real wire delivers complete checksums and the
+/// XDP program's incremental updates need them. `gro` on the peers of the node's interfaces:
+/// native XDP redirect into a veth drops frames unless the receiving end runs NAPI.
+fn veth_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
+    let mut argv = vec!["ethtool", "-K", interface, "tx", "off"];
+    if gro {
+        argv.extend(["gro", "on"]);
+    }
+    netns.exec(&argv)?;
+    Ok(())
+}
+
+/// SIGTERM, up to 2 s of grace, then SIGKILL.
+fn end_processes(pids: &[i32]) {
+    for &pid in pids {
+        // SAFETY: plain FFI call; a stale pid at worst yields ESRCH.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    let alive = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
+    for _ in 0..40 {
+        if !pids.iter().any(|&pid| alive(pid)) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for &pid in pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// The backend's server: TCP port 8080 greets every connection with `<name>\n` and answers
+/// every line it receives with `<name>\n` (so a test can hold a connection and keep asking who
+/// answers); UDP port 8053 answers every datagram with `<name>\n`. Bound in the namespace of
+/// the thread that starts it; stopped and joined on drop.
+#[derive(Debug)]
+pub struct BackendServer {
+    name: String,
+    stop: Arc<AtomicBool>,
+    connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// How often the accept and receive loops look at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(100);
+
+impl BackendServer {
+    /// Binds 0.0.0.0:8080/tcp and 0.0.0.0:8053/udp in the current thread's namespace.
+    pub fn start(name: &str) -> Result<Self> {
+        let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT))
+            .with_context(|| format!("binding TCP port {TCP_PORT}"))?;
+        let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))
+            .with_context(|| format!("binding UDP port {UDP_PORT}"))?;
+        udp.set_read_timeout(Some(STOP_POLL))
+            .context("setting the UDP read timeout")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let connections = Arc::new(Mutex::new(HashMap::new()));
+        let answer = format!("{name}\n");
+        let tcp_thread = {
+            let (stop, connections, answer) = (stop.clone(), connections.clone(), answer.clone());
+            std::thread::spawn(move || serve_tcp(listener, &answer, &stop, &connections))
+        };
+        let udp_thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || serve_udp(udp, &answer, &stop))
+        };
+        Ok(Self {
+            name: name.to_string(),
+            stop,
+            connections,
+            threads: vec![tcp_thread, udp_thread],
+        })
+    }
+
+    /// The name it answers with.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Serves until the process ends (for `lab-serve`).
+    pub fn serve_forever(mut self) {
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for BackendServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Ok(connections) = self.connections.lock() {
+            for stream in connections.values() {
+                // Wakes the connection's blocked read; it then ends.
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+        for thread in std::mem::take(&mut self.threads) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn serve_tcp(
+    listener: TcpListener,
+    answer: &str,
+    stop: &Arc<AtomicBool>,
+    connections: &Arc<Mutex<HashMap<u64, TcpStream>>>,
+) {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+    let mut handlers: Vec<JoinHandle<()>> = Vec::new();
+    while !stop.load(Ordering::SeqCst) {
+        // poll() with a timeout instead of a blocking accept, so the stop flag is seen.
+        let mut pollfd = libc::pollfd {
+            fd: listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(&mut pollfd, 1, STOP_POLL.as_millis() as i32) };
+        if ready <= 0 {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        handlers.retain(|handler| !handler.is_finished());
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        if let (Ok(clone), Ok(mut map)) = (stream.try_clone(), connections.lock()) {
+            map.insert(id, clone);
+        }
+        let (answer, connections) = (answer.to_string(), connections.clone());
+        handlers.push(std::thread::spawn(move || {
+            let _ = serve_connection(stream, &answer);
+            if let Ok(mut map) = connections.lock() {
+                map.remove(&id);
+            }
+        }));
+    }
+    for handler in handlers {
+        let _ = handler.join();
+    }
+}
+
+fn serve_connection(stream: TcpStream, answer: &str) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    writer.write_all(answer.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        writer.write_all(answer.as_bytes())?;
+    }
+}
+
+fn serve_udp(socket: UdpSocket, answer: &str, stop: &AtomicBool) {
+    let mut buffer = [0u8; 2048];
+    while !stop.load(Ordering::SeqCst) {
+        if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
+            let _ = socket.send_to(answer.as_bytes(), peer);
+        }
+    }
+}
+
+/// Connects to `addr`, reads the greeting line and closes: who answered. Call it inside the
+/// client's namespace.
+pub fn tcp_ask(addr: SocketAddr, timeout: Duration) -> Result<String> {
+    Ok(HeldConnection::open(addr, timeout)?.greeting)
+}
+
+/// Sends one datagram to `addr` from an unconnected socket, so the reply's source address is
+/// seen as it arrived; returns the answer and where it came from.
+pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> Result<(String, SocketAddr)> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a UDP socket")?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .context("setting the UDP read timeout")?;
+    socket
+        .send_to(b"who?\n", addr)
+        .with_context(|| format!("sending to {addr}"))?;
+    let mut buffer = [0u8; 512];
+    let (len, from) = socket
+        .recv_from(&mut buffer)
+        .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;
+    Ok((
+        String::from_utf8_lossy(&buffer[..len]).trim().to_string(),
+        from,
+    ))
+}
+
+/// A TCP connection kept open to ask the same backend again and again.
+#[derive(Debug)]
+pub struct HeldConnection {
+    reader: BufReader<TcpStream>,
+    greeting: String,
+}
+
+impl HeldConnection {
+    /// Connects (inside the current thread's namespace) and reads the greeting.
+    pub fn open(addr: SocketAddr, timeout: Duration) -> Result<Self> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream
+            .set_read_timeout(Some(timeout))
+            .context("setting the read timeout")?;
+        let mut reader = BufReader::new(stream);
+        let greeting = read_answer(&mut reader).with_context(|| format!("greeting from {addr}"))?;
+        Ok(Self { reader, greeting })
+    }
+
+    /// The name the server greeted with.
+    pub fn greeting(&self) -> &str {
+        &self.greeting
+    }
+
+    /// This end's address (the flow's source).
+    pub fn local_addr(&self) -> Result<SocketAddr> {
+        Ok(self.reader.get_ref().local_addr()?)
+    }
+
+    /// Sends a line and returns the answer.
+    pub fn ask(&mut self) -> Result<String> {
+        self.reader
+            .get_mut()
+            .write_all(b"who?\n")
+            .context("sending on a held connection")?;
+        read_answer(&mut self.reader)
+    }
+}
+
+fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<String> {
+    let mut line = String::new();
+    if reader.read_line(&mut line).context("reading an answer")? == 0 {
+        bail!("connection closed before an answer");
+    }
+    Ok(line.trim().to_string())
+}

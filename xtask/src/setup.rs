@@ -1,0 +1,295 @@
+//! `cargo xtask setup`: everything the build, the tests and the benchmarks need that a fresh
+//! machine (Debian 12, rustup with stable and nightly) lacks. Every step first checks whether it
+//! is already done, so a second run takes seconds. Nothing machine-specific is written down: the
+//! nightly's sysroot, LLVM version and library file are looked up each time.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::cmd;
+
+/// Debian packages the lab, the tests and the benchmarks run.
+const PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "netsniff-ng", // trafgen
+    "iperf3",
+    "wrk",
+    "nghttp2-client", // h2load
+    "nginx",
+    "haproxy",
+    "bpftool",
+    "tcpdump",
+    "nftables",
+    "iptables",
+    "conntrack",
+    "socat",
+    "curl",
+];
+
+/// The bpf-linker release known to build against the nightly's LLVM (docs: shared toolchain notes).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// `cargo xtask setup` options.
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// Print what would be done (including how bpf-linker would be built) without doing it.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs every step.
+pub fn run(args: &SetupArgs) -> Result<()> {
+    if !args.dry_run && !cmd::is_root() {
+        bail!("setup installs packages and mounts bpffs: run it as root");
+    }
+    packages(args.dry_run)?;
+    rust_src(args.dry_run)?;
+    bpf_linker(args.dry_run)?;
+    bpffs(args.dry_run)?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn packages(dry_run: bool) -> Result<()> {
+    let missing = missing_packages()?;
+    if missing.is_empty() {
+        eprintln!("setup: Debian packages present");
+        return Ok(());
+    }
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    let mut install = Command::new("apt-get");
+    install
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing);
+    if dry_run {
+        eprintln!("setup: would run `{}`", cmd::display(&update));
+        eprintln!("setup: would run `{}`", cmd::display(&install));
+        return Ok(());
+    }
+    // The package lists of a fresh machine are empty or stale: update only when installing.
+    cmd::run(&mut update)?;
+    cmd::run(&mut install)
+}
+
+/// Packages from [`PACKAGES`] that dpkg does not list as installed.
+fn missing_packages() -> Result<Vec<&'static str>> {
+    // dpkg-query exits 1 when some package is unknown; its stdout still lists the known ones.
+    let output = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\\n"])
+        .args(PACKAGES)
+        .output()
+        .context("running dpkg-query (is this Debian?)")?;
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let installed: Vec<&str> = listing
+        .lines()
+        .filter(|line| line.ends_with(" install ok installed"))
+        .filter_map(|line| line.split_whitespace().next())
+        .collect();
+    Ok(PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !installed.contains(package))
+        .collect())
+}
+
+fn rust_src(dry_run: bool) -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .context("listing the nightly toolchain's components (is rustup's nightly installed?)")?;
+    // Names carry the target triple, except rust-src.
+    if installed
+        .lines()
+        .any(|line| line.trim().starts_with("rust-src"))
+    {
+        eprintln!("setup: rust-src (nightly) present");
+        return Ok(());
+    }
+    let mut add = Command::new("rustup");
+    add.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    if dry_run {
+        eprintln!("setup: would run `{}`", cmd::display(&add));
+        return Ok(());
+    }
+    cmd::run(&mut add)
+}
+
+/// How bpf-linker gets built against the nightly's LLVM: a prefix whose lib/ holds the
+/// nightly's libLLVM under the names llvm-sys looks for.
+#[derive(Debug)]
+struct BpfLinkerPlan {
+    /// LLVM major version of the nightly (`rustc +nightly -vV`).
+    llvm_major: String,
+    /// The real shared library in the nightly's sysroot.
+    library: PathBuf,
+    /// The prefix handed to llvm-sys as LLVM_PREFIX; the built binary keeps it as its RUNPATH,
+    /// so it lives in a cache directory that outlasts `cargo clean`.
+    prefix: PathBuf,
+}
+
+impl BpfLinkerPlan {
+    fn derive() -> Result<Self> {
+        let sysroot = cmd::output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+            .context("asking the nightly toolchain for its sysroot")?;
+        let sysroot = PathBuf::from(sysroot.trim());
+        let version = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
+        let llvm_major = version
+            .lines()
+            .find_map(|line| line.strip_prefix("LLVM version:"))
+            .and_then(|v| v.trim().split('.').next())
+            .filter(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
+            .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{version}"))?
+            .to_string();
+        let library = real_libllvm(&sysroot.join("lib"))?;
+        let cache = match std::env::var_os("XDG_CACHE_HOME") {
+            Some(dir) => PathBuf::from(dir),
+            None => {
+                PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache")
+            }
+        };
+        let prefix = cache.join("xdp-ingress").join(format!("llvm-{llvm_major}"));
+        Ok(Self {
+            llvm_major,
+            library,
+            prefix,
+        })
+    }
+
+    fn library_name(&self) -> Result<&str> {
+        self.library
+            .file_name()
+            .and_then(|name| name.to_str())
+            .with_context(|| format!("odd library path {}", self.library.display()))
+    }
+
+    /// `P/lib/libLLVM.so` and `P/lib/<real name>`, both pointing at the real library.
+    fn links(&self) -> Result<Vec<PathBuf>> {
+        let lib = self.prefix.join("lib");
+        Ok(vec![lib.join("libLLVM.so"), lib.join(self.library_name()?)])
+    }
+
+    fn install_command(&self) -> Command {
+        let mut install = Command::new("cargo");
+        install
+            .env("LLVM_PREFIX", &self.prefix)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features"])
+            .arg(format!("llvm-{}", self.llvm_major));
+        install
+    }
+}
+
+/// The ELF file among the sysroot's `libLLVM*` (its sibling `libLLVM-NN-rust-*.so` is a linker
+/// script, which llvm-sys cannot use).
+fn real_libllvm(lib_dir: &Path) -> Result<PathBuf> {
+    let entries =
+        fs::read_dir(lib_dir).with_context(|| format!("listing {}", lib_dir.display()))?;
+    let mut found = Vec::new();
+    for entry in entries {
+        let path = entry
+            .with_context(|| format!("listing {}", lib_dir.display()))?
+            .path();
+        let is_llvm = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .is_some_and(|name| name.starts_with("libLLVM"));
+        if is_llvm && path.is_file() && is_elf(&path)? {
+            found.push(path);
+        }
+    }
+    found.sort();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "no libLLVM shared library in {} (is the nightly toolchain complete?)",
+            lib_dir.display()
+        ),
+        many => bail!(
+            "several libLLVM libraries in {}: {many:?}",
+            lib_dir.display()
+        ),
+    }
+}
+
+fn is_elf(path: &Path) -> Result<bool> {
+    use std::io::Read as _;
+    let mut magic = [0u8; 4];
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    Ok(file.read_exact(&mut magic).is_ok() && magic == *b"\x7fELF")
+}
+
+fn bpf_linker(dry_run: bool) -> Result<()> {
+    let works = cmd::succeeds("bpf-linker", &["--version"]);
+    if works && !dry_run {
+        eprintln!("setup: bpf-linker present");
+        return Ok(());
+    }
+    let plan = BpfLinkerPlan::derive()?;
+    if dry_run {
+        if works {
+            eprintln!("setup: bpf-linker present; building it would take these steps:");
+        } else {
+            eprintln!("setup: would build bpf-linker:");
+        }
+        for link in plan.links()? {
+            eprintln!(
+                "setup:   ln -sf {} {}",
+                plan.library.display(),
+                link.display()
+            );
+        }
+        eprintln!("setup:   {}", cmd::display(&plan.install_command()));
+        return Ok(());
+    }
+    let lib = plan.prefix.join("lib");
+    fs::create_dir_all(&lib).with_context(|| format!("creating {}", lib.display()))?;
+    for link in plan.links()? {
+        // Replace whatever is there: a link left by an older nightly points at a removed file.
+        match fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => {
+                return Err(error).with_context(|| format!("removing {}", link.display()))
+            }
+        }
+        std::os::unix::fs::symlink(&plan.library, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
+    }
+    cmd::run(&mut plan.install_command())?;
+    if !cmd::succeeds("bpf-linker", &["--version"]) {
+        bail!("bpf-linker was installed but does not run; is ~/.cargo/bin on PATH?");
+    }
+    Ok(())
+}
+
+fn bpffs(dry_run: bool) -> Result<()> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let mounted = mounts.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, target, fstype) = (fields.next(), fields.next(), fields.next());
+        target == Some("/sys/fs/bpf") && fstype == Some("bpf")
+    });
+    if mounted {
+        eprintln!("setup: bpffs mounted at /sys/fs/bpf");
+        return Ok(());
+    }
+    let mut mount = Command::new("mount");
+    mount.args(["-t", "bpf", "bpf", "/sys/fs/bpf"]);
+    if dry_run {
+        eprintln!("setup: would run `{}`", cmd::display(&mount));
+        return Ok(());
+    }
+    cmd::run(&mut mount)
+}

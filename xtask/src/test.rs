@@ -1,0 +1,63 @@
+//! `cargo xtask test`, what CI runs: setup, formatting check, the agent binary, every test in
+//! the workspace (unit tests, BPF_PROG_TEST_RUN fixtures, end-to-end lab tests given the agent
+//! as XDP_INGRESS_BIN), then clippy with warnings as errors.
+
+use std::process::Command;
+
+use anyhow::{ensure, Result};
+use xdp_ingress_tests::agent::BIN_ENV;
+
+use crate::{build, cmd, setup};
+
+/// `cargo xtask test` options.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Skip the rustfmt and clippy checks.
+    #[arg(long)]
+    pub no_lint: bool,
+    /// Passed to the test binaries (e.g. a test name filter, `--nocapture`).
+    #[arg(last = true)]
+    pub test_args: Vec<String>,
+}
+
+/// Runs the checks in order; the first failure stops the run.
+pub fn run(args: &TestArgs) -> Result<()> {
+    ensure!(
+        cmd::is_root(),
+        "the tests need root (network namespaces, XDP, BPF_PROG_TEST_RUN)"
+    );
+    let started = std::time::Instant::now();
+    setup::run(&setup::SetupArgs { dry_run: false })?;
+    let root = cmd::workspace_root();
+    if !args.no_lint {
+        // First: seconds, and the most common reason for a red CI.
+        cmd::run(
+            Command::new("cargo")
+                .current_dir(&root)
+                .args(["fmt", "--all", "--", "--check"]),
+        )?;
+    }
+    let binary = build::agent()?;
+    cmd::run(
+        Command::new("cargo")
+            .current_dir(&root)
+            .env(BIN_ENV, &binary)
+            .args(["test", "--workspace", "--"])
+            .args(&args.test_args),
+    )?;
+    if !args.no_lint {
+        cmd::run(Command::new("cargo").current_dir(&root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
+    }
+    eprintln!(
+        "xtask test: all passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
