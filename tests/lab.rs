@@ -508,17 +508,7 @@ impl Lab {
     pub fn down(prefix: &str) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for name in Netns::list()? {
-            let Some(role) = name
-                .strip_prefix(prefix)
-                .and_then(|rest| rest.strip_prefix('-'))
-            else {
-                continue;
-            };
-            let is_lab_role = matches!(role, "client" | "node" | "lan")
-                || role
-                    .strip_prefix('b')
-                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            if !is_lab_role {
+            if !is_fixed_lab_name(prefix, &name) {
                 continue;
             }
             let netns = Netns::open(&name)?;
@@ -528,6 +518,21 @@ impl Lab {
         }
         Ok(removed)
     }
+}
+
+/// `<prefix>-client`, `<prefix>-node`, `<prefix>-lan` or `<prefix>-b<N>`: what [`Lab::up`]
+/// names with fixed names (and nothing else someone may have called `<prefix>-...`).
+fn is_fixed_lab_name(prefix: &str, name: &str) -> bool {
+    let Some(role) = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+    else {
+        return false;
+    };
+    matches!(role, "client" | "node" | "lan")
+        || role
+            .strip_prefix('b')
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn cidr(addr: Ipv4Addr, prefix: u8) -> String {
@@ -772,4 +777,36 @@ fn read_answer(reader: &mut BufReader<TcpStream>) -> Result<String> {
         bail!("connection closed before an answer");
     }
     Ok(line.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lab_down_removes_only_the_lab_roles() {
+        for name in ["xi-client", "xi-node", "xi-lan", "xi-b1", "xi-b12"] {
+            assert!(is_fixed_lab_name("xi", name), "{name}");
+        }
+        for name in [
+            "xi-b",
+            "xi-bx",
+            "xi-node-123",
+            "xin-node",
+            "xi",
+            "other-node",
+            "xi-x1",
+        ] {
+            assert!(!is_fixed_lab_name("xi", name), "{name}");
+        }
+    }
+
+    #[test]
+    fn backend_links_parse_and_print() -> Result<()> {
+        for link in [BackendLink::Shared, BackendLink::PerBackend] {
+            assert_eq!(link.to_string().parse::<BackendLink>()?, link);
+        }
+        assert!("bridge".parse::<BackendLink>().is_err());
+        Ok(())
+    }
 }

@@ -13,6 +13,8 @@ mod lab;
 mod setup;
 mod test;
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
@@ -40,8 +42,20 @@ enum Command {
     LabServe(lab::ServeArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // The cause chain on one line each; a backtrace (RUST_BACKTRACE) would only show
+            // xtask's own call stack.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Setup(args) => setup::run(&args),
         Command::Build => {
             let binary = build::agent()?;

@@ -145,13 +145,8 @@ impl BpfLinkerPlan {
             .context("asking the nightly toolchain for its sysroot")?;
         let sysroot = PathBuf::from(sysroot.trim());
         let version = cmd::output(Command::new("rustc").args(["+nightly", "-vV"]))?;
-        let llvm_major = version
-            .lines()
-            .find_map(|line| line.strip_prefix("LLVM version:"))
-            .and_then(|v| v.trim().split('.').next())
-            .filter(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
-            .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{version}"))?
-            .to_string();
+        let llvm_major = llvm_major(&version)
+            .with_context(|| format!("no LLVM version in `rustc +nightly -vV`:\n{version}"))?;
         let library = real_libllvm(&sysroot.join("lib"))?;
         let cache = match std::env::var_os("XDG_CACHE_HOME") {
             Some(dir) => PathBuf::from(dir),
@@ -189,6 +184,16 @@ impl BpfLinkerPlan {
             .arg(format!("llvm-{}", self.llvm_major));
         install
     }
+}
+
+/// The major version from `rustc -vV`'s "LLVM version: 22.1.4" line.
+fn llvm_major(rustc_version: &str) -> Option<String> {
+    rustc_version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version:"))
+        .and_then(|version| version.trim().split('.').next())
+        .filter(|major| !major.is_empty() && major.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
 }
 
 /// The ELF file among the sysroot's `libLLVM*` (its sibling `libLLVM-NN-rust-*.so` is a linker
@@ -292,4 +297,40 @@ fn bpffs(dry_run: bool) -> Result<()> {
         return Ok(());
     }
     cmd::run(&mut mount)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llvm_major_comes_from_the_llvm_line() {
+        let text = "rustc 1.97.0-nightly (e50aa6fba 2026-05-19)\nbinary: rustc\n\
+                    host: x86_64-unknown-linux-gnu\nLLVM version: 22.1.4\n";
+        assert_eq!(llvm_major(text).as_deref(), Some("22"));
+        assert_eq!(llvm_major("rustc 1.0.0\nLLVM version: \n"), None);
+        assert_eq!(llvm_major("rustc 1.0.0\n"), None);
+    }
+
+    #[test]
+    fn the_real_libllvm_is_the_elf_file_not_the_linker_script() -> Result<()> {
+        let dir = std::env::temp_dir().join(format!("xtask-libllvm-{}", std::process::id()));
+        fs::create_dir_all(&dir)?;
+        fs::write(
+            dir.join("libLLVM-22-rust-1.97.0-nightly.so"),
+            "INPUT(libLLVM.so.22.1-rust-1.97.0-nightly)\n",
+        )?;
+        fs::write(
+            dir.join("libLLVM.so.22.1-rust-1.97.0-nightly"),
+            b"\x7fELF\x02\x01",
+        )?;
+        fs::write(dir.join("librustc_driver-0123.so"), b"\x7fELF\x02\x01")?;
+        let found = real_libllvm(&dir);
+        fs::remove_dir_all(&dir)?;
+        assert_eq!(
+            found?.file_name().and_then(|name| name.to_str()),
+            Some("libLLVM.so.22.1-rust-1.97.0-nightly")
+        );
+        Ok(())
+    }
 }
