@@ -208,7 +208,9 @@ impl AgentProcess {
             }
             if Instant::now() >= deadline {
                 bail!(
-                    "the agent did not exit within {timeout:?} of SIGTERM; its output:\n{}",
+                    "the agent did not exit within {timeout:?} of SIGTERM; where it waits:\n{}\n\
+                     its output:\n{}",
+                    where_it_waits(pid),
                     self.output().join("\n")
                 );
             }
@@ -231,6 +233,36 @@ impl Drop for AgentProcess {
         }
         self.join_readers();
     }
+}
+
+/// The state and kernel stack of each thread of `pid`, for a process that does not exit.
+fn where_it_waits(pid: i32) -> String {
+    let mut report = Vec::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return format!("(no /proc/{pid}/task)");
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let read = |name: &str| std::fs::read_to_string(path.join(name)).unwrap_or_default();
+        let status = read("status");
+        let field = |key: &str| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        };
+        report.push(format!(
+            "thread {} ({}) {} wchan={}\n{}",
+            task.file_name().to_string_lossy(),
+            field("Name:"),
+            field("State:"),
+            read("wchan"),
+            read("stack").trim_end()
+        ));
+    }
+    report.join("\n")
 }
 
 fn collect(stream: impl Read + Send + 'static, output: Arc<Output>) -> JoinHandle<()> {

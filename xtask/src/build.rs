@@ -16,13 +16,10 @@ pub fn agent() -> Result<PathBuf> {
     let mut build = Command::new("cargo");
     build
         .current_dir(cmd::workspace_root())
-        .args([
-            "build",
-            "--package",
-            "ingress-userspace",
-            "--bin",
-            "xdp-ingress",
-        ])
+        // The whole workspace's bins, not `-p ingress-userspace`: features then resolve as for
+        // `cargo test --workspace`, which reuses this build instead of compiling the agent (and
+        // the eBPF object, 40 s cold) a second time with another feature set.
+        .args(["build", "--workspace", "--bins"])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     eprintln!("$ {}", cmd::display(&build));

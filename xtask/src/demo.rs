@@ -94,7 +94,7 @@ pub fn run() -> Result<()> {
     println!("stopping the agent (SIGTERM); its counters:");
     let seen = agent.output().len();
     let (status, output) = agent
-        .terminate(Duration::from_secs(10))
+        .terminate(Duration::from_secs(30))
         .context("stopping the agent")?;
     for line in output.iter().skip(seen) {
         println!("  agent| {line}");
