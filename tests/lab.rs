@@ -677,6 +677,12 @@ fn serve_tcp(
             }
         }));
     }
+    // Drop has shut down the connections it saw; one accepted since then is only known here.
+    if let Ok(connections) = connections.lock() {
+        for stream in connections.values() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+    }
     for handler in handlers {
         let _ = handler.join();
     }
