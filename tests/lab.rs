@@ -158,6 +158,9 @@ impl Lab {
         if config.backends == 0 || config.backends > 200 {
             bail!("a lab needs 1 to 200 backends, not {}", config.backends);
         }
+        if !config.fixed_names {
+            Self::remove_stale(&config.prefix)?;
+        }
         let make = |role: &str| {
             let base = format!("{}-{role}", config.prefix);
             if config.fixed_names {
@@ -506,13 +509,34 @@ impl Lab {
     /// Removes a lab built with fixed names and this prefix: ends every process inside its
     /// namespaces (servers, an agent), then deletes them. Returns the names removed.
     pub fn down(prefix: &str) -> Result<Vec<String>> {
+        Self::remove_matching(|name| is_fixed_lab_name(prefix, name))
+    }
+
+    /// Removes labs with unique names whose process is gone (a test run that was killed and so
+    /// never dropped its lab), with any agent still running in them.
+    fn remove_stale(prefix: &str) -> Result<Vec<String>> {
+        Self::remove_matching(|name| {
+            name.rsplit_once('-').is_some_and(|(base, pid)| {
+                is_fixed_lab_name(prefix, base)
+                    && pid.parse::<u32>().is_ok()
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+            })
+        })
+    }
+
+    fn remove_matching(matches: impl Fn(&str) -> bool) -> Result<Vec<String>> {
         let mut removed = Vec::new();
         for name in Netns::list()? {
-            if !is_fixed_lab_name(prefix, &name) {
+            if !matches(&name) {
                 continue;
             }
-            let netns = Netns::open(&name)?;
-            end_processes(&netns.pids()?);
+            // Someone else may be removing it at the same moment: skip what is already gone.
+            let Ok(netns) = Netns::open(&name) else {
+                continue;
+            };
+            if let Ok(pids) = netns.pids() {
+                end_processes(&pids);
+            }
             drop(netns);
             removed.push(name);
         }
