@@ -3,10 +3,13 @@
 //! routes the VIP there, so the VIP answers only while the agent forwards it.
 //!
 //! ```text
-//!  client ns              node ns                        Shared:  lan ns (br0) ── b1, b2, b3 ...
-//!  eth0 192.0.2.2 ─── n-client 192.0.2.1                          (one link, n-lan 198.51.100.1/24)
-//!                         n-lan | n-b1 n-b2 ... ─────── PerBackend: one veth per backend, /32
-//!                                                                 routes (as CNI plugins do)
+//!  client ns                 node ns (the agent runs here)
+//!  eth0 192.0.2.2/24 ─────── n-client 192.0.2.1/24
+//!  route 203.0.113.0/24      ip_forward=1, no address or route for the VIP
+//!    via 192.0.2.1
+//!                            Shared:     n-lan 198.51.100.1/24 ─── lan ns: br0 ─── b1 b2 b3 ...
+//!                            PerBackend: n-b1, n-b2, ... 198.51.100.1/32 and a /32 route each
+//!  backends bN: 198.51.100.1N, default route via 198.51.100.1
 //! ```
 //!
 //! Addresses come from the documentation ranges; traffic never leaves the namespaces made here.
