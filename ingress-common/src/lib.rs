@@ -15,6 +15,14 @@ pub mod map_names {
     /// `HashMap<u32, u32>`: every VIP address (value: number of Service ports on it), so fragments,
     /// which may carry no ports, can be recognised as ours.
     pub const VIPS: &str = "VIPS";
+    /// `Array<ServiceState>`, indexed by service id: lets an established flow be checked without
+    /// a hash lookup.
+    pub const SERVICE_STATES: &str = "SERVICE_STATES";
+    /// `Array<u64>` of [`crate::FILTER_WORDS`] words: a bitmap over VIP addresses (see
+    /// [`crate::filter_slot`]); a clear bit means "certainly not a VIP".
+    pub const VIP_FILTER: &str = "VIP_FILTER";
+    /// The same over backend addresses: a clear bit means "certainly not a reply from a backend".
+    pub const BACKEND_FILTER: &str = "BACKEND_FILTER";
     /// `Array<BackendEntry>`, indexed by backend id.
     pub const BACKENDS: &str = "BACKENDS";
     /// `Array<MaglevChunk>`: every Service's Maglev lookup table, each in its own range.
@@ -23,6 +31,8 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     /// `LruHashMap<FlowKey, ReverseEntry>`: backend → client flows and the VIP to restore.
     pub const REVERSE_FLOWS: &str = "REVERSE_FLOWS";
+    /// `PerCpuArray<NextHop>`, indexed by backend id: the FIB's last answer for the backend.
+    pub const NEXT_HOPS: &str = "NEXT_HOPS";
     /// `PerCpuArray<TrafficCounters>`, indexed by service id.
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     /// `PerCpuArray<TrafficCounters>`, indexed by backend id.
@@ -117,8 +127,35 @@ pub struct ServiceEntry {
     pub table_offset: u32,
     /// Number of slots (a prime), 0 when the Service has no ready backend.
     pub table_size: u32,
-    /// Reserved for flags (session affinity, external traffic policy); zero today.
-    pub flags: u32,
+    /// The epoch of this service id, as in `SERVICE_STATES`; flows remember it.
+    pub epoch: u32,
+}
+
+/// What an established flow checks about its Service, by service id: that the id still belongs to
+/// the frontend the flow was made for (same VIP, port, protocol and epoch).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceState {
+    /// VIP, network byte order (0 when the id is unused).
+    pub vip: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// Protocol.
+    pub proto: u8,
+    /// Always zero.
+    pub pad: u8,
+    /// Bumped whenever the id is given to a frontend or taken away.
+    pub epoch: u32,
+}
+
+/// Words in each address filter bitmap (65,536 bits, 8 KiB).
+pub const FILTER_WORDS: u32 = 1024;
+
+/// Word index and bit mask of an address (wire order) in a filter bitmap.
+#[inline(always)]
+pub fn filter_slot(addr: u32) -> (u32, u64) {
+    let h = addr.wrapping_mul(0x9E37_79B1) >> 16;
+    ((h >> 6) & (FILTER_WORDS - 1), 1u64 << (h & 63))
 }
 
 /// Backend is live: new flows may be sent to it and existing flows keep it.
@@ -159,6 +196,31 @@ pub struct FlowKey {
     pub pad: [u8; 3],
 }
 
+/// How long a cached FIB answer for a backend is used before the FIB is asked again.
+pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+
+/// The FIB's answer for one backend, cached per CPU (the lookup is the most expensive step of a
+/// forward). Valid while `generation` matches the backend's, `expires_ns` lies ahead and the
+/// packet is no longer than `max_len` (the longest packet the FIB accepted, so MTU checks stay).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Backend generation the answer was for.
+    pub generation: u32,
+    /// Longest IPv4 total length the FIB accepted for this next hop.
+    pub max_len: u16,
+    /// Destination MAC.
+    pub dst_mac: [u8; 6],
+    /// Source MAC.
+    pub src_mac: [u8; 6],
+    /// Always zero.
+    pub pad: u16,
+    /// `bpf_ktime_get_coarse_ns` after which the FIB is asked again.
+    pub expires_ns: u64,
+}
+
 /// A tracked client → VIP flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,10 +229,10 @@ pub struct FlowEntry {
     pub backend_id: u32,
     /// The backend's generation when chosen.
     pub backend_generation: u32,
-    /// Service the flow belongs to (the Service id is reused only after the Service is gone).
+    /// Service the flow belongs to.
     pub service_id: u32,
-    /// Always zero.
-    pub pad: u32,
+    /// The service id's epoch when the flow was made.
+    pub service_epoch: u32,
 }
 
 /// A tracked backend → client flow: what to put back as the source.
@@ -325,6 +387,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for BackendEntry {}
     // SAFETY: as above.
+    unsafe impl aya::Pod for ServiceState {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowEntry {}
@@ -334,6 +398,8 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MaglevChunk {}
+    // SAFETY: as above (4 + 4 + 2 + 6 + 6 + 2 + 8 bytes, no padding).
+    unsafe impl aya::Pod for NextHop {}
     // SAFETY: as above (4 + 6 + 6 bytes, no padding).
     unsafe impl aya::Pod for crate::bench::RedirectTarget {}
 }

@@ -1,29 +1,70 @@
 //! Where a rewritten packet goes: the kernel FIB names the next hop and the interface; we set the
 //! MACs and send it with XDP_TX (same interface) or XDP_REDIRECT. Without an answer from the FIB
-//! (no neighbour entry yet, no route) the rewritten packet goes to the stack, which forwards it
-//! and resolves the neighbour, so the next packet takes the fast path.
+//! (no neighbour entry yet, no route, packet above the MTU) the rewritten packet goes to the
+//! stack, which forwards it (or answers with ICMP) and resolves the neighbour, so the next packet
+//! takes the fast path.
+//!
+//! The FIB lookup costs more than everything else on the forward path together, so its answer for
+//! a backend is cached per CPU in `NEXT_HOPS` for [`NEXT_HOP_TTL_NS`]: a changed route or
+//! neighbour is picked up within that time, a reused backend id (new generation) at once, and a
+//! packet longer than any the FIB accepted for that next hop always asks the FIB (MTU).
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
     programs::XdpContext,
 };
-use ingress_common::Reason;
+use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_NS};
 
-use crate::{nat, parse::Packet};
+use crate::{maps::NEXT_HOPS, nat, parse::Packet};
 
 const AF_INET: u8 = 2;
 
-/// Looks up the next hop for `src → dst` and sends the packet there. `towards_backend` only picks
-/// which counter the verdict is recorded under.
+/// Which direction a packet travels, and for a forward, whose next hop may be cached.
+pub enum Direction {
+    /// To backend `id` of generation `generation`.
+    ToBackend { id: u32, generation: u32 },
+    /// A reply back to the client.
+    ToClient,
+}
+
+/// Sends the packet towards `dst` (its source is `src`), from the cache or the FIB.
 #[inline(always)]
 pub fn send(
     ctx: &XdpContext,
     packet: &Packet,
     src: u32,
     dst: u32,
-    towards_backend: bool,
+    direction: Direction,
 ) -> (u32, Reason) {
+    let ingress_ifindex = ctx.ingress_ifindex() as u32;
+    let tot_len = u16::from_be(packet.tot_len);
+    let mut cache: Option<(*mut NextHop, u32)> = None;
+    let mut now = 0u64;
+    if let Direction::ToBackend { id, generation } = direction {
+        if let Some(hop) = NEXT_HOPS.get_ptr_mut(id) {
+            // SAFETY: per-CPU slot of a map value; only this CPU touches it now.
+            now = unsafe { bpf_ktime_get_coarse_ns() };
+            // SAFETY: as above.
+            let cached = unsafe { *hop };
+            if cached.ifindex != 0
+                && cached.generation == generation
+                && cached.expires_ns > now
+                && tot_len <= cached.max_len
+            {
+                return transmit(
+                    packet,
+                    ingress_ifindex,
+                    cached.ifindex,
+                    cached.dst_mac,
+                    cached.src_mac,
+                    true,
+                );
+            }
+            cache = Some((hop, generation));
+        }
+    }
+
     // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid starting value.
     let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -33,11 +74,10 @@ pub fn send(
         params.sport = (*packet.ports).src;
         params.dport = (*packet.ports).dst;
     }
-    params.__bindgen_anon_1.tot_len = u16::from_be(packet.tot_len);
+    params.__bindgen_anon_1.tot_len = tot_len;
     params.__bindgen_anon_2.tos = packet.tos;
     params.__bindgen_anon_3.ipv4_src = src;
     params.__bindgen_anon_4.ipv4_dst = dst;
-    let ingress_ifindex = ctx.ingress_ifindex() as u32;
     params.ifindex = ingress_ifindex;
     // SAFETY: params is a valid, fully initialised struct of the size passed.
     let rc = unsafe {
@@ -51,15 +91,59 @@ pub fn send(
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return (xdp_action::XDP_PASS, Reason::PassFibMiss);
     }
-    let same_interface = params.ifindex == ingress_ifindex;
+    if let Some((hop, generation)) = cache {
+        // SAFETY: per-CPU slot, see above.
+        unsafe {
+            let previous = *hop;
+            let same = previous.ifindex == params.ifindex
+                && previous.generation == generation
+                && previous.dst_mac == params.dmac
+                && previous.src_mac == params.smac;
+            *hop = NextHop {
+                ifindex: params.ifindex,
+                generation,
+                max_len: if same && previous.max_len > tot_len {
+                    previous.max_len
+                } else {
+                    tot_len
+                },
+                dst_mac: params.dmac,
+                src_mac: params.smac,
+                pad: 0,
+                expires_ns: now + NEXT_HOP_TTL_NS,
+            };
+        }
+    }
+    let towards_backend = matches!(direction, Direction::ToBackend { .. });
+    transmit(
+        packet,
+        ingress_ifindex,
+        params.ifindex,
+        params.dmac,
+        params.smac,
+        towards_backend,
+    )
+}
+
+/// Router duty and the verdict once the next hop is known.
+#[inline(always)]
+fn transmit(
+    packet: &Packet,
+    ingress_ifindex: u32,
+    egress_ifindex: u32,
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    towards_backend: bool,
+) -> (u32, Reason) {
+    let same_interface = egress_ifindex == ingress_ifindex;
     if packet.has_vlan && !same_interface {
         return (xdp_action::XDP_PASS, Reason::PassVlanOtherInterface);
     }
     nat::decrement_ttl(packet);
     // SAFETY: the Ethernet header was bounds-checked by parse::parse.
     unsafe {
-        (*packet.eth).dst = params.dmac;
-        (*packet.eth).src = params.smac;
+        (*packet.eth).dst = dst_mac;
+        (*packet.eth).src = src_mac;
     }
     if same_interface {
         let reason = if towards_backend {
@@ -70,7 +154,7 @@ pub fn send(
         return (xdp_action::XDP_TX, reason);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
-    let action = unsafe { bpf_redirect(params.ifindex, 0) } as u32;
+    let action = unsafe { bpf_redirect(egress_ifindex, 0) } as u32;
     let reason = if towards_backend {
         Reason::ForwardRedirect
     } else {

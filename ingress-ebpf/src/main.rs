@@ -21,12 +21,15 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use ingress_common::{
-    flow_hash, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE,
-    MAGLEV_CHUNK_SLOTS,
+    filter_slot, flow_hash, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
+    ServiceKey, BACKEND_ACTIVE, MAGLEV_CHUNK_SLOTS,
 };
 
 use crate::{
-    maps::{BACKENDS, FLOWS, MAGLEV_SLOTS, REVERSE_FLOWS, SERVICES, VIPS},
+    maps::{
+        BACKENDS, BACKEND_FILTER, FLOWS, MAGLEV_SLOTS, REVERSE_FLOWS, SERVICES, SERVICE_STATES,
+        VIPS, VIP_FILTER,
+    },
     parse::Packet,
 };
 
@@ -55,25 +58,29 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
             (xdp_action::XDP_PASS, Reason::PassNotOurs)
         };
     }
-    let service_key = ServiceKey {
-        vip: packet.dst_addr,
-        port: packet.dst_port,
-        proto: packet.proto,
-        pad: 0,
-    };
-    // SAFETY: ServiceEntry is plain data; user space replaces entries whole, never in place.
-    match unsafe { SERVICES.get(&service_key) } {
-        Some(service) => forward_to_backend(ctx, &packet, *service),
-        None => reply_to_client(ctx, &packet),
+    // Most of a node's traffic is neither for a VIP nor a reply from a backend: two bitmap tests
+    // (array lookups the verifier inlines) send it on without touching a hash map.
+    if maybe_in(&VIP_FILTER, packet.dst_addr) {
+        if let Some(verdict) = forward_to_backend(ctx, &packet) {
+            return verdict;
+        }
     }
+    if maybe_in(&BACKEND_FILTER, packet.src_addr) {
+        return reply_to_client(ctx, &packet);
+    }
+    (xdp_action::XDP_PASS, Reason::PassNotOurs)
 }
 
-/// Client → VIP: pick the backend and DNAT.
+/// False when `addr` is certainly not in the set the filter describes.
 #[inline(always)]
-fn forward_to_backend(ctx: &XdpContext, packet: &Packet, service: ServiceEntry) -> (u32, Reason) {
-    if packet.ttl <= 1 {
-        return (xdp_action::XDP_PASS, Reason::PassTtlExpired);
-    }
+fn maybe_in(filter: &aya_ebpf::maps::Array<u64>, addr: u32) -> bool {
+    let (word, bit) = filter_slot(addr);
+    filter.get(word).is_some_and(|w| w & bit != 0)
+}
+
+/// Client → VIP: find or pick the backend and DNAT. `None` when the packet is not for a Service.
+#[inline(always)]
+fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)> {
     let flow_key = FlowKey {
         src_addr: packet.src_addr,
         dst_addr: packet.dst_addr,
@@ -82,67 +89,57 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet, service: ServiceEntry) 
         proto: packet.proto,
         pad: [0; 3],
     };
-    let (backend_id, backend) = match tracked_backend(&flow_key, &service) {
+    // Established flows need one hash lookup: the flow, checked against its Service's state and
+    // its backend by index. Everything else takes the Service lookup.
+    let (service_id, backend_id, backend) = match established(&flow_key) {
         Some(found) => found,
         None => {
-            let Some((backend_id, backend)) = pick_backend(packet, &service) else {
-                let reason = if service.table_size == 0 {
-                    Reason::DropNoBackend
-                } else {
-                    Reason::DropInternal
-                };
-                if reason == Reason::DropNoBackend {
-                    stats::count_no_backend(service.service_id);
-                } else {
-                    aya_log_ebpf::warn!(
-                        ctx,
-                        "maglev slot of service {} points at no live backend",
-                        service.service_id
-                    );
-                }
-                return (xdp_action::XDP_DROP, reason);
-            };
-            let flow = FlowEntry {
-                backend_id,
-                backend_generation: backend.generation,
-                service_id: service.service_id,
-                pad: 0,
-            };
-            let reverse_key = FlowKey {
-                src_addr: backend.addr,
-                dst_addr: packet.src_addr,
-                src_port: backend.port,
-                dst_port: packet.src_port,
-                proto: packet.proto,
-                pad: [0; 3],
-            };
-            let reverse = ReverseEntry {
+            let service_key = ServiceKey {
                 vip: packet.dst_addr,
                 port: packet.dst_port,
+                proto: packet.proto,
                 pad: 0,
             };
-            // A full LRU evicts the oldest flow; a failed insert only means the next packet of this
-            // flow hashes again (to the same backend while the table is unchanged).
-            let _ = FLOWS.insert(&flow_key, &flow, 0);
-            let _ = REVERSE_FLOWS.insert(&reverse_key, &reverse, 0);
-            stats::count_new_flow(service.service_id);
-            (backend_id, backend)
+            // SAFETY: ServiceEntry is plain data; user space replaces entries whole.
+            let service = *unsafe { SERVICES.get(service_key) }?;
+            if packet.ttl <= 1 {
+                return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
+            }
+            match new_flow(ctx, packet, &flow_key, &service) {
+                Ok((backend_id, backend)) => (service.service_id, backend_id, backend),
+                Err(verdict) => return Some(verdict),
+            }
         }
     };
+    if packet.ttl <= 1 {
+        return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
+    }
     nat::rewrite_destination(packet, backend.addr, backend.port);
-    stats::count_forward(service.service_id, backend_id, packet.frame_len);
-    forward::send(ctx, packet, packet.src_addr, backend.addr, true)
+    stats::count_forward(service_id, backend_id, packet.frame_len);
+    Some(forward::send(
+        ctx,
+        packet,
+        packet.src_addr,
+        backend.addr,
+        forward::Direction::ToBackend {
+            id: backend_id,
+            generation: backend.generation,
+        },
+    ))
 }
 
-/// The backend remembered for this flow, if it is still the same live backend of this Service.
+/// The tracked flow's Service id and backend, if the id still belongs to this frontend (same
+/// epoch) and the backend is still the same live one.
 #[inline(always)]
-fn tracked_backend(
-    flow_key: &FlowKey,
-    service: &ServiceEntry,
-) -> Option<(u32, ingress_common::BackendEntry)> {
+fn established(flow_key: &FlowKey) -> Option<(u32, u32, BackendEntry)> {
     // SAFETY: FlowEntry is plain data; a concurrent replacement yields the old or the new value.
     let flow = unsafe { FLOWS.get(flow_key) }?;
-    if flow.service_id != service.service_id {
+    let state = SERVICE_STATES.get(flow.service_id)?;
+    if state.epoch != flow.service_epoch
+        || state.vip != flow_key.dst_addr
+        || state.port != flow_key.dst_port
+        || state.proto != flow_key.proto
+    {
         return None;
     }
     let backend = BACKENDS.get(flow.backend_id)?;
@@ -150,15 +147,59 @@ fn tracked_backend(
         // The backend left (or its id was reused): re-balance this flow instead of black-holing it.
         return None;
     }
-    Some((flow.backend_id, *backend))
+    Some((flow.service_id, flow.backend_id, *backend))
+}
+
+/// A flow without a live tracked backend: pick one with Maglev and remember it both ways.
+#[inline(always)]
+fn new_flow(
+    ctx: &XdpContext,
+    packet: &Packet,
+    flow_key: &FlowKey,
+    service: &ServiceEntry,
+) -> Result<(u32, BackendEntry), (u32, Reason)> {
+    let Some((backend_id, backend)) = pick_backend(packet, service) else {
+        if service.table_size == 0 {
+            stats::count_no_backend(service.service_id);
+            return Err((xdp_action::XDP_DROP, Reason::DropNoBackend));
+        }
+        aya_log_ebpf::warn!(
+            ctx,
+            "maglev slot of service {} points at no live backend",
+            service.service_id
+        );
+        return Err((xdp_action::XDP_DROP, Reason::DropInternal));
+    };
+    let flow = FlowEntry {
+        backend_id,
+        backend_generation: backend.generation,
+        service_id: service.service_id,
+        service_epoch: service.epoch,
+    };
+    let reverse_key = FlowKey {
+        src_addr: backend.addr,
+        dst_addr: packet.src_addr,
+        src_port: backend.port,
+        dst_port: packet.src_port,
+        proto: packet.proto,
+        pad: [0; 3],
+    };
+    let reverse = ReverseEntry {
+        vip: packet.dst_addr,
+        port: packet.dst_port,
+        pad: 0,
+    };
+    // A full LRU evicts the oldest flow; a failed insert only means the next packet of this flow
+    // hashes again (to the same backend while the table is unchanged).
+    let _ = FLOWS.insert(flow_key, flow, 0);
+    let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
+    stats::count_new_flow(service.service_id);
+    Ok((backend_id, backend))
 }
 
 /// Maglev: hash the 5-tuple onto the Service's lookup table.
 #[inline(always)]
-fn pick_backend(
-    packet: &Packet,
-    service: &ServiceEntry,
-) -> Option<(u32, ingress_common::BackendEntry)> {
+fn pick_backend(packet: &Packet, service: &ServiceEntry) -> Option<(u32, BackendEntry)> {
     if service.table_size == 0 {
         return None;
     }
@@ -193,14 +234,20 @@ fn reply_to_client(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
         pad: [0; 3],
     };
     // SAFETY: ReverseEntry is plain data.
-    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(&reverse_key) }).copied() else {
+    let Some(reverse) = (unsafe { REVERSE_FLOWS.get(reverse_key) }).copied() else {
         return (xdp_action::XDP_PASS, Reason::PassNotOurs);
     };
     if packet.ttl <= 1 {
         return (xdp_action::XDP_PASS, Reason::PassTtlExpired);
     }
     nat::rewrite_source(packet, reverse.vip, reverse.port);
-    forward::send(ctx, packet, reverse.vip, packet.dst_addr, false)
+    forward::send(
+        ctx,
+        packet,
+        reverse.vip,
+        packet.dst_addr,
+        forward::Direction::ToClient,
+    )
 }
 
 #[cfg(target_arch = "bpf")]

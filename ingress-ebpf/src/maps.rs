@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ingress_common::{
-    capacity, BackendEntry, FlowEntry, FlowKey, MaglevChunk, Reason, ReverseEntry, ServiceEntry,
-    ServiceKey, TrafficCounters, MAGLEV_CHUNK_SLOTS,
+    capacity, BackendEntry, FlowEntry, FlowKey, MaglevChunk, NextHop, Reason, ReverseEntry,
+    ServiceEntry, ServiceKey, ServiceState, TrafficCounters, FILTER_WORDS, MAGLEV_CHUNK_SLOTS,
 };
 
 /// Lets the agent mmap the Maglev slots and write whole tables with a memcpy.
@@ -18,6 +18,15 @@ pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
 
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "SERVICE_STATES")]
+pub static SERVICE_STATES: Array<ServiceState> = Array::with_max_entries(capacity::SERVICES, 0);
+
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+
+#[map(name = "BACKEND_FILTER")]
+pub static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
 
 #[map(name = "BACKENDS")]
 pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(capacity::BACKENDS, 0);
@@ -32,6 +41,9 @@ pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(
 #[map(name = "REVERSE_FLOWS")]
 pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseEntry> =
     LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map(name = "NEXT_HOPS")]
+pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(capacity::BACKENDS, 0);
 
 #[map(name = "SERVICE_STATS")]
 pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =

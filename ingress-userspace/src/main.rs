@@ -22,9 +22,12 @@ fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
         .context("--log-level")?;
+    // Colours only for a person at a terminal; logs read by tools stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(ansi)
         .init();
     match cli.command {
         Command::Validate(args) => validate(args),
@@ -93,12 +96,7 @@ async fn run(args: RunArgs) -> Result<()> {
         tokio::select! {
             Some(()) = changes.recv() => {
                 // Let a burst of writes (an editor saving, a tool rewriting several files) settle.
-                loop {
-                    match tokio::time::timeout(debounce, changes.recv()).await {
-                        Ok(Some(())) => continue,
-                        _ => break,
-                    }
-                }
+                while let Ok(Some(())) = tokio::time::timeout(debounce, changes.recv()).await {}
                 reload(&mut agent);
             }
             _ = log_tick.tick() => datapath.flush_logs(),

@@ -788,8 +788,9 @@ fn foreign_flow_case(lb: &mut Lb) -> Result<Fixture> {
     let (web, dns) = (tcp(VIP, 80), udp(VIP, 53));
     let input = client_tcp(40060, VIP, 80);
     let foreign = lb.frontend(dns)?;
-    let (service_id, (_, &backend_id)) = (
+    let (service_id, service_epoch, (_, &backend_id)) = (
         foreign.service_id,
+        foreign.epoch,
         foreign.backends.iter().next().context("dns has backends")?,
     );
     let generation = lb
@@ -802,7 +803,7 @@ fn foreign_flow_case(lb: &mut Lb) -> Result<Fixture> {
         backend_id,
         backend_generation: generation,
         service_id,
-        pad: 0,
+        service_epoch,
     };
     lb.insert_flow(flow_key(&input, proto::TCP), entry)?;
     forward_fixture(lb, "tracked entry of another Service: ignored", &input, web)
@@ -877,6 +878,7 @@ fn run_connection_tracking() -> Result<usize> {
     let mut lb = Lb::load(&ct_plan(&[B1, B2]))?;
     let t0 = Instant::now();
     let service_id = lb.frontend(ct)?.service_id;
+    let service_epoch = lb.frontend(ct)?.epoch;
     let mut new_flows = 0u64;
 
     // Table 1 (B1, B2): new flows go where Maglev says and are tracked there.
@@ -915,7 +917,7 @@ fn run_connection_tracking() -> Result<usize> {
             backend_id: id2,
             backend_generation: generation2,
             service_id,
-            pad: 0,
+            service_epoch,
         },
     )?;
     lb.check(&forward_to(
@@ -1022,7 +1024,7 @@ fn run_connection_tracking() -> Result<usize> {
             backend_id: id1,
             backend_generation: generation1,
             service_id,
-            pad: 0,
+            service_epoch,
         },
     )?;
     let pick = lb.maglev_pick(ct, &stale)?;

@@ -14,10 +14,10 @@ use aya::{
 };
 use ingress_common::{
     capacity, map_names, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
-    ServiceKey, TrafficCounters, MAGLEV_CHUNK_SLOTS, XDP_PROGRAM,
+    ServiceKey, ServiceState, TrafficCounters, MAGLEV_CHUNK_SLOTS, XDP_PROGRAM,
 };
 
-use crate::datapath::sync::{Capacity, DatapathError, DatapathMaps};
+use crate::datapath::sync::{Capacity, DatapathError, DatapathMaps, Filter};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-ebpf"));
@@ -90,8 +90,10 @@ impl Datapath {
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::SERVICE_STATS, sizes.services)
+            .map_max_entries(map_names::SERVICE_STATES, sizes.services)
             .map_max_entries(map_names::BACKENDS, sizes.backends)
             .map_max_entries(map_names::BACKEND_STATS, sizes.backends)
+            .map_max_entries(map_names::NEXT_HOPS, sizes.backends)
             .map_max_entries(map_names::MAGLEV_SLOTS, chunks)
             .map_max_entries(map_names::FLOWS, sizes.flows)
             .map_max_entries(map_names::REVERSE_FLOWS, sizes.flows)
@@ -275,6 +277,9 @@ pub struct KernelMaps {
     services: HashMap<MapData, ServiceKey, ServiceEntry>,
     vips: HashMap<MapData, u32, u32>,
     backends: Array<MapData, BackendEntry>,
+    service_states: Array<MapData, ServiceState>,
+    vip_filter: Array<MapData, u64>,
+    backend_filter: Array<MapData, u64>,
     slots: MappedSlots,
     flows: HashMap<MapData, FlowKey, FlowEntry>,
     reverse_flows: HashMap<MapData, FlowKey, ReverseEntry>,
@@ -321,6 +326,9 @@ impl KernelMaps {
             services: typed(ebpf, map_names::SERVICES)?,
             vips: typed(ebpf, map_names::VIPS)?,
             backends: typed(ebpf, map_names::BACKENDS)?,
+            service_states: typed(ebpf, map_names::SERVICE_STATES)?,
+            vip_filter: typed(ebpf, map_names::VIP_FILTER)?,
+            backend_filter: typed(ebpf, map_names::BACKEND_FILTER)?,
             slots,
             flows: typed(ebpf, map_names::FLOWS)?,
             reverse_flows: typed(ebpf, map_names::REVERSE_FLOWS)?,
@@ -443,6 +451,24 @@ impl DatapathMaps for KernelMaps {
         self.vips
             .remove(&vip)
             .map_err(map_error("removing from VIPS"))
+    }
+    fn set_service_state(&mut self, id: u32, state: &ServiceState) -> Result<(), DatapathError> {
+        self.service_states
+            .set(id, state, 0)
+            .map_err(map_error(format!("writing SERVICE_STATES[{id}]")))
+    }
+    fn set_filter_word(
+        &mut self,
+        filter: Filter,
+        index: u32,
+        word: u64,
+    ) -> Result<(), DatapathError> {
+        let map = match filter {
+            Filter::Vips => &mut self.vip_filter,
+            Filter::Backends => &mut self.backend_filter,
+        };
+        map.set(index, word, 0)
+            .map_err(map_error(format!("writing {filter:?} filter word {index}")))
     }
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DatapathError> {
         self.backends

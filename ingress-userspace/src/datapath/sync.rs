@@ -13,7 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ingress_common::{BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE};
+use ingress_common::{
+    filter_slot, BackendEntry, ServiceEntry, ServiceKey, ServiceState, BACKEND_ACTIVE, FILTER_WORDS,
+};
 
 use crate::{
     datapath::maglev,
@@ -54,6 +56,15 @@ pub trait DatapathMaps {
     fn set_vip(&mut self, vip: u32, ports: u32) -> Result<(), DatapathError>;
     /// Forgets a VIP.
     fn remove_vip(&mut self, vip: u32) -> Result<(), DatapathError>;
+    /// Writes a service id's state (what established flows are checked against).
+    fn set_service_state(&mut self, id: u32, state: &ServiceState) -> Result<(), DatapathError>;
+    /// Writes one word of an address filter bitmap.
+    fn set_filter_word(
+        &mut self,
+        filter: Filter,
+        index: u32,
+        word: u64,
+    ) -> Result<(), DatapathError>;
     /// Writes a backend entry.
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DatapathError>;
     /// Writes Maglev slots starting at `offset`.
@@ -62,6 +73,67 @@ pub trait DatapathMaps {
     fn reset_service_counters(&mut self, id: u32) -> Result<(), DatapathError>;
     /// Zeroes a backend's counters.
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError>;
+}
+
+/// The two address filters the XDP program tests before any hash lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Filter {
+    /// Destination addresses that may be VIPs.
+    Vips,
+    /// Source addresses that may be backends (replies to reverse-NAT).
+    Backends,
+}
+
+/// A bitmap filter and how many addresses hold each bit, mirrored so only changed words are
+/// written.
+#[derive(Debug)]
+struct AddressFilter {
+    which: Filter,
+    words: Vec<u64>,
+    holders: BTreeMap<(u32, u32), u32>,
+}
+
+impl AddressFilter {
+    fn new(which: Filter) -> Self {
+        Self {
+            which,
+            words: vec![0; FILTER_WORDS as usize],
+            holders: BTreeMap::new(),
+        }
+    }
+
+    fn add<M: DatapathMaps>(&mut self, maps: &mut M, addr: Ipv4Addr) -> Result<(), DatapathError> {
+        let (index, bit) = filter_slot(u32::from_ne_bytes(addr.octets()));
+        let holders = self
+            .holders
+            .entry((index, bit.trailing_zeros()))
+            .or_insert(0);
+        *holders += 1;
+        if *holders == 1 {
+            self.words[index as usize] |= bit;
+            maps.set_filter_word(self.which, index, self.words[index as usize])?;
+        }
+        Ok(())
+    }
+
+    fn remove<M: DatapathMaps>(
+        &mut self,
+        maps: &mut M,
+        addr: Ipv4Addr,
+    ) -> Result<(), DatapathError> {
+        let (index, bit) = filter_slot(u32::from_ne_bytes(addr.octets()));
+        let key = (index, bit.trailing_zeros());
+        let Some(holders) = self.holders.get_mut(&key) else {
+            return Ok(());
+        };
+        *holders -= 1;
+        if *holders == 0 {
+            self.holders.remove(&key);
+            self.words[index as usize] &= !bit;
+            maps.set_filter_word(self.which, index, self.words[index as usize])?;
+        }
+        Ok(())
+    }
 }
 
 /// Map sizes the sync must stay within.
@@ -95,6 +167,8 @@ pub struct SyncReport {
 pub struct ProgrammedFrontend {
     /// Its service id (index of its counters).
     pub service_id: u32,
+    /// The service id's epoch (what tracked flows of this frontend carry).
+    pub epoch: u32,
     /// First Maglev slot.
     pub table_offset: u32,
     /// Maglev table size.
@@ -192,6 +266,9 @@ pub struct DatapathSync<M> {
     backend_ids: IdPool,
     slots: SlotPool,
     generations: Vec<u32>,
+    epochs: Vec<u32>,
+    vip_filter: AddressFilter,
+    backend_filter: AddressFilter,
     retired: VecDeque<(Instant, Retired)>,
 }
 
@@ -219,6 +296,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
             backend_ids: IdPool::new(capacity.backends),
             slots: SlotPool::new(capacity.slots),
             generations: Vec::new(),
+            epochs: Vec::new(),
+            vip_filter: AddressFilter::new(Filter::Vips),
+            backend_filter: AddressFilter::new(Filter::Backends),
             retired: VecDeque::new(),
         }
     }
@@ -226,6 +306,11 @@ impl<M: DatapathMaps> DatapathSync<M> {
     /// The maps (for reading counters).
     pub fn maps(&self) -> &M {
         &self.maps
+    }
+
+    /// The maps, writable (tests stage kernel state through it).
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
     }
 
     /// What is programmed now.
@@ -277,6 +362,16 @@ impl<M: DatapathMaps> DatapathSync<M> {
         report
     }
 
+    /// A new epoch for a service id (every change of owner gets one).
+    fn next_epoch(&mut self, service_id: u32) -> u32 {
+        let index = service_id as usize;
+        if self.epochs.len() <= index {
+            self.epochs.resize(index + 1, 0);
+        }
+        self.epochs[index] = self.epochs[index].wrapping_add(1).max(1);
+        self.epochs[index]
+    }
+
     /// Returns ids and slots whose grace period is over to the pools.
     fn recycle(&mut self, now: Instant) {
         while let Some((retired_at, _)) = self.retired.front() {
@@ -308,6 +403,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
             generation: self.generations.get(id as usize).copied().unwrap_or(0),
         };
         self.maps.set_backend(id, &entry)?;
+        self.backend_filter.remove(&mut self.maps, backend.addr)?;
         self.retired.push_back((now, Retired::BackendId(id)));
         Ok(())
     }
@@ -319,6 +415,15 @@ impl<M: DatapathMaps> DatapathSync<M> {
         // Unpublish first: from here on no packet reaches the table or the backends.
         self.maps.remove_service(&service_key(frontend))?;
         self.frontends.remove(frontend);
+        // Flows of this frontend stop matching their service id at once.
+        let epoch = self.next_epoch(programmed.service_id);
+        self.maps.set_service_state(
+            programmed.service_id,
+            &ServiceState {
+                epoch,
+                ..Default::default()
+            },
+        )?;
         self.release_vip_port(frontend.vip)?;
         for (backend, id) in &programmed.backends {
             self.retire_backend(*id, backend, now)?;
@@ -344,6 +449,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
             .saturating_sub(1);
         if remaining == 0 {
             self.vip_ports.remove(&vip);
+            self.vip_filter.remove(&mut self.maps, vip)?;
             self.maps.remove_vip(vip_key(vip))
         } else {
             self.vip_ports.insert(vip, remaining);
@@ -405,6 +511,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 continue;
             };
             self.maps.reset_backend_counters(*id)?;
+            self.backend_filter.add(&mut self.maps, backend.addr)?;
             self.maps.set_backend(
                 *id,
                 &BackendEntry {
@@ -424,25 +531,43 @@ impl<M: DatapathMaps> DatapathSync<M> {
             .map(|index| ids[index as usize])
             .collect();
         self.maps.write_slots(table_offset, &table)?;
-        // 3. The switch: one map update.
-        if previous.is_none() {
-            self.maps.reset_service_counters(service_id)?;
-        }
+        // 3. The switch: one map update. A new frontend first gets its id's state and its VIP in
+        // the filter, so the first packet after the switch finds everything in place.
+        let key = service_key(frontend);
+        let epoch = match &previous {
+            Some(_) => self.epochs.get(service_id as usize).copied().unwrap_or(0),
+            None => {
+                self.maps.reset_service_counters(service_id)?;
+                let epoch = self.next_epoch(service_id);
+                self.maps.set_service_state(
+                    service_id,
+                    &ServiceState {
+                        vip: key.vip,
+                        port: key.port,
+                        proto: key.proto,
+                        pad: 0,
+                        epoch,
+                    },
+                )?;
+                let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
+                *ports += 1;
+                let ports = *ports;
+                if ports == 1 {
+                    self.vip_filter.add(&mut self.maps, frontend.vip)?;
+                }
+                self.maps.set_vip(vip_key(frontend.vip), ports)?;
+                epoch
+            }
+        };
         self.maps.set_service(
-            &service_key(frontend),
+            &key,
             &ServiceEntry {
                 service_id,
                 table_offset,
                 table_size,
-                flags: 0,
+                epoch,
             },
         )?;
-        if previous.is_none() {
-            let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
-            *ports += 1;
-            let ports = *ports;
-            self.maps.set_vip(vip_key(frontend.vip), ports)?;
-        }
         // 4. Retire what the old table used.
         if let Some(previous) = &previous {
             for (backend, id) in &previous.backends {
@@ -462,6 +587,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
             *frontend,
             ProgrammedFrontend {
                 service_id,
+                epoch,
                 table_offset,
                 table_size,
                 backends,

@@ -19,6 +19,8 @@ struct MemoryMaps {
     vips: BTreeMap<u32, u32>,
     backends: BTreeMap<u32, BackendEntry>,
     slots: Vec<u32>,
+    states: BTreeMap<u32, ServiceState>,
+    filters: BTreeMap<(Filter, u32), u64>,
     writes: Vec<String>,
 }
 
@@ -39,6 +41,19 @@ impl DatapathMaps for MemoryMaps {
     }
     fn remove_vip(&mut self, vip: u32) -> Result<(), DatapathError> {
         self.vips.remove(&vip);
+        Ok(())
+    }
+    fn set_service_state(&mut self, id: u32, state: &ServiceState) -> Result<(), DatapathError> {
+        self.states.insert(id, *state);
+        Ok(())
+    }
+    fn set_filter_word(
+        &mut self,
+        filter: Filter,
+        index: u32,
+        word: u64,
+    ) -> Result<(), DatapathError> {
+        self.filters.insert((filter, index), word);
         Ok(())
     }
     fn set_backend(&mut self, id: u32, entry: &BackendEntry) -> Result<(), DatapathError> {
@@ -237,6 +252,59 @@ fn exhausted_slots_keep_the_previous_state() {
     let report = sync.apply(&plan_of(&[(frontend(10, 80), &[11, 12, 13, 14, 15])]), now);
     assert_eq!(report.errors.len(), 1);
     assert_eq!(table_backends(sync.maps(), &frontend(10, 80)).len(), 2);
+}
+
+/// Whether `addr` passes a filter as the kernel tests it.
+fn passes(maps: &MemoryMaps, filter: Filter, addr: Ipv4Addr) -> bool {
+    let (index, bit) = ingress_common::filter_slot(u32::from_ne_bytes(addr.octets()));
+    maps.filters
+        .get(&(filter, index))
+        .is_some_and(|w| w & bit != 0)
+}
+
+#[test]
+fn filters_and_service_states_follow_the_plan() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let now = Instant::now();
+    let web = frontend(10, 80);
+    let tls = frontend(10, 443);
+    sync.apply(&plan_of(&[(web, &[11, 12]), (tls, &[12])]), now);
+    let web_id = sync.frontends()[&web].service_id;
+    let maps = sync.maps();
+    assert!(passes(maps, Filter::Vips, Ipv4Addr::new(203, 0, 113, 10)));
+    assert!(passes(
+        maps,
+        Filter::Backends,
+        Ipv4Addr::new(198, 51, 100, 11)
+    ));
+    let key = service_key(&web);
+    let entry = maps.services[&(key.vip, key.port, key.proto)];
+    let state = maps.states[&web_id];
+    assert_eq!(
+        (state.vip, state.port, state.epoch),
+        (key.vip, key.port, entry.epoch)
+    );
+    // One port of the VIP goes: the VIP stays in the filter; backend .11 leaves it, .12 stays.
+    sync.apply(&plan_of(&[(tls, &[12])]), now);
+    let maps = sync.maps();
+    assert!(passes(maps, Filter::Vips, Ipv4Addr::new(203, 0, 113, 10)));
+    assert!(!passes(
+        maps,
+        Filter::Backends,
+        Ipv4Addr::new(198, 51, 100, 11)
+    ));
+    assert!(passes(
+        maps,
+        Filter::Backends,
+        Ipv4Addr::new(198, 51, 100, 12)
+    ));
+    // The removed frontend's id lost its state: flows made for it no longer match.
+    assert_eq!(maps.states[&web_id].vip, 0);
+    assert_ne!(maps.states[&web_id].epoch, entry.epoch);
+    sync.apply(&L4Plan::default(), now);
+    let maps = sync.maps();
+    assert!(!passes(maps, Filter::Vips, Ipv4Addr::new(203, 0, 113, 10)));
+    assert!(maps.filters.values().all(|w| *w == 0));
 }
 
 #[test]
