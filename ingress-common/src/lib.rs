@@ -190,17 +190,18 @@ pub struct FlowKey {
     pub src_port: u16,
     /// Destination port.
     pub dst_port: u16,
-    /// Protocol.
-    pub proto: u8,
-    /// Always zero.
-    pub pad: [u8; 3],
+    /// IP protocol number, zero-extended: a whole word rather than a byte and three bytes of
+    /// padding, because zeroing a `[u8; 3]` compiles to a call to `memset` in BPF.
+    pub proto: u32,
 }
 
-/// How long a cached FIB answer for a backend is used before the FIB is asked again.
-pub const NEXT_HOP_TTL_NS: u64 = 1_000_000_000;
+/// How long a cached FIB answer for a backend is used before the FIB is asked again, in jiffies:
+/// about 1 s at Debian's HZ=250 (0.26 s at HZ=1000, 2.6 s at HZ=100). Jiffies, because reading
+/// them costs a few nanoseconds where a clock read costs twenty on the per-packet path.
+pub const NEXT_HOP_TTL_JIFFIES: u64 = 256;
 
 /// The FIB's answer for one backend, cached per CPU (the lookup is the most expensive step of a
-/// forward). Valid while `generation` matches the backend's, `expires_ns` lies ahead and the
+/// forward). Valid while `generation` matches the backend's, `expires` lies ahead and the
 /// packet is no longer than `max_len` (the longest packet the FIB accepted, so MTU checks stay).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,8 +218,8 @@ pub struct NextHop {
     pub src_mac: [u8; 6],
     /// Always zero.
     pub pad: u16,
-    /// `bpf_ktime_get_coarse_ns` after which the FIB is asked again.
-    pub expires_ns: u64,
+    /// `bpf_jiffies64` after which the FIB is asked again.
+    pub expires: u64,
 }
 
 /// A tracked client → VIP flow.

@@ -5,16 +5,16 @@
 //! takes the fast path.
 //!
 //! The FIB lookup costs more than everything else on the forward path together, so its answer for
-//! a backend is cached per CPU in `NEXT_HOPS` for [`NEXT_HOP_TTL_NS`]: a changed route or
+//! a backend is cached per CPU in `NEXT_HOPS` for [`NEXT_HOP_TTL_JIFFIES`]: a changed route or
 //! neighbour is picked up within that time, a reused backend id (new generation) at once, and a
 //! packet longer than any the FIB accepted for that next hop always asks the FIB (MTU).
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_ktime_get_coarse_ns, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_redirect},
     programs::XdpContext,
 };
-use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_NS};
+use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_JIFFIES};
 
 use crate::{maps::NEXT_HOPS, nat, parse::Packet};
 
@@ -44,12 +44,12 @@ pub fn send(
     if let Direction::ToBackend { id, generation } = direction {
         if let Some(hop) = NEXT_HOPS.get_ptr_mut(id) {
             // SAFETY: per-CPU slot of a map value; only this CPU touches it now.
-            now = unsafe { bpf_ktime_get_coarse_ns() };
+            now = unsafe { bpf_jiffies64() };
             // SAFETY: as above.
             let cached = unsafe { *hop };
             if cached.ifindex != 0
                 && cached.generation == generation
-                && cached.expires_ns > now
+                && cached.expires > now
                 && tot_len <= cached.max_len
             {
                 return transmit(
@@ -65,8 +65,7 @@ pub fn send(
         }
     }
 
-    // SAFETY: bpf_fib_lookup is plain data; all-zero is a valid starting value.
-    let mut params: bpf_fib_lookup = unsafe { core::mem::zeroed() };
+    let mut params = zeroed_fib_params();
     params.family = AF_INET;
     params.l4_protocol = packet.proto;
     // SAFETY: the ports were bounds-checked by parse::parse (never null for non-fragments).
@@ -110,7 +109,7 @@ pub fn send(
                 dst_mac: params.dmac,
                 src_mac: params.smac,
                 pad: 0,
-                expires_ns: now + NEXT_HOP_TTL_NS,
+                expires: now + NEXT_HOP_TTL_JIFFIES,
             };
         }
     }
@@ -123,6 +122,25 @@ pub fn send(
         params.smac,
         towards_backend,
     )
+}
+
+/// An all-zero `bpf_fib_lookup`, written as eight word stores: `mem::zeroed` compiles to a call
+/// to a `memset` loop in BPF, on the path of every packet that asks the FIB.
+#[inline(always)]
+fn zeroed_fib_params() -> bpf_fib_lookup {
+    const WORDS: usize = core::mem::size_of::<bpf_fib_lookup>() / 8;
+    const _: () = assert!(core::mem::size_of::<bpf_fib_lookup>() == WORDS * 8);
+    let mut params = core::mem::MaybeUninit::<bpf_fib_lookup>::uninit();
+    let words = params.as_mut_ptr().cast::<u64>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: `i` < WORDS keeps every store inside the struct; volatile keeps LLVM from
+        // turning the stores back into a memset call.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+        i += 1;
+    }
+    // SAFETY: every byte was written above, and all-zero is a valid bpf_fib_lookup.
+    unsafe { params.assume_init() }
 }
 
 /// Router duty and the verdict once the next hop is known.

@@ -86,8 +86,7 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
         dst_addr: packet.dst_addr,
         src_port: packet.src_port,
         dst_port: packet.dst_port,
-        proto: packet.proto,
-        pad: [0; 3],
+        proto: packet.proto as u32,
     };
     // Established flows need one hash lookup: the flow, checked against its Service's state and
     // its backend by index. Everything else takes the Service lookup.
@@ -138,7 +137,7 @@ fn established(flow_key: &FlowKey) -> Option<(u32, u32, BackendEntry)> {
     if state.epoch != flow.service_epoch
         || state.vip != flow_key.dst_addr
         || state.port != flow_key.dst_port
-        || state.proto != flow_key.proto
+        || state.proto as u32 != flow_key.proto
     {
         return None;
     }
@@ -181,8 +180,7 @@ fn new_flow(
         dst_addr: packet.src_addr,
         src_port: backend.port,
         dst_port: packet.src_port,
-        proto: packet.proto,
-        pad: [0; 3],
+        proto: packet.proto as u32,
     };
     let reverse = ReverseEntry {
         vip: packet.dst_addr,
@@ -230,8 +228,7 @@ fn reply_to_client(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
         dst_addr: packet.dst_addr,
         src_port: packet.src_port,
         dst_port: packet.dst_port,
-        proto: packet.proto,
-        pad: [0; 3],
+        proto: packet.proto as u32,
     };
     // SAFETY: ReverseEntry is plain data.
     let Some(reverse) = (unsafe { REVERSE_FLOWS.get(reverse_key) }).copied() else {

@@ -80,6 +80,9 @@ fn main() -> Result<()> {
     };
     let mut report = Report::default();
     per_packet_cost(&settings, &mut report).context("per-packet cost")?;
+    if args.iter().any(|a| a == "--per-packet-only") {
+        return Ok(());
+    }
     scale(&settings, &mut report).context("10,000 Services")?;
     if !settings.skip_lab {
         forwarding_cost(&settings, &mut report).context("forwarding cost")?;

@@ -818,8 +818,7 @@ fn check_reverse_entry(lb: &mut Lb) -> Result<()> {
         dst_addr: u32::from_ne_bytes(CLIENT.octets()),
         src_port: backend.port.to_be(),
         dst_port: 41001u16.to_be(),
-        proto: proto::TCP,
-        pad: [0; 3],
+        proto: proto::TCP.into(),
     };
     let entry = lb
         .sync
