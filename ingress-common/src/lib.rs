@@ -70,16 +70,19 @@ pub mod bench {
     }
 }
 
-/// Default sizes; user space may override them at load time (`EbpfLoader::set_max_entries`).
+/// Default sizes; user space may override them at load time (`EbpfLoader::map_max_entries`).
+/// Chosen so 10,000 Services × 10 endpoints fit with room for updates, in under 100 MiB of kernel
+/// memory on a 2-CPU node (per-CPU maps grow with the CPU count).
 pub mod capacity {
     /// Services (VIP:port/protocol entries).
-    pub const SERVICES: u32 = 65_536;
-    /// Backend ids; ids are per (Service, endpoint).
-    pub const BACKENDS: u32 = 262_144;
-    /// Maglev slots in all tables together (each chunk holds [`crate::MAGLEV_CHUNK_SLOTS`]).
-    pub const MAGLEV_SLOTS: u32 = 16 * 1024 * 1024;
-    /// Connection-tracking entries, each direction.
-    pub const FLOWS: u32 = 262_144;
+    pub const SERVICES: u32 = 16_384;
+    /// Backend ids; ids are per (Service port, endpoint).
+    pub const BACKENDS: u32 = 131_072;
+    /// Maglev slots in all tables together, 4 bytes each (10,000 Services × 10 endpoints take
+    /// 10,090,000; the rest is room for the new table of a Service being changed).
+    pub const MAGLEV_SLOTS: u32 = 12 * 1024 * 1024;
+    /// Connection-tracking entries, each direction (about 90 bytes each).
+    pub const FLOWS: u32 = 131_072;
 }
 
 /// Slots per element of the Maglev slot array. Array values are padded to 8 bytes by the kernel, so

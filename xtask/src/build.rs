@@ -13,6 +13,15 @@ use crate::cmd;
 
 /// Builds `xdp-ingress` and returns the executable's path.
 pub fn agent() -> Result<PathBuf> {
+    agent_with(&[])
+}
+
+/// Builds `xdp-ingress` in the release profile (what the benchmarks measure).
+pub fn agent_release() -> Result<PathBuf> {
+    agent_with(&["--release"])
+}
+
+fn agent_with(extra: &[&str]) -> Result<PathBuf> {
     let mut build = Command::new("cargo");
     build
         .current_dir(cmd::workspace_root())
@@ -20,6 +29,7 @@ pub fn agent() -> Result<PathBuf> {
         // `cargo test --workspace`, which reuses this build instead of compiling the agent (and
         // the eBPF object, 40 s cold) a second time with another feature set.
         .args(["build", "--workspace", "--bins"])
+        .args(extra)
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     eprintln!("$ {}", cmd::display(&build));

@@ -4,8 +4,10 @@
 //! * `build`: the agent binary;
 //! * `lab up|down`: the namespaces of a node, a client and backends, left running;
 //! * `demo`: the agent forwarding a Service in the lab, with who answered what;
-//! * `test`: formatting, the workspace's tests (end to end included) and clippy.
+//! * `test`: formatting, the workspace's tests (end to end included) and clippy;
+//! * `bench l4`: the L4 datapath against nftables, iptables and a bare XDP forwarder.
 
+mod bench;
 mod build;
 mod cmd;
 mod demo;
@@ -37,6 +39,8 @@ enum Command {
     Demo,
     /// Check formatting, run every test (as root), run clippy.
     Test(test::TestArgs),
+    /// Benchmarks against the peers named in the issues; results go to docs/benchmarks.md.
+    Bench(bench::BenchArgs),
     /// A backend's server inside a lab namespace (started by `lab up`).
     #[command(hide = true)]
     LabServe(lab::ServeArgs),
@@ -65,6 +69,7 @@ fn run(command: Command) -> Result<()> {
         Command::Lab(args) => lab::run(&args),
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(&args),
+        Command::Bench(args) => bench::run(&args),
         Command::LabServe(args) => lab::serve(&args),
     }
 }

@@ -1,0 +1,54 @@
+//! `cargo xtask bench l4`: installs what is needed, builds the agent in the release profile and
+//! runs the benchmark harness (`tests/benches/l4.rs`), which prints ratios against the peers it
+//! measures in the same run and rewrites its section of docs/benchmarks.md. Benchmarks are not
+//! tests: nothing here asserts a timing.
+
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use crate::{build, cmd, setup};
+
+/// Which benchmark.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Suite {
+    /// XDP forwarding: per-packet cost, 10,000 Services, forwarding cost against nftables,
+    /// iptables and a bare XDP redirect.
+    L4,
+}
+
+/// `cargo xtask bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The benchmark to run.
+    #[arg(value_enum)]
+    pub suite: Suite,
+    /// Shorter runs (to try the harness; figures are noisier).
+    #[arg(long)]
+    pub quick: bool,
+    /// Only the per-packet cost and the 10,000-Service sync (no forwarding through the lab).
+    #[arg(long)]
+    pub skip_lab: bool,
+}
+
+/// Runs the suite.
+pub fn run(args: &BenchArgs) -> Result<()> {
+    if !cmd::is_root() {
+        bail!("the benchmarks load BPF programs and build namespaces: run them as root");
+    }
+    setup::run(&setup::SetupArgs { dry_run: false })?;
+    let agent = build::agent_release()?;
+    let Suite::L4 = args.suite;
+    let mut bench = Command::new("cargo");
+    bench
+        .current_dir(cmd::workspace_root())
+        .args(["bench", "-p", "xdp-ingress-tests", "--bench", "l4", "--"])
+        .env("XDP_INGRESS_BIN", &agent);
+    if args.quick {
+        bench.arg("--quick");
+    }
+    if args.skip_lab {
+        bench.arg("--skip-lab");
+    }
+    cmd::run(&mut bench)
+}
