@@ -225,6 +225,26 @@ pub struct NextHop {
     pub expires: u64,
 }
 
+impl FlowKey {
+    /// The key of a packet from `src_addr:src_port` to `dst_addr:dst_port` (wire order).
+    #[inline(always)]
+    pub const fn new(
+        src_addr: u32,
+        dst_addr: u32,
+        src_port: u16,
+        dst_port: u16,
+        proto: u8,
+    ) -> Self {
+        Self {
+            src_addr,
+            dst_addr,
+            src_port,
+            dst_port,
+            proto: proto as u32,
+        }
+    }
+}
+
 /// A tracked client → VIP flow.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

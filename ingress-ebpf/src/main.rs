@@ -7,7 +7,8 @@
 //!
 //! Everything else is handed to the stack untouched. The stages live in small modules: `parse`
 //! (bounds-checked header access), `maps` (definitions), `nat` (rewrites and checksums), `forward`
-//! (FIB and verdict), `stats` (per-CPU counters). No loops, no allocation, no per-packet logging.
+//! (FIB and verdict), `stats` (per-CPU counters). No loops, no allocation, no per-packet logging
+//! (aya-log speaks only on an internal inconsistency that should never happen).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
@@ -81,13 +82,13 @@ fn maybe_in(filter: &aya_ebpf::maps::Array<u64>, addr: u32) -> bool {
 /// Client → VIP: find or pick the backend and DNAT. `None` when the packet is not for a Service.
 #[inline(always)]
 fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)> {
-    let flow_key = FlowKey {
-        src_addr: packet.src_addr,
-        dst_addr: packet.dst_addr,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        proto: packet.proto as u32,
-    };
+    let flow_key = FlowKey::new(
+        packet.src_addr,
+        packet.dst_addr,
+        packet.src_port,
+        packet.dst_port,
+        packet.proto,
+    );
     // Established flows need one hash lookup: the flow, checked against its Service's state and
     // its backend by index. Everything else takes the Service lookup.
     let (service_id, backend_id, backend) = match established(&flow_key) {
@@ -175,13 +176,13 @@ fn new_flow(
         service_id: service.service_id,
         service_epoch: service.epoch,
     };
-    let reverse_key = FlowKey {
-        src_addr: backend.addr,
-        dst_addr: packet.src_addr,
-        src_port: backend.port,
-        dst_port: packet.src_port,
-        proto: packet.proto as u32,
-    };
+    let reverse_key = FlowKey::new(
+        backend.addr,
+        packet.src_addr,
+        backend.port,
+        packet.src_port,
+        packet.proto,
+    );
     let reverse = ReverseEntry {
         vip: packet.dst_addr,
         port: packet.dst_port,
@@ -223,13 +224,13 @@ fn pick_backend(packet: &Packet, service: &ServiceEntry) -> Option<(u32, Backend
 /// Backend → client: if this is a reply of a tracked flow, make it come from the VIP again.
 #[inline(always)]
 fn reply_to_client(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
-    let reverse_key = FlowKey {
-        src_addr: packet.src_addr,
-        dst_addr: packet.dst_addr,
-        src_port: packet.src_port,
-        dst_port: packet.dst_port,
-        proto: packet.proto as u32,
-    };
+    let reverse_key = FlowKey::new(
+        packet.src_addr,
+        packet.dst_addr,
+        packet.src_port,
+        packet.dst_port,
+        packet.proto,
+    );
     // SAFETY: ReverseEntry is plain data.
     let Some(reverse) = (unsafe { REVERSE_FLOWS.get(reverse_key) }).copied() else {
         return (xdp_action::XDP_PASS, Reason::PassNotOurs);

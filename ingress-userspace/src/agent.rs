@@ -48,7 +48,20 @@ impl<M: DatapathMaps> L4Agent<M> {
         let (plan, mut problems) = l4::translate(&snapshot.objects, &self.plan);
         problems.splice(0..0, snapshot.problems);
         let report = self.sync.apply(&plan, Instant::now());
-        self.plan = plan;
+        // What the maps hold now: the new plan where it applied, the previous state of frontends
+        // that failed (a full map), so the next translation compares against the truth.
+        self.plan = if report.errors.is_empty() {
+            plan
+        } else {
+            L4Plan {
+                frontends: self
+                    .sync
+                    .frontends()
+                    .iter()
+                    .map(|(frontend, programmed)| (*frontend, programmed.plan.clone()))
+                    .collect(),
+            }
+        };
         Ok(ReloadOutcome {
             problems,
             report,
