@@ -204,7 +204,9 @@ mod tests {
     #[test]
     fn ingress_documentation_examples() {
         use PathType::{Exact, Prefix};
-        let cases: &[(&[(&str, PathType)], &str, bool)] = &[
+        // (rules as (path, type), request path, whether any rule matches)
+        type Case = (&'static [(&'static str, PathType)], &'static str, bool);
+        let cases: &[Case] = &[
             (&[("/", Prefix)], "/anything/at/all", true),
             (&[("/foo", Exact)], "/foo", true),
             (&[("/foo", Exact)], "/bar", false),
