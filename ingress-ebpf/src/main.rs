@@ -91,8 +91,14 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
     );
     // Established flows need one hash lookup: the flow, checked against its Service's state and
     // its backend by index. Everything else takes the Service lookup.
+    // TTL is checked once on either path; on the new-flow path before any state is created.
     let (service_id, backend_id, backend) = match established(&flow_key) {
-        Some(found) => found,
+        Some(found) => {
+            if packet.ttl <= 1 {
+                return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
+            }
+            found
+        }
         None => {
             let service_key = ServiceKey {
                 vip: packet.dst_addr,
@@ -111,9 +117,6 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
             }
         }
     };
-    if packet.ttl <= 1 {
-        return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
-    }
     nat::rewrite_destination(packet, backend.addr, backend.port);
     stats::count_forward(service_id, backend_id, packet.frame_len);
     Some(forward::send(

@@ -43,6 +43,14 @@ use xdp_ingress::{
 };
 use xdp_ingress_tests::netns::{run, Netns};
 
+/// Map sizes for a load that only runs the reference programs (sink, ceiling).
+const REFERENCE_ONLY: MapSizes = MapSizes {
+    services: 1,
+    backends: 1,
+    maglev_slots: 16,
+    flows: 16,
+};
+
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
 const XDP_REDIRECT: u32 = 4;
@@ -938,12 +946,7 @@ impl Rig {
             run("taskset", &["-pc", "1", &pid.to_string()])?;
         }
         let sink_program = sink.run_inside(|| {
-            let mut datapath = Datapath::load(&MapSizes {
-                services: 1,
-                backends: 1,
-                maglev_slots: 16,
-                flows: 16,
-            })?;
+            let mut datapath = Datapath::load(&REFERENCE_ONLY)?;
             // Detached when the datapath (which owns the link) is dropped.
             datapath
                 .load_program(refs::SINK)?
@@ -1388,12 +1391,7 @@ fn setup_mode(
         Mode::Ceiling => {
             let datapath = rig.node.run_inside(|| {
                 let sink = ifindex("n-sink")?;
-                let mut datapath = Datapath::load(&MapSizes {
-                    services: 1,
-                    backends: 1,
-                    maglev_slots: 16,
-                    flows: 16,
-                })?;
+                let mut datapath = Datapath::load(&REFERENCE_ONLY)?;
                 {
                     let map = datapath
                         .ebpf_mut()
