@@ -1,5 +1,5 @@
-//! L7 routing table: host and path matching exactly as the Kubernetes Ingress API documentation
-//! specifies (issue 3 builds the proxy on it; the Ingress-to-table translation comes with it).
+//! The L7 routing table: host and path matching exactly as the Kubernetes Ingress API documentation
+//! specifies. The translator builds it; the proxy looks requests up in it.
 //!
 //! - Hosts: exact names, or a single-label wildcard `*.example.com` (matches `a.example.com`, not
 //!   `example.com` nor `a.b.example.com`); compared without case and without a `:port` suffix.

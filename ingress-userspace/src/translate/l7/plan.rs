@@ -1,0 +1,138 @@
+//! What the L7 translation produces and the proxy applies: the routing table, the backends it
+//! points at (already resolved to endpoint addresses), and the TLS certificates by host.
+//!
+//! The plan is plain data. The proxy keeps its live state (connection pools, health, balancing
+//! counters) per endpoint address, outside the plan, so a new plan never drops a connection.
+
+use std::{fmt, net::SocketAddr};
+
+use crate::model::ObjectName;
+
+use super::routes::RouteTable;
+
+/// Index of a backend in [`L7Plan::backends`].
+pub type BackendId = usize;
+
+/// The routing table and everything it refers to.
+#[derive(Clone, Debug)]
+pub struct L7Plan {
+    /// Host and path → backend. Requests that match nothing get 404.
+    pub routes: RouteTable<BackendId>,
+    /// Every backend a route points at.
+    pub backends: Vec<BackendPlan>,
+    /// Certificates by host, in precedence order (the first entry naming a host wins).
+    pub tls: Vec<TlsPlan>,
+    /// The certificate for names no entry covers, from `--default-tls-secret`; `None`: the proxy
+    /// uses its self-signed one.
+    pub default_tls: Option<TlsPlan>,
+    /// The Ingresses this controller owns, sorted.
+    pub ingresses: Vec<ObjectName>,
+}
+
+impl Default for L7Plan {
+    fn default() -> Self {
+        Self {
+            routes: RouteTable::new(std::iter::empty(), None),
+            backends: Vec::new(),
+            tls: Vec::new(),
+            default_tls: None,
+            ingresses: Vec::new(),
+        }
+    }
+}
+
+/// A Service port as an Ingress backend names it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ServicePortRef {
+    /// `port.number`.
+    Number(u16),
+    /// `port.name`.
+    Name(String),
+}
+
+impl fmt::Display for ServicePortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServicePortRef::Number(n) => write!(f, "{n}"),
+            ServicePortRef::Name(name) => f.write_str(name),
+        }
+    }
+}
+
+/// One backend: a Service port of one Ingress, resolved to ready endpoints.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendPlan {
+    /// The Ingress whose rule (or default backend) names it.
+    pub ingress: ObjectName,
+    /// The Service (in the Ingress's namespace).
+    pub service: ObjectName,
+    /// The Service port.
+    pub port: ServicePortRef,
+    /// Ready endpoints (address and target port), or why there are none.
+    pub endpoints: Result<Vec<SocketAddr>, Unavailable>,
+}
+
+/// Why a backend has no endpoint to send to; the proxy answers 503 saying so.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No such Service.
+    UnknownService,
+    /// The Service has no such port.
+    UnknownPort,
+    /// The Service exists but none of its endpoints is ready.
+    NoReadyEndpoints,
+    /// The Service is of a type the proxy cannot send to (ExternalName).
+    UnsupportedService(String),
+}
+
+impl BackendPlan {
+    /// The plain-text body of the 503 answer when this backend has no endpoint.
+    pub fn unavailable_message(&self) -> Option<String> {
+        let why = match self.endpoints.as_ref().err()? {
+            Unavailable::UnknownService => format!("service {} does not exist", self.service),
+            Unavailable::UnknownPort => {
+                format!("service {} has no port {}", self.service, self.port)
+            }
+            Unavailable::NoReadyEndpoints => format!(
+                "service {} port {} has no ready endpoints",
+                self.service, self.port
+            ),
+            Unavailable::UnsupportedService(why) => format!("service {}: {why}", self.service),
+        };
+        Some(format!("503 Service Unavailable: {why}\n"))
+    }
+}
+
+/// A certificate and the hosts it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsPlan {
+    /// Hosts as written in `spec.tls[].hosts` (exact or `*.` wildcard), lower-case.
+    pub hosts: Vec<String>,
+    /// The Secret (in the Ingress's namespace).
+    pub secret: ObjectName,
+    /// The Ingress that asked for it (empty for the default certificate).
+    pub ingress: Option<ObjectName>,
+    /// The Secret's `tls.crt` and `tls.key`, or why they cannot be used (no such Secret, wrong
+    /// type, missing keys). PEM parsing happens in the proxy, which keeps the previous
+    /// certificate when the new one does not parse.
+    pub pem: Result<PemPair, String>,
+}
+
+/// PEM text of a certificate chain and its private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PemPair {
+    /// `tls.crt`: the certificate chain, leaf first.
+    pub certificate_chain: Vec<u8>,
+    /// `tls.key`: the private key.
+    pub private_key: Vec<u8>,
+}
+
+impl fmt::Debug for PemPair {
+    // Never print key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PemPair")
+            .field("certificate_chain", &self.certificate_chain.len())
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
