@@ -3,7 +3,11 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use k8s_openapi::{api::core::v1::Service, api::discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Secret, Service},
+    discovery::v1::EndpointSlice,
+    networking::v1::{Ingress, IngressClass},
+};
 
 /// Namespace and name of an object (the namespace defaults to `default`, as kubectl does).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,6 +56,9 @@ pub struct Sourced<T> {
     pub origin: Origin,
 }
 
+/// The Secret type TLS certificates live in; sources keep only these Secrets.
+pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
 /// Everything the translator needs to know about the cluster (or the manifest directory).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ClusterObjects {
@@ -59,6 +66,13 @@ pub struct ClusterObjects {
     pub services: BTreeMap<ObjectName, Sourced<Service>>,
     /// EndpointSlices by namespace/name.
     pub endpoint_slices: BTreeMap<ObjectName, Sourced<EndpointSlice>>,
+    /// Ingresses by namespace/name (all of them; the L7 translator picks its own by class).
+    pub ingresses: BTreeMap<ObjectName, Sourced<Ingress>>,
+    /// IngressClasses by name (they are cluster-scoped, so there is no namespace).
+    pub ingress_classes: BTreeMap<String, Sourced<IngressClass>>,
+    /// Secrets by namespace/name. Sources keep only `kubernetes.io/tls` Secrets, with
+    /// `stringData` already merged into `data`, as the API server stores them.
+    pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
 }
 
 /// A problem with one object: which object, which field, what is wrong. Problems never stop the

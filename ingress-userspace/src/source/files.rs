@@ -1,20 +1,36 @@
 //! The file source: a directory of YAML manifests (several documents per file allowed), read into
 //! k8s-openapi types, and watched for changes.
 //!
+//! Kinds read: `v1` Service and Secret, `discovery.k8s.io/v1` EndpointSlice,
+//! `networking.k8s.io/v1` Ingress and IngressClass; other kinds are skipped. Only Secrets of type
+//! `kubernetes.io/tls` are kept (the others may hold anything and we have no use for them), with
+//! `stringData` merged into `data` as the API server does.
+//!
 //! A file that cannot be read completely keeps its last good objects: documents that still parse
 //! replace their previous versions, and objects from broken documents stay as they were. Problems
 //! name the file, the document, the object and the field.
 
 use std::{
     collections::BTreeMap,
+    fmt,
     path::{Path, PathBuf},
     sync::Arc,
 };
 
-use k8s_openapi::{api::core::v1::Service, api::discovery::v1::EndpointSlice};
+use k8s_openapi::{
+    api::{
+        core::v1::{Secret, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressClass},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    ByteString, Metadata, Resource,
+};
 use serde::de::DeserializeOwned;
 
-use crate::model::{object_name, ClusterObjects, ObjectName, Origin, Problem, Sourced};
+use crate::model::{
+    object_name, ClusterObjects, ObjectName, Origin, Problem, Sourced, TLS_SECRET_TYPE,
+};
 
 /// Errors that stop reading the directory as a whole (a single bad file never does).
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +53,120 @@ pub enum FilesError {
     },
 }
 
-/// The objects one file defines.
+/// The objects one file defines, in document order (duplicates included: they are reported when
+/// the files are merged).
 #[derive(Clone, Debug, Default)]
 struct FileObjects {
     services: Vec<(ObjectName, Sourced<Service>)>,
     endpoint_slices: Vec<(ObjectName, Sourced<EndpointSlice>)>,
+    ingresses: Vec<(ObjectName, Sourced<Ingress>)>,
+    ingress_classes: Vec<(String, Sourced<IngressClass>)>,
+    secrets: Vec<(ObjectName, Sourced<Secret>)>,
+}
+
+/// A kind of object this source reads: how it is keyed and where it is kept. `apiVersion` and
+/// `kind` come from k8s-openapi's [`Resource`].
+trait Kind: Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone {
+    /// `ObjectName` for namespaced kinds, the bare name for cluster-scoped ones.
+    type Key: Ord + Clone + fmt::Display;
+    /// Whether `metadata.namespace` means anything (it is ignored on cluster-scoped kinds).
+    const NAMESPACED: bool;
+    /// The key, or `None` when `metadata.name` is missing or empty.
+    fn key(meta: &ObjectMeta) -> Option<Self::Key>;
+    /// This kind's objects in a file.
+    fn in_file(objects: &FileObjects) -> &Vec<(Self::Key, Sourced<Self>)>;
+    /// The same, mutable.
+    fn in_file_mut(objects: &mut FileObjects) -> &mut Vec<(Self::Key, Sourced<Self>)>;
+    /// This kind's objects in the merged snapshot.
+    fn in_cluster(objects: &mut ClusterObjects) -> &mut BTreeMap<Self::Key, Sourced<Self>>;
+    /// Load-time normalisation; `None` drops an object we have no use for (silently: it is valid).
+    fn admit(self, _origin: &Origin) -> Option<Self> {
+        Some(self)
+    }
+}
+
+/// Implements [`Kind`] for a k8s-openapi type kept in the `$field` of both object sets.
+macro_rules! impl_kind {
+    ($ty:ty, $field:ident, $key:ty, namespaced: $namespaced:expr, key: $key_fn:expr
+     $(, admit: $admit:expr)?) => {
+        impl Kind for $ty {
+            type Key = $key;
+            const NAMESPACED: bool = $namespaced;
+            fn key(meta: &ObjectMeta) -> Option<$key> {
+                $key_fn(meta)
+            }
+            fn in_file(objects: &FileObjects) -> &Vec<($key, Sourced<Self>)> {
+                &objects.$field
+            }
+            fn in_file_mut(objects: &mut FileObjects) -> &mut Vec<($key, Sourced<Self>)> {
+                &mut objects.$field
+            }
+            fn in_cluster(objects: &mut ClusterObjects) -> &mut BTreeMap<$key, Sourced<Self>> {
+                &mut objects.$field
+            }
+            $(fn admit(self, origin: &Origin) -> Option<Self> {
+                $admit(self, origin)
+            })?
+        }
+    };
+}
+
+impl_kind!(Service, services, ObjectName, namespaced: true, key: namespaced_key);
+impl_kind!(EndpointSlice, endpoint_slices, ObjectName, namespaced: true, key: namespaced_key);
+impl_kind!(Ingress, ingresses, ObjectName, namespaced: true, key: namespaced_key);
+impl_kind!(IngressClass, ingress_classes, String, namespaced: false, key: cluster_key);
+impl_kind!(Secret, secrets, ObjectName, namespaced: true, key: namespaced_key, admit: admit_secret);
+
+/// Runs `$body` once per kind this source reads, with `$kind` naming the type: the one list of
+/// kinds that parsing, keeping last good objects and merging all follow.
+macro_rules! for_each_kind {
+    ($kind:ident => $body:block) => {{
+        {
+            type $kind = Service;
+            $body
+        }
+        {
+            type $kind = EndpointSlice;
+            $body
+        }
+        {
+            type $kind = Ingress;
+            $body
+        }
+        {
+            type $kind = IngressClass;
+            $body
+        }
+        {
+            type $kind = Secret;
+            $body
+        }
+    }};
+}
+
+fn namespaced_key(meta: &ObjectMeta) -> Option<ObjectName> {
+    meta.name.as_ref().filter(|n| !n.is_empty())?;
+    Some(object_name(meta))
+}
+
+fn cluster_key(meta: &ObjectMeta) -> Option<String> {
+    meta.name.clone().filter(|n| !n.is_empty())
+}
+
+/// Keeps TLS Secrets only (others hold things we must not read), with `stringData` merged into
+/// `data` as the API server does on write (`stringData` wins on a shared key).
+fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
+    if secret.type_.as_deref() != Some(TLS_SECRET_TYPE) {
+        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is not of type kubernetes.io/tls");
+        return None;
+    }
+    if let Some(string_data) = secret.string_data.take() {
+        let data = secret.data.get_or_insert_with(BTreeMap::new);
+        for (key, value) in string_data {
+            data.insert(key, ByteString(value.into_bytes()));
+        }
+    }
+    Some(secret)
 }
 
 /// A manifest directory and the last good objects of each file in it.
@@ -159,44 +284,36 @@ fn collect_manifest_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), Fi
 
 /// Objects from documents that failed now keep their previous version.
 fn keep_previous(objects: &mut FileObjects, previous: &FileObjects) {
-    for (name, service) in &previous.services {
-        if !objects.services.iter().any(|(n, _)| n == name) {
-            objects.services.push((name.clone(), service.clone()));
+    fn keep<K: Kind>(objects: &mut FileObjects, previous: &FileObjects) {
+        for (name, object) in K::in_file(previous) {
+            let current = K::in_file_mut(objects);
+            if !current.iter().any(|(n, _)| n == name) {
+                current.push((name.clone(), object.clone()));
+            }
         }
     }
-    for (name, slice) in &previous.endpoint_slices {
-        if !objects.endpoint_slices.iter().any(|(n, _)| n == name) {
-            objects.endpoint_slices.push((name.clone(), slice.clone()));
-        }
-    }
+    for_each_kind!(K => { keep::<K>(objects, previous) });
 }
 
 fn merge_into(snapshot: &mut Snapshot, objects: &FileObjects) {
-    for (name, service) in &objects.services {
-        insert_unique(
-            &mut snapshot.objects.services,
-            &mut snapshot.problems,
-            "Service",
-            name,
-            service,
-        );
-    }
-    for (name, slice) in &objects.endpoint_slices {
-        insert_unique(
-            &mut snapshot.objects.endpoint_slices,
-            &mut snapshot.problems,
-            "EndpointSlice",
-            name,
-            slice,
-        );
-    }
+    for_each_kind!(K => {
+        for (name, object) in K::in_file(objects) {
+            insert_unique(
+                K::in_cluster(&mut snapshot.objects),
+                &mut snapshot.problems,
+                K::KIND,
+                name,
+                object,
+            );
+        }
+    });
 }
 
-fn insert_unique<T: Clone>(
-    map: &mut BTreeMap<ObjectName, Sourced<T>>,
+fn insert_unique<K: Ord + Clone + fmt::Display, T: Clone>(
+    map: &mut BTreeMap<K, Sourced<T>>,
     problems: &mut Vec<Problem>,
     kind: &str,
-    name: &ObjectName,
+    name: &K,
     object: &Sourced<T>,
 ) {
     if let Some(first) = map.get(name) {
@@ -243,59 +360,64 @@ fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Problem>) {
             .and_then(|v| v.as_str())
             .unwrap_or("");
         let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("");
-        let display_name = describe(&value, kind);
-        match (api_version, kind) {
-            ("v1", "Service") => match typed::<Service>(value) {
-                Ok(service) => match named(&service.metadata) {
-                    Some(name) => objects.services.push((
-                        name,
-                        Sourced {
-                            object: service,
-                            origin,
-                        },
-                    )),
-                    None => problems.push(problem(display_name, "metadata.name", "missing".into())),
-                },
-                Err((field, message)) => problems.push(problem(display_name, &field, message)),
-            },
-            ("discovery.k8s.io/v1", "EndpointSlice") => match typed::<EndpointSlice>(value) {
-                Ok(slice) => match named(&slice.metadata) {
-                    Some(name) => objects.endpoint_slices.push((
-                        name,
-                        Sourced {
-                            object: slice,
-                            origin,
-                        },
-                    )),
-                    None => problems.push(problem(display_name, "metadata.name", "missing".into())),
-                },
-                Err((field, message)) => problems.push(problem(display_name, &field, message)),
-            },
-            ("", _) | (_, "") => problems.push(problem(
-                display_name,
+        if api_version.is_empty() || kind.is_empty() {
+            problems.push(problem(
+                describe(&value, kind, true),
                 if api_version.is_empty() {
                     "apiVersion"
                 } else {
                     "kind"
                 },
                 "missing; every document must be a Kubernetes object".into(),
-            )),
-            // Other kinds (Deployments, ConfigMaps, ...) may share the directory; they are not ours.
-            _ => {
-                tracing::debug!(%origin, api_version, kind, "ignoring object of a kind we do not use")
+            ));
+            continue;
+        }
+        let mut ours = false;
+        for_each_kind!(K => {
+            if (api_version, kind) == (K::API_VERSION, K::KIND) {
+                ours = true;
+                if let Err(problem) = load::<K>(&value, &origin, &mut objects) {
+                    problems.push(problem);
+                }
             }
+        });
+        if !ours {
+            // Other kinds (Deployments, ConfigMaps, ...) may share the directory; they are not ours.
+            tracing::debug!(%origin, api_version, kind, "ignoring object of a kind we do not use");
         }
     }
     (objects, problems)
 }
 
-fn named(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ObjectName> {
-    meta.name.as_ref().filter(|n| !n.is_empty())?;
-    Some(object_name(meta))
+/// Reads one document as a `K` into `objects`; a problem names the object and the field.
+fn load<K: Kind>(
+    value: &serde_yaml::Value,
+    origin: &Origin,
+    objects: &mut FileObjects,
+) -> Result<(), Problem> {
+    let problem = |field: &str, message: String| Problem {
+        origin: origin.to_string(),
+        object: describe(value, K::KIND, K::NAMESPACED),
+        field: field.to_string(),
+        message,
+    };
+    let object: K = typed(value).map_err(|(field, message)| problem(&field, message))?;
+    let key =
+        K::key(object.metadata()).ok_or_else(|| problem("metadata.name", "missing".into()))?;
+    if let Some(object) = object.admit(origin) {
+        K::in_file_mut(objects).push((
+            key,
+            Sourced {
+                object,
+                origin: origin.clone(),
+            },
+        ));
+    }
+    Ok(())
 }
 
 /// `Kind namespace/name` for messages, from the raw document.
-fn describe(value: &serde_yaml::Value, kind: &str) -> String {
+fn describe(value: &serde_yaml::Value, kind: &str, namespaced: bool) -> String {
     let meta = value.get("metadata");
     let name = meta
         .and_then(|m| m.get("name"))
@@ -306,11 +428,15 @@ fn describe(value: &serde_yaml::Value, kind: &str) -> String {
         .and_then(|v| v.as_str())
         .unwrap_or("default");
     let kind = if kind.is_empty() { "object" } else { kind };
-    format!("{kind} {namespace}/{name}")
+    if namespaced {
+        format!("{kind} {namespace}/{name}")
+    } else {
+        format!("{kind} {name}")
+    }
 }
 
 /// Deserializes into a k8s-openapi type; on failure returns the path of the offending field.
-fn typed<T: DeserializeOwned>(value: serde_yaml::Value) -> Result<T, (String, String)> {
+fn typed<T: DeserializeOwned>(value: &serde_yaml::Value) -> Result<T, (String, String)> {
     serde_path_to_error::deserialize(value).map_err(|error| {
         let field = error.path().to_string();
         let field = if field == "." { String::new() } else { field };
@@ -332,6 +458,107 @@ mod tests {
         assert_eq!(p.origin, "/m/s.yaml (document 2)");
         assert_eq!(p.object, "Service shop/b");
         assert_eq!(p.field, "spec.ports[0].port");
+    }
+
+    const L7_OBJECTS: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: xdp, namespace: ignored}
+spec: {controller: xdp-ingress.dev/controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: web, namespace: demo}
+spec:
+  rules:
+  - http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: demo}
+type: kubernetes.io/tls
+data: {tls.crt: Q0VSVA==, tls.key: b2xk}
+stringData: {tls.key: KEY}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: password, namespace: demo}
+type: Opaque
+stringData: {password: hunter2}
+"#;
+
+    #[test]
+    fn reads_ingresses_classes_and_tls_secrets_only() {
+        let (objects, problems) = parse_manifest(Path::new("/m/l7.yaml"), L7_OBJECTS);
+        assert!(problems.is_empty(), "{problems:?}");
+        let name = |namespace: &str, name: &str| ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            objects.ingress_classes[0].0, "xdp",
+            "cluster-scoped: keyed by name"
+        );
+        assert_eq!(objects.ingresses[0].0, name("demo", "web"));
+        assert_eq!(objects.secrets.len(), 1, "the Opaque Secret is not kept");
+        let (secret_name, secret) = &objects.secrets[0];
+        assert_eq!(*secret_name, name("demo", "cert"));
+        let data = secret.object.data.as_ref().unwrap();
+        assert_eq!(data["tls.crt"].0, b"CERT", "data is base64");
+        assert_eq!(data["tls.key"].0, b"KEY", "stringData wins over data");
+        assert_eq!(secret.object.string_data, None);
+    }
+
+    #[test]
+    fn a_broken_ingress_names_its_field() {
+        let text = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web, namespace: demo}\nspec:\n  rules:\n  - http:\n      paths:\n      - {path: /, pathType: Prefix, backend: web}\n";
+        let (objects, problems) = parse_manifest(Path::new("/m/i.yaml"), text);
+        assert!(objects.ingresses.is_empty());
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].object, "Ingress demo/web");
+        assert_eq!(problems[0].field, "spec.rules[0].http.paths[0].backend");
+        let text =
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {namespace: x}\n";
+        let (_, problems) = parse_manifest(Path::new("/m/c.yaml"), text);
+        assert_eq!(problems[0].object, "IngressClass <unnamed>");
+        assert_eq!(problems[0].field, "metadata.name");
+    }
+
+    #[test]
+    fn duplicate_names_and_last_good_state_for_the_new_kinds() {
+        let dir = std::env::temp_dir().join(format!("xdp-ingress-files-l7-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.yaml"), L7_OBJECTS).unwrap();
+        // The class again, in another namespace: cluster-scoped, so the same object.
+        std::fs::write(
+            dir.join("b.yaml"),
+            "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata: {name: xdp}\n",
+        )
+        .unwrap();
+        let mut source = ManifestDir::new(&dir);
+        let snapshot = source.load().unwrap();
+        assert_eq!(snapshot.objects.ingress_classes.len(), 1);
+        assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
+        assert_eq!(snapshot.problems[0].object, "IngressClass xdp");
+        assert!(snapshot.problems[0].origin.contains("b.yaml"));
+
+        // The Ingress breaks: its last good version stays, the rest of the file reloads.
+        let broken = L7_OBJECTS.replace("number: 80", "number: eighty");
+        std::fs::write(dir.join("a.yaml"), broken).unwrap();
+        let snapshot = source.load().unwrap();
+        assert_eq!(
+            snapshot.objects.ingresses.len(),
+            1,
+            "last good Ingress kept"
+        );
+        assert_eq!(snapshot.objects.secrets.len(), 1);
+        assert!(snapshot
+            .problems
+            .iter()
+            .any(|p| p.field == "spec.rules[0].http.paths[0].backend.service.port.number"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

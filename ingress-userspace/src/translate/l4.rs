@@ -195,7 +195,7 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
 }
 
 /// Older first; objects without a timestamp sort last.
-fn compare_created(a: Option<&Time>, b: Option<&Time>) -> std::cmp::Ordering {
+pub(crate) fn compare_created(a: Option<&Time>, b: Option<&Time>) -> std::cmp::Ordering {
     match (a, b) {
         (Some(a), Some(b)) => a.0.cmp(&b.0),
         (Some(_), None) => std::cmp::Ordering::Less,
@@ -208,7 +208,7 @@ fn is_load_balancer(service: &Service) -> bool {
     service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
-fn group_slices(objects: &ClusterObjects) -> BTreeMap<ObjectName, Vec<&EndpointSlice>> {
+pub(crate) fn group_slices(objects: &ClusterObjects) -> BTreeMap<ObjectName, Vec<&EndpointSlice>> {
     let mut by_service: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
     for (name, slice) in &objects.endpoint_slices {
         let labels = slice.object.metadata.labels.as_ref();
@@ -390,7 +390,7 @@ fn service_vips(service: &Service) -> Result<Vec<Ipv4Addr>, (String, String)> {
 /// Ready endpoints for the Service port named `port_name`, summed over all the Service's
 /// EndpointSlices. `resolved` is false when slices list ports but none has this name and
 /// protocol (a Service with no slices, or slices without ports, simply has no backends yet).
-fn resolve_backends(
+pub(crate) fn resolve_backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,

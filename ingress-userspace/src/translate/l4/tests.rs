@@ -39,6 +39,7 @@ fn objects(services: Vec<Sourced<Service>>, slices: Vec<Sourced<EndpointSlice>>)
             .into_iter()
             .map(|s| (object_name(&s.object.metadata), s))
             .collect::<BTreeMap<_, _>>(),
+        ..ClusterObjects::default()
     }
 }
 
