@@ -1,5 +1,7 @@
-//! Ties the file source, the translator and the datapath sync together. One [`L4Agent::reload`]
-//! is one pass: read objects, translate against the plan now programmed, apply the difference.
+//! Ties the file source, the translator and the sinks together. One [`Agent::reload`] is one
+//! pass: read the objects once, translate them for each sink, apply what changed. The L4 sink
+//! (XDP maps) and the L7 sink (the proxy) are each optional: `run` without `--interface` has no
+//! L4 sink, and with both listeners off no L7 sink.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +11,12 @@ use crate::{
         sync::{DatapathMaps, DatapathSync, SyncReport},
     },
     model::Problem,
+    proxy::{ApplyReport, Proxy},
     source::files::{FilesError, ManifestDir},
-    translate::l4::{self, L4Plan},
+    translate::{
+        l4::{self, L4Plan},
+        l7::{self, L7Options, L7Plan},
+    },
 };
 
 /// The result of one reload.
@@ -18,35 +24,40 @@ use crate::{
 pub struct ReloadOutcome {
     /// Problems in the objects (each also keeps the last good state of its object).
     pub problems: Vec<Problem>,
-    /// What the datapath sync did.
-    pub report: SyncReport,
-    /// Time from reading the files to the maps being written.
+    /// What the datapath sync did, when there is a datapath.
+    pub l4: Option<SyncReport>,
+    /// What the proxy did, when there is a proxy.
+    pub l7: Option<ApplyReport>,
+    /// Time from reading the files to the last sink updated.
     pub elapsed: Duration,
 }
 
-/// A manifest directory driving a datapath.
-pub struct L4Agent<M = KernelMaps> {
-    source: ManifestDir,
+/// The XDP datapath and the plan programmed into it.
+pub struct L4Sink<M = KernelMaps> {
     plan: L4Plan,
     sync: DatapathSync<M>,
 }
 
-impl<M: DatapathMaps> L4Agent<M> {
-    /// An agent whose maps are empty.
-    pub fn new(source: ManifestDir, sync: DatapathSync<M>) -> Self {
+impl<M: DatapathMaps> L4Sink<M> {
+    /// A sink whose maps are empty.
+    pub fn new(sync: DatapathSync<M>) -> Self {
         Self {
-            source,
             plan: L4Plan::default(),
             sync,
         }
     }
 
-    /// Reads the directory and applies the difference. An unreadable directory changes nothing.
-    pub fn reload(&mut self) -> Result<ReloadOutcome, FilesError> {
-        let started = Instant::now();
-        let snapshot = self.source.load()?;
-        let (plan, mut problems) = l4::translate(&snapshot.objects, &self.plan);
-        problems.splice(0..0, snapshot.problems);
+    /// The plan now programmed.
+    pub fn plan(&self) -> &L4Plan {
+        &self.plan
+    }
+
+    /// The sync (for what is programmed and the maps' counters).
+    pub fn sync(&self) -> &DatapathSync<M> {
+        &self.sync
+    }
+
+    fn apply(&mut self, plan: L4Plan) -> SyncReport {
         let report = self.sync.apply(&plan, Instant::now());
         // What the maps hold now: the new plan where it applied, the previous state of frontends
         // that failed (a full map), so the next translation compares against the truth.
@@ -62,21 +73,84 @@ impl<M: DatapathMaps> L4Agent<M> {
                     .collect(),
             }
         };
+        report
+    }
+}
+
+/// The proxy and the plan it serves.
+pub struct L7Sink {
+    options: L7Options,
+    plan: L7Plan,
+    proxy: Proxy,
+}
+
+impl L7Sink {
+    /// A proxy fed with Ingresses chosen by `options`.
+    pub fn new(proxy: Proxy, options: L7Options) -> Self {
+        Self {
+            options,
+            plan: L7Plan::default(),
+            proxy,
+        }
+    }
+
+    /// The plan now served.
+    pub fn plan(&self) -> &L7Plan {
+        &self.plan
+    }
+
+    /// The proxy.
+    pub fn proxy(&self) -> &Proxy {
+        &self.proxy
+    }
+}
+
+/// A manifest directory driving the sinks.
+pub struct Agent<M = KernelMaps> {
+    source: ManifestDir,
+    l4: Option<L4Sink<M>>,
+    l7: Option<L7Sink>,
+}
+
+impl<M: DatapathMaps> Agent<M> {
+    /// An agent with the given sinks, nothing applied yet.
+    pub fn new(source: ManifestDir, l4: Option<L4Sink<M>>, l7: Option<L7Sink>) -> Self {
+        Self { source, l4, l7 }
+    }
+
+    /// Reads the directory and applies the difference. An unreadable directory changes nothing.
+    pub fn reload(&mut self) -> Result<ReloadOutcome, FilesError> {
+        let started = Instant::now();
+        let snapshot = self.source.load()?;
+        let mut problems = snapshot.problems;
+        let l4 = self.l4.as_mut().map(|sink| {
+            let (plan, l4_problems) = l4::translate(&snapshot.objects, &sink.plan);
+            problems.extend(l4_problems);
+            sink.apply(plan)
+        });
+        let l7 = self.l7.as_mut().map(|sink| {
+            let (plan, l7_problems) = l7::translate(&snapshot.objects, &sink.options);
+            problems.extend(l7_problems);
+            let report = sink.proxy.apply(&plan);
+            sink.plan = plan;
+            report
+        });
         Ok(ReloadOutcome {
             problems,
-            report,
+            l4,
+            l7,
             elapsed: started.elapsed(),
         })
     }
 
-    /// The plan now programmed.
-    pub fn plan(&self) -> &L4Plan {
-        &self.plan
+    /// The L4 sink, if any.
+    pub fn l4(&self) -> Option<&L4Sink<M>> {
+        self.l4.as_ref()
     }
 
-    /// The sync (for what is programmed and the maps' counters).
-    pub fn sync(&self) -> &DatapathSync<M> {
-        &self.sync
+    /// The L7 sink, if any.
+    pub fn l7(&self) -> Option<&L7Sink> {
+        self.l7.as_ref()
     }
 
     /// The source.
@@ -104,4 +178,35 @@ pub fn describe_plan(plan: &L4Plan) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// Human-readable lines describing an L7 plan: one per backend, then the certificates.
+pub fn describe_l7_plan(plan: &L7Plan) -> Vec<String> {
+    let mut lines: Vec<String> = plan
+        .backends
+        .iter()
+        .map(|backend| {
+            let endpoints = match &backend.endpoints {
+                Ok(addrs) => addrs
+                    .iter()
+                    .map(|a| a.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                Err(why) => format!("unavailable: {why:?}"),
+            };
+            format!(
+                "ingress {} -> service {} port {}: [{endpoints}]",
+                backend.ingress, backend.service, backend.port
+            )
+        })
+        .collect();
+    for tls in &plan.tls {
+        lines.push(format!(
+            "tls {} -> secret {}{}",
+            tls.hosts.join(","),
+            tls.secret,
+            if tls.pem.is_ok() { "" } else { " (unusable)" }
+        ));
+    }
+    lines
 }

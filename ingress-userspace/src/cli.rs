@@ -1,6 +1,6 @@
 //! The command line: `xdp-ingress run` and `xdp-ingress validate`.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Load the XDP program, attach it, and keep its maps equal to the manifests.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Read and check the manifests, print what would be programmed.
     Validate(ValidateArgs),
 }
@@ -30,12 +30,52 @@ pub enum Command {
 /// `xdp-ingress run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Directory of Kubernetes manifests (Services, EndpointSlices), watched for changes.
+    /// Directory of Kubernetes manifests (Services, EndpointSlices, Ingresses, IngressClasses,
+    /// TLS Secrets), watched for changes.
     #[arg(long)]
     pub manifests: PathBuf,
-    /// Interface to attach to (clients and backends alike); repeat for several.
-    #[arg(long = "interface", required = true)]
+    /// Interface to attach the XDP load balancer to (clients and backends alike); repeat for
+    /// several. Without any, the agent is an L7-only Ingress controller and loads no BPF.
+    #[arg(long = "interface")]
     pub interfaces: Vec<String>,
+    /// The proxy's plain-HTTP listener, or `off`.
+    #[arg(long, default_value = "0.0.0.0:80", value_parser = parse_listen)]
+    pub http_listen: Listen,
+    /// The proxy's HTTPS listener, or `off`.
+    #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_listen)]
+    pub https_listen: Listen,
+    /// IngressClass `spec.controller` value this agent serves.
+    #[arg(long, default_value = "xdp-ingress.dev/controller")]
+    pub controller_name: String,
+    /// TLS Secret (`namespace/name`) for names no Ingress covers; default: a self-signed one.
+    #[arg(long)]
+    pub default_tls_secret: Option<String>,
+    /// Connecting to an endpoint; after this, 502 (e.g. `5s`, `500ms`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub upstream_connect_timeout: Duration,
+    /// From the request sent to the response head; after this, 504.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub upstream_response_timeout: Duration,
+    /// Idle pooled connections to endpoints are closed after this.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
+    /// A client must send a whole request head (and finish its TLS handshake) within this; it
+    /// also bounds how long an idle HTTP/1.1 keep-alive connection stays open.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub client_header_timeout: Duration,
+    /// Largest request head in bytes (larger: 431).
+    #[arg(long, default_value_t = 32 * 1024)]
+    pub max_header_bytes: usize,
+    /// Largest request body in bytes (larger: 413); default unlimited.
+    #[arg(long)]
+    pub max_body_bytes: Option<u64>,
+    /// One JSON access-log line per request on stdout.
+    #[arg(long)]
+    pub access_log: bool,
+    /// Proxy worker threads (default: one per CPU).
+    #[arg(long)]
+    pub workers: Option<usize>,
+
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: AttachMode,
@@ -56,10 +96,46 @@ pub struct RunArgs {
     pub debounce_ms: u64,
 }
 
+/// A listener address, or `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listen(pub Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text == "off" {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|_| format!("{text:?} is not an address like 0.0.0.0:80, nor `off`"))
+}
+
+/// `250ms`, `5s`, `2m`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration like 250ms, 5s or 2m");
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(invalid)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| invalid())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(number)),
+        "s" => Ok(Duration::from_secs(number)),
+        "m" => Ok(Duration::from_secs(number * 60)),
+        _ => Err(invalid()),
+    }
+}
+
 /// `xdp-ingress validate`.
+
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
     /// Directory of Kubernetes manifests.
     #[arg(long)]
     pub manifests: PathBuf,
+    /// IngressClass `spec.controller` value this agent serves.
+    #[arg(long, default_value = "xdp-ingress.dev/controller")]
+    pub controller_name: String,
+    /// TLS Secret (`namespace/name`) for names no Ingress covers.
+    #[arg(long)]
+    pub default_tls_secret: Option<String>,
 }

@@ -13,5 +13,6 @@ pub mod agent;
 pub mod cli;
 pub mod datapath;
 pub mod model;
+pub mod proxy;
 pub mod source;
 pub mod translate;

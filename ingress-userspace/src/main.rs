@@ -7,14 +7,19 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
-    agent::{describe_plan, L4Agent},
+    agent::{describe_l7_plan, describe_plan, Agent, L4Sink, L7Sink},
     cli::{Cli, Command, RunArgs, ValidateArgs},
     datapath::{
         loader::{Datapath, KernelMaps, MapSizes},
         sync::DatapathSync,
     },
+    model::ObjectName,
+    proxy::{Proxy, ProxySettings},
     source::files::ManifestDir,
-    translate::l4,
+    translate::{
+        l4,
+        l7::{self, L7Options},
+    },
 };
 
 fn main() -> Result<()> {
@@ -31,29 +36,48 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Validate(args) => validate(args),
-        Command::Run(args) => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the runtime")?
-            .block_on(run(args)),
+        Command::Run(args) => {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(workers) = args.workers {
+                runtime.worker_threads(workers.max(1));
+            }
+            runtime
+                .enable_all()
+                .build()
+                .context("starting the runtime")?
+                .block_on(run(*args))
+        }
     }
 }
 
 fn validate(args: ValidateArgs) -> Result<()> {
     let mut source = ManifestDir::new(&args.manifests);
     let snapshot = source.load()?;
-    let (plan, problems) = l4::translate(&snapshot.objects, &l4::L4Plan::default());
-    for line in describe_plan(&plan) {
+    let (plan, l4_problems) = l4::translate(&snapshot.objects, &l4::L4Plan::default());
+    let l7_options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
+    let (l7_plan, l7_problems) = l7::translate(&snapshot.objects, &l7_options);
+    for line in describe_plan(&plan)
+        .into_iter()
+        .chain(describe_l7_plan(&l7_plan))
+    {
         println!("{line}");
     }
     println!(
-        "{} Service port(s), {} backend(s) from {} Service(s) and {} EndpointSlice(s)",
+        "{} Service port(s), {} backend(s) from {} Service(s) and {} EndpointSlice(s); \
+         {} Ingress(es) ours, {} L7 backend(s)",
         plan.frontends.len(),
         plan.backend_count(),
         snapshot.objects.services.len(),
-        snapshot.objects.endpoint_slices.len()
+        snapshot.objects.endpoint_slices.len(),
+        l7_plan.ingresses.len(),
+        l7_plan.backends.len(),
     );
-    let problems: Vec<_> = snapshot.problems.iter().chain(&problems).collect();
+    let problems: Vec<_> = snapshot
+        .problems
+        .iter()
+        .chain(&l4_problems)
+        .chain(&l7_problems)
+        .collect();
     if problems.is_empty() {
         return Ok(());
     }
@@ -67,24 +91,79 @@ fn validate(args: ValidateArgs) -> Result<()> {
     )
 }
 
+fn l7_options(controller_name: &str, default_tls_secret: Option<&str>) -> Result<L7Options> {
+    let default_tls_secret = default_tls_secret
+        .map(|text| match text.split_once('/') {
+            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
+                Ok(ObjectName {
+                    namespace: namespace.to_string(),
+                    name: name.to_string(),
+                })
+            }
+            _ => anyhow::bail!("--default-tls-secret {text:?}: expected namespace/name"),
+        })
+        .transpose()?;
+    Ok(L7Options {
+        controller_name: controller_name.to_string(),
+        default_tls_secret,
+    })
+}
+
 async fn run(args: RunArgs) -> Result<()> {
-    let sizes = MapSizes {
-        services: args.max_services,
-        backends: args.max_backends,
-        maglev_slots: args.maglev_slots,
-        flows: args.max_flows,
-    };
-    let mut datapath = Datapath::load(&sizes)?;
-    let maps = datapath.take_maps()?;
     let source = ManifestDir::new(&args.manifests);
     let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     let _watcher = source.watch(changes_tx)?;
-    let mut agent = L4Agent::new(source, DatapathSync::new(maps, sizes.capacity()));
-    // Program the maps before attaching, so the first packet already sees every Service.
+
+    let mut datapath = None;
+    let l4 = if args.interfaces.is_empty() {
+        None
+    } else {
+        let sizes = MapSizes {
+            services: args.max_services,
+            backends: args.max_backends,
+            maglev_slots: args.maglev_slots,
+            flows: args.max_flows,
+        };
+        let mut loaded = Datapath::load(&sizes)?;
+        let maps = loaded.take_maps()?;
+        datapath = Some(loaded);
+        Some(L4Sink::new(DatapathSync::new(maps, sizes.capacity())))
+    };
+    let settings = ProxySettings {
+        http_listen: args.http_listen.0,
+        https_listen: args.https_listen.0,
+        upstream_connect_timeout: args.upstream_connect_timeout,
+        upstream_response_timeout: args.upstream_response_timeout,
+        upstream_idle_timeout: args.upstream_idle_timeout,
+        client_header_timeout: args.client_header_timeout,
+        max_header_bytes: args.max_header_bytes,
+        max_body_bytes: args.max_body_bytes,
+        access_log: args.access_log,
+    };
+    let l7 = if settings.http_listen.is_none() && settings.https_listen.is_none() {
+        None
+    } else {
+        let options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
+        Some(L7Sink::new(Proxy::new(settings)?, options))
+    };
+    let mut agent = Agent::new(source, l4, l7);
+    // Program the maps and the routing table before attaching and listening, so the first
+    // packet and the first request already see every object.
     reload(&mut agent);
-    for interface in &args.interfaces {
-        datapath.attach(interface, args.xdp_mode)?;
-        tracing::info!(interface, mode = ?args.xdp_mode, "XDP attached");
+    if let Some(datapath) = datapath.as_mut() {
+        for interface in &args.interfaces {
+            datapath.attach(interface, args.xdp_mode)?;
+            tracing::info!(interface, mode = ?args.xdp_mode, "XDP attached");
+        }
+    }
+    if let Some(l7) = agent.l7() {
+        let bound = l7.proxy().listen().await?;
+        if let Some(addr) = bound.http {
+            tracing::info!(%addr, "HTTP listening");
+        }
+        if let Some(addr) = bound.https {
+            tracing::info!(%addr, "HTTPS listening");
+        }
     }
     tracing::info!(manifests = %args.manifests.display(), "running");
 
@@ -99,45 +178,70 @@ async fn run(args: RunArgs) -> Result<()> {
                 while let Ok(Some(())) = tokio::time::timeout(debounce, changes.recv()).await {}
                 reload(&mut agent);
             }
-            _ = log_tick.tick() => datapath.flush_logs(),
+            _ = log_tick.tick() => {
+                if let Some(datapath) = datapath.as_mut() {
+                    datapath.flush_logs();
+                }
+            }
             _ = terminate.recv() => { tracing::info!("SIGTERM"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT"); break; }
         }
     }
-    print_counters(&agent);
-    datapath.detach_all();
-    tracing::info!("detached; exiting");
+    if let (Some(l4), Some(datapath)) = (agent.l4(), datapath.as_mut()) {
+        print_counters(l4);
+        datapath.detach_all();
+        tracing::info!("detached");
+    }
+    tracing::info!("exiting");
     Ok(())
 }
 
-fn reload(agent: &mut L4Agent<KernelMaps>) {
-    match agent.reload() {
-        Ok(outcome) => {
-            for problem in &outcome.problems {
-                tracing::warn!("{problem}");
-            }
-            for error in &outcome.report.errors {
-                tracing::error!("{error}");
-            }
-            let r = &outcome.report;
-            tracing::info!(
-                added = r.added,
-                changed = r.changed,
-                removed = r.removed,
-                unchanged = r.unchanged,
-                problems = outcome.problems.len(),
-                elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
-                "synced {} Service port(s), {} backend(s)",
-                agent.plan().frontends.len(),
-                agent.plan().backend_count()
-            );
+fn reload(agent: &mut Agent<KernelMaps>) {
+    let outcome = match agent.reload() {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::error!("{error}; keeping the programmed state");
+            return;
         }
-        Err(error) => tracing::error!("{error}; keeping the programmed state"),
+    };
+    for problem in &outcome.problems {
+        tracing::warn!("{problem}");
     }
+    if let (Some(r), Some(l4)) = (&outcome.l4, agent.l4()) {
+        for error in &r.errors {
+            tracing::error!("{error}");
+        }
+        tracing::info!(
+            added = r.added,
+            changed = r.changed,
+            removed = r.removed,
+            unchanged = r.unchanged,
+            "L4: {} Service port(s), {} backend(s)",
+            l4.plan().frontends.len(),
+            l4.plan().backend_count()
+        );
+    }
+    if let (Some(r), Some(l7)) = (&outcome.l7, agent.l7()) {
+        for problem in &r.certificate_problems {
+            tracing::warn!(secret = %problem.secret, "certificate: {}", problem.message);
+        }
+        tracing::info!(
+            backends = r.backends,
+            swap_ms = r.elapsed.as_secs_f64() * 1e3,
+            "L7: {} Ingress(es), {} certificate entr(ies)",
+            l7.plan().ingresses.len(),
+            l7.plan().tls.len()
+        );
+    }
+    tracing::info!(
+        problems = outcome.problems.len(),
+        elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
+        "synced"
+    );
 }
 
 /// Per-Service and per-backend counters, printed when the agent stops.
-fn print_counters(agent: &L4Agent<KernelMaps>) {
+fn print_counters(agent: &L4Sink<KernelMaps>) {
     let maps = agent.sync().maps();
     println!(
         "{:<24} {:<28} {:>10} {:>12} {:>9} {:>10}",

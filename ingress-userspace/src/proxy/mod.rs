@@ -1,0 +1,20 @@
+//! The L7 proxy: HTTP/1.1 and HTTP/2 (h2 over TLS by ALPN, h2c with prior knowledge) from
+//! clients, HTTP/1.1 to endpoints, routed by the translator's [`L7Plan`].
+//!
+//! - [`server`]: listeners, connections, and the request path.
+//! - [`router`]: the routing table the request path reads through one atomic pointer (arc-swap);
+//!   a reload swaps it, requests in flight keep the table they started with.
+//! - [`upstream`]: endpoints, their keep-alive pools and passive health, balancing.
+//! - [`tls`]: certificates by SNI, swapped on reload.
+//! - [`headers`]: hop-by-hop and forwarding header rules.
+//! - [`access_log`]: the optional per-request log, written off the request path.
+
+pub mod access_log;
+pub mod headers;
+pub mod router;
+pub mod server;
+pub mod smuggling;
+pub mod tls;
+pub mod upstream;
+
+pub use server::{ApplyReport, Proxy, ProxySettings};

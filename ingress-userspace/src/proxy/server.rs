@@ -1,0 +1,628 @@
+//! Listeners, connections and the request path.
+//!
+//! Per request: one atomic load of the routing table, a lookup that allocates nothing, header
+//! rewriting, an endpoint chosen by two random choices, a pooled (or new) connection, and the
+//! response streamed back. Errors the proxy produces itself are short plain-text answers:
+//! 400 (malformed request, smuggling attempt), 404 (no rule), 413 (body limit), 431 (header
+//! limit, by hyper), 502 (connect failure), 503 (no endpoints, with why), 504 (response timeout).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant, SystemTime},
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::conn::auto,
+};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::translate::l7::L7Plan;
+
+use super::{
+    access_log::{AccessLog, AccessRecord},
+    headers::{self, ConnectionHeaders, RequestIds},
+    router::{EndpointRegistry, Router},
+    smuggling::{SmugglingGuard, SmugglingVerdicts},
+    tls::{CertBook, CertProblem, TlsError},
+    upstream::{
+        Backend, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody,
+    },
+};
+
+/// Listeners, timeouts and limits (the `run` flags).
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Plain HTTP listener (`None`: off).
+    pub http_listen: Option<SocketAddr>,
+    /// HTTPS listener (`None`: off).
+    pub https_listen: Option<SocketAddr>,
+    /// Connecting to an endpoint; then 502.
+    pub upstream_connect_timeout: Duration,
+    /// From the request sent to the response head; then 504.
+    pub upstream_response_timeout: Duration,
+    /// Pooled upstream connections idle longer are closed.
+    pub upstream_idle_timeout: Duration,
+    /// A client must send a complete request head (and finish a TLS handshake) within this.
+    pub client_header_timeout: Duration,
+    /// Largest request head, in bytes; larger gets 431.
+    pub max_header_bytes: usize,
+    /// Largest request body, in bytes; larger gets 413. `None`: unlimited.
+    pub max_body_bytes: Option<u64>,
+    /// Write one access-log line per request.
+    pub access_log: bool,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            http_listen: Some(SocketAddr::from(([0, 0, 0, 0], 80))),
+            https_listen: Some(SocketAddr::from(([0, 0, 0, 0], 443))),
+            upstream_connect_timeout: Duration::from_secs(5),
+            upstream_response_timeout: Duration::from_secs(60),
+            upstream_idle_timeout: Duration::from_secs(30),
+            client_header_timeout: Duration::from_secs(10),
+            max_header_bytes: 32 * 1024,
+            max_body_bytes: None,
+            access_log: false,
+        }
+    }
+}
+
+/// Errors starting the proxy.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TLS setup failed.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// A rustls configuration error.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The access log writer could not start.
+    #[error("starting the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// What applying a plan did.
+#[derive(Debug)]
+pub struct ApplyReport {
+    /// Backends in the new table.
+    pub backends: usize,
+    /// Certificates that could not be used (the previous one stays where there was one).
+    pub certificate_problems: Vec<CertProblem>,
+    /// Time to build and swap the table and the certificates.
+    pub elapsed: Duration,
+}
+
+/// What every connection and request shares.
+struct Shared {
+    router: ArcSwap<Router>,
+    settings: ProxySettings,
+    request_ids: RequestIds,
+    access_log: Option<AccessLog>,
+    http: auto::Builder<TokioExecutor>,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+/// The proxy: apply plans to it, serve with it.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    registry: EndpointRegistry,
+    certs: CertBook,
+}
+
+impl Proxy {
+    /// A proxy with an empty routing table and the self-signed certificate.
+    pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs = CertBook::new(provider.clone())?;
+        let mut tls = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.resolver());
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(settings.client_header_timeout)
+            .max_buf_size(settings.max_header_bytes.max(8192));
+        http.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
+        let access_log = if settings.access_log {
+            Some(AccessLog::start(Box::new(std::io::stdout())).map_err(ProxyError::AccessLog)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            shared: Arc::new(Shared {
+                router: ArcSwap::from_pointee(Router::default()),
+                settings,
+                request_ids: RequestIds::default(),
+                access_log,
+                http,
+                tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+            }),
+            registry: EndpointRegistry::default(),
+            certs,
+        })
+    }
+
+    /// Swaps in the routing table and certificates of `plan`. Requests in flight finish on the
+    /// table they started with; connections stay open.
+    pub fn apply(&mut self, plan: &L7Plan) -> ApplyReport {
+        let started = Instant::now();
+        let router = self.registry.router(plan);
+        let backends = router.backend_count();
+        let certificate_problems = self.certs.apply(&plan.tls, plan.default_tls.as_ref());
+        self.shared.router.store(Arc::new(router));
+        ApplyReport {
+            backends,
+            certificate_problems,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Binds the configured listeners and serves them on the current runtime until it stops.
+    /// Returns the bound addresses (port 0 resolved), plain first.
+    pub async fn listen(&self) -> Result<BoundListeners, ProxyError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ProxyError::Bind { addr, source })
+        };
+        let mut bound = BoundListeners::default();
+        if let Some(addr) = self.shared.settings.http_listen {
+            let listener = bind(addr).await?;
+            bound.http = listener.local_addr().ok();
+            tokio::spawn(accept_loop(self.shared.clone(), listener, false));
+        }
+        if let Some(addr) = self.shared.settings.https_listen {
+            let listener = bind(addr).await?;
+            bound.https = listener.local_addr().ok();
+            tokio::spawn(accept_loop(self.shared.clone(), listener, true));
+        }
+        Ok(bound)
+    }
+
+    /// Access-log lines dropped because the writer fell behind.
+    pub fn access_log_dropped(&self) -> u64 {
+        self.shared
+            .access_log
+            .as_ref()
+            .map_or(0, AccessLog::dropped)
+    }
+}
+
+/// The addresses the proxy listens on.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BoundListeners {
+    /// Plain HTTP.
+    pub http: Option<SocketAddr>,
+    /// HTTPS.
+    pub https: Option<SocketAddr>,
+}
+
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: bool) {
+    let port = listener.local_addr().map_or(0, |a| a.port());
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_connection(shared.clone(), stream, peer, port, tls));
+            }
+            Err(error) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// What a connection's requests need to know about it.
+struct ConnectionInfo {
+    peer: SocketAddr,
+    headers: ConnectionHeaders,
+    smuggling: Arc<SmugglingVerdicts>,
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    port: u16,
+    tls: bool,
+) {
+    let _ = stream.set_nodelay(true);
+    let smuggling = Arc::new(SmugglingVerdicts::default());
+    let max_head = shared.settings.max_header_bytes;
+    let info = Arc::new(ConnectionInfo {
+        peer,
+        headers: ConnectionHeaders::new(peer.ip(), tls, port),
+        smuggling: smuggling.clone(),
+    });
+    let service_shared = shared.clone();
+    let service = service_fn(move |request| handle(service_shared.clone(), info.clone(), request));
+    if tls {
+        let handshake = shared.tls.accept(stream);
+        let stream =
+            match tokio::time::timeout(shared.settings.client_header_timeout, handshake).await {
+                Ok(Ok(stream)) => stream,
+                // Failed and timed-out handshakes are the client's problem; nothing to answer.
+                Ok(Err(_)) | Err(_) => return,
+            };
+        let stream = SmugglingGuard::new(stream, max_head, smuggling);
+        let _ = shared
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .await;
+    } else {
+        let stream = SmugglingGuard::new(stream, max_head, smuggling);
+        let _ = shared
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .await;
+    }
+}
+
+/// A response body: the endpoint's, or one the proxy wrote; counted for the access log.
+pub struct ProxyBody {
+    kind: BodyKind,
+    record: Option<Box<AccessRecord>>,
+}
+
+enum BodyKind {
+    Full(Option<Bytes>),
+    Upstream(UpstreamResponseBody),
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = match &mut this.kind {
+            BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let (Some(record), Poll::Ready(Some(Ok(frame)))) = (&mut this.record, &polled) {
+            if let Some(data) = frame.data_ref() {
+                record.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            BodyKind::Full(bytes) => bytes.is_none(),
+            BodyKind::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            BodyKind::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len()) as u64)
+            }
+            BodyKind::Upstream(body) => body.size_hint(),
+        }
+    }
+}
+
+/// A plain-text answer from the proxy itself.
+fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody {
+        kind: BodyKind::Full(Some(body.into())),
+        record: None,
+    });
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let record = shared.access_log.as_ref().map(|log| {
+        Box::new(AccessRecord {
+            log: log.clone(),
+            time: SystemTime::now(),
+            started: Instant::now(),
+            client: connection.peer,
+            method: request.method().clone(),
+            host: request_host(&request)
+                .and_then(|h| h.to_str().ok().map(str::to_string))
+                .unwrap_or_default(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+            version: request.version(),
+            status: 0,
+            bytes: 0,
+            upstream: None,
+        })
+    });
+    let (mut response, upstream) = proxy_request(&shared, &connection, request).await;
+    if let Some(mut record) = record {
+        record.status = response.status().as_u16();
+        record.upstream = upstream;
+        response.body_mut().record = Some(record);
+    }
+    Ok(response)
+}
+
+/// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
+fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if let Some(host) = request.headers().get(header::HOST) {
+        return Some(host.clone());
+    }
+    request
+        .uri()
+        .authority()
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+}
+
+async fn proxy_request(
+    shared: &Shared,
+    connection: &ConnectionInfo,
+    mut request: Request<Incoming>,
+) -> (Response<ProxyBody>, Option<SocketAddr>) {
+    let settings = &shared.settings;
+    if connection.smuggling.next_request_is_smuggling() {
+        let mut response = answer(
+            StatusCode::BAD_REQUEST,
+            "400 Bad Request: both Content-Length and Transfer-Encoding\n",
+        );
+        // hyper closes the connection after this response.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return (response, None);
+    }
+    let host = request_host(&request);
+    let host_text = match host.as_ref().map(HeaderValue::to_str) {
+        Some(Ok(text)) => text,
+        None => "",
+        Some(Err(_)) => {
+            return (
+                answer(StatusCode::BAD_REQUEST, "400 Bad Request: invalid Host\n"),
+                None,
+            )
+        }
+    };
+    let backend: Arc<Backend> = {
+        let router = shared.router.load();
+        match router.route(host_text, request.uri().path()) {
+            Some(backend) => backend.clone(),
+            None => {
+                return (
+                    answer(
+                        StatusCode::NOT_FOUND,
+                        "404 Not Found: no Ingress rule matches this host and path\n",
+                    ),
+                    None,
+                )
+            }
+        }
+    };
+    if backend.endpoints.is_empty() {
+        let why = backend
+            .unavailable
+            .clone()
+            .unwrap_or_else(|| Bytes::from_static(b"503 Service Unavailable\n"));
+        return (answer(StatusCode::SERVICE_UNAVAILABLE, why), None);
+    }
+    let limit = settings.max_body_bytes.unwrap_or(u64::MAX);
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if length > limit {
+            return (too_large(), None);
+        }
+    }
+    let upgrade =
+        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let (mut parts, body) = request.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    headers::set_forwarding_headers(
+        &mut parts.headers,
+        &connection.headers,
+        host.as_ref(),
+        &shared.request_ids,
+    );
+    // Endpoints get origin-form (`/path?query`), whatever form the client used.
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    parts.version = Version::HTTP_11;
+    let mut upstream_request = Request::from_parts(parts, UpstreamBody::new(body, limit));
+
+    let mut failed: Option<Arc<Endpoint>> = None;
+    let mut last_error = String::new();
+    // A request whose connection fails goes to another endpoint: it has not been sent yet.
+    for _ in 0..backend.endpoints.len().clamp(1, 3) {
+        let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
+            break;
+        };
+        let outstanding = endpoint.start_request();
+        match send(&endpoint, upstream_request, settings).await {
+            Sent::Unsent(unsent, why) => {
+                upstream_request = unsent;
+                last_error = why;
+                failed = Some(endpoint);
+            }
+            Sent::Failed(response) => return (response, Some(endpoint.addr)),
+            Sent::Answered(response, sender) => {
+                let addr = endpoint.addr;
+                return (
+                    relay_response(response, sender, outstanding, client_upgrade),
+                    Some(addr),
+                );
+            }
+        }
+    }
+    (
+        answer(
+            StatusCode::BAD_GATEWAY,
+            format!("502 Bad Gateway: {last_error}\n"),
+        ),
+        None,
+    )
+}
+
+fn too_large() -> Response<ProxyBody> {
+    answer(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "413 Content Too Large: the request body exceeds the limit\n",
+    )
+}
+
+/// What sending a request to one endpoint came to.
+enum Sent {
+    /// The endpoint answered (the connection comes along, to be pooled again).
+    Answered(Response<Incoming>, Sender),
+    /// No connection could carry it; the request comes back unsent, with why.
+    Unsent(Request<UpstreamBody>, String),
+    /// Sent, then failed: the answer to give the client.
+    Failed(Response<ProxyBody>),
+}
+
+async fn send(
+    endpoint: &Endpoint,
+    request: Request<UpstreamBody>,
+    settings: &ProxySettings,
+) -> Sent {
+    let connect = || endpoint.connect(settings.upstream_connect_timeout);
+    let (mut sender, mut fresh) = match endpoint.pooled(settings.upstream_idle_timeout) {
+        Some(sender) => (sender, false),
+        None => match connect().await {
+            Ok(sender) => (sender, true),
+            Err(error) => return Sent::Unsent(request, error.to_string()),
+        },
+    };
+    let mut request = request;
+    loop {
+        let attempt = sender.try_send_request(request);
+        let error = match tokio::time::timeout(settings.upstream_response_timeout, attempt).await {
+            Err(_) => {
+                return Sent::Failed(answer(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "504 Gateway Timeout: the upstream did not answer in time\n",
+                ))
+            }
+            Ok(Ok(response)) => return Sent::Answered(response, sender),
+            Ok(Err(error)) => error,
+        };
+        let mut error = error;
+        match error.take_message() {
+            // A pooled connection closed before the request went out (the endpoint's keep-alive
+            // timeout raced us): same endpoint, new connection.
+            Some(unsent) if !fresh => match connect().await {
+                Ok(new_sender) => {
+                    sender = new_sender;
+                    fresh = true;
+                    request = unsent;
+                }
+                Err(connect_error) => return Sent::Unsent(unsent, connect_error.to_string()),
+            },
+            Some(unsent) => return Sent::Unsent(unsent, error.into_error().to_string()),
+            None => return Sent::Failed(send_error_answer(&error.into_error())),
+        }
+    }
+}
+
+/// 413 when our body limit stopped the upload, else 502 naming the cause.
+fn send_error_answer(error: &hyper::Error) -> Response<ProxyBody> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut causes = Vec::new();
+    while let Some(cause) = source {
+        if cause.is::<BodyTooLarge>() {
+            return too_large();
+        }
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    answer(
+        StatusCode::BAD_GATEWAY,
+        format!("502 Bad Gateway: {}\n", causes.join(": ")),
+    )
+}
+
+/// The endpoint's response on its way to the client: hop-by-hop headers out, the body streamed
+/// (its connection pooled again at the end), or for a `101 Switching Protocols` answer to an
+/// upgrade request, both upgraded connections spliced together.
+fn relay_response(
+    mut response: Response<Incoming>,
+    sender: Sender,
+    outstanding: Outstanding,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                // The tunnel counts as outstanding on its endpoint while it is open.
+                let _outstanding = outstanding;
+                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+            let (mut parts, _) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers, true);
+            return Response::from_parts(
+                parts,
+                ProxyBody {
+                    kind: BodyKind::Full(None),
+                    record: None,
+                },
+            );
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(
+        parts,
+        ProxyBody {
+            kind: BodyKind::Upstream(UpstreamResponseBody::new(body, Some(sender), outstanding)),
+            record: None,
+        },
+    )
+}

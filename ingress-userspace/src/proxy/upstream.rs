@@ -1,0 +1,430 @@
+//! Upstream side: one [`Endpoint`] per backend address with its keep-alive pool, passive health
+//! and outstanding-request count, and the [`Backend`] that balances over endpoints.
+//!
+//! Endpoints are shared by every routing table that names their address, so a new table keeps
+//! the pools (and their open connections) of the old one. Connections are HTTP/1.1 (hyper's
+//! low-level client): a connection goes back to its pool when the response body has been read to
+//! the end; a response dropped half-read closes it.
+
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::{body::Incoming, client::conn::http1};
+use hyper_util::rt::TokioIo;
+
+/// How long an endpoint that refused a connection is skipped.
+pub const PASSIVE_HEALTH_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Most idle connections kept per endpoint.
+const MAX_IDLE_PER_ENDPOINT: usize = 256;
+
+/// The request body sent upstream: the client's body, counted against the body size limit.
+pub struct UpstreamBody {
+    inner: Option<Incoming>,
+    remaining: u64,
+}
+
+/// The client's body exceeded `--max-body-bytes`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body larger than the limit")]
+pub struct BodyTooLarge;
+
+impl UpstreamBody {
+    /// The client's body, failing once more than `limit` bytes went through.
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self {
+            inner: Some(inner),
+            remaining: limit,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            remaining: 0,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > self.remaining {
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    self.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+/// A connection to an endpoint, ready for a request.
+pub type Sender = http1::SendRequest<UpstreamBody>;
+
+/// One endpoint address: its idle connections, health and load.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where it is.
+    pub addr: SocketAddr,
+    idle: Mutex<Vec<(Sender, Instant)>>,
+    /// Milliseconds since `epoch` until which the endpoint is skipped (0: healthy).
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+    outstanding: AtomicUsize,
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Connecting took longer than the connect timeout.
+    #[error("connecting to {0} timed out")]
+    Timeout(SocketAddr),
+    /// The endpoint refused or the network failed.
+    #[error("connecting to {addr}: {source}")]
+    Io {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP/1.1 handshake failed.
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        source: hyper::Error,
+    },
+}
+
+impl Endpoint {
+    /// A healthy endpoint with no connections.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            idle: Mutex::new(Vec::new()),
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            outstanding: AtomicUsize::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether passive health currently skips this endpoint.
+    pub fn is_down(&self) -> bool {
+        let until = self.down_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.now_ms() < until
+    }
+
+    /// Skip this endpoint for [`PASSIVE_HEALTH_BACKOFF`].
+    pub fn mark_down(&self) {
+        let until = self.now_ms() + PASSIVE_HEALTH_BACKOFF.as_millis() as u64;
+        self.down_until_ms.store(until.max(1), Ordering::Relaxed);
+    }
+
+    fn mark_up(&self) {
+        if self.down_until_ms.load(Ordering::Relaxed) != 0 {
+            self.down_until_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Requests sent and not yet answered to the end.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// An idle pooled connection that is still open and younger than `max_idle`.
+    pub fn pooled(&self, max_idle: Duration) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((sender, since)) = idle.pop() {
+            if !sender.is_closed() && since.elapsed() < max_idle {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// A new connection (TCP, then the HTTP/1.1 handshake), its driver spawned on the runtime.
+    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+        let addr = self.addr;
+        let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
+        {
+            Err(_) => {
+                self.mark_down();
+                return Err(ConnectError::Timeout(addr));
+            }
+            Ok(Err(source)) => {
+                self.mark_down();
+                return Err(ConnectError::Io { addr, source });
+            }
+            Ok(Ok(stream)) => stream,
+        };
+        self.mark_up();
+        // Small requests and responses must not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| ConnectError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            // Errors end the connection; the request that saw them reports them.
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection whose response was read to the end.
+    fn release(&self, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE_PER_ENDPOINT {
+            idle.push((sender, Instant::now()));
+        }
+    }
+
+    /// Counts a request as outstanding until the guard drops.
+    pub fn start_request(self: &Arc<Self>) -> Outstanding {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        Outstanding(self.clone())
+    }
+}
+
+/// An outstanding request on an endpoint; dropping it ends the count.
+#[derive(Debug)]
+pub struct Outstanding(Arc<Endpoint>);
+
+impl Outstanding {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for Outstanding {
+    fn drop(&mut self) {
+        self.0.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The endpoints of one backend and the balancing between them.
+#[derive(Debug)]
+pub struct Backend {
+    /// Ready endpoints, in address order.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// The 503 body when there are none, saying why.
+    pub unavailable: Option<Bytes>,
+    /// `namespace/service:port`, for logs.
+    pub name: String,
+    next: AtomicUsize,
+}
+
+impl Backend {
+    /// A backend over `endpoints`; `unavailable` explains an empty list.
+    pub fn new(name: String, endpoints: Vec<Arc<Endpoint>>, unavailable: Option<Bytes>) -> Self {
+        Self {
+            endpoints,
+            unavailable,
+            name,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Power of two choices on outstanding requests: two candidates from a rotating position
+    /// (so ties spread like round-robin), the one with fewer outstanding requests wins; endpoints
+    /// that recently refused connections are passed over while others are healthy. `exclude` is
+    /// an endpoint that just failed for this request.
+    pub fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+        let n = self.endpoints.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let usable =
+            |e: &&Arc<Endpoint>| !e.is_down() && exclude.is_none_or(|x| !Arc::ptr_eq(x, e));
+        // The first two usable endpoints from `start`, and a second probe half-way round so two
+        // neighbours do not always compete.
+        let first = (0..n)
+            .map(|i| &self.endpoints[(start + i) % n])
+            .find(usable);
+        let second = (0..n)
+            .map(|i| &self.endpoints[(start + n / 2 + 1 + i) % n])
+            .find(usable);
+        match (first, second) {
+            (Some(a), Some(b)) => Some(if b.outstanding() < a.outstanding() {
+                b
+            } else {
+                a
+            }),
+            (Some(a), None) | (None, Some(a)) => Some(a),
+            // Everything is marked down: try anyway rather than fail without trying (the marks
+            // may be stale), still avoiding the endpoint that just failed when there is another.
+            (None, None) => (0..n)
+                .map(|i| &self.endpoints[(start + i) % n])
+                .find(|e| exclude.is_none_or(|x| !Arc::ptr_eq(x, e)))
+                .or_else(|| self.endpoints.get(start % n)),
+        }
+    }
+}
+
+/// A response body from upstream. When it has been read to the end, its connection goes back to
+/// the endpoint's pool and the request stops counting as outstanding.
+pub struct UpstreamResponseBody {
+    inner: Incoming,
+    connection: Option<Sender>,
+    outstanding: Option<Outstanding>,
+}
+
+impl UpstreamResponseBody {
+    /// Wraps `inner`; `connection` is pooled again at the end (`None` for upgraded connections).
+    pub fn new(inner: Incoming, connection: Option<Sender>, outstanding: Outstanding) -> Self {
+        let mut body = Self {
+            inner,
+            connection,
+            outstanding: Some(outstanding),
+        };
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(outstanding) = self.outstanding.take() {
+            if let Some(connection) = self.connection.take() {
+                outstanding.endpoint().release(connection);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamResponseBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.finish(),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
+            Poll::Ready(Some(Err(_))) => {
+                // A broken response: the connection is not reused.
+                self.connection = None;
+                self.outstanding = None;
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(n: usize) -> Backend {
+        let endpoints = (0..n)
+            .map(|i| {
+                Arc::new(Endpoint::new(SocketAddr::from((
+                    [192, 0, 2, i as u8 + 1],
+                    80,
+                ))))
+            })
+            .collect();
+        Backend::new("default/web:80".into(), endpoints, None)
+    }
+
+    #[test]
+    fn spreads_over_endpoints_and_prefers_fewer_outstanding() {
+        let b = backend(3);
+        let mut seen = [0usize; 3];
+        for _ in 0..30 {
+            let e = b.pick(None).unwrap();
+            seen[b.endpoints.iter().position(|x| Arc::ptr_eq(x, e)).unwrap()] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
+        // Load endpoint 1 and 2: endpoint 3 (idle) wins every comparison it is part of.
+        let _busy: Vec<Outstanding> = (0..5)
+            .flat_map(|_| {
+                [
+                    b.endpoints[0].start_request(),
+                    b.endpoints[1].start_request(),
+                ]
+            })
+            .collect();
+        let idle_wins = (0..30)
+            .filter(|_| Arc::ptr_eq(b.pick(None).unwrap(), &b.endpoints[2]))
+            .count();
+        assert!(idle_wins >= 20, "{idle_wins}");
+    }
+
+    #[test]
+    fn skips_endpoints_marked_down_and_the_excluded_one() {
+        let b = backend(3);
+        b.endpoints[0].mark_down();
+        b.endpoints[1].mark_down();
+        for _ in 0..10 {
+            assert!(Arc::ptr_eq(b.pick(None).unwrap(), &b.endpoints[2]));
+        }
+        let third = b.endpoints[2].clone();
+        let picked = b.pick(Some(&third)).unwrap();
+        assert!(
+            !Arc::ptr_eq(picked, &third),
+            "all down: try another, not the one that failed"
+        );
+        assert!(backend(0).pick(None).is_none());
+    }
+}
