@@ -59,10 +59,14 @@ pub struct RunArgs {
     /// Idle pooled connections to endpoints are closed after this.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub upstream_idle_timeout: Duration,
-    /// A client must send a whole request head (and finish its TLS handshake) within this; it
-    /// also bounds how long an idle HTTP/1.1 keep-alive connection stays open.
+    /// A client must send a whole request head (and finish its TLS handshake) within this, once
+    /// it has started (slowloris protection).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub client_header_timeout: Duration,
+    /// An idle HTTP/1.1 keep-alive client connection is closed after this.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub client_idle_timeout: Duration,
+
     /// Largest request head in bytes (larger: 431).
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,

@@ -136,6 +136,8 @@ async fn run(args: RunArgs) -> Result<()> {
         upstream_response_timeout: args.upstream_response_timeout,
         upstream_idle_timeout: args.upstream_idle_timeout,
         client_header_timeout: args.client_header_timeout,
+        client_idle_timeout: args.client_idle_timeout,
+
         max_header_bytes: args.max_header_bytes,
         max_body_bytes: args.max_body_bytes,
         access_log: args.access_log,

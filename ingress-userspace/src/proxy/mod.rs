@@ -10,10 +10,10 @@
 //! - [`access_log`]: the optional per-request log, written off the request path.
 
 pub mod access_log;
+pub mod head_guard;
 pub mod headers;
 pub mod router;
 pub mod server;
-pub mod smuggling;
 pub mod tls;
 pub mod upstream;
 

@@ -30,9 +30,9 @@ use crate::translate::l7::L7Plan;
 
 use super::{
     access_log::{AccessLog, AccessRecord},
+    head_guard::{HeadGuard, HeadVerdicts},
     headers::{self, ConnectionHeaders, RequestIds},
     router::{EndpointRegistry, Router},
-    smuggling::{SmugglingGuard, SmugglingVerdicts},
     tls::{CertBook, CertProblem, TlsError},
     upstream::{
         Backend, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody,
@@ -52,8 +52,11 @@ pub struct ProxySettings {
     pub upstream_response_timeout: Duration,
     /// Pooled upstream connections idle longer are closed.
     pub upstream_idle_timeout: Duration,
-    /// A client must send a complete request head (and finish a TLS handshake) within this.
+    /// A client must send a complete request head (and finish a TLS handshake) within this,
+    /// once it has started one.
     pub client_header_timeout: Duration,
+    /// An HTTP/1.1 keep-alive connection waiting for its next request is closed after this.
+    pub client_idle_timeout: Duration,
     /// Largest request head, in bytes; larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body, in bytes; larger gets 413. `None`: unlimited.
@@ -71,6 +74,7 @@ impl Default for ProxySettings {
             upstream_response_timeout: Duration::from_secs(60),
             upstream_idle_timeout: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(10),
+            client_idle_timeout: Duration::from_secs(60),
             max_header_bytes: 32 * 1024,
             max_body_bytes: None,
             access_log: false,
@@ -141,7 +145,13 @@ impl Proxy {
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(settings.client_header_timeout)
+            // hyper's header timer also runs while a connection waits for its next request, so
+            // it is the idle timeout; slow heads are cut by the head guard's shorter timer.
+            .header_read_timeout(
+                settings
+                    .client_idle_timeout
+                    .max(settings.client_header_timeout),
+            )
             .max_buf_size(settings.max_header_bytes.max(8192));
         http.http2()
             .timer(TokioTimer::new())
@@ -240,7 +250,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: bool) {
 struct ConnectionInfo {
     peer: SocketAddr,
     headers: ConnectionHeaders,
-    smuggling: Arc<SmugglingVerdicts>,
+    smuggling: Arc<HeadVerdicts>,
 }
 
 async fn serve_connection(
@@ -251,8 +261,9 @@ async fn serve_connection(
     tls: bool,
 ) {
     let _ = stream.set_nodelay(true);
-    let smuggling = Arc::new(SmugglingVerdicts::default());
+    let smuggling = Arc::new(HeadVerdicts::default());
     let max_head = shared.settings.max_header_bytes;
+    let header_timeout = shared.settings.client_header_timeout;
     let info = Arc::new(ConnectionInfo {
         peer,
         headers: ConnectionHeaders::new(peer.ip(), tls, port),
@@ -268,13 +279,13 @@ async fn serve_connection(
                 // Failed and timed-out handshakes are the client's problem; nothing to answer.
                 Ok(Err(_)) | Err(_) => return,
             };
-        let stream = SmugglingGuard::new(stream, max_head, smuggling);
+        let stream = HeadGuard::new(stream, max_head, header_timeout, smuggling);
         let _ = shared
             .http
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .await;
     } else {
-        let stream = SmugglingGuard::new(stream, max_head, smuggling);
+        let stream = HeadGuard::new(stream, max_head, header_timeout, smuggling);
         let _ = shared
             .http
             .serve_connection_with_upgrades(TokioIo::new(stream), service)

@@ -1,12 +1,16 @@
-//! Request-smuggling guard for HTTP/1.1 connections.
+//! A guard on HTTP/1.1 client connections that reads request heads as they arrive, before hyper
+//! parses them, for two things hyper does not do the way we need:
 //!
-//! hyper settles a request that carries both `Content-Length` and `Transfer-Encoding` by the
-//! latter (RFC 9112 §6.3) and drops `Content-Length` before the request reaches us, so the proxy
-//! cannot see the conflict in the parsed request. We reject such requests outright, as the issue
-//! asks (and as RFC 9112 allows): [`SmugglingGuard`] wraps the connection and reads each request
-//! head as it arrives, before hyper parses it, and records the index of the first request that
-//! carries both. The request path counts its requests and answers that one with 400 and
-//! `Connection: close`. (Differing duplicate `Content-Length`s hyper already refuses with 400.)
+//! - **Slow heads (slowloris).** A head that has started must be complete within
+//!   `--client-header-timeout`, else the connection is closed. hyper's own header timer also runs
+//!   while a keep-alive connection sits idle between requests, so it serves as the (longer) idle
+//!   timeout instead, and the two limits stay separate.
+//! - **Request smuggling.** hyper settles a request that carries both `Content-Length` and
+//!   `Transfer-Encoding` by the latter (RFC 9112 §6.3) and drops `Content-Length` before the
+//!   request reaches us, so the conflict is invisible in the parsed request. We reject such
+//!   requests outright (RFC 9112 allows it): the guard records the index of the first request
+//!   that carries both, and the request path, counting its requests, answers that one with 400
+//!   and `Connection: close`. (Differing duplicate `Content-Length`s hyper already refuses.)
 //!
 //! The guard follows message framing so it only looks at heads: `Content-Length` bodies are
 //! skipped by count, chunked bodies by their chunk sizes. It stops looking (passes bytes through)
@@ -14,6 +18,7 @@
 //! decides on its own, as before.
 
 use std::{
+    future::Future as _,
     io,
     pin::Pin,
     sync::{
@@ -21,6 +26,7 @@ use std::{
         Arc,
     },
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -30,12 +36,12 @@ const NONE: u64 = u64::MAX;
 
 /// Shared between the guard (writer) and the connection's requests (readers).
 #[derive(Debug)]
-pub struct SmugglingVerdicts {
+pub struct HeadVerdicts {
     flagged: AtomicU64,
     next_request: AtomicU64,
 }
 
-impl Default for SmugglingVerdicts {
+impl Default for HeadVerdicts {
     fn default() -> Self {
         Self {
             flagged: AtomicU64::new(NONE),
@@ -44,7 +50,7 @@ impl Default for SmugglingVerdicts {
     }
 }
 
-impl SmugglingVerdicts {
+impl HeadVerdicts {
     /// Called once per request, in order: whether this request carried both `Content-Length` and
     /// `Transfer-Encoding`.
     pub fn next_request_is_smuggling(&self) -> bool {
@@ -71,19 +77,28 @@ enum Framing {
 
 /// Wraps a client connection; see the module documentation.
 #[derive(Debug)]
-pub struct SmugglingGuard<T> {
+pub struct HeadGuard<T> {
     inner: T,
     framing: Framing,
     /// Bytes of the head or line being read.
     pending: Vec<u8>,
     max_head: usize,
     requests_seen: u64,
-    verdicts: Arc<SmugglingVerdicts>,
+    verdicts: Arc<HeadVerdicts>,
+    header_timeout: Duration,
+    /// Running while a head is incomplete; boxed because only slow heads need it.
+    head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl<T> SmugglingGuard<T> {
-    /// Guards `inner`; heads larger than `max_head` are left to hyper (which answers 431).
-    pub fn new(inner: T, max_head: usize, verdicts: Arc<SmugglingVerdicts>) -> Self {
+impl<T> HeadGuard<T> {
+    /// Guards `inner`; heads larger than `max_head` are left to hyper (which answers 431); a
+    /// started head must complete within `header_timeout`.
+    pub fn new(
+        inner: T,
+        max_head: usize,
+        header_timeout: Duration,
+        verdicts: Arc<HeadVerdicts>,
+    ) -> Self {
         Self {
             inner,
             framing: Framing::Head,
@@ -91,7 +106,14 @@ impl<T> SmugglingGuard<T> {
             max_head,
             requests_seen: 0,
             verdicts,
+            header_timeout,
+            head_deadline: None,
         }
+    }
+
+    /// Whether a head has started and not ended.
+    fn head_incomplete(&self) -> bool {
+        matches!(self.framing, Framing::Head) && !self.pending.is_empty()
     }
 
     /// Follows the framing over newly read bytes.
@@ -232,7 +254,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for SmugglingGuard<T> {
+impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -241,16 +263,37 @@ impl<T: AsyncRead + Unpin> AsyncRead for SmugglingGuard<T> {
         let this = &mut *self;
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = polled {
-            if !matches!(this.framing, Framing::Passthrough) {
+        match polled {
+            Poll::Ready(Ok(())) if !matches!(this.framing, Framing::Passthrough) => {
                 this.observe(&buf.filled()[before..]);
+                if !this.head_incomplete() {
+                    this.head_deadline = None;
+                } else if this.head_deadline.is_none() {
+                    this.head_deadline = Some(Box::pin(tokio::time::sleep(this.header_timeout)));
+                }
+                polled
             }
+            Poll::Pending => {
+                if let Some(deadline) = this.head_deadline.as_mut() {
+                    if deadline.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete within the client header timeout",
+                        )));
+                    }
+                }
+                Poll::Pending
+            }
+            Poll::Ready(Ok(())) => {
+                this.head_deadline = None;
+                polled
+            }
+            Poll::Ready(Err(_)) => polled,
         }
-        polled
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for SmugglingGuard<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for HeadGuard<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -284,11 +327,16 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SmugglingGuard<T> {
 mod tests {
     use super::*;
 
-    fn guard() -> SmugglingGuard<()> {
-        SmugglingGuard::new((), 32 * 1024, Arc::new(SmugglingVerdicts::default()))
+    fn guard() -> HeadGuard<()> {
+        HeadGuard::new(
+            (),
+            32 * 1024,
+            Duration::from_secs(10),
+            Arc::new(HeadVerdicts::default()),
+        )
     }
 
-    fn verdicts(guard: &SmugglingGuard<()>, requests: usize) -> Vec<bool> {
+    fn verdicts(guard: &HeadGuard<()>, requests: usize) -> Vec<bool> {
         (0..requests)
             .map(|_| guard.verdicts.next_request_is_smuggling())
             .collect()
@@ -324,6 +372,38 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         let mut g = guard();
         g.observe(&stream);
         assert_eq!(verdicts(&g, 2), [false, false]);
+    }
+
+    /// A head that has started and stalls ends the connection after the header timeout; an idle
+    /// connection (no head started) is left to the idle timeout.
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_head_times_out_and_an_idle_connection_does_not() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut guarded = HeadGuard::new(
+            server,
+            32 * 1024,
+            Duration::from_secs(10),
+            Arc::new(HeadVerdicts::default()),
+        );
+        let mut buf = [0u8; 1024];
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        guarded.read(&mut buf).await.unwrap();
+        // Idle for longer than the header timeout: still open.
+        let idle = tokio::time::timeout(Duration::from_secs(30), guarded.read(&mut buf)).await;
+        assert!(
+            idle.is_err(),
+            "an idle connection is not the head timer's business"
+        );
+        client.write_all(b"GET / HT").await.unwrap();
+        guarded.read(&mut buf).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let error = guarded.read(&mut buf).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed().as_secs(), 10);
     }
 
     #[test]
