@@ -53,6 +53,8 @@ pub const NODE_BACKEND_ADDR: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
 pub const TCP_PORT: u16 = 8080;
 /// The backend servers' UDP port.
 pub const UDP_PORT: u16 = 8053;
+/// The backends' HTTP port (the Ingress demo's endpoints).
+pub const HTTP_PORT: u16 = 8081;
 /// The node's interface towards the client.
 pub const NODE_CLIENT_IF: &str = "n-client";
 /// The node's interface towards the bridge in [`BackendLink::Shared`].
@@ -599,8 +601,9 @@ fn end_processes(pids: &[i32]) {
 
 /// The backend's server: TCP port 8080 greets every connection with `<name>\n` and answers
 /// every line it receives with `<name>\n` (so a test can hold a connection and keep asking who
-/// answers); UDP port 8053 answers every datagram with `<name>\n`. Bound in the namespace of
-/// the thread that starts it; stopped and joined on drop.
+/// answers); UDP port 8053 answers every datagram with `<name>\n`; HTTP on 8081 answers every
+/// request with `<name> <method> <path>\n` (keep-alive). Bound in the namespace of the thread
+/// that starts it; stopped and joined on drop.
 #[derive(Debug)]
 pub struct BackendServer {
     name: String,
@@ -613,10 +616,13 @@ pub struct BackendServer {
 const STOP_POLL: Duration = Duration::from_millis(100);
 
 impl BackendServer {
-    /// Binds 0.0.0.0:8080/tcp and 0.0.0.0:8053/udp in the current thread's namespace.
+    /// Binds 0.0.0.0:8080/tcp, 0.0.0.0:8053/udp and 0.0.0.0:8081/tcp in the current thread's
+    /// namespace.
     pub fn start(name: &str) -> Result<Self> {
         let listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT))
             .with_context(|| format!("binding TCP port {TCP_PORT}"))?;
+        let http_listener = TcpListener::bind((Ipv4Addr::UNSPECIFIED, HTTP_PORT))
+            .with_context(|| format!("binding TCP port {HTTP_PORT}"))?;
         let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, UDP_PORT))
             .with_context(|| format!("binding UDP port {UDP_PORT}"))?;
         udp.set_read_timeout(Some(STOP_POLL))
@@ -626,7 +632,15 @@ impl BackendServer {
         let answer = format!("{name}\n");
         let tcp_thread = {
             let (stop, connections, answer) = (stop.clone(), connections.clone(), answer.clone());
-            std::thread::spawn(move || serve_tcp(listener, &answer, &stop, &connections))
+            std::thread::spawn(move || {
+                serve_tcp(listener, &answer, &stop, &connections, serve_connection)
+            })
+        };
+        let http_thread = {
+            let (stop, connections, name) = (stop.clone(), connections.clone(), name.to_string());
+            std::thread::spawn(move || {
+                serve_tcp(http_listener, &name, &stop, &connections, serve_http)
+            })
         };
         let udp_thread = {
             let stop = stop.clone();
@@ -636,7 +650,7 @@ impl BackendServer {
             name: name.to_string(),
             stop,
             connections,
-            threads: vec![tcp_thread, udp_thread],
+            threads: vec![tcp_thread, udp_thread, http_thread],
         })
     }
 
@@ -673,6 +687,7 @@ fn serve_tcp(
     answer: &str,
     stop: &Arc<AtomicBool>,
     connections: &Arc<Mutex<HashMap<u64, TcpStream>>>,
+    serve: fn(TcpStream, &str) -> std::io::Result<()>,
 ) {
     static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     let mut handlers: Vec<JoinHandle<()>> = Vec::new();
@@ -698,7 +713,7 @@ fn serve_tcp(
         }
         let (answer, connections) = (answer.to_string(), connections.clone());
         handlers.push(std::thread::spawn(move || {
-            let _ = serve_connection(stream, &answer);
+            let _ = serve(stream, &answer);
             if let Ok(mut map) = connections.lock() {
                 map.remove(&id);
             }
@@ -726,6 +741,49 @@ fn serve_connection(stream: TcpStream, answer: &str) -> std::io::Result<()> {
             return Ok(());
         }
         writer.write_all(answer.as_bytes())?;
+    }
+}
+
+/// A minimal HTTP/1.1 responder: reads each request head (and a `Content-Length` body, which it
+/// discards) and answers `<name> <method> <path>`, keeping the connection open.
+fn serve_http(stream: TcpStream, name: &str) -> std::io::Result<()> {
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let path = parts.next().unwrap_or("").to_string();
+        let mut body_length = 0usize;
+        loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let header = line.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((field, value)) = header.split_once(':') {
+                if field.eq_ignore_ascii_case("content-length") {
+                    body_length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        std::io::copy(
+            &mut std::io::Read::take(&mut reader, body_length as u64),
+            &mut std::io::sink(),
+        )?;
+        let body = format!("{name} {method} {path}\n");
+        write!(
+            writer,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
     }
 }
 

@@ -1,8 +1,10 @@
 //! `cargo xtask demo`: setup, build, the lab with a shared backend link, the agent forwarding
 //! `deploy/examples` in the node namespace; then TCP connections and UDP requests from the
-//! client to the VIP, each with the backend that answered, and the agent's per-Service counters
-//! after SIGTERM. The lab goes away at the end, also when something fails (everything here
-//! cleans up on drop).
+//! client to the VIP, each with the backend that answered; then HTTP and HTTPS requests to the
+//! Ingress proxy on the node, each with its status, protocol and answering backend; and the
+//! agent's per-Service counters after SIGTERM. The lab goes away at the end, also when something
+//! fails (everything here cleans up on drop).
+
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -91,6 +93,9 @@ pub fn run() -> Result<()> {
     println!("TCP connections per backend: {}", spread.join(" "));
 
     println!();
+    ingress_requests(&lab)?;
+
+    println!();
     println!("stopping the agent (SIGTERM); its counters:");
     let seen = agent.output().len();
     let (status, output) = agent
@@ -103,4 +108,56 @@ pub fn run() -> Result<()> {
     drop(lab);
     println!("agent exited ({status}); lab removed");
     Ok(())
+}
+
+/// The Ingress half: HTTP and HTTPS requests from the client to the proxy on the node
+/// (`deploy/examples/ingress.yaml`), each with its status, protocol and the backend's answer.
+fn ingress_requests(lab: &Lab) -> Result<()> {
+    let node = lab::NODE_CLIENT_ADDR;
+    println!("HTTP requests from the client to the Ingress proxy on the node ({node}):");
+    let http = |host: &str, path: &str| -> Vec<String> {
+        vec![
+            "-H".into(),
+            format!("Host: {host}"),
+            format!("http://{node}{path}"),
+        ]
+    };
+    let https = |host: &str, path: &str| -> Vec<String> {
+        vec![
+            "-k".into(),
+            "--resolve".into(),
+            format!("{host}:443:{node}"),
+            format!("https://{host}{path}"),
+        ]
+    };
+    let requests = [
+        http("shop.example", "/"),
+        http("shop.example", "/cart"),
+        http("SHOP.example:80", "/"),
+        http("shop.example", "/api/orders?page=2"),
+        http("shop.example", "/healthz"),
+        http("shop.example", "/healthz/deep"),
+        http("other.example", "/"),
+        https("shop.example", "/api"),
+        https("shop.example", "/"),
+    ];
+    lab.client().run_inside(move || {
+        for args in &requests {
+
+            let output = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "5", "-w", " [%{http_code} HTTP/%{http_version}]"])
+                .args(args)
+                .output()
+                .context("running curl")?;
+            ensure!(
+                output.status.success(),
+                "curl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            let answer = String::from_utf8_lossy(&output.stdout).replace('\n', " ");
+            println!("  curl {:<58} -> {answer}", args.join(" "));
+        }
+        Ok(())
+    })
 }

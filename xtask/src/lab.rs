@@ -149,7 +149,7 @@ fn print_usage(lab: &Lab, log_dir: &Path) {
 pub fn serve(args: &ServeArgs) -> Result<()> {
     let server = BackendServer::start(&args.name)?;
     eprintln!(
-        "lab-serve: {} answering on TCP 8080 and UDP 8053",
+        "lab-serve: {} answering on TCP 8080, UDP 8053 and HTTP 8081",
         server.name()
     );
     server.serve_forever();
