@@ -28,6 +28,9 @@ pub struct ReloadOutcome {
     pub l4: Option<SyncReport>,
     /// What the proxy did, when there is a proxy.
     pub l7: Option<ApplyReport>,
+    /// Time to translate the objects into the L7 plan and swap it into the proxy (the routing
+    /// table rebuild, without reading the files).
+    pub l7_rebuild: Duration,
     /// Time from reading the files to the last sink updated.
     pub elapsed: Duration,
 }
@@ -128,6 +131,7 @@ impl<M: DatapathMaps> Agent<M> {
             problems.extend(l4_problems);
             sink.apply(plan)
         });
+        let l7_started = Instant::now();
         let l7 = self.l7.as_mut().map(|sink| {
             let (plan, l7_problems) = l7::translate(&snapshot.objects, &sink.options);
             problems.extend(l7_problems);
@@ -135,10 +139,13 @@ impl<M: DatapathMaps> Agent<M> {
             sink.plan = plan;
             report
         });
+        let l7_rebuild = l7_started.elapsed();
         Ok(ReloadOutcome {
             problems,
             l4,
             l7,
+            l7_rebuild,
+
             elapsed: started.elapsed(),
         })
     }
