@@ -231,7 +231,6 @@ fn reload(agent: &mut Agent<KernelMaps>) {
             backends = r.backends,
             rebuild_ms = outcome.l7_rebuild.as_secs_f64() * 1e3,
             swap_ms = r.elapsed.as_secs_f64() * 1e3,
-
             "L7: {} Ingress(es), {} certificate entr(ies)",
             l7.plan().ingresses.len(),
             l7.plan().tls.len()

@@ -117,8 +117,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Sets the forwarding headers on a request going upstream. `host` is the request's host as the
-/// client sent it (Host header or `:authority`); it is also written as `Host` when the request
-/// has none (HTTP/2 clients send `:authority` instead).
+/// proxy routed it (Host header, or the URI's authority: HTTP/2 `:authority`, absolute-form);
+/// it becomes `Host`, which for an ordinary HTTP/1.1 request is the Host the client sent.
 pub fn set_forwarding_headers(
     headers: &mut HeaderMap,
     connection: &ConnectionHeaders,
@@ -142,9 +142,7 @@ pub fn set_forwarding_headers(
     headers.insert(X_FORWARDED_PORT.clone(), connection.port.clone());
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST.clone(), host.clone());
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host.clone());
-        }
+        headers.insert(header::HOST, host.clone());
     }
     if !headers.contains_key(&X_REQUEST_ID) {
         headers.insert(X_REQUEST_ID.clone(), request_ids.next());
@@ -272,10 +270,15 @@ mod tests {
         let id = headers["x-request-id"].to_str().unwrap().to_string();
         assert_eq!(id.len(), 32);
 
-        let mut again = map(&[("x-request-id", "mine"), ("host", "a")]);
-        set_forwarding_headers(&mut again, &connection, Some(&host), &ids);
+        let mut again = map(&[("x-request-id", "mine"), ("host", "a.example")]);
+        let routed = HeaderValue::from_static("a.example");
+        set_forwarding_headers(&mut again, &connection, Some(&routed), &ids);
         assert_eq!(again["x-request-id"], "mine", "an existing id is kept");
-        assert_eq!(again["host"], "a", "Host reaches the backend unchanged");
+        assert_eq!(
+            again["host"], "a.example",
+            "Host reaches the backend unchanged"
+        );
+
         assert_ne!(ids.next(), ids.next());
     }
 }

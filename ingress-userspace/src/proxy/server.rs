@@ -390,15 +390,16 @@ async fn handle(
     Ok(response)
 }
 
-/// The request's host: `:authority` (HTTP/2, absolute-form) or the Host header.
+/// The request's host: the target URI's authority when it has one (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1.1 target, which RFC 9112 §3.2.2 says outranks Host), else the Host
+/// header. Routing and the Host the endpoint sees both use it, so they cannot disagree.
 fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
-    if let Some(host) = request.headers().get(header::HOST) {
-        return Some(host.clone());
+    if let Some(authority) = request.uri().authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            return Some(value);
+        }
     }
-    request
-        .uri()
-        .authority()
-        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    request.headers().get(header::HOST).cloned()
 }
 
 async fn proxy_request(
@@ -421,7 +422,14 @@ async fn proxy_request(
     let host = request_host(&request);
     let host_text = match host.as_ref().map(HeaderValue::to_str) {
         Some(Ok(text)) => text,
-        None => "",
+        // HTTP/1.0 may omit Host; HTTP/1.1 must send it (RFC 9112 §3.2).
+        None if request.version() != Version::HTTP_11 => "",
+        None => {
+            return (
+                answer(StatusCode::BAD_REQUEST, "400 Bad Request: no Host\n"),
+                None,
+            )
+        }
         Some(Err(_)) => {
             return (
                 answer(StatusCode::BAD_REQUEST, "400 Bad Request: invalid Host\n"),
@@ -429,6 +437,7 @@ async fn proxy_request(
             )
         }
     };
+
     let backend: Arc<Backend> = {
         let router = shared.router.load();
         match router.route(host_text, request.uri().path()) {
