@@ -391,7 +391,7 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
             .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        guarded.read(&mut buf).await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 27);
         // Idle for longer than the header timeout: still open.
         let idle = tokio::time::timeout(Duration::from_secs(30), guarded.read(&mut buf)).await;
         assert!(
@@ -399,7 +399,7 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
             "an idle connection is not the head timer's business"
         );
         client.write_all(b"GET / HT").await.unwrap();
-        guarded.read(&mut buf).await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 8);
         let started = tokio::time::Instant::now();
         let error = guarded.read(&mut buf).await.unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::TimedOut);
