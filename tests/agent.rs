@@ -5,6 +5,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Read},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex},
@@ -57,6 +58,15 @@ struct Output {
     grew: Condvar,
 }
 
+/// The proxy's listeners, as the agent logged them.
+#[derive(Clone, Copy, Debug)]
+pub struct L7Listeners {
+    /// Plain HTTP.
+    pub http: Option<SocketAddr>,
+    /// HTTPS.
+    pub https: Option<SocketAddr>,
+}
+
 /// A running agent.
 #[derive(Debug)]
 pub struct AgentProcess {
@@ -85,11 +95,6 @@ impl AgentProcess {
         for interface in interfaces {
             command.args(["--interface", interface]);
         }
-        command
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
         let command_line = format!(
             "ip netns exec {} {} run --manifests {} {}",
             netns.name(),
@@ -101,6 +106,49 @@ impl AgentProcess {
                 .collect::<Vec<_>>()
                 .join(" ")
         );
+        Self::spawn(command, command_line)
+    }
+
+    /// `<binary> run --manifests <dir> --http-listen 127.0.0.1:0 --https-listen 127.0.0.1:0
+    /// <extra>...` in the current namespace, without `--interface`: the agent is an L7-only
+    /// Ingress proxy and needs no privileges. Wait for its listeners with
+    /// [`AgentProcess::wait_l7_listening`]. An admin listener (`--admin-listen`, where the binary
+    /// has one) is turned off.
+    pub fn start_l7(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
+        let mut flags = vec![
+            "--http-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+        ];
+        // An admin listener on a fixed port by default would keep a second agent from starting.
+        if knows_flag(binary, "--admin-listen")? {
+            flags.extend(["--admin-listen", "off"]);
+        }
+        flags.extend_from_slice(extra);
+        let mut command = Command::new(binary);
+        command
+            .arg("run")
+            .arg("--manifests")
+            .arg(manifests)
+            .args(&flags);
+        let command_line = format!(
+            "{} run --manifests {} {}",
+            binary.display(),
+            manifests.display(),
+            flags.join(" ")
+        );
+        // The log lines the tests wait for are at info; a RUST_LOG from outside must not hide them.
+        command.env("RUST_LOG", "info");
+        Self::spawn(command, command_line)
+    }
+
+    fn spawn(mut command: Command, command_line: String) -> Result<Self> {
+        command
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = command
             .spawn()
             .with_context(|| format!("starting {command_line}"))?;
@@ -118,6 +166,35 @@ impl AgentProcess {
             readers,
             command_line,
         })
+    }
+
+    /// Waits for "running" and returns the proxy's bound addresses from its log lines
+    /// `HTTP listening addr=...` and `HTTPS listening addr=...` (`None`: that listener is off).
+    pub fn wait_l7_listening(&mut self, timeout: Duration) -> Result<L7Listeners> {
+        self.wait_running(timeout)?;
+        let lines = self.output();
+        let find = |what: &str| -> Result<Option<SocketAddr>> {
+            let Some(line) = lines.iter().find(|line| line.contains(what)) else {
+                return Ok(None);
+            };
+            let addr = line
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix("addr="))
+                .with_context(|| format!("no addr= in {line:?}"))?;
+            Ok(Some(
+                addr.parse()
+                    .with_context(|| format!("bad address in {line:?}"))?,
+            ))
+        };
+        Ok(L7Listeners {
+            http: find("HTTP listening")?,
+            https: find("HTTPS listening")?,
+        })
+    }
+
+    /// The agent's process id (for /proc/PID/status).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// The command that started it.
@@ -233,6 +310,18 @@ impl Drop for AgentProcess {
         }
         self.join_readers();
     }
+}
+
+/// Whether `binary run --help` lists `flag` (for flags newer than some binaries).
+fn knows_flag(binary: &Path, flag: &str) -> Result<bool> {
+    let output = Command::new(binary)
+        .args(["run", "--help"])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{} run --help", binary.display()))?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '=')
+        .any(|word| word == flag))
 }
 
 /// The state and kernel stack of each thread of `pid`, for a process that does not exit.

@@ -1,0 +1,107 @@
+//! The L7 proxy's end-to-end harness: the real agent binary, L7-only, on loopback ports it
+//! picks, with a manifest directory the test writes; in-process backends; clients.
+
+pub mod backends;
+pub mod clients;
+pub mod manifests;
+
+use std::{future::Future, net::SocketAddr, time::Duration};
+
+use anyhow::{bail, Context as _, Result};
+use xdp_ingress_tests::agent::{self, AgentProcess};
+
+use manifests::Manifests;
+
+/// How long a change may take to show (a reload is milliseconds; this is for a loaded machine).
+pub const SETTLE: Duration = Duration::from_secs(20);
+
+/// A running agent and its manifests (removed after the agent is stopped: fields drop in order).
+pub struct TestProxy {
+    /// The agent.
+    pub agent: AgentProcess,
+    /// Its plain-HTTP listener.
+    pub http: SocketAddr,
+    /// Its HTTPS listener.
+    pub https: SocketAddr,
+    /// What it reads.
+    pub manifests: Manifests,
+}
+
+impl TestProxy {
+    /// Starts the agent on `manifests` with `extra` flags; returns once it listens. The first
+    /// routing table is in place before the agent listens, so the manifests written before
+    /// are served from the first request on.
+    pub fn start(manifests: Manifests, extra: &[&str]) -> Result<Self> {
+        let binary = agent::binary()?;
+        let mut flags = vec!["--debounce-ms", "20", "--workers", "2"];
+        flags.extend_from_slice(extra);
+        let mut agent = AgentProcess::start_l7(&binary, manifests.path(), &flags)?;
+        let listeners = agent.wait_l7_listening(Duration::from_secs(30))?;
+        Ok(Self {
+            http: listeners.http.context("no HTTP listener logged")?,
+            https: listeners.https.context("no HTTPS listener logged")?,
+            agent,
+            manifests,
+        })
+    }
+
+    /// The agent's output so far, for failure messages.
+    pub fn log(&self) -> String {
+        self.agent.output().join("\n")
+    }
+
+    /// The agent's peak and current resident memory, in KiB (VmHWM, VmRSS).
+    pub fn memory_kib(&self) -> Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.agent.pid()))?;
+        let field = |key: &str| -> Result<u64> {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(key))
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|kib| kib.parse().ok())
+                .with_context(|| format!("no {key} in /proc/PID/status"))
+        };
+        Ok((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// Waits until a log line contains every one of `words` (for changes with no visible effect
+    /// on requests, such as a certificate that is refused).
+    pub async fn wait_for_log(&self, words: &[&str]) -> Result<String> {
+        eventually(&format!("a log line with {words:?}"), || async {
+            self.agent
+                .output()
+                .into_iter()
+                .find(|line| words.iter().all(|w| line.contains(w)))
+                .context("not yet")
+        })
+        .await
+        .with_context(|| self.log())
+    }
+}
+
+/// Retries `attempt` until it succeeds or [`SETTLE`] passes; the readiness check for anything
+/// a reload changes. Returns the last error on timeout.
+pub async fn eventually<T, F, Fut>(what: &str, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if tokio::time::Instant::now() >= deadline => {
+                return Err(error.context(format!("still not true after {SETTLE:?}: {what}")))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
+        }
+    }
+}
+
+/// `Ok` when `condition` holds, else an error saying `what` (for [`eventually`]).
+pub fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
+    if !condition {
+        bail!("{}", what());
+    }
+    Ok(())
+}

@@ -1,0 +1,1031 @@
+//! End-to-end tests of the L7 Ingress proxy: the real `xdp-ingress` binary run L7-only (no
+//! `--interface`, so no privileges) on loopback ports it picks, manifests written by each test to
+//! a temporary directory, backends served in-process, and real clients (hyper, rustls, curl,
+//! tokio-tungstenite, raw TCP).
+//!
+//! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
+//! `cargo build -p ingress-userspace`.
+
+mod proxy;
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, ensure as check, Context as _, Result};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{HeaderValue, StatusCode, Version};
+use http_body_util::BodyExt as _;
+use proxy::{
+    backends::{closed_port, Backend, Fnv, PatternBody, WsBackend},
+    clients::{self, curl, get, pooled, raw_exchange, request, send_h1, tls_connect, Tls},
+    ensure, eventually,
+    manifests::{
+        backend_service, endpoint_slice, ingress, ingress_class, ingress_with, our_class, rule,
+        service, tls_secret, with_annotation, with_default_backend, with_tls, Manifests, OUR_CLASS,
+    },
+    TestProxy,
+};
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Services for `backends`, one each, named after the backend.
+fn services_for(backends: &[&Backend]) -> Vec<Value> {
+    backends
+        .iter()
+        .flat_map(|b| backend_service(&b.name, &[b.addr]))
+        .collect()
+}
+
+/// Asserts the answer came from `backend` with 200.
+fn assert_served(reply: &clients::Reply, backend: &str, what: &str) {
+    assert_eq!(reply.status, StatusCode::OK, "{what}: {:?}", reply.text());
+    assert_eq!(
+        reply.backend().as_deref(),
+        Some(backend),
+        "{what}: {:?}",
+        reply.text()
+    );
+}
+
+/// Scenario 1: host and path rules (exact host, wildcard host, Exact and Prefix paths), 404
+/// without a match, then a default backend; over hyper HTTP/1.1 and curl (HTTP/1.1, h2c with
+/// prior knowledge, h2 and HTTP/1.1 over TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
+    let exact = Backend::start("exact").await?;
+    let root = Backend::start("root").await?;
+    let api = Backend::start("api").await?;
+    let wild = Backend::start("wild").await?;
+    let fallback = Backend::start("fallback").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write(
+        "services.yaml",
+        &services_for(&[&exact, &root, &api, &wild, &fallback]),
+    )?;
+    manifests.write(
+        "app.yaml",
+        &[ingress(
+            "app",
+            &[
+                rule(
+                    Some("app.example"),
+                    &[
+                        ("/exact", "Exact", "exact"),
+                        ("/", "Prefix", "root"),
+                        ("/api", "Prefix", "api"),
+                    ],
+                ),
+                rule(Some("*.wild.example"), &[("/", "Prefix", "wild")]),
+            ],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let client = pooled();
+    let http_port = proxy.http.port();
+
+    let app_with_port = format!("APP.example:{http_port}");
+    for (host, path, backend) in [
+        ("app.example", "/exact", "exact"),
+        ("app.example", "/exact/", "root"),
+        ("app.example", "/exact/more", "root"),
+        ("app.example", "/", "root"),
+        ("app.example", "/api", "api"),
+        ("app.example", "/api/", "api"),
+        ("app.example", "/api/v1/items?x=1", "api"),
+        ("app.example", "/apiary", "root"),
+        (app_with_port.as_str(), "/api/x", "api"),
+        ("a.wild.example", "/anything", "wild"),
+        ("B.Wild.Example", "/", "wild"),
+    ] {
+        let reply = get(&client, proxy.http, host, path).await?;
+        assert_served(&reply, backend, &format!("{host}{path}"));
+        assert_eq!(reply.version, Version::HTTP_11);
+    }
+    assert!(
+        api.saw("/api/v1/items?x=1"),
+        "the path and query reach the backend unchanged: {:?}",
+        api.seen()
+    );
+    for (host, path) in [
+        ("unknown.example", "/"),
+        ("wild.example", "/"),
+        ("a.b.wild.example", "/"),
+        ("", "/api"),
+    ] {
+        let reply = get(&client, proxy.http, host, path).await?;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{host}{path}");
+        assert!(
+            reply.text().contains("no Ingress rule matches"),
+            "404 says why: {:?}",
+            reply.text()
+        );
+    }
+
+    let http_url = |path: &str| format!("http://app.example:{http_port}{path}");
+    let https_port = proxy.https.port();
+    let https_url = |path: &str| format!("https://app.example:{https_port}{path}");
+    let resolve_http = format!("app.example:{http_port}:127.0.0.1");
+    let resolve_https = format!("app.example:{https_port}:127.0.0.1");
+    let cases: [(Vec<&str>, String, &str, &str); 4] = [
+        (
+            vec!["--http1.1", "--resolve", &resolve_http],
+            http_url("/api/curl"),
+            "api",
+            "1.1",
+        ),
+        (
+            vec!["--http2-prior-knowledge", "--resolve", &resolve_http],
+            http_url("/exact"),
+            "exact",
+            "2",
+        ),
+        (
+            vec!["-k", "--resolve", &resolve_https],
+            https_url("/api/tls"),
+            "api",
+            "2",
+        ),
+        (
+            vec!["-k", "--http1.1", "--resolve", &resolve_https],
+            https_url("/other"),
+            "root",
+            "1.1",
+        ),
+    ];
+    for (flags, url, backend, version) in cases {
+        let mut args = flags.clone();
+        args.push(&url);
+        let (body, http_version) = curl(&args).await?;
+        assert_eq!(http_version, version, "curl {args:?}");
+        let json: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        assert_eq!(json["backend"], backend, "curl {args:?}: {body}");
+        // The backend always gets HTTP/1.1, with the client's host.
+        assert_eq!(json["version"], "HTTP/1.1", "curl {args:?}: {body}");
+        let host = json["headers"]["host"][0].as_str().unwrap_or("");
+        assert!(host.starts_with("app.example"), "curl {args:?}: {body}");
+    }
+
+    // A default backend catches what no rule matches; rules still win.
+    proxy.manifests.write(
+        "fallback.yaml",
+        &[ingress_with("fallback", Some(OUR_CLASS), &[], |i| {
+            with_default_backend(i, "fallback")
+        })],
+    )?;
+    eventually("the default backend serves unknown hosts", || async {
+        let reply = get(&client, proxy.http, "unknown.example", "/x").await?;
+        ensure(reply.backend().as_deref() == Some("fallback"), || {
+            format!("{} {:?}", reply.status, reply.text())
+        })
+    })
+    .await?;
+    for (host, path, backend) in [
+        ("a.b.wild.example", "/", "fallback"),
+        ("app.example", "/api/x", "api"),
+        ("a.wild.example", "/", "wild"),
+    ] {
+        let reply = get(&client, proxy.http, host, path).await?;
+        assert_served(
+            &reply,
+            backend,
+            &format!("{host}{path} with a default backend"),
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 2: the certificate presented per SNI (exact, wildcard, unknown → self-signed
+/// default), ALPN, TLS 1.2 and 1.3, a rotated Secret picked up without restart, a broken one
+/// keeping the previous certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let generate = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_string()]);
+    let shop = generate("shop.example")?;
+    let blog = generate("blog.example")?;
+    let wild = generate("*.apps.example")?;
+    let secrets = |shop: &rcgen::CertifiedKey| -> Vec<Value> {
+        vec![
+            tls_secret("shop-tls", &shop.cert.pem(), &shop.key_pair.serialize_pem()),
+            tls_secret("blog-tls", &blog.cert.pem(), &blog.key_pair.serialize_pem()),
+            tls_secret("wild-tls", &wild.cert.pem(), &wild.key_pair.serialize_pem()),
+        ]
+    };
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[&web]))?;
+    manifests.write("secrets.yaml", &secrets(&shop))?;
+    let mut sites = ingress(
+        "sites",
+        &[
+            rule(Some("shop.example"), &[("/", "Prefix", "web")]),
+            rule(Some("blog.example"), &[("/", "Prefix", "web")]),
+            rule(Some("*.apps.example"), &[("/", "Prefix", "web")]),
+        ],
+    );
+    with_tls(&mut sites, &["shop.example"], "shop-tls");
+    with_tls(&mut sites, &["blog.example"], "blog-tls");
+    with_tls(&mut sites, &["*.apps.example"], "wild-tls");
+    manifests.write("sites.yaml", &[sites])?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let both: &[&[u8]] = &[b"h2", b"http/1.1"];
+
+    let presented = |sni: &'static str| async move {
+        Ok::<_, anyhow::Error>(tls_connect(proxy.https, sni, Tls::Any, both).await?.1)
+    };
+    let ours = [
+        shop.cert.der().to_vec(),
+        blog.cert.der().to_vec(),
+        wild.cert.der().to_vec(),
+    ];
+    assert_eq!(presented("shop.example").await?.certificate, ours[0]);
+    assert_eq!(presented("SHOP.example").await?.certificate, ours[0]);
+    assert_eq!(presented("blog.example").await?.certificate, ours[1]);
+    assert_eq!(presented("x.apps.example").await?.certificate, ours[2]);
+    let default = presented("unknown.example").await?.certificate;
+    assert!(
+        !ours.contains(&default),
+        "an unknown name gets the default certificate"
+    );
+    assert_eq!(
+        presented("a.b.apps.example").await?.certificate,
+        default,
+        "the wildcard covers one label only"
+    );
+
+    for (offered, expected) in [
+        (both, &b"h2"[..]),
+        (&[&b"http/1.1"[..]][..], &b"http/1.1"[..]),
+        (&[&b"h2"[..]][..], &b"h2"[..]),
+    ] {
+        let (_, handshake) = tls_connect(proxy.https, "shop.example", Tls::Any, offered).await?;
+        assert_eq!(
+            handshake.alpn.as_deref(),
+            Some(expected),
+            "ALPN {offered:?}"
+        );
+    }
+    for (versions, expected) in [
+        (Tls::V12, rustls::ProtocolVersion::TLSv1_2),
+        (Tls::V13, rustls::ProtocolVersion::TLSv1_3),
+    ] {
+        for sni in ["shop.example", "x.apps.example", "unknown.example"] {
+            let (_, handshake) = tls_connect(proxy.https, sni, versions, both).await?;
+            assert_eq!(handshake.version, Some(expected), "{sni}");
+        }
+        let (_, handshake) = tls_connect(proxy.https, "blog.example", versions, both).await?;
+        assert_eq!(handshake.certificate, ours[1], "{versions:?}");
+    }
+    for alpn in [both, &[&b"http/1.1"[..]][..]] {
+        let reply = clients::https_get(proxy.https, "shop.example", "/tls", alpn).await?;
+        assert_served(&reply, "web", &format!("HTTPS with ALPN {alpn:?}"));
+    }
+
+    // Rotation: a new certificate in the Secret is served to new handshakes, no restart.
+    let rotated = generate("shop.example")?;
+    proxy.manifests.write("secrets.yaml", &secrets(&rotated))?;
+    let rotated_der = rotated.cert.der().to_vec();
+    eventually("the rotated certificate is presented", || async {
+        let certificate = presented("shop.example").await?.certificate;
+        ensure(certificate == rotated_der, || "still the old one".into())
+    })
+    .await?;
+    assert_eq!(presented("blog.example").await?.certificate, ours[1]);
+
+    // A broken Secret: reported, and the previous (rotated) certificate stays.
+    let mut broken = secrets(&rotated);
+    broken[0] = tls_secret("shop-tls", "this is not PEM", "neither is this");
+    proxy.manifests.write("secrets.yaml", &broken)?;
+    let refused = proxy
+        .wait_for_log(&["certificate", "default/shop-tls"])
+        .await?;
+    assert!(refused.contains("previous certificate stays"), "{refused}");
+    assert_eq!(presented("shop.example").await?.certificate, rotated_der);
+    assert_eq!(presented("blog.example").await?.certificate, ours[1]);
+    let reply = clients::https_get(proxy.https, "shop.example", "/after", both).await?;
+    assert_served(&reply, "web", "HTTPS after a broken Secret");
+    Ok(())
+}
+
+/// Scenario 3: forwarding headers set, hop-by-hop headers removed both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[&web]))?;
+    manifests.write(
+        "hdr.yaml",
+        &[ingress(
+            "hdr",
+            &[rule(Some("hdr.example"), &[("/", "Prefix", "web")])],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let http_port = proxy.http.port().to_string();
+    let https_port = proxy.https.port().to_string();
+    let one = |v: &str| vec![v.to_string()];
+
+    // Plain HTTP/1.1 with hop-by-hop headers and an existing X-Forwarded-For.
+    let reply = send_h1(
+        proxy.http,
+        request("hdr.example", "/headers")
+            .header("x-forwarded-for", "203.0.113.9")
+            .header("connection", "keep-alive, X-Hop-A")
+            .header("x-hop-a", "listed in Connection")
+            .header("keep-alive", "timeout=5")
+            .header("proxy-connection", "keep-alive")
+            .header("te", "trailers")
+            .header("trailer", "x-checksum")
+            .header("x-kept", "yes")
+            .body(clients::empty())?,
+    )
+    .await?;
+    assert_served(&reply, "web", "plain request");
+    assert_eq!(
+        reply.seen_header("x-forwarded-for")?,
+        one("203.0.113.9, 127.0.0.1")
+    );
+    assert_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
+    assert_eq!(reply.seen_header("x-forwarded-proto")?, one("http"));
+    assert_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
+    assert_eq!(reply.seen_header("x-forwarded-port")?, one(&http_port));
+    assert_eq!(reply.seen_header("host")?, one("hdr.example"));
+    assert_eq!(reply.seen_header("x-kept")?, one("yes"));
+    let ids = reply.seen_header("x-request-id")?;
+    assert!(
+        ids.len() == 1 && ids[0].len() >= 16,
+        "an X-Request-ID is added: {ids:?}"
+    );
+    for hop in [
+        "x-hop-a",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ] {
+        assert_eq!(
+            reply.seen_header(hop)?,
+            Vec::<String>::new(),
+            "{hop} must not reach the backend: {}",
+            reply.text()
+        );
+    }
+    let connection = reply.seen_header("connection")?;
+    assert!(
+        connection
+            .iter()
+            .all(|v| !v.to_ascii_lowercase().contains("x-hop-a")),
+        "the client's Connection header must not reach the backend: {connection:?}"
+    );
+    let second = send_h1(
+        proxy.http,
+        request("hdr.example", "/headers").body(clients::empty())?,
+    )
+    .await?;
+    assert_ne!(
+        second.seen_header("x-request-id")?,
+        ids,
+        "request ids differ per request"
+    );
+
+    // An existing X-Request-ID is kept; a Host with a port reaches the backend unchanged.
+    let host_with_port = format!("HDR.example:{http_port}");
+    let reply = send_h1(
+        proxy.http,
+        request(&host_with_port, "/headers")
+            .header("x-request-id", "client-chosen-id-42")
+            .body(clients::empty())?,
+    )
+    .await?;
+    assert_served(&reply, "web", "request with an id");
+    assert_eq!(
+        reply.seen_header("x-request-id")?,
+        one("client-chosen-id-42")
+    );
+    assert_eq!(reply.seen_header("host")?, one(&host_with_port));
+    assert_eq!(reply.seen_header("x-forwarded-host")?, one(&host_with_port));
+    assert_eq!(reply.seen_header("x-forwarded-for")?, one("127.0.0.1"));
+
+    // Over TLS: HTTP/1.1 and HTTP/2 (whose :authority becomes Host).
+    for alpn in [&[&b"http/1.1"[..]][..], &[&b"h2"[..]][..]] {
+        let reply = clients::https_get(proxy.https, "hdr.example", "/tls-headers", alpn).await?;
+        assert_served(&reply, "web", &format!("TLS {alpn:?}"));
+        assert_eq!(reply.seen_header("x-forwarded-proto")?, one("https"));
+        assert_eq!(reply.seen_header("x-forwarded-port")?, one(&https_port));
+        assert_eq!(reply.seen_header("host")?, one("hdr.example"), "{alpn:?}");
+        assert_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
+        assert_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
+    }
+
+    // Hop-by-hop headers of the backend's response do not reach the client.
+    let reply = send_h1(
+        proxy.http,
+        request("hdr.example", "/hop-response").body(clients::empty())?,
+    )
+    .await?;
+    assert_served(&reply, "web", "hop-by-hop response");
+    assert_eq!(
+        reply.headers.get("x-backend-kept"),
+        Some(&HeaderValue::from_static("yes"))
+    );
+    for hop in [
+        "x-backend-hop",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+    ] {
+        assert!(
+            !reply.headers.contains_key(hop),
+            "{hop} must not reach the client: {:?}",
+            reply.headers
+        );
+    }
+    for value in reply.headers.get_all("connection") {
+        assert!(
+            !value
+                .to_str()
+                .unwrap_or("")
+                .to_ascii_lowercase()
+                .contains("x-backend-hop"),
+            "the backend's Connection header must not reach the client: {:?}",
+            reply.headers
+        );
+    }
+    Ok(())
+}
+
+/// Opens a WebSocket to `ws.example/echo` through the proxy's plain listener.
+async fn websocket(
+    proxy: std::net::SocketAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let stream = tokio::net::TcpStream::connect(proxy).await?;
+    let (socket, response) = tokio::time::timeout(
+        clients::EXCHANGE_TIMEOUT,
+        tokio_tungstenite::client_async("ws://ws.example/echo", stream),
+    )
+    .await
+    .map_err(|_| anyhow!("WebSocket handshake timed out"))??;
+    check!(
+        response.status() == StatusCode::SWITCHING_PROTOCOLS,
+        "{response:?}"
+    );
+    Ok(socket)
+}
+
+/// Sends `message` and expects `expected` back.
+async fn ws_round_trip(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    message: Message,
+    expected: Message,
+) -> Result<()> {
+    socket.send(message).await?;
+    let reply = tokio::time::timeout(clients::EXCHANGE_TIMEOUT, socket.next())
+        .await
+        .map_err(|_| anyhow!("no WebSocket reply"))?
+        .context("WebSocket closed")??;
+    check!(reply == expected, "got {reply:?}, expected {expected:?}");
+    Ok(())
+}
+
+/// Scenario 4: a WebSocket through the proxy, messages both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_proxy() -> Result<()> {
+    let ws = WsBackend::start("ws").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &backend_service("ws", &[ws.addr]))?;
+    manifests.write(
+        "ws.yaml",
+        &[ingress(
+            "ws",
+            &[rule(Some("ws.example"), &[("/echo", "Prefix", "ws")])],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let mut socket = websocket(proxy.http).await?;
+    for i in 0..20 {
+        ws_round_trip(
+            &mut socket,
+            Message::text(format!("hello {i}")),
+            Message::text(format!("ws:hello {i}")),
+        )
+        .await?;
+    }
+    for i in 0..5u8 {
+        let data: Vec<u8> = (0..100_000u32).map(|n| (n as u8) ^ i).collect();
+        ws_round_trip(
+            &mut socket,
+            Message::binary(data.clone()),
+            Message::binary(data),
+        )
+        .await?;
+    }
+    // Several messages in flight at once.
+    for i in 0..10 {
+        socket.send(Message::text(format!("burst {i}"))).await?;
+    }
+    for i in 0..10 {
+        let reply = socket.next().await.context("closed")??;
+        assert_eq!(reply, Message::text(format!("ws:burst {i}")));
+    }
+    socket.close(None).await?;
+    Ok(())
+}
+
+/// Scenario 5: 100 MiB up and 100 MiB down, checked byte for byte (FNV-1a), while the agent's
+/// peak memory stays bounded: the bodies are streamed, not buffered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
+    const SIZE: u64 = 100 * 1024 * 1024;
+    const ALLOWED_GROWTH_KIB: u64 = 40 * 1024;
+    let bulk = Backend::start("bulk").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[&bulk]))?;
+    manifests.write(
+        "bulk.yaml",
+        &[ingress(
+            "bulk",
+            &[rule(Some("bulk.example"), &[("/", "Prefix", "bulk")])],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let expected_fnv = tokio::task::spawn_blocking(move || Fnv::of_pattern(SIZE)).await?;
+
+    let upload = |len: u64| {
+        let proxy = proxy.http;
+        async move {
+            let request = http::Request::post("/upload")
+                .header(http::header::HOST, "bulk.example")
+                .header(http::header::CONTENT_LENGTH, len)
+                .body(PatternBody::new(len))?;
+            let reply = tokio::time::timeout(Duration::from_secs(120), send_h1(proxy, request))
+                .await
+                .map_err(|_| anyhow!("upload of {len} bytes timed out"))??;
+            check!(reply.status == StatusCode::OK, "{:?}", reply.text());
+            let json = reply.json()?;
+            Ok::<_, anyhow::Error>((json["bytes"].as_u64(), json["fnv"].as_u64()))
+        }
+    };
+    let download = |len: u64| {
+        let proxy = proxy.http;
+        async move {
+            let stream = tokio::net::TcpStream::connect(proxy).await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+            tokio::spawn(connection);
+            let response = sender
+                .send_request(
+                    request("bulk.example", &format!("/download/{len}")).body(clients::empty())?,
+                )
+                .await?;
+            check!(response.status() == StatusCode::OK, "{response:?}");
+            let mut body = response.into_body();
+            let mut bytes = 0u64;
+            let mut fnv = Fnv::default();
+            while let Some(frame) = tokio::time::timeout(Duration::from_secs(20), body.frame())
+                .await
+                .map_err(|_| anyhow!("download stalled at {bytes} bytes"))?
+            {
+                if let Some(data) = frame?.data_ref() {
+                    bytes += data.len() as u64;
+                    fnv.update(data);
+                }
+            }
+            Ok::<_, anyhow::Error>((bytes, fnv.0))
+        }
+    };
+
+    // Warm up (pools, buffers, allocator arenas), then take the baseline.
+    upload(4 * 1024 * 1024).await?;
+    download(4 * 1024 * 1024).await?;
+    let (baseline_hwm, baseline_rss) = proxy.memory_kib()?;
+
+    let (bytes, fnv) = upload(SIZE).await?;
+    assert_eq!(bytes, Some(SIZE), "upload: bytes the backend received");
+    assert_eq!(fnv, Some(expected_fnv), "upload: checksum at the backend");
+    let (bytes, fnv) = download(SIZE).await?;
+    assert_eq!(bytes, SIZE, "download: bytes the client received");
+    assert_eq!(fnv, expected_fnv, "download: checksum at the client");
+
+    let (hwm, rss) = proxy.memory_kib()?;
+    eprintln!("agent memory: VmHWM {baseline_hwm} → {hwm} KiB, VmRSS {baseline_rss} → {rss} KiB");
+    assert!(
+        hwm < baseline_hwm + ALLOWED_GROWTH_KIB,
+        "the agent's peak memory grew from {baseline_hwm} KiB to {hwm} KiB (RSS {baseline_rss} \
+         → {rss} KiB) for 2 × 100 MiB: bodies are buffered, not streamed"
+    );
+    Ok(())
+}
+
+/// Scenario 6: the proxy's own answers (404, 413, 431, 502, 503, 504, 400), and the backend
+/// never sees the requests refused before forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_the_proxy_answers_itself() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let dead = closed_port()?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = services_for(&[&web]);
+    services.extend(backend_service("dead", &[dead]));
+    services.push(service("unready"));
+    services.push(endpoint_slice("unready", &[(web.addr, false)]));
+    manifests.write("services.yaml", &services)?;
+    manifests.write(
+        "status.yaml",
+        &[ingress(
+            "status",
+            &[rule(
+                Some("status.example"),
+                &[
+                    ("/", "Prefix", "web"),
+                    ("/dead", "Prefix", "dead"),
+                    ("/unready", "Prefix", "unready"),
+                    ("/ghost", "Prefix", "ghost"),
+                ],
+            )],
+        )],
+    )?;
+    let proxy = TestProxy::start(
+        manifests,
+        &[
+            "--max-body-bytes",
+            "1000",
+            "--max-header-bytes",
+            "8192",
+            "--upstream-response-timeout",
+            "500ms",
+        ],
+    )?;
+    let client = pooled();
+    let expect = |reply: &clients::Reply, status: u16, says: &str, what: &str| {
+        assert_eq!(reply.status.as_u16(), status, "{what}: {:?}", reply.text());
+        assert!(
+            reply.text().contains(says),
+            "{what}: the body should say {says:?}: {:?}",
+            reply.text()
+        );
+        assert!(
+            reply
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/plain")),
+            "{what}: plain text: {:?}",
+            reply.headers
+        );
+    };
+
+    let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
+    expect(&reply, 404, "no Ingress rule matches", "no rule");
+    let reply = get(&client, proxy.http, "status.example", "/dead/x").await?;
+    expect(&reply, 502, "502 Bad Gateway", "nothing listening");
+    assert!(reply.text().contains(&dead.to_string()), "{}", reply.text());
+    let reply = get(&client, proxy.http, "status.example", "/unready").await?;
+    expect(&reply, 503, "has no ready endpoints", "no ready endpoint");
+    let reply = get(&client, proxy.http, "status.example", "/ghost").await?;
+    expect(&reply, 503, "does not exist", "unknown Service");
+    let reply = get(&client, proxy.http, "status.example", "/sleep/3000").await?;
+    expect(&reply, 504, "did not answer in time", "slow backend");
+    assert_served(
+        &get(&client, proxy.http, "status.example", "/after-504").await?,
+        "web",
+        "after a 504",
+    );
+
+    // Body limit: by Content-Length (refused before forwarding) and by a chunked body.
+    let mut over =
+        b"POST /cl-canary HTTP/1.1\r\nHost: status.example\r\nContent-Length: 2000\r\n\r\n"
+            .to_vec();
+    over.extend(std::iter::repeat_n(b'x', 2000));
+    let (status, text) = raw_exchange(proxy.http, &over).await?;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("exceeds the limit"), "{text}");
+    let chunked = |chunks: usize| {
+        let mut bytes =
+            b"POST /chunked-canary HTTP/1.1\r\nHost: status.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for _ in 0..chunks {
+            bytes.extend_from_slice(b"1f4\r\n");
+            bytes.extend(std::iter::repeat_n(b'y', 500));
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        bytes
+    };
+    let (status, text) = raw_exchange(proxy.http, &chunked(6)).await?;
+    assert_eq!(status, 413, "chunked body of 3000 bytes: {text}");
+    assert!(text.contains("exceeds the limit"), "{text}");
+    let (status, text) = raw_exchange(proxy.http, &chunked(2)).await?;
+    assert_eq!(
+        status, 200,
+        "chunked body of 1000 bytes is within the limit: {text}"
+    );
+    assert!(text.contains("\"body_bytes\":1000"), "{text}");
+
+    // Header limit.
+    let big = "a".repeat(16 * 1024);
+    let reply = send_h1(
+        proxy.http,
+        request("status.example", "/big-header-canary")
+            .header("x-big", big.as_str())
+            .body(clients::empty())?,
+    )
+    .await?;
+    assert_eq!(reply.status.as_u16(), 431, "{:?}", reply.text());
+    let fits = "a".repeat(6 * 1024);
+    let reply = send_h1(
+        proxy.http,
+        request("status.example", "/fitting-header")
+            .header("x-big", fits.as_str())
+            .body(clients::empty())?,
+    )
+    .await?;
+    assert_served(&reply, "web", "a 6 KiB header under an 8 KiB limit");
+
+    // Content-Length and Transfer-Encoding together (a smuggling attempt), malformed requests.
+    let smuggling =
+        b"POST /smuggle-canary HTTP/1.1\r\nHost: status.example\r\nContent-Length: 61\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-canary HTTP/1.1\r\n\
+                      Host: status.example\r\n\r\n";
+    let (status, text) = raw_exchange(proxy.http, smuggling).await?;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("both Content-Length and Transfer-Encoding"),
+        "{text}"
+    );
+    for malformed in [
+        &b"GET /malformed-canary HTTP/1.1\r\nHost: status.example\r\nNo colon here\r\n\r\n"[..],
+        &b"GET /malformed-canary2 HTTP/1.1\r\nHost: status.example\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy"[..],
+        &b"\x01\x02 garbage that is no request\r\n\r\n"[..],
+    ] {
+        let (status, text) = raw_exchange(proxy.http, malformed).await?;
+        assert_eq!(
+            status,
+            400,
+            "{:?}: {text}",
+            String::from_utf8_lossy(malformed)
+        );
+    }
+
+    // A last request reaches the backend after all of the above: had any refused request been
+    // forwarded, the backend would have seen it before this one.
+    assert_served(
+        &get(&client, proxy.http, "status.example", "/last").await?,
+        "web",
+        "the last request",
+    );
+    let seen = web.seen();
+    for canary in [
+        "/cl-canary",
+        "/big-header-canary",
+        "/smuggle-canary",
+        "/smuggled-canary",
+        "/malformed-canary",
+        "/malformed-canary2",
+    ] {
+        assert!(
+            !seen.iter().any(|p| p == canary),
+            "the backend saw {canary}: {seen:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 7: passive health: one of two endpoints refuses connections, every request is
+/// served by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_endpoint_is_passed_over() -> Result<()> {
+    let alive = Backend::start("alive").await?;
+    let dead = closed_port()?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write(
+        "services.yaml",
+        &backend_service("pair", &[alive.addr, dead]),
+    )?;
+    manifests.write(
+        "pair.yaml",
+        &[ingress(
+            "pair",
+            &[rule(Some("pair.example"), &[("/", "Prefix", "pair")])],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let client = pooled();
+    for i in 0..40 {
+        let reply = get(&client, proxy.http, "pair.example", &format!("/r{i}")).await?;
+        assert_served(&reply, "alive", &format!("request {i}"));
+    }
+    // New client connections too (the proxy's choice does not depend on the client's).
+    for i in 0..10 {
+        let reply = send_h1(
+            proxy.http,
+            request("pair.example", &format!("/fresh{i}")).body(clients::empty())?,
+        )
+        .await?;
+        assert_served(&reply, "alive", &format!("fresh connection {i}"));
+    }
+    Ok(())
+}
+
+/// Scenario 8: ten manifest rewrites while clients keep sending over keep-alive connections:
+/// no request fails, and a WebSocket opened before the changes still echoes after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request() -> Result<()> {
+    const CLIENTS: usize = 4;
+    const MIN_REQUESTS: u64 = 2000;
+    let a = Backend::start("a").await?;
+    let b = Backend::start("b").await?;
+    let ws = WsBackend::start("ws").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = services_for(&[&a, &b]);
+    services.extend(backend_service("ws", &[ws.addr]));
+    manifests.write("services.yaml", &services)?;
+    let main = |target: &str, version: usize| {
+        let versioned = format!("/v{version}");
+        ingress(
+            "main",
+            &[
+                rule(
+                    Some("load.example"),
+                    &[("/api", "Prefix", target), (&versioned, "Exact", target)],
+                ),
+                rule(Some("ws.example"), &[("/echo", "Prefix", "ws")]),
+            ],
+        )
+    };
+    manifests.write("main.yaml", &[main("a", 0)])?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let mut socket = websocket(proxy.http).await?;
+    ws_round_trip(
+        &mut socket,
+        Message::text("before"),
+        Message::text("ws:before"),
+    )
+    .await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for task in 0..CLIENTS {
+        let (stop, total, addr) = (stop.clone(), total.clone(), proxy.http);
+        load.push(tokio::spawn(async move {
+            let client = pooled();
+            let mut failures = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let path = format!("/api/t{task}/{n}");
+                match get(&client, addr, "load.example", &path).await {
+                    Ok(reply) if reply.status == StatusCode::OK => {}
+                    Ok(reply) => {
+                        failures.push(format!("{path}: {} {:?}", reply.status, reply.text()))
+                    }
+                    Err(error) => failures.push(format!("{path}: {error:#}")),
+                }
+                n += 1;
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+
+    let checker = pooled();
+    for change in 1..=10 {
+        let target = if change % 2 == 1 { "b" } else { "a" };
+        proxy
+            .manifests
+            .write("main.yaml", &[main(target, change)])?;
+        let extra_present = change % 2 == 1;
+        if extra_present {
+            proxy.manifests.write(
+                "extra.yaml",
+                &[ingress(
+                    "extra",
+                    &[rule(Some("extra.example"), &[("/", "Prefix", "a")])],
+                )],
+            )?;
+        } else {
+            proxy.manifests.remove("extra.yaml")?;
+        }
+        eventually(&format!("change {change} is served"), || async {
+            let reply = get(&checker, proxy.http, "load.example", &format!("/v{change}")).await?;
+            ensure(reply.backend().as_deref() == Some(target), || {
+                format!("/v{change}: {} {:?}", reply.status, reply.text())
+            })?;
+            let reply = get(&checker, proxy.http, "extra.example", "/").await?;
+            let expected = if extra_present {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            ensure(reply.status == expected, || {
+                format!("extra.example: {} {:?}", reply.status, reply.text())
+            })
+        })
+        .await
+        .with_context(|| proxy.log())?;
+        // Let the clients send a good number of requests on this table before the next change,
+        // so the load spans every reload.
+        let since = total.load(Ordering::Relaxed);
+        eventually(&format!("requests after change {change}"), || async {
+            let n = total.load(Ordering::Relaxed);
+            ensure(n >= since + MIN_REQUESTS / 10, || {
+                format!("{} requests since change {change}", n - since)
+            })
+        })
+        .await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for task in load {
+        failures.extend(task.await?);
+    }
+    let n = total.load(Ordering::Relaxed);
+    if !failures.is_empty() {
+        bail!(
+            "{} of {n} requests failed across 10 reloads, first ones: {:#?}",
+            failures.len(),
+            &failures[..failures.len().min(10)]
+        );
+    }
+    let (served_a, served_b) = (a.seen().len(), b.seen().len());
+    eprintln!("{n} requests across 10 reloads, none failed (a served {served_a}, b {served_b})");
+    assert!(served_a > 0 && served_b > 0, "a {served_a}, b {served_b}");
+
+    for i in 0..5 {
+        ws_round_trip(
+            &mut socket,
+            Message::text(format!("after {i}")),
+            Message::text(format!("ws:after {i}")),
+        )
+        .await
+        .context("the WebSocket opened before the reloads")?;
+    }
+    socket.close(None).await?;
+    Ok(())
+}
+
+/// Scenario 9: only Ingresses of our IngressClass are served: by `ingressClassName` or the
+/// deprecated annotation; another controller's class and no class (with no default class) are
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_class_selection() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = Manifests::new()?;
+    manifests.write(
+        "classes.yaml",
+        &[our_class(), ingress_class("other", "example.com/other")],
+    )?;
+    manifests.write("services.yaml", &services_for(&[&web]))?;
+    fn site(host: &str) -> [proxy::manifests::Rule<'_>; 1] {
+        [rule(Some(host), &[("/", "Prefix", "web")])]
+    }
+    let ingresses = vec![
+        ingress("ours", &site("ours.example")),
+        ingress_with("theirs", Some("other"), &site("theirs.example"), |_| {}),
+        ingress_with("annotated", None, &site("annotated.example"), |i| {
+            with_annotation(i, "kubernetes.io/ingress.class", OUR_CLASS)
+        }),
+        ingress_with(
+            "annotated-other",
+            None,
+            &site("annotated-other.example"),
+            |i| with_annotation(i, "kubernetes.io/ingress.class", "other"),
+        ),
+        ingress_with("classless", None, &site("classless.example"), |_| {}),
+    ];
+    manifests.write("ingresses.yaml", &ingresses)?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let client = pooled();
+    for (host, served) in [
+        ("ours.example", true),
+        ("annotated.example", true),
+        ("theirs.example", false),
+        ("annotated-other.example", false),
+        ("classless.example", false),
+    ] {
+        let reply = get(&client, proxy.http, host, "/").await?;
+        if served {
+            assert_served(&reply, "web", host);
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::NOT_FOUND,
+                "{host}: {:?}",
+                reply.text()
+            );
+        }
+    }
+    Ok(())
+}
