@@ -1,7 +1,7 @@
-//! Ties the file source, the translator and the sinks together. One [`Agent::reload`] is one
-//! pass: read the objects once, translate them for each sink, apply what changed. The L4 sink
-//! (XDP maps) and the L7 sink (the proxy) are each optional: `run` without `--interface` has no
-//! L4 sink, and with both listeners off no L7 sink.
+//! Ties the objects of a source (the manifest directory or the cluster) to the sinks. One
+//! [`Agent::apply`] is one pass: translate the objects for each sink, apply what changed. The L4
+//! sink (XDP maps) and the L7 sink (the proxy) are each optional: `run` without `--interface` has
+//! no L4 sink, and with both listeners off no L7 sink.
 
 use std::time::{Duration, Instant};
 
@@ -10,9 +10,8 @@ use crate::{
         loader::KernelMaps,
         sync::{DatapathMaps, DatapathSync, SyncReport},
     },
-    model::Problem,
+    model::{ClusterObjects, Problem},
     proxy::{ApplyReport, Proxy},
-    source::files::{FilesError, ManifestDir},
     translate::{
         l4::{self, L4Plan},
         l7::{self, L7Options, L7Plan},
@@ -31,7 +30,7 @@ pub struct ReloadOutcome {
     /// Time to translate the objects into the L7 plan and swap it into the proxy (the routing
     /// table rebuild, without reading the files).
     pub l7_rebuild: Duration,
-    /// Time from reading the files to the last sink updated.
+    /// Time from the objects to the last sink updated.
     pub elapsed: Duration,
 }
 
@@ -108,46 +107,44 @@ impl L7Sink {
     }
 }
 
-/// A manifest directory driving the sinks.
+/// The sinks, fed by whichever source runs.
 pub struct Agent<M = KernelMaps> {
-    source: ManifestDir,
     l4: Option<L4Sink<M>>,
     l7: Option<L7Sink>,
 }
 
 impl<M: DatapathMaps> Agent<M> {
     /// An agent with the given sinks, nothing applied yet.
-    pub fn new(source: ManifestDir, l4: Option<L4Sink<M>>, l7: Option<L7Sink>) -> Self {
-        Self { source, l4, l7 }
+    pub fn new(l4: Option<L4Sink<M>>, l7: Option<L7Sink>) -> Self {
+        Self { l4, l7 }
     }
 
-    /// Reads the directory and applies the difference. An unreadable directory changes nothing.
-    pub fn reload(&mut self) -> Result<ReloadOutcome, FilesError> {
+    /// Translates `objects` and applies the difference to each sink. `problems` are the
+    /// source's own (files that did not parse); they come back in the outcome with the
+    /// translators'.
+    pub fn apply(&mut self, objects: &ClusterObjects, mut problems: Vec<Problem>) -> ReloadOutcome {
         let started = Instant::now();
-        let snapshot = self.source.load()?;
-        let mut problems = snapshot.problems;
         let l4 = self.l4.as_mut().map(|sink| {
-            let (plan, l4_problems) = l4::translate(&snapshot.objects, &sink.plan);
+            let (plan, l4_problems) = l4::translate(objects, &sink.plan);
             problems.extend(l4_problems);
             sink.apply(plan)
         });
         let l7_started = Instant::now();
         let l7 = self.l7.as_mut().map(|sink| {
-            let (plan, l7_problems) = l7::translate(&snapshot.objects, &sink.options);
+            let (plan, l7_problems) = l7::translate(objects, &sink.options);
             problems.extend(l7_problems);
             let report = sink.proxy.apply(&plan);
             sink.plan = plan;
             report
         });
         let l7_rebuild = l7_started.elapsed();
-        Ok(ReloadOutcome {
+        ReloadOutcome {
             problems,
             l4,
             l7,
             l7_rebuild,
-
             elapsed: started.elapsed(),
-        })
+        }
     }
 
     /// The L4 sink, if any.
@@ -158,11 +155,6 @@ impl<M: DatapathMaps> Agent<M> {
     /// The L7 sink, if any.
     pub fn l7(&self) -> Option<&L7Sink> {
         self.l7.as_ref()
-    }
-
-    /// The source.
-    pub fn source(&self) -> &ManifestDir {
-        &self.source
     }
 }
 

@@ -31,9 +31,18 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Directory of Kubernetes manifests (Services, EndpointSlices, Ingresses, IngressClasses,
-    /// TLS Secrets), watched for changes.
+    /// TLS Secrets), watched for changes. Without it the agent watches the cluster.
+    #[arg(long, conflicts_with_all = ["kubeconfig", "watch_namespaces"])]
+    pub manifests: Option<PathBuf>,
+    /// Kubeconfig for watching a cluster from outside it; default: the pod's service account.
     #[arg(long)]
-    pub manifests: PathBuf,
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (repeat for several); default: all.
+    #[arg(long = "watch-namespace")]
+    pub watch_namespaces: Vec<String>,
+    /// Health and readiness endpoints (`/healthz`, `/readyz`), or `off`.
+    #[arg(long, default_value = "127.0.0.1:9900", value_parser = parse_listen)]
+    pub admin_listen: Listen,
     /// Interface to attach the XDP load balancer to (clients and backends alike); repeat for
     /// several. Without any, the agent is an L7-only Ingress controller and loads no BPF.
     #[arg(long = "interface")]
@@ -95,9 +104,13 @@ pub struct RunArgs {
     /// Tracked flows per direction.
     #[arg(long, default_value_t = ingress_common::capacity::FLOWS)]
     pub max_flows: u32,
-    /// Quiet time after a file change before reloading, in milliseconds (debounces editors).
-    #[arg(long, default_value_t = 50)]
+    /// Quiet time after a change before applying it, in milliseconds: a burst of changes (an
+    /// editor saving, a rollout touching many EndpointSlices) becomes one sync.
+    #[arg(long, default_value_t = 5)]
     pub debounce_ms: u64,
+    /// Longest a burst may delay a sync, in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    pub debounce_max_ms: u64,
 }
 
 /// A listener address, or `off`.

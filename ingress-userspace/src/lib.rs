@@ -9,8 +9,10 @@
 //! - [`cli`]: the command line.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
+pub mod control;
 pub mod datapath;
 pub mod model;
 pub mod proxy;

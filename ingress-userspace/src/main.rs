@@ -1,13 +1,14 @@
 //! `xdp-ingress`: the agent binary. Parses the command line and runs the event loop; everything
 //! it calls lives in the library.
 
-use std::time::Duration;
+use std::{collections::BTreeSet, time::Duration};
 
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
-    agent::{describe_l7_plan, describe_plan, Agent, L4Sink, L7Sink},
+    admin::{self, Readiness},
+    agent::{describe_l7_plan, describe_plan, Agent, L4Sink, L7Sink, ReloadOutcome},
     cli::{Cli, Command, RunArgs, ValidateArgs},
     datapath::{
         loader::{Datapath, KernelMaps, MapSizes},
@@ -15,10 +16,10 @@ use xdp_ingress::{
     },
     model::ObjectName,
     proxy::{Proxy, ProxySettings},
-    source::files::ManifestDir,
+    source::{files::ManifestDir, kube, kube::KubeSource},
     translate::{
         l4,
-        l7::{self, L7Options},
+        l7::{self, L7Options, L7Plan},
     },
 };
 
@@ -109,10 +110,39 @@ fn l7_options(controller_name: &str, default_tls_secret: Option<&str>) -> Result
     })
 }
 
+/// Where the objects come from.
+enum Source {
+    /// A manifest directory and its watcher (held only to keep it alive).
+    Files(ManifestDir, #[allow(dead_code)] notify::RecommendedWatcher),
+
+    /// The cluster.
+    Kube(KubeSource),
+}
+
 async fn run(args: RunArgs) -> Result<()> {
-    let source = ManifestDir::new(&args.manifests);
     let (changes_tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    let _watcher = source.watch(changes_tx)?;
+    let mut source = match &args.manifests {
+        Some(dir) => {
+            let files = ManifestDir::new(dir);
+            let watcher = files.watch(changes_tx)?;
+            Source::Files(files, watcher)
+        }
+        None => {
+            let client = kube::client(args.kubeconfig.as_deref()).await?;
+            Source::Kube(KubeSource::start(
+                client,
+                &args.watch_namespaces,
+                changes_tx,
+            ))
+        }
+    };
+    let readiness = Readiness::default();
+    if let Some(addr) = args.admin_listen.0 {
+        let bound = admin::serve(addr, readiness.clone())
+            .await
+            .with_context(|| format!("admin listener on {addr}"))?;
+        tracing::info!(addr = %bound, "admin listening");
+    }
 
     let mut datapath = None;
     let l4 = if args.interfaces.is_empty() {
@@ -137,7 +167,6 @@ async fn run(args: RunArgs) -> Result<()> {
         upstream_idle_timeout: args.upstream_idle_timeout,
         client_header_timeout: args.client_header_timeout,
         client_idle_timeout: args.client_idle_timeout,
-
         max_header_bytes: args.max_header_bytes,
         max_body_bytes: args.max_body_bytes,
         access_log: args.access_log,
@@ -148,10 +177,20 @@ async fn run(args: RunArgs) -> Result<()> {
         let options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
         Some(L7Sink::new(Proxy::new(settings)?, options))
     };
-    let mut agent = Agent::new(source, l4, l7);
-    // Program the maps and the routing table before attaching and listening, so the first
-    // packet and the first request already see every object.
-    reload(&mut agent);
+    let mut agent = Agent::new(l4, l7);
+    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+
+    // Program the maps and the routing table before attaching and listening, so the first packet
+    // and the first request already see every object. From a cluster that means waiting for the
+    // first complete list of every kind.
+    while !sync(&mut agent, &mut source) {
+        tokio::select! {
+            Some(()) = changes.recv() => {}
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        }
+    }
     if let Some(datapath) = datapath.as_mut() {
         for interface in &args.interfaces {
             datapath.attach(interface, args.xdp_mode)?;
@@ -167,18 +206,29 @@ async fn run(args: RunArgs) -> Result<()> {
             tracing::info!(%addr, "HTTPS listening");
         }
     }
-    tracing::info!(manifests = %args.manifests.display(), "running");
+    readiness.set_ready();
+    match &args.manifests {
+        Some(dir) => tracing::info!(manifests = %dir.display(), "running"),
+        None => tracing::info!("running"),
+    }
 
-    let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut log_tick = tokio::time::interval(Duration::from_millis(500));
-    let debounce = Duration::from_millis(args.debounce_ms);
+    let quiet = Duration::from_millis(args.debounce_ms);
+    let longest = Duration::from_millis(args.debounce_max_ms);
     loop {
         tokio::select! {
             Some(()) = changes.recv() => {
-                // Let a burst of writes (an editor saving, a tool rewriting several files) settle.
-                while let Ok(Some(())) = tokio::time::timeout(debounce, changes.recv()).await {}
-                reload(&mut agent);
+                // A burst of changes (an editor saving, a rollout) becomes one sync: wait until
+                // nothing arrived for `quiet`, but never longer than `longest`.
+                let deadline = tokio::time::Instant::now() + longest;
+                loop {
+                    let until = deadline.min(tokio::time::Instant::now() + quiet);
+                    match tokio::time::timeout_at(until, changes.recv()).await {
+                        Ok(Some(())) => continue,
+                        _ => break,
+                    }
+                }
+                sync(&mut agent, &mut source);
             }
             _ = log_tick.tick() => {
                 if let Some(datapath) = datapath.as_mut() {
@@ -198,14 +248,42 @@ async fn run(args: RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn reload(agent: &mut Agent<KernelMaps>) {
-    let outcome = match agent.reload() {
-        Ok(outcome) => outcome,
-        Err(error) => {
-            tracing::error!("{error}; keeping the programmed state");
-            return;
+/// Applies the source's objects to the agent; false when there is nothing complete to apply yet
+/// (a cluster source before its first full list, an unreadable directory).
+fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
+    let outcome = match source {
+        Source::Files(files, _) => match files.load() {
+            Ok(snapshot) => agent.apply(&snapshot.objects, snapshot.problems),
+            Err(error) => {
+                tracing::error!("{error}; keeping the programmed state");
+                return false;
+            }
+        },
+        Source::Kube(kube) => {
+            if !kube.is_synced() {
+                return false;
+            }
+            let outcome = kube.with_objects(|objects| agent.apply(objects, Vec::new()));
+            if let Some(l7) = agent.l7() {
+                kube.set_referenced_secrets(referenced_secrets(l7.plan()));
+            }
+            outcome
         }
     };
+    report(agent, &outcome);
+    true
+}
+
+/// The Secrets an L7 plan uses.
+fn referenced_secrets(plan: &L7Plan) -> BTreeSet<ObjectName> {
+    plan.tls
+        .iter()
+        .chain(&plan.default_tls)
+        .map(|tls| tls.secret.clone())
+        .collect()
+}
+
+fn report(agent: &Agent<KernelMaps>, outcome: &ReloadOutcome) {
     for problem in &outcome.problems {
         tracing::warn!("{problem}");
     }

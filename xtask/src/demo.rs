@@ -5,7 +5,6 @@
 //! agent's per-Service counters after SIGTERM. The lab goes away at the end, also when something
 //! fails (everything here cleans up on drop).
 
-
 use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
@@ -143,9 +142,14 @@ fn ingress_requests(lab: &Lab) -> Result<()> {
     ];
     lab.client().run_inside(move || {
         for args in &requests {
-
             let output = std::process::Command::new("curl")
-                .args(["-sS", "--max-time", "5", "-w", " [%{http_code} HTTP/%{http_version}]"])
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "5",
+                    "-w",
+                    " [%{http_code} HTTP/%{http_version}]",
+                ])
                 .args(args)
                 .output()
                 .context("running curl")?;

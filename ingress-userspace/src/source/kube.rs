@@ -1,0 +1,420 @@
+//! The cluster source: kube-runtime watchers for Services, EndpointSlices, Ingresses,
+//! IngressClasses and TLS Secrets, kept in one [`ClusterObjects`] that the agent translates from.
+//!
+//! Watch semantics come from kube-runtime's `watcher`: an initial list, then a watch from its
+//! resourceVersion, bookmarks, a relist on 410 Gone, reconnects with backoff. On top of it:
+//! - **Relists replace, they do not flush.** The objects of a (re)list are collected until the
+//!   list is complete (`InitDone`) and then replace that watcher's share of the store in one step,
+//!   so objects deleted while disconnected disappear and everything else never blinks.
+//! - **Readiness.** The source is synced when every watcher has completed its first list.
+//! - **Secrets** are watched with `type=kubernetes.io/tls` only, and after the first sync only
+//!   Secrets that some Ingress names are kept. When Ingresses start naming a Secret the store
+//!   dropped, the Secret watchers relist.
+//! - `metadata.managedFields` is dropped on arrival: it is most of an object's size and nothing
+//!   here reads it.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+};
+
+use futures::StreamExt as _;
+use k8s_openapi::{
+    api::{
+        core::v1::{Secret, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressClass},
+    },
+    NamespaceResourceScope,
+};
+use kube::{
+    runtime::{watcher, WatchStreamExt as _},
+    Api, Client, Resource, ResourceExt as _,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc::UnboundedSender, Notify};
+
+use crate::model::{object_name, ClusterObjects, ObjectName, Origin, Sourced, TLS_SECRET_TYPE};
+
+/// Errors connecting to the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// The kubeconfig file could not be read.
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        /// The file.
+        path: String,
+        /// Why.
+        source: kube::config::KubeconfigError,
+    },
+    /// No in-cluster configuration (not running in a pod).
+    #[error("in-cluster configuration: {0}")]
+    InCluster(#[from] kube::config::InClusterError),
+    /// The client could not be built.
+    #[error("building the Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig`, or from the pod's service account when `None`.
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig_error = |source| KubeError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            kube::Config::from_custom_kubeconfig(file, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => kube::Config::incluster()?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// What the watchers share with the agent.
+struct Shared {
+    objects: Mutex<ClusterObjects>,
+    /// Watchers that have not completed their first list.
+    unsynced: AtomicUsize,
+    /// Set until the agent has told which Secrets are referenced; until then all are kept.
+    keep_all_secrets: AtomicBool,
+    referenced_secrets: Mutex<BTreeSet<ObjectName>>,
+    relist_secrets: Notify,
+    changes: UnboundedSender<()>,
+}
+
+impl Shared {
+    fn objects(&self) -> MutexGuard<'_, ClusterObjects> {
+        // A watcher that panicked mid-update leaves data that is still a valid map.
+        self.objects.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn keeps_secret(&self, name: &ObjectName) -> bool {
+        self.keep_all_secrets.load(Ordering::Relaxed)
+            || self
+                .referenced_secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(name)
+    }
+}
+
+/// One kind of object the source watches: where it goes in [`ClusterObjects`].
+trait Kind:
+    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    type Key: Ord + Clone + Send;
+    const KIND: &'static str;
+    fn key(&self) -> Option<Self::Key>;
+    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<Self::Key, Sourced<Self>>;
+    /// Whether `key` belongs to the watcher scoped to `namespace` (`None`: all).
+    fn in_scope(key: &Self::Key, namespace: Option<&str>) -> bool;
+    fn keep(&self, _shared: &Shared) -> bool {
+        true
+    }
+}
+
+fn namespaced_key<K: Resource>(object: &K) -> Option<ObjectName> {
+    object.meta().name.as_ref()?;
+    Some(object_name(object.meta()))
+}
+
+fn namespaced_in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+    namespace.is_none_or(|ns| key.namespace == ns)
+}
+
+macro_rules! namespaced_kind {
+    ($type:ty, $field:ident) => {
+        impl Kind for $type {
+            type Key = ObjectName;
+            const KIND: &'static str = stringify!($type);
+            fn key(&self) -> Option<ObjectName> {
+                namespaced_key(self)
+            }
+            fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
+                &mut objects.$field
+            }
+            fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+                namespaced_in_scope(key, namespace)
+            }
+        }
+    };
+}
+
+namespaced_kind!(Service, services);
+namespaced_kind!(EndpointSlice, endpoint_slices);
+namespaced_kind!(Ingress, ingresses);
+
+impl Kind for Secret {
+    type Key = ObjectName;
+    const KIND: &'static str = "Secret";
+    fn key(&self) -> Option<ObjectName> {
+        namespaced_key(self)
+    }
+    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
+        &mut objects.secrets
+    }
+    fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+        namespaced_in_scope(key, namespace)
+    }
+    fn keep(&self, shared: &Shared) -> bool {
+        self.type_.as_deref() == Some(TLS_SECRET_TYPE)
+            && self.key().is_some_and(|name| shared.keeps_secret(&name))
+    }
+}
+
+impl Kind for IngressClass {
+    type Key = String;
+    const KIND: &'static str = "IngressClass";
+    fn key(&self) -> Option<String> {
+        self.metadata.name.clone()
+    }
+    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<String, Sourced<Self>> {
+        &mut objects.ingress_classes
+    }
+    fn in_scope(_: &String, _: Option<&str>) -> bool {
+        true
+    }
+}
+
+/// The running watchers and the objects they keep.
+pub struct KubeSource {
+    shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl KubeSource {
+    /// Starts the watchers: cluster-wide, or one per namespace in `namespaces`. Every change
+    /// sends `()` on `changes` (the caller debounces).
+    pub fn start(client: Client, namespaces: &[String], changes: UnboundedSender<()>) -> Self {
+        let shared = Arc::new(Shared {
+            objects: Mutex::new(ClusterObjects::default()),
+            unsynced: AtomicUsize::new(0),
+            keep_all_secrets: AtomicBool::new(true),
+            referenced_secrets: Mutex::new(BTreeSet::new()),
+            relist_secrets: Notify::new(),
+            changes,
+        });
+        let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().cloned().map(Some).collect()
+        };
+        let mut tasks = Vec::new();
+        for scope in &scopes {
+            let config = watcher::Config::default;
+            tasks.push(spawn_namespaced::<Service>(
+                &client,
+                scope,
+                config(),
+                &shared,
+            ));
+            tasks.push(spawn_namespaced::<EndpointSlice>(
+                &client,
+                scope,
+                config(),
+                &shared,
+            ));
+            tasks.push(spawn_namespaced::<Ingress>(
+                &client,
+                scope,
+                config(),
+                &shared,
+            ));
+            let tls_only = config().fields(&format!("type={TLS_SECRET_TYPE}"));
+            tasks.push(spawn_namespaced::<Secret>(
+                &client, scope, tls_only, &shared,
+            ));
+        }
+        shared.unsynced.fetch_add(1, Ordering::SeqCst);
+        tasks.push(tokio::spawn(watch_kind::<IngressClass>(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            None,
+            shared.clone(),
+        )));
+        Self { shared, tasks }
+    }
+
+    /// Whether every watcher has completed its first list.
+    pub fn is_synced(&self) -> bool {
+        self.shared.unsynced.load(Ordering::SeqCst) == 0
+    }
+
+    /// Runs `f` on the current objects (the watchers wait meanwhile).
+    pub fn with_objects<R>(&self, f: impl FnOnce(&ClusterObjects) -> R) -> R {
+        f(&self.shared.objects())
+    }
+
+    /// The Secrets the current Ingresses name: others are dropped from the store; a newly named
+    /// Secret the store lacks makes the Secret watchers relist.
+    pub fn set_referenced_secrets(&self, referenced: BTreeSet<ObjectName>) {
+        let newly_named = {
+            let mut current = self
+                .shared
+                .referenced_secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let newly_named: Vec<ObjectName> = referenced.difference(&current).cloned().collect();
+            *current = referenced;
+            newly_named
+        };
+        let was_keeping_all = self.shared.keep_all_secrets.swap(false, Ordering::SeqCst);
+        let missing = {
+            let mut objects = self.shared.objects();
+            let referenced = self
+                .shared
+                .referenced_secrets
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            objects.secrets.retain(|name, _| referenced.contains(name));
+            newly_named
+                .iter()
+                .any(|name| !objects.secrets.contains_key(name))
+        };
+        // Before the first call every Secret was kept, so nothing can be missing for that reason.
+        if missing && !was_keeping_all {
+            self.shared.relist_secrets.notify_waiters();
+        }
+    }
+}
+
+fn spawn_namespaced<K>(
+    client: &Client,
+    namespace: &Option<String>,
+    config: watcher::Config,
+    shared: &Arc<Shared>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Kind<Key = ObjectName> + Resource<Scope = NamespaceResourceScope>,
+{
+    let api = match namespace {
+        Some(ns) => Api::<K>::namespaced(client.clone(), ns),
+        None => Api::<K>::all(client.clone()),
+    };
+    shared.unsynced.fetch_add(1, Ordering::SeqCst);
+    tokio::spawn(watch_kind::<K>(
+        api,
+        config,
+        namespace.clone(),
+        shared.clone(),
+    ))
+}
+
+/// One watcher: applies its events to the store, a (re)list as one replacement.
+async fn watch_kind<K: Kind>(
+    api: Api<K>,
+    config: watcher::Config,
+    namespace: Option<String>,
+    shared: Arc<Shared>,
+) {
+    let mut first_list_done = false;
+    loop {
+        let mut stream = watcher(api.clone(), config.clone())
+            .default_backoff()
+            .boxed();
+        let mut listing: Option<BTreeMap<K::Key, Sourced<K>>> = None;
+        loop {
+            let event = tokio::select! {
+                event = stream.next() => event,
+                // Only Secret watchers are ever told to relist.
+                () = shared.relist_secrets.notified(), if K::KIND == "Secret" => break,
+            };
+            let Some(event) = event else {
+                return;
+            };
+            let changed = match event {
+                Ok(watcher::Event::Init) => {
+                    listing = Some(BTreeMap::new());
+                    false
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    if let (Some(listing), Some((key, object))) =
+                        (listing.as_mut(), stored(object, &shared))
+                    {
+                        listing.insert(key, object);
+                    }
+                    false
+                }
+                Ok(watcher::Event::InitDone) => {
+                    let listed = listing.take().unwrap_or_default();
+                    {
+                        let mut objects = shared.objects();
+                        let slot = K::slot(&mut objects);
+                        slot.retain(|key, _| !K::in_scope(key, namespace.as_deref()));
+                        slot.extend(listed);
+                    }
+                    if !first_list_done {
+                        first_list_done = true;
+                        shared.unsynced.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    true
+                }
+                Ok(watcher::Event::Apply(object)) => {
+                    let key = object.key();
+                    let kept = stored(object, &shared);
+                    let mut objects = shared.objects();
+                    let slot = K::slot(&mut objects);
+                    match (kept, key) {
+                        (Some((key, object)), _) => {
+                            slot.insert(key, object);
+                        }
+                        // No longer one we keep (a Secret nobody names): forget it.
+                        (None, Some(key)) => {
+                            slot.remove(&key);
+                        }
+                        (None, None) => {}
+                    }
+                    true
+                }
+                Ok(watcher::Event::Delete(object)) => {
+                    if let Some(key) = object.key() {
+                        K::slot(&mut shared.objects()).remove(&key);
+                    }
+                    true
+                }
+                Err(error) => {
+                    // The watcher retries with backoff and relists when it must; the store keeps
+                    // serving what it has.
+                    tracing::warn!(kind = K::KIND, namespace = ?namespace, %error, "watch error");
+                    false
+                }
+            };
+            if changed {
+                let _ = shared.changes.send(());
+            }
+        }
+        tracing::debug!(kind = K::KIND, "relisting");
+    }
+}
+
+/// The object as the store keeps it, or `None` when it is not kept.
+fn stored<K: Kind>(mut object: K, shared: &Shared) -> Option<(K::Key, Sourced<K>)> {
+    if !object.keep(shared) {
+        return None;
+    }
+    let key = object.key()?;
+    object.managed_fields_mut().clear();
+    Some((
+        key,
+        Sourced {
+            object,
+            origin: Origin::Api,
+        },
+    ))
+}
