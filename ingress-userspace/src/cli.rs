@@ -40,6 +40,18 @@ pub struct RunArgs {
     /// Watch only this namespace (repeat for several); default: all.
     #[arg(long = "watch-namespace")]
     pub watch_namespaces: Vec<String>,
+    /// Address (IP or host name) to publish in the status of our Ingresses; repeat for several.
+    #[arg(long = "publish-address", conflicts_with = "publish_service")]
+    pub publish_addresses: Vec<String>,
+    /// Publish the addresses of this LoadBalancer Service (`namespace/name`) in the status of
+    /// our Ingresses.
+    #[arg(long)]
+    pub publish_service: Option<String>,
+    /// Namespace of the Lease that elects the one agent writing status
+    /// (default: `$POD_NAMESPACE`, else `default`).
+    #[arg(long)]
+    pub election_namespace: Option<String>,
+
     /// Health and readiness endpoints (`/healthz`, `/readyz`), or `off`.
     #[arg(long, default_value = "127.0.0.1:9900", value_parser = parse_listen)]
     pub admin_listen: Listen,

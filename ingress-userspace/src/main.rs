@@ -3,6 +3,9 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
+use k8s_openapi::api::core::v1::ObjectReference;
+use tokio::sync::{mpsc, watch};
+
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -10,11 +13,16 @@ use xdp_ingress::{
     admin::{self, Readiness},
     agent::{describe_l7_plan, describe_plan, Agent, L4Sink, L7Sink, ReloadOutcome},
     cli::{Cli, Command, RunArgs, ValidateArgs},
+    control::{
+        election::{self, ElectionSettings},
+        events::{self, EventLimiter},
+        status::{self, PublishSettings, StatusPatch},
+    },
     datapath::{
         loader::{Datapath, KernelMaps, MapSizes},
         sync::DatapathSync,
     },
-    model::ObjectName,
+    model::{ClusterObjects, ObjectName, Problem},
     proxy::{Proxy, ProxySettings},
     source::{files::ManifestDir, kube, kube::KubeSource},
     translate::{
@@ -92,17 +100,20 @@ fn validate(args: ValidateArgs) -> Result<()> {
     )
 }
 
+/// `namespace/name` from a flag.
+fn parse_object_name(text: &str, flag: &str) -> Result<ObjectName> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ObjectName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }),
+        _ => anyhow::bail!("{flag} {text:?}: expected namespace/name"),
+    }
+}
+
 fn l7_options(controller_name: &str, default_tls_secret: Option<&str>) -> Result<L7Options> {
     let default_tls_secret = default_tls_secret
-        .map(|text| match text.split_once('/') {
-            Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => {
-                Ok(ObjectName {
-                    namespace: namespace.to_string(),
-                    name: name.to_string(),
-                })
-            }
-            _ => anyhow::bail!("--default-tls-secret {text:?}: expected namespace/name"),
-        })
+        .map(|text| parse_object_name(text, "--default-tls-secret"))
         .transpose()?;
     Ok(L7Options {
         controller_name: controller_name.to_string(),
@@ -115,8 +126,80 @@ enum Source {
     /// A manifest directory and its watcher (held only to keep it alive).
     Files(ManifestDir, #[allow(dead_code)] notify::RecommendedWatcher),
 
-    /// The cluster.
-    Kube(KubeSource),
+    /// The cluster, and what the agent writes back to it.
+    Kube(KubeSource, Box<Control>),
+}
+
+/// Leader election, Ingress status and Events (cluster mode).
+struct Control {
+    publish: PublishSettings,
+    patches: watch::Sender<Vec<StatusPatch>>,
+    events: mpsc::Sender<(ObjectReference, String)>,
+    limiter: EventLimiter,
+    stop: watch::Sender<bool>,
+    election: tokio::task::JoinHandle<()>,
+}
+
+impl Control {
+    fn start(client: ::kube::Client, args: &RunArgs) -> Result<Self> {
+        let publish = PublishSettings {
+            addresses: args.publish_addresses.clone(),
+            service: args
+                .publish_service
+                .as_deref()
+                .map(|text| parse_object_name(text, "--publish-service"))
+                .transpose()?,
+        };
+        let namespace = args
+            .election_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "default".to_string());
+        let identity = election::default_identity();
+        let (leader_tx, leader) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let settings = ElectionSettings::new(namespace, identity.clone());
+        let election = tokio::spawn(election::run(client.clone(), settings, leader_tx, stop_rx));
+        let (patches, patches_rx) = watch::channel(Vec::new());
+        tokio::spawn(status::run_writer(
+            client.clone(),
+            patches_rx,
+            leader.clone(),
+        ));
+        let (events, events_rx) = mpsc::channel(1024);
+        tokio::spawn(events::run_publisher(client, identity, events_rx, leader));
+        Ok(Self {
+            publish,
+            patches,
+            events,
+            limiter: EventLimiter::default(),
+            stop,
+            election,
+        })
+    }
+
+    /// After a sync: the status writes and Events it calls for (written by the leader).
+    fn after_sync(&mut self, objects: &ClusterObjects, ours: &[ObjectName], problems: &[Problem]) {
+        if let Some(addresses) = status::publish_addresses(&self.publish, objects) {
+            let ours: BTreeSet<ObjectName> = ours.iter().cloned().collect();
+            self.patches
+                .send_replace(status::desired_patches(objects, &ours, &addresses));
+        }
+        for event in self.limiter.due(problems, std::time::Instant::now()) {
+            // A full queue means the API is slow; the problem is logged anyway.
+            let _ = self.events.try_send(event);
+        }
+    }
+
+    /// Stops the election, releasing the Lease if this agent holds it.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.election).await;
+    }
 }
 
 async fn run(args: RunArgs) -> Result<()> {
@@ -129,11 +212,9 @@ async fn run(args: RunArgs) -> Result<()> {
         }
         None => {
             let client = kube::client(args.kubeconfig.as_deref()).await?;
-            Source::Kube(KubeSource::start(
-                client,
-                &args.watch_namespaces,
-                changes_tx,
-            ))
+            let source = KubeSource::start(client.clone(), &args.watch_namespaces, changes_tx);
+            let control = Control::start(client, &args)?;
+            Source::Kube(source, Box::new(control))
         }
     };
     let readiness = Readiness::default();
@@ -239,6 +320,9 @@ async fn run(args: RunArgs) -> Result<()> {
             _ = interrupt.recv() => { tracing::info!("SIGINT"); break; }
         }
     }
+    if let Source::Kube(_, control) = source {
+        control.stop().await;
+    }
     if let (Some(l4), Some(datapath)) = (agent.l4(), datapath.as_mut()) {
         print_counters(l4);
         datapath.detach_all();
@@ -259,11 +343,16 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
                 return false;
             }
         },
-        Source::Kube(kube) => {
+        Source::Kube(kube, control) => {
             if !kube.is_synced() {
                 return false;
             }
-            let outcome = kube.with_objects(|objects| agent.apply(objects, Vec::new()));
+            let outcome = kube.with_objects(|objects| {
+                let outcome = agent.apply(objects, Vec::new());
+                let ours = agent.l7().map_or(&[][..], |l7| &l7.plan().ingresses[..]);
+                control.after_sync(objects, ours, &outcome.problems);
+                outcome
+            });
             if let Some(l7) = agent.l7() {
                 kube.set_referenced_secrets(referenced_secrets(l7.plan()));
             }
