@@ -47,7 +47,18 @@ pub struct RunArgs {
     /// our Ingresses.
     #[arg(long)]
     pub publish_service: Option<String>,
+    /// Assign free addresses from this IPv4 CIDR to LoadBalancer Services of our
+    /// `--load-balancer-class` that have none, writing their status (bare-metal edges).
+    #[arg(long)]
+    pub assign_vips: Option<crate::control::vips::Pool>,
+    /// The `spec.loadBalancerClass` whose Services get addresses from `--assign-vips`.
+    #[arg(long, default_value = "xdp-ingress.dev/lb")]
+    pub load_balancer_class: String,
+    /// With `--assign-vips`, also LoadBalancer Services that name no class.
+    #[arg(long, requires = "assign_vips")]
+    pub assign_vips_to_all: bool,
     /// Namespace of the Lease that elects the one agent writing status
+
     /// (default: `$POD_NAMESPACE`, else `default`).
     #[arg(long)]
     pub election_namespace: Option<String>,

@@ -17,6 +17,7 @@ use xdp_ingress::{
         election::{self, ElectionSettings},
         events::{self, EventLimiter},
         status::{self, PublishSettings, StatusPatch},
+        vips::{self, AssignSettings, Assignments},
     },
     datapath::{
         loader::{Datapath, KernelMaps, MapSizes},
@@ -136,6 +137,7 @@ struct Control {
     patches: watch::Sender<Vec<StatusPatch>>,
     events: mpsc::Sender<(ObjectReference, String)>,
     limiter: EventLimiter,
+    vips: Option<(AssignSettings, watch::Sender<Assignments>)>,
     stop: watch::Sender<bool>,
     election: tokio::task::JoinHandle<()>,
 }
@@ -170,6 +172,20 @@ impl Control {
             patches_rx,
             leader.clone(),
         ));
+        let vips = args.assign_vips.map(|pool| {
+            let (assigned, assigned_rx) = watch::channel(Vec::new());
+            tokio::spawn(vips::run_writer(
+                client.clone(),
+                assigned_rx,
+                leader.clone(),
+            ));
+            let settings = AssignSettings {
+                pool,
+                class: args.load_balancer_class.clone(),
+                classless_too: args.assign_vips_to_all,
+            };
+            (settings, assigned)
+        });
         let (events, events_rx) = mpsc::channel(1024);
         tokio::spawn(events::run_publisher(client, identity, events_rx, leader));
         Ok(Self {
@@ -177,6 +193,7 @@ impl Control {
             patches,
             events,
             limiter: EventLimiter::default(),
+            vips,
             stop,
             election,
         })
@@ -188,6 +205,13 @@ impl Control {
             let ours: BTreeSet<ObjectName> = ours.iter().cloned().collect();
             self.patches
                 .send_replace(status::desired_patches(objects, &ours, &addresses));
+        }
+        if let Some((settings, assigned)) = &self.vips {
+            let (wanted, exhausted) = vips::assignments(objects, settings);
+            for service in &exhausted {
+                tracing::warn!(%service, "no free address left in --assign-vips");
+            }
+            assigned.send_replace(wanted);
         }
         for event in self.limiter.due(problems, std::time::Instant::now()) {
             // A full queue means the API is slow; the problem is logged anyway.

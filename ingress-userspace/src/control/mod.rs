@@ -6,3 +6,4 @@
 pub mod election;
 pub mod events;
 pub mod status;
+pub mod vips;
