@@ -1,11 +1,17 @@
-//! xdp-ingress: an XDP L4 load balancer for Kubernetes LoadBalancer Services.
+//! xdp-ingress: an XDP L4 load balancer and an Ingress proxy for Kubernetes.
 //!
-//! Module map (follow a change from a manifest to the kernel in this order):
-//! - [`source`]: where objects come from (today: a directory of YAML manifests, watched);
+//! Module map (follow a change from a manifest or the API server to the kernel and the proxy):
+//! - [`source`]: where objects come from: a directory of YAML manifests (watched), or the
+//!   cluster (kube-runtime watchers);
 //! - [`model`]: the typed objects (k8s-openapi) and the problems found in them;
-//! - [`translate`]: pure functions from objects to plans ([`translate::l4::L4Plan`]);
+//! - [`translate`]: pure functions from objects to plans ([`translate::l4::L4Plan`],
+//!   [`translate::l7::L7Plan`]);
 //! - [`datapath`]: the L4 sink: Maglev tables, the diff-and-swap sync, the aya loader;
-//! - [`agent`]: ties a source to the sink (reload, report);
+//! - [`proxy`]: the L7 sink: the HTTP/HTTPS proxy and its routing table;
+//! - [`agent`]: applies one set of objects to both sinks;
+//! - [`runner`]: the agent's life in `run` (start, debounce, apply, stop);
+//! - [`control`]: what the agent writes back to a cluster (Lease, status, Events);
+//! - [`admin`]: `/healthz` and `/readyz`;
 //! - [`cli`]: the command line.
 #![deny(missing_docs)]
 
@@ -16,5 +22,6 @@ pub mod control;
 pub mod datapath;
 pub mod model;
 pub mod proxy;
+pub mod runner;
 pub mod source;
 pub mod translate;

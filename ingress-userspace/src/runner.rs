@@ -1,0 +1,499 @@
+//! The agent's life in `run`: set up the source (files or cluster), the sinks (XDP datapath,
+//! proxy) and the admin listener; wait for the first complete set of objects and apply it
+//! before attaching XDP and listening; then apply each debounced burst of changes; on stop,
+//! release the Lease and detach. `main.rs` drives a [`Runner`]; tests drive one in-process.
+
+use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use tokio::sync::{
+    mpsc::{self, UnboundedReceiver},
+    watch,
+};
+
+use crate::{
+    admin::{self, Readiness},
+    agent::{Agent, L4Sink, L7Sink, ReloadOutcome},
+    cli::RunArgs,
+    control::{
+        election::{self, ElectionSettings},
+        events::{self, EventLimiter},
+        status::{self, PublishSettings, StatusPatch},
+        vips::{self, AssignSettings, Assignments},
+    },
+    datapath::{
+        loader::{Datapath, KernelMaps, MapSizes},
+        sync::{DatapathError, DatapathSync},
+    },
+    model::{ClusterObjects, ObjectName, Problem},
+    proxy::{
+        server::{BoundListeners, ProxyError},
+        Proxy, ProxySettings,
+    },
+    source::{
+        files::{FilesError, ManifestDir},
+        kube::{self, KubeError, KubeSource},
+    },
+    translate::l7::{L7Options, L7Plan},
+};
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A `namespace/name` flag is malformed.
+    #[error("{flag} {value:?}: expected namespace/name")]
+    ObjectName {
+        /// The flag.
+        flag: &'static str,
+        /// What was given.
+        value: String,
+    },
+    /// The manifest directory cannot be watched.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// No connection to the cluster.
+    #[error(transparent)]
+    Kube(#[from] KubeError),
+    /// The XDP datapath could not be loaded or attached.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// The proxy could not start.
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    /// The admin listener could not be bound.
+    #[error("admin listener on {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// `namespace/name` from a flag.
+pub fn parse_object_name(text: &str, flag: &'static str) -> Result<ObjectName, RunError> {
+    match text.split_once('/') {
+        Some((namespace, name)) if !namespace.is_empty() && !name.is_empty() => Ok(ObjectName {
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }),
+        _ => Err(RunError::ObjectName {
+            flag,
+            value: text.to_string(),
+        }),
+    }
+}
+
+/// The L7 translation options from the flags.
+pub fn l7_options(
+    controller_name: &str,
+    default_tls_secret: Option<&str>,
+) -> Result<L7Options, RunError> {
+    let default_tls_secret = default_tls_secret
+        .map(|text| parse_object_name(text, "--default-tls-secret"))
+        .transpose()?;
+    Ok(L7Options {
+        controller_name: controller_name.to_string(),
+        default_tls_secret,
+    })
+}
+
+/// Where the objects come from.
+enum Source {
+    /// A manifest directory and its watcher (held only to keep it alive).
+    Files(ManifestDir, #[allow(dead_code)] notify::RecommendedWatcher),
+    /// The cluster, and what the agent writes back to it.
+    Kube(KubeSource, Box<Control>),
+}
+
+/// Leader election, Ingress status and Events (cluster mode).
+struct Control {
+    publish: PublishSettings,
+    patches: watch::Sender<Vec<StatusPatch>>,
+    events: mpsc::Sender<(ObjectReference, String)>,
+    limiter: EventLimiter,
+    vips: Option<(AssignSettings, watch::Sender<Assignments>)>,
+    stop: watch::Sender<bool>,
+    election: tokio::task::JoinHandle<()>,
+}
+
+impl Control {
+    fn start(client: ::kube::Client, args: &RunArgs) -> Result<Self, RunError> {
+        let publish = PublishSettings {
+            addresses: args.publish_addresses.clone(),
+            service: args
+                .publish_service
+                .as_deref()
+                .map(|text| parse_object_name(text, "--publish-service"))
+                .transpose()?,
+        };
+        let namespace = args
+            .election_namespace
+            .clone()
+            .or_else(|| {
+                std::env::var("POD_NAMESPACE")
+                    .ok()
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| "default".to_string());
+        let identity = election::default_identity();
+        let (leader_tx, leader) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
+        let settings = ElectionSettings::new(namespace, identity.clone());
+        let election = tokio::spawn(election::run(client.clone(), settings, leader_tx, stop_rx));
+        let (patches, patches_rx) = watch::channel(Vec::new());
+        tokio::spawn(status::run_writer(
+            client.clone(),
+            patches_rx,
+            leader.clone(),
+        ));
+        let vips = args.assign_vips.map(|pool| {
+            let (assigned, assigned_rx) = watch::channel(Vec::new());
+            tokio::spawn(vips::run_writer(
+                client.clone(),
+                assigned_rx,
+                leader.clone(),
+            ));
+            let settings = AssignSettings {
+                pool,
+                class: args.load_balancer_class.clone(),
+                classless_too: args.assign_vips_to_all,
+            };
+            (settings, assigned)
+        });
+        let (events, events_rx) = mpsc::channel(1024);
+        tokio::spawn(events::run_publisher(client, identity, events_rx, leader));
+        Ok(Self {
+            publish,
+            patches,
+            events,
+            limiter: EventLimiter::default(),
+            vips,
+            stop,
+            election,
+        })
+    }
+
+    /// After a sync: the status writes and Events it calls for (written by the leader).
+    fn after_sync(&mut self, objects: &ClusterObjects, ours: &[ObjectName], problems: &[Problem]) {
+        if let Some(addresses) = status::publish_addresses(&self.publish, objects) {
+            let ours: BTreeSet<ObjectName> = ours.iter().cloned().collect();
+            self.patches
+                .send_replace(status::desired_patches(objects, &ours, &addresses));
+        }
+        if let Some((settings, assigned)) = &self.vips {
+            let (wanted, exhausted) = vips::assignments(objects, settings);
+            for service in &exhausted {
+                tracing::warn!(%service, "no free address left in --assign-vips");
+            }
+            assigned.send_replace(wanted);
+        }
+        for event in self.limiter.due(problems, std::time::Instant::now()) {
+            // A full queue means the API is slow; the problem is logged anyway.
+            let _ = self.events.try_send(event);
+        }
+    }
+
+    /// Stops the election, releasing the Lease if this agent holds it.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.election).await;
+    }
+}
+
+/// A running agent.
+pub struct Runner {
+    args: RunArgs,
+    source: Source,
+    changes: UnboundedReceiver<()>,
+    agent: Agent<KernelMaps>,
+    datapath: Option<Datapath>,
+    readiness: Readiness,
+    admin: Option<SocketAddr>,
+    listeners: BoundListeners,
+}
+
+impl Runner {
+    /// Sets everything up: the source starts reading, the admin listener answers (not ready),
+    /// the XDP program is loaded (not attached), the proxy is built (not listening).
+    pub async fn new(args: RunArgs) -> Result<Self, RunError> {
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let source = match &args.manifests {
+            Some(dir) => {
+                let files = ManifestDir::new(dir);
+                let watcher = files.watch(changes_tx)?;
+                Source::Files(files, watcher)
+            }
+            None => {
+                let client = kube::client(args.kubeconfig.as_deref()).await?;
+                let source = KubeSource::start(client.clone(), &args.watch_namespaces, changes_tx);
+                let control = Control::start(client, &args)?;
+                Source::Kube(source, Box::new(control))
+            }
+        };
+        let readiness = Readiness::default();
+        let admin = match args.admin_listen.0 {
+            Some(addr) => {
+                let bound = admin::serve(addr, readiness.clone())
+                    .await
+                    .map_err(|source| RunError::Admin { addr, source })?;
+                tracing::info!(addr = %bound, "admin listening");
+                Some(bound)
+            }
+            None => None,
+        };
+        let mut datapath = None;
+        let l4 = if args.interfaces.is_empty() {
+            None
+        } else {
+            let sizes = MapSizes {
+                services: args.max_services,
+                backends: args.max_backends,
+                maglev_slots: args.maglev_slots,
+                flows: args.max_flows,
+            };
+            let mut loaded = Datapath::load(&sizes)?;
+            let maps = loaded.take_maps()?;
+            datapath = Some(loaded);
+            Some(L4Sink::new(DatapathSync::new(maps, sizes.capacity())))
+        };
+        let settings = ProxySettings {
+            http_listen: args.http_listen.0,
+            https_listen: args.https_listen.0,
+            upstream_connect_timeout: args.upstream_connect_timeout,
+            upstream_response_timeout: args.upstream_response_timeout,
+            upstream_idle_timeout: args.upstream_idle_timeout,
+            client_header_timeout: args.client_header_timeout,
+            client_idle_timeout: args.client_idle_timeout,
+            max_header_bytes: args.max_header_bytes,
+            max_body_bytes: args.max_body_bytes,
+            access_log: args.access_log,
+        };
+        let l7 = if settings.http_listen.is_none() && settings.https_listen.is_none() {
+            None
+        } else {
+            let options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
+            Some(L7Sink::new(Proxy::new(settings)?, options))
+        };
+        Ok(Self {
+            args,
+            source,
+            changes,
+            agent: Agent::new(l4, l7),
+            datapath,
+            readiness,
+            admin,
+            listeners: BoundListeners::default(),
+        })
+    }
+
+    /// Waits for the first complete set of objects (from a cluster: the first list of every
+    /// kind) and applies it, then attaches XDP, listens, and reports ready. The maps and the
+    /// routing table are full before the first packet or request arrives.
+    pub async fn start(&mut self) -> Result<(), RunError> {
+        while !sync(&mut self.agent, &mut self.source) {
+            if self.changes.recv().await.is_none() {
+                break;
+            }
+        }
+        if let Some(datapath) = self.datapath.as_mut() {
+            for interface in &self.args.interfaces {
+                datapath.attach(interface, self.args.xdp_mode)?;
+                tracing::info!(interface, mode = ?self.args.xdp_mode, "XDP attached");
+            }
+        }
+        if let Some(l7) = self.agent.l7() {
+            self.listeners = l7.proxy().listen().await?;
+            if let Some(addr) = self.listeners.http {
+                tracing::info!(%addr, "HTTP listening");
+            }
+            if let Some(addr) = self.listeners.https {
+                tracing::info!(%addr, "HTTPS listening");
+            }
+        }
+        self.readiness.set_ready();
+        match &self.args.manifests {
+            Some(dir) => tracing::info!(manifests = %dir.display(), "running"),
+            None => tracing::info!("running"),
+        }
+        Ok(())
+    }
+
+    /// Waits for the next change and applies it with whatever arrives in the same burst: until
+    /// `--debounce-ms` passes quietly, at most `--debounce-max-ms`. False when the source ended.
+    pub async fn apply_next_change(&mut self) -> bool {
+        if self.changes.recv().await.is_none() {
+            return false;
+        }
+        let quiet = Duration::from_millis(self.args.debounce_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.args.debounce_max_ms);
+        loop {
+            let until = deadline.min(tokio::time::Instant::now() + quiet);
+            match tokio::time::timeout_at(until, self.changes.recv()).await {
+                Ok(Some(())) => continue,
+                _ => break,
+            }
+        }
+        sync(&mut self.agent, &mut self.source);
+        true
+    }
+
+    /// Forwards the XDP program's rare log lines (aya-log).
+    pub fn flush_logs(&mut self) {
+        if let Some(datapath) = self.datapath.as_mut() {
+            datapath.flush_logs();
+        }
+    }
+
+    /// The sinks.
+    pub fn agent(&self) -> &Agent<KernelMaps> {
+        &self.agent
+    }
+
+    /// The proxy's bound addresses (after [`Runner::start`]).
+    pub fn listeners(&self) -> BoundListeners {
+        self.listeners
+    }
+
+    /// The admin listener's bound address.
+    pub fn admin(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Whether `/readyz` answers ready.
+    pub fn is_ready(&self) -> bool {
+        self.readiness.is_ready()
+    }
+
+    /// Releases the Lease (if held), prints the L4 counters and detaches XDP.
+    pub async fn stop(mut self) {
+        if let Source::Kube(_, control) = self.source {
+            control.stop().await;
+        }
+        if let (Some(l4), Some(datapath)) = (self.agent.l4(), self.datapath.as_mut()) {
+            print_counters(l4);
+            datapath.detach_all();
+            tracing::info!("detached");
+        }
+    }
+}
+
+/// Applies the source's objects to the agent; false when there is nothing complete to apply yet
+/// (a cluster source before its first full list, an unreadable directory).
+fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
+    let outcome = match source {
+        Source::Files(files, _) => match files.load() {
+            Ok(snapshot) => agent.apply(&snapshot.objects, snapshot.problems),
+            Err(error) => {
+                tracing::error!("{error}; keeping the programmed state");
+                return false;
+            }
+        },
+        Source::Kube(kube, control) => {
+            if !kube.is_synced() {
+                return false;
+            }
+            let outcome = kube.with_objects(|objects| {
+                let outcome = agent.apply(objects, Vec::new());
+                let ours = agent.l7().map_or(&[][..], |l7| &l7.plan().ingresses[..]);
+                control.after_sync(objects, ours, &outcome.problems);
+                outcome
+            });
+            if let Some(l7) = agent.l7() {
+                kube.set_referenced_secrets(referenced_secrets(l7.plan()));
+            }
+            outcome
+        }
+    };
+    report(agent, &outcome);
+    true
+}
+
+/// The Secrets an L7 plan uses.
+fn referenced_secrets(plan: &L7Plan) -> BTreeSet<ObjectName> {
+    plan.tls
+        .iter()
+        .chain(&plan.default_tls)
+        .map(|tls| tls.secret.clone())
+        .collect()
+}
+
+fn report(agent: &Agent<KernelMaps>, outcome: &ReloadOutcome) {
+    for problem in &outcome.problems {
+        tracing::warn!("{problem}");
+    }
+    if let (Some(r), Some(l4)) = (&outcome.l4, agent.l4()) {
+        for error in &r.errors {
+            tracing::error!("{error}");
+        }
+        tracing::info!(
+            added = r.added,
+            changed = r.changed,
+            removed = r.removed,
+            unchanged = r.unchanged,
+            "L4: {} Service port(s), {} backend(s)",
+            l4.plan().frontends.len(),
+            l4.plan().backend_count()
+        );
+    }
+    if let (Some(r), Some(l7)) = (&outcome.l7, agent.l7()) {
+        for problem in &r.certificate_problems {
+            tracing::warn!(secret = %problem.secret, "certificate: {}", problem.message);
+        }
+        tracing::info!(
+            backends = r.backends,
+            rebuild_ms = outcome.l7_rebuild.as_secs_f64() * 1e3,
+            swap_ms = r.elapsed.as_secs_f64() * 1e3,
+            "L7: {} Ingress(es), {} certificate entr(ies)",
+            l7.plan().ingresses.len(),
+            l7.plan().tls.len()
+        );
+    }
+    tracing::info!(
+        problems = outcome.problems.len(),
+        elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
+        "synced"
+    );
+}
+
+/// Per-Service and per-backend counters, printed when the agent stops.
+pub fn print_counters(agent: &L4Sink<KernelMaps>) {
+    let maps = agent.sync().maps();
+    println!(
+        "{:<24} {:<28} {:>10} {:>12} {:>9} {:>10}",
+        "FRONTEND", "SERVICE", "PACKETS", "BYTES", "FLOWS", "NO-BACKEND"
+    );
+    for (frontend, programmed) in agent.sync().frontends() {
+        let Ok(c) = maps.service_counters(programmed.service_id) else {
+            continue;
+        };
+        println!(
+            "{:<24} {:<28} {:>10} {:>12} {:>9} {:>10}",
+            frontend.to_string(),
+            programmed.plan.service.to_string(),
+            c.packets,
+            c.bytes,
+            c.new_flows,
+            c.no_backend
+        );
+        for (backend, id) in &programmed.backends {
+            if let Ok(b) = maps.backend_counters(*id) {
+                println!(
+                    "    -> {:<24} {:>10} packets {:>12} bytes",
+                    backend.to_string(),
+                    b.packets,
+                    b.bytes
+                );
+            }
+        }
+    }
+    if let Ok(reasons) = maps.reason_counters() {
+        let line: Vec<String> = reasons
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(r, n)| format!("{}={n}", r.name()))
+            .collect();
+        println!("verdicts: {}", line.join(" "));
+    }
+}
