@@ -105,7 +105,12 @@ pub struct RunArgs {
     /// Largest request body in bytes (larger: 413); default unlimited.
     #[arg(long)]
     pub max_body_bytes: Option<u64>,
+    /// On SIGTERM, how long requests in flight get to finish (the proxy stops accepting at
+    /// once; keep this below the pod's terminationGracePeriodSeconds).
+    #[arg(long, default_value = "25s", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
     /// One JSON access-log line per request on stdout.
+
     #[arg(long)]
     pub access_log: bool,
     /// Proxy worker threads (default: one per CPU).

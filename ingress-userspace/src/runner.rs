@@ -366,11 +366,22 @@ impl Runner {
         self.readiness.is_ready()
     }
 
-    /// Releases the Lease (if held), prints the L4 counters and detaches XDP.
+    /// Drains the proxy (no new connections; requests in flight finish within
+    /// `--drain-timeout`), releases the Lease (if held), prints the L4 counters and detaches XDP.
     pub async fn stop(mut self) {
+        // The Lease first, so another agent takes over status writes while this one drains.
         if let Source::Kube(_, control) = self.source {
             control.stop().await;
         }
+        if let Some(l7) = self.agent.l7() {
+            let open = l7.proxy().drain(self.args.drain_timeout).await;
+            if open > 0 {
+                tracing::warn!(open, "drain timeout: closing connections still open");
+            } else {
+                tracing::info!("proxy drained");
+            }
+        }
+
         if let (Some(l4), Some(datapath)) = (self.agent.l4(), self.datapath.as_mut()) {
             print_counters(l4);
             datapath.detach_all();

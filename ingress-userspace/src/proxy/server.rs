@@ -123,6 +123,8 @@ struct Shared {
     access_log: Option<AccessLog>,
     http: auto::Builder<TokioExecutor>,
     tls: tokio_rustls::TlsAcceptor,
+    /// Sent once on drain; every listener and connection holds a receiver.
+    drain: tokio::sync::watch::Sender<()>,
 }
 
 /// The proxy: apply plans to it, serve with it.
@@ -169,6 +171,7 @@ impl Proxy {
                 access_log,
                 http,
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+                drain: tokio::sync::watch::channel(()).0,
             }),
             registry: EndpointRegistry::default(),
             certs,
@@ -212,7 +215,17 @@ impl Proxy {
         Ok(bound)
     }
 
+    /// Stops accepting, lets every connection finish what it is doing (see `until_drained`),
+    /// and returns when all have closed or `timeout` has passed; returns how many were still
+    /// open then.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let _ = self.shared.drain.send(());
+        let _ = tokio::time::timeout(timeout, self.shared.drain.closed()).await;
+        self.shared.drain.receiver_count()
+    }
+
     /// Access-log lines dropped because the writer fell behind.
+
     pub fn access_log_dropped(&self) -> u64 {
         self.shared
             .access_log
@@ -232,8 +245,14 @@ pub struct BoundListeners {
 
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: bool) {
     let port = listener.local_addr().map_or(0, |a| a.port());
+    let mut draining = shared.drain.subscribe();
     loop {
-        match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Draining: stop accepting; the listener closes when this returns.
+            _ = draining.changed() => return,
+        };
+        match accepted {
             Ok((stream, peer)) => {
                 tokio::spawn(serve_connection(shared.clone(), stream, peer, port, tls));
             }
@@ -280,17 +299,33 @@ async fn serve_connection(
                 Ok(Err(_)) | Err(_) => return,
             };
         let stream = HeadGuard::new(stream, max_head, header_timeout, smuggling);
-        let _ = shared
+        let connection = shared
             .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .await;
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        until_drained(&shared, connection).await;
     } else {
         let stream = HeadGuard::new(stream, max_head, header_timeout, smuggling);
-        let _ = shared
+        let connection = shared
             .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .await;
+            .serve_connection_with_upgrades(TokioIo::new(stream), service);
+        until_drained(&shared, connection).await;
     }
+}
+
+/// Serves a connection; when the proxy drains, asks it to finish gracefully (HTTP/1.1: after the
+/// request in flight; HTTP/2: GOAWAY, then the open streams) and waits for that.
+async fn until_drained<C>(shared: &Shared, connection: C)
+where
+    C: hyper_util::server::graceful::GracefulConnection,
+{
+    // Holding the receiver is what the drain waits for.
+    let mut draining = shared.drain.subscribe();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = draining.changed() => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
 }
 
 /// A response body: the endpoint's, or one the proxy wrote; counted for the access log.
