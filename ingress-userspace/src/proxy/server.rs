@@ -225,7 +225,6 @@ impl Proxy {
     }
 
     /// Access-log lines dropped because the writer fell behind.
-
     pub fn access_log_dropped(&self) -> u64 {
         self.shared
             .access_log
