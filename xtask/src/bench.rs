@@ -1,7 +1,7 @@
-//! `cargo xtask bench l4`: installs what is needed, builds the agent in the release profile and
-//! runs the benchmark harness (`tests/benches/l4.rs`), which prints ratios against the peers it
-//! measures in the same run and rewrites its section of docs/benchmarks.md. Benchmarks are not
-//! tests: nothing here asserts a timing.
+//! `cargo xtask bench l4|l7`: installs what is needed, builds the agent in the release profile and
+//! runs the benchmark harness (`tests/benches/l4.rs` or `tests/benches/l7.rs`), which prints
+//! ratios against the peers it measures in the same run and rewrites its section of
+//! docs/benchmarks.md. Benchmarks are not tests: nothing here asserts a timing.
 
 use std::process::Command;
 
@@ -15,6 +15,18 @@ pub enum Suite {
     /// XDP forwarding: per-packet cost, 10,000 Services, forwarding cost against nftables,
     /// iptables and a bare XDP redirect.
     L4,
+    /// The L7 proxy against nginx and HAProxy: HTTP/1.1 and HTTP/2 cost per request, full TLS
+    /// handshakes, memory with 10,000 idle connections, 10,000 Ingress hosts.
+    L7,
+}
+
+impl Suite {
+    fn bench_name(self) -> &'static str {
+        match self {
+            Suite::L4 => "l4",
+            Suite::L7 => "l7",
+        }
+    }
 }
 
 /// `cargo xtask bench` options.
@@ -26,7 +38,7 @@ pub struct BenchArgs {
     /// Shorter runs (to try the harness; figures are noisier).
     #[arg(long)]
     pub quick: bool,
-    /// Only the per-packet cost and the 10,000-Service sync (no forwarding through the lab).
+    /// l4 only: the per-packet cost and the 10,000-Service sync (no forwarding through the lab).
     #[arg(long)]
     pub skip_lab: bool,
 }
@@ -34,20 +46,27 @@ pub struct BenchArgs {
 /// Runs the suite.
 pub fn run(args: &BenchArgs) -> Result<()> {
     if !cmd::is_root() {
-        bail!("the benchmarks load BPF programs and build namespaces: run them as root");
+        bail!(
+            "the benchmarks install packages, load BPF programs, build namespaces and raise \
+             file limits: run them as root"
+        );
     }
     setup::run(&setup::SetupArgs { dry_run: false })?;
     let agent = build::agent_release()?;
-    let Suite::L4 = args.suite;
     let mut bench = Command::new("cargo");
     bench
         .current_dir(cmd::workspace_root())
-        .args(["bench", "-p", "xdp-ingress-tests", "--bench", "l4", "--"])
+        .args(["bench", "-p", "xdp-ingress-tests", "--bench"])
+        .arg(args.suite.bench_name())
+        .arg("--")
         .env("XDP_INGRESS_BIN", &agent);
     if args.quick {
         bench.arg("--quick");
     }
     if args.skip_lab {
+        if !matches!(args.suite, Suite::L4) {
+            bail!("--skip-lab applies to `bench l4` only");
+        }
         bench.arg("--skip-lab");
     }
     cmd::run(&mut bench)

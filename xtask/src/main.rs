@@ -5,7 +5,8 @@
 //! * `lab up|down`: the namespaces of a node, a client and backends, left running;
 //! * `demo`: the agent forwarding a Service in the lab, with who answered what;
 //! * `test`: formatting, the workspace's tests (end to end included) and clippy;
-//! * `bench l4`: the L4 datapath against nftables, iptables and a bare XDP forwarder.
+//! * `bench l4`: the L4 datapath against nftables, iptables and a bare XDP forwarder;
+//! * `bench l7`: the L7 proxy against nginx and HAProxy.
 
 mod bench;
 mod build;

@@ -30,6 +30,7 @@ const PACKAGES: &[&str] = &[
     "conntrack",
     "socat",
     "curl",
+    "util-linux", // taskset (the L7 benchmark pins proxies and load generators to cores)
 ];
 
 /// The bpf-linker release known to build against the nightly's LLVM (docs: shared toolchain notes).
