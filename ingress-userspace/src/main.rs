@@ -95,7 +95,13 @@ async fn run(args: RunArgs) -> Result<()> {
     let mut log_tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
-            more = runner.apply_next_change() => if !more { break },
+            // Only the wait races the other events; the burst is applied whole once it started.
+            more = runner.next_change() => {
+                if !more {
+                    break;
+                }
+                runner.apply_burst().await;
+            }
             _ = log_tick.tick() => runner.flush_logs(),
             _ = terminate.recv() => { tracing::info!("SIGTERM"); break; }
             _ = interrupt.recv() => { tracing::info!("SIGINT"); break; }

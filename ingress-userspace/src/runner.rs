@@ -319,12 +319,27 @@ impl Runner {
         Ok(())
     }
 
-    /// Waits for the next change and applies it with whatever arrives in the same burst: until
-    /// `--debounce-ms` passes quietly, at most `--debounce-max-ms`. False when the source ended.
+    /// Waits for the next change and applies it with whatever arrives in the same burst (see
+    /// [`Runner::apply_burst`]). False when the source ended. Not cancel-safe: a caller that
+    /// races it against other events should use [`Runner::next_change`] and then
+    /// [`Runner::apply_burst`].
     pub async fn apply_next_change(&mut self) -> bool {
-        if self.changes.recv().await.is_none() {
+        if !self.next_change().await {
             return false;
         }
+        self.apply_burst().await;
+        true
+    }
+
+    /// Waits for a change (cancel-safe: nothing is consumed unless it returns). False when the
+    /// source ended.
+    pub async fn next_change(&mut self) -> bool {
+        self.changes.recv().await.is_some()
+    }
+
+    /// After [`Runner::next_change`]: collects the rest of the burst, until `--debounce-ms` passes
+    /// quietly but at most `--debounce-max-ms`, then applies everything.
+    pub async fn apply_burst(&mut self) {
         let quiet = Duration::from_millis(self.args.debounce_ms);
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.args.debounce_max_ms);
@@ -336,7 +351,6 @@ impl Runner {
             }
         }
         sync(&mut self.agent, &mut self.source);
-        true
     }
 
     /// Forwards the XDP program's rare log lines (aya-log).

@@ -1043,9 +1043,23 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
         .map(|b| b.addr)
         .collect();
     server.apply(&lab_slice(&kept))?;
+    // A connection whose handshake straddles the switch may break: by design (issue 2), flows of
+    // a backend that left are re-balanced at once, so its final ACK can land on another backend.
+    // Count answers only; failures in this phase are not the point.
+    let tolerant_spread = |n: usize| {
+        lab.client().run_inside(move || {
+            let mut counts = BTreeMap::new();
+            for _ in 0..n {
+                if let Ok(name) = lab::tcp_ask(lab::vip_tcp(), ANSWER) {
+                    *counts.entry(name).or_insert(0usize) += 1;
+                }
+            }
+            Ok(counts)
+        })
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let counts = spread(20)?;
+        let counts = tolerant_spread(20)?;
         if !counts.contains_key(&removed) {
             break;
         }
@@ -1065,15 +1079,10 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
 }
 
 /// The binary applies every change, also with a debounce longer than a few milliseconds: each
-/// of five Ingresses, added one after the other, is served within seconds.
-///
-/// Fails: `run` in ingress-userspace/src/main.rs selects `runner.apply_next_change()` against
-/// a 500 ms `log_tick`; when the tick fires during the debounce, the future is dropped after it
-/// took the change from the channel and before it synced, so the change is lost until another
-/// one arrives (with `--debounce-ms 400` most changes are lost; with the default 5 ms, about
-/// one in fifty to one in five, depending on the burst).
+/// of five Ingresses, added one after the other, is served within seconds. (A regression test:
+/// `run` in main.rs once raced the whole debounce against a 500 ms log tick, and a tick during
+/// the debounce dropped a change already taken from the channel.)
 #[test]
-#[ignore = "bug: main.rs's select! drops apply_next_change() mid-debounce on the log tick; the change is never applied"]
 fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
     let scene = Scene::new("xk-deb")?;
     let binary = agent::binary()?;
