@@ -113,6 +113,7 @@ struct Control {
     events: mpsc::Sender<(ObjectReference, String)>,
     limiter: EventLimiter,
     vips: Option<(AssignSettings, watch::Sender<Assignments>)>,
+    leader: watch::Receiver<bool>,
     stop: watch::Sender<bool>,
     election: tokio::task::JoinHandle<()>,
 }
@@ -162,6 +163,7 @@ impl Control {
             (settings, assigned)
         });
         let (events, events_rx) = mpsc::channel(1024);
+        let leader_rx = leader.clone();
         tokio::spawn(events::run_publisher(client, identity, events_rx, leader));
         Ok(Self {
             publish,
@@ -169,6 +171,7 @@ impl Control {
             events,
             limiter: EventLimiter::default(),
             vips,
+            leader: leader_rx,
             stop,
             election,
         })
@@ -187,6 +190,10 @@ impl Control {
                 tracing::warn!(%service, "no free address left in --assign-vips");
             }
             assigned.send_replace(wanted);
+        }
+        // Only the leader publishes; a follower must not mark problems as published.
+        if !*self.leader.borrow() {
+            return;
         }
         for event in self.limiter.due(problems, std::time::Instant::now()) {
             // A full queue means the API is slow; the problem is logged anyway.

@@ -37,7 +37,7 @@ use kube::{
     Api, Client, Resource, ResourceExt as _,
 };
 use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc::UnboundedSender, Notify};
+use tokio::sync::{mpsc::UnboundedSender, watch};
 
 use crate::model::{object_name, ClusterObjects, ObjectName, Origin, Sourced, TLS_SECRET_TYPE};
 
@@ -86,7 +86,9 @@ struct Shared {
     /// Set until the agent has told which Secrets are referenced; until then all are kept.
     keep_all_secrets: AtomicBool,
     referenced_secrets: Mutex<BTreeSet<ObjectName>>,
-    relist_secrets: Notify,
+    /// Bumped to make the Secret watchers relist; a watch channel, so a watcher busy with an
+    /// event when it is bumped still sees it at its next wait.
+    relist_secrets: watch::Sender<u64>,
     changes: UnboundedSender<()>,
 }
 
@@ -207,7 +209,7 @@ impl KubeSource {
             unsynced: AtomicUsize::new(0),
             keep_all_secrets: AtomicBool::new(true),
             referenced_secrets: Mutex::new(BTreeSet::new()),
-            relist_secrets: Notify::new(),
+            relist_secrets: watch::channel(0).0,
             changes,
         });
         let scopes: Vec<Option<String>> = if namespaces.is_empty() {
@@ -289,7 +291,7 @@ impl KubeSource {
         };
         // Before the first call every Secret was kept, so nothing can be missing for that reason.
         if missing && !was_keeping_all {
-            self.shared.relist_secrets.notify_waiters();
+            self.shared.relist_secrets.send_modify(|n| *n += 1);
         }
     }
 }
@@ -324,6 +326,7 @@ async fn watch_kind<K: Kind>(
     shared: Arc<Shared>,
 ) {
     let mut first_list_done = false;
+    let mut relist = shared.relist_secrets.subscribe();
     loop {
         let mut stream = watcher(api.clone(), config.clone())
             .default_backoff()
@@ -333,7 +336,7 @@ async fn watch_kind<K: Kind>(
             let event = tokio::select! {
                 event = stream.next() => event,
                 // Only Secret watchers are ever told to relist.
-                () = shared.relist_secrets.notified(), if K::KIND == "Secret" => break,
+                Ok(()) = relist.changed(), if K::KIND == "Secret" => break,
             };
             let Some(event) = event else {
                 return;
