@@ -1790,7 +1790,7 @@ impl Report {
         self.line(format!("### 4. Memory with {count} idle connections"));
         self.line("");
         self.line(format!(
-            "A freshly started proxy answers one request, then {count} plain-HTTP/1.1 keep-alive connections each carry one request and stay idle; VmRSS summed over the proxy's processes 2 s later. Afterwards every connection is asked again ('closed' = no answer). {}.",
+            "A freshly started proxy answers one request, then {count} plain-HTTP/1.1 keep-alive connections each carry one request and stay idle; VmRSS summed over the proxy's processes 2 s later; {}. Afterwards every connection is asked again ('closed' = no answer).",
             of(reps)
         ));
         self.line("");
@@ -1945,7 +1945,7 @@ impl Report {
              with `return 200`) on CPU 1. Same for all three: keep-alive to the upstream, access \
              logs off, the same ECDSA P-256 certificate, the same forwarding headers \
              (X-Forwarded-For/-Proto/-Host/-Port, X-Real-IP, X-Request-ID), client idle timeout \
-             {IDLE_TIMEOUT_S} s, 127.0.0.1, RLIMIT_NOFILE {} (connection limits just below it). CPU time = utime + stime of the proxy's processes \
+             {IDLE_TIMEOUT_S} s, 127.0.0.1, RLIMIT_NOFILE {} (connection limits just below it; HAProxy, which reserves two descriptors per connection, warns that this is too low for its maxconn of idle connections + 1,000, but idle client connections hold one each). CPU time = utime + stime of the proxy's processes \
              (/proc/PID/stat) over the run. The host is shared and noisy: compare within one run.",
             UPSTREAM_BODY.len(),
             settings.nofile
