@@ -14,6 +14,9 @@ use xdp_ingress::{
     translate::{l4, l7},
 };
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -29,10 +32,17 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Run(args) => {
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            if let Some(workers) = args.workers {
-                runtime.worker_threads(workers.max(1));
-            }
+            // One worker: a current-thread runtime, which spares every wake-up the cross-thread
+            // hand-off of the work-stealing scheduler (a proxy pinned to one core, an edge box).
+            let mut runtime = match args.workers {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                Some(workers) => {
+                    let mut builder = tokio::runtime::Builder::new_multi_thread();
+                    builder.worker_threads(workers.max(1));
+                    builder
+                }
+                None => tokio::runtime::Builder::new_multi_thread(),
+            };
             runtime
                 .enable_all()
                 .build()

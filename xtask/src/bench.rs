@@ -1,5 +1,5 @@
-//! `cargo xtask bench l4|l7`: installs what is needed, builds the agent in the release profile and
-//! runs the benchmark harness (`tests/benches/l4.rs` or `tests/benches/l7.rs`), which prints
+//! `cargo xtask bench l4|l7|sync`: installs what is needed, builds the agent in the release profile and
+//! runs the benchmark harness (`tests/benches/{l4,l7,sync}.rs`), which prints
 //! ratios against the peers it measures in the same run and rewrites its section of
 //! docs/benchmarks.md. Benchmarks are not tests: nothing here asserts a timing.
 
@@ -18,6 +18,9 @@ pub enum Suite {
     /// The L7 proxy against nginx and HAProxy: HTTP/1.1 and HTTP/2 cost per request, full TLS
     /// handshakes, memory with 10,000 idle connections, 10,000 Ingress hosts.
     L7,
+    /// The control plane in cluster mode against the fake API server: cold start with 10,000
+    /// Services and 5,000 Ingresses, one endpoint change to the BPF map, a rollout, memory.
+    Sync,
 }
 
 impl Suite {
@@ -25,6 +28,7 @@ impl Suite {
         match self {
             Suite::L4 => "l4",
             Suite::L7 => "l7",
+            Suite::Sync => "sync",
         }
     }
 }

@@ -252,8 +252,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: bool) {
             _ = draining.changed() => return,
         };
         match accepted {
+            Ok((stream, peer)) if tls => {
+                tokio::spawn(serve_tls(shared.clone(), stream, peer, port));
+            }
             Ok((stream, peer)) => {
-                tokio::spawn(serve_connection(shared.clone(), stream, peer, port, tls));
+                tokio::spawn(serve_plain(shared.clone(), stream, peer, port));
             }
             Err(error) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -271,44 +274,64 @@ struct ConnectionInfo {
     smuggling: Arc<HeadVerdicts>,
 }
 
-async fn serve_connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
+/// What every connection starts with: its per-request context and the smuggling verdicts its
+/// head guard will fill.
+fn connection_context(
     peer: SocketAddr,
     port: u16,
     tls: bool,
-) {
-    let _ = stream.set_nodelay(true);
+) -> (Arc<ConnectionInfo>, Arc<HeadVerdicts>) {
     let smuggling = Arc::new(HeadVerdicts::default());
-    let max_head = shared.settings.max_header_bytes;
-    let header_timeout = shared.settings.client_header_timeout;
     let info = Arc::new(ConnectionInfo {
         peer,
         headers: ConnectionHeaders::new(peer.ip(), tls, port),
         smuggling: smuggling.clone(),
     });
+    (info, smuggling)
+}
+
+// Plain and TLS connections are separate tasks: an idle plain connection's task then does not
+// carry room for a TLS session in its future.
+async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
+    let _ = stream.set_nodelay(true);
+    let (info, smuggling) = connection_context(peer, port, false);
+    let settings = &shared.settings;
+    let stream = HeadGuard::new(
+        stream,
+        settings.max_header_bytes,
+        settings.client_header_timeout,
+        smuggling,
+    );
     let service_shared = shared.clone();
     let service = service_fn(move |request| handle(service_shared.clone(), info.clone(), request));
-    if tls {
-        let handshake = shared.tls.accept(stream);
-        let stream =
-            match tokio::time::timeout(shared.settings.client_header_timeout, handshake).await {
-                Ok(Ok(stream)) => stream,
-                // Failed and timed-out handshakes are the client's problem; nothing to answer.
-                Ok(Err(_)) | Err(_) => return,
-            };
-        let stream = HeadGuard::new(stream, max_head, header_timeout, smuggling);
-        let connection = shared
-            .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
-        until_drained(&shared, connection).await;
-    } else {
-        let stream = HeadGuard::new(stream, max_head, header_timeout, smuggling);
-        let connection = shared
-            .http
-            .serve_connection_with_upgrades(TokioIo::new(stream), service);
-        until_drained(&shared, connection).await;
-    }
+    let connection = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    until_drained(&shared, connection).await;
+}
+
+async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
+    let _ = stream.set_nodelay(true);
+    let (info, smuggling) = connection_context(peer, port, true);
+    let settings = &shared.settings;
+    let handshake = shared.tls.accept(stream);
+    let stream = match tokio::time::timeout(settings.client_header_timeout, handshake).await {
+        Ok(Ok(stream)) => stream,
+        // Failed and timed-out handshakes are the client's problem; nothing to answer.
+        Ok(Err(_)) | Err(_) => return,
+    };
+    let stream = HeadGuard::new(
+        stream,
+        settings.max_header_bytes,
+        settings.client_header_timeout,
+        smuggling,
+    );
+    let service_shared = shared.clone();
+    let service = service_fn(move |request| handle(service_shared.clone(), info.clone(), request));
+    let connection = shared
+        .http
+        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+    until_drained(&shared, connection).await;
 }
 
 /// Serves a connection; when the proxy drains, asks it to finish gracefully (HTTP/1.1: after the
