@@ -3,15 +3,19 @@
 //! sink (XDP maps) and the L7 sink (the proxy) are each optional: `run` without `--interface` has
 //! no L4 sink, and with both listeners off no L7 sink.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
 
 use crate::{
     datapath::{
         loader::KernelMaps,
         sync::{DatapathMaps, DatapathSync, SyncReport},
     },
-    model::{ClusterObjects, Problem},
+    model::{ClusterObjects, ObjectName, Problem},
     proxy::{ApplyReport, Proxy},
+    source::kube::Dirty,
     translate::{
         l4::{self, L4Plan},
         l7::{self, L7Options, L7Plan},
@@ -66,16 +70,21 @@ impl<M: DatapathMaps> L4Sink<M> {
         self.plan = if report.errors.is_empty() {
             plan
         } else {
-            L4Plan {
-                frontends: self
-                    .sync
-                    .frontends()
-                    .iter()
-                    .map(|(frontend, programmed)| (*frontend, programmed.plan.clone()))
-                    .collect(),
-            }
+            self.programmed_plan()
         };
         report
+    }
+
+    /// The plan the maps hold, read back from the sync.
+    fn programmed_plan(&self) -> L4Plan {
+        L4Plan {
+            frontends: self
+                .sync
+                .frontends()
+                .iter()
+                .map(|(frontend, programmed)| (*frontend, programmed.plan.clone()))
+                .collect(),
+        }
     }
 }
 
@@ -136,6 +145,70 @@ impl<M: DatapathMaps> Agent<M> {
             let report = sink.proxy.apply(&plan);
             sink.plan = plan;
             report
+        });
+        let l7_rebuild = l7_started.elapsed();
+        ReloadOutcome {
+            problems,
+            l4,
+            l7,
+            l7_rebuild,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Like [`Agent::apply`], but re-translates only what `dirty` says changed when it can: an
+    /// EndpointSlice change re-translates its Service's frontends and writes only those, and
+    /// swaps in the proxy's backends for that Service without rebuilding the routing table.
+    /// Anything structural (a relist, a Service gaining or losing frontends, an Ingress, class or
+    /// Secret change) takes the full path for that sink.
+    pub fn apply_changes(&mut self, objects: &ClusterObjects, dirty: &Dirty) -> ReloadOutcome {
+        if dirty.everything {
+            return self.apply(objects, Vec::new());
+        }
+        let started = Instant::now();
+        let mut problems = Vec::new();
+        let touched: BTreeSet<ObjectName> = dirty
+            .services
+            .iter()
+            .chain(&dirty.endpoints_of)
+            .cloned()
+            .collect();
+        let l4 = match self.l4.as_mut() {
+            Some(sink) if !touched.is_empty() => {
+                let mut plan = std::mem::take(&mut sink.plan);
+                match l4::retranslate_services(objects, &mut plan, &touched) {
+                    Some((changed, l4_problems)) => {
+                        problems.extend(l4_problems);
+                        let report = sink.sync.apply_frontends(&plan, &changed, Instant::now());
+                        sink.plan = plan;
+                        if !report.errors.is_empty() {
+                            sink.plan = sink.programmed_plan();
+                        }
+                        Some(report)
+                    }
+                    None => {
+                        let (plan, l4_problems) = l4::translate(objects, &plan);
+                        problems.extend(l4_problems);
+                        Some(sink.apply(plan))
+                    }
+                }
+            }
+            _ => None,
+        };
+        let l7_started = Instant::now();
+        let l7 = self.l7.as_mut().and_then(|sink| {
+            if dirty.routing || !dirty.services.is_empty() {
+                let (plan, l7_problems) = l7::translate(objects, &sink.options);
+                problems.extend(l7_problems);
+                let report = sink.proxy.apply(&plan);
+                sink.plan = plan;
+                Some(report)
+            } else if !dirty.endpoints_of.is_empty() {
+                let changed = l7::refresh_endpoints(objects, &mut sink.plan, &dirty.endpoints_of);
+                (!changed.is_empty()).then(|| sink.proxy.apply_endpoints(&sink.plan, &changed))
+            } else {
+                None
+            }
         });
         let l7_rebuild = l7_started.elapsed();
         ReloadOutcome {

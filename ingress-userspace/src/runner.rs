@@ -426,8 +426,8 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
             if !kube.is_synced() {
                 return false;
             }
-            let outcome = kube.with_objects(|objects| {
-                let outcome = agent.apply(objects, Vec::new());
+            let outcome = kube.with_changes(|objects, dirty| {
+                let outcome = agent.apply_changes(objects, &dirty);
                 let ours = agent.l7().map_or(&[][..], |l7| &l7.plan().ingresses[..]);
                 control.after_sync(objects, ours, &outcome.problems);
                 outcome

@@ -1,7 +1,7 @@
 //! `cargo xtask bench sync`: the control plane in cluster mode, against the fake API server
 //! (`tests/fake-apiserver`: the real list/watch protocol on loopback; the agent runs its real kube
 //! client through a kubeconfig). Everything runs in a network namespace the bench makes, the agent
-//! attached in generic XDP mode to a dummy interface there, so its BPF maps are real.
+//! attached in generic XDP mode to a veth interface there, so its BPF maps are real.
 //!
 //! 1. Cold start: 10,000 LoadBalancer Services × 10 endpoints (one EndpointSlice each) and 5,000
 //!    Ingresses in the server; time from starting the agent binary to `/readyz` answering 200
@@ -156,6 +156,8 @@ fn ingress(i: usize) -> serde_json::Value {
 struct Agent {
     child: Child,
     syncs: Arc<AtomicUsize>,
+    /// The agent's latest sync log lines (L4, L7, synced), for the time breakdown.
+    last_sync_lines: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Agent {
@@ -192,16 +194,28 @@ impl Agent {
             .spawn()
             .context("starting the agent")?;
         let syncs = Arc::new(AtomicUsize::new(0));
+        let last_sync_lines = Arc::new(std::sync::Mutex::new(Vec::new()));
         let stdout = child.stdout.take().context("agent stdout")?;
-        let counter = syncs.clone();
+        let (counter, lines) = (syncs.clone(), last_sync_lines.clone());
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if line.contains(" L4: ") {
                     counter.fetch_add(1, Ordering::SeqCst);
                 }
+                if line.contains(" L4: ") || line.contains(" L7: ") || line.contains(" synced") {
+                    if let Ok(mut lines) = lines.lock() {
+                        lines.push(line);
+                        let excess = lines.len().saturating_sub(3);
+                        lines.drain(..excess);
+                    }
+                }
             }
         });
-        Ok(Self { child, syncs })
+        Ok(Self {
+            child,
+            syncs,
+            last_sync_lines,
+        })
     }
 
     fn rss_kib(&self) -> Result<u64> {
@@ -264,8 +278,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn run(settings: &Settings, lines: &mut Vec<String>) -> Result<()> {
     let ns = Netns::new("xi-bsync")?;
     ns.ip(&["link", "set", "lo", "up"])?;
-    ns.ip(&["link", "add", INTERFACE, "type", "dummy"])?;
+    // A veth pair with both ends in the namespace: this kernel may lack the dummy driver.
+    ns.ip(&[
+        "link", "add", INTERFACE, "type", "veth", "peer", "name", "xi-s1",
+    ])?;
     ns.ip(&["link", "set", INTERFACE, "up"])?;
+    ns.ip(&["link", "set", "xi-s1", "up"])?;
     let server = ns.run_inside(|| FakeApiServer::start("127.0.0.1:0".parse()?))?;
     let dir = tempdir()?;
     let kubeconfig = dir.join("kubeconfig");
@@ -334,6 +352,12 @@ fn run(settings: &Settings, lines: &mut Vec<String>) -> Result<()> {
             std::thread::sleep(Duration::from_micros(100));
         }
         latencies.push(changed_at.elapsed().as_secs_f64() * 1e3);
+    }
+    if let Ok(lines) = agent.last_sync_lines.lock() {
+        println!("the agent's last sync:");
+        for line in lines.iter() {
+            println!("  {line}");
+        }
     }
     latencies.sort_by(f64::total_cmp);
     let (p50, p99) = (percentile(&latencies, 50.0), percentile(&latencies, 99.0));
@@ -421,7 +445,7 @@ fn write_report(settings: &Settings, lines: &[String]) -> Result<()> {
         body,
         "Command: `{command}` (as root), {date}. The agent binary (release) in cluster mode against \
          the fake API server (`tests/fake-apiserver`, the real list/watch protocol on loopback) in a \
-         namespace of its own, XDP in generic mode on a dummy interface; the maps are read from the \
+         namespace of its own, XDP in generic mode on a veth interface; the maps are read from the \
          kernel. Single run; the machine is shared (2 cores), so treat the times as indicative.\n"
     );
     let _ = writeln!(body, "| measurement | result | target |");

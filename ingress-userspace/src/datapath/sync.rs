@@ -335,31 +335,62 @@ impl<M: DatapathMaps> DatapathSync<M> {
             }
         }
         for (frontend, wanted) in &plan.frontends {
-            let unchanged = self.frontends.get(frontend).map(|programmed| {
-                programmed.backends.len() == wanted.backends.len()
-                    && wanted
-                        .backends
-                        .iter()
-                        .all(|b| programmed.backends.contains_key(b))
-            });
-            match unchanged {
-                Some(true) => {
-                    report.unchanged += 1;
-                    if let Some(programmed) = self.frontends.get_mut(frontend) {
+            self.apply_one(frontend, wanted, now, &mut report);
+        }
+        report
+    }
+
+    /// Like [`DatapathSync::apply`], for the listed frontends of `plan` only (an incremental
+    /// translation names the frontends it changed; none is added or removed).
+    pub fn apply_frontends(
+        &mut self,
+        plan: &L4Plan,
+        frontends: &[Frontend],
+        now: Instant,
+    ) -> SyncReport {
+        self.recycle(now);
+        let mut report = SyncReport::default();
+        for frontend in frontends {
+            if let Some(wanted) = plan.frontends.get(frontend) {
+                self.apply_one(frontend, wanted, now, &mut report);
+            }
+        }
+        report.unchanged += self.frontends.len().saturating_sub(frontends.len());
+        report
+    }
+
+    fn apply_one(
+        &mut self,
+        frontend: &Frontend,
+        wanted: &ServicePortPlan,
+        now: Instant,
+        report: &mut SyncReport,
+    ) {
+        let unchanged = self.frontends.get(frontend).map(|programmed| {
+            programmed.backends.len() == wanted.backends.len()
+                && wanted
+                    .backends
+                    .iter()
+                    .all(|b| programmed.backends.contains_key(b))
+        });
+        match unchanged {
+            Some(true) => {
+                report.unchanged += 1;
+                if let Some(programmed) = self.frontends.get_mut(frontend) {
+                    if programmed.plan != *wanted {
                         programmed.plan = wanted.clone();
                     }
                 }
-                Some(false) => match self.program_frontend(frontend, wanted, now) {
-                    Ok(()) => report.changed += 1,
-                    Err(error) => report.errors.push(format!("updating {frontend}: {error}")),
-                },
-                None => match self.program_frontend(frontend, wanted, now) {
-                    Ok(()) => report.added += 1,
-                    Err(error) => report.errors.push(format!("adding {frontend}: {error}")),
-                },
             }
+            Some(false) => match self.program_frontend(frontend, wanted, now) {
+                Ok(()) => report.changed += 1,
+                Err(error) => report.errors.push(format!("updating {frontend}: {error}")),
+            },
+            None => match self.program_frontend(frontend, wanted, now) {
+                Ok(()) => report.added += 1,
+                Err(error) => report.errors.push(format!("adding {frontend}: {error}")),
+            },
         }
-        report
     }
 
     /// A new epoch for a service id (every change of owner gets one).

@@ -10,21 +10,21 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::translate::l7::{BackendId, L7Plan, RouteTable};
+use crate::translate::l7::{BackendId, BackendPlan, L7Plan, RouteTable};
 
 use super::upstream::{Backend, Endpoint};
 
 /// Host and path → backend, as the proxy uses it.
 #[derive(Debug)]
 pub struct Router {
-    routes: RouteTable<BackendId>,
+    routes: Arc<RouteTable<BackendId>>,
     backends: Vec<Arc<Backend>>,
 }
 
 impl Default for Router {
     fn default() -> Self {
         Self {
-            routes: RouteTable::new(std::iter::empty(), None),
+            routes: Arc::new(RouteTable::new(std::iter::empty(), None)),
             backends: Vec::new(),
         }
     }
@@ -65,27 +65,7 @@ impl EndpointRegistry {
         let backends = plan
             .backends
             .iter()
-            .map(|backend| {
-                let endpoints = match &backend.endpoints {
-                    Ok(addrs) => addrs.iter().map(|addr| self.get(*addr)).collect(),
-                    Err(_) => Vec::new(),
-                };
-                let unavailable = match backend.unavailable_message() {
-                    Some(message) => Some(Bytes::from(message)),
-                    None if backend.endpoints.as_ref().is_ok_and(Vec::is_empty) => {
-                        Some(Bytes::from(format!(
-                            "503 Service Unavailable: service {} port {} has no ready endpoints\n",
-                            backend.service, backend.port
-                        )))
-                    }
-                    None => None,
-                };
-                Arc::new(Backend::new(
-                    format!("{}:{}", backend.service, backend.port),
-                    endpoints,
-                    unavailable,
-                ))
-            })
+            .map(|backend| self.backend(backend))
             .collect();
         // Forget addresses no table holds any more (the old table's references go when it drops;
         // those are collected on a later reload).
@@ -94,5 +74,48 @@ impl EndpointRegistry {
             routes: plan.routes.clone(),
             backends,
         }
+    }
+
+    /// `current` with only the backends `changed` rebuilt from `plan` (their endpoints moved):
+    /// the route table and every other backend are shared, not rebuilt.
+    pub fn with_new_endpoints(
+        &mut self,
+        current: &Router,
+        plan: &L7Plan,
+        changed: &[BackendId],
+    ) -> Router {
+        let mut backends = current.backends.clone();
+        for &id in changed {
+            if let (Some(slot), Some(backend)) = (backends.get_mut(id), plan.backends.get(id)) {
+                *slot = self.backend(backend);
+            }
+        }
+        self.endpoints.retain(|_, weak| weak.strong_count() > 0);
+        Router {
+            routes: current.routes.clone(),
+            backends,
+        }
+    }
+
+    fn backend(&mut self, backend: &BackendPlan) -> Arc<Backend> {
+        let endpoints = match &backend.endpoints {
+            Ok(addrs) => addrs.iter().map(|addr| self.get(*addr)).collect(),
+            Err(_) => Vec::new(),
+        };
+        let unavailable = match backend.unavailable_message() {
+            Some(message) => Some(Bytes::from(message)),
+            None if backend.endpoints.as_ref().is_ok_and(Vec::is_empty) => {
+                Some(Bytes::from(format!(
+                    "503 Service Unavailable: service {} port {} has no ready endpoints\n",
+                    backend.service, backend.port
+                )))
+            }
+            None => None,
+        };
+        Arc::new(Backend::new(
+            format!("{}:{}", backend.service, backend.port),
+            endpoints,
+            unavailable,
+        ))
     }
 }

@@ -26,7 +26,7 @@ use hyper_util::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::translate::l7::L7Plan;
+use crate::translate::l7::{BackendId, L7Plan};
 
 use super::{
     access_log::{AccessLog, AccessRecord},
@@ -189,6 +189,21 @@ impl Proxy {
         ApplyReport {
             backends,
             certificate_problems,
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// Swaps in a router whose backends `changed` follow `plan` (their endpoints changed; the
+    /// routes did not). Cheaper than [`Proxy::apply`]: nothing else is rebuilt.
+    pub fn apply_endpoints(&mut self, plan: &L7Plan, changed: &[BackendId]) -> ApplyReport {
+        let started = Instant::now();
+        let current = self.shared.router.load_full();
+        let router = self.registry.with_new_endpoints(&current, plan, changed);
+        let backends = router.backend_count();
+        self.shared.router.store(Arc::new(router));
+        ApplyReport {
+            backends,
+            certificate_problems: Vec::new(),
             elapsed: started.elapsed(),
         }
     }

@@ -39,7 +39,10 @@ use kube::{
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 
-use crate::model::{object_name, ClusterObjects, ObjectName, Origin, Sourced, TLS_SECRET_TYPE};
+use crate::{
+    model::{object_name, ClusterObjects, ObjectName, Origin, Sourced, TLS_SECRET_TYPE},
+    translate::l4::SERVICE_NAME_LABEL,
+};
 
 /// Errors connecting to the cluster.
 #[derive(Debug, thiserror::Error)]
@@ -78,9 +81,30 @@ pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     Ok(Client::try_from(config)?)
 }
 
+/// What changed in the store since the agent last took it: lets the agent re-translate only
+/// what a change touches (an endpoint change is one Service's frontends, not 10,000).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Anything may have changed (a (re)list replaced a share of the store): translate all.
+    pub everything: bool,
+    /// Services that changed or went.
+    pub services: BTreeSet<ObjectName>,
+    /// Services whose EndpointSlices changed (by the slices' `kubernetes.io/service-name`).
+    pub endpoints_of: BTreeSet<ObjectName>,
+    /// An Ingress, IngressClass or Secret changed: the routing table must be rebuilt.
+    pub routing: bool,
+}
+
+/// The objects and what changed in them, under one lock.
+#[derive(Default)]
+struct Store {
+    objects: ClusterObjects,
+    dirty: Dirty,
+}
+
 /// What the watchers share with the agent.
 struct Shared {
-    objects: Mutex<ClusterObjects>,
+    objects: Mutex<Store>,
     /// Watchers that have not completed their first list.
     unsynced: AtomicUsize,
     /// Set until the agent has told which Secrets are referenced; until then all are kept.
@@ -93,7 +117,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn objects(&self) -> MutexGuard<'_, ClusterObjects> {
+    fn objects(&self) -> MutexGuard<'_, Store> {
         // A watcher that panicked mid-update leaves data that is still a valid map.
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -120,6 +144,10 @@ trait Kind:
     fn in_scope(key: &Self::Key, namespace: Option<&str>) -> bool;
     fn keep(&self, _shared: &Shared) -> bool {
         true
+    }
+    /// Records that `key` changed from `old` to `new` (either absent: created or deleted).
+    fn mark(dirty: &mut Dirty, _key: &Self::Key, _old: Option<&Self>, _new: Option<&Self>) {
+        dirty.routing = true;
     }
 }
 
@@ -150,9 +178,50 @@ macro_rules! namespaced_kind {
     };
 }
 
-namespaced_kind!(Service, services);
-namespaced_kind!(EndpointSlice, endpoint_slices);
 namespaced_kind!(Ingress, ingresses);
+
+impl Kind for Service {
+    type Key = ObjectName;
+    const KIND: &'static str = "Service";
+    fn key(&self) -> Option<ObjectName> {
+        namespaced_key(self)
+    }
+    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
+        &mut objects.services
+    }
+    fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+        namespaced_in_scope(key, namespace)
+    }
+    fn mark(dirty: &mut Dirty, key: &ObjectName, _old: Option<&Self>, _new: Option<&Self>) {
+        dirty.services.insert(key.clone());
+    }
+}
+
+impl Kind for EndpointSlice {
+    type Key = ObjectName;
+    const KIND: &'static str = "EndpointSlice";
+    fn key(&self) -> Option<ObjectName> {
+        namespaced_key(self)
+    }
+    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
+        &mut objects.endpoint_slices
+    }
+    fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+        namespaced_in_scope(key, namespace)
+    }
+    fn mark(dirty: &mut Dirty, key: &ObjectName, old: Option<&Self>, new: Option<&Self>) {
+        // A slice that moved from one Service to another touches both.
+        for slice in old.into_iter().chain(new) {
+            let labels = slice.metadata.labels.as_ref();
+            if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+                dirty.endpoints_of.insert(ObjectName {
+                    namespace: key.namespace.clone(),
+                    name: service.clone(),
+                });
+            }
+        }
+    }
+}
 
 impl Kind for Secret {
     type Key = ObjectName;
@@ -205,7 +274,7 @@ impl KubeSource {
     /// sends `()` on `changes` (the caller debounces).
     pub fn start(client: Client, namespaces: &[String], changes: UnboundedSender<()>) -> Self {
         let shared = Arc::new(Shared {
-            objects: Mutex::new(ClusterObjects::default()),
+            objects: Mutex::new(Store::default()),
             unsynced: AtomicUsize::new(0),
             keep_all_secrets: AtomicBool::new(true),
             referenced_secrets: Mutex::new(BTreeSet::new()),
@@ -260,7 +329,14 @@ impl KubeSource {
 
     /// Runs `f` on the current objects (the watchers wait meanwhile).
     pub fn with_objects<R>(&self, f: impl FnOnce(&ClusterObjects) -> R) -> R {
-        f(&self.shared.objects())
+        f(&self.shared.objects().objects)
+    }
+
+    /// Runs `f` on the current objects and what changed since the last call (which it resets).
+    pub fn with_changes<R>(&self, f: impl FnOnce(&ClusterObjects, Dirty) -> R) -> R {
+        let mut store = self.shared.objects();
+        let dirty = std::mem::take(&mut store.dirty);
+        f(&store.objects, dirty)
     }
 
     /// The Secrets the current Ingresses name: others are dropped from the store; a newly named
@@ -278,7 +354,8 @@ impl KubeSource {
         };
         let was_keeping_all = self.shared.keep_all_secrets.swap(false, Ordering::SeqCst);
         let missing = {
-            let mut objects = self.shared.objects();
+            let mut store = self.shared.objects();
+            let objects = &mut store.objects;
             let referenced = self
                 .shared
                 .referenced_secrets
@@ -357,8 +434,9 @@ async fn watch_kind<K: Kind>(
                 Ok(watcher::Event::InitDone) => {
                     let listed = listing.take().unwrap_or_default();
                     {
-                        let mut objects = shared.objects();
-                        let slot = K::slot(&mut objects);
+                        let mut store = shared.objects();
+                        store.dirty.everything = true;
+                        let slot = K::slot(&mut store.objects);
                         slot.retain(|key, _| !K::in_scope(key, namespace.as_deref()));
                         slot.extend(listed);
                     }
@@ -371,15 +449,24 @@ async fn watch_kind<K: Kind>(
                 Ok(watcher::Event::Apply(object)) => {
                     let key = object.key();
                     let kept = stored(object, &shared);
-                    let mut objects = shared.objects();
-                    let slot = K::slot(&mut objects);
+                    let mut store = shared.objects();
+                    let Store { objects, dirty } = &mut *store;
+                    let slot = K::slot(objects);
                     match (kept, key) {
                         (Some((key, object)), _) => {
+                            K::mark(
+                                dirty,
+                                &key,
+                                slot.get(&key).map(|o| &o.object),
+                                Some(&object.object),
+                            );
                             slot.insert(key, object);
                         }
                         // No longer one we keep (a Secret nobody names): forget it.
                         (None, Some(key)) => {
-                            slot.remove(&key);
+                            if let Some(old) = slot.remove(&key) {
+                                K::mark(dirty, &key, Some(&old.object), None);
+                            }
                         }
                         (None, None) => {}
                     }
@@ -387,7 +474,11 @@ async fn watch_kind<K: Kind>(
                 }
                 Ok(watcher::Event::Delete(object)) => {
                     if let Some(key) = object.key() {
-                        K::slot(&mut shared.objects()).remove(&key);
+                        let mut store = shared.objects();
+                        let Store { objects, dirty } = &mut *store;
+                        if let Some(old) = K::slot(objects).remove(&key) {
+                            K::mark(dirty, &key, Some(&old.object), None);
+                        }
                     }
                     true
                 }

@@ -194,6 +194,75 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
     (plan, problems)
 }
 
+/// Incremental: re-translates only the Services in `services` (changed, or whose EndpointSlices
+/// changed) into `plan`, which holds the plan now programmed. Returns the frontends whose plan
+/// changed and the problems of those Services, or `None` when the change is structural (a Service
+/// gone, or one whose set of frontends changes, which may hand a contested frontend to another
+/// Service): then the caller translates everything with [`translate`].
+pub fn retranslate_services(
+    objects: &ClusterObjects,
+    plan: &mut L4Plan,
+    services: &BTreeSet<ObjectName>,
+) -> Option<(Vec<Frontend>, Vec<Problem>)> {
+    let mut current: BTreeMap<&ObjectName, BTreeSet<Frontend>> = BTreeMap::new();
+    for (frontend, port) in &plan.frontends {
+        if services.contains(&port.service) {
+            current.entry(&port.service).or_default().insert(*frontend);
+        }
+    }
+    // The slices of the named Services only, in one pass.
+    let mut slices: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
+    for (name, slice) in &objects.endpoint_slices {
+        let labels = slice.object.metadata.labels.as_ref();
+        if let Some(service) = labels.and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+            let service = ObjectName {
+                namespace: name.namespace.clone(),
+                name: service.clone(),
+            };
+            if services.contains(&service) {
+                slices.entry(service).or_default().push(&slice.object);
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    let mut updates = Vec::new();
+    for name in services {
+        let had = current.get(name);
+        let Some(service) = objects.services.get(name) else {
+            // Gone: structural if it had frontends, nothing to do if it never had any.
+            if had.is_some() {
+                return None;
+            }
+            continue;
+        };
+        if !is_load_balancer(&service.object) {
+            if had.is_some() {
+                return None;
+            }
+            continue;
+        }
+        let service_slices = slices.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let result = translate_service(name, service, service_slices, &mut problems);
+        if result.broken {
+            // The previous state stays, as in a full translation.
+            continue;
+        }
+        let wanted: BTreeSet<Frontend> = result.frontends.iter().map(|(f, _)| *f).collect();
+        if had.map_or(!wanted.is_empty(), |had| *had != wanted) {
+            return None;
+        }
+        updates.extend(result.frontends);
+    }
+    let mut changed = Vec::new();
+    for (frontend, port) in updates {
+        if plan.frontends.get(&frontend) != Some(&port) {
+            plan.frontends.insert(frontend, port);
+            changed.push(frontend);
+        }
+    }
+    Some((changed, problems))
+}
+
 /// Older first; objects without a timestamp sort last.
 pub(crate) fn compare_created(a: Option<&Time>, b: Option<&Time>) -> std::cmp::Ordering {
     match (a, b) {

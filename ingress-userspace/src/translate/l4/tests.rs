@@ -1,7 +1,11 @@
 //! Objects in, plan out: the meaning kube-proxy gives Services and EndpointSlices, and the rules
 //! that keep a broken object's last good state.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use k8s_openapi::{api::core::v1::Service, api::discovery::v1::EndpointSlice};
 
@@ -299,4 +303,72 @@ fn removed_service_disappears_from_the_plan() {
     );
     let (plan, problems) = translate(&objects(vec![], vec![slice(WEB_SLICE_A)]), &previous);
     assert!(plan.frontends.is_empty() && problems.is_empty());
+}
+
+/// The incremental path gives the plan a full translation gives, for endpoint changes, and
+/// declines structural changes.
+#[test]
+fn retranslating_changed_services_matches_a_full_translation() {
+    let api = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: demo}
+spec: {type: LoadBalancer, ports: [{name: http, port: 80}]}
+status: {loadBalancer: {ingress: [{ip: 203.0.113.20}]}}
+"#;
+    let api_slice = r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: api-a, namespace: demo, labels: {kubernetes.io/service-name: api}}
+addressType: IPv4
+ports: [{name: http, port: 9000}]
+endpoints: [{addresses: [198.51.100.31]}]
+"#;
+    let before = objects(
+        vec![service(WEB), service(api)],
+        vec![slice(WEB_SLICE_A), slice(WEB_SLICE_B), slice(api_slice)],
+    );
+    let (mut plan, _) = translate(&before, &L4Plan::default());
+    let web = ObjectName {
+        namespace: "demo".into(),
+        name: "web".into(),
+    };
+
+    // web-b loses its endpoint and gains another: only web's frontends change.
+    let mut after = before.clone();
+    after.endpoint_slices.insert(
+        ObjectName {
+            namespace: "demo".into(),
+            name: "web-b".into(),
+        },
+        slice(&WEB_SLICE_B.replace("198.51.100.13", "198.51.100.14")),
+    );
+    let (changed, problems) =
+        retranslate_services(&after, &mut plan, &BTreeSet::from([web.clone()]))
+            .expect("incremental");
+    assert!(problems.is_empty());
+    assert_eq!(changed.len(), 2, "web's TCP and UDP frontends");
+    let (full, _) = translate(&after, &L4Plan::default());
+    assert_eq!(plan, full);
+
+    // Nothing changed: nothing to write.
+    let (changed, _) = retranslate_services(&after, &mut plan, &BTreeSet::from([web.clone()]))
+        .expect("incremental");
+    assert!(changed.is_empty());
+
+    // Structural: web loses its UDP port, or goes away.
+    let mut fewer_ports = after.clone();
+    fewer_ports.services.insert(
+        web.clone(),
+        service(&WEB.replace("  - {name: dns, protocol: UDP, port: 53}\n", "")),
+    );
+    assert!(retranslate_services(
+        &fewer_ports,
+        &mut plan.clone(),
+        &BTreeSet::from([web.clone()])
+    )
+    .is_none());
+    let mut gone = after.clone();
+    gone.services.remove(&web);
+    assert!(retranslate_services(&gone, &mut plan.clone(), &BTreeSet::from([web])).is_none());
 }

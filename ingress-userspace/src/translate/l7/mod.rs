@@ -37,6 +37,7 @@ pub use routes::{PathRule, PathType, RouteTable};
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -82,12 +83,12 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
     let mut backends = Backends::new(objects);
     let rules = path_rules(&ours, &mut backends, &mut problems);
     let default_backend = default_backend(&ours, &mut backends, &mut problems);
-    let routes = RouteTable::new(
+    let routes = Arc::new(RouteTable::new(
         rules
             .iter()
             .map(|(host, rule)| (host.as_deref(), rule.clone())),
         default_backend,
-    );
+    ));
     let tls = ours
         .iter()
         .flat_map(|ingress| tls_plans(ingress, objects, &mut problems))
@@ -588,6 +589,61 @@ impl<'a> Backends<'a> {
             .map(|e| SocketAddr::from((e.addr, e.port)))
             .collect())
     }
+}
+
+/// Incremental: re-resolves the endpoints of the plan's backends whose Service is in `services`
+/// (their EndpointSlices changed). Returns the ids whose endpoints changed; the routes and
+/// everything else stay as they are.
+pub fn refresh_endpoints(
+    objects: &ClusterObjects,
+    plan: &mut L7Plan,
+    services: &BTreeSet<ObjectName>,
+) -> Vec<BackendId> {
+    let affected: Vec<BackendId> = plan
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, backend)| services.contains(&backend.service))
+        .map(|(id, _)| id)
+        .collect();
+    if affected.is_empty() {
+        return Vec::new();
+    }
+    // Only the slices of the affected Services (one pass, no full grouping).
+    let mut slices: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
+    for (name, slice) in &objects.endpoint_slices {
+        let service = slice
+            .object
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|labels| labels.get(super::l4::SERVICE_NAME_LABEL));
+        if let Some(service) = service {
+            let service = ObjectName {
+                namespace: name.namespace.clone(),
+                name: service.clone(),
+            };
+            if services.contains(&service) {
+                slices.entry(service).or_default().push(&slice.object);
+            }
+        }
+    }
+    let resolver = Backends {
+        objects,
+        slices,
+        ids: BTreeMap::new(),
+        plans: Vec::new(),
+    };
+    let mut changed = Vec::new();
+    for id in affected {
+        let backend = &mut plan.backends[id];
+        let endpoints = resolver.resolve(&backend.service, &backend.port);
+        if endpoints != backend.endpoints {
+            backend.endpoints = endpoints;
+            changed.push(id);
+        }
+    }
+    changed
 }
 
 /// The problem to report for an unresolvable backend (sub-field of the backend, message); `None`

@@ -4,7 +4,7 @@
 //! The plan is plain data. The proxy keeps its live state (connection pools, health, balancing
 //! counters) per endpoint address, outside the plan, so a new plan never drops a connection.
 
-use std::{fmt, net::SocketAddr};
+use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::model::ObjectName;
 
@@ -16,8 +16,9 @@ pub type BackendId = usize;
 /// The routing table and everything it refers to.
 #[derive(Clone, Debug)]
 pub struct L7Plan {
-    /// Host and path → backend. Requests that match nothing get 404.
-    pub routes: RouteTable<BackendId>,
+    /// Host and path → backend. Requests that match nothing get 404. Shared: an endpoint-only
+    /// change reuses the table as it is.
+    pub routes: Arc<RouteTable<BackendId>>,
     /// Every backend a route points at.
     pub backends: Vec<BackendPlan>,
     /// Certificates by host, in precedence order (the first entry naming a host wins).
@@ -32,7 +33,7 @@ pub struct L7Plan {
 impl Default for L7Plan {
     fn default() -> Self {
         Self {
-            routes: RouteTable::new(std::iter::empty(), None),
+            routes: Arc::new(RouteTable::new(std::iter::empty(), None)),
             backends: Vec::new(),
             tls: Vec::new(),
             default_tls: None,
