@@ -267,6 +267,11 @@ fn entry(map: &BpfHashMap<MapData, ServiceKey, ServiceEntry>, i: usize) -> Optio
     map.get(&key(i), 0).ok()
 }
 
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(values, 50.0)
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -307,30 +312,40 @@ fn run(settings: &Settings, lines: &mut Vec<String>) -> Result<()> {
         loading.elapsed().as_secs_f64()
     );
 
-    // 1 and 2: cold start and memory.
-    let started = Instant::now();
-    let agent = Agent::start(settings, &ns, &kubeconfig)?;
-    while !ready(&ns) {
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("the agent was not ready within 120 s");
+    // 1 and 2: cold start and memory, three starts (the last agent stays for 3 and 4).
+    let mut starts = Vec::new();
+    let mut rss = Vec::new();
+    let mut agent = None;
+    for _ in 0..3 {
+        // The previous agent must be gone (and its XDP detached) before the next starts.
+        drop(agent.take());
+        let started = Instant::now();
+        let started_agent = Agent::start(settings, &ns, &kubeconfig)?;
+        while !ready(&ns) {
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the agent was not ready within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(Duration::from_millis(20));
+        starts.push(started.elapsed().as_secs_f64());
+        std::thread::sleep(Duration::from_millis(500));
+        rss.push(started_agent.rss_kib()? as f64 / 1024.0);
+        agent = Some(started_agent);
     }
-    let cold_start = started.elapsed();
-    std::thread::sleep(Duration::from_millis(500));
-    let rss_mib = agent.rss_kib()? as f64 / 1024.0;
+    let agent = agent.context("no agent")?;
+    let (cold_start, rss_mib) = (median(&mut starts), median(&mut rss));
     let map = services_map()?;
     let programmed = (0..services).filter(|&i| entry(&map, i).is_some()).count();
     if programmed != services {
         bail!("ready, but only {programmed} of {services} frontends are in the SERVICES map");
     }
     lines.push(format!(
-        "| cold start to ready: {services} Services × {ENDPOINTS} endpoints, {ingresses} Ingresses | {:.2} s | < 3 s: {} |",
-        cold_start.as_secs_f64(),
-        pass(cold_start < Duration::from_secs(3))
+        "| cold start to ready: {services} Services × {ENDPOINTS} endpoints, {ingresses} Ingresses (median of 3 starts: {}) | {cold_start:.2} s | < 3 s: {} |",
+        starts.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
+        pass(cold_start < 3.0)
     ));
     lines.push(format!(
-        "| agent RSS at that size | {rss_mib:.0} MiB | < 300 MiB: {} |",
+        "| agent RSS at that size (median of 3) | {rss_mib:.0} MiB | < 300 MiB: {} |",
         pass(rss_mib < 300.0)
     ));
 
@@ -446,7 +461,7 @@ fn write_report(settings: &Settings, lines: &[String]) -> Result<()> {
         "Command: `{command}` (as root), {date}. The agent binary (release) in cluster mode against \
          the fake API server (`tests/fake-apiserver`, the real list/watch protocol on loopback) in a \
          namespace of its own, XDP in generic mode on a veth interface; the maps are read from the \
-         kernel. Single run; the machine is shared (2 cores), so treat the times as indicative.\n"
+         kernel. Cold start and RSS: median of 3 starts; the change latency: percentiles over all changes. The machine is shared (2 cores): treat absolute times as indicative.\n"
     );
     let _ = writeln!(body, "| measurement | result | target |");
     let _ = writeln!(body, "| --- | --- | --- |");
