@@ -25,7 +25,7 @@ use crate::{
         loader::{Datapath, KernelMaps, MapSizes},
         sync::{DatapathError, DatapathSync},
     },
-    model::{ClusterObjects, ObjectName, Problem},
+    model::{ClusterObjects, ObjectName, Origin, Problem},
     proxy::{
         server::{BoundListeners, ProxyError},
         Proxy, ProxySettings,
@@ -429,7 +429,18 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
             let outcome = kube.with_changes(|objects, dirty| {
                 let outcome = agent.apply_changes(objects, &dirty);
                 let ours = agent.l7().map_or(&[][..], |l7| &l7.plan().ingresses[..]);
-                control.after_sync(objects, ours, &outcome.problems);
+                // A Secret whose PEM does not parse is found by the proxy, not the translator;
+                // it deserves an Event on the Secret as much as a translation problem does.
+                let mut problems = outcome.problems.clone();
+                for broken in outcome.l7.iter().flat_map(|r| &r.certificate_problems) {
+                    problems.push(Problem {
+                        origin: Origin::Api.to_string(),
+                        object: format!("Secret {}", broken.secret),
+                        field: "data".to_string(),
+                        message: broken.message.clone(),
+                    });
+                }
+                control.after_sync(objects, ours, &problems);
                 outcome
             });
             if let Some(l7) = agent.l7() {
