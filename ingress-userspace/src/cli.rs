@@ -16,6 +16,18 @@ pub struct Cli {
     /// Log level filter (tracing syntax), overridden by RUST_LOG.
     #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
+    /// Log line format: `text` for people, `json` (one object per line) for log collectors.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// `2024-01-01T00:00:00Z  INFO message key=value`.
+    Text,
+    /// `{"timestamp":…,"level":"INFO","fields":{"message":…,"key":…}}`.
+    Json,
 }
 
 /// Subcommands.

@@ -8,7 +8,7 @@ use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
     agent::{describe_l7_plan, describe_plan},
-    cli::{Cli, Command, RunArgs, ValidateArgs},
+    cli::{Cli, Command, LogFormat, RunArgs, ValidateArgs},
     runner::{l7_options, Runner},
     source::files::ManifestDir,
     translate::{l4, l7},
@@ -19,13 +19,18 @@ fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
         .context("--log-level")?;
-    // Colours only for a person at a terminal; logs read by tools stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::fmt()
+    let subscriber = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .init();
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Text => {
+            // Colours only for a person at a terminal; logs read by tools stay plain text.
+            let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            subscriber.with_ansi(ansi).init();
+        }
+        // One JSON object per line, the event's fields under "fields"; no colour codes.
+        LogFormat::Json => subscriber.json().with_ansi(false).init(),
+    }
     match cli.command {
         Command::Validate(args) => validate(args),
         Command::Run(args) => {

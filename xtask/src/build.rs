@@ -1,6 +1,7 @@
 //! `cargo xtask build`: the agent binary in the debug profile, the same artifacts `cargo test`
 //! uses, so `test` does not compile the agent twice. Its path comes from cargo's own report,
-//! which follows CARGO_TARGET_DIR and friends.
+//! which follows CARGO_TARGET_DIR and friends. `cargo xtask image` builds a static release binary
+//! for musl here too.
 
 use std::{
     path::PathBuf,
@@ -9,7 +10,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::cmd;
+use crate::{cmd, setup::MUSL_TARGET};
 
 /// Builds `xdp-ingress` and returns the executable's path.
 pub fn agent() -> Result<PathBuf> {
@@ -23,13 +24,41 @@ pub fn agent_release() -> Result<PathBuf> {
 
 fn agent_with(extra: &[&str]) -> Result<PathBuf> {
     let mut build = Command::new("cargo");
+    // The whole workspace's bins, not `-p ingress-userspace`: features then resolve as for
+    // `cargo test --workspace`, which reuses this build instead of compiling the agent (and
+    // the eBPF object, 40 s cold) a second time with another feature set.
+    build.args(["build", "--workspace", "--bins"]).args(extra);
+    executable(build)
+}
+
+/// Builds `xdp-ingress` as a static executable ([`MUSL_TARGET`], release profile) for the
+/// container image. aya-build still builds the eBPF object for bpfel-unknown-none (it derives
+/// that from the target's endianness, not from the target itself) and the binary embeds it.
+pub fn agent_static() -> Result<PathBuf> {
+    let mut build = Command::new("cargo");
+    // ring compiles C: the musl target needs a C compiler for musl (musl-tools' musl-gcc).
+    let cc = format!("CC_{}", MUSL_TARGET.replace('-', "_"));
+    if std::env::var_os(&cc).is_none() {
+        build.env(&cc, "musl-gcc");
+    }
+    build.args([
+        "build",
+        "--package",
+        "ingress-userspace",
+        "--bin",
+        "xdp-ingress",
+        "--release",
+        "--target",
+        MUSL_TARGET,
+    ]);
+    executable(build)
+}
+
+/// Runs `cargo build ...` (echoed, diagnostics on stderr) and returns the path cargo reports for
+/// the `xdp-ingress` executable.
+fn executable(mut build: Command) -> Result<PathBuf> {
     build
         .current_dir(cmd::workspace_root())
-        // The whole workspace's bins, not `-p ingress-userspace`: features then resolve as for
-        // `cargo test --workspace`, which reuses this build instead of compiling the agent (and
-        // the eBPF object, 40 s cold) a second time with another feature set.
-        .args(["build", "--workspace", "--bins"])
-        .args(extra)
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
     eprintln!("$ {}", cmd::display(&build));

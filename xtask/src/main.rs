@@ -1,7 +1,8 @@
 //! `cargo xtask`: the project's commands, in Rust rather than shell scattered around.
 //!
-//! * `setup`: Debian packages, rust-src, bpf-linker (against the nightly's own LLVM), bpffs;
+//! * `setup`: Debian packages, rust-src, the musl target, bpf-linker (against the nightly's own LLVM), bpffs;
 //! * `build`: the agent binary;
+//! * `image`: the agent's OCI image (static musl binary, `FROM scratch`, buildah) as an archive;
 //! * `lab up|down`: the namespaces of a node, a client and backends, left running;
 //! * `demo`: the agent forwarding a Service in the lab, with who answered what;
 //! * `test`: formatting, the workspace's tests (end to end included) and clippy;
@@ -12,6 +13,7 @@ mod bench;
 mod build;
 mod cmd;
 mod demo;
+mod image;
 mod lab;
 mod setup;
 mod test;
@@ -34,6 +36,9 @@ enum Command {
     Setup(setup::SetupArgs),
     /// Build the agent binary `xdp-ingress` (debug profile) and print its path.
     Build,
+    /// Build the agent's container image (static binary, FROM scratch, buildah) and write it as
+    /// an OCI archive to target/image/.
+    Image,
     /// Bring the lab of network namespaces up or down.
     Lab(lab::LabArgs),
     /// Run the agent in the lab and show it balancing TCP and UDP over three backends.
@@ -67,6 +72,7 @@ fn run(command: Command) -> Result<()> {
             println!("{}", binary.display());
             Ok(())
         }
+        Command::Image => image::run(),
         Command::Lab(args) => lab::run(&args),
         Command::Demo => demo::run(),
         Command::Test(args) => test::run(&args),

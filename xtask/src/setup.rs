@@ -31,7 +31,12 @@ const PACKAGES: &[&str] = &[
     "socat",
     "curl",
     "util-linux", // taskset (the L7 benchmark pins proxies and load generators to cores)
+    "musl-tools", // musl-gcc: ring's C for the static binary of `cargo xtask image`
+    "buildah",    // `cargo xtask image`
 ];
+
+/// The Rust target of the static binary in the container image (`cargo xtask image`).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The bpf-linker release known to build against the nightly's LLVM (docs: shared toolchain notes).
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -51,6 +56,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
     }
     packages(args.dry_run)?;
     rust_src(args.dry_run)?;
+    musl_target(args.dry_run)?;
     bpf_linker(args.dry_run)?;
     bpffs(args.dry_run)?;
     eprintln!("setup: done");
@@ -120,6 +126,23 @@ fn rust_src(dry_run: bool) -> Result<()> {
     }
     let mut add = Command::new("rustup");
     add.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    if dry_run {
+        eprintln!("setup: would run `{}`", cmd::display(&add));
+        return Ok(());
+    }
+    cmd::run(&mut add)
+}
+
+/// The musl target's standard library for the stable toolchain (the one cargo uses here).
+fn musl_target(dry_run: bool) -> Result<()> {
+    let installed = cmd::output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .context("listing the installed Rust targets (is rustup installed?)")?;
+    if installed.lines().any(|line| line.trim() == MUSL_TARGET) {
+        eprintln!("setup: Rust target {MUSL_TARGET} present");
+        return Ok(());
+    }
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", MUSL_TARGET]);
     if dry_run {
         eprintln!("setup: would run `{}`", cmd::display(&add));
         return Ok(());
