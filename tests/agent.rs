@@ -115,14 +115,32 @@ impl AgentProcess {
     /// [`AgentProcess::wait_l7_listening`]. An admin listener (`--admin-listen`, where the binary
     /// has one) is turned off.
     pub fn start_l7(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_l7_inner(binary, manifests, extra, false)
+    }
+
+    /// Like [`AgentProcess::start_l7`], with the admin listener on a loopback port the agent
+    /// picks (`--admin-listen 127.0.0.1:0`); [`AgentProcess::admin_addr`] tells which.
+    pub fn start_l7_with_admin(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_l7_inner(binary, manifests, extra, true)
+    }
+
+    fn start_l7_inner(
+        binary: &Path,
+        manifests: &Path,
+        extra: &[&str],
+        admin: bool,
+    ) -> Result<Self> {
         let mut flags = vec![
             "--http-listen",
             "127.0.0.1:0",
             "--https-listen",
             "127.0.0.1:0",
         ];
-        // An admin listener on a fixed port by default would keep a second agent from starting.
-        if knows_flag(binary, "--admin-listen")? {
+        if admin {
+            flags.extend(["--admin-listen", "127.0.0.1:0"]);
+        } else if knows_flag(binary, "--admin-listen")? {
+            // An admin listener on a fixed port by default would keep a second agent from
+            // starting.
             flags.extend(["--admin-listen", "off"]);
         }
         flags.extend_from_slice(extra);
@@ -190,6 +208,24 @@ impl AgentProcess {
             http: find("HTTP listening")?,
             https: find("HTTPS listening")?,
         })
+    }
+
+    /// The admin listener's address from the log line `admin listening addr=...` (`None`: not
+    /// logged, the listener is off). Logged before "running", so call it after
+    /// [`AgentProcess::wait_l7_listening`].
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>> {
+        let lines = self.output();
+        let Some(line) = lines.iter().find(|line| line.contains("admin listening")) else {
+            return Ok(None);
+        };
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("addr="))
+            .with_context(|| format!("no addr= in {line:?}"))?;
+        Ok(Some(
+            addr.parse()
+                .with_context(|| format!("bad address in {line:?}"))?,
+        ))
     }
 
     /// The agent's process id (for /proc/PID/status).

@@ -29,6 +29,8 @@ pub struct ReloadOutcome {
     pub problems: Vec<Problem>,
     /// What the datapath sync did, when there is a datapath.
     pub l4: Option<SyncReport>,
+    /// Time the datapath sync took (writing the maps, without the translation).
+    pub l4_sync: Duration,
     /// What the proxy did, when there is a proxy.
     pub l7: Option<ApplyReport>,
     /// Time to translate the objects into the L7 plan and swap it into the proxy (the routing
@@ -133,10 +135,14 @@ impl<M: DatapathMaps> Agent<M> {
     /// translators'.
     pub fn apply(&mut self, objects: &ClusterObjects, mut problems: Vec<Problem>) -> ReloadOutcome {
         let started = Instant::now();
+        let mut l4_sync = Duration::ZERO;
         let l4 = self.l4.as_mut().map(|sink| {
             let (plan, l4_problems) = l4::translate(objects, &sink.plan);
             problems.extend(l4_problems);
-            sink.apply(plan)
+            let sync_started = Instant::now();
+            let report = sink.apply(plan);
+            l4_sync = sync_started.elapsed();
+            report
         });
         let l7_started = Instant::now();
         let l7 = self.l7.as_mut().map(|sink| {
@@ -150,6 +156,7 @@ impl<M: DatapathMaps> Agent<M> {
         ReloadOutcome {
             problems,
             l4,
+            l4_sync,
             l7,
             l7_rebuild,
             elapsed: started.elapsed(),
@@ -167,6 +174,7 @@ impl<M: DatapathMaps> Agent<M> {
         }
         let started = Instant::now();
         let mut problems = Vec::new();
+        let mut l4_sync = Duration::ZERO;
         let touched: BTreeSet<ObjectName> = dirty
             .services
             .iter()
@@ -179,7 +187,9 @@ impl<M: DatapathMaps> Agent<M> {
                 match l4::retranslate_services(objects, &mut plan, &touched) {
                     Some((changed, l4_problems)) => {
                         problems.extend(l4_problems);
+                        let sync_started = Instant::now();
                         let report = sink.sync.apply_frontends(&plan, &changed, Instant::now());
+                        l4_sync = sync_started.elapsed();
                         sink.plan = plan;
                         if !report.errors.is_empty() {
                             sink.plan = sink.programmed_plan();
@@ -189,7 +199,10 @@ impl<M: DatapathMaps> Agent<M> {
                     None => {
                         let (plan, l4_problems) = l4::translate(objects, &plan);
                         problems.extend(l4_problems);
-                        Some(sink.apply(plan))
+                        let sync_started = Instant::now();
+                        let report = sink.apply(plan);
+                        l4_sync = sync_started.elapsed();
+                        Some(report)
                     }
                 }
             }
@@ -214,6 +227,7 @@ impl<M: DatapathMaps> Agent<M> {
         ReloadOutcome {
             problems,
             l4,
+            l4_sync,
             l7,
             l7_rebuild,
             elapsed: started.elapsed(),

@@ -3,16 +3,20 @@
 //! before attaching XDP and listening; then apply each debounced burst of changes; on stop,
 //! release the Lease and detach. `main.rs` drives a [`Runner`]; tests drive one in-process.
 
-use std::{collections::BTreeSet, net::SocketAddr, time::Duration};
+use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::{
-    mpsc::{self, UnboundedReceiver},
+    mpsc::{self, Receiver, UnboundedReceiver},
     watch,
 };
 
 use crate::{
-    admin::{self, Readiness},
+    admin::{
+        self,
+        metrics::{self, AgentMetrics, L4Request, Metrics, Programmed},
+        Readiness,
+    },
     agent::{Agent, L4Sink, L7Sink, ReloadOutcome},
     cli::RunArgs,
     control::{
@@ -218,6 +222,9 @@ pub struct Runner {
     readiness: Readiness,
     admin: Option<SocketAddr>,
     listeners: BoundListeners,
+    metrics: Arc<Metrics>,
+    /// Scrapes asking for the datapath's counters (with a datapath only).
+    scrapes: Option<Receiver<L4Request>>,
 }
 
 impl Runner {
@@ -239,16 +246,6 @@ impl Runner {
             }
         };
         let readiness = Readiness::default();
-        let admin = match args.admin_listen.0 {
-            Some(addr) => {
-                let bound = admin::serve(addr, readiness.clone())
-                    .await
-                    .map_err(|source| RunError::Admin { addr, source })?;
-                tracing::info!(addr = %bound, "admin listening");
-                Some(bound)
-            }
-            None => None,
-        };
         let mut datapath = None;
         let l4 = if args.interfaces.is_empty() {
             None
@@ -276,11 +273,35 @@ impl Runner {
             max_body_bytes: args.max_body_bytes,
             access_log: args.access_log,
         };
+        let mut proxy_collector = None;
         let l7 = if settings.http_listen.is_none() && settings.https_listen.is_none() {
             None
         } else {
             let options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
-            Some(L7Sink::new(Proxy::new(settings)?, options))
+            let proxy = Proxy::new(settings)?;
+            proxy_collector = Some(Box::new(proxy.collector()) as _);
+            Some(L7Sink::new(proxy, options))
+        };
+        // A small queue: scrapes beyond it wait, they are not lost.
+        let (scrape_tx, scrapes) = match &l4 {
+            Some(_) => {
+                let (tx, rx) = mpsc::channel(8);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let metrics = Arc::new(Metrics::new(proxy_collector, scrape_tx));
+        // The admin listener comes after the sinks, which `/metrics` reads; it still answers
+        // (not ready) long before the first sync.
+        let admin = match args.admin_listen.0 {
+            Some(addr) => {
+                let bound = admin::serve(addr, readiness.clone(), metrics.clone())
+                    .await
+                    .map_err(|source| RunError::Admin { addr, source })?;
+                tracing::info!(addr = %bound, "admin listening");
+                Some(bound)
+            }
+            None => None,
         };
         Ok(Self {
             args,
@@ -291,6 +312,8 @@ impl Runner {
             readiness,
             admin,
             listeners: BoundListeners::default(),
+            metrics,
+            scrapes,
         })
     }
 
@@ -298,8 +321,8 @@ impl Runner {
     /// kind) and applies it, then attaches XDP, listens, and reports ready. The maps and the
     /// routing table are full before the first packet or request arrives.
     pub async fn start(&mut self) -> Result<(), RunError> {
-        while !sync(&mut self.agent, &mut self.source) {
-            if self.changes.recv().await.is_none() {
+        while !sync(&mut self.agent, &mut self.source, self.metrics.agent()) {
+            if !self.next_change().await {
                 break;
             }
         }
@@ -339,9 +362,32 @@ impl Runner {
     }
 
     /// Waits for a change (cancel-safe: nothing is consumed unless it returns). False when the
-    /// source ended.
+    /// source ended. Meanwhile answers `/metrics` scrapes' requests for the datapath's counters:
+    /// the maps are this task's, and between changes nothing writes them.
     pub async fn next_change(&mut self) -> bool {
-        self.changes.recv().await.is_some()
+        let Self {
+            changes,
+            scrapes,
+            agent,
+            ..
+        } = self;
+        loop {
+            let scrape = async {
+                match scrapes.as_mut() {
+                    Some(scrapes) => scrapes.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                change = changes.recv() => return change.is_some(),
+                Some(reply) = scrape => {
+                    if let Some(l4) = agent.l4() {
+                        // The scrape may have given up waiting; nothing to do then.
+                        let _ = reply.send(metrics::l4_snapshot(l4));
+                    }
+                }
+            }
+        }
     }
 
     /// After [`Runner::next_change`]: collects the rest of the burst, until `--debounce-ms` passes
@@ -357,7 +403,7 @@ impl Runner {
                 _ => break,
             }
         }
-        sync(&mut self.agent, &mut self.source);
+        sync(&mut self.agent, &mut self.source, self.metrics.agent());
     }
 
     /// Forwards the XDP program's rare log lines (aya-log).
@@ -380,6 +426,11 @@ impl Runner {
     /// The admin listener's bound address.
     pub fn admin(&self) -> Option<SocketAddr> {
         self.admin
+    }
+
+    /// What `/metrics` serves.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Whether `/readyz` answers ready.
@@ -413,12 +464,13 @@ impl Runner {
 
 /// Applies the source's objects to the agent; false when there is nothing complete to apply yet
 /// (a cluster source before its first full list, an unreadable directory).
-fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
+fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetrics) -> bool {
     let outcome = match source {
         Source::Files(files, _) => match files.load() {
             Ok(snapshot) => agent.apply(&snapshot.objects, snapshot.problems),
             Err(error) => {
                 tracing::error!("{error}; keeping the programmed state");
+                metrics.record_failed_reload();
                 return false;
             }
         },
@@ -450,7 +502,18 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source) -> bool {
         }
     };
     report(agent, &outcome);
+    metrics.record_reload(&outcome, programmed(agent));
     true
+}
+
+/// What the sinks hold now, for the gauges.
+fn programmed(agent: &Agent<KernelMaps>) -> Programmed {
+    Programmed {
+        service_ports: agent.l4().map(|l4| l4.plan().frontends.len()),
+        backends: agent.l4().map(|l4| l4.plan().backend_count()),
+        ingresses: agent.l7().map(|l7| l7.plan().ingresses.len()),
+        l7_backends: agent.l7().map(|l7| l7.plan().backends.len()),
+    }
 }
 
 /// The Secrets an L7 plan uses.

@@ -1029,3 +1029,88 @@ async fn ingress_class_selection() -> Result<()> {
     }
     Ok(())
 }
+
+/// `/metrics` on the admin listener: requests by Ingress, Service, port and status class (200
+/// from a backend, 503 from a backend without endpoints, 404 with no rule under empty labels),
+/// the duration histogram's count, and the reload counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = services_for(&[&web]);
+    services.push(service("unready"));
+    services.push(endpoint_slice("unready", &[(web.addr, false)]));
+    manifests.write("services.yaml", &services)?;
+    manifests.write(
+        "shop.yaml",
+        &[ingress(
+            "shop",
+            &[rule(
+                Some("shop.example"),
+                &[("/", "Prefix", "web"), ("/unready", "Prefix", "unready")],
+            )],
+        )],
+    )?;
+    let proxy = TestProxy::start_with_admin(manifests, &[])?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let client = pooled();
+    for i in 0..3 {
+        assert_served(
+            &get(&client, proxy.http, "shop.example", &format!("/{i}")).await?,
+            "web",
+            "routed",
+        );
+    }
+    for _ in 0..2 {
+        let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    }
+    let reply = get(&client, proxy.http, "shop.example", "/unready").await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+
+    let shop = r#"namespace="default",ingress="shop""#;
+    let expected = [
+        format!(r#"xdp_ingress_requests_total{{{shop},service="web",port="80",status="2xx"}} 3"#),
+        format!(
+            r#"xdp_ingress_requests_total{{{shop},service="unready",port="80",status="5xx"}} 1"#
+        ),
+        r#"xdp_ingress_requests_total{namespace="",ingress="",service="",port="",status="4xx"} 2"#
+            .to_string(),
+        format!(
+            r#"xdp_ingress_request_duration_seconds_count{{{shop},service="web",port="80"}} 3"#
+        ),
+        r#"xdp_ingress_config_reloads_total{result="success"} 1"#.to_string(),
+        "xdp_ingress_config_last_reload_successful 1".to_string(),
+        "xdp_ingress_ingresses 1".to_string(),
+        "xdp_ingress_l7_backends 2".to_string(),
+        r#"xdp_ingress_tls_handshakes_total{result="success"} 0"#.to_string(),
+    ];
+    // A response is counted when its body is dropped, just after the client has it all.
+    let text = eventually("the counts on /metrics", || async {
+        let reply = get(&client, admin, "127.0.0.1", "/metrics").await?;
+        check!(reply.status == StatusCode::OK, "status {}", reply.status);
+        let text = reply.text();
+        let missing: Vec<&String> = expected
+            .iter()
+            .filter(|line| !text.lines().any(|l| l == line.as_str()))
+            .collect();
+        check!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+        Ok(text)
+    })
+    .await
+    .with_context(|| proxy.log())?;
+    assert!(
+        text.contains("# TYPE xdp_ingress_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // No datapath, so no L4 families.
+    assert!(!text.contains("xdp_ingress_datapath_packets"), "{text}");
+    Ok(())
+}

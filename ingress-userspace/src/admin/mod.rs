@@ -1,6 +1,9 @@
 //! The admin listener (`--admin-listen`, default 127.0.0.1:9900): `/healthz` answers 200 while
 //! the process serves; `/readyz` answers 200 only once the first full sync of the objects is in
-//! the maps and the proxy, 503 before.
+//! the maps and the proxy, 503 before; `/metrics` serves the Prometheus metrics ([`metrics`],
+//! listed in `docs/metrics.md`).
+
+pub mod metrics;
 
 use std::{
     convert::Infallible,
@@ -17,6 +20,11 @@ use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+
+use self::metrics::Metrics;
+
+/// The OpenMetrics text format, which Prometheus scrapes natively.
+const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Whether the agent is ready, shared with the admin listener.
 #[derive(Clone, Debug, Default)]
@@ -35,7 +43,11 @@ impl Readiness {
 }
 
 /// Binds `addr` and serves the admin endpoints on the current runtime; returns the bound address.
-pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    readiness: Readiness,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
@@ -44,8 +56,10 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<So
                 continue;
             };
             let readiness = readiness.clone();
+            let metrics = metrics.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |request| answer(request, readiness.clone()));
+                let service =
+                    service_fn(move |request| answer(request, readiness.clone(), metrics.clone()));
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -58,7 +72,16 @@ pub async fn serve(addr: SocketAddr, readiness: Readiness) -> std::io::Result<So
 async fn answer(
     request: Request<Incoming>,
     readiness: Readiness,
+    metrics: Arc<Metrics>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if request.uri().path() == "/metrics" {
+        let mut response = Response::new(Full::new(Bytes::from(metrics.render().await)));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(METRICS_CONTENT_TYPE),
+        );
+        return Ok(response);
+    }
     let (status, body) = match request.uri().path() {
         "/healthz" => (StatusCode::OK, "ok\n"),
         "/readyz" if readiness.is_ready() => (StatusCode::OK, "ready\n"),

@@ -8,10 +8,12 @@
 //! - [`tls`]: certificates by SNI, swapped on reload.
 //! - [`headers`]: hop-by-hop and forwarding header rules.
 //! - [`access_log`]: the optional per-request log, written off the request path.
+//! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
 
 pub mod access_log;
 pub mod head_guard;
 pub mod headers;
+pub mod metrics;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -12,7 +12,10 @@ use bytes::Bytes;
 
 use crate::translate::l7::{BackendId, BackendPlan, L7Plan, RouteTable};
 
-use super::upstream::{Backend, Endpoint};
+use super::{
+    metrics::{BackendKey, MetricsBook},
+    upstream::{Backend, Endpoint},
+};
 
 /// Host and path → backend, as the proxy uses it.
 #[derive(Debug)]
@@ -42,12 +45,19 @@ impl Router {
     pub fn backend_count(&self) -> usize {
         self.backends.len()
     }
+
+    /// Every backend of the table (the metrics collector walks them at scrape time).
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
 }
 
-/// Endpoints by address, kept as long as some table uses them.
+/// Endpoints by address, kept as long as some table uses them, and the request counters by
+/// backend key, kept while the plan names the key.
 #[derive(Debug, Default)]
 pub struct EndpointRegistry {
     endpoints: HashMap<SocketAddr, Weak<Endpoint>>,
+    metrics: MetricsBook,
 }
 
 impl EndpointRegistry {
@@ -70,6 +80,7 @@ impl EndpointRegistry {
         // Forget addresses no table holds any more (the old table's references go when it drops;
         // those are collected on a later reload).
         self.endpoints.retain(|_, weak| weak.strong_count() > 0);
+        self.metrics.retain(&plan.backends);
         Router {
             routes: plan.routes.clone(),
             backends,
@@ -112,10 +123,86 @@ impl EndpointRegistry {
             }
             None => None,
         };
-        Arc::new(Backend::new(
-            format!("{}:{}", backend.service, backend.port),
-            endpoints,
-            unavailable,
-        ))
+        let key = BackendKey::of(backend);
+        let metrics = self.metrics.get(&key);
+        Arc::new(
+            Backend::new(
+                format!("{}:{}", backend.service, backend.port),
+                endpoints,
+                unavailable,
+            )
+            .with_metrics(key, metrics),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{
+        model::ObjectName,
+        translate::l7::{ServicePortRef, Unavailable},
+    };
+
+    fn name(namespace: &str, name: &str) -> ObjectName {
+        ObjectName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn plan(services: &[&str]) -> L7Plan {
+        L7Plan {
+            backends: services
+                .iter()
+                .map(|service| BackendPlan {
+                    ingress: name("shop", "front"),
+                    service: name("shop", service),
+                    port: ServicePortRef::Number(80),
+                    endpoints: Err(Unavailable::NoReadyEndpoints),
+                })
+                .collect(),
+            ..L7Plan::default()
+        }
+    }
+
+    #[test]
+    fn request_totals_survive_a_rebuild_and_an_endpoint_change() {
+        let mut registry = EndpointRegistry::default();
+        let first = registry.router(&plan(&["web", "api"]));
+        first.backends()[0]
+            .metrics
+            .record(200, Duration::from_millis(1));
+        first.backends()[1]
+            .metrics
+            .record(503, Duration::from_millis(1));
+
+        // A full rebuild that reorders the backends and adds one: counters follow the key.
+        let second = registry.router(&plan(&["api", "web", "cart"]));
+        drop(first);
+        let by_service = |router: &Router, service: &str| {
+            router
+                .backends()
+                .iter()
+                .find(|b| b.key.as_ref().is_some_and(|k| k.service == service))
+                .map(|b| b.metrics.snapshot())
+                .unwrap()
+        };
+        assert_eq!(by_service(&second, "web").statuses, [0, 1, 0, 0, 0]);
+        assert_eq!(by_service(&second, "api").statuses, [0, 0, 0, 0, 1]);
+        assert_eq!(by_service(&second, "cart").count, 0);
+
+        // An endpoint-only change rebuilds one backend: same counters.
+        let third = registry.with_new_endpoints(&second, &plan(&["api", "web", "cart"]), &[1]);
+        assert!(!Arc::ptr_eq(&second.backends()[1], &third.backends()[1]));
+        assert_eq!(by_service(&third, "web").statuses, [0, 1, 0, 0, 0]);
+
+        // A backend the plan dropped is forgotten; coming back, it starts from zero.
+        let _fourth = registry.router(&plan(&["api"]));
+        let fifth = registry.router(&plan(&["api", "web"]));
+        assert_eq!(by_service(&fifth, "web").count, 0);
+        assert_eq!(by_service(&fifth, "api").statuses, [0, 0, 0, 0, 1]);
     }
 }

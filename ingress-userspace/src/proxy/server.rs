@@ -8,9 +8,10 @@
 
 use std::{
     convert::Infallible,
+    fmt,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{atomic::Ordering, Arc},
     task::{Context, Poll},
     time::{Duration, Instant, SystemTime},
 };
@@ -24,6 +25,7 @@ use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
     server::conn::auto,
 };
+use prometheus_client::{collector::Collector, encoding::DescriptorEncoder};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::translate::l7::{BackendId, L7Plan};
@@ -32,8 +34,9 @@ use super::{
     access_log::{AccessLog, AccessRecord},
     head_guard::{HeadGuard, HeadVerdicts},
     headers::{self, ConnectionHeaders, RequestIds},
+    metrics::{self, ProxyCounters, ProxyScrape, RequestMetrics},
     router::{EndpointRegistry, Router},
-    tls::{CertBook, CertProblem, TlsError},
+    tls::{CertBook, CertExpiry, CertProblem, TlsError},
     upstream::{
         Backend, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody,
     },
@@ -125,6 +128,8 @@ struct Shared {
     tls: tokio_rustls::TlsAcceptor,
     /// Sent once on drain; every listener and connection holds a receiver.
     drain: tokio::sync::watch::Sender<()>,
+    /// Counters that belong to no backend.
+    counters: ProxyCounters,
 }
 
 /// The proxy: apply plans to it, serve with it.
@@ -172,6 +177,7 @@ impl Proxy {
                 http,
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
                 drain: tokio::sync::watch::channel(()).0,
+                counters: ProxyCounters::default(),
             }),
             registry: EndpointRegistry::default(),
             certs,
@@ -245,6 +251,42 @@ impl Proxy {
             .access_log
             .as_ref()
             .map_or(0, AccessLog::dropped)
+    }
+
+    /// The proxy's `/metrics` collector: it reads the router current at scrape time.
+    pub fn collector(&self) -> ProxyCollector {
+        ProxyCollector {
+            shared: self.shared.clone(),
+            cert_expiry: self.certs.expiry(),
+        }
+    }
+}
+
+/// Encodes the proxy's counters for `/metrics` (see [`metrics::encode`]).
+pub struct ProxyCollector {
+    shared: Arc<Shared>,
+    cert_expiry: CertExpiry,
+}
+
+impl fmt::Debug for ProxyCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProxyCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let router = self.shared.router.load();
+        let cert_expiry = self.cert_expiry.load();
+        metrics::encode(
+            &ProxyScrape {
+                backends: router.backends(),
+                counters: &self.shared.counters,
+                cert_expiry: &cert_expiry,
+                access_log_dropped: self.shared.access_log.as_ref().map(AccessLog::dropped),
+            },
+            &mut encoder,
+        )
     }
 }
 
@@ -330,10 +372,19 @@ async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, por
     let (info, smuggling) = connection_context(peer, port, true);
     let settings = &shared.settings;
     let handshake = shared.tls.accept(stream);
+    let counters = &shared.counters;
     let stream = match tokio::time::timeout(settings.client_header_timeout, handshake).await {
-        Ok(Ok(stream)) => stream,
+        Ok(Ok(stream)) => {
+            counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+            stream
+        }
         // Failed and timed-out handshakes are the client's problem; nothing to answer.
-        Ok(Err(_)) | Err(_) => return,
+        Ok(Err(_)) | Err(_) => {
+            counters
+                .tls_handshake_failures
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
     };
     let stream = HeadGuard::new(
         stream,
@@ -365,10 +416,27 @@ where
     let _ = connection.await;
 }
 
-/// A response body: the endpoint's, or one the proxy wrote; counted for the access log.
+/// A response body: the endpoint's, or one the proxy wrote; counted for the access log, and
+/// in its backend's request metrics when it drops (after its last byte, or when abandoned).
 pub struct ProxyBody {
     kind: BodyKind,
     record: Option<Box<AccessRecord>>,
+    tally: Option<Tally>,
+}
+
+/// Where a response is counted, and what with.
+struct Tally {
+    metrics: Arc<RequestMetrics>,
+    status: u16,
+    started: Instant,
+}
+
+impl Drop for ProxyBody {
+    fn drop(&mut self) {
+        if let Some(tally) = &self.tally {
+            tally.metrics.record(tally.status, tally.started.elapsed());
+        }
+    }
 }
 
 enum BodyKind {
@@ -419,6 +487,7 @@ fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
     let mut response = Response::new(ProxyBody {
         kind: BodyKind::Full(Some(body.into())),
         record: None,
+        tally: None,
     });
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -433,6 +502,7 @@ async fn handle(
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    let started = Instant::now();
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
             log: log.clone(),
@@ -453,7 +523,17 @@ async fn handle(
             upstream: None,
         })
     });
-    let (mut response, upstream) = proxy_request(&shared, &connection, request).await;
+    let mut routed = None;
+    let (mut response, upstream) = proxy_request(&shared, &connection, request, &mut routed).await;
+    let metrics = match routed {
+        Some(backend) => backend.metrics.clone(),
+        None => shared.counters.unrouted.clone(),
+    };
+    response.body_mut().tally = Some(Tally {
+        metrics,
+        status: response.status().as_u16(),
+        started,
+    });
     if let Some(mut record) = record {
         record.status = response.status().as_u16();
         record.upstream = upstream;
@@ -478,6 +558,7 @@ async fn proxy_request(
     shared: &Shared,
     connection: &ConnectionInfo,
     mut request: Request<Incoming>,
+    routed: &mut Option<Arc<Backend>>,
 ) -> (Response<ProxyBody>, Option<SocketAddr>) {
     let settings = &shared.settings;
     if connection.smuggling.next_request_is_smuggling() {
@@ -510,10 +591,11 @@ async fn proxy_request(
         }
     };
 
-    let backend: Arc<Backend> = {
+    // The backend goes to the caller, which counts the response in its metrics.
+    let backend: &Arc<Backend> = {
         let router = shared.router.load();
         match router.route(host_text, request.uri().path()) {
-            Some(backend) => backend.clone(),
+            Some(backend) => routed.insert(backend.clone()),
             None => {
                 return (
                     answer(
@@ -570,8 +652,11 @@ async fn proxy_request(
         let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
             break;
         };
+        if failed.is_some() {
+            backend.metrics.retry();
+        }
         let outstanding = endpoint.start_request();
-        match send(&endpoint, upstream_request, settings).await {
+        match send(&endpoint, upstream_request, settings, &backend.metrics).await {
             Sent::Unsent(unsent, why) => {
                 upstream_request = unsent;
                 last_error = why;
@@ -617,8 +702,15 @@ async fn send(
     endpoint: &Endpoint,
     request: Request<UpstreamBody>,
     settings: &ProxySettings,
+    metrics: &RequestMetrics,
 ) -> Sent {
-    let connect = || endpoint.connect(settings.upstream_connect_timeout);
+    let connect = || async {
+        let connected = endpoint.connect(settings.upstream_connect_timeout).await;
+        if connected.is_err() {
+            metrics.connect_error();
+        }
+        connected
+    };
     let (mut sender, mut fresh) = match endpoint.pooled(settings.upstream_idle_timeout) {
         Some(sender) => (sender, false),
         None => match connect().await {
@@ -643,14 +735,17 @@ async fn send(
         match error.take_message() {
             // A pooled connection closed before the request went out (the endpoint's keep-alive
             // timeout raced us): same endpoint, new connection.
-            Some(unsent) if !fresh => match connect().await {
-                Ok(new_sender) => {
-                    sender = new_sender;
-                    fresh = true;
-                    request = unsent;
+            Some(unsent) if !fresh => {
+                metrics.retry();
+                match connect().await {
+                    Ok(new_sender) => {
+                        sender = new_sender;
+                        fresh = true;
+                        request = unsent;
+                    }
+                    Err(connect_error) => return Sent::Unsent(unsent, connect_error.to_string()),
                 }
-                Err(connect_error) => return Sent::Unsent(unsent, connect_error.to_string()),
-            },
+            }
             Some(unsent) => return Sent::Unsent(unsent, error.into_error().to_string()),
             None => return Sent::Failed(send_error_answer(&error.into_error())),
         }
@@ -704,6 +799,7 @@ fn relay_response(
                 ProxyBody {
                     kind: BodyKind::Full(None),
                     record: None,
+                    tally: None,
                 },
             );
         }
@@ -715,6 +811,7 @@ fn relay_response(
         ProxyBody {
             kind: BodyKind::Upstream(UpstreamResponseBody::new(body, Some(sender), outstanding)),
             record: None,
+            tally: None,
         },
     )
 }

@@ -127,13 +127,21 @@ pub struct CertProblem {
     pub message: String,
 }
 
+/// The leaf certificate's notAfter (seconds since the epoch) per Secret in use, for `/metrics`;
+/// replaced whole on each reload.
+pub type CertExpiry = Arc<ArcSwap<Vec<(ObjectName, i64)>>>;
+
+/// A Secret's last good certificate: the PEM it came from, the key, the leaf's notAfter.
+type Parsed = (PemPair, Arc<CertifiedKey>, Option<i64>);
+
 /// Builds certificate stores from plans, remembering what parsed before.
 pub struct CertBook {
     provider: Arc<CryptoProvider>,
     self_signed: Arc<CertifiedKey>,
-    /// Last good certificate per Secret, with the PEM it came from.
-    parsed: HashMap<ObjectName, (PemPair, Arc<CertifiedKey>)>,
+    /// Last good certificate per Secret.
+    parsed: HashMap<ObjectName, Parsed>,
     resolver: Arc<CertResolver>,
+    expiry: CertExpiry,
 }
 
 impl CertBook {
@@ -152,7 +160,13 @@ impl CertBook {
             self_signed,
             parsed: HashMap::new(),
             resolver,
+            expiry: CertExpiry::default(),
         })
+    }
+
+    /// The certificates' expiry, as of the last [`CertBook::apply`].
+    pub fn expiry(&self) -> CertExpiry {
+        self.expiry.clone()
     }
 
     /// The resolver to put in the rustls server configuration.
@@ -191,6 +205,13 @@ impl CertBook {
             tls.iter().chain(default).map(|p| &p.secret).collect();
         self.parsed.retain(|secret, _| in_use.contains(secret));
         self.resolver.store.store(Arc::new(store));
+        let mut expiry: Vec<(ObjectName, i64)> = self
+            .parsed
+            .iter()
+            .filter_map(|(secret, (_, _, not_after))| Some((secret.clone(), (*not_after)?)))
+            .collect();
+        expiry.sort();
+        self.expiry.store(Arc::new(expiry));
         problems
     }
 
@@ -209,22 +230,24 @@ impl CertBook {
                     secret: plan.secret.clone(),
                     message: message.clone(),
                 });
-                return previous.map(|(_, key)| key.clone());
+                return previous.map(|(_, key, _)| key.clone());
             }
         };
-        if let Some((cached_pem, key)) = previous {
+        if let Some((cached_pem, key, _)) = previous {
             if cached_pem == pem {
                 return Some(key.clone());
             }
         }
         match certified_key(pem, &self.provider) {
             Ok(key) => {
+                // Parsed once per Secret content, like the key: reloads cost nothing more.
+                let not_after = key.cert.first().and_then(|leaf| not_after(leaf).ok());
                 self.parsed
-                    .insert(plan.secret.clone(), (pem.clone(), key.clone()));
+                    .insert(plan.secret.clone(), (pem.clone(), key.clone(), not_after));
                 Some(key)
             }
             Err(error) => {
-                let kept = previous.map(|(_, key)| key.clone());
+                let kept = previous.map(|(_, key, _)| key.clone());
                 problems.push(CertProblem {
                     secret: plan.secret.clone(),
                     message: if kept.is_some() {
@@ -237,6 +260,111 @@ impl CertBook {
             }
         }
     }
+}
+
+/// Why a certificate's validity could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ValidityError {
+    /// The DER ended early or a length is wrong.
+    #[error("truncated or malformed DER")]
+    Malformed,
+    /// A field is not the element X.509 puts there.
+    #[error("unexpected DER tag {0:#04x}")]
+    UnexpectedTag(u8),
+    /// notAfter is not a UTCTime or GeneralizedTime this parser understands.
+    #[error("unsupported time {0:?}")]
+    Time(String),
+}
+
+/// One DER element: its tag, its contents, and what follows it.
+fn der_element(input: &[u8]) -> Result<(u8, &[u8], &[u8]), ValidityError> {
+    let (&tag, rest) = input.split_first().ok_or(ValidityError::Malformed)?;
+    let (&first, rest) = rest.split_first().ok_or(ValidityError::Malformed)?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        // Certificates are far below 2^32 bytes; more length bytes is not a certificate.
+        if n == 0 || n > 4 || rest.len() < n {
+            return Err(ValidityError::Malformed);
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |len, &b| (len << 8) | usize::from(b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return Err(ValidityError::Malformed);
+    }
+    Ok((tag, &rest[..len], &rest[len..]))
+}
+
+fn expect(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ValidityError> {
+    let (found, contents, rest) = der_element(input)?;
+    if found != tag {
+        return Err(ValidityError::UnexpectedTag(found));
+    }
+    Ok((contents, rest))
+}
+
+/// The notAfter of a DER certificate, in seconds since the epoch. A few lines of DER walking
+/// (Certificate → TBSCertificate → [version], serial, signature, issuer, validity) instead of a
+/// full X.509 parser: this is the only field the agent reads, once per Secret content.
+pub fn not_after(certificate: &[u8]) -> Result<i64, ValidityError> {
+    const SEQUENCE: u8 = 0x30;
+    let (certificate, _) = expect(certificate, SEQUENCE)?;
+    let (mut tbs, _) = expect(certificate, SEQUENCE)?;
+    // The version is explicitly tagged [0] and absent for v1 certificates.
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_element(tbs)?.2;
+    }
+    let (_serial, tbs) = expect(tbs, 0x02)?;
+    let (_signature, tbs) = expect(tbs, SEQUENCE)?;
+    let (_issuer, tbs) = expect(tbs, SEQUENCE)?;
+    let (validity, _) = expect(tbs, SEQUENCE)?;
+    let (_not_before, _, validity) = der_element(validity)?;
+    let (tag, time, _) = der_element(validity)?;
+    let text = std::str::from_utf8(time).map_err(|_| ValidityError::Malformed)?;
+    let bad = || ValidityError::Time(text.to_string());
+    // ASCII only, so the byte-offset slicing below cannot split a character.
+    if !text.is_ascii() {
+        return Err(bad());
+    }
+    // UTCTime: YYMMDDHHMMSSZ (RFC 5280: 50..99 is 19xx); GeneralizedTime: YYYYMMDDHHMMSSZ.
+    let (year, rest) = match tag {
+        0x17 if text.len() == 13 => {
+            let yy: i64 = text[..2].parse().map_err(|_| bad())?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &text[2..])
+        }
+        0x18 if text.len() == 15 => (text[..4].parse().map_err(|_| bad())?, &text[4..]),
+        0x17 | 0x18 => return Err(bad()),
+        other => return Err(ValidityError::UnexpectedTag(other)),
+    };
+    if !rest.ends_with('Z') {
+        return Err(bad());
+    }
+    let field = |i: usize| -> Result<i64, ValidityError> {
+        rest.get(i..i + 2)
+            .and_then(|digits| digits.parse().ok())
+            .ok_or_else(bad)
+    };
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return Err(bad());
+    }
+    Ok(days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]
@@ -268,6 +396,37 @@ mod tests {
             ingress: None,
             pem,
         }
+    }
+
+    #[test]
+    fn reads_not_after_and_publishes_expiry_per_secret() {
+        let mut params = rcgen::CertificateParams::new(vec!["shop.example".to_string()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 3, 4);
+        let key_pair = rcgen::KeyPair::generate().unwrap();
+        let cert = params.clone().self_signed(&key_pair).unwrap();
+        // 2031-03-04T00:00:00Z.
+        assert_eq!(not_after(cert.der()), Ok(1_930_348_800));
+        // GeneralizedTime from 2050 on.
+        params.not_after = rcgen::date_time_ymd(2051, 1, 1);
+        let later = params.self_signed(&key_pair).unwrap();
+        assert_eq!(not_after(later.der()), Ok(2_556_144_000));
+        assert!(not_after(&cert.der()[..40]).is_err());
+        assert!(not_after(b"").is_err());
+
+        let mut book = CertBook::new(provider()).unwrap();
+        let pem = PemPair {
+            certificate_chain: cert.pem().into_bytes(),
+            private_key: key_pair.serialize_pem().into_bytes(),
+        };
+        assert!(book
+            .apply(&[plan("shop", &["shop.example"], Ok(pem))], None)
+            .is_empty());
+        let expiry = book.expiry().load_full();
+        assert_eq!(expiry.len(), 1);
+        assert_eq!(expiry[0].0.name, "shop");
+        assert_eq!(expiry[0].1, 1_930_348_800);
+        book.apply(&[], None);
+        assert!(book.expiry().load().is_empty());
     }
 
     #[test]

@@ -22,6 +22,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 
+use super::metrics::{BackendKey, RequestMetrics};
+
 /// How long an endpoint that refused a connection is skipped.
 pub const PASSIVE_HEALTH_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -258,6 +260,10 @@ pub struct Backend {
     pub unavailable: Option<Bytes>,
     /// `namespace/service:port`, for logs.
     pub name: String,
+    /// The labels of its series on `/metrics` (`None`: a backend built outside a plan).
+    pub key: Option<BackendKey>,
+    /// Its request counters; a reload hands the same counters to the backend that replaces it.
+    pub metrics: Arc<RequestMetrics>,
     next: AtomicUsize,
 }
 
@@ -268,8 +274,17 @@ impl Backend {
             endpoints,
             unavailable,
             name,
+            key: None,
+            metrics: Arc::default(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same backend, labelled `key` on `/metrics` and counting into `metrics`.
+    pub fn with_metrics(mut self, key: BackendKey, metrics: Arc<RequestMetrics>) -> Self {
+        self.key = Some(key);
+        self.metrics = metrics;
+        self
     }
 
     /// Power of two choices on outstanding requests: two candidates from a rotating position

@@ -23,6 +23,8 @@ pub struct TestProxy {
     pub http: SocketAddr,
     /// Its HTTPS listener.
     pub https: SocketAddr,
+    /// Its admin listener (`None` unless started with [`TestProxy::start_with_admin`]).
+    pub admin: Option<SocketAddr>,
     /// What it reads.
     pub manifests: Manifests,
 }
@@ -32,14 +34,33 @@ impl TestProxy {
     /// routing table is in place before the agent listens, so the manifests written before
     /// are served from the first request on.
     pub fn start(manifests: Manifests, extra: &[&str]) -> Result<Self> {
+        Self::start_inner(manifests, extra, false)
+    }
+
+    /// Like [`TestProxy::start`], with the admin listener (`/metrics`) on a loopback port.
+    pub fn start_with_admin(manifests: Manifests, extra: &[&str]) -> Result<Self> {
+        Self::start_inner(manifests, extra, true)
+    }
+
+    fn start_inner(manifests: Manifests, extra: &[&str], admin: bool) -> Result<Self> {
         let binary = agent::binary()?;
         let mut flags = vec!["--debounce-ms", "20", "--workers", "2"];
         flags.extend_from_slice(extra);
-        let mut agent = AgentProcess::start_l7(&binary, manifests.path(), &flags)?;
+        let mut agent = if admin {
+            AgentProcess::start_l7_with_admin(&binary, manifests.path(), &flags)?
+        } else {
+            AgentProcess::start_l7(&binary, manifests.path(), &flags)?
+        };
         let listeners = agent.wait_l7_listening(Duration::from_secs(30))?;
+        let admin = if admin {
+            Some(agent.admin_addr()?.context("no admin listener logged")?)
+        } else {
+            None
+        };
         Ok(Self {
             http: listeners.http.context("no HTTP listener logged")?,
             https: listeners.https.context("no HTTPS listener logged")?,
+            admin,
             agent,
             manifests,
         })
