@@ -483,8 +483,22 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetri
                 let ours = agent.l7().map_or(&[][..], |l7| &l7.plan().ingresses[..]);
                 // A Secret whose PEM does not parse is found by the proxy, not the translator;
                 // it deserves an Event on the Secret as much as a translation problem does.
+                // (A Secret that is missing or lacks a key is the translator's problem, already
+                // reported on the Ingress that names it.)
+                let unusable: BTreeSet<&ObjectName> = agent
+                    .l7()
+                    .into_iter()
+                    .flat_map(|l7| l7.plan().tls.iter().chain(&l7.plan().default_tls))
+                    .filter(|tls| tls.pem.is_err())
+                    .map(|tls| &tls.secret)
+                    .collect();
                 let mut problems = outcome.problems.clone();
-                for broken in outcome.l7.iter().flat_map(|r| &r.certificate_problems) {
+                let unparsable = outcome
+                    .l7
+                    .iter()
+                    .flat_map(|r| &r.certificate_problems)
+                    .filter(|p| !unusable.contains(&p.secret));
+                for broken in unparsable {
                     problems.push(Problem {
                         origin: Origin::Api.to_string(),
                         object: format!("Secret {}", broken.secret),

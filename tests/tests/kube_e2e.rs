@@ -554,6 +554,52 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         Ok(())
     })
     .await?;
+    // A Secret whose PEM stops parsing: the previous certificate stays, and a Warning Event on
+    // the Secret says why.
+    server.apply(&objects::secret(
+        NS,
+        "late-tls",
+        "kubernetes.io/tls",
+        &[
+            (
+                "tls.crt",
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+            ("tls.key", late.key_pair.serialize_pem().as_bytes()),
+        ],
+    ))?;
+    settle(
+        &mut runner,
+        server,
+        "an Event for the broken late-tls",
+        async |_| {
+            let events: Vec<Event> = server
+                .list_as::<Event>()?
+                .into_iter()
+                .filter(|e| {
+                    e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some("Secret") && r.name.as_deref() == Some("late-tls")
+                    })
+                })
+                .collect();
+            ensure!(
+                events.len() == 1,
+                "Events regarding Secret late-tls: {events:?}"
+            );
+            ensure!(
+                events[0].type_.as_deref() == Some("Warning"),
+                "{:?}",
+                events[0]
+            );
+            Ok(())
+        },
+    )
+    .await?;
+    let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
+    ensure!(
+        handshake.certificate == late.cert.der().to_vec(),
+        "the previous certificate of late-tls did not stay after its PEM broke"
+    );
 
     // 8. A bad path: one Warning Event on the Ingress, not one per sync.
     server.apply(&objects::ingress(
