@@ -426,15 +426,26 @@ pub struct ProxyBody {
 
 /// Where a response is counted, and what with.
 struct Tally {
-    metrics: Arc<RequestMetrics>,
+    counter: Counted,
     status: u16,
     started: Instant,
+}
+
+/// The counters a response goes to. The routed case keeps the request's own reference to its
+/// backend rather than cloning the counters' `Arc`: two atomic operations fewer per request.
+enum Counted {
+    Backend(Arc<Backend>),
+    Unrouted(Arc<RequestMetrics>),
 }
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(tally) = &self.tally {
-            tally.metrics.record(tally.status, tally.started.elapsed());
+            let metrics = match &tally.counter {
+                Counted::Backend(backend) => &backend.metrics,
+                Counted::Unrouted(metrics) => metrics,
+            };
+            metrics.record(tally.status, tally.started.elapsed());
         }
     }
 }
@@ -507,7 +518,7 @@ async fn handle(
         Box::new(AccessRecord {
             log: log.clone(),
             time: SystemTime::now(),
-            started: Instant::now(),
+            started,
             client: connection.peer,
             method: request.method().clone(),
             host: request_host(&request)
@@ -525,12 +536,12 @@ async fn handle(
     });
     let mut routed = None;
     let (mut response, upstream) = proxy_request(&shared, &connection, request, &mut routed).await;
-    let metrics = match routed {
-        Some(backend) => backend.metrics.clone(),
-        None => shared.counters.unrouted.clone(),
+    let counter = match routed {
+        Some(backend) => Counted::Backend(backend),
+        None => Counted::Unrouted(shared.counters.unrouted.clone()),
     };
     response.body_mut().tally = Some(Tally {
-        metrics,
+        counter,
         status: response.status().as_u16(),
         started,
     });
