@@ -116,6 +116,15 @@ impl L7Sink {
     pub fn proxy(&self) -> &Proxy {
         &self.proxy
     }
+
+    /// Translates everything and swaps the result into the proxy.
+    fn rebuild(&mut self, objects: &ClusterObjects, problems: &mut Vec<Problem>) -> ApplyReport {
+        let (plan, l7_problems) = l7::translate(objects, &self.options);
+        problems.extend(l7_problems);
+        let report = self.proxy.apply(&plan);
+        self.plan = plan;
+        report
+    }
 }
 
 /// The sinks, fed by whichever source runs.
@@ -145,13 +154,10 @@ impl<M: DatapathMaps> Agent<M> {
             report
         });
         let l7_started = Instant::now();
-        let l7 = self.l7.as_mut().map(|sink| {
-            let (plan, l7_problems) = l7::translate(objects, &sink.options);
-            problems.extend(l7_problems);
-            let report = sink.proxy.apply(&plan);
-            sink.plan = plan;
-            report
-        });
+        let l7 = self
+            .l7
+            .as_mut()
+            .map(|sink| sink.rebuild(objects, &mut problems));
         let l7_rebuild = l7_started.elapsed();
         ReloadOutcome {
             problems,
@@ -211,11 +217,7 @@ impl<M: DatapathMaps> Agent<M> {
         let l7_started = Instant::now();
         let l7 = self.l7.as_mut().and_then(|sink| {
             if dirty.routing || !dirty.services.is_empty() {
-                let (plan, l7_problems) = l7::translate(objects, &sink.options);
-                problems.extend(l7_problems);
-                let report = sink.proxy.apply(&plan);
-                sink.plan = plan;
-                Some(report)
+                Some(sink.rebuild(objects, &mut problems))
             } else if !dirty.endpoints_of.is_empty() {
                 let changed = l7::refresh_endpoints(objects, &mut sink.plan, &dirty.endpoints_of);
                 (!changed.is_empty()).then(|| sink.proxy.apply_endpoints(&sink.plan, &changed))

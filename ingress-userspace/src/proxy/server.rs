@@ -352,19 +352,7 @@ fn connection_context(
 async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
     let _ = stream.set_nodelay(true);
     let (info, smuggling) = connection_context(peer, port, false);
-    let settings = &shared.settings;
-    let stream = HeadGuard::new(
-        stream,
-        settings.max_header_bytes,
-        settings.client_header_timeout,
-        smuggling,
-    );
-    let service_shared = shared.clone();
-    let service = service_fn(move |request| handle(service_shared.clone(), info.clone(), request));
-    let connection = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-    until_drained(&shared, connection).await;
+    serve_http(shared, stream, info, smuggling).await;
 }
 
 async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
@@ -386,6 +374,19 @@ async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, por
             return;
         }
     };
+    serve_http(shared, stream, info, smuggling).await;
+}
+
+/// HTTP over an accepted (and, for HTTPS, decrypted) stream: the head guard, then hyper.
+async fn serve_http<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    info: Arc<ConnectionInfo>,
+    smuggling: Arc<HeadVerdicts>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let settings = &shared.settings;
     let stream = HeadGuard::new(
         stream,
         settings.max_header_bytes,
