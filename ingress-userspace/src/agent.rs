@@ -65,6 +65,20 @@ impl<M: DatapathMaps> L4Sink<M> {
         &self.sync
     }
 
+    /// Translates everything against the plan now programmed and writes the difference;
+    /// returns the sync's report and how long the map writes took.
+    fn rebuild(
+        &mut self,
+        objects: &ClusterObjects,
+        problems: &mut Vec<Problem>,
+    ) -> (SyncReport, Duration) {
+        let (plan, l4_problems) = l4::translate(objects, &self.plan);
+        problems.extend(l4_problems);
+        let sync_started = Instant::now();
+        let report = self.apply(plan);
+        (report, sync_started.elapsed())
+    }
+
     fn apply(&mut self, plan: L4Plan) -> SyncReport {
         let report = self.sync.apply(&plan, Instant::now());
         // What the maps hold now: the new plan where it applied, the previous state of frontends
@@ -146,11 +160,8 @@ impl<M: DatapathMaps> Agent<M> {
         let started = Instant::now();
         let mut l4_sync = Duration::ZERO;
         let l4 = self.l4.as_mut().map(|sink| {
-            let (plan, l4_problems) = l4::translate(objects, &sink.plan);
-            problems.extend(l4_problems);
-            let sync_started = Instant::now();
-            let report = sink.apply(plan);
-            l4_sync = sync_started.elapsed();
+            let (report, sync_time) = sink.rebuild(objects, &mut problems);
+            l4_sync = sync_time;
             report
         });
         let l7_started = Instant::now();
@@ -203,11 +214,10 @@ impl<M: DatapathMaps> Agent<M> {
                         Some(report)
                     }
                     None => {
-                        let (plan, l4_problems) = l4::translate(objects, &plan);
-                        problems.extend(l4_problems);
-                        let sync_started = Instant::now();
-                        let report = sink.apply(plan);
-                        l4_sync = sync_started.elapsed();
+                        // Structural: retranslate_services left `plan` as it was.
+                        sink.plan = plan;
+                        let (report, sync_time) = sink.rebuild(objects, &mut problems);
+                        l4_sync = sync_time;
                         Some(report)
                     }
                 }

@@ -198,7 +198,8 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
 /// changed) into `plan`, which holds the plan now programmed. Returns the frontends whose plan
 /// changed and the problems of those Services, or `None` when the change is structural (a Service
 /// gone, or one whose set of frontends changes, which may hand a contested frontend to another
-/// Service): then the caller translates everything with [`translate`].
+/// Service): then `plan` is left as it was and the caller translates everything with
+/// [`translate`].
 pub fn retranslate_services(
     objects: &ClusterObjects,
     plan: &mut L4Plan,
