@@ -55,6 +55,7 @@ pub fn run(args: &SetupArgs) -> Result<()> {
         bail!("setup installs packages and mounts bpffs: run it as root");
     }
     packages(args.dry_run)?;
+    kubectl(args.dry_run)?;
     rust_src(args.dry_run)?;
     musl_target(args.dry_run)?;
     bpf_linker(args.dry_run)?;
@@ -69,13 +70,18 @@ fn packages(dry_run: bool) -> Result<()> {
         eprintln!("setup: Debian packages present");
         return Ok(());
     }
+    apt_install(&missing, dry_run)
+}
+
+/// `apt-get update` then `apt-get install` of `packages`.
+fn apt_install(packages: &[&str], dry_run: bool) -> Result<()> {
     let mut update = Command::new("apt-get");
     update.args(["update", "-q"]);
     let mut install = Command::new("apt-get");
     install
         .env("DEBIAN_FRONTEND", "noninteractive")
         .args(["install", "-y", "-q", "--no-install-recommends"])
-        .args(&missing);
+        .args(packages);
     if dry_run {
         eprintln!("setup: would run `{}`", cmd::display(&update));
         eprintln!("setup: would run `{}`", cmd::display(&install));
@@ -105,6 +111,26 @@ fn missing_packages() -> Result<Vec<&'static str>> {
         .copied()
         .filter(|package| !installed.contains(package))
         .collect())
+}
+
+/// Debian's package for `kubectl` when none is installed.
+const KUBECTL_PACKAGE: &str = "kubernetes-client";
+
+/// A `kubectl` for the manifest tests (`kubectl kustomize` renders the overlays). Any kubectl on
+/// PATH will do (a distribution's, Google's `kubectl` package, a downloaded binary), so this
+/// asks the binary rather than dpkg, and installs Debian's only when there is none. (Debian 12's
+/// is kubectl 1.20, whose kustomize v2 cannot render the overlays: `resources:` naming a
+/// directory and `patches:` came with kustomize v3/v4. The tests say so when rendering fails.)
+fn kubectl(dry_run: bool) -> Result<()> {
+    if cmd::succeeds("kubectl", &["version", "--client"]) {
+        eprintln!("setup: kubectl present");
+        return Ok(());
+    }
+    apt_install(&[KUBECTL_PACKAGE], dry_run)?;
+    if !dry_run && !cmd::succeeds("kubectl", &["version", "--client"]) {
+        bail!("{KUBECTL_PACKAGE} was installed but `kubectl version --client` fails");
+    }
+    Ok(())
 }
 
 fn rust_src(dry_run: bool) -> Result<()> {
