@@ -77,13 +77,26 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// `ip netns exec <netns> <binary> run --manifests <dir> --interface <if>...`; logs without
-    /// colour codes. `ip netns exec` execs the binary itself, so the child's pid is the agent's.
+    /// `ip netns exec <netns> <binary> run --manifests <dir> --interface <if>... --bpffs off`;
+    /// logs without colour codes. `ip netns exec` execs the binary itself, so the child's pid is
+    /// the agent's. Nothing is pinned (`ip netns exec` hides the host's bpffs anyway): the XDP
+    /// program goes with the agent.
     pub fn start(
         binary: &Path,
         netns: &Netns,
         manifests: &Path,
         interfaces: &[String],
+    ) -> Result<Self> {
+        Self::start_with(binary, netns, manifests, interfaces, &["--bpffs", "off"])
+    }
+
+    /// Like [`AgentProcess::start`], with `extra` flags instead of `--bpffs off`.
+    pub fn start_with(
+        binary: &Path,
+        netns: &Netns,
+        manifests: &Path,
+        interfaces: &[String],
+        extra: &[&str],
     ) -> Result<Self> {
         let mut command = Command::new("ip");
         command
@@ -95,8 +108,9 @@ impl AgentProcess {
         for interface in interfaces {
             command.args(["--interface", interface]);
         }
+        command.args(extra);
         let command_line = format!(
-            "ip netns exec {} {} run --manifests {} {}",
+            "ip netns exec {} {} run --manifests {} {} {}",
             netns.name(),
             binary.display(),
             manifests.display(),
@@ -104,7 +118,8 @@ impl AgentProcess {
                 .iter()
                 .map(|interface| format!("--interface {interface}"))
                 .collect::<Vec<_>>()
-                .join(" ")
+                .join(" "),
+            extra.join(" ")
         );
         Self::spawn(command, command_line)
     }
@@ -329,6 +344,15 @@ impl AgentProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL (no clean-up in the agent at all, as in a crash or an OOM kill); waits for the
+    /// exit and returns the agent's output.
+    pub fn kill(mut self) -> Result<Vec<String>> {
+        self.child.kill().context("SIGKILL to the agent")?;
+        self.child.wait().context("waiting for the killed agent")?;
+        self.join_readers();
+        Ok(self.output())
     }
 
     fn join_readers(&mut self) {

@@ -122,6 +122,12 @@ impl Netns {
     }
 }
 
+/// Moves the calling thread into the namespace called `name` (for threads that cannot borrow
+/// the [`Netns`]).
+pub fn enter_named(name: &str) -> Result<()> {
+    enter_path(&format!("/run/netns/{name}"))
+}
+
 fn enter_path(path: &str) -> Result<()> {
     let file = File::open(path).with_context(|| format!("opening {path}"))?;
     // SAFETY: FFI call with a valid namespace fd; affects only the calling thread.

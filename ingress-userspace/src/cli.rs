@@ -1,4 +1,4 @@
-//! The command line: `xdp-ingress run` and `xdp-ingress validate`.
+//! The command line: `xdp-ingress run`, `validate`, `inspect` and `cleanup`.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -37,6 +37,66 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Read and check the manifests, print what would be programmed.
     Validate(ValidateArgs),
+    /// Show what is programmed now: from the pinned maps (services, backends, flows) and from
+    /// the running agent's admin listener (routes, certs).
+    Inspect(InspectArgs),
+    /// Remove everything `run` pinned: detaches XDP from every interface and frees the maps.
+    Cleanup(CleanupArgs),
+}
+
+/// Default pin directory (the DaemonSet mounts the host's bpffs at /sys/fs/bpf).
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf/xdp-ingress";
+
+/// `--bpffs DIR` or `off`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinPath(pub Option<PathBuf>);
+
+fn parse_pin_path(text: &str) -> Result<PinPath, String> {
+    match text {
+        "off" => Ok(PinPath(None)),
+        "" => Err("empty path; pass a directory on a bpffs or `off`".into()),
+        path => Ok(PinPath(Some(PathBuf::from(path)))),
+    }
+}
+
+/// What `inspect` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InspectWhat {
+    /// VIP:port/protocol, service id, Maglev table size, backends, counters.
+    Services,
+    /// Every backend id with its address, Service port and counters.
+    Backends,
+    /// Tracked flows: client → VIP and the backend it is pinned to.
+    Flows,
+    /// The proxy's routing table (host, path, type → backend), from the running agent.
+    Routes,
+    /// Certificates: names, Secret, expiry, from the running agent.
+    Certs,
+}
+
+/// `xdp-ingress inspect`.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// What to show.
+    #[arg(value_enum)]
+    pub what: InspectWhat,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Where `run` pinned the maps.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// The running agent's admin listener (Service names, routes, certificates).
+    #[arg(long, default_value = "127.0.0.1:9900")]
+    pub admin: SocketAddr,
+}
+
+/// `xdp-ingress cleanup`.
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Where `run` pinned the maps and links.
+    #[arg(long, default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
 }
 
 /// `xdp-ingress run`.
@@ -132,6 +192,10 @@ pub struct RunArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value = "native")]
     pub xdp_mode: AttachMode,
+    /// Pin maps and XDP links under this bpffs directory, so forwarding continues while the
+    /// agent restarts and a new agent adopts the state; `off` detaches at exit instead.
+    #[arg(long, default_value = DEFAULT_BPFFS, value_parser = parse_pin_path)]
+    pub bpffs: PinPath,
     /// Maximum Service ports.
     #[arg(long, default_value_t = ingress_common::capacity::SERVICES)]
     pub max_services: u32,

@@ -20,6 +20,7 @@ pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod datapath;
+pub mod inspect;
 pub mod model;
 pub mod proxy;
 pub mod runner;

@@ -8,7 +8,9 @@ use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
     agent::{describe_l7_plan, describe_plan},
-    cli::{Cli, Command, LogFormat, RunArgs, ValidateArgs},
+    cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
+    datapath::loader::PinDir,
+    inspect,
     runner::{l7_options, Runner},
     source::files::ManifestDir,
     translate::{l4, l7},
@@ -33,6 +35,8 @@ fn main() -> Result<()> {
     }
     match cli.command {
         Command::Validate(args) => validate(args),
+        Command::Inspect(args) => inspect::run(&args),
+        Command::Cleanup(args) => cleanup(&args),
         Command::Run(args) => {
             // One worker: a current-thread runtime, which spares every wake-up the cross-thread
             // hand-off of the work-stealing scheduler (a proxy pinned to one core, an edge box).
@@ -93,6 +97,21 @@ fn validate(args: ValidateArgs) -> Result<()> {
         problems.len(),
         args.manifests.display()
     )
+}
+
+fn cleanup(args: &CleanupArgs) -> Result<()> {
+    let pins = PinDir::new(&args.bpffs);
+    let interfaces = pins.pinned_interfaces();
+    let removed = pins.remove_all()?;
+    for interface in &interfaces {
+        println!("detached XDP from {interface}");
+    }
+    println!(
+        "removed {} pin(s) under {}",
+        removed.len(),
+        args.bpffs.display()
+    );
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> Result<()> {

@@ -3,7 +3,12 @@
 //! before attaching XDP and listening; then apply each debounced burst of changes; on stop,
 //! release the Lease and detach. `main.rs` drives a [`Runner`]; tests drive one in-process.
 
-use std::{collections::BTreeSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use tokio::sync::{
@@ -26,9 +31,10 @@ use crate::{
         vips::{self, AssignSettings, Assignments},
     },
     datapath::{
-        loader::{Datapath, KernelMaps, MapSizes},
+        loader::{Datapath, KernelMaps, MapSizes, PinDir, PinnedState},
         sync::{DatapathError, DatapathSync},
     },
+    inspect::{self, ViewKind, ViewRequest},
     model::{ClusterObjects, ObjectName, Origin, Problem},
     proxy::{
         server::{BoundListeners, ProxyError},
@@ -225,6 +231,8 @@ pub struct Runner {
     metrics: Arc<Metrics>,
     /// Scrapes asking for the datapath's counters (with a datapath only).
     scrapes: Option<Receiver<L4Request>>,
+    /// `/debug/...` requests for the views `inspect` shows.
+    views: Receiver<ViewRequest>,
 }
 
 impl Runner {
@@ -256,10 +264,10 @@ impl Runner {
                 maglev_slots: args.maglev_slots,
                 flows: args.max_flows,
             };
-            let mut loaded = Datapath::load(&sizes)?;
-            let maps = loaded.take_maps()?;
+            let pins = args.bpffs.0.as_ref().map(PinDir::new);
+            let (loaded, sync) = load_datapath(&sizes, pins.as_ref())?;
             datapath = Some(loaded);
-            Some(L4Sink::new(DatapathSync::new(maps, sizes.capacity())))
+            Some(L4Sink::new(sync))
         };
         let settings = ProxySettings {
             http_listen: args.http_listen.0,
@@ -293,9 +301,10 @@ impl Runner {
         let metrics = Arc::new(Metrics::new(proxy_collector, scrape_tx));
         // The admin listener comes after the sinks, which `/metrics` reads; it still answers
         // (not ready) long before the first sync.
+        let (views_tx, views) = mpsc::channel(8);
         let admin = match args.admin_listen.0 {
             Some(addr) => {
-                let bound = admin::serve(addr, readiness.clone(), metrics.clone())
+                let bound = admin::serve(addr, readiness.clone(), metrics.clone(), views_tx)
                     .await
                     .map_err(|source| RunError::Admin { addr, source })?;
                 tracing::info!(addr = %bound, "admin listening");
@@ -314,6 +323,7 @@ impl Runner {
             listeners: BoundListeners::default(),
             metrics,
             scrapes,
+            views,
         })
     }
 
@@ -330,6 +340,9 @@ impl Runner {
             for interface in &self.args.interfaces {
                 datapath.attach(interface, self.args.xdp_mode)?;
                 tracing::info!(interface, mode = ?self.args.xdp_mode, "XDP attached");
+            }
+            for interface in datapath.unpin_other_links(&self.args.interfaces)? {
+                tracing::info!(interface, "XDP detached (no longer an --interface)");
             }
         }
         if let Some(l7) = self.agent.l7() {
@@ -368,6 +381,7 @@ impl Runner {
         let Self {
             changes,
             scrapes,
+            views,
             agent,
             ..
         } = self;
@@ -385,6 +399,9 @@ impl Runner {
                         // The scrape may have given up waiting; nothing to do then.
                         let _ = reply.send(metrics::l4_snapshot(l4));
                     }
+                }
+                Some((kind, reply)) = views.recv() => {
+                    let _ = reply.send(view(agent, kind));
                 }
             }
         }
@@ -456,8 +473,54 @@ impl Runner {
 
         if let (Some(l4), Some(datapath)) = (self.agent.l4(), self.datapath.as_mut()) {
             print_counters(l4);
-            datapath.detach_all();
-            tracing::info!("detached");
+            if datapath.is_pinned() {
+                // The datapath outlives us: the next agent adopts it; `cleanup` removes it.
+                tracing::info!("XDP stays attached (pinned)");
+            } else {
+                datapath.detach_all();
+                tracing::info!("detached");
+            }
+        }
+    }
+}
+
+/// Loads the datapath; with pins, adopts the pinned state when it matches this build and is
+/// consistent, else starts from empty maps (logged: established flows then re-balance).
+fn load_datapath(
+    sizes: &MapSizes,
+    pins: Option<&PinDir>,
+) -> Result<(Datapath, DatapathSync<KernelMaps>), RunError> {
+    let (mut loaded, pinned) = Datapath::load_pinned(sizes, pins)?;
+    let maps = loaded.take_maps()?;
+    if pinned == PinnedState::Fresh {
+        if let Some(pins) = pins {
+            tracing::info!(dir = %pins.root().display(), "maps pinned (new)");
+        }
+        return Ok((loaded, DatapathSync::new(maps, sizes.capacity())));
+    }
+    let started = Instant::now();
+    let state = maps.read_state()?;
+    match DatapathSync::adopt(maps, sizes.capacity(), &state, started) {
+        Ok((sync, report)) => {
+            tracing::info!(
+                frontends = report.frontends,
+                backends = report.backends,
+                orphans = report.orphans,
+                vips_fixed = report.vips_fixed,
+                ms = started.elapsed().as_millis() as u64,
+                "adopted the pinned datapath"
+            );
+            Ok((loaded, sync))
+        }
+        Err(error) => {
+            tracing::error!(%error, "cannot adopt the pinned maps; starting from empty ones");
+            drop(loaded);
+            if let Some(pins) = pins {
+                pins.forget_maps(sizes)?;
+            }
+            let (mut loaded, _) = Datapath::load_pinned(sizes, pins)?;
+            let maps = loaded.take_maps()?;
+            Ok((loaded, DatapathSync::new(maps, sizes.capacity())))
         }
     }
 }
@@ -518,6 +581,22 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetri
     report(agent, &outcome);
     metrics.record_reload(&outcome, programmed(agent));
     true
+}
+
+/// A view for `inspect`, built from the plans the agent holds.
+fn view(agent: &Agent<KernelMaps>, kind: ViewKind) -> serde_json::Value {
+    match kind {
+        ViewKind::Services => agent.l4().map_or(serde_json::json!([]), |l4| {
+            inspect::services_view(l4.plan())
+        }),
+        ViewKind::Routes => agent.l7().map_or(
+            serde_json::json!({"routes": [], "default_backend": null}),
+            |l7| inspect::routes_view(l7.plan()),
+        ),
+        ViewKind::Certs => agent.l7().map_or(serde_json::json!([]), |l7| {
+            inspect::certs_view(l7.plan(), &l7.proxy().cert_expiry())
+        }),
+    }
 }
 
 /// What the sinks hold now, for the gauges.

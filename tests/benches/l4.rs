@@ -515,6 +515,7 @@ impl Agent {
         for interface in interfaces {
             command.args(["--interface", interface]);
         }
+        command.args(["--bpffs", "off"]);
         let started = Instant::now();
         let mut child = command
             .env("RUST_LOG", "info")

@@ -175,6 +175,8 @@ impl Agent {
             .args(["run", "--kubeconfig"])
             .arg(kubeconfig)
             .args([
+                "--bpffs",
+                "off",
                 "--interface",
                 INTERFACE,
                 "--xdp-mode",

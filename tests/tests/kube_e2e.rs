@@ -981,6 +981,8 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
         "off",
         "--maglev-slots",
         "1048576",
+        "--bpffs",
+        "off",
     ];
     let interfaces = lab.node_interfaces();
     for interface in &interfaces {

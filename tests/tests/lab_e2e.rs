@@ -151,6 +151,47 @@ impl Scenario {
         Ok(())
     }
 
+    /// Starts the agent pinning under `pins` (a directory on a bpffs the test mounted).
+    fn start_pinned_agent(&mut self, pins: &Path) -> Result<()> {
+        let pins = pins.to_str().context("pin path")?;
+        let mut agent = AgentProcess::start_with(
+            &self.binary,
+            self.lab.node(),
+            self.manifests.path(),
+            &self.lab.node_interfaces(),
+            &["--bpffs", pins],
+        )?;
+        agent.wait_running(START_TIMEOUT)?;
+        self.agent = Some(agent);
+        Ok(())
+    }
+
+    /// `xdp-ingress <args>` inside the node's namespace (where the agent's admin listener is).
+    fn agent_command(&self, args: &[&str]) -> Result<String> {
+        let mut argv = vec![self.binary.to_str().context("binary path")?];
+        argv.extend_from_slice(args);
+        let output = self.lab.node().exec(&argv)?;
+        ensure!(
+            output.status.success(),
+            "xdp-ingress {}: {}\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Whether XDP is attached to every node interface.
+    fn xdp_attached(&self) -> Result<bool> {
+        for interface in self.lab.node_interfaces() {
+            let output = self.lab.node().ip(&["link", "show", "dev", &interface])?;
+            if !String::from_utf8_lossy(&output.stdout).contains("prog/xdp") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     fn agent(&mut self) -> Result<&mut AgentProcess> {
         self.agent.as_mut().context("the agent is not running")
     }
@@ -363,5 +404,372 @@ fn per_backend_links_forward_tcp_and_udp() -> Result<()> {
         "no per-Service counters in the agent's output:\n{}",
         output.join("\n")
     );
+    Ok(())
+}
+
+/// A bpffs mounted for one test, so the agent can pin where `ip netns exec` still sees it (that
+/// command remounts /sys, hiding the host's /sys/fs/bpf). Unmounted on drop, also after a
+/// failure: that drops every pin under it, so nothing stays attached.
+struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn mount(tag: &str) -> Result<Self> {
+        let dir =
+            std::env::temp_dir().join(format!("xdp-ingress-bpffs-{tag}-{}", std::process::id()));
+        let _ = std::process::Command::new("umount").arg(&dir).output();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&dir)
+            .status()
+            .context("running mount")?;
+        ensure!(
+            status.success(),
+            "mount -t bpf bpf {}: {status}",
+            dir.display()
+        );
+        Ok(Self { dir })
+    }
+
+    /// The agent's `--bpffs`.
+    fn pins(&self) -> PathBuf {
+        self.dir.join("xdp-ingress")
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.dir).output();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The value of the one sample of `name` whose labels contain every one of `labels`.
+fn sample(metrics: &str, name: &str, labels: &[&str]) -> Result<f64> {
+    let mut found = metrics.lines().filter(|line| {
+        line.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+            && labels.iter().all(|label| line.contains(label))
+    });
+    let line = found
+        .next()
+        .with_context(|| format!("no sample {name} {labels:?} in:\n{metrics}"))?;
+    ensure!(found.next().is_none(), "several samples {name} {labels:?}");
+    let value = line.rsplit(' ').next().unwrap_or_default();
+    value
+        .parse()
+        .with_context(|| format!("sample value in {line:?}"))
+}
+
+/// What the probes running through a restart saw.
+#[derive(Default)]
+struct Probes {
+    /// New TCP connections: each one's local address, and who answered (None: it failed).
+    tcp: Vec<(std::net::SocketAddr, Option<String>)>,
+    /// Longest time without a successful new connection.
+    tcp_gap: Duration,
+    /// UDP questions on one socket (one flow): the answers, None for a lost one.
+    udp: Vec<Option<String>>,
+}
+
+/// Runs new TCP connections and a UDP flow from the client until `stop` is set.
+fn probe(client: &str, stop: &std::sync::atomic::AtomicBool) -> Result<Probes> {
+    use std::{io::BufRead as _, net::TcpStream, net::UdpSocket, sync::atomic::Ordering};
+    use xdp_ingress_tests::netns::enter_named;
+    std::thread::scope(|scope| {
+        let tcp = scope.spawn(|| -> Result<_> {
+            enter_named(client)?;
+            let mut seen = Vec::new();
+            let mut last_ok = std::time::Instant::now();
+            let mut gap = Duration::ZERO;
+            while !stop.load(Ordering::SeqCst) {
+                let attempt = (|| -> Result<(std::net::SocketAddr, Option<String>)> {
+                    let stream = TcpStream::connect_timeout(&lab::vip_tcp(), ANSWER_TIMEOUT)?;
+                    let local = stream.local_addr()?;
+                    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+                    let mut line = String::new();
+                    std::io::BufReader::new(stream).read_line(&mut line).ok();
+                    let name = line.trim().to_string();
+                    Ok((local, (!name.is_empty()).then_some(name)))
+                })();
+                match attempt {
+                    Ok((local, name)) => {
+                        if name.is_some() {
+                            gap = gap.max(last_ok.elapsed());
+                            last_ok = std::time::Instant::now();
+                        }
+                        seen.push((local, name));
+                    }
+                    // A connect that failed has no local address worth keeping; count it.
+                    Err(_) => seen.push((std::net::SocketAddr::from(([0, 0, 0, 0], 0)), None)),
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok((seen, gap.max(last_ok.elapsed())))
+        });
+        let udp = scope.spawn(|| -> Result<_> {
+            enter_named(client)?;
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            socket.connect(lab::vip_udp())?;
+            socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+            let mut answers = Vec::new();
+            let mut buffer = [0u8; 512];
+            while !stop.load(Ordering::SeqCst) {
+                socket.send(b"who?\n")?;
+                answers.push(
+                    socket
+                        .recv(&mut buffer)
+                        .ok()
+                        .map(|len| String::from_utf8_lossy(&buffer[..len]).trim().to_string()),
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Ok(answers)
+        });
+        let (tcp, tcp_gap) = tcp
+            .join()
+            .map_err(|_| anyhow::anyhow!("TCP probe panicked"))??;
+        let udp = udp
+            .join()
+            .map_err(|_| anyhow::anyhow!("UDP probe panicked"))??;
+        Ok(Probes { tcp, tcp_gap, udp })
+    })
+}
+
+#[test]
+fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() -> Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let mut scenario = Scenario::new("xe-rs", BackendLink::Shared)?;
+    let bpffs = Bpffs::mount("xe-rs")?;
+    let pins = bpffs.pins();
+    let pins_arg = pins.to_str().context("pin path")?.to_string();
+    scenario.start_pinned_agent(&pins)?;
+    let names = scenario.names();
+
+    // Established connections to every backend, held across the restart.
+    let all = names.clone();
+    let mut held = scenario.lab.client().run_inside(move || {
+        let mut held: Vec<HeldConnection> = Vec::new();
+        for _ in 0..100 {
+            held.push(HeldConnection::open(lab::vip_tcp(), ANSWER_TIMEOUT)?);
+            let per_backend = |name: &str| held.iter().filter(|c| c.greeting() == name).count();
+            if all.iter().all(|name| per_backend(name) >= 2) {
+                return Ok(held);
+            }
+        }
+        bail!("100 connections did not reach every backend twice")
+    })?;
+
+    // New connections and a UDP flow keep running while the agent is killed and restarted.
+    let stop = AtomicBool::new(false);
+    let client = scenario.lab.client().name().to_string();
+    let (probes, restart) = std::thread::scope(|scope| -> Result<_> {
+        let probes = scope.spawn(|| probe(&client, &stop));
+        let restart = (|| -> Result<Duration> {
+            std::thread::sleep(Duration::from_millis(500));
+            let killed_at = std::time::Instant::now();
+            let agent = scenario.agent.take().context("the agent is not running")?;
+            agent.kill()?;
+            // The agent is gone; the pinned program still forwards.
+            ensure!(
+                scenario.xdp_attached()?,
+                "XDP detached when the agent was killed"
+            );
+            std::thread::sleep(Duration::from_secs(1));
+            scenario.start_pinned_agent(&pins)?;
+            let down = killed_at.elapsed();
+            std::thread::sleep(Duration::from_millis(500));
+            Ok(down)
+        })();
+        stop.store(true, Ordering::SeqCst);
+        let probes = probes
+            .join()
+            .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+        Ok((probes, restart?))
+    })?;
+    let adopted = scenario
+        .agent()?
+        .output()
+        .into_iter()
+        .find(|line| line.contains("adopted the pinned datapath"))
+        .context("the new agent did not adopt the pinned maps")?;
+    println!("restart: agent down for {restart:?}; {adopted}");
+    ensure!(
+        adopted.contains("frontends=2") && adopted.contains("orphans=0"),
+        "{adopted}"
+    );
+
+    // Zero established connections broken: each still answered by the backend it had.
+    for connection in &mut held {
+        let greeting = connection.greeting().to_string();
+        let answer = connection
+            .ask()
+            .with_context(|| format!("a connection held to {greeting} across the restart"))?;
+        ensure!(
+            answer == greeting,
+            "a connection held to {greeting} is now answered by {answer}"
+        );
+    }
+    // New connections succeeded throughout (the datapath never stopped).
+    let failed = probes.tcp.iter().filter(|(_, name)| name.is_none()).count();
+    println!(
+        "during the restart: {} new TCP connections, {failed} failed, longest gap {:?}; {} UDP \
+         questions on one flow, {} unanswered",
+        probes.tcp.len(),
+        probes.tcp_gap,
+        probes.udp.len(),
+        probes.udp.iter().filter(|a| a.is_none()).count()
+    );
+    ensure!(
+        failed == 0,
+        "{failed} of {} new connections failed",
+        probes.tcp.len()
+    );
+    ensure!(
+        probes.tcp.len() >= 20,
+        "too few probes: {}",
+        probes.tcp.len()
+    );
+    // The UDP flow kept its backend and lost nothing.
+    let udp_backends: std::collections::BTreeSet<_> = probes.udp.iter().collect();
+    ensure!(
+        udp_backends.len() == 1 && !udp_backends.contains(&None),
+        "the UDP flow was answered by {udp_backends:?}"
+    );
+
+    // inspect reads the pinned maps: every held connection's flow names its backend.
+    let flows: serde_json::Value = serde_json::from_str(
+        &scenario.agent_command(&["inspect", "flows", "--json", "--bpffs", &pins_arg])?,
+    )?;
+    let flows = flows.as_array().context("flows is not a list")?;
+    for connection in &held {
+        let client = connection.local_addr()?.to_string();
+        let flow = flows
+            .iter()
+            .find(|f| f["client"] == client.as_str() && f["protocol"] == "TCP")
+            .with_context(|| format!("no flow for {client} in inspect flows"))?;
+        let backend = scenario
+            .lab
+            .backend_named(connection.greeting())
+            .context("greeting names no backend")?;
+        ensure!(
+            flow["backend"] == format!("{}:{}", backend.addr, lab::TCP_PORT).as_str(),
+            "inspect shows {client} -> {}, but {} answers it",
+            flow["backend"],
+            connection.greeting()
+        );
+    }
+    let services: serde_json::Value = serde_json::from_str(
+        &scenario.agent_command(&["inspect", "services", "--json", "--bpffs", &pins_arg])?,
+    )?;
+    let tcp_service = services
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["frontend"] == "203.0.113.10:80/TCP"))
+        .context("inspect services has no 203.0.113.10:80/TCP")?;
+    ensure!(tcp_service["service"] == "demo/web", "{tcp_service}");
+    let mut programmed: Vec<String> = tcp_service["backends"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["address"].as_str().map(String::from))
+        .collect();
+    programmed.sort();
+    let mut expected: Vec<String> = scenario
+        .lab
+        .backends()
+        .iter()
+        .map(|b| format!("{}:{}", b.addr, lab::TCP_PORT))
+        .collect();
+    expected.sort();
+    ensure!(
+        programmed == expected,
+        "inspect services: {programmed:?}, not {expected:?}"
+    );
+
+    // The counters survived the restart and count exactly the flows made.
+    let metrics = scenario
+        .lab
+        .node()
+        .exec(&["curl", "-sf", "http://127.0.0.1:9900/metrics"])?;
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let tcp_flows: std::collections::BTreeSet<_> = held
+        .iter()
+        .map(|c| c.local_addr())
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .chain(probes.tcp.iter().map(|(local, _)| *local))
+        .collect();
+    let tcp_label = r#"frontend="203.0.113.10:80/TCP""#;
+    let udp_label = r#"frontend="203.0.113.10:53/UDP""#;
+    let new_tcp = sample(
+        &metrics,
+        "xdp_ingress_service_new_flows_total",
+        &[tcp_label],
+    )?;
+    let new_udp = sample(
+        &metrics,
+        "xdp_ingress_service_new_flows_total",
+        &[udp_label],
+    )?;
+    ensure!(
+        new_tcp == tcp_flows.len() as f64 && new_udp == 1.0,
+        "new flows: TCP {new_tcp} (made {}), UDP {new_udp} (made 1)",
+        tcp_flows.len()
+    );
+    let tcp_packets = sample(&metrics, "xdp_ingress_service_packets_total", &[tcp_label])?;
+    let per_backend: f64 = scenario
+        .lab
+        .backends()
+        .iter()
+        .map(|b| {
+            let backend = format!(r#"backend="{}:{}""#, b.addr, lab::TCP_PORT);
+            sample(
+                &metrics,
+                "xdp_ingress_backend_packets_total",
+                &[tcp_label, &backend],
+            )
+        })
+        .sum::<Result<f64>>()?;
+    ensure!(
+        tcp_packets > 0.0 && tcp_packets == per_backend,
+        "TCP packets {tcp_packets}, summed over backends {per_backend}"
+    );
+    let conntrack = sample(&metrics, "xdp_ingress_conntrack_entries", &[])?;
+    ensure!(
+        conntrack == flows.len() as f64,
+        "conntrack gauge {conntrack}, inspect flows {}",
+        flows.len()
+    );
+
+    // SIGTERM: the agent exits, the datapath stays; `cleanup` removes it.
+    scenario.stop_agent()?;
+    ensure!(
+        scenario.xdp_attached()?,
+        "XDP detached on SIGTERM although pinned"
+    );
+    ensure!(
+        scenario.vip_answers_tcp()?,
+        "the VIP stopped answering after SIGTERM"
+    );
+    let cleanup = std::process::Command::new(&scenario.binary)
+        .args(["cleanup", "--bpffs", &pins_arg])
+        .output()?;
+    ensure!(cleanup.status.success(), "cleanup: {cleanup:?}");
+    ensure!(
+        !scenario.xdp_attached()?,
+        "XDP still attached after cleanup"
+    );
+    ensure!(
+        !pins.exists(),
+        "{} still exists after cleanup",
+        pins.display()
+    );
+    ensure!(
+        !scenario.vip_answers_tcp()?,
+        "the VIP still answers after cleanup"
+    );
+    drop(held);
     Ok(())
 }

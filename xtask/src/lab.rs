@@ -131,7 +131,7 @@ fn print_usage(lab: &Lab, log_dir: &Path) {
     println!("logs:      {}", log_dir.display());
     println!("agent:     cargo xtask build &&");
     println!(
-        "           ip netns exec {} target/debug/xdp-ingress run --manifests deploy/examples {}",
+        "           ip netns exec {} target/debug/xdp-ingress run --bpffs off --manifests deploy/examples {}",
         lab.node().name(),
         interfaces.join(" ")
     );

@@ -76,6 +76,8 @@ pub struct L4Snapshot {
     pub frontends: Vec<FrontendTraffic>,
     /// Packets per verdict reason.
     pub reasons: Vec<(&'static str, u64)>,
+    /// Entries in the connection-tracking map (client → VIP flows).
+    pub conntrack_entries: u64,
 }
 
 /// Reads the datapath's counters (one map lookup per frontend, per backend, per reason).
@@ -114,7 +116,11 @@ pub fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
         .reason_counters()
         .map(|reasons| reasons.into_iter().map(|(r, n)| (r.name(), n)).collect())
         .unwrap_or_default();
-    L4Snapshot { frontends, reasons }
+    L4Snapshot {
+        frontends,
+        reasons,
+        conntrack_entries: maps.flow_count() as u64,
+    }
 }
 
 /// Writes the datapath's metric families.
@@ -194,6 +200,14 @@ pub fn encode_l4(snapshot: &L4Snapshot, encoder: &mut DescriptorEncoder) -> std:
             .encode_family(&[("reason", *reason)])?
             .encode_counter::<NoLabelSet, _, u64>(count, None)?;
     }
+    let mut family = encoder.encode_descriptor(
+        "xdp_ingress_conntrack_entries",
+        "Flows (client to VIP) in the connection-tracking map; an LRU map, so old flows are \
+         evicted when it is full",
+        None,
+        MetricType::Gauge,
+    )?;
+    family.encode_gauge(&(snapshot.conntrack_entries as i64))?;
     Ok(())
 }
 
@@ -537,6 +551,7 @@ mod tests {
                 )],
             }],
             reasons: vec![("forward_tx", 10), ("pass_not_ours", 3)],
+            conntrack_entries: 7,
         };
         let text = metrics.encode(Some(snapshot));
         let web = r#"namespace="shop",ingress="front",service="web",port="80""#;
@@ -563,6 +578,7 @@ mod tests {
             "xdp_ingress_backends 4".into(),
             "xdp_ingress_ingresses 1".into(),
             "xdp_ingress_l7_backends 1".into(),
+            "xdp_ingress_conntrack_entries 7".into(),
             r#"xdp_ingress_service_packets_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 10"#.into(),
             r#"xdp_ingress_service_bytes_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 1000"#.into(),
             r#"xdp_ingress_service_new_flows_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 2"#.into(),

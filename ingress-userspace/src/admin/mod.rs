@@ -1,7 +1,8 @@
 //! The admin listener (`--admin-listen`, default 127.0.0.1:9900): `/healthz` answers 200 while
 //! the process serves; `/readyz` answers 200 only once the first full sync of the objects is in
 //! the maps and the proxy, 503 before; `/metrics` serves the Prometheus metrics ([`metrics`],
-//! listed in `docs/metrics.md`).
+//! listed in `docs/metrics.md`); `/debug/services`, `/debug/routes` and `/debug/certs` serve the
+//! JSON views `xdp-ingress inspect` shows ([`crate::inspect`]).
 
 pub mod metrics;
 
@@ -19,9 +20,16 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, oneshot},
+};
 
 use self::metrics::Metrics;
+use crate::inspect::{ViewKind, ViewRequest};
+
+/// How long a `/debug/...` request waits for the runner (busy applying a change).
+const VIEW_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The OpenMetrics text format, which Prometheus scrapes natively.
 const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -47,6 +55,7 @@ pub async fn serve(
     addr: SocketAddr,
     readiness: Readiness,
     metrics: Arc<Metrics>,
+    views: mpsc::Sender<ViewRequest>,
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
@@ -57,9 +66,11 @@ pub async fn serve(
             };
             let readiness = readiness.clone();
             let metrics = metrics.clone();
+            let views = views.clone();
             tokio::spawn(async move {
-                let service =
-                    service_fn(move |request| answer(request, readiness.clone(), metrics.clone()));
+                let service = service_fn(move |request| {
+                    answer(request, readiness.clone(), metrics.clone(), views.clone())
+                });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -73,7 +84,37 @@ async fn answer(
     request: Request<Incoming>,
     readiness: Readiness,
     metrics: Arc<Metrics>,
+    views: mpsc::Sender<ViewRequest>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let view = match request.uri().path() {
+        "/debug/services" => Some(ViewKind::Services),
+        "/debug/routes" => Some(ViewKind::Routes),
+        "/debug/certs" => Some(ViewKind::Certs),
+        _ => None,
+    };
+    if let Some(kind) = view {
+        let (reply, answer) = oneshot::channel();
+        let view = match views.send((kind, reply)).await {
+            Ok(()) => tokio::time::timeout(VIEW_TIMEOUT, answer)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            Err(_) => None,
+        };
+        let mut response = match view {
+            Some(view) => Response::new(Full::new(Bytes::from(view.to_string()))),
+            None => {
+                let mut busy = Response::new(Full::new(Bytes::from_static(b"agent busy\n")));
+                *busy.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                busy
+            }
+        };
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        return Ok(response);
+    }
     if request.uri().path() == "/metrics" {
         let mut response = Response::new(Full::new(Bytes::from(metrics.render().await)));
         response.headers_mut().insert(

@@ -4,20 +4,34 @@
 //! The Maglev slot array is created `BPF_F_MMAPABLE` and mapped into the agent, so writing a
 //! table is a memcpy instead of one syscall per 16 slots: 10,000 Services' tables are written in
 //! milliseconds.
+//!
+//! With a [`PinDir`] the maps and the XDP links are pinned under bpffs, so the datapath keeps
+//! forwarding while the agent is down; a new agent opens the same maps (they are adopted, see
+//! `sync::adopt`) and swaps its program into the pinned links with `bpf_link_update`, which
+//! replaces the program atomically: no packet meets an interface without one.
 
-use std::{os::fd::AsFd as _, ptr::NonNull};
+use std::{
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    ptr::NonNull,
+};
 
 use aya::{
     maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
-    programs::{Xdp, XdpMode},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use ingress_common::{
-    capacity, map_names, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
-    ServiceKey, ServiceState, TrafficCounters, MAGLEV_CHUNK_SLOTS, XDP_PROGRAM,
+    capacity, map_names, BackendEntry, FlowEntry, FlowKey, MaglevChunk, NextHop, Reason,
+    ReverseEntry, ServiceEntry, ServiceKey, ServiceState, TrafficCounters, FILTER_WORDS,
+    MAGLEV_CHUNK_SLOTS, XDP_PROGRAM,
 };
 
-use crate::datapath::sync::{Capacity, DatapathError, DatapathMaps, Filter};
+use crate::datapath::sync::{Capacity, DatapathError, DatapathMaps, Filter, KernelState};
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-ebpf"));
@@ -47,6 +61,68 @@ impl Default for MapSizes {
 }
 
 impl MapSizes {
+    fn chunks(&self) -> u32 {
+        self.maglev_slots.div_ceil(MAGLEV_CHUNK_SLOTS).max(1)
+    }
+
+    /// Every map the agent pins, with the key size, value size and entries this build expects.
+    /// A pinned map that differs (an upgrade changed a layout, a flag changed a size) is not
+    /// reused.
+    fn layouts(&self) -> [(&'static str, MapLayout); 13] {
+        use std::mem::size_of;
+        let layout = |key: usize, value: usize, entries: u32| MapLayout {
+            key_size: key as u32,
+            value_size: value as u32,
+            max_entries: entries,
+        };
+        [
+            (
+                map_names::SERVICES,
+                layout(
+                    size_of::<ServiceKey>(),
+                    size_of::<ServiceEntry>(),
+                    self.services,
+                ),
+            ),
+            (map_names::VIPS, layout(4, 4, self.services)),
+            (
+                map_names::SERVICE_STATES,
+                layout(4, size_of::<ServiceState>(), self.services),
+            ),
+            (map_names::VIP_FILTER, layout(4, 8, FILTER_WORDS)),
+            (map_names::BACKEND_FILTER, layout(4, 8, FILTER_WORDS)),
+            (
+                map_names::BACKENDS,
+                layout(4, size_of::<BackendEntry>(), self.backends),
+            ),
+            (
+                map_names::MAGLEV_SLOTS,
+                layout(4, size_of::<MaglevChunk>(), self.chunks()),
+            ),
+            (
+                map_names::FLOWS,
+                layout(size_of::<FlowKey>(), size_of::<FlowEntry>(), self.flows),
+            ),
+            (
+                map_names::REVERSE_FLOWS,
+                layout(size_of::<FlowKey>(), size_of::<ReverseEntry>(), self.flows),
+            ),
+            (
+                map_names::NEXT_HOPS,
+                layout(4, size_of::<NextHop>(), self.backends),
+            ),
+            (
+                map_names::SERVICE_STATS,
+                layout(4, size_of::<TrafficCounters>(), self.services),
+            ),
+            (
+                map_names::BACKEND_STATS,
+                layout(4, size_of::<TrafficCounters>(), self.backends),
+            ),
+            (map_names::REASON_STATS, layout(4, 8, Reason::COUNT)),
+        ]
+    }
+
     /// What the sync may hand out.
     pub fn capacity(&self) -> Capacity {
         Capacity {
@@ -54,6 +130,223 @@ impl MapSizes {
             backends: self.backends,
             slots: self.maglev_slots / MAGLEV_CHUNK_SLOTS * MAGLEV_CHUNK_SLOTS,
         }
+    }
+}
+
+/// A map's shape, compared before a pinned map is reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct MapLayout {
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+}
+
+/// The maps that hold the forwarding state and must be adopted together: a Service entry names
+/// slots, slots name backend ids. The others (flows, next hops, counters) can start empty alone.
+const STATE_MAPS: [&str; 7] = [
+    map_names::SERVICES,
+    map_names::VIPS,
+    map_names::SERVICE_STATES,
+    map_names::VIP_FILTER,
+    map_names::BACKEND_FILTER,
+    map_names::BACKENDS,
+    map_names::MAGLEV_SLOTS,
+];
+
+/// bpffs's magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Where the datapath is pinned: `ROOT/maps/<MAP>` and `ROOT/links/xdp-<interface>`. ROOT must be
+/// on a bpffs (`/sys/fs/bpf/xdp-ingress` by default; the DaemonSet mounts the host's).
+#[derive(Clone, Debug)]
+pub struct PinDir {
+    root: PathBuf,
+}
+
+/// What loading found under the pin directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinnedState {
+    /// Nothing pinned (or not pinning): the maps start empty.
+    Fresh,
+    /// The state maps were pinned and match this build: adopt them.
+    Adopted,
+}
+
+impl PinDir {
+    /// A pin directory at `root` (not touched until used).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn maps(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+
+    fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+
+    fn links(&self) -> PathBuf {
+        self.root.join("links")
+    }
+
+    fn link(&self, interface: &str) -> PathBuf {
+        self.links().join(format!("xdp-{interface}"))
+    }
+
+    /// Creates the directories; fails with a hint when ROOT's parent is not a bpffs.
+    pub fn prepare(&self) -> Result<(), DatapathError> {
+        let parent = self.root.parent().unwrap_or(Path::new("/"));
+        if !is_bpffs(parent) && !is_bpffs(&self.root) {
+            return Err(DatapathError::Load(format!(
+                "{} is not on a bpf filesystem: mount one (`mount -t bpf bpf {}`) or pass \
+                 --bpffs off to run without pinning (the datapath then stops with the agent)",
+                self.root.display(),
+                parent.display()
+            )));
+        }
+        for dir in [self.maps(), self.links()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| DatapathError::Load(format!("creating {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    /// Compares every pinned map with this build's layout; removes the pins of those that differ
+    /// (and of every state map when any state map is missing or differs, so they are never mixed
+    /// with fresh ones). Programs already attached keep the maps they hold until replaced.
+    fn check_maps(&self, sizes: &MapSizes) -> Result<PinnedState, DatapathError> {
+        let mut mismatched = Vec::new();
+        let mut state_complete = true;
+        for (name, expected) in sizes.layouts() {
+            let path = self.map(name);
+            if !path.exists() {
+                state_complete &= !STATE_MAPS.contains(&name);
+                continue;
+            }
+            let found = MapData::from_pin(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|map| map.info().map_err(|e| e.to_string()))
+                .map(|info| MapLayout {
+                    key_size: info.key_size(),
+                    value_size: info.value_size(),
+                    max_entries: info.max_entries(),
+                });
+            match found {
+                Ok(found) if found == expected => {}
+                Ok(found) => {
+                    tracing::warn!(
+                        map = name,
+                        ?found,
+                        ?expected,
+                        "pinned map differs; not reused"
+                    );
+                    mismatched.push(name);
+                }
+                Err(error) => {
+                    tracing::warn!(map = name, %error, "pinned map unreadable; not reused");
+                    mismatched.push(name);
+                }
+            }
+        }
+        if mismatched.iter().any(|name| STATE_MAPS.contains(name)) {
+            state_complete = false;
+        }
+        let remove: Vec<&str> = if state_complete {
+            mismatched
+        } else {
+            // Fresh state maps: flows and next hops name ids of the old ones, so they go too.
+            sizes.layouts().iter().map(|(name, _)| *name).collect()
+        };
+        for name in remove {
+            let path = self.map(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| {
+                    DatapathError::Load(format!("unpinning {}: {e}", path.display()))
+                })?;
+            }
+        }
+        Ok(if state_complete {
+            PinnedState::Adopted
+        } else {
+            PinnedState::Fresh
+        })
+    }
+
+    /// Unpins the state maps so the next load starts empty (adoption was refused).
+    pub fn forget_maps(&self, sizes: &MapSizes) -> Result<(), DatapathError> {
+        for (name, _) in sizes.layouts() {
+            let path = self.map(name);
+            if path.exists() {
+                std::fs::remove_file(&path).map_err(|e| {
+                    DatapathError::Load(format!("unpinning {}: {e}", path.display()))
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Interfaces with a pinned XDP link.
+    pub fn pinned_interfaces(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.links()) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("xdp-")
+                    .map(String::from)
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Removes everything under ROOT: link pins first (each detaches its program once no one
+    /// holds the link), then map pins, then the directories. Returns what it removed.
+    pub fn remove_all(&self) -> Result<Vec<PathBuf>, DatapathError> {
+        let mut removed = Vec::new();
+        for dir in [self.links(), self.maps()] {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.filter_map(Result::ok) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| {
+                    DatapathError::Load(format!("removing {}: {e}", path.display()))
+                })?;
+                removed.push(path);
+            }
+            std::fs::remove_dir(&dir)
+                .map_err(|e| DatapathError::Load(format!("removing {}: {e}", dir.display())))?;
+        }
+        if self.root.exists() {
+            std::fs::remove_dir(&self.root).map_err(|e| {
+                DatapathError::Load(format!("removing {}: {e}", self.root.display()))
+            })?;
+            removed.push(self.root.clone());
+        }
+        Ok(removed)
+    }
+}
+
+/// Whether `path` is on a bpffs.
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    let Ok(path) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: FFI call with a NUL-terminated path and a zeroed statfs the call fills in.
+    unsafe {
+        let mut stat: libc::statfs = std::mem::zeroed();
+        libc::statfs(path.as_ptr(), &mut stat) == 0 && stat.f_type as i64 == BPF_FS_MAGIC
     }
 }
 
@@ -80,13 +373,42 @@ pub struct Datapath {
     ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: Vec<(String, aya::programs::xdp::XdpLinkId)>,
+    pins: Option<PinDir>,
+    /// Pinned links: dropping one closes our fd, the pin keeps the program attached.
+    pinned_links: Vec<PinnedLink>,
 }
 
 impl Datapath {
     /// Loads the embedded object with the given map sizes. Needs CAP_BPF (root here).
     pub fn load(sizes: &MapSizes) -> Result<Self, DatapathError> {
-        let chunks = sizes.maglev_slots.div_ceil(MAGLEV_CHUNK_SLOTS).max(1);
-        let mut ebpf = EbpfLoader::new()
+        Ok(Self::load_pinned(sizes, None)?.0)
+    }
+
+    /// Loads the embedded object; with `pins`, its maps are the pinned ones when they match this
+    /// build (then [`PinnedState::Adopted`]), else new ones that get pinned.
+    pub fn load_pinned(
+        sizes: &MapSizes,
+        pins: Option<&PinDir>,
+    ) -> Result<(Self, PinnedState), DatapathError> {
+        let chunks = sizes.chunks();
+        let mut loader = EbpfLoader::new();
+        let mut state = PinnedState::Fresh;
+        let map_paths: Vec<(&'static str, PathBuf)> = match pins {
+            Some(pins) => {
+                pins.prepare()?;
+                state = pins.check_maps(sizes)?;
+                sizes
+                    .layouts()
+                    .iter()
+                    .map(|(name, _)| (*name, pins.map(name)))
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
             .map_max_entries(map_names::SERVICES, sizes.services)
             .map_max_entries(map_names::VIPS, sizes.services)
             .map_max_entries(map_names::SERVICE_STATS, sizes.services)
@@ -115,11 +437,16 @@ impl Datapath {
         program.load().map_err(|e| {
             DatapathError::Load(format!("the verifier rejected {XDP_PROGRAM}: {e}"))
         })?;
-        Ok(Self {
-            ebpf,
-            logger,
-            attached: Vec::new(),
-        })
+        Ok((
+            Self {
+                ebpf,
+                logger,
+                attached: Vec::new(),
+                pins: pins.cloned(),
+                pinned_links: Vec::new(),
+            },
+            state,
+        ))
     }
 
     /// The XDP program (for attaching and for BPF_PROG_TEST_RUN).
@@ -152,16 +479,98 @@ impl Datapath {
         &mut self.ebpf
     }
 
-    /// Attaches the program to `interface`.
+    /// Attaches the program to `interface`. When pinning and a link is pinned for it, the
+    /// program in that link is replaced atomically instead (the mode stays the link's); else a
+    /// new link is made and, when pinning, pinned.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
-        let link = self
-            .program()?
-            .attach(interface, mode.into())
-            .map_err(|e| {
-                DatapathError::Load(format!("attaching XDP to {interface} ({mode:?}): {e}"))
-            })?;
-        self.attached.push((interface.to_string(), link));
+        let Some(pins) = self.pins.clone() else {
+            let link = self
+                .program()?
+                .attach(interface, mode.into())
+                .map_err(|e| {
+                    DatapathError::Load(format!("attaching XDP to {interface} ({mode:?}): {e}"))
+                })?;
+            self.attached.push((interface.to_string(), link));
+            return Ok(());
+        };
+        let path = pins.link(interface);
+        if path.exists() {
+            match self.replace_in_pinned_link(&path) {
+                Ok(()) => {
+                    tracing::info!(interface, "XDP program replaced in the pinned link");
+                    return Ok(());
+                }
+                // A link whose interface went away (or a stale file) cannot be updated: a new
+                // attachment is the only way to forward on this interface again.
+                Err(error) => {
+                    tracing::warn!(interface, %error, "pinned link unusable; attaching anew");
+                    std::fs::remove_file(&path).map_err(|e| {
+                        DatapathError::Load(format!("removing {}: {e}", path.display()))
+                    })?;
+                }
+            }
+        }
+        let program = self.program()?;
+        let id = program.attach(interface, mode.into()).map_err(|e| {
+            DatapathError::Load(format!("attaching XDP to {interface} ({mode:?}): {e}"))
+        })?;
+        let link = program
+            .take_link(id)
+            .map_err(|e| DatapathError::Load(format!("taking the XDP link of {interface}: {e}")))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            DatapathError::Load(format!(
+                "XDP on {interface} is not a bpf_link (kernel too old to pin): {e}"
+            ))
+        })?;
+        let pinned = fd_link
+            .pin(&path)
+            .map_err(|e| DatapathError::Load(format!("pinning {}: {e}", path.display())))?;
+        self.pinned_links.push(pinned);
         Ok(())
+    }
+
+    fn replace_in_pinned_link(&mut self, path: &Path) -> Result<(), DatapathError> {
+        let pinned = PinnedLink::from_pin(path)
+            .map_err(|e| DatapathError::Load(format!("opening {}: {e}", path.display())))?;
+        let fd_link = FdLink::from(pinned);
+        // A defunct link (its interface deleted) still opens; `bpf_link_update` refuses it.
+        let link = XdpLink::try_from(fd_link).map_err(|e| {
+            DatapathError::Load(format!("{} is not an XDP link: {e}", path.display()))
+        })?;
+        let program = self.program()?;
+        let id = program
+            .attach_to_link(link)
+            .map_err(|e| DatapathError::Load(format!("updating {}: {e}", path.display())))?;
+        // The link's fd goes with the program object; the pin keeps the attachment.
+        let link = program
+            .take_link(id)
+            .map_err(|e| DatapathError::Load(format!("taking {}: {e}", path.display())))?;
+        drop(link);
+        Ok(())
+    }
+
+    /// With pinning: removes the pinned links of interfaces not in `keep` (an interface dropped
+    /// from `--interface` between runs), which detaches the program from them.
+    pub fn unpin_other_links(&mut self, keep: &[String]) -> Result<Vec<String>, DatapathError> {
+        let Some(pins) = self.pins.clone() else {
+            return Ok(Vec::new());
+        };
+        let mut removed = Vec::new();
+        for interface in pins.pinned_interfaces() {
+            if keep.contains(&interface) {
+                continue;
+            }
+            let path = pins.link(&interface);
+            std::fs::remove_file(&path)
+                .map_err(|e| DatapathError::Load(format!("removing {}: {e}", path.display())))?;
+            removed.push(interface);
+        }
+        Ok(removed)
+    }
+
+    /// Whether the datapath is pinned (and so outlives the agent).
+    pub fn is_pinned(&self) -> bool {
+        self.pins.is_some()
     }
 
     /// Detaches from every interface.
@@ -299,18 +708,33 @@ fn map_error(operation: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -
     move |source| DatapathError::Map { operation, source }
 }
 
-fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, DatapathError> {
-    T::try_from(take(ebpf, name)?).map_err(map_error(format!("opening {name}")))
-}
-
 impl KernelMaps {
     fn take(ebpf: &mut Ebpf) -> Result<Self, DatapathError> {
+        Self::build(|name| take(ebpf, name))
+    }
+
+    /// The maps a running (or stopped) agent pinned under `pins`, for `inspect`.
+    pub fn open_pinned(pins: &PinDir) -> Result<Self, DatapathError> {
+        Self::build(|name| {
+            let path = pins.map(name);
+            let data = MapData::from_pin(&path)
+                .map_err(map_error(format!("opening {}", path.display())))?;
+            Map::from_map_data(data).map_err(map_error(format!("opening {}", path.display())))
+        })
+    }
+
+    fn build(
+        mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
+    ) -> Result<Self, DatapathError> {
+        fn typed<T: TryFrom<Map, Error = aya::maps::MapError>>(
+            get: &mut impl FnMut(&'static str) -> Result<Map, DatapathError>,
+            name: &'static str,
+        ) -> Result<T, DatapathError> {
+            T::try_from(get(name)?).map_err(map_error(format!("opening {name}")))
+        }
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| DatapathError::Load(format!("{what}: {e}")))?;
-        let slot_map = take(ebpf, map_names::MAGLEV_SLOTS)?;
+        let slot_map = get(map_names::MAGLEV_SLOTS)?;
         let Map::Array(slot_data) = slot_map else {
             return Err(DatapathError::Load(format!(
                 "{} is not an array",
@@ -323,18 +747,18 @@ impl KernelMaps {
             .map_err(map_error("reading MAGLEV_SLOTS info"))?;
         let slots = MappedSlots::map(&slot_data, chunks)?;
         Ok(Self {
-            services: typed(ebpf, map_names::SERVICES)?,
-            vips: typed(ebpf, map_names::VIPS)?,
-            backends: typed(ebpf, map_names::BACKENDS)?,
-            service_states: typed(ebpf, map_names::SERVICE_STATES)?,
-            vip_filter: typed(ebpf, map_names::VIP_FILTER)?,
-            backend_filter: typed(ebpf, map_names::BACKEND_FILTER)?,
+            services: typed(&mut get, map_names::SERVICES)?,
+            vips: typed(&mut get, map_names::VIPS)?,
+            backends: typed(&mut get, map_names::BACKENDS)?,
+            service_states: typed(&mut get, map_names::SERVICE_STATES)?,
+            vip_filter: typed(&mut get, map_names::VIP_FILTER)?,
+            backend_filter: typed(&mut get, map_names::BACKEND_FILTER)?,
             slots,
-            flows: typed(ebpf, map_names::FLOWS)?,
-            reverse_flows: typed(ebpf, map_names::REVERSE_FLOWS)?,
-            service_stats: typed(ebpf, map_names::SERVICE_STATS)?,
-            backend_stats: typed(ebpf, map_names::BACKEND_STATS)?,
-            reason_stats: typed(ebpf, map_names::REASON_STATS)?,
+            flows: typed(&mut get, map_names::FLOWS)?,
+            reverse_flows: typed(&mut get, map_names::REVERSE_FLOWS)?,
+            service_stats: typed(&mut get, map_names::SERVICE_STATS)?,
+            backend_stats: typed(&mut get, map_names::BACKEND_STATS)?,
+            reason_stats: typed(&mut get, map_names::REASON_STATS)?,
             cpus,
         })
     }
@@ -410,6 +834,49 @@ impl KernelMaps {
     /// Number of CPUs the per-CPU maps hold values for.
     pub fn cpus(&self) -> usize {
         self.cpus
+    }
+
+    /// Number of tracked flows (client → VIP), counted by walking the keys.
+    pub fn flow_count(&self) -> usize {
+        self.flows.keys().filter(Result::is_ok).count()
+    }
+
+    /// Everything adoption needs, read from the maps (pinned ones after a restart).
+    pub fn read_state(&self) -> Result<KernelState, DatapathError> {
+        let mut services = Vec::new();
+        for item in self.services.iter() {
+            let (key, entry) = item.map_err(map_error("reading SERVICES"))?;
+            let table = self.slots.read(entry.table_offset, entry.table_size);
+            services.push((key, entry, table));
+        }
+        let vips = self
+            .vips
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error("reading VIPS"))?;
+        let epochs = self
+            .service_states
+            .iter()
+            .map(|state| state.map(|s| s.epoch))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error("reading SERVICE_STATES"))?;
+        let mut backends = self
+            .backends
+            .iter()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_error("reading BACKENDS"))?;
+        // Ids never handed out are all zero; drop that tail.
+        let used = backends
+            .iter()
+            .rposition(|b| b.generation != 0 || b.flags != 0 || b.addr != 0)
+            .map_or(0, |last| last + 1);
+        backends.truncate(used);
+        Ok(KernelState {
+            services,
+            vips,
+            epochs,
+            backends,
+        })
     }
 }
 

@@ -116,6 +116,16 @@ impl AddressFilter {
         Ok(())
     }
 
+    /// Counts `addr` without writing (adoption rewrites every word afterwards).
+    fn mark(&mut self, addr: Ipv4Addr) {
+        let (index, bit) = filter_slot(u32::from_ne_bytes(addr.octets()));
+        *self
+            .holders
+            .entry((index, bit.trailing_zeros()))
+            .or_insert(0) += 1;
+        self.words[index as usize] |= bit;
+    }
+
     fn remove<M: DatapathMaps>(
         &mut self,
         maps: &mut M,
@@ -238,6 +248,25 @@ impl SlotPool {
         }
         Some(offset)
     }
+    /// Takes exactly `offset..offset + len` (adopting a table); false when any of it is in use.
+    fn take(&mut self, offset: u32, len: u32) -> bool {
+        let Some((&start, &available)) = self.free.range(..=offset).next_back() else {
+            return false;
+        };
+        let (end, wanted_end) = (start as u64 + available as u64, offset as u64 + len as u64);
+        if wanted_end > end {
+            return false;
+        }
+        self.free.remove(&start);
+        if offset > start {
+            self.free.insert(start, offset - start);
+        }
+        if end > wanted_end {
+            self.free.insert(offset + len, (end - wanted_end) as u32);
+        }
+        true
+    }
+
     fn release(&mut self, mut offset: u32, mut len: u32) {
         if len == 0 {
             return;
@@ -628,6 +657,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
         Ok(())
     }
 }
+
+mod adopt;
+pub use adopt::{AdoptError, AdoptReport, KernelState, ADOPTED};
 
 #[cfg(test)]
 mod tests;

@@ -253,6 +253,11 @@ impl Proxy {
             .map_or(0, AccessLog::dropped)
     }
 
+    /// The leaf certificates' notAfter per Secret in use (for `inspect certs`).
+    pub fn cert_expiry(&self) -> Arc<Vec<(crate::model::ObjectName, i64)>> {
+        self.certs.expiry().load_full()
+    }
+
     /// The proxy's `/metrics` collector: it reads the router current at scrape time.
     pub fn collector(&self) -> ProxyCollector {
         ProxyCollector {

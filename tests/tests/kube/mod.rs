@@ -185,6 +185,9 @@ pub fn run_args(kubeconfig: &Path, interface: &str, extra: &[&str]) -> Result<Ru
         "4096",
         "--drain-timeout",
         "1s",
+        // In-process runners of parallel tests must not share the host's pins.
+        "--bpffs",
+        "off",
     ];
     argv.extend_from_slice(extra);
     match Cli::try_parse_from(argv)?.command {

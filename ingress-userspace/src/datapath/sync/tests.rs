@@ -319,3 +319,228 @@ fn slot_pool_coalesces() {
     pool.release(b, 30);
     assert_eq!(pool.allocate(100), Some(0));
 }
+
+impl MemoryMaps {
+    /// What `KernelMaps::read_state` would read from these maps.
+    fn state(&self) -> KernelState {
+        let services = self
+            .services
+            .iter()
+            .map(|(&(vip, port, proto), entry)| {
+                let start = entry.table_offset as usize;
+                let table = self.slots[start..start + entry.table_size as usize].to_vec();
+                (
+                    ServiceKey {
+                        vip,
+                        port,
+                        proto,
+                        pad: 0,
+                    },
+                    *entry,
+                    table,
+                )
+            })
+            .collect();
+        let epochs_len = self.states.keys().max().map_or(0, |max| max + 1);
+        let backends_len = self.backends.keys().max().map_or(0, |max| max + 1);
+        KernelState {
+            services,
+            vips: self.vips.iter().map(|(k, v)| (*k, *v)).collect(),
+            epochs: (0..epochs_len)
+                .map(|id| self.states.get(&id).map_or(0, |s| s.epoch))
+                .collect(),
+            backends: (0..backends_len)
+                .map(|id| {
+                    self.backends.get(&id).copied().unwrap_or(BackendEntry {
+                        addr: 0,
+                        port: 0,
+                        pad: 0,
+                        flags: 0,
+                        generation: 0,
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// A copy of the maps' contents, without the write log (a restarted agent's view).
+    fn reopen(&self) -> Self {
+        Self {
+            services: self.services.clone(),
+            vips: self.vips.clone(),
+            backends: self.backends.clone(),
+            slots: self.slots.clone(),
+            states: self.states.clone(),
+            filters: self.filters.clone(),
+            writes: Vec::new(),
+        }
+    }
+}
+
+#[test]
+fn adopted_state_keeps_every_id_and_table_and_the_same_plan_writes_nothing() {
+    let now = Instant::now();
+    let plan = plan_of(&[
+        (frontend(10, 80), &[11, 12, 13]),
+        (frontend(10, 443), &[11]),
+        (frontend(20, 53), &[14, 15]),
+    ]);
+    let mut first = DatapathSync::new(MemoryMaps::default(), capacity());
+    first.apply(&plan, now);
+    let kernel = first.maps().reopen();
+    let state = kernel.state();
+
+    let (mut second, report) =
+        DatapathSync::adopt(kernel, capacity(), &state, now).expect("consistent state");
+    assert_eq!(
+        report,
+        AdoptReport {
+            frontends: 3,
+            backends: 6,
+            orphans: 0,
+            vips_fixed: 0,
+        }
+    );
+    for (frontend, programmed) in first.frontends() {
+        let adopted = &second.frontends()[frontend];
+        assert_eq!(adopted.service_id, programmed.service_id, "{frontend}");
+        assert_eq!(adopted.backends, programmed.backends, "{frontend}");
+        assert_eq!(
+            (adopted.table_offset, adopted.table_size, adopted.epoch),
+            (
+                programmed.table_offset,
+                programmed.table_size,
+                programmed.epoch
+            )
+        );
+    }
+    // Adoption rewrote the filter words only (every word), to exactly what they were.
+    let set = |maps: &MemoryMaps| -> Vec<((Filter, u32), u64)> {
+        maps.filters
+            .iter()
+            .filter(|(_, word)| **word != 0)
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    };
+    assert!(
+        set(second.maps()) == set(first.maps()),
+        "filter words differ"
+    );
+    assert!(
+        second.maps().writes.is_empty(),
+        "{:?}",
+        second.maps().writes
+    );
+
+    // The same objects after the restart: nothing to write, and the names come back.
+    let report = second.apply(&plan, now);
+    assert_eq!((report.unchanged, report.errors.len()), (3, 0));
+    assert!(
+        second.maps().writes.is_empty(),
+        "{:?}",
+        second.maps().writes
+    );
+    assert_eq!(
+        second.frontends()[&frontend(10, 80)].plan.service.name,
+        "svc80"
+    );
+
+    // New ids do not collide with adopted ones; a reused id gets a new generation.
+    let grown = plan_of(&[
+        (frontend(10, 80), &[11, 12, 13, 16]),
+        (frontend(10, 443), &[11]),
+        (frontend(20, 53), &[14, 15]),
+        (frontend(30, 80), &[17]),
+    ]);
+    let report = second.apply(&grown, now);
+    assert_eq!(
+        (report.added, report.changed, report.errors.len()),
+        (1, 1, 0)
+    );
+    let ids: Vec<u32> = second
+        .frontends()
+        .values()
+        .flat_map(|p| p.backends.values().copied())
+        .collect();
+    let unique: BTreeSet<u32> = ids.iter().copied().collect();
+    assert_eq!(
+        ids.len(),
+        unique.len(),
+        "a backend id was handed out twice: {ids:?}"
+    );
+    let service_ids: BTreeSet<u32> = second.frontends().values().map(|p| p.service_id).collect();
+    assert_eq!(service_ids.len(), 4);
+    assert_eq!(table_backends(second.maps(), &frontend(10, 80)).len(), 4);
+}
+
+#[test]
+fn adoption_retires_orphans_and_fixes_vip_counts() {
+    let now = Instant::now();
+    let plan = plan_of(&[(frontend(10, 80), &[11, 12])]);
+    let mut first = DatapathSync::new(MemoryMaps::default(), capacity());
+    first.apply(&plan, now);
+    let mut kernel = first.maps().reopen();
+    // A crash between publishing a backend and switching the table, and a stale VIPS count.
+    kernel.backends.insert(
+        40,
+        BackendEntry {
+            addr: u32::from_ne_bytes([198, 51, 100, 99]),
+            port: 8080u16.to_be(),
+            pad: 0,
+            flags: BACKEND_ACTIVE,
+            generation: 3,
+        },
+    );
+    kernel.vips.insert(u32::from_ne_bytes([203, 0, 113, 77]), 1);
+    let state = kernel.state();
+    let (mut second, report) = DatapathSync::adopt(kernel, capacity(), &state, now).expect("ok");
+    assert_eq!((report.orphans, report.vips_fixed), (1, 1));
+    assert_eq!(
+        second.maps().backends[&40].flags,
+        0,
+        "orphan still published"
+    );
+    assert!(!second
+        .maps()
+        .vips
+        .contains_key(&u32::from_ne_bytes([203, 0, 113, 77])));
+    // The orphan's id comes back after the grace period with a newer generation.
+    second.apply(&L4Plan::default(), now + GRACE_PERIOD * 2);
+    let many: Vec<u8> = (100..160).collect();
+    second.apply(
+        &plan_of(&[(frontend(10, 80), &many)]),
+        now + GRACE_PERIOD * 3,
+    );
+    assert!(second.maps().backends[&40].generation > 3);
+}
+
+#[test]
+fn inconsistent_state_is_refused() {
+    let now = Instant::now();
+    let plan = plan_of(&[(frontend(10, 80), &[11, 12]), (frontend(10, 81), &[13])]);
+    let mut first = DatapathSync::new(MemoryMaps::default(), capacity());
+    first.apply(&plan, now);
+    let kernel = first.maps().reopen();
+
+    // Two tables over the same slots.
+    let mut state = kernel.state();
+    let offset = state.services[0].1.table_offset;
+    state.services[1].1.table_offset = offset;
+    let error = DatapathSync::adopt(kernel.reopen(), capacity(), &state, now)
+        .err()
+        .expect("overlap refused");
+    assert!(error.to_string().contains("overlap"), "{error}");
+
+    // A table naming a backend that is not published.
+    let mut state = kernel.state();
+    state.services[0].2[0] = 63;
+    let error = DatapathSync::adopt(kernel.reopen(), capacity(), &state, now)
+        .err()
+        .expect("unpublished backend refused");
+    assert!(error.to_string().contains("unpublished"), "{error}");
+
+    // A service id beyond the capacity.
+    let mut state = kernel.state();
+    state.services[0].1.service_id = 99;
+    assert!(DatapathSync::adopt(kernel.reopen(), capacity(), &state, now).is_err());
+}

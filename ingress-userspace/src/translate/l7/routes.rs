@@ -177,6 +177,65 @@ impl<B: Clone> RouteTable<B> {
     }
 }
 
+/// One rule as the table holds it (merged, conflicts decided), for `inspect routes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry<'a, B> {
+    /// Exact host, `*.suffix`, or `None` for rules without a host.
+    pub host: Option<String>,
+    /// The path (a Prefix rule's elements joined again, so `/a/` shows as `/a`).
+    pub path: String,
+    /// Exact or Prefix (ImplementationSpecific is stored as Prefix).
+    pub path_type: PathType,
+    /// Where it sends.
+    pub backend: &'a B,
+}
+
+impl<B> RouteTable<B> {
+    /// Every rule in match order per host: exact hosts, then wildcards, then rules without a
+    /// host; within a host, Exact paths, then Prefix paths longest first.
+    pub fn entries(&self) -> Vec<RouteEntry<'_, B>> {
+        let mut hosts: Vec<(Option<String>, &HostRoutes<B>)> = Vec::new();
+        let mut exact: Vec<_> = self.exact_hosts.iter().collect();
+        exact.sort_by(|a, b| a.0.cmp(b.0));
+        hosts.extend(exact.into_iter().map(|(h, r)| (Some(h.clone()), r)));
+        let mut wildcard: Vec<_> = self.wildcard_hosts.iter().collect();
+        wildcard.sort_by(|a, b| a.0.cmp(b.0));
+        hosts.extend(
+            wildcard
+                .into_iter()
+                .map(|(s, r)| (Some(format!("*.{s}")), r)),
+        );
+        hosts.push((None, &self.any_host));
+        let mut entries = Vec::new();
+        for (host, routes) in hosts {
+            let mut exact: Vec<_> = routes.exact.iter().collect();
+            exact.sort_by(|a, b| a.0.cmp(b.0));
+            for (path, backend) in exact {
+                entries.push(RouteEntry {
+                    host: host.clone(),
+                    path: path.clone(),
+                    path_type: PathType::Exact,
+                    backend,
+                });
+            }
+            for (parts, backend) in &routes.prefixes {
+                entries.push(RouteEntry {
+                    host: host.clone(),
+                    path: format!("/{}", parts.join("/")),
+                    path_type: PathType::Prefix,
+                    backend,
+                });
+            }
+        }
+        entries
+    }
+
+    /// `spec.defaultBackend` of the oldest Ingress that has one.
+    pub fn default_backend(&self) -> Option<&B> {
+        self.default_backend.as_ref()
+    }
+}
+
 /// `example.com:8080` → `example.com`; `[2001:db8::1]:443` → `[2001:db8::1]`.
 fn strip_port(host: &str) -> &str {
     if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {

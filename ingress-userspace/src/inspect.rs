@@ -1,0 +1,461 @@
+//! `xdp-ingress inspect services|backends|flows|routes|certs [--json]`: what is programmed now,
+//! for a person debugging a node (like `cilium bpf lb list`).
+//!
+//! - `services`, `backends` and `flows` read the pinned BPF maps directly, so they work while the
+//!   agent is down or restarting; Service names come from the running agent when it answers.
+//! - `routes` and `certs` live in the agent's memory: it serves them as JSON on its admin
+//!   listener (`/debug/routes`, `/debug/certs`, and `/debug/services` for the names), built on
+//!   request by the runner from the plans it holds ([`services_view`], [`routes_view`],
+//!   [`certs_view`]); nothing is computed on the sync path.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpStream},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+use ingress_common::{proto, BACKEND_ACTIVE};
+use serde_json::{json, Value};
+use tokio::sync::oneshot;
+
+use crate::{
+    cli::{InspectArgs, InspectWhat},
+    datapath::loader::{KernelMaps, PinDir},
+    model::ObjectName,
+    translate::{
+        l4::L4Plan,
+        l7::{plan::BackendPlan, L7Plan},
+    },
+};
+
+/// A view the admin listener asks the runner for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ViewKind {
+    /// Frontend → Service names ([`services_view`]).
+    Services,
+    /// The routing table ([`routes_view`]).
+    Routes,
+    /// The certificates ([`certs_view`]).
+    Certs,
+}
+
+/// A request for a view; the runner answers on the enclosed channel.
+pub type ViewRequest = (ViewKind, oneshot::Sender<Value>);
+
+/// How long `inspect` waits for the agent's admin listener.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which Service (and port name) each programmed frontend belongs to.
+pub fn services_view(plan: &L4Plan) -> Value {
+    Value::Array(
+        plan.frontends
+            .iter()
+            .map(|(frontend, port)| {
+                json!({
+                    "frontend": frontend.to_string(),
+                    "namespace": port.service.namespace,
+                    "service": port.service.name,
+                    "port_name": port.port_name,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn backend_json(backend: &BackendPlan) -> Value {
+    let (endpoints, unavailable) = match &backend.endpoints {
+        Ok(addrs) => (
+            addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            None,
+        ),
+        Err(why) => (Vec::new(), Some(format!("{why:?}"))),
+    };
+    json!({
+        "ingress": backend.ingress.to_string(),
+        "service": backend.service.to_string(),
+        "port": backend.port.to_string(),
+        "endpoints": endpoints,
+        "unavailable": unavailable,
+    })
+}
+
+/// The proxy's routing table, rule by rule in match order, and the default backend.
+pub fn routes_view(plan: &L7Plan) -> Value {
+    let backend = |id: &usize| plan.backends.get(*id).map_or(Value::Null, backend_json);
+    let routes: Vec<Value> = plan
+        .routes
+        .entries()
+        .into_iter()
+        .map(|entry| {
+            json!({
+                "host": entry.host,
+                "path": entry.path,
+                "path_type": format!("{:?}", entry.path_type),
+                "backend": backend(entry.backend),
+            })
+        })
+        .collect();
+    json!({
+        "routes": routes,
+        "default_backend": plan.routes.default_backend().map(backend),
+    })
+}
+
+/// Certificates by host in precedence order, with the leaf's expiry where it parsed.
+pub fn certs_view(plan: &L7Plan, expiry: &[(ObjectName, i64)]) -> Value {
+    let not_after = |secret: &ObjectName| {
+        expiry
+            .iter()
+            .find(|(name, _)| name == secret)
+            .map(|(_, at)| *at)
+    };
+    let cert = |tls: &crate::translate::l7::plan::TlsPlan, default: bool| {
+        json!({
+            "hosts": tls.hosts,
+            "secret": tls.secret.to_string(),
+            "ingress": tls.ingress.as_ref().map(ToString::to_string),
+            "default": default,
+            "problem": tls.pem.as_ref().err(),
+            "not_after": not_after(&tls.secret),
+        })
+    };
+    let mut certs: Vec<Value> = plan.tls.iter().map(|tls| cert(tls, false)).collect();
+    if let Some(tls) = &plan.default_tls {
+        certs.push(cert(tls, true));
+    }
+    Value::Array(certs)
+}
+
+/// Runs `inspect`.
+pub fn run(args: &InspectArgs) -> Result<()> {
+    let view = match args.what {
+        InspectWhat::Services | InspectWhat::Backends | InspectWhat::Flows => {
+            let pins = PinDir::new(&args.bpffs);
+            let maps = KernelMaps::open_pinned(&pins).with_context(|| {
+                format!(
+                    "reading the maps pinned under {} (is the agent running with --bpffs there?)",
+                    args.bpffs.display()
+                )
+            })?;
+            let names = match fetch(args.admin, "/debug/services") {
+                Ok(names) => names,
+                Err(error) => {
+                    eprintln!("note: no Service names ({error:#}); showing the maps alone");
+                    Value::Array(Vec::new())
+                }
+            };
+            match args.what {
+                InspectWhat::Services => services_from_maps(&maps, &names)?,
+                InspectWhat::Backends => backends_from_maps(&maps, &names)?,
+                _ => flows_from_maps(&maps)?,
+            }
+        }
+        InspectWhat::Routes => fetch(args.admin, "/debug/routes")?,
+        InspectWhat::Certs => fetch(args.admin, "/debug/certs")?,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+    } else {
+        for line in table(args.what, &view) {
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
+
+/// GET `path` from the admin listener; its JSON body.
+fn fetch(admin: SocketAddr, path: &str) -> Result<Value> {
+    let mut stream = TcpStream::connect_timeout(&admin, ADMIN_TIMEOUT)
+        .with_context(|| format!("connecting to the agent's admin listener {admin}"))?;
+    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = Vec::new();
+    stream
+        .read_to_end(&mut response)
+        .with_context(|| format!("reading {path} from {admin}"))?;
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .with_context(|| format!("{path} from {admin}: no HTTP response"))?;
+    let status = head.lines().next().unwrap_or_default();
+    if !status.contains(" 200 ") {
+        bail!("{path} from {admin}: {status}: {}", body.trim());
+    }
+    serde_json::from_str(body).with_context(|| format!("{path} from {admin}: not JSON"))
+}
+
+fn name_of(names: &Value, frontend: &str) -> (String, String) {
+    names
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|n| n["frontend"] == frontend)
+        .map(|n| {
+            let service = format!(
+                "{}/{}",
+                n["namespace"].as_str().unwrap_or_default(),
+                n["service"].as_str().unwrap_or_default()
+            );
+            (service, n["port_name"].as_str().unwrap_or_default().into())
+        })
+        .unwrap_or_else(|| ("-".into(), String::new()))
+}
+
+fn addr(network_order: u32) -> Ipv4Addr {
+    Ipv4Addr::from(network_order.to_ne_bytes())
+}
+
+fn protocol(number: u32) -> &'static str {
+    match u8::try_from(number) {
+        Ok(proto::TCP) => "TCP",
+        Ok(proto::UDP) => "UDP",
+        _ => "?",
+    }
+}
+
+fn services_from_maps(maps: &KernelMaps, names: &Value) -> Result<Value> {
+    let state = maps.read_state()?;
+    let mut services = Vec::new();
+    for (key, entry, table) in &state.services {
+        let frontend = format!(
+            "{}:{}/{}",
+            addr(key.vip),
+            u16::from_be(key.port),
+            protocol(key.proto.into())
+        );
+        let (service, port_name) = name_of(names, &frontend);
+        let counters = maps.service_counters(entry.service_id)?;
+        let mut slots: BTreeMap<u32, usize> = BTreeMap::new();
+        for id in table {
+            *slots.entry(*id).or_insert(0) += 1;
+        }
+        let backends: Vec<Value> = slots
+            .iter()
+            .map(|(id, slots)| {
+                let backend = maps.backend(*id);
+                let counters = maps.backend_counters(*id).unwrap_or_default();
+                json!({
+                    "id": id,
+                    "address": backend.map(|b| format!("{}:{}", addr(b.addr), u16::from_be(b.port))),
+                    "maglev_slots": slots,
+                    "packets": counters.packets,
+                    "bytes": counters.bytes,
+                })
+            })
+            .collect();
+        services.push(json!({
+            "frontend": frontend,
+            "service": service,
+            "port_name": port_name,
+            "service_id": entry.service_id,
+            "maglev_table_size": entry.table_size,
+            "packets": counters.packets,
+            "bytes": counters.bytes,
+            "new_flows": counters.new_flows,
+            "no_backend_drops": counters.no_backend,
+            "backends": backends,
+        }));
+    }
+    services.sort_by(|a, b| a["frontend"].as_str().cmp(&b["frontend"].as_str()));
+    Ok(Value::Array(services))
+}
+
+fn backends_from_maps(maps: &KernelMaps, names: &Value) -> Result<Value> {
+    let state = maps.read_state()?;
+    let mut frontend_of: BTreeMap<u32, String> = BTreeMap::new();
+    for (key, _, table) in &state.services {
+        let frontend = format!(
+            "{}:{}/{}",
+            addr(key.vip),
+            u16::from_be(key.port),
+            protocol(key.proto.into())
+        );
+        for id in table {
+            frontend_of.entry(*id).or_insert_with(|| frontend.clone());
+        }
+    }
+    let mut backends = Vec::new();
+    for (id, backend) in state.backends.iter().enumerate() {
+        let id = id as u32;
+        if backend.flags & BACKEND_ACTIVE == 0 {
+            continue;
+        }
+        let counters = maps.backend_counters(id)?;
+        let frontend = frontend_of.get(&id).cloned().unwrap_or_default();
+        let (service, _) = name_of(names, &frontend);
+        backends.push(json!({
+            "id": id,
+            "address": format!("{}:{}", addr(backend.addr), u16::from_be(backend.port)),
+            "frontend": frontend,
+            "service": service,
+            "generation": backend.generation,
+            "packets": counters.packets,
+            "bytes": counters.bytes,
+        }));
+    }
+    Ok(Value::Array(backends))
+}
+
+fn flows_from_maps(maps: &KernelMaps) -> Result<Value> {
+    let mut flows = Vec::new();
+    for (key, entry) in maps.flows() {
+        let backend = maps
+            .backend(entry.backend_id)
+            .filter(|b| b.flags & BACKEND_ACTIVE != 0 && b.generation == entry.backend_generation);
+        flows.push(json!({
+            "protocol": protocol(key.proto),
+            "client": format!("{}:{}", addr(key.src_addr), u16::from_be(key.src_port)),
+            "vip": format!("{}:{}", addr(key.dst_addr), u16::from_be(key.dst_port)),
+            "backend_id": entry.backend_id,
+            // None: the backend left; the flow's next packet is re-balanced.
+            "backend": backend.map(|b| format!("{}:{}", addr(b.addr), u16::from_be(b.port))),
+            "service_id": entry.service_id,
+        }));
+    }
+    flows.sort_by(|a, b| a["client"].as_str().cmp(&b["client"].as_str()));
+    Ok(Value::Array(flows))
+}
+
+fn text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The human-readable form of a view.
+fn table(what: InspectWhat, view: &Value) -> Vec<String> {
+    let rows = |v: &Value| v.as_array().cloned().unwrap_or_default();
+    let mut lines = Vec::new();
+    match what {
+        InspectWhat::Services => {
+            lines.push(format!(
+                "{:<24} {:<28} {:>5} {:>7} {:>12} {:>10}  BACKENDS (id addr slots packets)",
+                "FRONTEND", "SERVICE", "ID", "SLOTS", "PACKETS", "NEW FLOWS"
+            ));
+            for s in rows(view) {
+                let backends: Vec<String> = rows(&s["backends"])
+                    .iter()
+                    .map(|b| {
+                        format!(
+                            "{} {} {} {}",
+                            b["id"],
+                            text(&b["address"]),
+                            b["maglev_slots"],
+                            b["packets"]
+                        )
+                    })
+                    .collect();
+                lines.push(format!(
+                    "{:<24} {:<28} {:>5} {:>7} {:>12} {:>10}  {}",
+                    text(&s["frontend"]),
+                    text(&s["service"]),
+                    s["service_id"],
+                    s["maglev_table_size"],
+                    s["packets"],
+                    s["new_flows"],
+                    backends.join(", ")
+                ));
+            }
+        }
+        InspectWhat::Backends => {
+            lines.push(format!(
+                "{:>6} {:<22} {:<24} {:<28} {:>12} {:>14}",
+                "ID", "ADDRESS", "FRONTEND", "SERVICE", "PACKETS", "BYTES"
+            ));
+            for b in rows(view) {
+                lines.push(format!(
+                    "{:>6} {:<22} {:<24} {:<28} {:>12} {:>14}",
+                    b["id"],
+                    text(&b["address"]),
+                    text(&b["frontend"]),
+                    text(&b["service"]),
+                    b["packets"],
+                    b["bytes"]
+                ));
+            }
+        }
+        InspectWhat::Flows => {
+            lines.push(format!(
+                "{:<5} {:<22} {:<22} {:<22}",
+                "PROTO", "CLIENT", "VIP", "BACKEND"
+            ));
+            for f in rows(view) {
+                lines.push(format!(
+                    "{:<5} {:<22} {:<22} {:<22}",
+                    text(&f["protocol"]),
+                    text(&f["client"]),
+                    text(&f["vip"]),
+                    text(&f["backend"])
+                ));
+            }
+        }
+        InspectWhat::Routes => {
+            lines.push(format!(
+                "{:<28} {:<24} {:<7} {:<28} {:<28} ENDPOINTS",
+                "HOST", "PATH", "TYPE", "INGRESS", "SERVICE:PORT"
+            ));
+            let mut routes = rows(&view["routes"]);
+            if !view["default_backend"].is_null() {
+                routes.push(json!({"host": "(default)", "path": "", "path_type": "",
+                    "backend": view["default_backend"]}));
+            }
+            for r in routes {
+                let backend = &r["backend"];
+                let endpoints = match backend["unavailable"].as_str() {
+                    Some(why) => format!("unavailable: {why}"),
+                    None => rows(&backend["endpoints"])
+                        .iter()
+                        .map(text)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                lines.push(format!(
+                    "{:<28} {:<24} {:<7} {:<28} {:<28} {}",
+                    r["host"].as_str().unwrap_or("*"),
+                    text(&r["path"]),
+                    text(&r["path_type"]),
+                    text(&backend["ingress"]),
+                    format!("{}:{}", text(&backend["service"]), text(&backend["port"])),
+                    endpoints
+                ));
+            }
+        }
+        InspectWhat::Certs => {
+            lines.push(format!(
+                "{:<36} {:<28} {:<22} STATE",
+                "HOSTS", "SECRET", "NOT AFTER (UNIX)"
+            ));
+            for c in rows(view) {
+                let hosts = rows(&c["hosts"])
+                    .iter()
+                    .map(text)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let hosts = if c["default"] == true {
+                    "(default)".to_string()
+                } else {
+                    hosts
+                };
+                let state = match c["problem"].as_str() {
+                    Some(problem) => format!("unusable: {problem}"),
+                    None => "ok".into(),
+                };
+                lines.push(format!(
+                    "{:<36} {:<28} {:<22} {}",
+                    hosts,
+                    text(&c["secret"]),
+                    text(&c["not_after"]),
+                    state
+                ));
+            }
+        }
+    }
+    lines
+}
