@@ -600,6 +600,17 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         adopted.contains("frontends=2") && adopted.contains("orphans=0"),
         "{adopted}"
     );
+    // The new program went into the pinned links (an atomic swap), not a detach and re-attach.
+    let replaced = scenario
+        .agent()?
+        .output()
+        .into_iter()
+        .filter(|line| line.contains("XDP program replaced in the pinned link"))
+        .count();
+    ensure!(
+        replaced == scenario.lab.node_interfaces().len(),
+        "{replaced} link(s) updated in place"
+    );
 
     // Zero established connections broken: each still answered by the backend it had.
     for connection in &mut held {
@@ -771,5 +782,44 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         "the VIP still answers after cleanup"
     );
     drop(held);
+    Ok(())
+}
+
+#[test]
+fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
+    use xdp_ingress::datapath::loader::{Datapath, MapSizes, PinDir, PinnedState};
+    // SAFETY: plain FFI call without arguments.
+    ensure!(unsafe { libc::geteuid() } == 0, "needs root (BPF, mount)");
+    let bpffs = Bpffs::mount("xe-pm")?;
+    let pins = PinDir::new(bpffs.pins());
+    let sizes = MapSizes {
+        services: 64,
+        backends: 256,
+        maglev_slots: 1 << 16,
+        flows: 1024,
+    };
+    let load = |sizes: &MapSizes| -> Result<PinnedState> {
+        let (datapath, state) = Datapath::load_pinned(sizes, Some(&pins))?;
+        drop(datapath);
+        Ok(state)
+    };
+    ensure!(load(&sizes)? == PinnedState::Fresh, "nothing was pinned yet");
+    ensure!(load(&sizes)? == PinnedState::Adopted, "same build, same sizes");
+    // A different flow table size: the state maps are adopted, FLOWS is made anew.
+    let more_flows = MapSizes {
+        flows: 2048,
+        ..sizes
+    };
+    ensure!(load(&more_flows)? == PinnedState::Adopted, "only FLOWS differs");
+    // A different Service capacity changes state maps: everything starts empty.
+    let more_services = MapSizes {
+        services: 128,
+        ..more_flows
+    };
+    ensure!(load(&more_services)? == PinnedState::Fresh, "state maps differ");
+    ensure!(load(&more_services)? == PinnedState::Adopted, "pinned again");
+    let removed = pins.remove_all()?;
+    ensure!(removed.len() >= 13, "cleanup removed {removed:?}");
+    ensure!(!bpffs.pins().exists(), "pin directory left behind");
     Ok(())
 }
