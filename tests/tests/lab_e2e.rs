@@ -803,21 +803,36 @@ fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
         drop(datapath);
         Ok(state)
     };
-    ensure!(load(&sizes)? == PinnedState::Fresh, "nothing was pinned yet");
-    ensure!(load(&sizes)? == PinnedState::Adopted, "same build, same sizes");
+    ensure!(
+        load(&sizes)? == PinnedState::Fresh,
+        "nothing was pinned yet"
+    );
+    ensure!(
+        load(&sizes)? == PinnedState::Adopted,
+        "same build, same sizes"
+    );
     // A different flow table size: the state maps are adopted, FLOWS is made anew.
     let more_flows = MapSizes {
         flows: 2048,
         ..sizes
     };
-    ensure!(load(&more_flows)? == PinnedState::Adopted, "only FLOWS differs");
+    ensure!(
+        load(&more_flows)? == PinnedState::Adopted,
+        "only FLOWS differs"
+    );
     // A different Service capacity changes state maps: everything starts empty.
     let more_services = MapSizes {
         services: 128,
         ..more_flows
     };
-    ensure!(load(&more_services)? == PinnedState::Fresh, "state maps differ");
-    ensure!(load(&more_services)? == PinnedState::Adopted, "pinned again");
+    ensure!(
+        load(&more_services)? == PinnedState::Fresh,
+        "state maps differ"
+    );
+    ensure!(
+        load(&more_services)? == PinnedState::Adopted,
+        "pinned again"
+    );
     let removed = pins.remove_all()?;
     ensure!(removed.len() >= 13, "cleanup removed {removed:?}");
     ensure!(!bpffs.pins().exists(), "pin directory left behind");
