@@ -133,6 +133,7 @@ pub fn build() -> Result<()> {
         &format!("oci-archive:{archive_str}:{tag}"),
     ]))?;
 
+    verify_archive(&archive, &out.join("unpacked"))?;
     let size = fs::metadata(&archive)
         .with_context(|| format!("reading {}", archive.display()))?
         .len();
@@ -150,6 +151,93 @@ pub fn build() -> Result<()> {
         started.elapsed().as_secs_f64(),
         built.as_secs_f64()
     );
+    Ok(())
+}
+
+/// Reads a JSON blob of the unpacked OCI layout by digest (`sha256:...`).
+fn blob(layout: &Path, digest: &str) -> Result<(PathBuf, serde_json::Value)> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .with_context(|| format!("digest {digest:?} is not sha256"))?;
+    let path = layout.join("blobs/sha256").join(hex);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let json = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    Ok((path, json))
+}
+
+/// What a user of the archive gets: unpacks it as an OCI layout (index, manifest, config,
+/// layers), checks the config (entrypoint, non-root user) and that the root filesystem holds the
+/// binary alone, then runs that very binary: `--version` and `validate` on `deploy/examples`.
+fn verify_archive(archive: &Path, scratch: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(scratch);
+    let (layout, rootfs) = (scratch.join("layout"), scratch.join("rootfs"));
+    fs::create_dir_all(&layout)?;
+    fs::create_dir_all(&rootfs)?;
+    cmd::run(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(&layout))?;
+    let index: serde_json::Value = serde_json::from_str(
+        &fs::read_to_string(layout.join("index.json")).context("the archive has no index.json")?,
+    )?;
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .context("index.json names no manifest")?;
+    let (_, manifest) = blob(&layout, manifest_digest)?;
+    let config_digest = manifest["config"]["digest"]
+        .as_str()
+        .context("the manifest names no config")?;
+    let (_, config) = blob(&layout, config_digest)?;
+    ensure!(
+        config["config"]["Entrypoint"] == serde_json::json!(["/xdp-ingress"]),
+        "image entrypoint {}",
+        config["config"]["Entrypoint"]
+    );
+    ensure!(
+        config["config"]["User"] == "65532:65532",
+        "image user {}",
+        config["config"]["User"]
+    );
+    let layers = manifest["layers"]
+        .as_array()
+        .context("the manifest lists no layers")?;
+    for layer in layers {
+        let digest = layer["digest"].as_str().context("a layer without digest")?;
+        let hex = digest.strip_prefix("sha256:").context("layer digest")?;
+        // GNU tar recognises gzip (and uncompressed) layers by themselves.
+        cmd::run(
+            Command::new("tar")
+                .arg("-xf")
+                .arg(layout.join("blobs/sha256").join(hex))
+                .arg("-C")
+                .arg(&rootfs),
+        )?;
+    }
+    let files: Vec<String> = fs::read_dir(&rootfs)?
+        .filter_map(Result::ok)
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    ensure!(
+        files == ["xdp-ingress"],
+        "the image's root holds {files:?}, not the binary alone"
+    );
+    let binary = rootfs.join("xdp-ingress");
+    let version = cmd::output(Command::new(&binary).arg("--version"))?;
+    ensure!(
+        version.trim() == format!("xdp-ingress {}", env!("CARGO_PKG_VERSION")),
+        "the image's binary says {version:?}"
+    );
+    let examples = cmd::workspace_root().join("deploy/examples");
+    let validated = cmd::output(
+        Command::new(&binary)
+            .arg("validate")
+            .arg("--manifests")
+            .arg(&examples),
+    )?;
+    println!(
+        "verified: the archive's binary runs `--version` ({}) and `validate` on deploy/examples \
+         ({})",
+        version.trim(),
+        validated.lines().last().unwrap_or_default()
+    );
+    fs::remove_dir_all(scratch).with_context(|| format!("removing {}", scratch.display()))?;
     Ok(())
 }
 
