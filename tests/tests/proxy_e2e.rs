@@ -20,8 +20,9 @@ use anyhow::{anyhow, bail, ensure as check, Context as _, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderValue, StatusCode, Version};
 use http_body_util::BodyExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{
-    backends::{closed_port, Backend, Fnv, PatternBody, WsBackend},
+    backends::{closed_port, Backend, Fnv, Gate, PatternBody, WsBackend, CHUNK},
     clients::{self, curl, get, pooled, raw_exchange, request, send_h1, tls_connect, Tls},
     ensure, eventually,
     manifests::{
@@ -31,7 +32,9 @@ use proxy::{
     TestProxy,
 };
 use serde_json::Value;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_tungstenite::tungstenite::Message;
+use xdp_ingress_tests::agent;
 
 /// Services for `backends`, one each, named after the backend.
 fn services_for(backends: &[&Backend]) -> Vec<Value> {
@@ -1112,5 +1115,486 @@ async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
     assert!(text.ends_with("# EOF\n"), "{text}");
     // No datapath, so no L4 families.
     assert!(!text.contains("xdp_ingress_datapath_packets"), "{text}");
+    Ok(())
+}
+
+/// Whether process `pid` (our child, not yet reaped) has exited: it is a zombie in
+/// /proc/PID/stat. Reading the state instead of reaping leaves the exit status to
+/// `AgentProcess::terminate`, which then signals a process that is already gone.
+fn has_exited(pid: u32) -> Result<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name in parentheses may hold spaces; the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no state in /proc/{pid}/stat: {stat:?}"))?;
+    Ok(state == "Z" || state == "X")
+}
+
+/// Drain on SIGTERM, with requests held in flight by the backend until the test lets them go:
+/// three HTTP/1.1 requests waiting for their response head, one h2c request, and one HTTP/1.1
+/// response whose head and first half of the body are already out. After SIGTERM, while those
+/// are still held: both listeners refuse new connections; an idle keep-alive connection (one
+/// request done) is closed by the proxy with a FIN, and a connection that never sent a byte is
+/// closed too (FIN or reset), long before the drain timeout; the agent is still running. Once
+/// released, every held request completes with 200 and its whole body, and the agent exits 0
+/// with "proxy drained" (not "drain timeout") within the drain timeout plus a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Result<()> {
+    const DRAIN: Duration = Duration::from_secs(10);
+    const HELD_H1: usize = 3;
+    // Several chunks per half, so the held half really is a body cut in the middle.
+    const BODY: u64 = 6 * CHUNK as u64;
+    let gate = Gate::new();
+    let web = Backend::start_gated("web", gate.clone()).await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[&web]))?;
+    manifests.write(
+        "drain.yaml",
+        &[ingress(
+            "drain",
+            &[rule(Some("drain.example"), &[("/", "Prefix", "web")])],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &["--drain-timeout", "10s"])?;
+
+    // An idle keep-alive connection: one request answered, then nothing.
+    let mut idle = tokio::net::TcpStream::connect(proxy.http).await?;
+    idle.write_all(b"GET /idle HTTP/1.1\r\nHost: drain.example\r\n\r\n")
+        .await?;
+    let (status, text) =
+        tokio::time::timeout(clients::EXCHANGE_TIMEOUT, clients::read_response(&mut idle))
+            .await
+            .map_err(|_| anyhow!("no answer on the keep-alive connection"))??;
+    check!(status == 200, "keep-alive request: {text}");
+    check!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "the first answer must keep the connection open: {text}"
+    );
+    // A connection that has not sent a byte yet.
+    let mut silent = tokio::net::TcpStream::connect(proxy.http).await?;
+
+    let mut held = Vec::new();
+    for i in 0..HELD_H1 {
+        let path = format!("/held/h1-{i}");
+        let addr = proxy.http;
+        held.push((
+            path.clone(),
+            tokio::spawn(async move {
+                send_h1(
+                    addr,
+                    request("drain.example", &path).body(clients::empty())?,
+                )
+                .await
+            }),
+        ));
+    }
+    let h2c = {
+        let stream = tokio::net::TcpStream::connect(proxy.http).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        let request = http::Request::get("http://drain.example/held/h2c").body(clients::empty())?;
+        tokio::spawn(async move { clients::collect(sender.send_request(request).await?).await })
+    };
+    held.push(("/held/h2c".to_string(), h2c));
+    let streaming = {
+        let stream = tokio::net::TcpStream::connect(proxy.http).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request =
+            request("drain.example", &format!("/held-body/{BODY}")).body(clients::empty())?;
+        // The head arrives while the second half of the body is held.
+        let response =
+            tokio::time::timeout(clients::EXCHANGE_TIMEOUT, sender.send_request(request))
+                .await
+                .map_err(|_| anyhow!("no response head for /held-body"))??;
+        check!(response.status() == StatusCode::OK, "{response:?}");
+        tokio::spawn(clients::collect(response))
+    };
+    // Every held request has reached the backend (and the held body its half): all are in
+    // flight in the proxy now.
+    let expected_arrivals = HELD_H1 + 2;
+    eventually("every held request reaches the backend", || async {
+        ensure(gate.arrived() == expected_arrivals, || {
+            format!("{} of {expected_arrivals} arrived", gate.arrived())
+        })
+    })
+    .await
+    .with_context(|| proxy.log())?;
+
+    let pid = proxy.agent.pid();
+    let signalled = std::time::Instant::now();
+    // SAFETY: plain FFI call on our own child's pid (alive: it holds our requests).
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
+    }
+    proxy.wait_for_log(&["SIGTERM"]).await?;
+
+    // New connections are refused on both listeners. A connect that still gets through (it
+    // raced the listener's close) is dropped at once and tried again.
+    eventually("new connections are refused", || async {
+        for addr in [proxy.http, proxy.https] {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => bail!("{addr} still accepts connections"),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(error) => bail!("connecting to {addr}: {error}"),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| proxy.log())?;
+
+    // Idle connections are closed by the drain itself: the held requests keep the agent from
+    // exiting, so a close seen now cannot be the process going away. The bound is below the
+    // drain timeout, after which everything would be closed anyway.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(DRAIN / 2, idle.read(&mut byte))
+        .await
+        .map_err(|_| anyhow!("the idle keep-alive connection is still open after SIGTERM"))?;
+    check!(
+        matches!(read, Ok(0)),
+        "the idle keep-alive connection must end with a FIN, got {read:?}"
+    );
+    let read = tokio::time::timeout(DRAIN / 2, silent.read(&mut byte))
+        .await
+        .map_err(|_| anyhow!("the silent connection is still open after SIGTERM"))?;
+    check!(
+        matches!(&read, Ok(0)) || read.is_err(),
+        "the silent connection must be closed, got {read:?}"
+    );
+    check!(
+        proxy
+            .agent
+            .output()
+            .iter()
+            .all(|l| !l.contains("drain timeout")),
+        "the drain timed out while the test was checking: {}",
+        proxy.log()
+    );
+    check!(
+        !has_exited(pid)?,
+        "the agent exited with requests in flight: {}",
+        proxy.log()
+    );
+    check!(
+        held.iter().all(|(_, task)| !task.is_finished()) && !streaming.is_finished(),
+        "a held request finished before the gate opened"
+    );
+
+    gate.open();
+    for (path, task) in held {
+        let reply = task
+            .await?
+            .with_context(|| format!("{path} after SIGTERM"))?;
+        assert_served(&reply, "web", &format!("{path} in flight at SIGTERM"));
+        let json = reply.json()?;
+        assert_eq!(json["path"], path.as_str(), "{}", reply.text());
+        if path.ends_with("h2c") {
+            assert_eq!(reply.version, Version::HTTP_2, "{path}");
+        }
+    }
+    let reply = streaming.await?.context("/held-body after SIGTERM")?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len() as u64, BODY, "the whole held body");
+    let mut fnv = Fnv::default();
+    fnv.update(&reply.body);
+    assert_eq!(fnv.0, Fnv::of_pattern(BODY), "the held body's bytes");
+
+    // Exits on its own once the last connection closed; the bound is generous on purpose.
+    let bound = DRAIN + Duration::from_secs(10);
+    while !has_exited(pid)? {
+        check!(
+            signalled.elapsed() < bound,
+            "the agent did not exit within {bound:?} of SIGTERM: {}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, output) = proxy.agent.terminate(Duration::from_secs(5))?;
+    let output = output.join("\n");
+    check!(status.success(), "exit {status}: {output}");
+    check!(output.contains("proxy drained"), "{output}");
+    check!(!output.contains("drain timeout"), "{output}");
+    Ok(())
+}
+
+/// Runs `xdp-ingress inspect <what> --admin <admin>` (with `--json` when asked) and returns its
+/// standard output; fails unless it exits 0.
+async fn inspect(admin: std::net::SocketAddr, what: &str, json: bool) -> Result<String> {
+    let mut command = tokio::process::Command::new(agent::binary()?);
+    command.args(["inspect", what, "--admin", &admin.to_string()]);
+    if json {
+        command.arg("--json");
+    }
+    let output = tokio::time::timeout(
+        clients::EXCHANGE_TIMEOUT,
+        command.kill_on_drop(true).output(),
+    )
+    .await
+    .map_err(|_| anyhow!("inspect {what} timed out"))?
+    .context("running xdp-ingress inspect")?;
+    check!(
+        output.status.success(),
+        "inspect {what} (json: {json}): {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// `inspect <what> --json`, parsed.
+async fn inspect_json(admin: std::net::SocketAddr, what: &str) -> Result<Value> {
+    let text = inspect(admin, what, true).await?;
+    serde_json::from_str(&text).with_context(|| format!("inspect {what} --json: {text}"))
+}
+
+/// The routes view with each backend's endpoints sorted (their order is not part of the view).
+fn sorted_endpoints(mut view: Value) -> Value {
+    let mut backends: Vec<&mut Value> = Vec::new();
+    if let Some(routes) = view["routes"].as_array_mut() {
+        backends.extend(routes.iter_mut().map(|r| &mut r["backend"]));
+    }
+    for backend in backends {
+        if let Some(endpoints) = backend["endpoints"].as_array_mut() {
+            endpoints.sort_by_key(|e| e.to_string());
+        }
+    }
+    if let Some(endpoints) = view["default_backend"]["endpoints"].as_array_mut() {
+        endpoints.sort_by_key(|e| e.to_string());
+    }
+    view
+}
+
+/// `xdp-ingress inspect routes|certs` against a running agent: the JSON form shows every rule
+/// (exact and wildcard hosts, Exact and Prefix paths, in match order) with its Ingress, Service,
+/// port and the backends' real addresses, a Service without endpoints as unavailable, and the
+/// default backend; the certificates with their hosts, Secret, Ingress and the notAfter the
+/// test put in the certificate, the default certificate, and an Ingress's missing Secret with a
+/// problem. The table form prints one line per route and per certificate. A path added to a
+/// manifest shows after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
+    // 2033-07-15T00:00:00Z.
+    const NOT_AFTER: i64 = 2_004_998_400;
+    let web_a = Backend::start("web-a").await?;
+    let web_b = Backend::start("web-b").await?;
+    let api = Backend::start("api").await?;
+    let checkout = Backend::start("checkout").await?;
+    let apps = Backend::start("apps").await?;
+    let fallback = Backend::start("fallback").await?;
+    let mut params = rcgen::CertificateParams::new(vec!["shop.example".to_string()])?;
+    params.not_after = rcgen::date_time_ymd(2033, 7, 15);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = backend_service("web", &[web_a.addr, web_b.addr]);
+    services.extend(services_for(&[&api, &checkout, &apps, &fallback]));
+    // A Service without endpoints: its route is shown as unavailable.
+    services.push(service("empty"));
+    manifests.write("services.yaml", &services)?;
+    manifests.write(
+        "secrets.yaml",
+        &[tls_secret("shop-tls", &cert.pem(), &key.serialize_pem())],
+    )?;
+    let shop = |extra: Option<(&'static str, &'static str, &'static str)>| {
+        let mut paths = vec![
+            ("/checkout", "Exact", "checkout"),
+            ("/", "Prefix", "web"),
+            ("/api", "Prefix", "api"),
+            ("/soon", "Exact", "empty"),
+        ];
+        paths.extend(extra);
+        let mut shop = ingress("shop", &[rule(Some("shop.example"), &paths)]);
+        with_tls(&mut shop, &["shop.example"], "shop-tls");
+        shop
+    };
+    manifests.write("shop.yaml", &[shop(None)])?;
+    let mut apps_ingress = ingress(
+        "apps",
+        &[rule(Some("*.apps.example"), &[("/", "Prefix", "apps")])],
+    );
+    with_tls(&mut apps_ingress, &["*.apps.example"], "missing-tls");
+    manifests.write(
+        "others.yaml",
+        &[
+            apps_ingress,
+            ingress_with("fallback", Some(OUR_CLASS), &[], |i| {
+                with_default_backend(i, "fallback")
+            }),
+        ],
+    )?;
+    let proxy =
+        TestProxy::start_with_admin(manifests, &["--default-tls-secret", "default/shop-tls"])?;
+    let admin = proxy.admin.context("no admin listener")?;
+
+    let backend = |ingress: &str, service: &str, endpoints: &[&Backend]| {
+        let mut endpoints: Vec<String> = endpoints.iter().map(|b| b.addr.to_string()).collect();
+        endpoints.sort_by_key(|e| Value::from(e.as_str()).to_string());
+        serde_json::json!({
+            "ingress": format!("default/{ingress}"),
+            "service": format!("default/{service}"),
+            "port": "80",
+            "endpoints": endpoints,
+            "unavailable": null,
+        })
+    };
+    let route = |host: &str, path: &str, path_type: &str, backend: Value| serde_json::json!({"host": host, "path": path, "path_type": path_type, "backend": backend});
+    let unavailable = serde_json::json!({
+        "ingress": "default/shop",
+        "service": "default/empty",
+        "port": "80",
+        "endpoints": [],
+        "unavailable": "NoReadyEndpoints",
+    });
+    // Match order: exact hosts, then wildcards; Exact paths by name, then Prefix longest first.
+    let mut routes = vec![
+        route(
+            "shop.example",
+            "/checkout",
+            "Exact",
+            backend("shop", "checkout", &[&checkout]),
+        ),
+        route("shop.example", "/soon", "Exact", unavailable),
+        route(
+            "shop.example",
+            "/api",
+            "Prefix",
+            backend("shop", "api", &[&api]),
+        ),
+        route(
+            "shop.example",
+            "/",
+            "Prefix",
+            backend("shop", "web", &[&web_a, &web_b]),
+        ),
+        route(
+            "*.apps.example",
+            "/",
+            "Prefix",
+            backend("apps", "apps", &[&apps]),
+        ),
+    ];
+    let expected = |routes: &[Value]| {
+        serde_json::json!({
+            "routes": routes,
+            "default_backend": backend("fallback", "fallback", &[&fallback]),
+        })
+    };
+    let view = sorted_endpoints(inspect_json(admin, "routes").await?);
+    assert_eq!(
+        view,
+        expected(&routes),
+        "inspect routes --json:\n{}",
+        serde_json::to_string_pretty(&view)?
+    );
+
+    let certs = inspect_json(admin, "certs").await?;
+    let certs = certs.as_array().context("certs is not an array")?;
+    let shop_cert = serde_json::json!({
+        "hosts": ["shop.example"],
+        "secret": "default/shop-tls",
+        "ingress": "default/shop",
+        "default": false,
+        "problem": null,
+        "not_after": NOT_AFTER,
+    });
+    let default_cert = serde_json::json!({
+        "hosts": [],
+        "secret": "default/shop-tls",
+        "ingress": null,
+        "default": true,
+        "problem": null,
+        "not_after": NOT_AFTER,
+    });
+    check!(certs.len() == 3, "three certificates: {certs:#?}");
+    assert!(certs.contains(&shop_cert), "{certs:#?}");
+    // The default certificate comes last: it is the fallback after every name.
+    assert_eq!(certs[2], default_cert, "{certs:#?}");
+    let missing = certs
+        .iter()
+        .find(|c| c["secret"] == "default/missing-tls")
+        .with_context(|| format!("no entry for the missing Secret: {certs:#?}"))?;
+    assert_eq!(missing["hosts"], serde_json::json!(["*.apps.example"]));
+    assert_eq!(missing["ingress"], "default/apps");
+    assert_eq!(missing["default"], false);
+    assert_eq!(missing["not_after"], Value::Null);
+    let problem = missing["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("no Secret default/missing-tls"),
+        "the missing Secret is reported: {missing}"
+    );
+
+    // The table: a header, one line per route, one for the default backend.
+    let table = inspect(admin, "routes", false).await?;
+    let lines: Vec<&str> = table.lines().collect();
+    check!(lines.len() == 1 + routes.len() + 1, "{table}");
+    check!(lines[0].starts_with("HOST"), "{table}");
+    for (line, route) in lines[1..].iter().zip(&routes) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let service_port = format!(
+            "{}:80",
+            route["backend"]["service"].as_str().unwrap_or_default()
+        );
+        let want = [
+            route["host"].as_str().unwrap_or_default(),
+            route["path"].as_str().unwrap_or_default(),
+            route["path_type"].as_str().unwrap_or_default(),
+            route["backend"]["ingress"].as_str().unwrap_or_default(),
+            service_port.as_str(),
+        ];
+        check!(words.get(..5) == Some(&want[..]), "{line:?} for {route}");
+    }
+    let default_line = lines[lines.len() - 1];
+    check!(
+        default_line.starts_with("(default)")
+            && default_line.contains("default/fallback:80")
+            && default_line.contains(&fallback.addr.to_string()),
+        "{table}"
+    );
+    let table = inspect(admin, "certs", false).await?;
+    check!(table.lines().count() == 1 + certs.len(), "{table}");
+    check!(
+        table.lines().any(|l| l.starts_with("(default)")
+            && l.contains("default/shop-tls")
+            && l.contains(&NOT_AFTER.to_string())),
+        "{table}"
+    );
+    check!(
+        table
+            .lines()
+            .any(|l| l.contains("default/missing-tls") && l.contains("unusable:")),
+        "{table}"
+    );
+
+    // A path added to a manifest shows after the reload.
+    proxy
+        .manifests
+        .write("shop.yaml", &[shop(Some(("/new", "Exact", "api")))])?;
+    routes.insert(
+        1,
+        route(
+            "shop.example",
+            "/new",
+            "Exact",
+            backend("shop", "api", &[&api]),
+        ),
+    );
+    let want = expected(&routes);
+    eventually("inspect routes shows the new path", || async {
+        let view = sorted_endpoints(inspect_json(admin, "routes").await?);
+        ensure(view == want, || {
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        })
+    })
+    .await
+    .with_context(|| proxy.log())?;
     Ok(())
 }

@@ -3,6 +3,10 @@
 //!
 //! The HTTP backend's paths:
 //! - `/sleep/<ms>`: waits, then answers like any other path;
+//! - `/held/<rest>`: waits until the backend's [`Gate`] opens (at once without one), then
+//!   answers like `/<rest>`;
+//! - `/held-body/<bytes>`: like `/download/<bytes>`, but stops after the first half of the body
+//!   until the [`Gate`] opens, so the response head is already out while it is held;
 //! - `/download/<bytes>`: that many bytes of [`pattern`], streamed (Content-Length set);
 //! - `/upload`: reads the body and answers `{"backend", "bytes", "fnv"}` (FNV-1a of the body);
 //! - `/hop-response`: the usual answer plus hop-by-hop response headers;
@@ -14,7 +18,10 @@ use std::{
     convert::Infallible,
     net::SocketAddr,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -24,7 +31,7 @@ use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::BodyExt as _;
+use http_body_util::{BodyExt, StreamBody};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -139,6 +146,43 @@ fn full(bytes: impl Into<Bytes>) -> BackendBody {
     http_body_util::Full::new(bytes.into()).boxed()
 }
 
+/// Holds the answers to `/held/...` and `/held-body/...` until opened: requests stay in flight
+/// for exactly as long as a test needs, without guessing a delay.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(Arc<GateState>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: AtomicBool,
+    arrived: AtomicUsize,
+}
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many answers reached the gate so far (held, or let through once open).
+    pub fn arrived(&self) -> usize {
+        self.0.arrived.load(Ordering::SeqCst)
+    }
+
+    /// Lets every held answer (and every later one) through.
+    pub fn open(&self) {
+        self.0.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits until the gate is open. A short poll rather than a notification: the wait sits in
+    /// response bodies, which must be `Sync`, and a few milliseconds of latency do not matter.
+    async fn pass(&self) {
+        self.0.arrived.fetch_add(1, Ordering::SeqCst);
+        while !self.0.open.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
+
 /// An HTTP/1.1 backend.
 pub struct Backend {
     /// Its name, in every answer.
@@ -152,17 +196,26 @@ pub struct Backend {
 impl Backend {
     /// Listens on 127.0.0.1:0 and serves until dropped.
     pub async fn start(name: &str) -> Result<Self> {
+        Self::start_inner(name, None).await
+    }
+
+    /// Like [`Backend::start`], with `gate` holding `/held/...` and `/held-body/...` answers.
+    pub async fn start_gated(name: &str, gate: Gate) -> Result<Self> {
+        Self::start_inner(name, Some(gate)).await
+    }
+
+    async fn start_inner(name: &str, gate: Option<Gate>) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let shared = (Arc::<str>::from(name), seen.clone());
+        let shared = (Arc::<str>::from(name), seen.clone(), gate);
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
-                        let (name, seen) = shared.clone();
-                        async move { Ok::<_, Infallible>(answer(&name, &seen, request).await) }
+                        let (name, seen, gate) = shared.clone();
+                        async move { Ok::<_, Infallible>(answer(&name, &seen, gate, request).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -198,6 +251,7 @@ impl Drop for Backend {
 async fn answer(
     name: &str,
     seen: &Mutex<Vec<String>>,
+    gate: Option<Gate>,
     request: Request<Incoming>,
 ) -> Response<BackendBody> {
     let path = request
@@ -207,7 +261,21 @@ async fn answer(
     if let Ok(mut seen) = seen.lock() {
         seen.push(path.clone());
     }
-    let uri_path = request.uri().path().to_string();
+    let mut uri_path = request.uri().path().to_string();
+    if let Some(rest) = uri_path.strip_prefix("/held/") {
+        if let Some(gate) = &gate {
+            gate.pass().await;
+        }
+        uri_path = format!("/{rest}");
+    }
+    if let Some(len) = uri_path.strip_prefix("/held-body/") {
+        let len: u64 = len.parse().unwrap_or(0);
+        let mut response = Response::new(held_body(len, gate));
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        return response;
+    }
     if let Some(ms) = uri_path.strip_prefix("/sleep/") {
         let ms: u64 = ms.parse().unwrap_or(0);
         tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -288,6 +356,27 @@ async fn answer(
         *response.status_mut() = StatusCode::BAD_REQUEST;
     }
     response
+}
+
+/// `len` bytes of [`pattern`]: the first half at once, the rest once `gate` is open.
+fn held_body(len: u64, gate: Option<Gate>) -> BackendBody {
+    let half = len / 2;
+    let frames = futures_util::stream::unfold((0u64, gate), move |(offset, mut gate)| async move {
+        if offset >= len {
+            return None;
+        }
+        if offset >= half {
+            if let Some(gate) = gate.take() {
+                gate.pass().await;
+            }
+        }
+        // Chunks end at the half, so the first half is all out before the wait.
+        let end = if offset < half { half } else { len };
+        let n = (end - offset).min(CHUNK as u64) as usize;
+        let frame = Frame::data(Bytes::from_static(pattern(offset, n)));
+        Some((Ok::<_, Infallible>(frame), (offset + n as u64, gate)))
+    });
+    BodyExt::boxed(StreamBody::new(frames))
 }
 
 /// A WebSocket backend: answers each text message `m` with `<name>:<m>` and echoes binary ones.

@@ -152,38 +152,45 @@ pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> Result<(u16, Strin
     let exchange = async {
         let mut stream = TcpStream::connect(proxy).await?;
         stream.write_all(bytes).await?;
-        let mut received = Vec::new();
-        let mut buffer = [0u8; 16 * 1024];
-        loop {
-            let n = stream.read(&mut buffer).await.unwrap_or(0);
-            if n == 0 {
-                break;
-            }
-            received.extend_from_slice(&buffer[..n]);
-            if let Some(end) = find(&received, b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-                let length = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("content-length:"))
-                    .and_then(|v| v.trim().parse::<usize>().ok());
-                if let Some(length) = length {
-                    if received.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-            }
-        }
-        let text = String::from_utf8_lossy(&received).into_owned();
-        let status = text
-            .strip_prefix("HTTP/1.1 ")
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse().ok())
-            .with_context(|| format!("no HTTP/1.1 status line in {text:?}"))?;
-        Ok::<_, anyhow::Error>((status, text))
+        read_response(&mut stream).await
     };
     tokio::time::timeout(EXCHANGE_TIMEOUT, exchange)
         .await
         .map_err(|_| anyhow!("no complete answer in {EXCHANGE_TIMEOUT:?}"))?
+}
+
+/// Reads one HTTP/1.1 response from `stream`: its status and the whole text (head and body as
+/// far as Content-Length says, or to the end of the connection). With a Content-Length, the
+/// connection stays usable (keep-alive).
+pub async fn read_response(stream: &mut TcpStream) -> Result<(u16, String)> {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let n = stream.read(&mut buffer).await.unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        received.extend_from_slice(&buffer[..n]);
+        if let Some(end) = find(&received, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if let Some(length) = length {
+                if received.len() >= end + 4 + length {
+                    break;
+                }
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&received).into_owned();
+    let status = text
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("no HTTP/1.1 status line in {text:?}"))?;
+    Ok((status, text))
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
