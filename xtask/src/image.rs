@@ -161,7 +161,8 @@ fn blob(layout: &Path, digest: &str) -> Result<(PathBuf, serde_json::Value)> {
         .with_context(|| format!("digest {digest:?} is not sha256"))?;
     let path = layout.join("blobs/sha256").join(hex);
     let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let json = serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let json =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
     Ok((path, json))
 }
 
@@ -173,7 +174,13 @@ fn verify_archive(archive: &Path, scratch: &Path) -> Result<()> {
     let (layout, rootfs) = (scratch.join("layout"), scratch.join("rootfs"));
     fs::create_dir_all(&layout)?;
     fs::create_dir_all(&rootfs)?;
-    cmd::run(Command::new("tar").arg("-xf").arg(archive).arg("-C").arg(&layout))?;
+    cmd::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(archive)
+            .arg("-C")
+            .arg(&layout),
+    )?;
     let index: serde_json::Value = serde_json::from_str(
         &fs::read_to_string(layout.join("index.json")).context("the archive has no index.json")?,
     )?;
