@@ -226,6 +226,22 @@ impl Scenario {
         })
     }
 
+    /// Connections to VIP:80 held open until at least two reach every backend.
+    fn hold_connections_to_every_backend(&self) -> Result<Vec<HeldConnection>> {
+        let all = self.names();
+        self.lab.client().run_inside(move || {
+            let mut held: Vec<HeldConnection> = Vec::new();
+            for _ in 0..100 {
+                held.push(HeldConnection::open(lab::vip_tcp(), ANSWER_TIMEOUT)?);
+                let per_backend = |name: &str| held.iter().filter(|c| c.greeting() == name).count();
+                if all.iter().all(|name| per_backend(name) >= 2) {
+                    return Ok(held);
+                }
+            }
+            bail!("100 connections did not reach every backend twice")
+        })
+    }
+
     /// Whether a single TCP connect from the client to VIP:80 gets an answer.
     fn vip_answers_tcp(&self) -> Result<bool> {
         self.lab
@@ -294,18 +310,7 @@ fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
 
     // Hold connections to every backend, then take the last backend out of the slice.
     let removed = names.last().context("no backends")?.clone();
-    let all = names.clone();
-    let mut held = scenario.lab.client().run_inside(move || {
-        let mut held: Vec<HeldConnection> = Vec::new();
-        for _ in 0..100 {
-            held.push(HeldConnection::open(lab::vip_tcp(), ANSWER_TIMEOUT)?);
-            let per_backend = |name: &str| held.iter().filter(|c| c.greeting() == name).count();
-            if all.iter().all(|name| per_backend(name) >= 2) {
-                return Ok(held);
-            }
-        }
-        bail!("100 connections did not reach every backend twice")
-    })?;
+    let mut held = scenario.hold_connections_to_every_backend()?;
     let remaining: Vec<Ipv4Addr> = scenario
         .lab
         .backends()
@@ -546,21 +551,9 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
     let pins = bpffs.pins();
     let pins_arg = pins.to_str().context("pin path")?.to_string();
     scenario.start_pinned_agent(&pins)?;
-    let names = scenario.names();
 
     // Established connections to every backend, held across the restart.
-    let all = names.clone();
-    let mut held = scenario.lab.client().run_inside(move || {
-        let mut held: Vec<HeldConnection> = Vec::new();
-        for _ in 0..100 {
-            held.push(HeldConnection::open(lab::vip_tcp(), ANSWER_TIMEOUT)?);
-            let per_backend = |name: &str| held.iter().filter(|c| c.greeting() == name).count();
-            if all.iter().all(|name| per_backend(name) >= 2) {
-                return Ok(held);
-            }
-        }
-        bail!("100 connections did not reach every backend twice")
-    })?;
+    let mut held = scenario.hold_connections_to_every_backend()?;
 
     // New connections and a UDP flow keep running while the agent is killed and restarted.
     let stop = AtomicBool::new(false);
