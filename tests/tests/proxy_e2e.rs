@@ -1598,3 +1598,156 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
     .with_context(|| proxy.log())?;
     Ok(())
 }
+
+/// The number `xdp_ingress_connections_parked_total` shows on the admin listener.
+async fn parked_total(admin: std::net::SocketAddr) -> Result<u64> {
+    let reply = get(&pooled(), admin, "127.0.0.1", "/metrics").await?;
+    let text = reply.text();
+    text.lines()
+        .find_map(|line| line.strip_prefix("xdp_ingress_connections_parked_total "))
+        .and_then(|value| value.trim().parse().ok())
+        .with_context(|| format!("no xdp_ingress_connections_parked_total in:\n{text}"))
+}
+
+/// Writes `bytes` on `stream` and reads one response (keep-alive: the stream stays usable).
+async fn exchange<S>(stream: &mut S, bytes: &[u8]) -> Result<(u16, String)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(bytes).await?;
+    tokio::time::timeout(Duration::from_secs(10), clients::read_response(stream))
+        .await
+        .map_err(|_| anyhow!("no answer within 10 s"))?
+}
+
+/// An HTTP/1.1 keep-alive connection quiet for a second is parked (hyper's per-connection
+/// buffers released; the task keeps only the socket) and serves its next request on the same
+/// connection, plain and over TLS, pipelined too. A connection in the middle of a request head,
+/// a request body or a response is never parked, and finishes normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()> {
+    let gate = Gate::new();
+    let web = Backend::start_gated("web", gate.clone()).await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[&web]))?;
+    manifests.write(
+        "shop.yaml",
+        &[ingress(
+            "shop",
+            &[rule(Some("shop.example"), &[("/", "Prefix", "web")])],
+        )],
+    )?;
+    let proxy = TestProxy::start_with_admin(manifests, &[])?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let get_a = b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+
+    // Quiet after one request: to be parked.
+    let mut idle = tokio::net::TcpStream::connect(proxy.http).await?;
+    let (status, text) = exchange(&mut idle, get_a).await?;
+    check!(
+        status == 200 && text.contains("web"),
+        "first request: {text}"
+    );
+    let (mut tls, _) = tls_connect(proxy.https, "shop.example", Tls::Any, &[b"http/1.1"]).await?;
+    let (status, text) = exchange(&mut tls, get_a).await?;
+    check!(
+        status == 200 && text.contains("web"),
+        "first TLS request: {text}"
+    );
+    // Busy, each in its own way, across the same time: never to be parked.
+    let mut slow_head = tokio::net::TcpStream::connect(proxy.http).await?;
+    slow_head
+        .write_all(b"GET /b HTTP/1.1\r\nHost: shop.exa")
+        .await?;
+    let mut slow_body = tokio::net::TcpStream::connect(proxy.http).await?;
+    slow_body
+        .write_all(b"POST /c HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 10\r\n\r\n12345")
+        .await?;
+    let mut slow_response = tokio::net::TcpStream::connect(proxy.http).await?;
+    slow_response
+        .write_all(b"GET /held/d HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .await?;
+    eventually("the held request reaching the backend", || async {
+        check!(gate.arrived() == 1, "not yet");
+        Ok(())
+    })
+    .await?;
+    check!(parked_total(admin).await? == 0, "parked before being quiet");
+
+    // The two quiet connections are parked; the three busy ones are not.
+    eventually("two connections parked", || async {
+        let parked = parked_total(admin).await?;
+        check!(parked == 2, "{parked} parked");
+        Ok(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    check!(
+        parked_total(admin).await? == 2,
+        "a connection busy with a head, a body or a response was parked"
+    );
+
+    // Each finishes as if nothing happened.
+    slow_head.write_all(b"mple\r\n\r\n").await?;
+    let (status, text) = tokio::time::timeout(
+        Duration::from_secs(10),
+        clients::read_response(&mut slow_head),
+    )
+    .await
+    .map_err(|_| anyhow!("slow head: no answer"))??;
+    check!(status == 200 && text.contains("/b"), "slow head: {text}");
+    let (status, text) = exchange(&mut slow_body, b"67890").await?;
+    check!(status == 200 && text.contains("/c"), "slow body: {text}");
+    gate.open();
+    let (status, text) = tokio::time::timeout(
+        Duration::from_secs(10),
+        clients::read_response(&mut slow_response),
+    )
+    .await
+    .map_err(|_| anyhow!("held response: no answer"))??;
+    check!(
+        status == 200 && text.contains("/d"),
+        "held response: {text}"
+    );
+
+    // The parked connections serve again on the same socket, one request and then two
+    // pipelined in one write.
+    let (status, text) = exchange(&mut idle, get_a).await?;
+    check!(
+        status == 200 && text.contains("web"),
+        "after parking: {text}"
+    );
+    let (status, text) = exchange(&mut tls, get_a).await?;
+    check!(
+        status == 200 && text.contains("web"),
+        "TLS after parking: {text}"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pipelined = b"GET /p1 HTTP/1.1\r\nHost: shop.example\r\n\r\nGET /p2 HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+    // Both answers may come in one read: collect until the second one is there.
+    idle.write_all(pipelined).await?;
+    let mut answers = String::new();
+    let collect = async {
+        let mut buffer = [0u8; 16 * 1024];
+        while answers.matches("HTTP/1.1 200").count() < 2 || !answers.contains("/p2") {
+            let n = idle.read(&mut buffer).await?;
+            check!(n > 0, "closed after {answers:?}");
+            answers.push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), collect)
+        .await
+        .map_err(|_| anyhow!("pipelined: no two answers"))??;
+    let (p1, p2) = (answers.find("/p1"), answers.find("/p2"));
+    check!(
+        p1.is_some() && p1 < p2,
+        "pipelined answers out of order: {answers}"
+    );
+    check!(
+        parked_total(admin).await? >= 3,
+        "the connection was not parked again"
+    );
+    Ok(())
+}

@@ -16,13 +16,22 @@
 //! skipped by count, chunked bodies by their chunk sizes. It stops looking (passes bytes through)
 //! after an upgrade request, on an HTTP/2 preface, or on anything it cannot parse; hyper then
 //! decides on its own, as before.
+//!
+//! Following the framing also tells when a connection sits exactly between two messages, which
+//! is what **parking** needs: hyper keeps an 8 KiB read and an 8 KiB write buffer for every
+//! HTTP/1.1 connection, also while it idles between requests, and cannot release them. When the
+//! server sees a connection quiet (no request in flight, the guard between messages, for
+//! `PARK_AFTER`), it sets [`HeadVerdicts::park`]: the guard then ends hyper's connection with a
+//! clean end-of-stream at a message boundary, does not close the socket on hyper's shutdown, and
+//! hands the stream back when hyper drops it. The server waits for the client's next bytes
+//! holding nothing but the socket, then gives the stream to a new hyper connection.
 
 use std::{
     future::Future as _,
     io,
     pin::Pin,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         Arc,
     },
     task::{Context, Poll},
@@ -34,11 +43,20 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// No request has been flagged.
 const NONE: u64 = u64::MAX;
 
-/// Shared between the guard (writer) and the connection's requests (readers).
+/// Shared between the guard (writer) and the connection's requests (readers), and the state
+/// parking decides on.
 #[derive(Debug)]
 pub struct HeadVerdicts {
     flagged: AtomicU64,
     next_request: AtomicU64,
+    /// Requests handed to the service whose response body has not been dropped yet.
+    in_flight: AtomicU32,
+    /// When the last response ended (milliseconds on [`clock_ms`]).
+    quiet_since: AtomicU64,
+    /// The guard is between two messages: no head, body or chunk partly read.
+    at_boundary: AtomicBool,
+    /// Set by the server: end hyper's connection at the boundary and hand the stream back.
+    park: AtomicBool,
 }
 
 impl Default for HeadVerdicts {
@@ -46,11 +64,56 @@ impl Default for HeadVerdicts {
         Self {
             flagged: AtomicU64::new(NONE),
             next_request: AtomicU64::new(0),
+            in_flight: AtomicU32::new(0),
+            quiet_since: AtomicU64::new(clock_ms()),
+            at_boundary: AtomicBool::new(true),
+            park: AtomicBool::new(false),
         }
     }
 }
 
+/// Milliseconds since the first call: a clock for "quiet since" that fits an atomic.
+pub fn clock_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
 impl HeadVerdicts {
+    /// A request reached the service.
+    pub fn request_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A response ended (its body was dropped: sent whole, or abandoned).
+    pub fn request_done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.quiet_since.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// How long the connection has been between messages with nothing in flight; `None` while
+    /// it is not.
+    pub fn quiet_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Relaxed) != 0 || !self.at_boundary.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let since = self.quiet_since.load(Ordering::Relaxed);
+        Some(Duration::from_millis(clock_ms().saturating_sub(since)))
+    }
+
+    /// Asks the guard to end hyper's connection and hand the stream back (see the module
+    /// documentation); `false` clears the request for the next round.
+    pub fn set_park(&self, park: bool) {
+        self.park.store(park, Ordering::Relaxed);
+    }
+
+    fn parking(&self) -> bool {
+        self.park.load(Ordering::Relaxed)
+    }
+
     /// Called once per request, in order: whether this request carried both `Content-Length` and
     /// `Transfer-Encoding`.
     pub fn next_request_is_smuggling(&self) -> bool {
@@ -75,10 +138,16 @@ enum Framing {
     Passthrough,
 }
 
+/// What a parked guard hands back: the stream and how many requests it has seen (the smuggling
+/// verdicts count requests per connection, across hyper connections).
+pub type Handoff<T> = tokio::sync::oneshot::Sender<(T, u64)>;
+
 /// Wraps a client connection; see the module documentation.
 #[derive(Debug)]
 pub struct HeadGuard<T> {
-    inner: T,
+    /// Always `Some` until a parked guard hands it back on drop.
+    inner: Option<T>,
+    handoff: Option<Handoff<T>>,
     framing: Framing,
     /// Bytes of the head or line being read.
     pending: Vec<u8>,
@@ -99,12 +168,27 @@ impl<T> HeadGuard<T> {
         header_timeout: Duration,
         verdicts: Arc<HeadVerdicts>,
     ) -> Self {
+        Self::resume(inner, max_head, header_timeout, verdicts, 0, None)
+    }
+
+    /// Like [`HeadGuard::new`], for a stream that has seen `requests_seen` requests already;
+    /// `handoff` receives the stream back if the guard is parked.
+    pub fn resume(
+        inner: T,
+        max_head: usize,
+        header_timeout: Duration,
+        verdicts: Arc<HeadVerdicts>,
+        requests_seen: u64,
+        handoff: Option<Handoff<T>>,
+    ) -> Self {
+        verdicts.at_boundary.store(true, Ordering::Relaxed);
         Self {
-            inner,
+            inner: Some(inner),
+            handoff,
             framing: Framing::Head,
             pending: Vec::new(),
             max_head,
-            requests_seen: 0,
+            requests_seen,
             verdicts,
             header_timeout,
             head_deadline: None,
@@ -114,6 +198,11 @@ impl<T> HeadGuard<T> {
     /// Whether a head has started and not ended.
     fn head_incomplete(&self) -> bool {
         matches!(self.framing, Framing::Head) && !self.pending.is_empty()
+    }
+
+    /// Whether the stream is between two messages.
+    fn between_messages(&self) -> bool {
+        matches!(self.framing, Framing::Head) && self.pending.is_empty()
     }
 
     /// Follows the framing over newly read bytes.
@@ -254,6 +343,26 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+impl<T> Drop for HeadGuard<T> {
+    fn drop(&mut self) {
+        if !self.verdicts.parking() {
+            return;
+        }
+        if let (Some(inner), Some(handoff)) = (self.inner.take(), self.handoff.take()) {
+            // The server may have gone (drain); the stream then closes here.
+            let _ = handoff.send((inner, self.requests_seen));
+        }
+    }
+}
+
+/// The inner stream, or the error a guard gives after handing it back (never reached: hyper
+/// does not use its I/O after dropping it).
+fn inner_of<T>(inner: &mut Option<T>) -> io::Result<&mut T> {
+    inner
+        .as_mut()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "stream handed back"))
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -261,11 +370,23 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        // Parking: an end-of-stream where the next request would start. hyper, idle, ends the
+        // connection cleanly; the client's next bytes stay in the socket for the next round.
+        if this.handoff.is_some() && this.verdicts.parking() && this.between_messages() {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = match inner_of(&mut this.inner) {
+            Ok(inner) => Pin::new(inner).poll_read(cx, buf),
+            Err(error) => return Poll::Ready(Err(error)),
+        };
         match polled {
             Poll::Ready(Ok(())) if !matches!(this.framing, Framing::Passthrough) => {
                 this.observe(&buf.filled()[before..]);
+                let between = this.between_messages();
+                if this.verdicts.at_boundary.load(Ordering::Relaxed) != between {
+                    this.verdicts.at_boundary.store(between, Ordering::Relaxed);
+                }
                 if !this.head_incomplete() {
                     this.head_deadline = None;
                 } else if this.head_deadline.is_none() {
@@ -285,6 +406,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
                 Poll::Pending
             }
             Poll::Ready(Ok(())) => {
+                // Passthrough (HTTP/2, an upgrade): never between messages again; never parked.
+                this.verdicts.at_boundary.store(false, Ordering::Relaxed);
                 this.head_deadline = None;
                 polled
             }
@@ -299,15 +422,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadGuard<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        match inner_of(&mut self.inner) {
+            Ok(inner) => Pin::new(inner).poll_write(cx, data),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match inner_of(&mut self.inner) {
+            Ok(inner) => Pin::new(inner).poll_flush(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let parking = self.handoff.is_some() && self.verdicts.parking();
+        match inner_of(&mut self.inner) {
+            // Parked: flush what hyper wrote, keep the connection open for the next round.
+            Ok(inner) if parking => Pin::new(inner).poll_flush(cx),
+            Ok(inner) => Pin::new(inner).poll_shutdown(cx),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 
     fn poll_write_vectored(
@@ -315,11 +450,14 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadGuard<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        match inner_of(&mut self.inner) {
+            Ok(inner) => Pin::new(inner).poll_write_vectored(cx, bufs),
+            Err(error) => Poll::Ready(Err(error)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(T::is_write_vectored)
     }
 }
 
@@ -417,5 +555,72 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         let mut h2 = guard();
         h2.observe(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         assert!(matches!(h2.framing, Framing::Passthrough));
+    }
+
+    #[tokio::test]
+    async fn parking_ends_the_stream_only_between_messages_and_hands_it_back() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let verdicts = Arc::new(HeadVerdicts::default());
+        let (handoff, handed_back) = tokio::sync::oneshot::channel();
+        let mut guarded = HeadGuard::resume(
+            server,
+            8192,
+            Duration::from_secs(10),
+            verdicts.clone(),
+            4,
+            Some(handoff),
+        );
+        let mut buf = [0u8; 256];
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+            .await
+            .unwrap();
+        assert!(guarded.read(&mut buf).await.unwrap() > 0);
+        verdicts.request_started();
+        assert_eq!(verdicts.quiet_for(), None, "a request in flight");
+        verdicts.set_park(true);
+        // In the middle of a body, parking waits: the rest is read as usual.
+        client.write_all(b"cd").await.unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 2);
+        verdicts.request_done();
+        assert!(
+            verdicts.quiet_for().is_some(),
+            "between messages, nothing in flight"
+        );
+        // Between messages: end-of-stream, and the next request stays in the stream.
+        client
+            .write_all(b"GET /next HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert_eq!(guarded.read(&mut buf).await.unwrap(), 0);
+        // hyper's shutdown flushes but does not close.
+        guarded.shutdown().await.unwrap();
+        drop(guarded);
+        let (mut stream, seen) = handed_back.await.unwrap();
+        assert_eq!(seen, 5, "requests seen carry over");
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"GET /next"), "{:?}", &buf[..n]);
+        client.write_all(b"more").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_guard_not_parked_closes_on_shutdown_and_hands_nothing_back() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (handoff, handed_back) = tokio::sync::oneshot::channel();
+        let mut guarded = HeadGuard::resume(
+            server,
+            8192,
+            Duration::from_secs(10),
+            Arc::new(HeadVerdicts::default()),
+            0,
+            Some(handoff),
+        );
+        guarded.shutdown().await.unwrap();
+        drop(guarded);
+        assert!(handed_back.await.is_err());
+        let mut buf = [0u8; 8];
+        assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed");
     }
 }

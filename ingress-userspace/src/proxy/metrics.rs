@@ -165,6 +165,8 @@ pub struct ProxyCounters {
     pub tls_handshakes: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_failures: AtomicU64,
+    /// HTTP/1.1 connections parked after being quiet (their hyper buffers released).
+    pub parked: AtomicU64,
 }
 
 /// What the proxy collector reads at scrape time.
@@ -286,6 +288,18 @@ pub fn encode(scrape: &ProxyScrape<'_>, encoder: &mut DescriptorEncoder) -> std:
             .encode_family(&[("result", result)])?
             .encode_counter::<NoLabelSet, _, u64>(&counter.load(Ordering::Relaxed), None)?;
     }
+
+    let mut family = encoder.encode_descriptor(
+        "xdp_ingress_connections_parked",
+        "Times an idle HTTP/1.1 keep-alive connection was parked: its per-connection buffers \
+         released until the client sends again",
+        None,
+        MetricType::Counter,
+    )?;
+    family.encode_counter::<NoLabelSet, _, u64>(
+        &scrape.counters.parked.load(Ordering::Relaxed),
+        None,
+    )?;
 
     let mut family = encoder.encode_descriptor(
         "xdp_ingress_ssl_expire_time_seconds",

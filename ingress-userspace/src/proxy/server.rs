@@ -5,6 +5,11 @@
 //! response streamed back. Errors the proxy produces itself are short plain-text answers:
 //! 400 (malformed request, smuggling attempt), 404 (no rule), 413 (body limit), 431 (header
 //! limit, by hyper), 502 (connect failure), 503 (no endpoints, with why), 504 (response timeout).
+//!
+//! Per connection: an HTTP/1.1 keep-alive connection quiet for [`PARK_AFTER`] is *parked*: its
+//! hyper connection (with its two 8 KiB buffers) ends at a message boundary and the task waits
+//! for the client's next bytes holding only the socket (see `head_guard`); then a new hyper
+//! connection takes over. A busy connection is never parked.
 
 use std::{
     convert::Infallible,
@@ -32,7 +37,7 @@ use crate::translate::l7::{BackendId, L7Plan};
 
 use super::{
     access_log::{AccessLog, AccessRecord},
-    head_guard::{HeadGuard, HeadVerdicts},
+    head_guard::{Handoff, HeadGuard, HeadVerdicts},
     headers::{self, ConnectionHeaders, RequestIds},
     metrics::{self, ProxyCounters, ProxyScrape, RequestMetrics},
     router::{EndpointRegistry, Router},
@@ -41,6 +46,11 @@ use super::{
         Backend, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody,
     },
 };
+
+/// How long an HTTP/1.1 connection must be quiet (nothing in flight, between messages) before it
+/// is parked. Short, so idle keep-alive connections cost little; long enough that a client
+/// sending request after request never pays for a new hyper connection.
+pub const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// Listeners, timeouts and limits (the `run` flags).
 #[derive(Clone, Debug)]
@@ -233,6 +243,7 @@ impl Proxy {
             bound.https = listener.local_addr().ok();
             tokio::spawn(accept_loop(self.shared.clone(), listener, true));
         }
+        tokio::spawn(return_parked_memory(self.shared.clone()));
         Ok(bound)
     }
 
@@ -382,43 +393,150 @@ async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, por
     serve_http(shared, stream, info, smuggling).await;
 }
 
-/// HTTP over an accepted (and, for HTTPS, decrypted) stream: the head guard, then hyper.
-async fn serve_http<S>(
+/// After connections were parked, hands the freed buffers back to the system: glibc's malloc
+/// keeps freed memory in its arenas (only the top of each heap shrinks by itself), so without
+/// this the process would stay at its busiest size. Once a second at most, and only when
+/// something was parked; with musl (the image) freed memory goes back on its own.
+async fn return_parked_memory(shared: Arc<Shared>) {
+    let mut draining = shared.drain.subscribe();
+    let mut trimmed_at = 0;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = draining.changed() => return,
+        }
+        let parked = shared.counters.parked.load(Ordering::Relaxed);
+        if parked != trimmed_at {
+            trimmed_at = parked;
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: FFI call without pointers; glibc's malloc_trim is thread-safe.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+    }
+}
+
+/// A client stream that can wait for its next bytes without reading them (a parked connection
+/// holds no buffer).
+pub trait Parkable: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+    /// Resolves when the client has sent something (or closed).
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+}
+
+impl Parkable for TcpStream {
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+}
+
+impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
+    // hyper read until rustls had no plaintext left before it went idle, so anything new arrives
+    // through the socket.
+    fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
+        self.get_ref().0.readable()
+    }
+}
+
+/// HTTP over an accepted (and, for HTTPS, decrypted) stream: the head guard, then hyper; an
+/// HTTP/1.1 connection quiet for [`PARK_AFTER`] is parked until the client sends again.
+async fn serve_http<S: Parkable>(
     shared: Arc<Shared>,
-    stream: S,
+    mut stream: S,
     info: Arc<ConnectionInfo>,
     smuggling: Arc<HeadVerdicts>,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+) {
     let settings = &shared.settings;
-    let stream = HeadGuard::new(
+    // Holding the receiver is what the drain waits for.
+    let mut draining = shared.drain.subscribe();
+    let mut requests_seen = 0;
+    loop {
+        let (handoff, mut handed_back) = tokio::sync::oneshot::channel();
+        serve_until_parked(
+            &shared,
+            &info,
+            &smuggling,
+            &mut draining,
+            stream,
+            requests_seen,
+            handoff,
+        )
+        .await;
+        let Ok((returned, seen)) = handed_back.try_recv() else {
+            return;
+        };
+        (stream, requests_seen) = (returned, seen);
+        smuggling.set_park(false);
+        shared.counters.parked.fetch_add(1, Ordering::Relaxed);
+        // Parked: only the socket. hyper's idle timer is gone with it, so the idle timeout is
+        // kept here.
+        let idle_left = settings.client_idle_timeout.saturating_sub(PARK_AFTER);
+        tokio::select! {
+            readable = stream.readable() => {
+                if readable.is_err() {
+                    return;
+                }
+            }
+            _ = tokio::time::sleep(idle_left) => return,
+            _ = draining.changed() => return,
+        }
+    }
+}
+
+/// One hyper connection over `stream`, until it ends (the client closed, an error, the drain)
+/// or is parked (then the guard sends the stream to `handoff`). When the proxy drains, the
+/// connection is asked to finish gracefully (HTTP/1.1: after the request in flight; HTTP/2:
+/// GOAWAY, then the open streams).
+async fn serve_until_parked<S: Parkable>(
+    shared: &Arc<Shared>,
+    info: &Arc<ConnectionInfo>,
+    smuggling: &Arc<HeadVerdicts>,
+    draining: &mut tokio::sync::watch::Receiver<()>,
+    stream: S,
+    requests_seen: u64,
+    handoff: Handoff<S>,
+) {
+    let settings = &shared.settings;
+    let stream = HeadGuard::resume(
         stream,
         settings.max_header_bytes,
         settings.client_header_timeout,
-        smuggling,
+        smuggling.clone(),
+        requests_seen,
+        Some(handoff),
     );
     let service_shared = shared.clone();
-    let service = service_fn(move |request| handle(service_shared.clone(), info.clone(), request));
-    let connection = shared
-        .http
-        .serve_connection_with_upgrades(TokioIo::new(stream), service);
-    until_drained(&shared, connection).await;
-}
-
-/// Serves a connection; when the proxy drains, asks it to finish gracefully (HTTP/1.1: after the
-/// request in flight; HTTP/2: GOAWAY, then the open streams) and waits for that.
-async fn until_drained<C>(shared: &Shared, connection: C)
-where
-    C: hyper_util::server::graceful::GracefulConnection,
-{
-    // Holding the receiver is what the drain waits for.
-    let mut draining = shared.drain.subscribe();
-    tokio::pin!(connection);
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = draining.changed() => connection.as_mut().graceful_shutdown(),
+    let service_info = info.clone();
+    let service =
+        service_fn(move |request| handle(service_shared.clone(), service_info.clone(), request));
+    // Boxed: a parked connection's task then carries no room for hyper's state.
+    let mut connection = Box::pin(
+        shared
+            .http
+            .serve_connection_with_upgrades(TokioIo::new(stream), service),
+    );
+    let mut check = Box::pin(tokio::time::sleep(PARK_AFTER));
+    let mut parking = false;
+    loop {
+        tokio::select! {
+            _ = connection.as_mut() => return,
+            _ = draining.changed() => break,
+            _ = check.as_mut(), if !parking => match smuggling.quiet_for() {
+                Some(quiet) if quiet >= PARK_AFTER => {
+                    // The guard answers hyper's next read with end-of-stream: polling the
+                    // connection again (the next turn of this loop) lets hyper see it.
+                    smuggling.set_park(true);
+                    parking = true;
+                }
+                quiet => {
+                    let wait = PARK_AFTER.saturating_sub(quiet.unwrap_or_default());
+                    check.as_mut().reset(tokio::time::Instant::now() + wait.max(PARK_AFTER / 4));
+                }
+            },
+        }
     }
+    smuggling.set_park(false);
+    connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
 
@@ -428,6 +546,8 @@ pub struct ProxyBody {
     kind: BodyKind,
     record: Option<Box<AccessRecord>>,
     tally: Option<Tally>,
+    /// The client connection the response goes to: its request ends when this body drops.
+    connection: Option<Arc<ConnectionInfo>>,
 }
 
 /// Where a response is counted, and what with.
@@ -446,6 +566,9 @@ enum Counted {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            connection.smuggling.request_done();
+        }
         if let Some(tally) = &self.tally {
             let metrics = match &tally.counter {
                 Counted::Backend(backend) => &backend.metrics,
@@ -505,6 +628,7 @@ fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
         kind: BodyKind::Full(Some(body.into())),
         record: None,
         tally: None,
+        connection: None,
     });
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -519,6 +643,7 @@ async fn handle(
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    connection.smuggling.request_started();
     let started = Instant::now();
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
@@ -556,6 +681,8 @@ async fn handle(
         record.upstream = upstream;
         response.body_mut().record = Some(record);
     }
+    // The request's own reference: the request ends (for parking) when the body is dropped.
+    response.body_mut().connection = Some(connection);
     Ok(response)
 }
 
@@ -817,6 +944,7 @@ fn relay_response(
                     kind: BodyKind::Full(None),
                     record: None,
                     tally: None,
+                    connection: None,
                 },
             );
         }
@@ -829,6 +957,7 @@ fn relay_response(
             kind: BodyKind::Upstream(UpstreamResponseBody::new(body, Some(sender), outstanding)),
             record: None,
             tally: None,
+            connection: None,
         },
     )
 }

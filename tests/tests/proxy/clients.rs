@@ -162,7 +162,9 @@ pub async fn raw_exchange(proxy: SocketAddr, bytes: &[u8]) -> Result<(u16, Strin
 /// Reads one HTTP/1.1 response from `stream`: its status and the whole text (head and body as
 /// far as Content-Length says, or to the end of the connection). With a Content-Length, the
 /// connection stays usable (keep-alive).
-pub async fn read_response(stream: &mut TcpStream) -> Result<(u16, String)> {
+pub async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<(u16, String)> {
     let mut received = Vec::new();
     let mut buffer = [0u8; 16 * 1024];
     loop {
