@@ -44,6 +44,22 @@ fn services_for(backends: &[&Backend]) -> Vec<Value> {
         .collect()
 }
 
+/// Our IngressClass, `backend`'s Service and EndpointSlice, and one Ingress `name` sending
+/// everything for `host` to it.
+fn single_host(name: &str, host: &str, backend: &Backend) -> Result<Manifests> {
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[backend]))?;
+    manifests.write(
+        &format!("{name}.yaml"),
+        &[ingress(
+            name,
+            &[rule(Some(host), &[("/", "Prefix", &backend.name)])],
+        )],
+    )?;
+    Ok(manifests)
+}
+
 /// Asserts the answer came from `backend` with 200.
 fn assert_served(reply: &clients::Reply, backend: &str, what: &str) {
     assert_eq!(reply.status, StatusCode::OK, "{what}: {:?}", reply.text());
@@ -320,16 +336,7 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write("services.yaml", &services_for(&[&web]))?;
-    manifests.write(
-        "hdr.yaml",
-        &[ingress(
-            "hdr",
-            &[rule(Some("hdr.example"), &[("/", "Prefix", "web")])],
-        )],
-    )?;
+    let manifests = single_host("hdr", "hdr.example", &web)?;
     let proxy = TestProxy::start(manifests, &[])?;
     let http_port = proxy.http.port().to_string();
     let https_port = proxy.https.port().to_string();
@@ -551,16 +558,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
     const SIZE: u64 = 100 * 1024 * 1024;
     const ALLOWED_GROWTH_KIB: u64 = 40 * 1024;
     let bulk = Backend::start("bulk").await?;
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write("services.yaml", &services_for(&[&bulk]))?;
-    manifests.write(
-        "bulk.yaml",
-        &[ingress(
-            "bulk",
-            &[rule(Some("bulk.example"), &[("/", "Prefix", "bulk")])],
-        )],
-    )?;
+    let manifests = single_host("bulk", "bulk.example", &bulk)?;
     let proxy = TestProxy::start(manifests, &[])?;
     let expected_fnv = tokio::task::spawn_blocking(move || Fnv::of_pattern(SIZE)).await?;
 
@@ -1148,16 +1146,7 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
     const BODY: u64 = 6 * CHUNK as u64;
     let gate = Gate::new();
     let web = Backend::start_gated("web", gate.clone()).await?;
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write("services.yaml", &services_for(&[&web]))?;
-    manifests.write(
-        "drain.yaml",
-        &[ingress(
-            "drain",
-            &[rule(Some("drain.example"), &[("/", "Prefix", "web")])],
-        )],
-    )?;
+    let manifests = single_host("drain", "drain.example", &web)?;
     let proxy = TestProxy::start(manifests, &["--drain-timeout", "10s"])?;
 
     // An idle keep-alive connection: one request answered, then nothing.
@@ -1628,16 +1617,7 @@ where
 async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()> {
     let gate = Gate::new();
     let web = Backend::start_gated("web", gate.clone()).await?;
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write("services.yaml", &services_for(&[&web]))?;
-    manifests.write(
-        "shop.yaml",
-        &[ingress(
-            "shop",
-            &[rule(Some("shop.example"), &[("/", "Prefix", "web")])],
-        )],
-    )?;
+    let manifests = single_host("shop", "shop.example", &web)?;
     let proxy = TestProxy::start_with_admin(manifests, &[])?;
     let admin = proxy.admin.context("no admin listener")?;
     let get_a = b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\n";
