@@ -668,17 +668,8 @@ async fn use_every_api_feature(
                     "{kind} not listed and watched yet"
                 );
             }
-            let front = server
-                .get_as::<Service>(front_ns, front_name)?
+            let front_ips = kube::service_ips(server, front_ns, front_name)?
                 .context("the front-door Service is gone")?;
-            let front_ips: Vec<String> = front
-                .status
-                .and_then(|s| s.load_balancer)
-                .and_then(|lb| lb.ingress)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|i| i.ip)
-                .collect();
             ensure!(
                 front_ips == [FIRST_VIP.to_string()],
                 "front door: {front_ips:?}"

@@ -40,8 +40,8 @@ use kube::{
     frontend, http_addr, https_addr, ingress_ips, kubeconfig, lease_holder,
     objects::{self, OTHER_CLASS, OUR_CLASS},
     process::KubeAgent,
-    programmed, run_args, served_by, served_by_all, settle, settle_watching, start_runner,
-    status_of, v4, Scene, View, DUMMY_IF, DUMMY_IF2,
+    programmed, run_args, served_by, served_by_all, service_ips, settle, settle_watching,
+    start_runner, status_of, v4, Scene, View, DUMMY_IF, DUMMY_IF2,
 };
 use serde_json::json;
 use xdp_ingress_tests::{
@@ -683,17 +683,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         server,
         "a VIP assigned and programmed",
         async |r| {
-            let service = server
-                .get_as::<Service>(NS, "auto")?
-                .context("auto is gone")?;
-            let ips: Vec<String> = service
-                .status
-                .and_then(|s| s.load_balancer)
-                .and_then(|lb| lb.ingress)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|i| i.ip)
-                .collect();
+            let ips = service_ips(server, NS, "auto")?.context("auto is gone")?;
             ensure!(ips == [assigned.to_string()], "auto's status: {ips:?}");
             check_view(r, &want)
         },

@@ -19,7 +19,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser as _;
 use fake_apiserver::FakeApiServer;
 use ingress_common::ServiceKey;
-use k8s_openapi::api::{coordination::v1::Lease, networking::v1::Ingress};
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service, networking::v1::Ingress};
 use serde_json::json;
 use xdp_ingress::{
     cli::{Cli, Command, RunArgs},
@@ -386,6 +386,28 @@ pub async fn served_by_all(
         }
     }
     bail!("{host}: 60 requests reached only {seen:?} of {expected:?}")
+}
+
+/// `status.loadBalancer.ingress[].ip` of a Service as the server has it (`None`: no such
+/// Service).
+pub fn service_ips(
+    server: &FakeApiServer,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<Vec<String>>> {
+    let Some(service) = server.get_as::<Service>(namespace, name)? else {
+        return Ok(None);
+    };
+    Ok(Some(
+        service
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|i| i.ip)
+            .collect(),
+    ))
 }
 
 /// `status.loadBalancer.ingress[].ip` of an Ingress as the server has it (`None`: no such
