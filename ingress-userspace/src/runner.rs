@@ -516,7 +516,7 @@ fn load_datapath(
             tracing::error!(%error, "cannot adopt the pinned maps; starting from empty ones");
             drop(loaded);
             if let Some(pins) = pins {
-                pins.forget_maps(sizes)?;
+                pins.forget_maps()?;
             }
             let (mut loaded, _) = Datapath::load_pinned(sizes, pins)?;
             let maps = loaded.take_maps()?;

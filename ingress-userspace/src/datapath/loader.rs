@@ -26,9 +26,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use ingress_common::{
-    capacity, map_names, BackendEntry, FlowEntry, FlowKey, MaglevChunk, NextHop, Reason,
-    ReverseEntry, ServiceEntry, ServiceKey, ServiceState, TrafficCounters, FILTER_WORDS,
-    MAGLEV_CHUNK_SLOTS, XDP_PROGRAM,
+    capacity, map_names, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
+    ServiceKey, ServiceState, TrafficCounters, MAGLEV_CHUNK_SLOTS, XDP_PROGRAM,
 };
 
 use crate::datapath::sync::{Capacity, DatapathError, DatapathMaps, Filter, KernelState};
@@ -65,62 +64,44 @@ impl MapSizes {
         self.maglev_slots.div_ceil(MAGLEV_CHUNK_SLOTS).max(1)
     }
 
-    /// Every map the agent pins, with the key size, value size and entries this build expects.
-    /// A pinned map that differs (an upgrade changed a layout, a flag changed a size) is not
-    /// reused.
-    fn layouts(&self) -> [(&'static str, MapLayout); 13] {
-        use std::mem::size_of;
-        let layout = |key: usize, value: usize, entries: u32| MapLayout {
-            key_size: key as u32,
-            value_size: value as u32,
-            max_entries: entries,
-        };
-        [
-            (
-                map_names::SERVICES,
-                layout(
-                    size_of::<ServiceKey>(),
-                    size_of::<ServiceEntry>(),
-                    self.services,
-                ),
-            ),
-            (map_names::VIPS, layout(4, 4, self.services)),
-            (
-                map_names::SERVICE_STATES,
-                layout(4, size_of::<ServiceState>(), self.services),
-            ),
-            (map_names::VIP_FILTER, layout(4, 8, FILTER_WORDS)),
-            (map_names::BACKEND_FILTER, layout(4, 8, FILTER_WORDS)),
-            (
-                map_names::BACKENDS,
-                layout(4, size_of::<BackendEntry>(), self.backends),
-            ),
-            (
-                map_names::MAGLEV_SLOTS,
-                layout(4, size_of::<MaglevChunk>(), self.chunks()),
-            ),
-            (
-                map_names::FLOWS,
-                layout(size_of::<FlowKey>(), size_of::<FlowEntry>(), self.flows),
-            ),
-            (
-                map_names::REVERSE_FLOWS,
-                layout(size_of::<FlowKey>(), size_of::<ReverseEntry>(), self.flows),
-            ),
-            (
-                map_names::NEXT_HOPS,
-                layout(4, size_of::<NextHop>(), self.backends),
-            ),
-            (
-                map_names::SERVICE_STATS,
-                layout(4, size_of::<TrafficCounters>(), self.services),
-            ),
-            (
-                map_names::BACKEND_STATS,
-                layout(4, size_of::<TrafficCounters>(), self.backends),
-            ),
-            (map_names::REASON_STATS, layout(4, 8, Reason::COUNT)),
-        ]
+    /// The entries each map gets at load time; `None`: as the object declares.
+    fn max_entries(&self, map: &str) -> Option<u32> {
+        match map {
+            map_names::SERVICES
+            | map_names::VIPS
+            | map_names::SERVICE_STATS
+            | map_names::SERVICE_STATES => Some(self.services),
+            map_names::BACKENDS | map_names::BACKEND_STATS | map_names::NEXT_HOPS => {
+                Some(self.backends)
+            }
+            map_names::MAGLEV_SLOTS => Some(self.chunks()),
+            map_names::FLOWS | map_names::REVERSE_FLOWS => Some(self.flows),
+            _ => None,
+        }
+    }
+
+    /// Every map the agent pins, as this build creates it: type, key and value sizes and flags
+    /// from the embedded object, entries from these sizes. A pinned map that differs (an
+    /// upgrade changed a layout, a flag changed a size) is not reused.
+    fn layouts(&self) -> Result<Vec<(&'static str, MapLayout)>, DatapathError> {
+        let object = aya_obj::Object::parse(EBPF_OBJECT)
+            .map_err(|e| DatapathError::Load(format!("parsing the eBPF object: {e}")))?;
+        PINNED_MAPS
+            .iter()
+            .map(|name| {
+                let map = object.maps.get(*name).ok_or_else(|| {
+                    DatapathError::Load(format!("map {name} missing from the eBPF object"))
+                })?;
+                let layout = MapLayout {
+                    map_type: map.map_type(),
+                    key_size: map.key_size(),
+                    value_size: map.value_size(),
+                    max_entries: self.max_entries(name).unwrap_or(map.max_entries()),
+                    flags: map.map_flags(),
+                };
+                Ok((*name, layout))
+            })
+            .collect()
     }
 
     /// What the sync may hand out.
@@ -136,10 +117,29 @@ impl MapSizes {
 /// A map's shape, compared before a pinned map is reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct MapLayout {
+    map_type: u32,
     key_size: u32,
     value_size: u32,
     max_entries: u32,
+    flags: u32,
 }
+
+/// The maps the agent pins (the bench programs' maps and aya-log's ring buffer are not).
+const PINNED_MAPS: [&str; 13] = [
+    map_names::SERVICES,
+    map_names::VIPS,
+    map_names::SERVICE_STATES,
+    map_names::VIP_FILTER,
+    map_names::BACKEND_FILTER,
+    map_names::BACKENDS,
+    map_names::MAGLEV_SLOTS,
+    map_names::FLOWS,
+    map_names::REVERSE_FLOWS,
+    map_names::NEXT_HOPS,
+    map_names::SERVICE_STATS,
+    map_names::BACKEND_STATS,
+    map_names::REASON_STATS,
+];
 
 /// The maps that hold the forwarding state and must be adopted together: a Service entry names
 /// slots, slots name backend ids. The others (flows, next hops, counters) can start empty alone.
@@ -223,7 +223,8 @@ impl PinDir {
     fn check_maps(&self, sizes: &MapSizes) -> Result<PinnedState, DatapathError> {
         let mut mismatched = Vec::new();
         let mut state_complete = true;
-        for (name, expected) in sizes.layouts() {
+        let layouts = sizes.layouts()?;
+        for &(name, expected) in &layouts {
             let path = self.map(name);
             if !path.exists() {
                 state_complete &= !STATE_MAPS.contains(&name);
@@ -232,10 +233,14 @@ impl PinDir {
             let found = MapData::from_pin(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|map| map.info().map_err(|e| e.to_string()))
-                .map(|info| MapLayout {
-                    key_size: info.key_size(),
-                    value_size: info.value_size(),
-                    max_entries: info.max_entries(),
+                .and_then(|info| {
+                    Ok(MapLayout {
+                        map_type: info.map_type().map_err(|e| e.to_string())? as u32,
+                        key_size: info.key_size(),
+                        value_size: info.value_size(),
+                        max_entries: info.max_entries(),
+                        flags: info.map_flags(),
+                    })
                 });
             match found {
                 Ok(found) if found == expected => {}
@@ -261,7 +266,7 @@ impl PinDir {
             mismatched
         } else {
             // Fresh state maps: flows and next hops name ids of the old ones, so they go too.
-            sizes.layouts().iter().map(|(name, _)| *name).collect()
+            PINNED_MAPS.to_vec()
         };
         for name in remove {
             let path = self.map(name);
@@ -279,8 +284,8 @@ impl PinDir {
     }
 
     /// Unpins the state maps so the next load starts empty (adoption was refused).
-    pub fn forget_maps(&self, sizes: &MapSizes) -> Result<(), DatapathError> {
-        for (name, _) in sizes.layouts() {
+    pub fn forget_maps(&self) -> Result<(), DatapathError> {
+        for name in PINNED_MAPS {
             let path = self.map(name);
             if path.exists() {
                 std::fs::remove_file(&path).map_err(|e| {
@@ -374,8 +379,6 @@ pub struct Datapath {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: Vec<(String, aya::programs::xdp::XdpLinkId)>,
     pins: Option<PinDir>,
-    /// Pinned links: dropping one closes our fd, the pin keeps the program attached.
-    pinned_links: Vec<PinnedLink>,
 }
 
 impl Datapath {
@@ -390,17 +393,15 @@ impl Datapath {
         sizes: &MapSizes,
         pins: Option<&PinDir>,
     ) -> Result<(Self, PinnedState), DatapathError> {
-        let chunks = sizes.chunks();
         let mut loader = EbpfLoader::new();
         let mut state = PinnedState::Fresh;
         let map_paths: Vec<(&'static str, PathBuf)> = match pins {
             Some(pins) => {
                 pins.prepare()?;
                 state = pins.check_maps(sizes)?;
-                sizes
-                    .layouts()
+                PINNED_MAPS
                     .iter()
-                    .map(|(name, _)| (*name, pins.map(name)))
+                    .map(|name| (*name, pins.map(name)))
                     .collect()
             }
             None => Vec::new(),
@@ -408,17 +409,12 @@ impl Datapath {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        for name in PINNED_MAPS {
+            if let Some(entries) = sizes.max_entries(name) {
+                loader.map_max_entries(name, entries);
+            }
+        }
         let mut ebpf = loader
-            .map_max_entries(map_names::SERVICES, sizes.services)
-            .map_max_entries(map_names::VIPS, sizes.services)
-            .map_max_entries(map_names::SERVICE_STATS, sizes.services)
-            .map_max_entries(map_names::SERVICE_STATES, sizes.services)
-            .map_max_entries(map_names::BACKENDS, sizes.backends)
-            .map_max_entries(map_names::BACKEND_STATS, sizes.backends)
-            .map_max_entries(map_names::NEXT_HOPS, sizes.backends)
-            .map_max_entries(map_names::MAGLEV_SLOTS, chunks)
-            .map_max_entries(map_names::FLOWS, sizes.flows)
-            .map_max_entries(map_names::REVERSE_FLOWS, sizes.flows)
             .load(EBPF_OBJECT)
             .map_err(|e| DatapathError::Load(format!("loading the eBPF object: {e}")))?;
         // aya-log's ring buffer must stay open for as long as the program is loaded.
@@ -443,7 +439,6 @@ impl Datapath {
                 logger,
                 attached: Vec::new(),
                 pins: pins.cloned(),
-                pinned_links: Vec::new(),
             },
             state,
         ))
@@ -522,10 +517,13 @@ impl Datapath {
                 "XDP on {interface} is not a bpf_link (kernel too old to pin): {e}"
             ))
         })?;
-        let pinned = fd_link
-            .pin(&path)
-            .map_err(|e| DatapathError::Load(format!("pinning {}: {e}", path.display())))?;
-        self.pinned_links.push(pinned);
+        // Our fd closes here; the pin alone keeps the program attached, as for an updated link,
+        // so `cleanup` detaches every interface at once, agent running or not.
+        drop(
+            fd_link
+                .pin(&path)
+                .map_err(|e| DatapathError::Load(format!("pinning {}: {e}", path.display())))?,
+        );
         Ok(())
     }
 
@@ -696,6 +694,8 @@ pub struct KernelMaps {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     reason_stats: PerCpuArray<MapData, u64>,
     cpus: usize,
+    /// FLOWS' size: a walk of its keys never counts past it.
+    flow_capacity: usize,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
@@ -734,6 +734,7 @@ impl KernelMaps {
         }
         let cpus = aya::util::nr_cpus()
             .map_err(|(what, e)| DatapathError::Load(format!("{what}: {e}")))?;
+        let mut flow_capacity = 0;
         let slot_map = get(map_names::MAGLEV_SLOTS)?;
         let Map::Array(slot_data) = slot_map else {
             return Err(DatapathError::Load(format!(
@@ -754,12 +755,22 @@ impl KernelMaps {
             vip_filter: typed(&mut get, map_names::VIP_FILTER)?,
             backend_filter: typed(&mut get, map_names::BACKEND_FILTER)?,
             slots,
-            flows: typed(&mut get, map_names::FLOWS)?,
+            flows: {
+                let map = get(map_names::FLOWS)?;
+                if let Map::LruHashMap(data) | Map::HashMap(data) = &map {
+                    flow_capacity = data
+                        .info()
+                        .map(|info| info.max_entries() as usize)
+                        .map_err(map_error("reading FLOWS info"))?;
+                }
+                HashMap::try_from(map).map_err(map_error("opening FLOWS"))?
+            },
             reverse_flows: typed(&mut get, map_names::REVERSE_FLOWS)?,
             service_stats: typed(&mut get, map_names::SERVICE_STATS)?,
             backend_stats: typed(&mut get, map_names::BACKEND_STATS)?,
             reason_stats: typed(&mut get, map_names::REASON_STATS)?,
             cpus,
+            flow_capacity,
         })
     }
 
@@ -836,9 +847,14 @@ impl KernelMaps {
         self.cpus
     }
 
-    /// Number of tracked flows (client → VIP), counted by walking the keys.
+    /// Number of tracked flows (client → VIP), counted by walking the keys. Bounded by the map's
+    /// size: under churn the LRU can evict the key a walk stands on, which restarts it.
     pub fn flow_count(&self) -> usize {
-        self.flows.keys().filter(Result::is_ok).count()
+        self.flows
+            .keys()
+            .take(self.flow_capacity)
+            .filter(Result::is_ok)
+            .count()
     }
 
     /// Everything adoption needs, read from the maps (pinned ones after a restart).

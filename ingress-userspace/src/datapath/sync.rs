@@ -248,6 +248,7 @@ impl SlotPool {
         }
         Some(offset)
     }
+
     /// Takes exactly `offset..offset + len` (adopting a table); false when any of it is in use.
     fn take(&mut self, offset: u32, len: u32) -> bool {
         let Some((&start, &available)) = self.free.range(..=offset).next_back() else {

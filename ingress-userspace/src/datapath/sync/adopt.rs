@@ -13,7 +13,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 use ingress_common::{proto, BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE, FILTER_WORDS};
 
 use super::{
-    AddressFilter, Capacity, DatapathError, DatapathMaps, DatapathSync, Filter, IdPool,
+    vip_key, AddressFilter, Capacity, DatapathError, DatapathMaps, DatapathSync, Filter, IdPool,
     ProgrammedFrontend, Retired,
 };
 use crate::{
@@ -148,13 +148,17 @@ impl<M: DatapathMaps> DatapathSync<M> {
                         return Err(inconsistent(format!("backend {id} also used by {other}")));
                     }
                 }
-                backends.insert(
-                    Backend {
-                        addr: Ipv4Addr::from(published.addr.to_ne_bytes()),
-                        port: u16::from_be(published.port),
-                    },
-                    id,
-                );
+                let backend = Backend {
+                    addr: Ipv4Addr::from(published.addr.to_ne_bytes()),
+                    port: u16::from_be(published.port),
+                };
+                if let Some(other) = backends.insert(backend, id) {
+                    if other != id {
+                        return Err(inconsistent(format!(
+                            "backend {backend} has ids {other} and {id}"
+                        )));
+                    }
+                }
             }
             let epoch = state
                 .epochs
@@ -203,17 +207,25 @@ impl<M: DatapathMaps> DatapathSync<M> {
         sync.generations = state.backends.iter().map(|b| b.generation).collect();
         sync.epochs = state.epochs.clone();
         sync.service_ids = IdPool::with_used(capacity.services, service_ids.keys().copied());
-        sync.backend_ids = IdPool::with_used(capacity.backends, owner.keys().copied());
-
-        // Published backends no table names: retire them like any departed backend.
-        for (id, entry) in state.backends.iter().enumerate() {
-            let id = id as u32;
-            if entry.flags & BACKEND_ACTIVE == 0 || owner.contains_key(&id) {
-                continue;
-            }
-            let retired = BackendEntry { flags: 0, ..*entry };
-            sync.maps.set_backend(id, &retired)?;
-            sync.backend_ids.free.retain(|free| *free != id);
+        // Published backends no table names (a crash mid-sync): taken like used ids, then
+        // retired like any departed backend, so they come back only after the grace period.
+        let orphans: Vec<(u32, BackendEntry)> = state
+            .backends
+            .iter()
+            .enumerate()
+            .map(|(id, entry)| (id as u32, *entry))
+            .filter(|(id, entry)| entry.flags & BACKEND_ACTIVE != 0 && !owner.contains_key(id))
+            .collect();
+        sync.backend_ids = IdPool::with_used(
+            capacity.backends,
+            owner
+                .keys()
+                .copied()
+                .chain(orphans.iter().map(|(id, _)| *id)),
+        );
+        for (id, entry) in orphans {
+            sync.maps
+                .set_backend(id, &BackendEntry { flags: 0, ..entry })?;
             sync.retired.push_back((now, Retired::BackendId(id)));
             report.orphans += 1;
         }
@@ -225,7 +237,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
         }
         let kernel_vips: BTreeMap<u32, u32> = state.vips.iter().copied().collect();
         for (vip, ports) in &sync.vip_ports {
-            let key = u32::from_ne_bytes(vip.octets());
+            let key = vip_key(*vip);
             if kernel_vips.get(&key) != Some(ports) {
                 sync.maps.set_vip(key, *ports)?;
                 report.vips_fixed += 1;
@@ -240,10 +252,13 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 report.vips_fixed += 1;
             }
         }
+        // Holders as the sync counts them: one per VIP, one per (frontend, backend).
         let mut vip_filter = AddressFilter::new(Filter::Vips);
         let mut backend_filter = AddressFilter::new(Filter::Backends);
-        for (frontend, programmed) in &sync.frontends {
-            vip_filter.mark(frontend.vip);
+        for vip in sync.vip_ports.keys() {
+            vip_filter.mark(*vip);
+        }
+        for programmed in sync.frontends.values() {
             for backend in programmed.backends.keys() {
                 backend_filter.mark(backend.addr);
             }

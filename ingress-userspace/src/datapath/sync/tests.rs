@@ -507,11 +507,22 @@ fn adoption_retires_orphans_and_fixes_vip_counts() {
     // The orphan's id comes back after the grace period with a newer generation.
     second.apply(&L4Plan::default(), now + GRACE_PERIOD * 2);
     let many: Vec<u8> = (100..160).collect();
-    second.apply(
+    let report = second.apply(
         &plan_of(&[(frontend(10, 80), &many)]),
         now + GRACE_PERIOD * 3,
     );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(second.maps().backends[&40].generation > 3);
+    // Every id handed out once: the orphan's id is reused, never doubled.
+    let ids: Vec<u32> = second.frontends()[&frontend(10, 80)]
+        .backends
+        .values()
+        .copied()
+        .collect();
+    let unique: BTreeSet<u32> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), unique.len(), "a backend id was handed out twice");
+    assert!(unique.contains(&40));
+    assert_eq!(table_backends(second.maps(), &frontend(10, 80)).len(), 60);
 }
 
 #[test]
@@ -543,4 +554,31 @@ fn inconsistent_state_is_refused() {
     let mut state = kernel.state();
     state.services[0].1.service_id = 99;
     assert!(DatapathSync::adopt(kernel.reopen(), capacity(), &state, now).is_err());
+}
+
+#[test]
+fn an_adopted_vip_leaves_the_filter_with_its_last_port() {
+    let now = Instant::now();
+    let plan = plan_of(&[
+        (frontend(10, 80), &[11]),
+        (frontend(10, 443), &[12]),
+        (frontend(20, 80), &[13]),
+    ]);
+    let mut first = DatapathSync::new(MemoryMaps::default(), capacity());
+    first.apply(&plan, now);
+    let kernel = first.maps().reopen();
+    let state = kernel.state();
+    let (mut second, _) = DatapathSync::adopt(kernel, capacity(), &state, now).expect("ok");
+    let vip = Ipv4Addr::new(203, 0, 113, 10);
+    second.apply(
+        &plan_of(&[(frontend(10, 443), &[12]), (frontend(20, 80), &[13])]),
+        now,
+    );
+    assert!(passes(second.maps(), Filter::Vips, vip), "one port left");
+    second.apply(&plan_of(&[(frontend(20, 80), &[13])]), now);
+    assert!(!passes(second.maps(), Filter::Vips, vip), "no port left");
+    assert!(!second
+        .maps()
+        .vips
+        .contains_key(&u32::from_ne_bytes(vip.octets())));
 }
