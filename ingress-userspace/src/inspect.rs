@@ -140,10 +140,10 @@ pub fn run(args: &InspectArgs) -> Result<()> {
                 )
             })?;
             let names = match fetch(args.admin, "/debug/services") {
-                Ok(names) => names,
+                Ok(view) => names_from(&view),
                 Err(error) => {
                     eprintln!("note: no Service names ({error:#}); showing the maps alone");
-                    Value::Array(Vec::new())
+                    Names::new()
                 }
             };
             match args.what {
@@ -189,20 +189,29 @@ fn fetch(admin: SocketAddr, path: &str) -> Result<Value> {
     serde_json::from_str(body).with_context(|| format!("{path} from {admin}: not JSON"))
 }
 
-fn name_of(names: &Value, frontend: &str) -> (String, String) {
-    names
-        .as_array()
+/// Frontend (`vip:port/PROTO`) → (`namespace/service`, port name), from `/debug/services`.
+type Names = BTreeMap<String, (String, String)>;
+
+fn names_from(view: &Value) -> Names {
+    view.as_array()
         .into_iter()
         .flatten()
-        .find(|n| n["frontend"] == frontend)
-        .map(|n| {
+        .filter_map(|n| {
             let service = format!(
                 "{}/{}",
                 n["namespace"].as_str().unwrap_or_default(),
                 n["service"].as_str().unwrap_or_default()
             );
-            (service, n["port_name"].as_str().unwrap_or_default().into())
+            let port_name = n["port_name"].as_str().unwrap_or_default().to_string();
+            Some((n["frontend"].as_str()?.to_string(), (service, port_name)))
         })
+        .collect()
+}
+
+fn name_of(names: &Names, frontend: &str) -> (String, String) {
+    names
+        .get(frontend)
+        .cloned()
         .unwrap_or_else(|| ("-".into(), String::new()))
 }
 
@@ -218,7 +227,7 @@ fn protocol(number: u32) -> &'static str {
     }
 }
 
-fn services_from_maps(maps: &KernelMaps, names: &Value) -> Result<Value> {
+fn services_from_maps(maps: &KernelMaps, names: &Names) -> Result<Value> {
     let state = maps.read_state()?;
     let mut services = Vec::new();
     for (key, entry, table) in &state.services {
@@ -265,7 +274,7 @@ fn services_from_maps(maps: &KernelMaps, names: &Value) -> Result<Value> {
     Ok(Value::Array(services))
 }
 
-fn backends_from_maps(maps: &KernelMaps, names: &Value) -> Result<Value> {
+fn backends_from_maps(maps: &KernelMaps, names: &Names) -> Result<Value> {
     let state = maps.read_state()?;
     let mut frontend_of: BTreeMap<u32, String> = BTreeMap::new();
     for (key, _, table) in &state.services {

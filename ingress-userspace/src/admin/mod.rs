@@ -94,13 +94,15 @@ async fn answer(
     };
     if let Some(kind) = view {
         let (reply, answer) = oneshot::channel();
-        let view = match views.send((kind, reply)).await {
-            Ok(()) => tokio::time::timeout(VIEW_TIMEOUT, answer)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            Err(_) => None,
-        };
+        // Both the queue and the answer are bounded in time: a runner busy with a long sync
+        // makes a 503, not a pile of waiting requests.
+        let view = tokio::time::timeout(VIEW_TIMEOUT, async {
+            views.send((kind, reply)).await.ok()?;
+            answer.await.ok()
+        })
+        .await
+        .ok()
+        .flatten();
         let mut response = match view {
             Some(view) => Response::new(Full::new(Bytes::from(view.to_string()))),
             None => {

@@ -57,6 +57,8 @@ pub struct HeadVerdicts {
     at_boundary: AtomicBool,
     /// Set by the server: end hyper's connection at the boundary and hand the stream back.
     park: AtomicBool,
+    /// The guard stepped aside (HTTP/2, an upgrade, an unparsable head): never parked.
+    passthrough: AtomicBool,
 }
 
 impl Default for HeadVerdicts {
@@ -68,6 +70,7 @@ impl Default for HeadVerdicts {
             quiet_since: AtomicU64::new(clock_ms()),
             at_boundary: AtomicBool::new(true),
             park: AtomicBool::new(false),
+            passthrough: AtomicBool::new(false),
         }
     }
 }
@@ -114,6 +117,12 @@ impl HeadVerdicts {
         self.park.load(Ordering::Relaxed)
     }
 
+    /// Whether the guard has stepped aside for good (HTTP/2, an upgrade): such a connection is
+    /// never parked.
+    pub fn is_passthrough(&self) -> bool {
+        self.passthrough.load(Ordering::Relaxed)
+    }
+
     /// Called once per request, in order: whether this request carried both `Content-Length` and
     /// `Transfer-Encoding`.
     pub fn next_request_is_smuggling(&self) -> bool {
@@ -148,6 +157,9 @@ pub struct HeadGuard<T> {
     /// Always `Some` until a parked guard hands it back on drop.
     inner: Option<T>,
     handoff: Option<Handoff<T>>,
+    /// This guard ended hyper's connection for parking: its shutdown keeps the socket, its drop
+    /// hands the stream back. Any other end (an error, `Connection: close`) closes as usual.
+    parked_eof: bool,
     framing: Framing,
     /// Bytes of the head or line being read.
     pending: Vec<u8>,
@@ -185,6 +197,7 @@ impl<T> HeadGuard<T> {
         Self {
             inner: Some(inner),
             handoff,
+            parked_eof: false,
             framing: Framing::Head,
             pending: Vec::new(),
             max_head,
@@ -345,7 +358,7 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 impl<T> Drop for HeadGuard<T> {
     fn drop(&mut self) {
-        if !self.verdicts.parking() {
+        if !self.parked_eof {
             return;
         }
         if let (Some(inner), Some(handoff)) = (self.inner.take(), self.handoff.take()) {
@@ -373,6 +386,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
         // Parking: an end-of-stream where the next request would start. hyper, idle, ends the
         // connection cleanly; the client's next bytes stay in the socket for the next round.
         if this.handoff.is_some() && this.verdicts.parking() && this.between_messages() {
+            this.parked_eof = true;
             return Poll::Ready(Ok(()));
         }
         let before = buf.filled().len();
@@ -386,6 +400,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
                 let between = this.between_messages();
                 if this.verdicts.at_boundary.load(Ordering::Relaxed) != between {
                     this.verdicts.at_boundary.store(between, Ordering::Relaxed);
+                }
+                if matches!(this.framing, Framing::Passthrough) {
+                    this.verdicts.passthrough.store(true, Ordering::Relaxed);
                 }
                 if !this.head_incomplete() {
                     this.head_deadline = None;
@@ -407,7 +424,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
             }
             Poll::Ready(Ok(())) => {
                 // Passthrough (HTTP/2, an upgrade): never between messages again; never parked.
-                this.verdicts.at_boundary.store(false, Ordering::Relaxed);
+                if !this.verdicts.is_passthrough() {
+                    this.verdicts.at_boundary.store(false, Ordering::Relaxed);
+                    this.verdicts.passthrough.store(true, Ordering::Relaxed);
+                }
                 this.head_deadline = None;
                 polled
             }
@@ -436,7 +456,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for HeadGuard<T> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let parking = self.handoff.is_some() && self.verdicts.parking();
+        let parking = self.parked_eof;
         match inner_of(&mut self.inner) {
             // Parked: flush what hyper wrote, keep the connection open for the next round.
             Ok(inner) if parking => Pin::new(inner).poll_flush(cx),

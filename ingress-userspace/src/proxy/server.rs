@@ -247,7 +247,7 @@ impl Proxy {
         Ok(bound)
     }
 
-    /// Stops accepting, lets every connection finish what it is doing (see `until_drained`),
+    /// Stops accepting, lets every connection finish what it is doing (see `serve_until_parked`),
     /// and returns when all have closed or `timeout` has passed; returns how many were still
     /// open then.
     pub async fn drain(&self, timeout: Duration) -> usize {
@@ -408,11 +408,15 @@ async fn return_parked_memory(shared: Arc<Shared>) {
         let parked = shared.counters.parked.load(Ordering::Relaxed);
         if parked != trimmed_at {
             trimmed_at = parked;
+            // It walks every arena under its lock: off the runtime's workers.
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: FFI call without pointers; glibc's malloc_trim is thread-safe.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: FFI call without pointers; glibc's malloc_trim is thread-safe.
+                unsafe {
+                    libc::malloc_trim(0);
+                }
+            })
+            .await;
         }
     }
 }
@@ -452,7 +456,7 @@ async fn serve_http<S: Parkable>(
     let mut requests_seen = 0;
     loop {
         let (handoff, mut handed_back) = tokio::sync::oneshot::channel();
-        serve_until_parked(
+        let parked = serve_until_parked(
             &shared,
             &info,
             &smuggling,
@@ -462,15 +466,20 @@ async fn serve_http<S: Parkable>(
             handoff,
         )
         .await;
+        if !parked {
+            return;
+        }
         let Ok((returned, seen)) = handed_back.try_recv() else {
             return;
         };
+        // Quiet since the last response: the idle timeout counts from there.
+        let quiet = smuggling.quiet_for().unwrap_or(PARK_AFTER);
         (stream, requests_seen) = (returned, seen);
         smuggling.set_park(false);
         shared.counters.parked.fetch_add(1, Ordering::Relaxed);
         // Parked: only the socket. hyper's idle timer is gone with it, so the idle timeout is
         // kept here.
-        let idle_left = settings.client_idle_timeout.saturating_sub(PARK_AFTER);
+        let idle_left = settings.client_idle_timeout.saturating_sub(quiet);
         tokio::select! {
             readable = stream.readable() => {
                 if readable.is_err() {
@@ -484,9 +493,11 @@ async fn serve_http<S: Parkable>(
 }
 
 /// One hyper connection over `stream`, until it ends (the client closed, an error, the drain)
-/// or is parked (then the guard sends the stream to `handoff`). When the proxy drains, the
-/// connection is asked to finish gracefully (HTTP/1.1: after the request in flight; HTTP/2:
-/// GOAWAY, then the open streams).
+/// or is parked (then the guard sends the stream to `handoff` and this returns true). When the
+/// proxy drains, the connection is asked to finish gracefully (HTTP/1.1: after the request in
+/// flight; HTTP/2: GOAWAY, then the open streams). A connection that cannot finish parking (a
+/// client that stopped reading while hyper still flushes) is closed after
+/// `--client-header-timeout`, as hyper's own timers would have closed it.
 async fn serve_until_parked<S: Parkable>(
     shared: &Arc<Shared>,
     info: &Arc<ConnectionInfo>,
@@ -495,7 +506,7 @@ async fn serve_until_parked<S: Parkable>(
     stream: S,
     requests_seen: u64,
     handoff: Handoff<S>,
-) {
+) -> bool {
     let settings = &shared.settings;
     let stream = HeadGuard::resume(
         stream,
@@ -517,27 +528,46 @@ async fn serve_until_parked<S: Parkable>(
     );
     let mut check = Box::pin(tokio::time::sleep(PARK_AFTER));
     let mut parking = false;
+    let mut parkable = true;
     loop {
         tokio::select! {
-            _ = connection.as_mut() => return,
+            _ = connection.as_mut() => return parking,
             _ = draining.changed() => break,
-            _ = check.as_mut(), if !parking => match smuggling.quiet_for() {
-                Some(quiet) if quiet >= PARK_AFTER => {
-                    // The guard answers hyper's next read with end-of-stream: polling the
-                    // connection again (the next turn of this loop) lets hyper see it.
-                    smuggling.set_park(true);
-                    parking = true;
+            _ = check.as_mut(), if parkable => {
+                if parking {
+                    // hyper is still flushing to a client that does not read: give up on it.
+                    smuggling.set_park(false);
+                    return false;
                 }
-                quiet => {
-                    let wait = PARK_AFTER.saturating_sub(quiet.unwrap_or_default());
-                    check.as_mut().reset(tokio::time::Instant::now() + wait.max(PARK_AFTER / 4));
+                if smuggling.is_passthrough() {
+                    // HTTP/2 or an upgrade: never parked, no more checks.
+                    parkable = false;
+                    continue;
                 }
-            },
+                match smuggling.quiet_for() {
+                    Some(quiet) if quiet >= PARK_AFTER => {
+                        // The guard answers hyper's next read with end-of-stream: polling the
+                        // connection again (the next turn of this loop) lets hyper see it.
+                        smuggling.set_park(true);
+                        parking = true;
+                        check
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + settings.client_header_timeout);
+                    }
+                    quiet => {
+                        let wait = PARK_AFTER.saturating_sub(quiet.unwrap_or_default());
+                        check
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + wait.max(PARK_AFTER / 4));
+                    }
+                }
+            }
         }
     }
     smuggling.set_park(false);
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
+    false
 }
 
 /// A response body: the endpoint's, or one the proxy wrote; counted for the access log, and
@@ -643,7 +673,11 @@ async fn handle(
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    connection.smuggling.request_started();
+    // HTTP/1.x requests are counted for parking; HTTP/2 connections are never parked.
+    let http1 = request.version() <= Version::HTTP_11;
+    if http1 {
+        connection.smuggling.request_started();
+    }
     let started = Instant::now();
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
@@ -682,7 +716,9 @@ async fn handle(
         response.body_mut().record = Some(record);
     }
     // The request's own reference: the request ends (for parking) when the body is dropped.
-    response.body_mut().connection = Some(connection);
+    if http1 {
+        response.body_mut().connection = Some(connection);
+    }
     Ok(response)
 }
 
