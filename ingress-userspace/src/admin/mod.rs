@@ -2,7 +2,7 @@
 //! the process serves; `/readyz` answers 200 only once the first full sync of the objects is in
 //! the maps and the proxy, 503 before; `/metrics` serves the Prometheus metrics ([`metrics`],
 //! listed in `docs/metrics.md`); `/debug/services`, `/debug/routes` and `/debug/certs` serve the
-//! JSON views `xdp-ingress inspect` shows ([`crate::inspect`]).
+//! JSON views `xdp-ingress inspect` shows ([`crate::inspect`]), to loopback clients only.
 
 pub mod metrics;
 
@@ -61,7 +61,7 @@ pub async fn serve(
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 continue;
             };
             let readiness = readiness.clone();
@@ -69,7 +69,13 @@ pub async fn serve(
             let views = views.clone();
             tokio::spawn(async move {
                 let service = service_fn(move |request| {
-                    answer(request, readiness.clone(), metrics.clone(), views.clone())
+                    answer(
+                        request,
+                        peer,
+                        readiness.clone(),
+                        metrics.clone(),
+                        views.clone(),
+                    )
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
@@ -82,6 +88,7 @@ pub async fn serve(
 
 async fn answer(
     request: Request<Incoming>,
+    peer: SocketAddr,
     readiness: Readiness,
     metrics: Arc<Metrics>,
     views: mpsc::Sender<ViewRequest>,
@@ -92,6 +99,15 @@ async fn answer(
         "/debug/certs" => Some(ViewKind::Certs),
         _ => None,
     };
+    // The routing table names endpoints and Secrets: for `inspect` on the node (or in the pod),
+    // not for whoever reaches the probe port.
+    if view.is_some() && !peer.ip().is_loopback() {
+        let mut refused = Response::new(Full::new(Bytes::from_static(
+            b"/debug is served on loopback only (run xdp-ingress inspect on the node)\n",
+        )));
+        *refused.status_mut() = StatusCode::FORBIDDEN;
+        return Ok(refused);
+    }
     if let Some(kind) = view {
         let (reply, answer) = oneshot::channel();
         // Both the queue and the answer are bounded in time: a runner busy with a long sync
