@@ -159,7 +159,8 @@ impl Scenario {
             self.lab.node(),
             self.manifests.path(),
             &self.lab.node_interfaces(),
-            &["--bpffs", pins],
+            // The admin listener on every address, as the DaemonSet has it (probes).
+            &["--bpffs", pins, "--admin-listen", "0.0.0.0:9900"],
         )?;
         agent.wait_running(START_TIMEOUT)?;
         self.agent = Some(agent);
@@ -745,6 +746,26 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         conntrack == flows.len() as f64,
         "conntrack gauge {conntrack}, inspect flows {}",
         flows.len()
+    );
+
+    // The probe port answers from outside the node; the /debug views only on loopback.
+    let from_client = |path: &str| -> Result<String> {
+        let url = format!("http://{}:9900{path}", lab::NODE_CLIENT_ADDR);
+        let output = scenario.lab.client().exec(&[
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ])?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    };
+    ensure!(from_client("/readyz")? == "200", "readyz from the client");
+    ensure!(
+        from_client("/debug/routes")? == "403",
+        "/debug/routes answered a client off the node"
     );
 
     // SIGTERM: the agent exits, the datapath stays; `cleanup` removes it.
