@@ -124,7 +124,8 @@ struct MapLayout {
     flags: u32,
 }
 
-/// The maps the agent pins (the bench programs' maps and aya-log's ring buffer are not).
+/// The maps the agent pins (the bench programs' maps and aya-log's ring buffer are not), the
+/// state maps first.
 const PINNED_MAPS: [&str; 13] = [
     map_names::SERVICES,
     map_names::VIPS,
@@ -143,15 +144,7 @@ const PINNED_MAPS: [&str; 13] = [
 
 /// The maps that hold the forwarding state and must be adopted together: a Service entry names
 /// slots, slots name backend ids. The others (flows, next hops, counters) can start empty alone.
-const STATE_MAPS: [&str; 7] = [
-    map_names::SERVICES,
-    map_names::VIPS,
-    map_names::SERVICE_STATES,
-    map_names::VIP_FILTER,
-    map_names::BACKEND_FILTER,
-    map_names::BACKENDS,
-    map_names::MAGLEV_SLOTS,
-];
+const STATE_MAPS: &[&str] = PINNED_MAPS.split_at(7).0;
 
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

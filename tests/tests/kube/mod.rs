@@ -388,48 +388,40 @@ pub async fn served_by_all(
     bail!("{host}: 60 requests reached only {seen:?} of {expected:?}")
 }
 
-/// `status.loadBalancer.ingress[].ip` of a Service as the server has it (`None`: no such
-/// Service).
+/// `status.loadBalancer.ingress[].ip` of a `K` (Service, Ingress: the same shape) as the server
+/// has it (`None`: no such object).
+fn status_ips<K: k8s_openapi::Resource>(
+    server: &FakeApiServer,
+    namespace: &str,
+    name: &str,
+) -> Option<Vec<String>> {
+    let object = server.get(K::API_VERSION, K::KIND, namespace, name)?;
+    Some(
+        object["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["ip"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
+/// `status.loadBalancer.ingress[].ip` of a Service (`None`: no such Service).
 pub fn service_ips(
     server: &FakeApiServer,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Vec<String>>> {
-    let Some(service) = server.get_as::<Service>(namespace, name)? else {
-        return Ok(None);
-    };
-    Ok(Some(
-        service
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect(),
-    ))
+    Ok(status_ips::<Service>(server, namespace, name))
 }
 
-/// `status.loadBalancer.ingress[].ip` of an Ingress as the server has it (`None`: no such
-/// Ingress).
+/// `status.loadBalancer.ingress[].ip` of an Ingress (`None`: no such Ingress).
 pub fn ingress_ips(
     server: &FakeApiServer,
     namespace: &str,
     name: &str,
 ) -> Result<Option<Vec<String>>> {
-    let Some(ingress) = server.get_as::<Ingress>(namespace, name)? else {
-        return Ok(None);
-    };
-    Ok(Some(
-        ingress
-            .status
-            .and_then(|s| s.load_balancer)
-            .and_then(|lb| lb.ingress)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|i| i.ip)
-            .collect(),
-    ))
+    Ok(status_ips::<Ingress>(server, namespace, name))
 }
 
 /// The Lease's `holderIdentity` (`None`: no Lease or not held).
