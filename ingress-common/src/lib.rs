@@ -259,6 +259,41 @@ pub struct FlowEntry {
     pub service_epoch: u32,
 }
 
+/// Slots of the per-CPU flow cache (a power of two), 40 bytes each per CPU.
+pub const FLOW_CACHE_SLOTS: u32 = 4096;
+
+/// How long a flow cache hit may go without touching the flow's conntrack entry, in jiffies
+/// (about 1 s at HZ=250). Touching it keeps the LRU from evicting a busy flow and puts back an
+/// entry the LRU evicted anyway.
+pub const FLOW_CACHE_TOUCH_JIFFIES: u64 = 256;
+
+/// One slot of the per-CPU exact-match flow cache in front of `FLOWS`: a copy of a conntrack
+/// entry under its full key, so an established flow costs an array lookup instead of a hash
+/// lookup. The copy is checked against the Service's epoch and the backend's generation exactly
+/// as the conntrack entry is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowCacheEntry {
+    /// The flow.
+    pub key: FlowKey,
+    /// Its conntrack entry as last seen.
+    pub flow: FlowEntry,
+    /// Jiffies after which the next hit looks the conntrack entry up again.
+    pub touch_after: u64,
+}
+
+/// The flow cache slot of a flow.
+#[inline(always)]
+pub fn flow_cache_slot(key: &FlowKey) -> u32 {
+    flow_hash(
+        key.src_addr,
+        key.dst_addr,
+        key.src_port,
+        key.dst_port,
+        key.proto as u8,
+    ) & (FLOW_CACHE_SLOTS - 1)
+}
+
 /// A tracked backend → client flow: what to put back as the source.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -416,6 +451,8 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for FlowEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowCacheEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ReverseEntry {}
     // SAFETY: as above.

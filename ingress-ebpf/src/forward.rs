@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
-    helpers::{bpf_fib_lookup as fib_lookup, bpf_jiffies64, bpf_redirect},
+    helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
 use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_JIFFIES};
@@ -22,8 +22,8 @@ const AF_INET: u8 = 2;
 
 /// Which direction a packet travels, and for a forward, whose next hop may be cached.
 pub enum Direction {
-    /// To backend `id` of generation `generation`.
-    ToBackend { id: u32, generation: u32 },
+    /// To backend `id` of generation `generation`; `now` in jiffies.
+    ToBackend { id: u32, generation: u32, now: u64 },
     /// A reply back to the client.
     ToClient,
 }
@@ -41,11 +41,15 @@ pub fn send(
     let tot_len = u16::from_be(packet.tot_len);
     let mut cache: Option<(*mut NextHop, u32)> = None;
     let mut now = 0u64;
-    if let Direction::ToBackend { id, generation } = direction {
+    if let Direction::ToBackend {
+        id,
+        generation,
+        now: jiffies,
+    } = direction
+    {
+        now = jiffies;
         if let Some(hop) = NEXT_HOPS.get_ptr_mut(id) {
             // SAFETY: per-CPU slot of a map value; only this CPU touches it now.
-            now = unsafe { bpf_jiffies64() };
-            // SAFETY: as above.
             let cached = unsafe { *hop };
             if cached.ifindex != 0
                 && cached.generation == generation

@@ -1,8 +1,9 @@
 //! The XDP load balancer. One program, attached to every interface the agent is given, handles
 //! both directions:
 //!
-//! * client → VIP:port: parse, look the Service up, find or pick the backend (connection tracking,
-//!   then Maglev), DNAT with incremental checksums, FIB lookup, MAC rewrite, TX or redirect;
+//! * client → VIP:port: parse, look the Service up, find or pick the backend (this CPU's flow
+//!   cache, then connection tracking, then Maglev), DNAT with incremental checksums, next hop
+//!   (cached FIB answer), MAC rewrite, TX or redirect;
 //! * backend → client replies of tracked flows: SNAT back to VIP:port, FIB lookup, TX or redirect.
 //!
 //! Everything else is handed to the stack untouched. The stages live in small modules: `parse`
@@ -20,16 +21,17 @@ mod nat;
 mod parse;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, macros::xdp, programs::XdpContext};
 use ingress_common::{
-    filter_slot, flow_hash, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
-    ServiceKey, BACKEND_ACTIVE, MAGLEV_CHUNK_SLOTS,
+    filter_slot, flow_cache_slot, flow_hash, BackendEntry, FlowCacheEntry, FlowEntry, FlowKey,
+    Reason, ReverseEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE, FLOW_CACHE_TOUCH_JIFFIES,
+    MAGLEV_CHUNK_SLOTS,
 };
 
 use crate::{
     maps::{
-        BACKENDS, BACKEND_FILTER, FLOWS, MAGLEV_SLOTS, REVERSE_FLOWS, SERVICES, SERVICE_STATES,
-        VIPS, VIP_FILTER,
+        BACKENDS, BACKEND_FILTER, FLOWS, FLOW_CACHE, MAGLEV_SLOTS, REVERSE_FLOWS, SERVICES,
+        SERVICE_STATES, VIPS, VIP_FILTER,
     },
     parse::Packet,
 };
@@ -89,10 +91,13 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
         packet.dst_port,
         packet.proto,
     );
-    // Established flows need one hash lookup: the flow, checked against its Service's state and
-    // its backend by index. Everything else takes the Service lookup.
+    // Established flows need no hash lookup at all when this CPU's flow cache holds them, one
+    // otherwise: the flow, checked against its Service's state and its backend by index.
+    // Everything else takes the Service lookup.
     // TTL is checked once on either path; on the new-flow path before any state is created.
-    let (service_id, backend_id, backend) = match established(&flow_key) {
+    // SAFETY: reads the jiffies counter (the verifier inlines it).
+    let now = unsafe { bpf_jiffies64() };
+    let (service_id, backend_id, backend) = match established(&flow_key, now) {
         Some(found) => {
             if packet.ttl <= 1 {
                 return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
@@ -111,7 +116,7 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
             if packet.ttl <= 1 {
                 return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
             }
-            match new_flow(ctx, packet, &flow_key, &service) {
+            match new_flow(ctx, packet, &flow_key, &service, now) {
                 Ok((backend_id, backend)) => (service.service_id, backend_id, backend),
                 Err(verdict) => return Some(verdict),
             }
@@ -127,6 +132,7 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
         forward::Direction::ToBackend {
             id: backend_id,
             generation: backend.generation,
+            now,
         },
     ))
 }
@@ -134,9 +140,8 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
 /// The tracked flow's Service id and backend, if the id still belongs to this frontend (same
 /// epoch) and the backend is still the same live one.
 #[inline(always)]
-fn established(flow_key: &FlowKey) -> Option<(u32, u32, BackendEntry)> {
-    // SAFETY: FlowEntry is plain data; a concurrent replacement yields the old or the new value.
-    let flow = unsafe { FLOWS.get(flow_key) }?;
+fn established(flow_key: &FlowKey, now: u64) -> Option<(u32, u32, BackendEntry)> {
+    let flow = tracked_flow(flow_key, now)?;
     let state = SERVICE_STATES.get(flow.service_id)?;
     if state.epoch != flow.service_epoch
         || state.vip != flow_key.dst_addr
@@ -153,6 +158,57 @@ fn established(flow_key: &FlowKey) -> Option<(u32, u32, BackendEntry)> {
     Some((flow.service_id, flow.backend_id, *backend))
 }
 
+/// The flow's conntrack entry: from this CPU's flow cache when the slot holds this flow, else
+/// from `FLOWS` (and then cached). The cache is an exact-match copy, validated by the caller
+/// like the entry itself, so a stale copy can only send the flow through `new_flow` again.
+#[inline(always)]
+fn tracked_flow(flow_key: &FlowKey, now: u64) -> Option<FlowEntry> {
+    let slot = FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow_key));
+    if let Some(slot) = slot {
+        // SAFETY: a per-CPU slot: only this CPU touches it, and not concurrently (XDP runs to
+        // completion with preemption off).
+        let cached = unsafe { &mut *slot };
+        if cached.key == *flow_key {
+            if now < cached.touch_after {
+                return Some(cached.flow);
+            }
+            // Due for a touch: the lookup marks the conntrack entry used, so the LRU keeps a busy
+            // flow; an entry the LRU evicted anyway is put back (unless another CPU has made a new
+            // one meanwhile), so the flow keeps its backend.
+            // SAFETY: FlowEntry is plain data.
+            match unsafe { FLOWS.get(flow_key) } {
+                Some(flow) => cached.flow = *flow,
+                None => {
+                    let _ = FLOWS.insert(flow_key, &cached.flow, BPF_NOEXIST);
+                }
+            }
+            cached.touch_after = now + FLOW_CACHE_TOUCH_JIFFIES;
+            return Some(cached.flow);
+        }
+    }
+    // SAFETY: FlowEntry is plain data; a concurrent replacement yields the old or the new value.
+    let flow = *unsafe { FLOWS.get(flow_key) }?;
+    if let Some(slot) = slot {
+        cache_flow(slot, flow_key, flow, now);
+    }
+    Some(flow)
+}
+
+/// `bpf_map_update_elem` flag: only insert, never replace.
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn cache_flow(slot: *mut FlowCacheEntry, flow_key: &FlowKey, flow: FlowEntry, now: u64) {
+    // SAFETY: a per-CPU slot, see tracked_flow.
+    unsafe {
+        *slot = FlowCacheEntry {
+            key: *flow_key,
+            flow,
+            touch_after: now + FLOW_CACHE_TOUCH_JIFFIES,
+        };
+    }
+}
+
 /// A flow without a live tracked backend: pick one with Maglev and remember it both ways.
 #[inline(always)]
 fn new_flow(
@@ -160,6 +216,7 @@ fn new_flow(
     packet: &Packet,
     flow_key: &FlowKey,
     service: &ServiceEntry,
+    now: u64,
 ) -> Result<(u32, BackendEntry), (u32, Reason)> {
     let Some((backend_id, backend)) = pick_backend(packet, service) else {
         if service.table_size == 0 {
@@ -195,6 +252,9 @@ fn new_flow(
     // hashes again (to the same backend while the table is unchanged).
     let _ = FLOWS.insert(flow_key, flow, 0);
     let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
+    if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow_key)) {
+        cache_flow(slot, flow_key, flow, now);
+    }
     stats::count_new_flow(service.service_id);
     Ok((backend_id, backend))
 }

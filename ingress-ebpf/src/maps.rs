@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use ingress_common::{
-    capacity, BackendEntry, FlowEntry, FlowKey, MaglevChunk, NextHop, Reason, ReverseEntry,
-    ServiceEntry, ServiceKey, ServiceState, TrafficCounters, FILTER_WORDS, MAGLEV_CHUNK_SLOTS,
+    capacity, BackendEntry, FlowCacheEntry, FlowEntry, FlowKey, MaglevChunk, NextHop, Reason,
+    ReverseEntry, ServiceEntry, ServiceKey, ServiceState, TrafficCounters, FILTER_WORDS,
+    FLOW_CACHE_SLOTS, MAGLEV_CHUNK_SLOTS,
 };
 
 /// Lets the agent mmap the Maglev slots and write whole tables with a memcpy.
@@ -37,6 +38,10 @@ pub static MAGLEV_SLOTS: Array<MaglevChunk> =
 
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+
+#[map(name = "FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+    PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 #[map(name = "REVERSE_FLOWS")]
 pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseEntry> =

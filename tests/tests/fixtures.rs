@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use anyhow::{ensure, Context as _, Result};
 use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type};
-use ingress_common::{proto, FlowEntry, Reason, BACKEND_ACTIVE};
+use ingress_common::{flow_cache_slot, proto, FlowEntry, Reason, BACKEND_ACTIVE};
 use packets::{Frame, TPID_8021AD, TPID_8021Q};
 use rig::*;
 use xdp_ingress::{
@@ -1090,6 +1090,158 @@ fn run_connection_tracking() -> Result<usize> {
         XDP_PASS,
         Reason::PassNotOurs,
     ));
+    lb.finish()
+}
+
+/// The per-CPU flow cache in front of FLOWS: flows sharing a cache slot each keep their own
+/// backend (the cache matches whole 5-tuples), and a cached flow whose FLOWS entry the LRU
+/// evicted keeps its backend, even where Maglev would now pick another, and gets its entry back.
+#[test]
+fn flow_cache() -> Result<()> {
+    let ns = namespace("xifc")?;
+    let checked = ns.run_inside(run_flow_cache)?;
+    eprintln!("flow_cache: {checked} fixtures passed");
+    Ok(())
+}
+
+/// Keeps the calling thread on the CPU it runs on, so every test run meets the same per-CPU cache.
+fn stay_on_this_cpu() -> Result<()> {
+    // SAFETY: sched_getcpu has no preconditions.
+    let cpu = unsafe { libc::sched_getcpu() };
+    ensure!(
+        cpu >= 0,
+        "sched_getcpu: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpu` is a CPU number the kernel gave, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: `set` is a valid cpu_set_t of the size passed; 0 is the calling thread.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    ensure!(
+        rc == 0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    Ok(())
+}
+
+fn run_flow_cache() -> Result<usize> {
+    stay_on_this_cpu()?;
+    let ct = tcp(VIP_CT, 80);
+    let mut lb = Lb::load(&ct_plan(&[B1, B2]))?;
+    let t0 = Instant::now();
+    let (service_id, service_epoch) = (lb.frontend(ct)?.service_id, lb.frontend(ct)?.epoch);
+    let tracked_on = |lb: &Lb, backend: Ipv4Addr| -> Result<FlowEntry> {
+        let backend_id = lb.backend_id(ct, ct_backend(backend))?;
+        let generation = lb
+            .sync
+            .maps()
+            .backend(backend_id)
+            .context("BACKENDS entry")?
+            .generation;
+        Ok(FlowEntry {
+            backend_id,
+            backend_generation: generation,
+            service_id,
+            service_epoch,
+        })
+    };
+
+    // Two flows in one cache slot, tracked on different backends, taking turns: each packet
+    // evicts the other flow from the slot, and neither may be given the other's backend.
+    let first = client_tcp(40_000, VIP_CT, 80);
+    let slot = flow_cache_slot(&flow_key(&first, proto::TCP));
+    let second = (40_001u16..u16::MAX)
+        .map(|port| client_tcp(port, VIP_CT, 80))
+        .find(|f| flow_cache_slot(&flow_key(f, proto::TCP)) == slot)
+        .context("no second port in the first flow's cache slot")?;
+    lb.insert_flow(flow_key(&first, proto::TCP), tracked_on(&lb, B1)?)?;
+    lb.insert_flow(flow_key(&second, proto::TCP), tracked_on(&lb, B2)?)?;
+    for round in 0..3u32 {
+        for (frame, backend) in [(&first, B1), (&second, B2)] {
+            let next = frame.clone().data_segment(round * 10, 1).payload(b"turn");
+            lb.check(&forward_to(
+                format!(
+                    "cache slot {slot} shared, round {round}: port {} stays on {backend}",
+                    frame.ports().0
+                ),
+                &next,
+                ct_backend(backend),
+            ));
+        }
+    }
+
+    // Twelve new flows on B1, then a table with B3: some of them Maglev would now send to B3.
+    let on_b1: Vec<Frame> = (41_000u16..42_000)
+        .map(|port| client_tcp(port, VIP_CT, 80))
+        .filter(|f| lb.maglev_pick(ct, f).ok() == Some(ct_backend(B1)))
+        .take(12)
+        .collect();
+    ensure!(on_b1.len() == 12, "not 12 ports that Maglev sends to B1");
+    for (i, frame) in on_b1.iter().enumerate() {
+        lb.check(&forward_to(
+            format!("new flow {i} on B1"),
+            frame,
+            ct_backend(B1),
+        ));
+    }
+    let new_flows = lb.sync.maps().service_counters(service_id)?.new_flows;
+    lb.apply(&ct_plan(&[B1, B2, B3]), t0)?;
+    let moved = on_b1
+        .iter()
+        .find(|f| lb.maglev_pick(ct, f).is_ok_and(|b| b.addr != B1))
+        .context("table 2 sends none of the twelve flows elsewhere; the check proves nothing")?;
+    let key = flow_key(moved, proto::TCP);
+    let next = moved.clone().data_segment(100, 1).payload(b"cached");
+    lb.check(&forward_to(
+        "table 2: the flow stays on B1".into(),
+        &next,
+        ct_backend(B1),
+    ));
+
+    // The LRU evicts the flow's FLOWS entry. The cached copy keeps it on B1 (Maglev now says
+    // otherwise), and the periodic touch puts the entry back.
+    lb.remove_flow(&key)?;
+    let evicted = moved.clone().data_segment(200, 1).payload(b"evicted");
+    lb.check(&Fixture::rewritten(
+        "FLOWS entry evicted: the cached flow still goes to B1",
+        Side::Client,
+        &evicted,
+        XDP_REDIRECT,
+        &forwarded(&evicted, ct_backend(B1), FXB_MAC, neighbour_mac(B1)),
+        Reason::ForwardRedirect,
+    ));
+    // The touch is due within FLOW_CACHE_TOUCH_JIFFIES (1 s at HZ=250, 2.6 s at HZ=100).
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    let mut sent = 0u32;
+    while lb.flow(&key).is_none() && Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        sent += 1;
+        let frame = moved.clone().data_segment(300 + sent, 1).payload(b"again");
+        lb.check(&Fixture::rewritten(
+            format!("FLOWS entry evicted, packet {sent}: still B1"),
+            Side::Client,
+            &frame,
+            XDP_REDIRECT,
+            &forwarded(&frame, ct_backend(B1), FXB_MAC, neighbour_mac(B1)),
+            Reason::ForwardRedirect,
+        ));
+    }
+    match lb.flow(&key) {
+        Some(entry) if entry == tracked_on(&lb, B1)? => {}
+        other => lb.fail(format!(
+            "FLOWS after {sent} packets of the evicted flow: {other:?}, expected its B1 entry back"
+        )),
+    }
+    let after = lb.sync.maps().service_counters(service_id)?.new_flows;
+    if after != new_flows {
+        lb.fail(format!(
+            "putting the entry back counted {} new flow(s)",
+            after - new_flows
+        ));
+    }
     lb.finish()
 }
 
