@@ -370,30 +370,29 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
             Ok(sync.maps().reason_counters()?.iter().filter(|(r, _)| *r == ingress_common::Reason::ForwardRedirect).map(|(_, n)| *n).sum())
         };
         let (mut est, mut pass, mut floor) = (Vec::new(), Vec::new(), Vec::new());
-        let mut floor_same = Vec::new();
+        let (mut floor_same, mut round_ratios) = (Vec::new(), Vec::new());
         for _ in 0..rounds {
             let before = forwarded(&sync)?;
-            let mut total = 0.0;
+            // The floor is timed exactly the same way (same calls × repeats, so the same share of
+            // per-call overhead and cold first repeats), call for call in turn with ours, so the
+            // host's drift over a round weighs on both alike.
+            let (mut total, mut floor_total) = (0.0, 0.0);
             for _ in 0..calls {
                 let (verdict, ns) = time_run(datapath.program()?, &forward_frame, ingress, per_call)?;
                 if verdict != XDP_REDIRECT {
                     bail!("fixed-point flow: verdict {verdict}");
                 }
                 total += ns;
+                let program = datapath.load_program(refs::FLOOR)?;
+                floor_total += time_run(program, &forward_frame, ingress, per_call)?.1;
             }
             let took_path = forwarded(&sync)? - before;
             if took_path != calls as u64 * per_call as u64 {
                 bail!("only {took_path} of {} repeats took the forward path", calls * per_call);
             }
             est.push(total / calls as f64);
-            // The floor timed exactly the same way (same calls × repeats, so the same share of
-            // per-call overhead and cold first repeats).
-            let mut floor_total = 0.0;
-            for _ in 0..calls {
-                let program = datapath.load_program(refs::FLOOR)?;
-                floor_total += time_run(program, &forward_frame, ingress, per_call)?.1;
-            }
             floor_same.push(floor_total / calls as f64);
+            round_ratios.push(total / floor_total);
             let (verdict, ns) = time_run(datapath.program()?, &not_ours, ingress, repeat)?;
             if verdict != XDP_PASS {
                 bail!("non-VIP: verdict {verdict}, expected pass");
@@ -425,16 +424,18 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
         }
         let (est, pass, floor) = (median(&mut est), median(&mut pass), median(&mut floor));
         let floor_same = median(&mut floor_same);
+        let ratios = round_ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(", ");
+        let ratio = median(&mut round_ratios);
         let (fresh, est_single) = (median(&mut fresh), median(&mut est_single));
         Ok(vec![
-            format!("BPF_PROG_TEST_RUN. Floor and non-VIP pass: medians of {rounds} rounds × {repeat} repeats. Established-flow forward: medians of {rounds} rounds × {} repeats ({calls} calls × {per_call}), on a Service that forwards to its own VIP so the rewritten frame is again an established flow (the kernel does not restore the frame between repeats); every repeat was checked to take the forward path. New flows: {singles} single runs, each a new 5-tuple, against an established flow timed the same way. 10 backends.", calls * per_call),
+            format!("BPF_PROG_TEST_RUN. Floor and non-VIP pass: medians of {rounds} rounds × {repeat} repeats. Established-flow forward: medians of {rounds} rounds × {} repeats ({calls} calls × {per_call}, each call followed by one of the floor with the same frame and repeats; the ratio is the median of the rounds' ratios), on a Service that forwards to its own VIP so the rewritten frame is again an established flow (the kernel does not restore the frame between repeats), so after the first repeat every repeat finds the flow in the CPU's flow cache; every repeat was checked to take the forward path. New flows: {singles} single runs, each a new 5-tuple, against an established flow timed the same way. 10 backends.", calls * per_call),
             String::new(),
             "| path | ns/packet | × floor |".into(),
             "| --- | ---: | ---: |".into(),
             format!("| floor (parse Eth/IPv4, XDP_TX), {repeat} repeats per call | {floor:.1} | 1.00 |"),
             format!("| non-VIP pass, {repeat} repeats per call | {pass:.1} | {:.2} |", pass / floor),
             format!("| floor, {calls} calls × {per_call} repeats | {floor_same:.1} | 1.00 |"),
-            format!("| established-flow forward (lookups, DNAT, next hop, redirect), {calls} calls × {per_call} repeats | {est:.1} | {:.2} (target ≤ 3) |", est / floor_same),
+            format!("| established-flow forward (lookups, DNAT, next hop, redirect), {calls} calls × {per_call} repeats | {est:.1} | {ratio:.2} (target ≤ 3; rounds {ratios}) |"),
             format!("| established-flow forward against the 1M-repeat floor (upper bound) | {est:.1} | {:.2} |", est / floor),
             String::new(),
             "| single runs (cold caches, per-call overhead included) | ns/run | × established |".into(),
@@ -743,13 +744,15 @@ fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
     let mut memory = BTreeMap::new();
     for _ in 0..rounds {
         let (agent, started) = Agent::start(settings, &ns, &manifests, &["s0"])?;
+        // The sync logs what it programmed ("L4: ..."), then "synced" with its duration.
+        let programmed = agent.wait_for("L4: ", Duration::from_secs(60))?;
         let line = agent.wait_for("synced", Duration::from_secs(60))?;
         start_to_synced.push(started.elapsed().as_secs_f64());
-        if !line.contains(&format!(
-            "synced {SCALE_SERVICES} Service port(s), {} backend(s)",
+        if !programmed.contains(&format!(
+            "L4: {SCALE_SERVICES} Service port(s), {} backend(s)",
             SCALE_SERVICES * ENDPOINTS
         )) {
-            bail!("unexpected first sync: {line}");
+            bail!("unexpected first sync: {programmed}");
         }
         let elapsed = line
             .split("elapsed_ms=")
