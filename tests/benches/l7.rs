@@ -21,7 +21,8 @@
 //! Each measurement runs 3 times, interleaved across the proxies (A B C A B C ...); the report
 //! shows medians. Prints the targets with PASS/MISS and rewrites the L7 section of
 //! docs/benchmarks.md. Arguments: `--quick` (short runs, 1 repetition, 1,000 connections and
-//! 1,000 hosts; for trying the harness). Runs as root (raises its file limit above 10,000).
+//! 1,000 hosts; for trying the harness), `--memory-only` (only measurement 4, printed, the docs
+//! left alone). Runs as root (raises its file limit above 10,000).
 
 use std::{
     collections::BTreeMap,
@@ -181,6 +182,10 @@ fn main() -> Result<()> {
     let env = Env::prepare(&settings, dir.path(), nofile)?;
     let mut report = Report::default();
     let _upstream = env.start_upstream()?;
+    if args.iter().any(|a| a == "--memory-only") {
+        idle_memory(&settings, &env).context("idle-connection memory measurement")?;
+        return Ok(());
+    }
 
     let mut proxies = BTreeMap::new();
     for kind in KINDS {

@@ -1732,3 +1732,99 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
     .await?;
     Ok(())
 }
+
+/// Parked connections still end when they should: at the client idle timeout (a plain one in the
+/// parking lot, a TLS one in its task), and at once when the proxy drains, while a request in
+/// flight keeps the agent running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<()> {
+    let get_a = b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\n";
+    let gate = Gate::new();
+    let web = Backend::start_gated("web", gate.clone()).await?;
+
+    // Idle timeout 3 s: parked after 1 s quiet, closed 3 s after the response.
+    let proxy = TestProxy::start_with_admin(
+        single_host("shop", "shop.example", &web)?,
+        &["--client-idle-timeout", "3s"],
+    )?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let mut plain = tokio::net::TcpStream::connect(proxy.http).await?;
+    let (status, text) = exchange(&mut plain, get_a).await?;
+    check!(status == 200, "plain request: {text}");
+    let (mut tls, _) = tls_connect(proxy.https, "shop.example", Tls::Any, &[b"http/1.1"]).await?;
+    let (status, text) = exchange(&mut tls, get_a).await?;
+    check!(status == 200, "TLS request: {text}");
+    eventually("both connections parked", || async {
+        let parked = parked_total(admin).await?;
+        check!(parked == 2, "{parked} parked");
+        Ok(())
+    })
+    .await?;
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(15), plain.read(&mut byte))
+        .await
+        .map_err(|_| anyhow!("the parked plain connection outlived its 3 s idle timeout"))?;
+    check!(
+        matches!(read, Ok(0)),
+        "the parked plain connection must end with a FIN, got {read:?}"
+    );
+    let read = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut byte))
+        .await
+        .map_err(|_| anyhow!("the parked TLS connection outlived its 3 s idle timeout"))?;
+    check!(
+        matches!(&read, Ok(0))
+            || read
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof),
+        "the parked TLS connection must be closed, got {read:?}"
+    );
+    drop(proxy);
+
+    // Drain: with the default idle timeout (60 s), a parked connection is closed at SIGTERM.
+    let proxy = TestProxy::start_with_admin(single_host("shop", "shop.example", &web)?, &[])?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let mut parked = tokio::net::TcpStream::connect(proxy.http).await?;
+    let (status, text) = exchange(&mut parked, get_a).await?;
+    check!(status == 200, "request before parking: {text}");
+    let mut held = tokio::net::TcpStream::connect(proxy.http).await?;
+    held.write_all(b"GET /held/x HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .await?;
+    eventually(
+        "the held request at the backend and the other connection parked",
+        || async {
+            check!(gate.arrived() == 1, "held request not there yet");
+            let parked = parked_total(admin).await?;
+            check!(parked == 1, "{parked} parked");
+            Ok(())
+        },
+    )
+    .await?;
+    let pid = proxy.agent.pid();
+    // SAFETY: plain FFI call on our own child's pid (alive: it holds our request).
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
+    }
+    proxy.wait_for_log(&["SIGTERM"]).await?;
+    let read = tokio::time::timeout(Duration::from_secs(5), parked.read(&mut byte))
+        .await
+        .map_err(|_| anyhow!("the parked connection is still open after SIGTERM"))?;
+    check!(
+        matches!(read, Ok(0)),
+        "the parked connection must end with a FIN at the drain, got {read:?}"
+    );
+    check!(
+        !has_exited(pid)?,
+        "the agent exited with a request in flight: {}",
+        proxy.log()
+    );
+    gate.open();
+    let (status, text) =
+        tokio::time::timeout(Duration::from_secs(10), clients::read_response(&mut held))
+            .await
+            .map_err(|_| anyhow!("held request: no answer after the drain"))??;
+    check!(
+        status == 200 && text.contains("/held/x"),
+        "held request: {text}"
+    );
+    Ok(())
+}

@@ -7,9 +7,10 @@
 //! limit, by hyper), 502 (connect failure), 503 (no endpoints, with why), 504 (response timeout).
 //!
 //! Per connection: an HTTP/1.1 keep-alive connection quiet for [`PARK_AFTER`] is *parked*: its
-//! hyper connection (with its two 8 KiB buffers) ends at a message boundary and the task waits
-//! for the client's next bytes holding only the socket (see `head_guard`); then a new hyper
-//! connection takes over. A busy connection is never parked.
+//! hyper connection (with its two 8 KiB buffers) ends at a message boundary (see `head_guard`)
+//! and its task ends too: a plain connection waits for the client's next bytes in the
+//! [`ParkingLot`] as a bare descriptor, a TLS one in its task holding only the stream. Then a
+//! new hyper connection takes over. A busy connection is never parked.
 
 use std::{
     convert::Infallible,
@@ -40,6 +41,7 @@ use super::{
     head_guard::{Handoff, HeadGuard, HeadVerdicts},
     headers::{self, ConnectionHeaders, RequestIds},
     metrics::{self, ProxyCounters, ProxyScrape, RequestMetrics},
+    parking::{Parked, ParkingLot},
     router::{EndpointRegistry, Router},
     tls::{CertBook, CertExpiry, CertProblem, TlsError},
     upstream::{
@@ -140,6 +142,9 @@ struct Shared {
     drain: tokio::sync::watch::Sender<()>,
     /// Counters that belong to no backend.
     counters: ProxyCounters,
+    /// Where quiet plain connections wait (`None`: no epoll set could be made; then they wait in
+    /// their tasks, as TLS connections do).
+    parking: Option<ParkingLot>,
 }
 
 /// The proxy: apply plans to it, serve with it.
@@ -188,6 +193,13 @@ impl Proxy {
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
                 drain: tokio::sync::watch::channel(()).0,
                 counters: ProxyCounters::default(),
+                parking: match ParkingLot::new() {
+                    Ok(lot) => Some(lot),
+                    Err(error) => {
+                        tracing::warn!(%error, "no parking lot; quiet connections park in their tasks");
+                        None
+                    }
+                },
             }),
             registry: EndpointRegistry::default(),
             certs,
@@ -244,6 +256,7 @@ impl Proxy {
             tokio::spawn(accept_loop(self.shared.clone(), listener, true));
         }
         tokio::spawn(return_parked_memory(self.shared.clone()));
+        tokio::spawn(run_parking_lot(self.shared.clone()));
         Ok(bound)
     }
 
@@ -343,6 +356,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: bool) {
 /// What a connection's requests need to know about it.
 struct ConnectionInfo {
     peer: SocketAddr,
+    /// The listener's port.
+    port: u16,
     headers: ConnectionHeaders,
     smuggling: Arc<HeadVerdicts>,
 }
@@ -357,6 +372,7 @@ fn connection_context(
     let smuggling = Arc::new(HeadVerdicts::default());
     let info = Arc::new(ConnectionInfo {
         peer,
+        port,
         headers: ConnectionHeaders::new(peer.ip(), tls, port),
         smuggling: smuggling.clone(),
     });
@@ -368,7 +384,57 @@ fn connection_context(
 async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
     let _ = stream.set_nodelay(true);
     let (info, smuggling) = connection_context(peer, port, false);
-    serve_http(shared, stream, info, smuggling).await;
+    serve_http(shared, stream, info, smuggling, 0).await;
+}
+
+/// Takes connections out of the parking lot when their clients send again (each gets a new
+/// connection task), closes those past their idle timeout, and empties the lot on drain.
+async fn run_parking_lot(shared: Arc<Shared>) {
+    let Some(lot) = &shared.parking else {
+        return;
+    };
+    let watch = match lot.watch() {
+        Ok(watch) => watch,
+        Err(error) => {
+            tracing::warn!(%error, "cannot watch the parking lot; closing what gets parked");
+            lot.close_all();
+            return;
+        }
+    };
+    let mut draining = shared.drain.subscribe();
+    let mut sweep = tokio::time::interval(Duration::from_secs(1));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut woken = Vec::new();
+    loop {
+        tokio::select! {
+            result = lot.woken(&watch, &mut woken) => {
+                if let Err(error) = result {
+                    tracing::warn!(%error, "parking lot: epoll_wait failed; closing what is parked");
+                    lot.close_all();
+                    return;
+                }
+                for parked in woken.drain(..) {
+                    tokio::spawn(resume_parked(shared.clone(), parked));
+                }
+            }
+            _ = sweep.tick() => {
+                lot.close_expired(Instant::now());
+            }
+            _ = draining.changed() => {
+                lot.close_all();
+                return;
+            }
+        }
+    }
+}
+
+/// A parked connection whose client sent again (or closed): a new connection task for it.
+async fn resume_parked(shared: Arc<Shared>, parked: Parked) {
+    let Ok(stream) = TcpStream::from_std(parked.stream) else {
+        return;
+    };
+    let (info, smuggling) = connection_context(parked.peer, parked.port, false);
+    serve_http(shared, stream, info, smuggling, parked.requests_seen).await;
 }
 
 async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
@@ -390,7 +456,7 @@ async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, por
             return;
         }
     };
-    serve_http(shared, stream, info, smuggling).await;
+    serve_http(shared, stream, info, smuggling, 0).await;
 }
 
 /// After connections were parked, hands the freed buffers back to the system: glibc's malloc
@@ -423,14 +489,24 @@ async fn return_parked_memory(shared: Arc<Shared>) {
 
 /// A client stream that can wait for its next bytes without reading them (a parked connection
 /// holds no buffer).
-pub trait Parkable: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static {
+pub trait Parkable:
+    Sized + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
+{
     /// Resolves when the client has sent something (or closed).
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send;
+
+    /// The bare socket, if the stream keeps no state above it (then it can wait in the
+    /// parking lot).
+    fn into_socket(self) -> Result<TcpStream, Self>;
 }
 
 impl Parkable for TcpStream {
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         TcpStream::readable(self)
+    }
+
+    fn into_socket(self) -> Result<TcpStream, Self> {
+        Ok(self)
     }
 }
 
@@ -439,6 +515,10 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
     // through the socket.
     fn readable(&self) -> impl std::future::Future<Output = std::io::Result<()>> + Send {
         self.get_ref().0.readable()
+    }
+
+    fn into_socket(self) -> Result<TcpStream, Self> {
+        Err(self)
     }
 }
 
@@ -449,11 +529,11 @@ async fn serve_http<S: Parkable>(
     mut stream: S,
     info: Arc<ConnectionInfo>,
     smuggling: Arc<HeadVerdicts>,
+    mut requests_seen: u64,
 ) {
     let settings = &shared.settings;
     // Holding the receiver is what the drain waits for.
     let mut draining = shared.drain.subscribe();
-    let mut requests_seen = 0;
     loop {
         let (handoff, mut handed_back) = tokio::sync::oneshot::channel();
         let parked = serve_until_parked(
@@ -478,8 +558,22 @@ async fn serve_http<S: Parkable>(
         smuggling.set_park(false);
         shared.counters.parked.fetch_add(1, Ordering::Relaxed);
         // Parked: only the socket. hyper's idle timer is gone with it, so the idle timeout is
-        // kept here.
+        // kept by the parking lot, or here.
         let idle_left = settings.client_idle_timeout.saturating_sub(quiet);
+        if let Some(lot) = &shared.parking {
+            match stream.into_socket() {
+                Ok(socket) => {
+                    // This task ends; the lot starts a new one when the client sends.
+                    if let Err(error) =
+                        lot.park(socket, info.peer, info.port, requests_seen, idle_left)
+                    {
+                        tracing::debug!(%error, "parking failed; connection closed");
+                    }
+                    return;
+                }
+                Err(stateful) => stream = stateful,
+            }
+        }
         tokio::select! {
             readable = stream.readable() => {
                 if readable.is_err() {
