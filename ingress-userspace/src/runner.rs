@@ -528,9 +528,14 @@ fn load_datapath(
 /// Applies the source's objects to the agent; false when there is nothing complete to apply yet
 /// (a cluster source before its first full list, an unreadable directory).
 fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetrics) -> bool {
+    let reading = Instant::now();
+    let mut read = None;
     let outcome = match source {
         Source::Files(files, _) => match files.load() {
-            Ok(snapshot) => agent.apply(&snapshot.objects, snapshot.problems),
+            Ok(snapshot) => {
+                read = Some(reading.elapsed());
+                agent.apply(&snapshot.objects, snapshot.problems)
+            }
             Err(error) => {
                 tracing::error!("{error}; keeping the programmed state");
                 metrics.record_failed_reload();
@@ -578,7 +583,7 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetri
             outcome
         }
     };
-    report(agent, &outcome);
+    report(agent, &outcome, read);
     metrics.record_reload(&outcome, programmed(agent));
     true
 }
@@ -618,7 +623,8 @@ fn referenced_secrets(plan: &L7Plan) -> BTreeSet<ObjectName> {
         .collect()
 }
 
-fn report(agent: &Agent<KernelMaps>, outcome: &ReloadOutcome) {
+/// Logs what a sync did; `read`: how long reading the files took (files source only).
+fn report(agent: &Agent<KernelMaps>, outcome: &ReloadOutcome, read: Option<Duration>) {
     for problem in &outcome.problems {
         tracing::warn!("{problem}");
     }
@@ -649,11 +655,19 @@ fn report(agent: &Agent<KernelMaps>, outcome: &ReloadOutcome) {
             l7.plan().tls.len()
         );
     }
-    tracing::info!(
-        problems = outcome.problems.len(),
-        elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
-        "synced"
-    );
+    match read {
+        Some(read) => tracing::info!(
+            problems = outcome.problems.len(),
+            read_ms = read.as_secs_f64() * 1e3,
+            elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
+            "synced"
+        ),
+        None => tracing::info!(
+            problems = outcome.problems.len(),
+            elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
+            "synced"
+        ),
+    }
 }
 
 /// Per-Service and per-backend counters, printed when the agent stops.

@@ -1610,8 +1610,10 @@ fn scale(settings: &Settings, env: &Env) -> Result<Scale> {
         };
         let swap = logged_values(&log, "L7:", "swap_ms=");
         let sync = logged_values(&log, "synced", "elapsed_ms=");
-        let (Some(&swap), Some(&sync)) = (swap.last(), sync.last()) else {
-            bail!("no swap_ms/elapsed_ms in the agent's output:\n{log}");
+        let read = logged_values(&log, "synced", "read_ms=");
+        let (Some(&swap), Some(&sync), Some(&read)) = (swap.last(), sync.last(), read.last())
+        else {
+            bail!("no swap_ms/elapsed_ms/read_ms in the agent's output:\n{log}");
         };
         let status = http_get(28501, &last, "/f")?;
         let expected = if changed { 200 } else { 404 };
@@ -1620,11 +1622,11 @@ fn scale(settings: &Settings, env: &Env) -> Result<Scale> {
             "after the reload {last}/f answered {status}, expected {expected}"
         );
         println!(
-            "  reload {}: swap_ms={swap:.2} elapsed_ms={sync:.1}",
+            "  reload {}: swap_ms={swap:.2} read_ms={read:.1} elapsed_ms={sync:.1}",
             round + 1
         );
         result.swap_ms.push(swap);
-        result.sync_ms.push(sync);
+        result.sync_ms.push(read + sync);
     }
     print_output(&many);
     drop(many);
@@ -1877,7 +1879,7 @@ impl Report {
         ));
         self.line("");
         self.line(format!(
-            "Start with {} Ingresses: listening {:.2} s after the process started (first sync {} ms). Reloads (one Ingress's path changed in one of the {} files, 3 times): table build and swap `swap_ms` {} (median {:.1} ms); whole sync `elapsed_ms` (read every file, translate, build, swap) {} (median {:.0} ms).",
+            "Start with {} Ingresses: listening {:.2} s after the process started (first sync {} ms). Reloads (one Ingress's path changed in one of the {} files, 3 times): table build and swap `swap_ms` {} (median {:.1} ms); whole sync `read_ms` + `elapsed_ms` (read the files, parsing only those that changed; translate, build, swap) {} (median {:.0} ms).",
             scale.hosts,
             scale.start_s,
             scale.first_sync_ms.map_or("?".to_string(), |v| format!("{v:.0}")),
@@ -1894,7 +1896,7 @@ impl Report {
             verdict(ratio <= 1.10)
         ));
         targets.push(format!(
-            "(5) table rebuild (swap_ms) < 200 ms ({:.1} ms): {}; whole sync (elapsed_ms) {:.0} ms: {}",
+            "(5) table rebuild (swap_ms) < 200 ms ({:.1} ms): {}; whole sync (read_ms + elapsed_ms) {:.0} ms: {}",
             median(&scale.swap_ms),
             verdict(median(&scale.swap_ms) < 200.0),
             median(&scale.sync_ms),

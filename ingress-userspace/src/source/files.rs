@@ -169,11 +169,28 @@ fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
     Some(secret)
 }
 
-/// A manifest directory and the last good objects of each file in it.
+/// A manifest directory and what each file in it gave at the last read.
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
-    last_good: BTreeMap<PathBuf, FileObjects>,
+    last_read: BTreeMap<PathBuf, FileRead>,
+}
+
+/// One file as last read: a fingerprint of its text, its objects (the last good ones where the
+/// text had problems) and the problems. A file whose text is unchanged is not parsed again: on a
+/// directory of many large files a change to one parses that one only.
+#[derive(Debug)]
+struct FileRead {
+    fingerprint: (usize, u64),
+    objects: FileObjects,
+    problems: Vec<Problem>,
+}
+
+fn fingerprint(text: &str) -> (usize, u64) {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut hasher);
+    (text.len(), hasher.finish())
 }
 
 /// The result of reading the directory: the objects and every problem found.
@@ -190,7 +207,7 @@ impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
-            last_good: BTreeMap::new(),
+            last_read: BTreeMap::new(),
         }
     }
 
@@ -205,30 +222,49 @@ impl ManifestDir {
         collect_manifest_files(&self.dir, &mut files)?;
         files.sort();
         let mut snapshot = Snapshot::default();
-        let mut next_good = BTreeMap::new();
+        let mut next_read = BTreeMap::new();
         for path in files {
-            let (mut objects, problems) = match std::fs::read_to_string(&path) {
-                Ok(text) => parse_manifest(&path, &text),
-                Err(error) => (
-                    FileObjects::default(),
-                    vec![Problem {
-                        origin: path.display().to_string(),
-                        object: String::new(),
-                        field: String::new(),
-                        message: format!("cannot read file: {error}"),
-                    }],
-                ),
-            };
-            if !problems.is_empty() {
-                if let Some(previous) = self.last_good.get(&path) {
-                    keep_previous(&mut objects, previous);
+            let read = match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let fingerprint = fingerprint(&text);
+                    match self.last_read.remove(&path) {
+                        Some(previous) if previous.fingerprint == fingerprint => previous,
+                        previous => {
+                            let (mut objects, problems) = parse_manifest(&path, &text);
+                            if let (false, Some(previous)) = (problems.is_empty(), &previous) {
+                                keep_previous(&mut objects, &previous.objects);
+                            }
+                            FileRead {
+                                fingerprint,
+                                objects,
+                                problems,
+                            }
+                        }
+                    }
                 }
-            }
-            snapshot.problems.extend(problems);
-            merge_into(&mut snapshot, &objects);
-            next_good.insert(path, objects);
+                Err(error) => {
+                    let mut objects = FileObjects::default();
+                    if let Some(previous) = self.last_read.remove(&path) {
+                        keep_previous(&mut objects, &previous.objects);
+                    }
+                    FileRead {
+                        // No text has this fingerprint: the next read parses again.
+                        fingerprint: (usize::MAX, 0),
+                        objects,
+                        problems: vec![Problem {
+                            origin: path.display().to_string(),
+                            object: String::new(),
+                            field: String::new(),
+                            message: format!("cannot read file: {error}"),
+                        }],
+                    }
+                }
+            };
+            snapshot.problems.extend(read.problems.iter().cloned());
+            merge_into(&mut snapshot, &read.objects);
+            next_read.insert(path, read);
         }
-        self.last_good = next_good;
+        self.last_read = next_read;
         Ok(snapshot)
     }
 
@@ -241,7 +277,7 @@ impl ManifestDir {
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 if let Ok(event) = event {
-                    if !event.kind.is_access() {
+                    if !event.kind.is_access() && may_concern_manifests(&event.paths) {
                         let _ = changes.send(());
                     }
                 }
@@ -258,6 +294,18 @@ impl ManifestDir {
             })?;
         Ok(watcher)
     }
+}
+
+/// False when every path of a change event is a file that cannot be a manifest (a log, an
+/// editor's swap file): writing such files into the directory then causes no reload. Paths
+/// without an extension may be directories, or temporary files renamed into manifests, so they
+/// count.
+fn may_concern_manifests(paths: &[PathBuf]) -> bool {
+    paths.is_empty()
+        || paths.iter().any(|path| {
+            path.extension()
+                .is_none_or(|ext| ext == "yaml" || ext == "yml")
+        })
 }
 
 fn collect_manifest_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), FilesError> {
@@ -577,6 +625,84 @@ stringData: {password: hunter2}
         let snapshot = source.load().unwrap();
         assert_eq!(snapshot.objects.services.len(), 1, "last good object kept");
         assert!(snapshot.problems[0].message.contains("YAML syntax"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn only_changes_that_may_touch_manifests_count() {
+        let paths = |names: &[&str]| names.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert!(may_concern_manifests(&paths(&["/m/a.yaml"])));
+        assert!(may_concern_manifests(&paths(&["/m/a.yml"])));
+        assert!(may_concern_manifests(&paths(&["/m/sub"])), "a directory");
+        assert!(
+            may_concern_manifests(&paths(&["/m/sedX1b2c3", "/m/a.yaml"])),
+            "a rename onto a manifest"
+        );
+        assert!(may_concern_manifests(&[]), "an event without paths");
+        assert!(!may_concern_manifests(&paths(&["/m/agent.log"])));
+        assert!(!may_concern_manifests(&paths(&[
+            "/m/.a.yaml.swp",
+            "/m/notes.txt"
+        ])));
+    }
+
+    /// Unchanged files are not parsed again, yet every read reports the same objects and
+    /// problems; a changed file is read anew, and a removed file's objects go.
+    #[test]
+    fn unchanged_files_give_the_same_objects_and_problems() {
+        let dir = std::env::temp_dir().join(format!("xdp-ingress-reread-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.yaml");
+        let broken = dir.join("broken.yaml");
+        std::fs::write(
+            &good,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            &broken,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: b\n",
+        )
+        .unwrap();
+        let mut source = ManifestDir::new(&dir);
+        let first = source.load().unwrap();
+        let second = source.load().unwrap();
+        assert_eq!(first.objects.services.len(), 1);
+        assert_eq!(first.problems.len(), 1);
+        assert_eq!(
+            second.problems, first.problems,
+            "the broken file is reported again"
+        );
+        assert_eq!(
+            second.objects.services.keys().collect::<Vec<_>>(),
+            first.objects.services.keys().collect::<Vec<_>>()
+        );
+
+        // Same length, other text: parsed again.
+        std::fs::write(
+            &good,
+            "apiVersion: v1\nkind: Service\nmetadata: {name: c}\n",
+        )
+        .unwrap();
+        let changed = source.load().unwrap();
+        let names: Vec<String> = changed
+            .objects
+            .services
+            .keys()
+            .map(|k| k.to_string())
+            .collect();
+        assert!(
+            names.iter().any(|n| n.ends_with("/c") || n == "c"),
+            "{names:?}"
+        );
+        assert!(
+            !names.iter().any(|n| n.ends_with("/a") || n == "a"),
+            "{names:?}"
+        );
+
+        // Removed: its objects go.
+        std::fs::remove_file(&good).unwrap();
+        assert!(source.load().unwrap().objects.services.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
