@@ -179,7 +179,7 @@ fn tracked_flow(flow_key: &FlowKey, now: u64) -> Option<FlowEntry> {
             match unsafe { FLOWS.get(flow_key) } {
                 Some(flow) => cached.flow = *flow,
                 None => {
-                    let _ = FLOWS.insert(flow_key, &cached.flow, BPF_NOEXIST);
+                    let _ = FLOWS.insert(flow_key, cached.flow, BPF_NOEXIST);
                 }
             }
             cached.touch_after = now + FLOW_CACHE_TOUCH_JIFFIES;
