@@ -612,8 +612,17 @@ async fn serve_until_parked<S: Parkable>(
     );
     let service_shared = shared.clone();
     let service_info = info.clone();
-    let service =
-        service_fn(move |request| handle(service_shared.clone(), service_info.clone(), request));
+    let service = service_fn(move |request| {
+        // Boxed: the request's future is about 2.7 KiB, and HTTP/2 gives every stream a task
+        // of its own, which moves the future several times on its way in and writes its
+        // whole cell twice on the way out; behind a box those moves are 8 bytes. Measured
+        // with h2load (-c50 -m10): about 10 % less CPU per request; HTTP/1.1 unchanged.
+        Box::pin(handle(
+            service_shared.clone(),
+            service_info.clone(),
+            request,
+        ))
+    });
     // Boxed: a parked connection's task then carries no room for hyper's state.
     let mut connection = Box::pin(
         shared
@@ -978,8 +987,10 @@ async fn send(
     settings: &ProxySettings,
     metrics: &RequestMetrics,
 ) -> Sent {
+    // Boxed: connecting is rare (most requests take a pooled connection), and inline its state
+    // would add about 350 bytes to every request's future, which is moved and copied whole.
     let connect = || async {
-        let connected = endpoint.connect(settings.upstream_connect_timeout).await;
+        let connected = Box::pin(endpoint.connect(settings.upstream_connect_timeout)).await;
         if connected.is_err() {
             metrics.connect_error();
         }
