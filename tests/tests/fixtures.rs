@@ -763,8 +763,7 @@ fn fragment_cases() -> Vec<Fixture> {
 /// Every stateless case and the reverse path, against the standard plan.
 #[test]
 fn packet_fixtures() -> Result<()> {
-    let ns = namespace("xif")?;
-    let checked = ns.run_inside(|| {
+    in_own_namespace("xif", "packet_fixtures", || {
         let mut lb = Lb::load(&standard_plan())?;
         let mut fixtures = vec![foreign_flow_case(&mut lb)?];
         fixtures.extend(forward_cases(&lb)?);
@@ -777,8 +776,18 @@ fn packet_fixtures() -> Result<()> {
         }
         check_reverse_entry(&mut lb)?;
         lb.finish()
-    })?;
-    eprintln!("packet_fixtures: {checked} fixtures passed");
+    })
+}
+
+/// Runs `fixtures` on a thread inside a namespace of its own and reports how many passed.
+fn in_own_namespace(
+    name: &str,
+    test: &str,
+    fixtures: impl FnOnce() -> Result<usize> + Send + 'static,
+) -> Result<()> {
+    let ns = namespace(name)?;
+    let checked = ns.run_inside(fixtures)?;
+    eprintln!("{test}: {checked} fixtures passed");
     Ok(())
 }
 
@@ -866,10 +875,7 @@ fn forward_to(description: String, frame: &Frame, backend: Backend) -> Fixture {
 /// backend id given to a new backend does not inherit the old owner's flows.
 #[test]
 fn connection_tracking() -> Result<()> {
-    let ns = namespace("xict")?;
-    let checked = ns.run_inside(run_connection_tracking)?;
-    eprintln!("connection_tracking: {checked} fixtures passed");
-    Ok(())
+    in_own_namespace("xict", "connection_tracking", run_connection_tracking)
 }
 
 fn run_connection_tracking() -> Result<usize> {
@@ -1098,10 +1104,7 @@ fn run_connection_tracking() -> Result<usize> {
 /// evicted keeps its backend, even where Maglev would now pick another, and gets its entry back.
 #[test]
 fn flow_cache() -> Result<()> {
-    let ns = namespace("xifc")?;
-    let checked = ns.run_inside(run_flow_cache)?;
-    eprintln!("flow_cache: {checked} fixtures passed");
-    Ok(())
+    in_own_namespace("xifc", "flow_cache", run_flow_cache)
 }
 
 /// Keeps the calling thread on the CPU it runs on, so every test run meets the same per-CPU cache.
@@ -1248,10 +1251,7 @@ fn run_flow_cache() -> Result<usize> {
 /// Service, backend and reason counters after a known sequence of frames.
 #[test]
 fn counters() -> Result<()> {
-    let ns = namespace("xicn")?;
-    let checked = ns.run_inside(run_counters)?;
-    eprintln!("counters: {checked} fixtures passed");
-    Ok(())
+    in_own_namespace("xicn", "counters", run_counters)
 }
 
 fn run_counters() -> Result<usize> {

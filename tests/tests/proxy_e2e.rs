@@ -1116,6 +1116,25 @@ async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
     Ok(())
 }
 
+/// Sends SIGTERM to the agent, our child (alive: the caller holds a request in it).
+fn sigterm(pid: u32) -> Result<()> {
+    // SAFETY: plain FFI call on our own child's pid.
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One read of at most a byte, which must return within `within` (`Err(Elapsed)` otherwise):
+/// how a test waits for the proxy to close a connection.
+async fn read_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Result<std::io::Result<usize>, tokio::time::error::Elapsed> {
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(within, stream.read(&mut byte)).await
+}
+
 /// Whether process `pid` (our child, not yet reaped) has exited: it is a zombie in
 /// /proc/PID/stat. Reading the state instead of reaping leaves the exit status to
 /// `AgentProcess::terminate`, which then signals a process that is already gone.
@@ -1218,10 +1237,7 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
 
     let pid = proxy.agent.pid();
     let signalled = std::time::Instant::now();
-    // SAFETY: plain FFI call on our own child's pid (alive: it holds our requests).
-    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
-        bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
-    }
+    sigterm(pid)?;
     proxy.wait_for_log(&["SIGTERM"]).await?;
 
     // New connections are refused on both listeners. A connect that still gets through (it
@@ -1242,15 +1258,14 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
     // Idle connections are closed by the drain itself: the held requests keep the agent from
     // exiting, so a close seen now cannot be the process going away. The bound is below the
     // drain timeout, after which everything would be closed anyway.
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(DRAIN / 2, idle.read(&mut byte))
+    let read = read_within(&mut idle, DRAIN / 2)
         .await
         .map_err(|_| anyhow!("the idle keep-alive connection is still open after SIGTERM"))?;
     check!(
         matches!(read, Ok(0)),
         "the idle keep-alive connection must end with a FIN, got {read:?}"
     );
-    let read = tokio::time::timeout(DRAIN / 2, silent.read(&mut byte))
+    let read = read_within(&mut silent, DRAIN / 2)
         .await
         .map_err(|_| anyhow!("the silent connection is still open after SIGTERM"))?;
     check!(
@@ -1760,15 +1775,14 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<(
         Ok(())
     })
     .await?;
-    let mut byte = [0u8; 1];
-    let read = tokio::time::timeout(Duration::from_secs(15), plain.read(&mut byte))
+    let read = read_within(&mut plain, Duration::from_secs(15))
         .await
         .map_err(|_| anyhow!("the parked plain connection outlived its 3 s idle timeout"))?;
     check!(
         matches!(read, Ok(0)),
         "the parked plain connection must end with a FIN, got {read:?}"
     );
-    let read = tokio::time::timeout(Duration::from_secs(15), tls.read(&mut byte))
+    let read = read_within(&mut tls, Duration::from_secs(15))
         .await
         .map_err(|_| anyhow!("the parked TLS connection outlived its 3 s idle timeout"))?;
     check!(
@@ -1800,12 +1814,9 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<(
     )
     .await?;
     let pid = proxy.agent.pid();
-    // SAFETY: plain FFI call on our own child's pid (alive: it holds our request).
-    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
-        bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
-    }
+    sigterm(pid)?;
     proxy.wait_for_log(&["SIGTERM"]).await?;
-    let read = tokio::time::timeout(Duration::from_secs(5), parked.read(&mut byte))
+    let read = read_within(&mut parked, Duration::from_secs(5))
         .await
         .map_err(|_| anyhow!("the parked connection is still open after SIGTERM"))?;
     check!(
