@@ -177,6 +177,22 @@ pub struct RunArgs {
     /// Largest request body in bytes (larger: 413); default unlimited.
     #[arg(long)]
     pub max_body_bytes: Option<u64>,
+    /// Keep `%2F` and `%5C` in request paths, as ordinary characters of a path segment, instead
+    /// of answering 400 (for applications whose URLs carry encoded slashes).
+    #[arg(long)]
+    pub allow_encoded_slashes: bool,
+    /// Pass request headers whose names contain `_` (dropped by default, as nginx does: an
+    /// endpoint that reads `_` as `-` would take `X_Real_IP` for `X-Real-IP`).
+    #[arg(long)]
+    pub allow_underscores_in_headers: bool,
+    /// A protocol of the `Upgrade` header passed to endpoints; repeat for several (the default
+    /// is `websocket`; `h2c` is never passed). Other upgrade requests go on as plain requests.
+    #[arg(
+        long = "allow-upgrade",
+        value_name = "PROTOCOL",
+        default_value = "websocket"
+    )]
+    pub allow_upgrades: Vec<String>,
     /// On SIGTERM, how long requests in flight get to finish (the proxy stops accepting at
     /// once; keep this below the pod's terminationGracePeriodSeconds).
     #[arg(long, default_value = "25s", value_parser = parse_duration)]

@@ -280,6 +280,13 @@ impl Runner {
             max_header_bytes: args.max_header_bytes,
             max_body_bytes: args.max_body_bytes,
             access_log: args.access_log,
+            allow_encoded_slashes: args.allow_encoded_slashes,
+            allow_underscores_in_headers: args.allow_underscores_in_headers,
+            upgrades: args
+                .allow_upgrades
+                .iter()
+                .map(|protocol| protocol.to_ascii_lowercase())
+                .collect(),
         };
         let mut proxy_collector = None;
         let l7 = if settings.http_listen.is_none() && settings.https_listen.is_none() {

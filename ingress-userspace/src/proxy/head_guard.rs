@@ -13,9 +13,13 @@
 //!   and `Connection: close`. (Differing duplicate `Content-Length`s hyper already refuses.)
 //!
 //! The guard follows message framing so it only looks at heads: `Content-Length` bodies are
-//! skipped by count, chunked bodies by their chunk sizes. It stops looking (passes bytes through)
-//! after an upgrade request, on an HTTP/2 preface, or on anything it cannot parse; hyper then
-//! decides on its own, as before.
+//! skipped by count, chunked bodies by their chunk sizes. A head ends at an empty line, with or
+//! without CR, as hyper (httparse) reads it. After an upgrade request (an `Upgrade` header, or
+//! `CONNECT`) it waits for the proxy's answer to it ([`HeadVerdicts::answered`]): a `101` means the
+//! connection now speaks another protocol and the guard steps aside for good; any other answer
+//! (the proxy refused the upgrade, or the endpoint did) means the connection is still HTTP/1.1, and
+//! the guard keeps following it, timeouts and smuggling checks included. It also stops looking on
+//! an HTTP/2 preface or on anything it cannot parse; hyper then decides on its own.
 //!
 //! Following the framing also tells when a connection sits exactly between two messages, which
 //! is what **parking** needs: hyper keeps an 8 KiB read and an 8 KiB write buffer for every
@@ -59,6 +63,17 @@ pub struct HeadVerdicts {
     park: AtomicBool,
     /// The guard stepped aside (HTTP/2, an upgrade, an unparsable head): never parked.
     passthrough: AtomicBool,
+    /// The last HTTP/1.1 request answered: its index << 1, plus 1 if the answer was `101`.
+    answered: AtomicU64,
+}
+
+/// What the request path learns about a request from the guard, in request order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RequestTurn {
+    /// The request's index on its connection (counted across parkings).
+    pub index: u64,
+    /// It carried both `Content-Length` and `Transfer-Encoding`.
+    pub smuggling: bool,
 }
 
 impl Default for HeadVerdicts {
@@ -71,6 +86,7 @@ impl Default for HeadVerdicts {
             at_boundary: AtomicBool::new(true),
             park: AtomicBool::new(false),
             passthrough: AtomicBool::new(false),
+            answered: AtomicU64::new(NONE),
         }
     }
 }
@@ -123,11 +139,32 @@ impl HeadVerdicts {
         self.passthrough.load(Ordering::Relaxed)
     }
 
-    /// Called once per request, in order: whether this request carried both `Content-Length` and
-    /// `Transfer-Encoding`.
-    pub fn next_request_is_smuggling(&self) -> bool {
+    /// Called once per request, in order: its index, and whether it carried both
+    /// `Content-Length` and `Transfer-Encoding`.
+    pub fn next_request(&self) -> RequestTurn {
         let index = self.next_request.fetch_add(1, Ordering::Relaxed);
-        self.flagged.load(Ordering::Acquire) == index
+        RequestTurn {
+            index,
+            smuggling: self.flagged.load(Ordering::Acquire) == index,
+        }
+    }
+
+    /// The request path answered HTTP/1.1 request `index`; `switched`: with `101 Switching
+    /// Protocols`. Called before the answer is written, so the guard knows before the client
+    /// can send anything in the new protocol.
+    pub fn answered(&self, index: u64, switched: bool) {
+        self.answered
+            .store(index << 1 | u64::from(switched), Ordering::Release);
+    }
+
+    /// Whether upgrade request `index` has been answered: `Some(true)` with a switch.
+    fn upgrade_outcome(&self, index: u64) -> Option<bool> {
+        let answered = self.answered.load(Ordering::Acquire);
+        if answered == NONE || answered >> 1 < index {
+            return None;
+        }
+        // A later request answered means this one was not switched (a 101 ends HTTP/1.1).
+        Some(answered >> 1 == index && answered & 1 == 1)
     }
 }
 
@@ -166,6 +203,8 @@ pub struct HeadGuard<T> {
     max_head: usize,
     requests_seen: u64,
     verdicts: Arc<HeadVerdicts>,
+    /// The index of an upgrade request not answered yet (see `switched_protocols`).
+    awaiting_upgrade: Option<u64>,
     header_timeout: Duration,
     /// Running while a head is incomplete; boxed because only slow heads need it.
     head_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -203,6 +242,7 @@ impl<T> HeadGuard<T> {
             max_head,
             requests_seen,
             verdicts,
+            awaiting_upgrade: None,
             header_timeout,
             head_deadline: None,
         }
@@ -248,21 +288,53 @@ impl<T> HeadGuard<T> {
         }
     }
 
-    fn read_head<'a>(&mut self, bytes: &'a [u8]) -> &'a [u8] {
-        // The usual case: a whole head in one read, parsed where it lies.
+    /// After an upgrade request: whether the proxy has switched the connection to another
+    /// protocol (then the guard steps aside for good, and forgets a head timer that the new
+    /// protocol's bytes may have started). Until the answer, bytes are read as HTTP/1.1, as if
+    /// the upgrade were refused: a refusal then finds every verdict already in place, and a
+    /// switch makes them moot (no HTTP/1.1 request follows a `101`).
+    fn switched_protocols(&mut self) -> bool {
+        let Some(index) = self.awaiting_upgrade else {
+            return false;
+        };
+        match self.verdicts.upgrade_outcome(index) {
+            Some(true) => {
+                self.awaiting_upgrade = None;
+                self.framing = Framing::Passthrough;
+                self.pending = Vec::new();
+                self.head_deadline = None;
+                true
+            }
+            Some(false) => {
+                self.awaiting_upgrade = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn read_head<'a>(&mut self, mut bytes: &'a [u8]) -> &'a [u8] {
         if self.pending.is_empty() {
-            if let Some(end) = find(bytes, b"\r\n\r\n").map(|i| i + 4) {
+            // Empty lines before a request line are ignored (RFC 9112 §2.2), by hyper too.
+            let blank = bytes
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n')
+                .count();
+            bytes = &bytes[blank..];
+            // The usual case: a whole head in one read, parsed where it lies.
+            if let Some(end) = head_end(bytes) {
                 self.framing = self.classify_head(&bytes[..end]);
                 return &bytes[end..];
+            }
+            if bytes.is_empty() {
+                return bytes;
             }
         }
         // Look for the end of the head across the old and the new bytes.
         let old = self.pending.len();
-        let window_start = old.saturating_sub(3);
+        let window_start = old.saturating_sub(2);
         self.pending.extend_from_slice(bytes);
-        let Some(end) =
-            find(&self.pending[window_start..], b"\r\n\r\n").map(|i| window_start + i + 4)
-        else {
+        let Some(end) = head_end(&self.pending[window_start..]).map(|i| window_start + i) else {
             if self.pending.len() > self.max_head {
                 self.framing = Framing::Passthrough;
             }
@@ -289,7 +361,9 @@ impl<T> HeadGuard<T> {
         self.requests_seen += 1;
         let mut content_length = None;
         let mut transfer_encoding = false;
+        // What hyper treats as a wish to upgrade; only a `101` answer makes it one.
         let mut upgrade = request.method == Some("CONNECT");
+        let http11 = request.version == Some(1);
         for header in request.headers.iter() {
             if header.name.eq_ignore_ascii_case("content-length") {
                 content_length = std::str::from_utf8(header.value)
@@ -299,7 +373,7 @@ impl<T> HeadGuard<T> {
             } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
                 transfer_encoding = true;
             } else if header.name.eq_ignore_ascii_case("upgrade") {
-                upgrade = true;
+                upgrade |= http11;
             }
         }
         if transfer_encoding && content_length.is_some() {
@@ -307,12 +381,17 @@ impl<T> HeadGuard<T> {
             // The request is refused and the connection closed; nothing after it matters.
             return Framing::Passthrough;
         }
-        match (upgrade, transfer_encoding, content_length) {
-            (true, _, _) => Framing::Passthrough,
-            (_, true, _) => Framing::ChunkSize,
-            (_, _, Some(u64::MAX)) => Framing::Passthrough,
-            (_, _, Some(0)) | (_, _, None) => Framing::Head,
-            (_, _, Some(length)) => Framing::Body(length),
+        match (transfer_encoding, content_length) {
+            // The request path never switches a request with a body (see `server`).
+            (true, _) => Framing::ChunkSize,
+            (_, Some(u64::MAX)) => Framing::Passthrough,
+            (_, Some(0)) | (_, None) => {
+                if upgrade {
+                    self.awaiting_upgrade = Some(index);
+                }
+                Framing::Head
+            }
+            (_, Some(length)) => Framing::Body(length),
         }
     }
 
@@ -352,8 +431,19 @@ fn trim_line(line: &[u8]) -> &[u8] {
     line.strip_suffix(b"\r").unwrap_or(line)
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+/// Where a head ends: after the first empty line, whose line ends may be CRLF or a bare LF (as
+/// httparse accepts them), so the guard and hyper see the same messages.
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(newline) = bytes[from..].iter().position(|&b| b == b'\n') {
+        let at = from + newline;
+        match (bytes.get(at + 1), bytes.get(at + 2)) {
+            (Some(b'\n'), _) => return Some(at + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(at + 3),
+            _ => from = at + 1,
+        }
+    }
+    None
 }
 
 impl<T> Drop for HeadGuard<T> {
@@ -385,7 +475,11 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
         let this = &mut *self;
         // Parking: an end-of-stream where the next request would start. hyper, idle, ends the
         // connection cleanly; the client's next bytes stay in the socket for the next round.
-        if this.handoff.is_some() && this.verdicts.parking() && this.between_messages() {
+        if this.handoff.is_some()
+            && this.verdicts.parking()
+            && this.between_messages()
+            && this.awaiting_upgrade.is_none()
+        {
             this.parked_eof = true;
             return Poll::Ready(Ok(()));
         }
@@ -396,7 +490,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
         };
         match polled {
             Poll::Ready(Ok(())) if !matches!(this.framing, Framing::Passthrough) => {
-                this.observe(&buf.filled()[before..]);
+                if !this.switched_protocols() {
+                    this.observe(&buf.filled()[before..]);
+                }
                 let between = this.between_messages();
                 if this.verdicts.at_boundary.load(Ordering::Relaxed) != between {
                     this.verdicts.at_boundary.store(between, Ordering::Relaxed);
@@ -412,6 +508,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for HeadGuard<T> {
                 polled
             }
             Poll::Pending => {
+                if this.switched_protocols() {
+                    this.verdicts.passthrough.store(true, Ordering::Relaxed);
+                }
                 if let Some(deadline) = this.head_deadline.as_mut() {
                     if deadline.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Err(io::Error::new(
@@ -496,7 +595,7 @@ mod tests {
 
     fn verdicts(guard: &HeadGuard<()>, requests: usize) -> Vec<bool> {
         (0..requests)
-            .map(|_| guard.verdicts.next_request_is_smuggling())
+            .map(|_| guard.verdicts.next_request().smuggling)
             .collect()
     }
 
@@ -564,17 +663,85 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         assert_eq!(started.elapsed().as_secs(), 10);
     }
 
+    const UPGRADE: &[u8] =
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n";
+    const BOTH_LENGTHS: &[u8] =
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
+    /// Feeds `bytes` through `poll_read`, as hyper would read them.
+    async fn read_through(guard: &mut HeadGuard<tokio::io::DuplexStream>, bytes: &[u8]) {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; bytes.len()];
+        guard.read_exact(&mut buf).await.unwrap();
+        assert_eq!(buf, bytes);
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_leaves_the_guard_in_charge() {
+        use tokio::io::AsyncWriteExt as _;
+        // The request with both lengths pipelined before the answer, or sent after it.
+        for pipelined in [true, false] {
+            let verdicts = Arc::new(HeadVerdicts::default());
+            let (mut client, server) = tokio::io::duplex(1024);
+            let mut g = HeadGuard::new(server, 8192, Duration::from_secs(10), verdicts.clone());
+            let mut first = UPGRADE.to_vec();
+            if pipelined {
+                first.extend_from_slice(BOTH_LENGTHS);
+            }
+            client.write_all(&first).await.unwrap();
+            read_through(&mut g, &first).await;
+            let upgrade = verdicts.next_request();
+            verdicts.answered(upgrade.index, false);
+            if !pipelined {
+                client.write_all(BOTH_LENGTHS).await.unwrap();
+                read_through(&mut g, BOTH_LENGTHS).await;
+            }
+            assert!(verdicts.next_request().smuggling, "pipelined: {pipelined}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_switched_connection_is_not_read_as_http() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let verdicts = Arc::new(HeadVerdicts::default());
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut g = HeadGuard::new(server, 8192, Duration::from_secs(10), verdicts.clone());
+        client.write_all(UPGRADE).await.unwrap();
+        read_through(&mut g, UPGRADE).await;
+        let upgrade = verdicts.next_request();
+        // The new protocol's first bytes arrive before the guard learns of the switch.
+        client.write_all(b"GET / HT").await.unwrap();
+        read_through(&mut g, b"GET / HT").await;
+        verdicts.answered(upgrade.index, true);
+        // Long past the header timeout: no error, the bytes pass.
+        let mut buf = [0u8; 16];
+        let idle = tokio::time::timeout(Duration::from_secs(30), g.read(&mut buf)).await;
+        assert!(idle.is_err(), "no head timer on a switched connection");
+        assert!(verdicts.is_passthrough());
+        client.write_all(BOTH_LENGTHS).await.unwrap();
+        read_through(&mut g, BOTH_LENGTHS).await;
+    }
+
     #[test]
-    fn stops_following_after_an_upgrade_or_h2() {
-        let mut g = guard();
-        g.observe(
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-        );
-        g.observe(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
-        assert_eq!(verdicts(&g, 2), [false, false]);
+    fn h2_preface_is_passed_through() {
         let mut h2 = guard();
         h2.observe(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
         assert!(matches!(h2.framing, Framing::Passthrough));
+    }
+
+    #[test]
+    fn bare_lf_heads_end_where_hyper_ends_them() {
+        let stream: &[u8] = b"\r\nGET /a HTTP/1.1\nHost: x\n\n\
+POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\n\r\nhi\
+POST /c HTTP/1.1\nHost: x\nContent-Length: 4\nTransfer-Encoding: chunked\n\n0\r\n\r\n";
+        let mut whole = guard();
+        whole.observe(stream);
+        assert_eq!(verdicts(&whole, 3), [false, false, true]);
+        let mut bytewise = guard();
+        for byte in stream {
+            bytewise.observe(std::slice::from_ref(byte));
+        }
+        assert_eq!(verdicts(&bytewise, 3), [false, false, true]);
     }
 
     #[tokio::test]
@@ -642,5 +809,104 @@ POST /d HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r
         assert!(handed_back.await.is_err());
         let mut buf = [0u8; 8];
         assert_eq!(client.read(&mut buf).await.unwrap(), 0, "closed");
+    }
+
+    /// One request of a fuzzed stream: how its lines end and how its body is framed.
+    #[derive(Clone, Debug)]
+    enum FuzzBody {
+        None,
+        Length(Vec<u8>),
+        Chunked(Vec<Vec<u8>>),
+        /// Both `Content-Length` and `Transfer-Encoding`: must be flagged.
+        Both,
+    }
+
+    fn fuzz_request(bare_lf: bool, body: &FuzzBody) -> Vec<u8> {
+        let eol: &[u8] = if bare_lf { b"\n" } else { b"\r\n" };
+        let mut out = Vec::new();
+        let mut line = |text: &[u8]| {
+            out.extend_from_slice(text);
+            out.extend_from_slice(eol);
+        };
+        line(b"POST /x HTTP/1.1");
+        line(b"Host: x");
+        match body {
+            FuzzBody::None => {}
+            FuzzBody::Length(bytes) => line(format!("Content-Length: {}", bytes.len()).as_bytes()),
+            FuzzBody::Chunked(_) => line(b"Transfer-Encoding: chunked"),
+            FuzzBody::Both => {
+                line(b"Content-Length: 3");
+                line(b"Transfer-Encoding: chunked");
+            }
+        }
+        line(b"");
+        match body {
+            FuzzBody::None => {}
+            // Body bytes that look like heads must not be read as heads.
+            FuzzBody::Length(bytes) => out.extend_from_slice(bytes),
+            FuzzBody::Chunked(chunks) => {
+                for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                    out.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    out.extend_from_slice(chunk);
+                    out.extend_from_slice(b"\r\n");
+                }
+                out.extend_from_slice(b"0\r\n\r\n");
+            }
+            FuzzBody::Both => out.extend_from_slice(b"0\r\n\r\n"),
+        }
+        out
+    }
+
+    fn fuzz_stream() -> impl proptest::strategy::Strategy<Value = Vec<(bool, FuzzBody)>> {
+        use proptest::prelude::*;
+        let text = prop::collection::vec(
+            prop::sample::select(b"GET / HTTP/1.1\r\n:0a".to_vec()),
+            0..40,
+        );
+        let body = prop_oneof![
+            Just(FuzzBody::None),
+            text.clone().prop_map(FuzzBody::Length),
+            prop::collection::vec(text, 0..4).prop_map(FuzzBody::Chunked),
+            Just(FuzzBody::Both),
+        ];
+        prop::collection::vec((proptest::bool::ANY, body), 1..8)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config {
+            cases: 2048,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x5eed_0002),
+            failure_persistence: None,
+            ..proptest::test_runner::Config::default()
+        })]
+
+        /// However a stream of requests is cut into reads, the guard flags exactly the first
+        /// request with both lengths, and sits between messages at the end when there is none.
+        #[test]
+        fn verdicts_do_not_depend_on_how_reads_are_cut(
+            requests in fuzz_stream(),
+            cuts in proptest::collection::vec(0usize..4096, 0..16),
+        ) {
+            let mut stream = Vec::new();
+            for (bare_lf, body) in &requests {
+                stream.extend_from_slice(&fuzz_request(*bare_lf, body));
+            }
+            let first_flagged = requests.iter().position(|(_, b)| matches!(b, FuzzBody::Both));
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (stream.len() + 1)).collect();
+            cuts.push(stream.len());
+            cuts.sort_unstable();
+            let mut g = guard();
+            let mut from = 0;
+            for cut in cuts {
+                g.observe(&stream[from..cut]);
+                from = cut;
+            }
+            let seen = first_flagged.map_or(requests.len(), |i| i + 1);
+            let expected: Vec<bool> = (0..seen).map(|i| Some(i) == first_flagged).collect();
+            proptest::prop_assert_eq!(verdicts(&g, seen), expected);
+            if first_flagged.is_none() {
+                proptest::prop_assert!(g.between_messages(), "{:?}", g.framing);
+            }
+        }
     }
 }

@@ -71,6 +71,61 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
             .any(|v| connection_tokens(v).any(|t| t.eq_ignore_ascii_case("upgrade")))
 }
 
+/// Whether every protocol the request's `Upgrade` header offers (or the one a `101` answer names)
+/// is in `allowed` (lower-case names, version suffixes such as `/13` ignored). `h2c` never is:
+/// after it the connection would be HTTP/2 that no routing rule sees.
+pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+    let mut offered = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .flat_map(connection_tokens)
+        .peekable();
+    offered.peek().is_some()
+        && offered.all(|token| {
+            let name = token.split_once('/').map_or(token, |(name, _)| name).trim();
+            !name.eq_ignore_ascii_case("h2c")
+                && allowed.iter().any(|a| a.eq_ignore_ascii_case(name))
+        })
+}
+
+/// Joins several `cookie` fields into one with `; ` (RFC 9113 §8.2.3): HTTP/2 clients may split
+/// cookies into fields, HTTP/1.1 endpoints expect one `Cookie` line.
+pub fn join_cookies(headers: &mut HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.nth(1).is_none() {
+        return;
+    }
+    let mut joined = Vec::new();
+    for value in headers.get_all(header::COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    // Joined valid field values with `; ` between them are a valid value.
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// Removes request headers whose names contain `_`, as nginx does by default
+/// (`underscores_in_headers off`): endpoints that read `_` as `-` (CGI-style frameworks) would
+/// take a client's `X_Real_IP` for the `X-Real-IP` the proxy sets. Allocates only when there is
+/// one.
+pub fn remove_underscore_headers(headers: &mut HeaderMap) {
+    if !headers.keys().any(|name| name.as_str().contains('_')) {
+        return;
+    }
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
     value
         .to_str()

@@ -7,6 +7,7 @@
 //! - [`upstream`]: endpoints, their keep-alive pools and passive health, balancing.
 //! - [`tls`]: certificates by SNI, swapped on reload.
 //! - [`headers`]: hop-by-hop and forwarding header rules.
+//! - [`path`]: the request path, normalised once for routing and for the endpoint.
 //! - [`parking`]: quiet plain HTTP/1.1 connections, each a descriptor in one epoll set.
 //! - [`access_log`]: the optional per-request log, written off the request path.
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
@@ -16,6 +17,7 @@ pub mod head_guard;
 pub mod headers;
 pub mod metrics;
 pub mod parking;
+pub mod path;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -13,6 +13,7 @@
 //! new hyper connection takes over. A busy connection is never parked.
 
 use std::{
+    borrow::Cow,
     convert::Infallible,
     fmt,
     net::SocketAddr,
@@ -24,7 +25,9 @@ use std::{
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{header, HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{
+    header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
 use http_body::{Body, Frame, SizeHint};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
@@ -42,10 +45,12 @@ use super::{
     headers::{self, ConnectionHeaders, RequestIds},
     metrics::{self, ProxyCounters, ProxyScrape, RequestMetrics},
     parking::{Parked, ParkingLot},
+    path,
     router::{EndpointRegistry, Router},
     tls::{CertBook, CertExpiry, CertProblem, TlsError},
     upstream::{
-        Backend, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody,
+        Backend, BodyTooLarge, ClientBodyError, Endpoint, Outstanding, Sender, UpstreamBody,
+        UpstreamResponseBody,
     },
 };
 
@@ -78,6 +83,12 @@ pub struct ProxySettings {
     pub max_body_bytes: Option<u64>,
     /// Write one access-log line per request.
     pub access_log: bool,
+    /// Keep `%2F` and `%5C` in request paths (see [`path`](super::path)); else 400.
+    pub allow_encoded_slashes: bool,
+    /// Pass request headers whose names contain `_`; else they are dropped.
+    pub allow_underscores_in_headers: bool,
+    /// Upgrade protocols passed to endpoints (lower-case; `h2c` never is).
+    pub upgrades: Vec<String>,
 }
 
 impl Default for ProxySettings {
@@ -93,6 +104,9 @@ impl Default for ProxySettings {
             max_header_bytes: 32 * 1024,
             max_body_bytes: None,
             access_log: false,
+            allow_encoded_slashes: false,
+            allow_underscores_in_headers: false,
+            upgrades: vec!["websocket".to_string()],
         }
     }
 }
@@ -802,8 +816,16 @@ async fn handle(
             upstream: None,
         })
     });
+    let turn = connection.smuggling.next_request();
     let mut routed = None;
-    let (mut response, upstream) = proxy_request(&shared, &connection, request, &mut routed).await;
+    let (mut response, upstream) =
+        proxy_request(&shared, &connection, request, turn.smuggling, &mut routed).await;
+    if http1 {
+        // Before hyper writes the answer: the head guard learns whether the connection switched
+        // protocols before any byte of the new protocol can arrive.
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        connection.smuggling.answered(turn.index, switched);
+    }
     let counter = match routed {
         Some(backend) => Counted::Backend(backend),
         None => Counted::Unrouted(shared.counters.unrouted.clone()),
@@ -841,20 +863,41 @@ async fn proxy_request(
     shared: &Shared,
     connection: &ConnectionInfo,
     mut request: Request<Incoming>,
+    smuggling: bool,
     routed: &mut Option<Arc<Backend>>,
 ) -> (Response<ProxyBody>, Option<SocketAddr>) {
     let settings = &shared.settings;
-    if connection.smuggling.next_request_is_smuggling() {
-        let mut response = answer(
+    if smuggling {
+        let response = answer(
             StatusCode::BAD_REQUEST,
             "400 Bad Request: both Content-Length and Transfer-Encoding\n",
         );
-        // hyper closes the connection after this response.
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        return (response, None);
+        return (closing(response), None);
     }
+    if request.method() == Method::CONNECT {
+        // An Ingress routes requests; it is no forward proxy (nginx answers 405 too).
+        let response = answer(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "405 Method Not Allowed: CONNECT is not proxied\n",
+        );
+        return (closing(response), None);
+    }
+    // Routing and the endpoint see the same path (see `path`).
+    // `Some` when normalising changed the path (rare: most paths are already normal).
+    let rewritten_path = match path::normalize(request.uri().path(), settings.allow_encoded_slashes)
+    {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(path)) => Some(path),
+        Err(error) => {
+            return (
+                answer(
+                    StatusCode::BAD_REQUEST,
+                    format!("400 Bad Request: {error}\n"),
+                ),
+                None,
+            )
+        }
+    };
     let host = request_host(&request);
     let host_text = match host.as_ref().map(HeaderValue::to_str) {
         Some(Ok(text)) => text,
@@ -877,7 +920,8 @@ async fn proxy_request(
     // The backend goes to the caller, which counts the response in its metrics.
     let backend: &Arc<Backend> = {
         let router = shared.router.load();
-        match router.route(host_text, request.uri().path()) {
+        let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
+        match router.route(host_text, path) {
             Some(backend) => routed.insert(backend.clone()),
             None => {
                 return (
@@ -908,23 +952,49 @@ async fn proxy_request(
             return (too_large(), None);
         }
     }
-    let upgrade =
-        request.version() == Version::HTTP_11 && headers::is_upgrade_request(request.headers());
+    // Only allowed protocols, and never after a body: the head guard, which follows the
+    // framing, steps aside only after a `101` to a request without one.
+    let upgrade = request.version() == Version::HTTP_11
+        && headers::is_upgrade_request(request.headers())
+        && headers::upgrade_allowed(request.headers(), &settings.upgrades)
+        && request.body().is_end_stream();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let http2 = request.version() == Version::HTTP_2;
     let (mut parts, body) = request.into_parts();
     headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if !settings.allow_underscores_in_headers {
+        headers::remove_underscore_headers(&mut parts.headers);
+    }
+    if http2 {
+        headers::join_cookies(&mut parts.headers);
+    }
     headers::set_forwarding_headers(
         &mut parts.headers,
         &connection.headers,
         host.as_ref(),
         &shared.request_ids,
     );
-    // Endpoints get origin-form (`/path?query`), whatever form the client used.
-    parts.uri = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    // Endpoints get origin-form (`/path?query`) with the path routing used, whatever form the
+    // client used.
+    parts.uri = match (rewritten_path, parts.uri.path_and_query()) {
+        (None, Some(path_and_query)) => Uri::from(path_and_query.clone()),
+        (None, None) => Uri::from_static("/"),
+        (Some(path), original) => {
+            let target = match original.and_then(PathAndQuery::query) {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            match PathAndQuery::try_from(target) {
+                Ok(path_and_query) => Uri::from(path_and_query),
+                Err(_) => {
+                    return (
+                        answer(StatusCode::BAD_REQUEST, "400 Bad Request: invalid path\n"),
+                        None,
+                    )
+                }
+            }
+        }
+    };
     parts.version = Version::HTTP_11;
     let mut upstream_request = Request::from_parts(parts, UpstreamBody::new(body, limit));
 
@@ -949,7 +1019,7 @@ async fn proxy_request(
             Sent::Answered(response, sender) => {
                 let addr = endpoint.addr;
                 return (
-                    relay_response(response, sender, outstanding, client_upgrade),
+                    relay_response(response, sender, outstanding, client_upgrade, settings),
                     Some(addr),
                 );
             }
@@ -962,6 +1032,14 @@ async fn proxy_request(
         ),
         None,
     )
+}
+
+/// `response` with `Connection: close`: hyper closes the connection after it.
+fn closing(mut response: Response<ProxyBody>) -> Response<ProxyBody> {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 fn too_large() -> Response<ProxyBody> {
@@ -1045,6 +1123,13 @@ fn send_error_answer(error: &hyper::Error) -> Response<ProxyBody> {
         if cause.is::<BodyTooLarge>() {
             return too_large();
         }
+        if let Some(client_error) = cause.downcast_ref::<ClientBodyError>() {
+            // Nothing sensible can follow a body that lost its framing.
+            return closing(answer(
+                StatusCode::BAD_REQUEST,
+                format!("400 Bad Request: {client_error}\n"),
+            ));
+        }
         causes.push(cause.to_string());
         source = cause.source();
     }
@@ -1056,15 +1141,26 @@ fn send_error_answer(error: &hyper::Error) -> Response<ProxyBody> {
 
 /// The endpoint's response on its way to the client: hop-by-hop headers out, the body streamed
 /// (its connection pooled again at the end), or for a `101 Switching Protocols` answer to an
-/// upgrade request, both upgraded connections spliced together.
+/// upgrade request, both upgraded connections spliced together. A `101` to a request we did
+/// not upgrade, or naming a protocol that is not allowed, is the endpoint's error (502): relayed,
+/// it would turn the connection into a tunnel no routing rule sees.
 fn relay_response(
     mut response: Response<Incoming>,
     sender: Sender,
     outstanding: Outstanding,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    settings: &ProxySettings,
 ) -> Response<ProxyBody> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client_upgrade) = client_upgrade {
+        let Some(client_upgrade) = client_upgrade
+            .filter(|_| headers::upgrade_allowed(response.headers(), &settings.upgrades))
+        else {
+            return answer(
+                StatusCode::BAD_GATEWAY,
+                "502 Bad Gateway: the upstream switched to a protocol that was not asked for\n",
+            );
+        };
+        {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             tokio::spawn(async move {
                 // The tunnel counts as outstanding on its endpoint while it is open.

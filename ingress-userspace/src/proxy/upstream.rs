@@ -41,6 +41,12 @@ pub struct UpstreamBody {
 #[error("request body larger than the limit")]
 pub struct BodyTooLarge;
 
+/// The client's body could not be read (malformed chunked framing, the client went away): the
+/// client's error, answered 400, not the endpoint's.
+#[derive(Debug, thiserror::Error)]
+#[error("reading the request body: {0}")]
+pub struct ClientBodyError(#[source] hyper::Error);
+
 impl UpstreamBody {
     /// The client's body, failing once more than `limit` bytes went through.
     pub fn new(inner: Incoming, limit: u64) -> Self {
@@ -81,7 +87,9 @@ impl Body for UpstreamBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(Box::new(error)))),
+            Poll::Ready(Some(Err(error))) => {
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(error)))))
+            }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
