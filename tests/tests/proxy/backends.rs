@@ -430,3 +430,103 @@ pub fn closed_port() -> Result<SocketAddr> {
     drop(listener);
     Ok(addr)
 }
+
+/// A raw HTTP/1.1 backend that records every request head exactly as it arrived, and switches
+/// protocols whenever asked: it answers `101` to any request with an `Upgrade` header (echoing
+/// its protocol), and to `GET /raw/force-101` without one. After a `101` it answers every read
+/// with `tunnel: <bytes>`. Other requests get `200` with the body `raw ok` (request bodies are
+/// not expected).
+pub struct RawBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    accept: JoinHandle<()>,
+}
+
+impl RawBackend {
+    /// Starts it on 127.0.0.1:0.
+    pub async fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(raw_connection(stream, recorded.clone()));
+            }
+        });
+        Ok(Self {
+            addr,
+            heads,
+            accept,
+        })
+    }
+
+    /// Every request head received so far, as text.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn raw_connection(mut stream: tokio::net::TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&received[..end + 4]).into_owned();
+        received.drain(..end + 4);
+        if let Ok(mut heads) = heads.lock() {
+            heads.push(head.clone());
+        }
+        let upgrade = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("upgrade")
+                .then(|| value.trim().to_string())
+        });
+        let upgrade = upgrade.or_else(|| {
+            head.starts_with("GET /raw/force-101 ")
+                .then(|| "h2c".to_string())
+        });
+        let Some(protocol) = upgrade else {
+            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nraw ok";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        // The other protocol: whatever arrives is answered, never parsed as HTTP.
+        loop {
+            if !received.is_empty() {
+                let reply = [b"tunnel: ".as_slice(), &received].concat();
+                received.clear();
+                if stream.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    }
+}
