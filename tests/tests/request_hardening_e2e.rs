@@ -143,6 +143,8 @@ async fn the_path_is_decided_once_for_routing_and_for_the_endpoint() -> Result<(
         ("/public/%2e%2e%2fadmin", 400, None),
         ("/../public/a", 400, None),
         ("/public/a%zz", 400, None),
+        ("/public\\..\\admin", 400, None),
+        ("/public/caf\u{e9}/./x", 200, Some("/public/caf\u{e9}/x")),
     ];
     for &(target, status, seen) in cases {
         let (code, text) = raw_exchange(proxy.http, &get(target)).await?;

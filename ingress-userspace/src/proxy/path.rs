@@ -101,7 +101,8 @@ fn is_unreserved(byte: u8) -> bool {
 /// Decodes escapes of unreserved characters, upper-cases the hex of the others, refuses bad
 /// escapes, encoded slashes (unless allowed) and backslashes.
 fn decode_unreserved(path: &[u8], allow_encoded_slashes: bool) -> Result<String, PathError> {
-    let mut out = String::with_capacity(path.len());
+    // Bytes, not chars: a path may hold raw UTF-8 (hyper accepts it), which must pass untouched.
+    let mut out = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
         match path[i] {
@@ -114,25 +115,27 @@ fn decode_unreserved(path: &[u8], allow_encoded_slashes: bool) -> Result<String,
                 };
                 let byte = high << 4 | low;
                 if is_unreserved(byte) {
-                    out.push(char::from(byte));
+                    out.push(byte);
                 } else if matches!(byte, b'/' | b'\\') && !allow_encoded_slashes {
                     return Err(PathError::EncodedSlash);
                 } else {
-                    out.push('%');
-                    out.push(char::from(path[i + 1].to_ascii_uppercase()));
-                    out.push(char::from(path[i + 2].to_ascii_uppercase()));
+                    out.extend_from_slice(&[
+                        b'%',
+                        path[i + 1].to_ascii_uppercase(),
+                        path[i + 2].to_ascii_uppercase(),
+                    ]);
                 }
                 i += 3;
             }
             b'\\' => return Err(PathError::Backslash),
             byte => {
-                // The request target was a valid URI: ASCII only.
-                out.push(char::from(byte));
+                out.push(byte);
                 i += 1;
             }
         }
     }
-    Ok(out)
+    // Only ASCII escapes were replaced, by ASCII: the text is as valid as the path was.
+    String::from_utf8(out).map_err(|_| PathError::InvalidPercentEncoding)
 }
 
 /// RFC 3986 §5.2.4 on an absolute path, merging empty segments; refuses climbing above the root
@@ -258,6 +261,15 @@ mod tests {
             norm("/public/%2e%2e;/admin"),
             Err(PathError::DotSegmentWithParameters)
         );
+    }
+
+    #[test]
+    fn raw_utf8_passes_untouched() {
+        assert_eq!(
+            norm("/caf\u{e9}/./men\u{fc}").unwrap(),
+            "/caf\u{e9}/men\u{fc}"
+        );
+        assert_eq!(norm("/%C3%A9/x/..").unwrap(), "/%C3%A9/");
     }
 
     #[test]
