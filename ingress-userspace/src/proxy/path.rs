@@ -306,7 +306,7 @@ mod tests {
         use proptest::prelude::*;
         let piece = prop::sample::select(vec![
             "/", "//", "a", "b", ".", "..", "%2e", "%2E", "%2f", "%5C", "%41", "%20", ";", ";x",
-            "\\", "%", "%z", "~", "public", "admin",
+            "\\", "%", "%z", "~", "public", "admin", "\u{e9}",
         ]);
         prop::collection::vec(piece, 0..12).prop_map(|pieces| format!("/{}", pieces.concat()))
     }
