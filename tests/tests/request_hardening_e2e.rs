@@ -7,9 +7,15 @@
 //! `Prefix /raw` → a raw backend that records request heads and switches protocols when asked.
 //! Nothing routes `/admin`.
 
+// The proxy harness, shared with proxy_e2e; this file uses part of it.
+#[allow(dead_code)]
 mod proxy;
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use anyhow::{anyhow, Context as _, Result};
 use bytes::Bytes;
@@ -17,7 +23,7 @@ use http::{header, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{
-    backends::{Backend, RawBackend},
+    backends::Backend,
     clients::{collect, raw_exchange, read_response},
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
@@ -25,7 +31,8 @@ use proxy::{
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::TcpStream,
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
 };
 
 const HOST: &str = "h.example";
@@ -361,4 +368,103 @@ async fn bare_line_feed_heads_are_guarded_like_crlf_ones() -> Result<()> {
         "the request with both lengths reached the endpoint"
     );
     Ok(())
+}
+
+/// A raw HTTP/1.1 backend that records every request head exactly as it arrived, and switches
+/// protocols whenever asked: it answers `101` to any request with an `Upgrade` header (echoing
+/// its protocol), and to `GET /raw/force-101` without one. After a `101` it answers every read
+/// with `tunnel: <bytes>`. Other requests get `200` with the body `raw ok` (request bodies are
+/// not expected).
+pub struct RawBackend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    heads: Arc<Mutex<Vec<String>>>,
+    accept: JoinHandle<()>,
+}
+
+impl RawBackend {
+    /// Starts it on 127.0.0.1:0.
+    pub async fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let recorded = heads.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(raw_connection(stream, recorded.clone()));
+            }
+        });
+        Ok(Self {
+            addr,
+            heads,
+            accept,
+        })
+    }
+
+    /// Every request head received so far, as text.
+    pub fn heads(&self) -> Vec<String> {
+        self.heads.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+async fn raw_connection(mut stream: TcpStream, heads: Arc<Mutex<Vec<String>>>) {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") else {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+            continue;
+        };
+        let head = String::from_utf8_lossy(&received[..end + 4]).into_owned();
+        received.drain(..end + 4);
+        if let Ok(mut heads) = heads.lock() {
+            heads.push(head.clone());
+        }
+        let upgrade = head.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("upgrade")
+                .then(|| value.trim().to_string())
+        });
+        let upgrade = upgrade.or_else(|| {
+            head.starts_with("GET /raw/force-101 ")
+                .then(|| "h2c".to_string())
+        });
+        let Some(protocol) = upgrade else {
+            let answer = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nraw ok";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        };
+        let answer = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: {protocol}\r\n\r\n"
+        );
+        if stream.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
+        // The other protocol: whatever arrives is answered, never parsed as HTTP.
+        loop {
+            if !received.is_empty() {
+                let reply = [b"tunnel: ".as_slice(), &received].concat();
+                received.clear();
+                if stream.write_all(&reply).await.is_err() {
+                    return;
+                }
+            }
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    }
 }
