@@ -184,12 +184,19 @@ async fn admin_connections_are_capped_by_closing_the_oldest_idle_one() -> Result
         .await
         .with_context(|| proxy.log())?;
     }
+    // All looked at together: one short look in all.
+    let mut looks = tokio::task::JoinSet::new();
+    for (i, mut connection) in connections.into_iter().enumerate().skip(shed) {
+        looks.spawn(async move { (i, still_open(&mut connection).await) });
+    }
     let mut closed = Vec::new();
-    for (i, connection) in connections.iter_mut().enumerate().skip(shed) {
-        if !still_open(connection).await {
+    while let Some(look) = looks.join_next().await {
+        let (i, open) = look?;
+        if !open {
             closed.push(i);
         }
     }
+    closed.sort_unstable();
     ensure!(
         closed.is_empty(),
         "the newest {MAX_CONNECTIONS} connections must stay open; closed: {closed:?}"
