@@ -130,20 +130,31 @@ impl AgentProcess {
     /// [`AgentProcess::wait_l7_listening`]. An admin listener (`--admin-listen`, where the binary
     /// has one) is turned off.
     pub fn start_l7(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
-        Self::start_l7_inner(binary, manifests, extra, false)
+        Self::start_l7_inner(binary, manifests, extra, None)
     }
 
     /// Like [`AgentProcess::start_l7`], with the admin listener on a loopback port the agent
     /// picks (`--admin-listen 127.0.0.1:0`); [`AgentProcess::admin_addr`] tells which.
     pub fn start_l7_with_admin(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
-        Self::start_l7_inner(binary, manifests, extra, true)
+        Self::start_l7_inner(binary, manifests, extra, Some("127.0.0.1:0"))
+    }
+
+    /// Like [`AgentProcess::start_l7_with_admin`], with the admin listener on `admin` (such as
+    /// `[::]:0`).
+    pub fn start_l7_with_admin_at(
+        binary: &Path,
+        manifests: &Path,
+        admin: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::start_l7_inner(binary, manifests, extra, Some(admin))
     }
 
     fn start_l7_inner(
         binary: &Path,
         manifests: &Path,
         extra: &[&str],
-        admin: bool,
+        admin: Option<&str>,
     ) -> Result<Self> {
         let mut flags = vec![
             "--http-listen",
@@ -151,8 +162,8 @@ impl AgentProcess {
             "--https-listen",
             "127.0.0.1:0",
         ];
-        if admin {
-            flags.extend(["--admin-listen", "127.0.0.1:0"]);
+        if let Some(admin) = admin {
+            flags.extend(["--admin-listen", admin]);
         } else if knows_flag(binary, "--admin-listen")? {
             // An admin listener on a fixed port by default would keep a second agent from
             // starting.
@@ -229,8 +240,14 @@ impl AgentProcess {
     /// logged, the listener is off). Logged before "running", so call it after
     /// [`AgentProcess::wait_l7_listening`].
     pub fn admin_addr(&self) -> Result<Option<SocketAddr>> {
+        self.logged_addr("admin listening")
+    }
+
+    /// The address in the first log line containing `what` (`admin listening`, `metrics
+    /// listening`): its `addr=...` field; `None` when no line says it.
+    pub fn logged_addr(&self, what: &str) -> Result<Option<SocketAddr>> {
         let lines = self.output();
-        let Some(line) = lines.iter().find(|line| line.contains("admin listening")) else {
+        let Some(line) = lines.iter().find(|line| line.contains(what)) else {
             return Ok(None);
         };
         let addr = line

@@ -135,9 +135,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub election_namespace: Option<String>,
 
-    /// Health and readiness endpoints (`/healthz`, `/readyz`), or `off`.
+    /// The admin listener, or `off`: `/healthz`, `/readyz`, `/debug/...` (loopback clients
+    /// only) and, without `--metrics-listen`, `/metrics`.
     #[arg(long, default_value = "127.0.0.1:9900", value_parser = parse_listen)]
     pub admin_listen: Listen,
+    /// A listener for `/metrics` (and `/healthz`, `/readyz`) alone, without `/debug`, or `off`;
+    /// when set, the admin listener no longer serves `/metrics`.
+    #[arg(long, default_value = "off", value_parser = parse_listen)]
+    pub metrics_listen: Listen,
     /// Interface to attach the XDP load balancer to (clients and backends alike); repeat for
     /// several. Without any, the agent is an L7-only Ingress controller and loads no BPF.
     #[arg(long = "interface")]
@@ -167,7 +172,8 @@ pub struct RunArgs {
     /// it has started (slowloris protection).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub client_header_timeout: Duration,
-    /// An idle HTTP/1.1 keep-alive client connection is closed after this.
+    /// An idle HTTP/1.1 keep-alive client connection is closed after this (also on the admin
+    /// and metrics listeners, with `--client-header-timeout`).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub client_idle_timeout: Duration,
 

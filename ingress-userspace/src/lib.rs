@@ -11,7 +11,7 @@
 //! - [`agent`]: applies one set of objects to both sinks;
 //! - [`runner`]: the agent's life in `run` (start, debounce, apply, stop);
 //! - [`control`]: what the agent writes back to a cluster (Lease, status, Events);
-//! - [`admin`]: `/healthz` and `/readyz`;
+//! - [`admin`]: the admin and metrics listeners (`/healthz`, `/readyz`, `/metrics`, `/debug`);
 //! - [`cli`]: the command line.
 #![deny(missing_docs)]
 

@@ -78,6 +78,14 @@ pub enum RunError {
         /// Why.
         source: std::io::Error,
     },
+    /// The metrics listener could not be bound.
+    #[error("metrics listener on {addr}: {source}")]
+    Metrics {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// `namespace/name` from a flag.
@@ -309,9 +317,22 @@ impl Runner {
         // The admin listener comes after the sinks, which `/metrics` reads; it still answers
         // (not ready) long before the first sync.
         let (views_tx, views) = mpsc::channel(8);
+        let endpoints = admin::Endpoints {
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            views: views_tx,
+        };
+        // Admin clients get the proxy's client timeouts: one pair of knobs for every listener.
+        let timeouts = admin::Timeouts {
+            header: args.client_header_timeout,
+            idle: args.client_idle_timeout,
+        };
         let admin = match args.admin_listen.0 {
             Some(addr) => {
-                let bound = admin::serve(addr, readiness.clone(), metrics.clone(), views_tx)
+                let role = admin::Role::Admin {
+                    metrics: args.metrics_listen.0.is_none(),
+                };
+                let bound = admin::serve(addr, role, timeouts, endpoints.clone())
                     .await
                     .map_err(|source| RunError::Admin { addr, source })?;
                 tracing::info!(addr = %bound, "admin listening");
@@ -319,6 +340,12 @@ impl Runner {
             }
             None => None,
         };
+        if let Some(addr) = args.metrics_listen.0 {
+            let bound = admin::serve(addr, admin::Role::Metrics, timeouts, endpoints)
+                .await
+                .map_err(|source| RunError::Metrics { addr, source })?;
+            tracing::info!(addr = %bound, "metrics listening");
+        }
         Ok(Self {
             args,
             source,

@@ -6,9 +6,10 @@
 //!   know (misspelled, misplaced) or a kind no type is known for fails, and every YAML file under
 //!   `deploy/` is reached by one of these.
 //! * The DaemonSets are fit for production: their args parse with the agent's own command line
-//!   (so defaults such as `--drain-timeout` are the agent's), probes reach the admin listener,
-//!   the grace period covers the drain, the rollout keeps all but one node serving, the Service
-//!   selects the pods and reaches their ports. The `kube-proxy-replacement` overlay has the host
+//!   (so defaults such as `--drain-timeout` are the agent's), probes and Prometheus reach the
+//!   metrics listener while `/debug` stays on loopback, the grace period covers the drain, the
+//!   rollout keeps all but one node serving, the Service selects the pods and reaches their
+//!   ports. The `kube-proxy-replacement` overlay has the host
 //!   network, named capabilities (never `privileged`) and bpffs; `l7-only` runs as non-root with
 //!   no capability, no BPF and unprivileged ports.
 //! * The ClusterRole and Role bound to the agent's service account allow every API call the
@@ -250,13 +251,26 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
     );
     ensure!(limits.contains_key("memory"), "limits {limits:?}");
 
-    // The kubelet probes the pod's IP: the admin listener must listen there, on the port the
-    // probes name, and serve the paths they ask.
-    let admin = args.admin_listen.0.context("--admin-listen off")?;
+    // /debug names endpoints and Secrets: the admin listener stays on loopback (or off), where
+    // only `inspect` on the node or in the pod reaches it.
+    if let Some(admin) = args.admin_listen.0 {
+        ensure!(
+            admin.ip().is_loopback(),
+            "--admin-listen {admin} exposes /debug beyond the node"
+        );
+    }
+    // Prometheus scrapes the pod's IP: the metrics listener listens there, on the port the
+    // container names `metrics`.
+    let metrics = args
+        .metrics_listen
+        .0
+        .context("--metrics-listen off: Prometheus cannot scrape the agents")?;
     ensure!(
-        admin.ip().is_unspecified(),
-        "--admin-listen {admin} is not reachable by the kubelet"
+        metrics.ip().is_unspecified() && metrics.port() == named_port(container, "metrics")?,
+        "--metrics-listen {metrics} vs the container's port metrics"
     );
+    // The kubelet probes the pod's IP too: the probes go to the metrics listener (which serves
+    // /healthz and /readyz), on the paths it serves.
     for (probe, path) in [
         (container.readiness_probe.as_ref(), "/readyz"),
         (container.liveness_probe.as_ref(), "/healthz"),
@@ -267,8 +281,8 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         ensure!(get.path.as_deref() == Some(path), "probe {get:?}");
         let port = container_port(container, &get.port)?;
         ensure!(
-            port == admin.port(),
-            "the {path} probe goes to {port}, the agent's admin listener is {admin}"
+            port == metrics.port(),
+            "the {path} probe goes to {port}, the agent's metrics listener is {metrics}"
         );
     }
 
@@ -479,7 +493,12 @@ fn l7_only_daemonset_is_unprivileged_and_loads_no_bpf() -> Result<()> {
         .collect();
     ensure!(host_paths.is_empty(), "hostPath volumes: {host_paths:?}");
     // Non-root without NET_BIND_SERVICE cannot bind below 1024.
-    for listen in [&args.http_listen, &args.https_listen, &args.admin_listen] {
+    for listen in [
+        &args.http_listen,
+        &args.https_listen,
+        &args.admin_listen,
+        &args.metrics_listen,
+    ] {
         if let Some(addr) = listen.0 {
             ensure!(addr.port() >= 1024, "{addr} is a privileged port");
         }

@@ -34,25 +34,31 @@ impl TestProxy {
     /// routing table is in place before the agent listens, so the manifests written before
     /// are served from the first request on.
     pub fn start(manifests: Manifests, extra: &[&str]) -> Result<Self> {
-        Self::start_inner(manifests, extra, false)
+        Self::start_inner(manifests, extra, None)
     }
 
     /// Like [`TestProxy::start`], with the admin listener (`/metrics`) on a loopback port.
     pub fn start_with_admin(manifests: Manifests, extra: &[&str]) -> Result<Self> {
-        Self::start_inner(manifests, extra, true)
+        Self::start_with_admin_at(manifests, "127.0.0.1:0", extra)
     }
 
-    fn start_inner(manifests: Manifests, extra: &[&str], admin: bool) -> Result<Self> {
+    /// Like [`TestProxy::start_with_admin`], with the admin listener on `admin` (`[::]:0`).
+    pub fn start_with_admin_at(manifests: Manifests, admin: &str, extra: &[&str]) -> Result<Self> {
+        Self::start_inner(manifests, extra, Some(admin))
+    }
+
+    fn start_inner(manifests: Manifests, extra: &[&str], admin: Option<&str>) -> Result<Self> {
         let binary = agent::binary()?;
         let mut flags = vec!["--debounce-ms", "20", "--workers", "2"];
         flags.extend_from_slice(extra);
-        let mut agent = if admin {
-            AgentProcess::start_l7_with_admin(&binary, manifests.path(), &flags)?
-        } else {
-            AgentProcess::start_l7(&binary, manifests.path(), &flags)?
+        let mut agent = match admin {
+            Some(admin) => {
+                AgentProcess::start_l7_with_admin_at(&binary, manifests.path(), admin, &flags)?
+            }
+            None => AgentProcess::start_l7(&binary, manifests.path(), &flags)?,
         };
         let listeners = agent.wait_l7_listening(Duration::from_secs(30))?;
-        let admin = if admin {
+        let admin = if admin.is_some() {
             Some(agent.admin_addr()?.context("no admin listener logged")?)
         } else {
             None
