@@ -404,13 +404,128 @@ fn per_backend_links_forward_tcp_and_udp() -> Result<()> {
         ensure!(names.contains(name), "unexpected UDP answer {name:?}");
     }
     let output = scenario.stop_agent()?;
-    // The per-Service counters printed on exit saw the traffic.
+    // The per-Service counters printed on exit count exactly this traffic: one flow per TCP
+    // connection, one flow and one packet per UDP question (a new socket each), each backend's
+    // UDP packets those it answered.
+    let table = CounterTable::parse(&output)?;
+    let tcp = table.frontend("203.0.113.10:80/TCP")?;
     ensure!(
-        output.iter().any(|line| line.contains("demo/web")),
-        "no per-Service counters in the agent's output:\n{}",
-        output.join("\n")
+        tcp.flows == SPREAD_CONNECTIONS as u64,
+        "TCP flows {}, not {SPREAD_CONNECTIONS}",
+        tcp.flows
+    );
+    let udp = table.frontend("203.0.113.10:53/UDP")?;
+    ensure!(
+        (udp.flows, udp.packets) == (answers.len() as u64, answers.len() as u64),
+        "UDP: {} flows and {} packets for {} questions",
+        udp.flows,
+        udp.packets,
+        answers.len()
+    );
+    for backend in scenario.lab.backends() {
+        let answered = answers.iter().filter(|n| **n == backend.name).count() as u64;
+        let counted = udp
+            .backends
+            .get(&format!("{}:{}", backend.addr, lab::UDP_PORT))
+            .copied()
+            .unwrap_or(0);
+        ensure!(
+            counted == answered,
+            "{} answered {answered} UDP questions, its counter says {counted}",
+            backend.name
+        );
+    }
+    let tcp_backend_packets: u64 = tcp.backends.values().sum();
+    ensure!(
+        tcp_backend_packets == tcp.packets,
+        "TCP backends' packets add up to {tcp_backend_packets}, the Service's to {}",
+        tcp.packets
     );
     Ok(())
+}
+
+/// One frontend's row of the counters the agent prints when it stops, with its backends'.
+#[derive(Debug, Default)]
+struct FrontendCounters {
+    packets: u64,
+    flows: u64,
+    /// Backend `addr:port` → packets.
+    backends: BTreeMap<String, u64>,
+}
+
+/// The counter table the agent prints on exit (`runner::print_counters`).
+#[derive(Debug, Default)]
+struct CounterTable(BTreeMap<String, FrontendCounters>);
+
+impl CounterTable {
+    fn parse(output: &[String]) -> Result<Self> {
+        let mut table = BTreeMap::new();
+        let mut current: Option<String> = None;
+        for line in output {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                ["->", backend, packets, "packets", ..] => {
+                    let frontend = current
+                        .as_ref()
+                        .context("a backend row before a frontend")?;
+                    let row: &mut FrontendCounters =
+                        table.get_mut(frontend).context("frontend row")?;
+                    row.backends
+                        .insert(backend.to_string(), packets.parse().context("packets")?);
+                }
+                // FRONTEND SERVICE PACKETS BYTES FLOWS NO-BACKEND
+                [frontend, _service, packets, _bytes, flows, _no_backend]
+                    if frontend.contains('/') && frontend.contains(':') =>
+                {
+                    table.insert(
+                        frontend.to_string(),
+                        FrontendCounters {
+                            packets: packets.parse().context("packets")?,
+                            flows: flows.parse().context("flows")?,
+                            backends: BTreeMap::new(),
+                        },
+                    );
+                    current = Some(frontend.to_string());
+                }
+                _ => {}
+            }
+        }
+        ensure!(
+            !table.is_empty(),
+            "no counter table in the agent's output:\n{}",
+            output.join("\n")
+        );
+        Ok(Self(table))
+    }
+
+    fn frontend(&self, frontend: &str) -> Result<&FrontendCounters> {
+        self.0
+            .get(frontend)
+            .with_context(|| format!("no counters for {frontend}: {:?}", self.0))
+    }
+}
+
+/// The kernel's view of a pinned XDP link: its id and the program in it (`bpftool`).
+fn pinned_link(pins: &Path, interface: &str) -> Result<(u64, u64)> {
+    let path = pins.join("links").join(format!("xdp-{interface}"));
+    let output = std::process::Command::new("bpftool")
+        .args(["-j", "link", "show", "pinned"])
+        .arg(&path)
+        .output()
+        .context("running bpftool")?;
+    ensure!(
+        output.status.success(),
+        "bpftool link show pinned {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let link: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let id = |key: &str| {
+        link[key]
+            .as_u64()
+            .with_context(|| format!("{key} in {link}"))
+    };
+    Ok((id("id")?, id("prog_id")?))
 }
 
 /// A bpffs mounted for one test, so the agent can pin where `ip netns exec` still sees it (that
@@ -552,6 +667,12 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
     let pins = bpffs.pins();
     let pins_arg = pins.to_str().context("pin path")?.to_string();
     scenario.start_pinned_agent(&pins)?;
+    let links_before: Vec<(u64, u64)> = scenario
+        .lab
+        .node_interfaces()
+        .iter()
+        .map(|interface| pinned_link(&pins, interface))
+        .collect::<Result<_>>()?;
 
     // Established connections to every backend, held across the restart.
     let mut held = scenario.hold_connections_to_every_backend()?;
@@ -594,17 +715,16 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         adopted.contains("frontends=2") && adopted.contains("orphans=0"),
         "{adopted}"
     );
-    // The new program went into the pinned links (an atomic swap), not a detach and re-attach.
-    let replaced = scenario
-        .agent()?
-        .output()
-        .into_iter()
-        .filter(|line| line.contains("XDP program replaced in the pinned link"))
-        .count();
-    ensure!(
-        replaced == scenario.lab.node_interfaces().len(),
-        "{replaced} link(s) updated in place"
-    );
+    // The new program went into the pinned links (an atomic swap), not a detach and re-attach:
+    // as the kernel sees them, the same links now hold another program.
+    for (interface, (link, program)) in scenario.lab.node_interfaces().iter().zip(&links_before) {
+        let (link_now, program_now) = pinned_link(&pins, interface)?;
+        ensure!(
+            link_now == *link && program_now != *program,
+            "{interface}: link {link} with program {program} before, link {link_now} with \
+             program {program_now} after the restart"
+        );
+    }
 
     // Zero established connections broken: each still answered by the backend it had.
     for connection in &mut held {
@@ -632,10 +752,17 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         "{failed} of {} new connections failed",
         probes.tcp.len()
     );
+    // The probes ran through the whole restart (one every 20 ms or so) ...
     ensure!(
-        probes.tcp.len() >= 20,
-        "too few probes: {}",
+        probes.tcp.len() >= 60,
+        "too few probes: {} in {restart:?} down",
         probes.tcp.len()
+    );
+    // ... and none had to retransmit its SYN (the first retransmission waits 1 s).
+    ensure!(
+        probes.tcp_gap < Duration::from_millis(500),
+        "a {:?} gap between answered new connections",
+        probes.tcp_gap
     );
     // The UDP flow kept its backend and lost nothing.
     let udp_backends: std::collections::BTreeSet<_> = probes.udp.iter().collect();
