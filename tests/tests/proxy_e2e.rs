@@ -839,8 +839,9 @@ async fn refusing_endpoint_is_passed_over() -> Result<()> {
     Ok(())
 }
 
-/// Scenario 8: ten manifest rewrites while clients keep sending over keep-alive connections:
-/// no request fails, and a WebSocket opened before the changes still echoes after them.
+/// Scenario 8: ten manifest rewrites while clients keep sending, each over one keep-alive
+/// connection for the whole test: no request fails, no connection is closed, and a WebSocket
+/// opened before the changes still echoes after them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloads_under_load_lose_no_request() -> Result<()> {
     const CLIENTS: usize = 4;
@@ -878,16 +879,33 @@ async fn reloads_under_load_lose_no_request() -> Result<()> {
 
     let stop = Arc::new(AtomicBool::new(false));
     let total = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
     for task in 0..CLIENTS {
-        let (stop, total, addr) = (stop.clone(), total.clone(), proxy.http);
+        let (stop, total, ended, addr) = (stop.clone(), total.clone(), ended.clone(), proxy.http);
+        // One keep-alive connection per client for the whole test, not a pool that would
+        // reconnect quietly: a reload that closed connections fails the test.
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
         load.push(tokio::spawn(async move {
-            let client = pooled();
             let mut failures = Vec::new();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 let path = format!("/api/t{task}/{n}");
-                match get(&client, addr, "load.example", &path).await {
+                if let Err(error) = sender.ready().await {
+                    failures.push(format!(
+                        "the keep-alive connection ended after {n}: {error}"
+                    ));
+                    ended.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                let sent = async {
+                    let request = request("load.example", &path).body(clients::empty())?;
+                    clients::collect(sender.send_request(request).await?).await
+                };
+                match sent.await {
                     Ok(reply) if reply.status == StatusCode::OK => {}
                     Ok(reply) => {
                         failures.push(format!("{path}: {} {:?}", reply.status, reply.text()))
@@ -940,6 +958,10 @@ async fn reloads_under_load_lose_no_request() -> Result<()> {
         // so the load spans every reload.
         let since = total.load(Ordering::Relaxed);
         eventually(&format!("requests after change {change}"), || async {
+            let closed = ended.load(Ordering::Relaxed);
+            ensure(closed == 0, || {
+                format!("{closed} keep-alive connection(s) closed by change {change}")
+            })?;
             let n = total.load(Ordering::Relaxed);
             ensure(n >= since + MIN_REQUESTS / 10, || {
                 format!("{} requests since change {change}", n - since)
@@ -961,7 +983,10 @@ async fn reloads_under_load_lose_no_request() -> Result<()> {
         );
     }
     let (served_a, served_b) = (a.seen().len(), b.seen().len());
-    eprintln!("{n} requests across 10 reloads, none failed (a served {served_a}, b {served_b})");
+    eprintln!(
+        "{n} requests across 10 reloads on {CLIENTS} keep-alive connections, none failed or \
+         reconnected (a served {served_a}, b {served_b})"
+    );
     assert!(served_a > 0 && served_b > 0, "a {served_a}, b {served_b}");
 
     for i in 0..5 {
