@@ -871,11 +871,7 @@ stringData: {password: hunter2}
         let dir = test_dir("fifo");
         std::fs::write(dir.join("a.yaml"), SERVICE_A).unwrap();
         let x = dir.join("x.yaml");
-        std::fs::write(
-            &x,
-            "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n",
-        )
-        .unwrap();
+        std::fs::write(&x, "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n").unwrap();
         let mut source = ManifestDir::new(&dir);
         assert_eq!(source.load().unwrap().objects.services.len(), 2);
         std::fs::remove_file(&x).unwrap();
@@ -916,7 +912,9 @@ stringData: {password: hunter2}
             .collect();
         assert_eq!(messages.len(), 2, "{messages:?}");
         assert!(messages[0].0.ends_with("big.yaml"));
-        assert!(messages[0].1.contains("larger than --max-manifest-bytes (100 bytes)"));
+        assert!(messages[0]
+            .1
+            .contains("larger than --max-manifest-bytes (100 bytes)"));
         assert!(messages[1].0.ends_with("zero.yaml"));
         assert!(messages[1].1.contains("a character device"));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -942,7 +940,14 @@ stringData: {password: hunter2}
         let snapshot = ManifestDir::new(&dir).load().unwrap();
         assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
         assert_eq!(snapshot.objects.services.len(), 1);
-        let origin = snapshot.objects.services.values().next().unwrap().origin.to_string();
+        let origin = snapshot
+            .objects
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .origin
+            .to_string();
         assert!(origin.contains("b/svc.yaml"), "{origin}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -951,7 +956,10 @@ stringData: {password: hunter2}
     /// documents before it load.
     #[test]
     fn deep_nesting_is_refused_by_document() {
-        let text = format!("{SERVICE_A}---\n{}\n---\n{SERVICE_A}", "[".repeat(97 * 1024));
+        let text = format!(
+            "{SERVICE_A}---\n{}\n---\n{SERVICE_A}",
+            "[".repeat(97 * 1024)
+        );
         let started = std::time::Instant::now();
         let (objects, problems) = parse_manifest(Path::new("/m/deep.yaml"), &text);
         let elapsed = started.elapsed();
