@@ -106,6 +106,10 @@ pub struct RunArgs {
     /// TLS Secrets), watched for changes. Without it the agent watches the cluster.
     #[arg(long, conflicts_with_all = ["kubeconfig", "watch_namespaces"])]
     pub manifests: Option<PathBuf>,
+    /// Largest manifest file read, in bytes; a larger one is a problem and keeps its last good
+    /// objects.
+    #[arg(long, default_value_t = crate::source::files::DEFAULT_MAX_MANIFEST_BYTES)]
+    pub max_manifest_bytes: u64,
     /// Kubeconfig for watching a cluster from outside it; default: the pod's service account.
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
@@ -275,6 +279,9 @@ pub struct ValidateArgs {
     /// Directory of Kubernetes manifests.
     #[arg(long)]
     pub manifests: PathBuf,
+    /// Largest manifest file read, in bytes (as `run`'s flag).
+    #[arg(long, default_value_t = crate::source::files::DEFAULT_MAX_MANIFEST_BYTES)]
+    pub max_manifest_bytes: u64,
     /// IngressClass `spec.controller` value this agent serves.
     #[arg(long, default_value = "xdp-ingress.dev/controller")]
     pub controller_name: String,

@@ -11,6 +11,8 @@ use xdp_ingress::{
     cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
     datapath::loader::PinDir,
     inspect,
+    model::Problem,
+    proxy::tls,
     runner::{l7_options, Runner},
     source::files::ManifestDir,
     translate::{l4, l7},
@@ -59,7 +61,7 @@ fn main() -> Result<()> {
 }
 
 fn validate(args: ValidateArgs) -> Result<()> {
-    let mut source = ManifestDir::new(&args.manifests);
+    let mut source = ManifestDir::new(&args.manifests).with_max_file_bytes(args.max_manifest_bytes);
     let snapshot = source.load()?;
     let (plan, l4_problems) = l4::translate(&snapshot.objects, &l4::L4Plan::default());
     let l7_options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
@@ -80,11 +82,30 @@ fn validate(args: ValidateArgs) -> Result<()> {
         l7_plan.ingresses.len(),
         l7_plan.backends.len(),
     );
+    // The certificates the proxy would refuse, parsed by the proxy's own function.
+    let certificate_problems: Vec<Problem> = tls::unusable_certificates(
+        &l7_plan.tls,
+        l7_plan.default_tls.as_ref(),
+        &tls::crypto_provider(),
+    )
+    .into_iter()
+    .map(|refused| Problem {
+        origin: snapshot
+            .objects
+            .secrets
+            .get(&refused.secret)
+            .map_or_else(String::new, |s| s.origin.to_string()),
+        object: format!("Secret {}", refused.secret),
+        field: "data".to_string(),
+        message: format!("the proxy refuses this certificate: {}", refused.message),
+    })
+    .collect();
     let problems: Vec<_> = snapshot
         .problems
         .iter()
         .chain(&l4_problems)
         .chain(&l7_problems)
+        .chain(&certificate_problems)
         .collect();
     if problems.is_empty() {
         return Ok(());

@@ -41,7 +41,7 @@ use crate::{
         Proxy, ProxySettings,
     },
     source::{
-        files::{FilesError, ManifestDir},
+        files::{FilesError, ManifestDir, Snapshot},
         kube::{self, KubeError, KubeSource},
     },
     translate::l7::{L7Options, L7Plan},
@@ -118,8 +118,12 @@ pub fn l7_options(
 
 /// Where the objects come from.
 enum Source {
-    /// A manifest directory and its watcher (held only to keep it alive).
-    Files(ManifestDir, #[allow(dead_code)] notify::RecommendedWatcher),
+    /// A manifest directory and its watcher (held only to keep it alive). Shared with the
+    /// blocking thread that reads it.
+    Files(
+        Arc<std::sync::Mutex<ManifestDir>>,
+        #[allow(dead_code)] notify::RecommendedWatcher,
+    ),
     /// The cluster, and what the agent writes back to it.
     Kube(KubeSource, Box<Control>),
 }
@@ -250,9 +254,9 @@ impl Runner {
         let (changes_tx, changes) = mpsc::unbounded_channel();
         let source = match &args.manifests {
             Some(dir) => {
-                let files = ManifestDir::new(dir);
+                let files = ManifestDir::new(dir).with_max_file_bytes(args.max_manifest_bytes);
                 let watcher = files.watch(changes_tx)?;
-                Source::Files(files, watcher)
+                Source::Files(Arc::new(std::sync::Mutex::new(files)), watcher)
             }
             None => {
                 let client = kube::client(args.kubeconfig.as_deref()).await?;
@@ -365,7 +369,7 @@ impl Runner {
     /// kind) and applies it, then attaches XDP, listens, and reports ready. The maps and the
     /// routing table are full before the first packet or request arrives.
     pub async fn start(&mut self) -> Result<(), RunError> {
-        while !sync(&mut self.agent, &mut self.source, self.metrics.agent()) {
+        while !sync(&mut self.agent, &mut self.source, self.metrics.agent()).await {
             if !self.next_change().await {
                 break;
             }
@@ -454,7 +458,7 @@ impl Runner {
                 _ => break,
             }
         }
-        sync(&mut self.agent, &mut self.source, self.metrics.agent());
+        sync(&mut self.agent, &mut self.source, self.metrics.agent()).await;
     }
 
     /// Forwards the XDP program's rare log lines (aya-log).
@@ -561,11 +565,11 @@ fn load_datapath(
 
 /// Applies the source's objects to the agent; false when there is nothing complete to apply yet
 /// (a cluster source before its first full list, an unreadable directory).
-fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetrics) -> bool {
+async fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetrics) -> bool {
     let reading = Instant::now();
     let mut read = None;
     let outcome = match source {
-        Source::Files(files, _) => match files.load() {
+        Source::Files(files, _) => match load_off_the_workers(files.clone()).await {
             Ok(snapshot) => {
                 read = Some(reading.elapsed());
                 agent.apply(&snapshot.objects, snapshot.problems)
@@ -620,6 +624,47 @@ fn sync(agent: &mut Agent<KernelMaps>, source: &mut Source, metrics: &AgentMetri
     report(agent, &outcome, read);
     metrics.record_reload(&outcome, programmed(agent));
     true
+}
+
+/// Reads the manifest directory on tokio's blocking pool: file I/O and YAML parsing take as
+/// long as the files make them take, and with `--workers 1` the runner shares its thread with
+/// the proxy, which must keep serving meanwhile. (Reads cannot block forever: only regular files
+/// are opened, without waiting, and read up to `--max-manifest-bytes`.)
+async fn load_off_the_workers(
+    files: Arc<std::sync::Mutex<ManifestDir>>,
+) -> Result<Snapshot, LoadError> {
+    let path = files.lock().map_or_else(
+        |e| e.into_inner().path().to_path_buf(),
+        |f| f.path().to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        // A panic in an earlier load poisoned the lock; what it held is still a directory to read.
+        let mut files = files.lock().unwrap_or_else(|e| e.into_inner());
+        files.load().map_err(LoadError::Files)
+    })
+    .await
+    .unwrap_or_else(|error| {
+        Err(LoadError::Panicked {
+            path,
+            message: error.to_string(),
+        })
+    })
+}
+
+/// Why the manifest directory gave nothing this time.
+#[derive(Debug, thiserror::Error)]
+enum LoadError {
+    /// Not readable as a whole.
+    #[error(transparent)]
+    Files(#[from] FilesError),
+    /// The reading thread panicked (a bug; the agent keeps its state and reads again next time).
+    #[error("reading {path} failed: {message}")]
+    Panicked {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The join error.
+        message: String,
+    },
 }
 
 /// A view for `inspect`, built from the plans the agent holds.

@@ -171,7 +171,7 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with an empty routing table and the self-signed certificate.
     pub fn new(settings: ProxySettings) -> Result<Self, ProxyError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = super::tls::crypto_provider();
         let certs = CertBook::new(provider.clone())?;
         let mut tls = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

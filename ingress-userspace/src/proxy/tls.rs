@@ -42,6 +42,37 @@ pub enum TlsError {
     SelfSigned(#[from] rcgen::Error),
 }
 
+/// The crypto provider the proxy serves with, and `validate` checks certificates with.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The Secrets among a plan's TLS entries whose PEM [`certified_key`] refuses, once each, with
+/// why: what `validate` reports. The agent refuses the same ones in [`CertBook::apply`] (and
+/// keeps a previous certificate, which `validate` has not got).
+pub fn unusable_certificates(
+    tls: &[TlsPlan],
+    default: Option<&TlsPlan>,
+    provider: &CryptoProvider,
+) -> Vec<CertProblem> {
+    let mut checked = std::collections::HashSet::new();
+    let mut problems = Vec::new();
+    for plan in default.into_iter().chain(tls) {
+        // A missing Secret or key is already the translator's problem.
+        let Ok(pem) = &plan.pem else { continue };
+        if !checked.insert(&plan.secret) {
+            continue;
+        }
+        if let Err(error) = certified_key(pem, provider) {
+            problems.push(CertProblem {
+                secret: plan.secret.clone(),
+                message: error.to_string(),
+            });
+        }
+    }
+    problems
+}
+
 /// Parses a certificate chain and key, checking that they belong together.
 pub fn certified_key(
     pem: &PemPair,
@@ -469,5 +500,30 @@ mod tests {
             private_key: wild.private_key.clone(),
         };
         assert!(certified_key(&mismatched, &provider()).is_err());
+    }
+
+    #[test]
+    fn unusable_certificates_names_each_refused_secret_once() {
+        let good = pem_for(&["shop.example"]);
+        let other = pem_for(&["other.example"]);
+        let mismatched = PemPair {
+            certificate_chain: good.certificate_chain.clone(),
+            private_key: other.private_key.clone(),
+        };
+        let not_pem = PemPair {
+            certificate_chain: b"not a certificate".to_vec(),
+            private_key: good.private_key.clone(),
+        };
+        let plans = [
+            plan("good", &["shop.example"], Ok(good)),
+            plan("mismatched", &["a.example"], Ok(mismatched.clone())),
+            plan("mismatched", &["b.example"], Ok(mismatched)),
+            plan("missing", &["c.example"], Err("no Secret".into())),
+        ];
+        let default = plan("not-pem", &[], Ok(not_pem));
+        let problems = unusable_certificates(&plans, Some(&default), &crypto_provider());
+        let names: Vec<&str> = problems.iter().map(|p| p.secret.name.as_str()).collect();
+        assert_eq!(names, ["not-pem", "mismatched"]);
+        assert_eq!(problems[0].message, "tls.crt holds no PEM certificate");
     }
 }

@@ -9,10 +9,19 @@
 //! A file that cannot be read completely keeps its last good objects: documents that still parse
 //! replace their previous versions, and objects from broken documents stay as they were. Problems
 //! name the file, the document, the object and the field.
+//!
+//! What an attacker who can write into the directory could do is bounded: only regular files are
+//! read (a FIFO or a device named `x.yaml` is a problem, not a wait or an endless read), each at
+//! most `--max-manifest-bytes`; directories and files are known by device and inode, so a symlink
+//! loop is walked once and a file reachable by several paths is read once; and a document nesting
+//! deeper than [`MAX_NESTING_DEPTH`] is refused before serde_yaml sees it.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashSet},
     fmt,
+    fs::File,
+    io::Read as _,
+    os::unix::fs::{FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -31,6 +40,17 @@ use serde::de::DeserializeOwned;
 use crate::model::{
     object_name, ClusterObjects, ObjectName, Origin, Problem, Sourced, TLS_SECRET_TYPE,
 };
+
+use super::yaml_depth;
+
+/// `--max-manifest-bytes` by default: far above any manifest people write by hand or generate
+/// (the API server refuses objects over 1.5 MiB), far below what hurts the node.
+pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The deepest collection nesting a document may have. Kubernetes objects nest about 10 deep
+/// (an Ingress's `spec.rules[].http.paths[].backend.service.port.number` is 10), a
+/// CustomResourceDefinition's schema some 30; serde_yaml itself gives up at 128.
+pub const MAX_NESTING_DEPTH: usize = 100;
 
 /// Errors that stop reading the directory as a whole (a single bad file never does).
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +193,7 @@ fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
 #[derive(Debug)]
 pub struct ManifestDir {
     dir: PathBuf,
+    max_file_bytes: u64,
     last_read: BTreeMap<PathBuf, FileRead>,
 }
 
@@ -207,8 +228,15 @@ impl ManifestDir {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
+            max_file_bytes: DEFAULT_MAX_MANIFEST_BYTES,
             last_read: BTreeMap::new(),
         }
+    }
+
+    /// The same, reading no file larger than `max_file_bytes` (`--max-manifest-bytes`).
+    pub fn with_max_file_bytes(mut self, max_file_bytes: u64) -> Self {
+        self.max_file_bytes = max_file_bytes;
+        self
     }
 
     /// The directory.
@@ -217,14 +245,25 @@ impl ManifestDir {
     }
 
     /// Reads every `.yaml`/`.yml` file (recursively, in path order) and returns the objects.
+    /// Blocks on file I/O and parsing: call it where that holds up no traffic.
     pub fn load(&mut self) -> Result<Snapshot, FilesError> {
-        let mut files = Vec::new();
-        collect_manifest_files(&self.dir, &mut files)?;
-        files.sort();
+        let files = collect_manifest_files(&self.dir)?;
         let mut snapshot = Snapshot::default();
         let mut next_read = BTreeMap::new();
+        // Files by (device, inode): one reachable by several paths is read under the first.
+        let mut read_files = HashSet::new();
         for path in files {
-            let read = match std::fs::read_to_string(&path) {
+            let text = match open_regular(&path) {
+                Ok((file, id)) => {
+                    if !read_files.insert(id) {
+                        tracing::debug!(path = %path.display(), "already read under another path");
+                        continue;
+                    }
+                    read_bounded(file, self.max_file_bytes)
+                }
+                Err(message) => Err(message),
+            };
+            let read = match text {
                 Ok(text) => {
                     let fingerprint = fingerprint(&text);
                     match self.last_read.remove(&path) {
@@ -242,7 +281,7 @@ impl ManifestDir {
                         }
                     }
                 }
-                Err(error) => {
+                Err(message) => {
                     let mut objects = FileObjects::default();
                     if let Some(previous) = self.last_read.remove(&path) {
                         keep_previous(&mut objects, &previous.objects);
@@ -255,7 +294,7 @@ impl ManifestDir {
                             origin: path.display().to_string(),
                             object: String::new(),
                             field: String::new(),
-                            message: format!("cannot read file: {error}"),
+                            message,
                         }],
                     }
                 }
@@ -308,26 +347,111 @@ fn may_concern_manifests(paths: &[PathBuf]) -> bool {
         })
 }
 
-fn collect_manifest_files(dir: &Path, files: &mut Vec<PathBuf>) -> Result<(), FilesError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| FilesError::ReadDir {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Editors' and kubectl's temporary files start with a dot; skip them.
-        if name.starts_with('.') {
-            continue;
-        }
-        if path.is_dir() {
-            collect_manifest_files(&path, files)?;
-        } else if name.ends_with(".yaml") || name.ends_with(".yml") {
-            files.push(path);
-        }
+/// The `.yaml`/`.yml` paths under `root` (symlinks followed), in path order: each directory's
+/// entries sorted, depth first. A directory reached again (a symlink loop, two links to one
+/// directory) is not walked again; which path of it counts is the first in that order, shallower
+/// paths first among siblings. Iterative, so a deep tree costs neither stack nor open directories.
+fn collect_manifest_files(root: &Path) -> Result<Vec<PathBuf>, FilesError> {
+    enum Next {
+        Dir(PathBuf),
+        File(PathBuf),
     }
-    Ok(())
+    let read_dir_error = |path: &Path, source| FilesError::ReadDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let root_meta = std::fs::metadata(root).map_err(|e| read_dir_error(root, e))?;
+    let mut walked = HashSet::from([(root_meta.dev(), root_meta.ino())]);
+    let mut stack = vec![Next::Dir(root.to_path_buf())];
+    let mut files = Vec::new();
+    while let Some(next) = stack.pop() {
+        let dir = match next {
+            Next::File(path) => {
+                files.push(path);
+                continue;
+            }
+            Next::Dir(dir) => dir,
+        };
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .map_err(|e| read_dir_error(&dir, e))?
+            .flatten()
+            .map(|entry| entry.file_name())
+            // Editors' and kubectl's temporary files start with a dot; skip them.
+            .filter(|name| !name.as_encoded_bytes().starts_with(b"."))
+            .collect();
+        names.sort();
+        let mut children = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            match std::fs::metadata(&path) {
+                Ok(meta) if meta.is_dir() => {
+                    if walked.insert((meta.dev(), meta.ino())) {
+                        children.push(Next::Dir(path));
+                    } else {
+                        tracing::debug!(path = %path.display(), "directory already walked");
+                    }
+                }
+                // Not a directory, or not even there (a dangling link): a manifest by its name;
+                // reading it says what is wrong.
+                _ => {
+                    let name = name.to_string_lossy();
+                    if name.ends_with(".yaml") || name.ends_with(".yml") {
+                        children.push(Next::File(path));
+                    }
+                }
+            }
+        }
+        stack.extend(children.into_iter().rev());
+    }
+    Ok(files)
+}
+
+/// Opens a file for reading without waiting (a FIFO's open would wait for a writer, forever) and
+/// returns it with its (device, inode) if it is a regular file; else the problem's message.
+fn open_regular(path: &Path) -> Result<(File, (u64, u64)), String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        // O_NOCTTY: a terminal named x.yaml must not become the agent's controlling terminal.
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    // The type of what was opened, not of what the path named a moment before.
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        let kind = if file_type.is_fifo() {
+            "a FIFO"
+        } else if file_type.is_socket() {
+            "a socket"
+        } else if file_type.is_char_device() {
+            "a character device"
+        } else if file_type.is_block_device() {
+            "a block device"
+        } else {
+            "not a file"
+        };
+        return Err(format!(
+            "not a regular file ({kind}); only regular files are read"
+        ));
+    }
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
+/// Reads at most `limit` bytes of text; more is a problem, whatever the file's size said (a file
+/// can grow while it is read).
+fn read_bounded(file: File, limit: u64) -> Result<String, String> {
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read file: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "larger than --max-manifest-bytes ({limit} bytes); not read"
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| format!("cannot read file: not UTF-8 text ({e})"))
 }
 
 /// Objects from documents that failed now keep their previous version.
@@ -381,6 +505,30 @@ fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Problem>) {
     let path_text: Arc<str> = Arc::from(path.display().to_string());
     let mut objects = FileObjects::default();
     let mut problems = Vec::new();
+    // serde_yaml skips a byte-order mark; so does the depth check, so they count alike.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // The documents before a too deep one are read as usual; it and the rest are not, as after
+    // a syntax error.
+    let text = match yaml_depth::too_deep(text, MAX_NESTING_DEPTH) {
+        None => text,
+        Some(deep) => {
+            problems.push(Problem {
+                origin: Origin::File {
+                    path: path_text.clone(),
+                    document: deep.document,
+                }
+                .to_string(),
+                object: String::new(),
+                field: String::new(),
+                message: format!(
+                    "nested deeper than {MAX_NESTING_DEPTH} levels (line {}, column {}); \
+                     this document and the rest of the file are not read",
+                    deep.line, deep.column
+                ),
+            });
+            text.get(..deep.document_start).unwrap_or_default()
+        }
+    };
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let origin = Origin::File {
             path: path_text.clone(),
@@ -704,5 +852,124 @@ stringData: {password: hunter2}
         std::fs::remove_file(&good).unwrap();
         assert!(source.load().unwrap().objects.services.is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A temporary directory for one test, removed at the end.
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("xdp-ingress-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    const SERVICE_A: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\n";
+
+    /// A FIFO named like a manifest is a problem, not a wait (on the old code `load` never
+    /// returned); its path's last good objects stay, the other files load.
+    #[test]
+    fn a_fifo_is_reported_and_keeps_the_last_good_objects() {
+        let dir = test_dir("fifo");
+        std::fs::write(dir.join("a.yaml"), SERVICE_A).unwrap();
+        let x = dir.join("x.yaml");
+        std::fs::write(&x, "apiVersion: v1\nkind: Service\nmetadata: {name: x}\n").unwrap();
+        let mut source = ManifestDir::new(&dir);
+        assert_eq!(source.load().unwrap().objects.services.len(), 2);
+        std::fs::remove_file(&x).unwrap();
+        let path = std::ffi::CString::new(x.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let snapshot = source.load().unwrap();
+        assert_eq!(snapshot.problems.len(), 1, "{:?}", snapshot.problems);
+        assert_eq!(snapshot.problems[0].origin, x.display().to_string());
+        assert!(snapshot.problems[0]
+            .message
+            .contains("not a regular file (a FIFO)"));
+        assert_eq!(
+            snapshot.objects.services.len(),
+            2,
+            "x.yaml's last good Service is kept"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `/dev/zero` behind a manifest's name, and a file over the limit: reported, not read
+    /// (on the old code the first read grew without end).
+    #[test]
+    fn devices_and_files_over_the_limit_are_not_read() {
+        let dir = test_dir("limit");
+        std::fs::write(dir.join("a.yaml"), SERVICE_A).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.join("zero.yaml")).unwrap();
+        std::fs::write(dir.join("big.yaml"), format!("# {}\n", "x".repeat(200))).unwrap();
+        let snapshot = ManifestDir::new(&dir)
+            .with_max_file_bytes(100)
+            .load()
+            .unwrap();
+        assert_eq!(snapshot.objects.services.len(), 1);
+        let messages: Vec<(&str, &str)> = snapshot
+            .problems
+            .iter()
+            .map(|p| (p.origin.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(messages.len(), 2, "{messages:?}");
+        assert!(messages[0].0.ends_with("big.yaml"));
+        assert!(messages[0]
+            .1
+            .contains("larger than --max-manifest-bytes (100 bytes)"));
+        assert!(messages[1].0.ends_with("zero.yaml"));
+        assert!(messages[1].1.contains("a character device"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Two symlink loops and a second link to a directory: every directory is walked once,
+    /// every file read once, under its first path (on the old code: files read 40 times, or a
+    /// walk without end).
+    #[test]
+    fn symlink_loops_and_second_paths_are_walked_once() {
+        let dir = test_dir("loops");
+        std::fs::create_dir(dir.join("b")).unwrap();
+        std::fs::write(dir.join("b/svc.yaml"), SERVICE_A).unwrap();
+        std::os::unix::fs::symlink("..", dir.join("b/up")).unwrap();
+        std::os::unix::fs::symlink(".", dir.join("b/here")).unwrap();
+        std::os::unix::fs::symlink("b", dir.join("c")).unwrap();
+        std::os::unix::fs::symlink("b/svc.yaml", dir.join("d.yaml")).unwrap();
+        assert_eq!(
+            collect_manifest_files(&dir).unwrap(),
+            vec![dir.join("b/svc.yaml"), dir.join("d.yaml")],
+            "c is b, walked already; b/up and b/here lead back"
+        );
+        let snapshot = ManifestDir::new(&dir).load().unwrap();
+        assert!(snapshot.problems.is_empty(), "{:?}", snapshot.problems);
+        assert_eq!(snapshot.objects.services.len(), 1);
+        let origin = snapshot
+            .objects
+            .services
+            .values()
+            .next()
+            .unwrap()
+            .origin
+            .to_string();
+        assert!(origin.contains("b/svc.yaml"), "{origin}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Deep nesting is refused before serde_yaml sees it, naming file and document; the
+    /// documents before it load.
+    #[test]
+    fn deep_nesting_is_refused_by_document() {
+        let text = format!(
+            "{SERVICE_A}---\n{}\n---\n{SERVICE_A}",
+            "[".repeat(97 * 1024)
+        );
+        let started = std::time::Instant::now();
+        let (objects, problems) = parse_manifest(Path::new("/m/deep.yaml"), &text);
+        let elapsed = started.elapsed();
+        assert_eq!(objects.services.len(), 1, "document 1 loads");
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].origin, "/m/deep.yaml (document 2)");
+        assert!(problems[0]
+            .message
+            .starts_with("nested deeper than 100 levels (line 5, column 101)"));
+        // Generous: milliseconds here; serde_yaml alone took seconds on this input.
+        assert!(elapsed < std::time::Duration::from_secs(2), "{elapsed:?}");
     }
 }

@@ -1,0 +1,358 @@
+//! End-to-end tests of the manifest reader against hostile directories (issue 12): a FIFO and
+//! `/dev/zero` named like manifests, symlink loops, deep nesting, a certificate the proxy
+//! refuses. The real binary: `validate`, and `run` L7-only on loopback with `--workers 1` (the
+//! proxy then shares its one thread with the runner). Every run is bounded in time and memory,
+//! so a reader that blocks or reads without end fails the test instead of hanging the machine.
+//!
+//! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`.
+
+#[allow(dead_code)]
+mod proxy;
+
+use std::{
+    ffi::CString,
+    os::unix::ffi::OsStrExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use http::StatusCode;
+use proxy::{
+    backends::Backend,
+    clients::{get, pooled},
+    eventually,
+    manifests::{backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests},
+};
+use xdp_ingress_tests::agent::{self, AgentProcess};
+
+/// Longest any `validate` here may take: the fixed reader takes milliseconds.
+const VALIDATE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most memory any agent or `validate` here may hold; the old reader passed it within seconds
+/// on `/dev/zero` and on two symlink loops.
+const RSS_CAP_KIB: u64 = 512 * 1024;
+
+/// What `validate` did.
+struct Validated {
+    success: bool,
+    stderr: String,
+}
+
+/// Runs `xdp-ingress validate --manifests dir`, killed (and the test failed) past
+/// [`VALIDATE_TIMEOUT`] or [`RSS_CAP_KIB`].
+fn validate(dir: &Path) -> Result<Validated> {
+    let mut child = Command::new(agent::binary()?)
+        .arg("validate")
+        .arg("--manifests")
+        .arg(dir)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting validate")?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    // Read on a thread: a full pipe must not stall the child.
+    let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        // No event says "memory grew": polling it is the only way to stop a runaway early.
+        let rss = rss_kib(child.id()).unwrap_or(0);
+        if rss > RSS_CAP_KIB || started.elapsed() > VALIDATE_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!(
+                "validate on {} still running after {:?} at {rss} KiB resident; killed",
+                dir.display(),
+                started.elapsed()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("stderr reader panicked"))?;
+    Ok(Validated {
+        success: status.success(),
+        stderr,
+    })
+}
+
+/// A process's resident memory (VmRSS), in KiB.
+fn rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn mkfifo(path: &Path) -> Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+    if unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) } != 0 {
+        bail!(
+            "mkfifo {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Our class, a Service `web` on `addr`, and an Ingress `web` for `web.example`: what every
+/// directory here also holds, and what must keep loading.
+fn good_manifests(addr: std::net::SocketAddr) -> Result<Manifests> {
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &backend_service("web", &[addr]))?;
+    manifests.write(
+        "web.yaml",
+        &[ingress(
+            "web",
+            &[rule(Some("web.example"), &[("/", "Prefix", "web")])],
+        )],
+    )?;
+    Ok(manifests)
+}
+
+/// An address nothing needs to answer on (`validate` connects to nothing).
+fn unused_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 9))
+}
+
+/// A FIFO named `x.yaml`: reported, and `validate` finishes (the old reader waited forever for
+/// a writer).
+#[test]
+fn validate_reports_a_fifo_and_finishes() -> Result<()> {
+    let manifests = good_manifests(unused_addr())?;
+    let fifo = manifests.path().join("x.yaml");
+    mkfifo(&fifo)?;
+    let validated = validate(manifests.path())?;
+    assert!(!validated.success, "{}", validated.stderr);
+    assert!(
+        validated
+            .stderr
+            .lines()
+            .any(|line| line.contains(&fifo.display().to_string())
+                && line.contains("not a regular file (a FIFO)")),
+        "{}",
+        validated.stderr
+    );
+    Ok(())
+}
+
+/// `x.yaml -> /dev/zero`: reported, read in bounded memory (the old reader grew by hundreds of
+/// MiB a second); a regular file over `--max-manifest-bytes` too.
+#[test]
+fn validate_reads_dev_zero_and_large_files_in_bounded_memory() -> Result<()> {
+    let manifests = good_manifests(unused_addr())?;
+    std::os::unix::fs::symlink("/dev/zero", manifests.path().join("x.yaml"))?;
+    let validated = validate(manifests.path())?;
+    assert!(!validated.success, "{}", validated.stderr);
+    assert!(
+        validated
+            .stderr
+            .lines()
+            .any(|line| line.contains("x.yaml") && line.contains("a character device")),
+        "{}",
+        validated.stderr
+    );
+
+    std::fs::remove_file(manifests.path().join("x.yaml"))?;
+    // 17 MiB of comment: valid YAML, past the default limit of 16 MiB.
+    std::fs::write(
+        manifests.path().join("big.yaml"),
+        "#".repeat(17 * 1024 * 1024),
+    )?;
+    let validated = validate(manifests.path())?;
+    assert!(!validated.success, "{}", validated.stderr);
+    assert!(
+        validated
+            .stderr
+            .lines()
+            .any(|line| line.contains("big.yaml")
+                && line.contains("larger than --max-manifest-bytes (16777216 bytes)")),
+        "{}",
+        validated.stderr
+    );
+    Ok(())
+}
+
+/// Two symlink loops (to the directory itself and to its parent) in a subdirectory: walked
+/// once, every file read once, so no object is "also defined" (the old reader walked
+/// 2^40 paths, or read every file 40 times with one loop).
+#[test]
+fn validate_walks_symlink_loops_once() -> Result<()> {
+    let manifests = Manifests::new()?;
+    let sub = manifests.path().join("sub");
+    std::fs::create_dir(&sub)?;
+    manifests.write("sub/class.yaml", &[our_class()])?;
+    manifests.write(
+        "sub/services.yaml",
+        &backend_service("web", &[unused_addr()]),
+    )?;
+    std::os::unix::fs::symlink(".", sub.join("here"))?;
+    std::os::unix::fs::symlink("..", sub.join("up"))?;
+    let validated = validate(manifests.path())?;
+    assert!(validated.success, "{}", validated.stderr);
+
+    // One loop alone: the old reader read each file 40 times and reported the copies.
+    std::fs::remove_file(sub.join("up"))?;
+    let validated = validate(manifests.path())?;
+    assert!(validated.success, "{}", validated.stderr);
+    Ok(())
+}
+
+/// 400 KiB of nested `[`: refused before parsing, naming the file and the document (the old
+/// reader spent 17 s in libyaml's scanner, debug build, before serde_yaml's recursion limit said
+/// no, with a message naming no limit of ours).
+#[test]
+fn validate_refuses_deep_nesting_at_once() -> Result<()> {
+    let manifests = good_manifests(unused_addr())?;
+    std::fs::write(manifests.path().join("deep.yaml"), "[".repeat(400 * 1024))?;
+    let validated = validate(manifests.path())?;
+    assert!(!validated.success, "{}", validated.stderr);
+    assert!(
+        validated
+            .stderr
+            .lines()
+            .any(|line| line.contains("deep.yaml (document 1)")
+                && line.contains("nested deeper than 100 levels")),
+        "{}",
+        validated.stderr
+    );
+    Ok(())
+}
+
+/// A TLS Secret whose key does not belong to its certificate, and one whose certificate is not
+/// PEM: `validate` fails naming each, as the agent refuses them (the old `validate` exited 0).
+#[test]
+fn validate_refuses_certificates_the_proxy_refuses() -> Result<()> {
+    let manifests = good_manifests(unused_addr())?;
+    let shop = rcgen::generate_simple_self_signed(vec!["shop.example".to_string()])?;
+    let other = rcgen::generate_simple_self_signed(vec!["other.example".to_string()])?;
+    let mut tls_ingress = ingress(
+        "shop",
+        &[
+            rule(Some("shop.example"), &[("/", "Prefix", "web")]),
+            rule(Some("bad.example"), &[("/", "Prefix", "web")]),
+        ],
+    );
+    with_tls(&mut tls_ingress, &["shop.example"], "mismatched");
+    with_tls(&mut tls_ingress, &["bad.example"], "not-pem");
+    manifests.write(
+        "shop.yaml",
+        &[
+            tls_ingress,
+            tls_secret(
+                "mismatched",
+                &shop.cert.pem(),
+                &other.key_pair.serialize_pem(),
+            ),
+            tls_secret(
+                "not-pem",
+                "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+                &shop.key_pair.serialize_pem(),
+            ),
+        ],
+    )?;
+    let validated = validate(manifests.path())?;
+    assert!(!validated.success, "{}", validated.stderr);
+    for secret in ["Secret default/mismatched", "Secret default/not-pem"] {
+        assert!(
+            validated
+                .stderr
+                .lines()
+                .any(|line| line.contains("shop.yaml") && line.contains(secret)),
+            "{secret}: {}",
+            validated.stderr
+        );
+    }
+
+    // Both usable: no problem.
+    manifests.write(
+        "shop.yaml",
+        &[
+            ingress(
+                "shop",
+                &[rule(Some("shop.example"), &[("/", "Prefix", "web")])],
+            ),
+            tls_secret(
+                "mismatched",
+                &shop.cert.pem(),
+                &shop.key_pair.serialize_pem(),
+            ),
+        ],
+    )?;
+    let validated = validate(manifests.path())?;
+    assert!(validated.success, "{}", validated.stderr);
+    Ok(())
+}
+
+/// The agent with `--workers 1` on a directory holding a FIFO, `/dev/zero` and a symlink loop:
+/// it starts, serves the good Ingress, reloads (a new Ingress is served), and a deeply nested
+/// file is refused while the proxy keeps answering (the old agent never got past the FIFO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = good_manifests(web.addr)?;
+    // Named to be read first: the old agent blocked here.
+    mkfifo(&manifests.path().join("a-fifo.yaml"))?;
+    std::os::unix::fs::symlink("/dev/zero", manifests.path().join("zero.yaml"))?;
+    std::os::unix::fs::symlink(".", manifests.path().join("loop"))?;
+    let mut agent = AgentProcess::start_l7(
+        &agent::binary()?,
+        manifests.path(),
+        &["--workers", "1", "--debounce-ms", "20"],
+    )?;
+    let listening = agent.wait_l7_listening(Duration::from_secs(30));
+    let (http, memory) = match listening {
+        Ok(listeners) => (listeners.http, rss_kib(agent.pid())),
+        Err(error) => bail!("{error:#}\nresident: {:?} KiB", rss_kib(agent.pid())),
+    };
+    let http = http.context("no HTTP listener")?;
+    assert!(memory.unwrap_or(0) < RSS_CAP_KIB, "{memory:?} KiB");
+    let log = agent.output().join("\n");
+    assert!(log.contains("not a regular file (a FIFO)"), "{log}");
+    assert!(log.contains("a character device"), "{log}");
+
+    let client = pooled();
+    let reply = get(&client, http, "web.example", "/").await?;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
+    assert_eq!(reply.backend().as_deref(), Some("web"));
+
+    // A reload goes through the same directory: a new Ingress is served.
+    manifests.write(
+        "more.yaml",
+        &[ingress(
+            "more",
+            &[rule(Some("more.example"), &[("/", "Prefix", "web")])],
+        )],
+    )?;
+    eventually("the new Ingress is served", || async {
+        let reply = get(&client, http, "more.example", "/").await?;
+        proxy::ensure(reply.status == StatusCode::OK, || {
+            format!("{:?}", reply.text())
+        })
+    })
+    .await
+    .with_context(|| agent.output().join("\n"))?;
+
+    std::fs::write(manifests.path().join("deep.yaml"), "[".repeat(400 * 1024))?;
+    agent.wait_for_line(
+        |line| line.contains("deep.yaml (document 1)") && line.contains("nested deeper than"),
+        Duration::from_secs(20),
+    )?;
+    let reply = get(&client, http, "web.example", "/").await?;
+    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
+    assert!(agent.is_running()?);
+    Ok(())
+}
