@@ -23,7 +23,9 @@ use proxy::{
     backends::Backend,
     clients::{get, pooled},
     eventually,
-    manifests::{backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests},
+    manifests::{
+        backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests, OUR_CLASS,
+    },
 };
 use xdp_ingress_tests::agent::{self, AgentProcess};
 
@@ -354,5 +356,145 @@ async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<
     let reply = get(&client, http, "web.example", "/").await?;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
     assert!(agent.is_running()?);
+    Ok(())
+}
+
+/// `validate` on a directory with a YAML syntax error and an Ingress with a bad field: exit
+/// status 1, one `error:` line per problem (reading first, then translating) naming the file, the document, the object and the
+/// field; on a good directory (deploy/examples): exit status 0 and the plan on stdout.
+#[test]
+fn validate_exit_status_and_messages() -> Result<()> {
+    let manifests = good_manifests(unused_addr())?;
+    std::fs::write(
+        manifests.path().join("syntax.yaml"),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: s\n  namespace: [unclosed\n",
+    )?;
+    std::fs::write(
+        manifests.path().join("bad.yaml"),
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: bad, namespace: \
+             shop}}\nspec:\n  ingressClassName: {OUR_CLASS}\n  rules:\n  - host: a.example\n    http:\n      paths:\n      - path: /x\n        \
+         pathType: Sometimes\n        backend: {{service: {{name: web, port: {{number: 80}}}}}}\n"
+        ),
+    )?;
+    let output = Command::new(agent::binary()?)
+        .args(["validate", "--manifests"])
+        .arg(manifests.path())
+        .env("RUST_BACKTRACE", "0")
+        .output()?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("error: "))
+        .collect();
+    let dir = manifests.path().display();
+    assert_eq!(
+        errors,
+        [
+            format!(
+                "error: {dir}/syntax.yaml (document 1): YAML syntax: did not find expected ',' \
+                 or '}}' at line 4 column 12, while parsing a flow mapping at line 3 column 11"
+            )
+            .as_str(),
+            format!(
+                "error: {dir}/bad.yaml (document 1): Ingress shop/bad: field \
+                 spec.rules[0].http.paths[0].pathType: unknown path type \"Sometimes\" (Exact, \
+                 Prefix or ImplementationSpecific)"
+            )
+            .as_str(),
+        ],
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 problem(s) in"), "{stderr}");
+
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
+    let output = Command::new(agent::binary()?)
+        .args(["validate", "--manifests"])
+        .arg(&examples)
+        .output()?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("Ingress(es) ours"), "{stdout}");
+    Ok(())
+}
+
+/// Twenty Ingress files written in one burst become one sync (with a debounce long enough that
+/// a loaded machine's pauses between the writes stay inside it): the agent logs exactly three
+/// syncs, the first, the burst's and a later marker's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_is_applied_as_one_sync() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = good_manifests(web.addr)?;
+    let mut agent = AgentProcess::start_l7(
+        &agent::binary()?,
+        manifests.path(),
+        &["--debounce-ms", "300", "--debounce-max-ms", "5000"],
+    )?;
+    let http = agent
+        .wait_l7_listening(Duration::from_secs(30))?
+        .http
+        .context("no HTTP listener")?;
+    let syncs = |agent: &AgentProcess| {
+        agent
+            .output()
+            .iter()
+            .filter(|line| line.contains(" synced"))
+            .count()
+    };
+    assert_eq!(syncs(&agent), 1, "{}", agent.output().join("\n"));
+    let client = pooled();
+    let served = |host: String| {
+        let client = &client;
+        async move {
+            let reply = get(client, http, &host, "/").await?;
+            proxy::ensure(reply.status == StatusCode::OK, || {
+                format!("{host}: {} {:?}", reply.status, reply.text())
+            })
+        }
+    };
+    for i in 0..20 {
+        let name = format!("burst-{i}");
+        let host = format!("{name}.example");
+        manifests.write(
+            &format!("{name}.yaml"),
+            &[ingress(
+                &name,
+                &[rule(Some(&host), &[("/", "Prefix", "web")])],
+            )],
+        )?;
+    }
+    eventually("every Ingress of the burst is served", || async {
+        for i in 0..20 {
+            served(format!("burst-{i}.example")).await?;
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| agent.output().join("\n"))?;
+    // A later change, so that a sync the burst would have caused late is counted too.
+    manifests.write(
+        "marker.yaml",
+        &[ingress(
+            "marker",
+            &[rule(Some("marker.example"), &[("/", "Prefix", "web")])],
+        )],
+    )?;
+    eventually("the marker is served", || {
+        served("marker.example".to_string())
+    })
+    .await
+    .with_context(|| agent.output().join("\n"))?;
+    assert_eq!(
+        syncs(&agent),
+        3,
+        "the first sync, one for the burst, one for the marker:\n{}",
+        agent.output().join("\n")
+    );
+    agent.terminate(Duration::from_secs(20))?;
     Ok(())
 }
