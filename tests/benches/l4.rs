@@ -754,13 +754,16 @@ fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
         )) {
             bail!("unexpected first sync: {programmed}");
         }
-        let elapsed = line
-            .split("elapsed_ms=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|ms| ms.parse::<f64>().ok())
-            .context("elapsed_ms in the sync line")?;
-        reload_ms.push(elapsed);
+        // Like with like: nft and iptables-restore are timed parsing their rules too, so ours is
+        // reading and parsing the files (read_ms) plus translating and writing (elapsed_ms).
+        let field = |name: &str| {
+            line.split(&format!("{name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|ms| ms.parse::<f64>().ok())
+                .with_context(|| format!("{name} in the sync line {line:?}"))
+        };
+        reload_ms.push(field("read_ms")? + field("elapsed_ms")?);
         memory = map_memory()?;
         memory_total = memory.values().sum();
         drop(agent);
@@ -771,7 +774,7 @@ fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
         "| measure | value | target |".into(),
         "| --- | ---: | --- |".into(),
         format!("| agent start → all Services in the maps (process start, BPF load, YAML parse, translate, maps) | {:.2} s | < 2 s |", median(&mut start_to_synced)),
-        format!("| of which read files + translate + write maps (agent's own figure) | {:.0} ms | |", median(&mut reload_ms)),
+        format!("| of which read and parse the files, translate, write the maps (the agent's read_ms + elapsed_ms) | {:.0} ms | |", median(&mut reload_ms)),
         format!("| kernel memory of all maps (bpftool bytes_memlock) | {:.1} MiB | < 100 MiB |", memory_total as f64 / 1048576.0),
         String::new(),
         "Map memory: ".to_string() + &memory.iter().map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", "),
@@ -790,12 +793,12 @@ fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
     }
     let ours = median(&mut reload_ms) / 1e3;
     let (nft_s, ipt_s) = (median(&mut nft_times), median(&mut ipt_times));
-    lines.push("Rule sync of the same 10,000 Services, from nothing (kube-proxy-style rulesets, loaded with one command):".into());
+    lines.push("Rule sync of the same 10,000 Services, from nothing (kube-proxy-style rulesets, loaded with one command). Like with like: each figure includes parsing its input (ours: the YAML manifests; nft and iptables-restore: their rule text, timed wall-clock around the command):".into());
     lines.push(String::new());
     lines.push("| mode | sync time | × ours |".into());
     lines.push("| --- | ---: | ---: |".into());
     lines.push(format!(
-        "| ours (files → maps) | {:.0} ms | 1.0 |",
+        "| ours (read + parse YAML, translate, write maps) | {:.0} ms | 1.0 |",
         ours * 1e3
     ));
     lines.push(format!(
