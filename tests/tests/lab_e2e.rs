@@ -193,6 +193,30 @@ impl Scenario {
         Ok(true)
     }
 
+    /// How many syncs the agent has logged so far.
+    fn syncs(&mut self) -> Result<usize> {
+        Ok(self
+            .agent()?
+            .output()
+            .iter()
+            .filter(|line| line.contains(" synced"))
+            .count())
+    }
+
+    /// Waits (10 s at most) until the agent has logged more than `before` syncs; returns the
+    /// time since `since`.
+    fn wait_for_sync(&mut self, before: usize, since: std::time::Instant) -> Result<Duration> {
+        let deadline = since + Duration::from_secs(10);
+        while self.syncs()? <= before {
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "no sync within 10 s of the change"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(since.elapsed())
+    }
+
     fn agent(&mut self) -> Result<&mut AgentProcess> {
         self.agent.as_mut().context("the agent is not running")
     }
@@ -319,17 +343,25 @@ fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
         .filter(|b| b.name != removed)
         .map(|b| b.addr)
         .collect();
+    // The promise under test: within a second of the change, no new flow reaches it. Waited
+    // for as an event (the agent's sync), and the bound checked on what was measured.
+    let before = scenario.syncs()?;
+    let written = std::time::Instant::now();
     scenario
         .manifests
         .write("slice.yaml", &slice_yaml(&remaining))?;
-    // The promise under test: within a second of the change, no new flow reaches it.
-    std::thread::sleep(Duration::from_secs(1));
+    let took = scenario.wait_for_sync(before, written)?;
+    ensure!(
+        took < Duration::from_secs(1),
+        "the agent applied the removal of {removed} {took:?} after the change"
+    );
     let kept: Vec<String> = names.iter().filter(|n| **n != removed).cloned().collect();
     let counts = scenario.tcp_spread(150)?;
-    println!("after removing {removed}: {counts:?}");
+    println!("after removing {removed} (applied in {took:?}): {counts:?}");
     ensure!(
         !counts.contains_key(&removed),
-        "new connections still reach {removed} a second after it left the slice: {counts:?}"
+        "new connections still reach {removed} after the sync that removed it ({took:?} after \
+         the change): {counts:?}"
     );
     assert_fair(&counts, &kept)?;
     for connection in held.iter_mut().filter(|c| c.greeting() != removed) {
@@ -365,12 +397,18 @@ fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
     scenario.manifests.remove("broken.yaml")?;
 
     // Without its Service the VIP is no longer forwarded.
+    let before = scenario.syncs()?;
+    let written = std::time::Instant::now();
     scenario.manifests.remove("service.yaml")?;
-    std::thread::sleep(Duration::from_secs(1));
+    let took = scenario.wait_for_sync(before, written)?;
+    ensure!(
+        took < Duration::from_secs(1),
+        "the agent applied the Service's removal {took:?} after it"
+    );
     for _ in 0..5 {
         ensure!(
             !scenario.vip_answers_tcp()?,
-            "the VIP still answers a second after its Service was removed"
+            "the VIP still answers after the sync that removed its Service ({took:?} after it)"
         );
     }
 
