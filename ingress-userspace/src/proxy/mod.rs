@@ -7,6 +7,7 @@
 //! - [`upstream`]: endpoints, their keep-alive pools and passive health, balancing.
 //! - [`tls`]: certificates by SNI, swapped on reload.
 //! - [`headers`]: hop-by-hop and forwarding header rules.
+//! - [`lifetime`]: send, HTTP/2 idle and first-request timeouts; the per-listener connection cap.
 //! - [`parking`]: quiet plain HTTP/1.1 connections, each a descriptor in one epoll set.
 //! - [`access_log`]: the optional per-request log, written off the request path.
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
@@ -14,6 +15,7 @@
 pub mod access_log;
 pub mod head_guard;
 pub mod headers;
+pub mod lifetime;
 pub mod metrics;
 pub mod parking;
 pub mod router;
