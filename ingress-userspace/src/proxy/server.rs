@@ -1016,6 +1016,12 @@ async fn handle(
     // The request's own reference: the request ends (for parking, or as an HTTP/2 stream) when
     // the body is dropped.
     let body = response.body_mut();
+    if !http1 && !body.is_end_stream() {
+        // hyper asks an HTTP/2 body for data only when the client's window has room: until it
+        // asks, the response waits for the client (with a window of 0, for ever).
+        connection.life.h2_handed_data();
+        body.h2_waiting = true;
+    }
     body.http2 = !http1;
     body.connection = Some(connection);
     Ok(response)
