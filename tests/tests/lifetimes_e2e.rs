@@ -15,8 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, ensure as check, Context as _, Result};
 use proxy::{
     backends::Backend,
-    clients,
-    eventually,
+    clients, eventually,
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
 };
@@ -295,10 +294,7 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
             binary.display()
         ),
     )?;
-    std::fs::set_permissions(
-        &script,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let mut agent = AgentProcess::start_l7(
         &script,
         manifests.path(),

@@ -63,7 +63,11 @@ impl<T> SendTimeout<T> {
 
     /// Called with the inner stream's answer: progress disarms the timer, a stall arms it (once)
     /// and fails when it runs out.
-    fn watch<R>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
+    fn watch<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
         if polled.is_ready() {
             self.armed = false;
             return polled;
@@ -79,7 +83,10 @@ impl<T> SendTimeout<T> {
         if let Some(deadline) = &mut self.deadline {
             if deadline.as_mut().poll(cx).is_ready() {
                 self.armed = false;
-                self.counters.client_timeouts.send.fetch_add(1, Ordering::Relaxed);
+                self.counters
+                    .client_timeouts
+                    .send
+                    .fetch_add(1, Ordering::Relaxed);
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
                     "the client read nothing within --client-send-timeout",
@@ -438,8 +445,7 @@ mod tests {
             .await
             .expect("the older idle connection is picked");
         assert!(!old.is_idle());
-        let young_picked =
-            tokio::time::timeout(Duration::from_millis(50), young.picked()).await;
+        let young_picked = tokio::time::timeout(Duration::from_millis(50), young.picked()).await;
         assert!(young_picked.is_err(), "one request sheds one connection");
         // A busy connection leaves the queue and is not picked.
         young.set_idle(false);

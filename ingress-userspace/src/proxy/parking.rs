@@ -283,7 +283,14 @@ mod tests {
         let (mut client, server, peer) = pair().await?;
         lot.park(server, peer, 8080, 3, Duration::from_secs(60), slot())?;
         let (mut quiet_client, quiet_server, quiet_peer) = pair().await?;
-        lot.park(quiet_server, quiet_peer, 8080, 1, Duration::from_secs(60), slot())?;
+        lot.park(
+            quiet_server,
+            quiet_peer,
+            8080,
+            1,
+            Duration::from_secs(60),
+            slot(),
+        )?;
         assert_eq!(lot.len(), 2);
 
         client.write_all(b"GET").await?;
@@ -331,9 +338,19 @@ mod tests {
         let (mut old_client, old, old_peer) = pair().await?;
         let (_young_client, young, young_peer) = pair().await?;
         lot.park(old, old_peer, 81, 1, Duration::from_secs(30), slots.take())?;
-        lot.park(young, young_peer, 81, 1, Duration::from_secs(40), slots.take())?;
+        lot.park(
+            young,
+            young_peer,
+            81,
+            1,
+            Duration::from_secs(40),
+            slots.take(),
+        )?;
         assert!(slots.full());
-        assert!(!lot.close_oldest(Some(82)), "nothing parked from that listener");
+        assert!(
+            !lot.close_oldest(Some(82)),
+            "nothing parked from that listener"
+        );
         assert!(lot.close_oldest(Some(81)));
         assert!(read_eof(&mut old_client).await?, "the oldest one is closed");
         assert!(!slots.full());

@@ -46,7 +46,8 @@ use super::{
     router::{EndpointRegistry, Router},
     tls::{CertBook, CertExpiry, CertProblem, TlsError},
     upstream::{
-        Backend, BodyTimeout, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody,
+        Backend, BodyTimeout, BodyTooLarge, Endpoint, Outstanding, Sender, UpstreamBody,
+        UpstreamResponseBody,
     },
 };
 
@@ -447,7 +448,12 @@ fn connection_context(
 
 // Plain and TLS connections are separate tasks: an idle plain connection's task then does not
 // carry room for a TLS session in its future.
-async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
+async fn serve_plain(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
     let _ = stream.set_nodelay(true);
     let (info, smuggling) = connection_context(peer, slot.listener().port, false);
     serve_http(shared, stream, info, smuggling, 0, slot).await;
@@ -1128,7 +1134,10 @@ async fn proxy_request(
         .cloned()
         .map_or_else(|| Uri::from_static("/"), Uri::from);
     parts.version = Version::HTTP_11;
-    let mut upstream_request = Request::from_parts(parts, UpstreamBody::new(body, limit, settings.client_body_timeout));
+    let mut upstream_request = Request::from_parts(
+        parts,
+        UpstreamBody::new(body, limit, settings.client_body_timeout),
+    );
 
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut last_error = String::new();

@@ -80,7 +80,10 @@ impl UpstreamBody {
     /// Nothing came: starts the timer on the first wait, fails when it runs out. The timer
     /// only runs from a wait to the next frame, so an upstream that reads slowly (and so asks
     /// for the body late) never counts against the client.
-    fn wait_for_client(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn wait_for_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if !self.waiting {
             self.waiting = true;
             let Some(at) = tokio::time::Instant::now().checked_add(self.timeout) else {
