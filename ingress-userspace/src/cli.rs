@@ -176,10 +176,24 @@ pub struct RunArgs {
     /// it has started (slowloris protection).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub client_header_timeout: Duration,
-    /// An idle HTTP/1.1 keep-alive client connection is closed after this (also on the admin
-    /// and metrics listeners, with `--client-header-timeout`).
+    /// An idle HTTP/1.1 keep-alive client connection, or an HTTP/2 one without streams
+    /// (GOAWAY first), is closed after this (also on the admin and metrics listeners, with
+    /// `--client-header-timeout`).
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub client_idle_timeout: Duration,
+    /// A client that reads nothing of its response for this long is disconnected, and its
+    /// upstream connection closed (nginx `send_timeout`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub client_send_timeout: Duration,
+    /// A request body that brings nothing for this long while the proxy waits for it ends the
+    /// request with 408 (nginx `client_body_timeout`).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub client_body_timeout: Duration,
+    /// Client connections per proxy listener, idle and parked ones included; at the cap the
+    /// connection idle longest is closed for a new one, else the new one is refused. Default:
+    /// (open-file limit - 64) / 2, split over the listeners, at least 16.
+    #[arg(long)]
+    pub max_connections: Option<usize>,
 
     /// Largest request head in bytes (larger: 431).
     #[arg(long, default_value_t = 32 * 1024)]

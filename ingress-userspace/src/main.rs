@@ -40,6 +40,15 @@ fn main() -> Result<()> {
         Command::Inspect(args) => inspect::run(&args),
         Command::Cleanup(args) => cleanup(&args),
         Command::Run(args) => {
+            // Every client and upstream connection is a descriptor; the soft limit (often
+            // 1,024) would run out long before the hard one.
+            match xdp_ingress::proxy::lifetime::raise_nofile_limit() {
+                Ok((before, after)) if before != after => {
+                    tracing::info!(before, after, "raised the open-file limit (RLIMIT_NOFILE)");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+            }
             // One worker: a current-thread runtime, which spares every wake-up the cross-thread
             // hand-off of the work-stealing scheduler (a proxy pinned to one core, an edge box).
             let mut runtime = match args.workers {

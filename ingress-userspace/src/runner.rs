@@ -289,6 +289,16 @@ impl Runner {
             upstream_idle_timeout: args.upstream_idle_timeout,
             client_header_timeout: args.client_header_timeout,
             client_idle_timeout: args.client_idle_timeout,
+            client_send_timeout: args.client_send_timeout,
+            client_body_timeout: args.client_body_timeout,
+            max_connections: args.max_connections.unwrap_or_else(|| {
+                let listeners = usize::from(args.http_listen.0.is_some())
+                    + usize::from(args.https_listen.0.is_some());
+                // Read after main raised the soft limit to the hard one.
+                crate::proxy::lifetime::nofile_limit().map_or(usize::MAX, |nofile| {
+                    crate::proxy::lifetime::default_max_connections(nofile, listeners)
+                })
+            }),
             max_header_bytes: args.max_header_bytes,
             max_body_bytes: args.max_body_bytes,
             access_log: args.access_log,
@@ -300,6 +310,10 @@ impl Runner {
                 .map(|protocol| protocol.to_ascii_lowercase())
                 .collect(),
         };
+        tracing::info!(
+            max_connections = settings.max_connections,
+            "proxy: client connections per listener"
+        );
         let mut proxy_collector = None;
         let l7 = if settings.http_listen.is_none() && settings.https_listen.is_none() {
             None

@@ -167,6 +167,26 @@ pub struct ProxyCounters {
     pub tls_handshake_failures: AtomicU64,
     /// HTTP/1.1 connections parked after being quiet (their hyper buffers released).
     pub parked: AtomicU64,
+    /// Client connections closed or requests ended by a client timeout, by kind.
+    pub client_timeouts: ClientTimeouts,
+    /// Idle connections closed to make room at `--max-connections` or when out of descriptors.
+    pub shed_idle: AtomicU64,
+    /// New connections closed at once: the listener was full and no connection was idle.
+    pub refused: AtomicU64,
+}
+
+/// Client timeouts by kind (`xdp_ingress_client_timeouts_total{kind}`).
+#[derive(Debug, Default)]
+pub struct ClientTimeouts {
+    /// A write to the client made no progress for `--client-send-timeout`, or HTTP/2 responses
+    /// waited that long for the client's flow-control window.
+    pub send: AtomicU64,
+    /// A request body made no progress for `--client-body-timeout` (408).
+    pub body: AtomicU64,
+    /// An HTTP/2 connection had no stream for `--client-idle-timeout` (GOAWAY).
+    pub idle_h2: AtomicU64,
+    /// A connection sent no complete request within `--client-header-timeout` of its start.
+    pub first_request: AtomicU64,
 }
 
 /// What the proxy collector reads at scrape time.
@@ -300,6 +320,42 @@ pub fn encode(scrape: &ProxyScrape<'_>, encoder: &mut DescriptorEncoder) -> std:
         &scrape.counters.parked.load(Ordering::Relaxed),
         None,
     )?;
+
+    let timeouts = &scrape.counters.client_timeouts;
+    let mut family = encoder.encode_descriptor(
+        "xdp_ingress_client_timeouts",
+        "Client connections closed, or requests ended, by a client timeout: send (the client \
+         did not read), body (request body too slow: 408), idle_h2 (HTTP/2 without streams: \
+         GOAWAY), first_request (no request within the header timeout of the connection's start)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (kind, counter) in [
+        ("send", &timeouts.send),
+        ("body", &timeouts.body),
+        ("idle_h2", &timeouts.idle_h2),
+        ("first_request", &timeouts.first_request),
+    ] {
+        family
+            .encode_family(&[("kind", kind)])?
+            .encode_counter::<NoLabelSet, _, u64>(&counter.load(Ordering::Relaxed), None)?;
+    }
+
+    let mut family = encoder.encode_descriptor(
+        "xdp_ingress_connections_shed",
+        "Client connections closed for room: idle (an idle connection closed for a new one at \
+         --max-connections or out of descriptors), refused (a new one closed: full, none idle)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (action, counter) in [
+        ("idle", &scrape.counters.shed_idle),
+        ("refused", &scrape.counters.refused),
+    ] {
+        family
+            .encode_family(&[("action", action)])?
+            .encode_counter::<NoLabelSet, _, u64>(&counter.load(Ordering::Relaxed), None)?;
+    }
 
     let mut family = encoder.encode_descriptor(
         "xdp_ingress_ssl_expire_time_seconds",

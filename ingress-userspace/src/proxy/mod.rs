@@ -8,6 +8,7 @@
 //! - [`tls`]: certificates by SNI, swapped on reload.
 //! - [`headers`]: hop-by-hop and forwarding header rules.
 //! - [`path`]: the request path, normalised once for routing and for the endpoint.
+//! - [`lifetime`]: send, HTTP/2 idle and first-request timeouts; the per-listener connection cap.
 //! - [`parking`]: quiet plain HTTP/1.1 connections, each a descriptor in one epoll set.
 //! - [`access_log`]: the optional per-request log, written off the request path.
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
@@ -15,6 +16,7 @@
 pub mod access_log;
 pub mod head_guard;
 pub mod headers;
+pub mod lifetime;
 pub mod metrics;
 pub mod parking;
 pub mod path;

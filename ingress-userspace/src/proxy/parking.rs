@@ -18,6 +18,8 @@ use std::{
 };
 
 use slab::Slab;
+
+use super::lifetime::ConnectionSlot;
 use tokio::io::{unix::AsyncFd, Interest};
 
 /// A connection waiting in the lot.
@@ -31,6 +33,8 @@ pub struct Parked {
     pub port: u16,
     /// Requests the connection has carried so far.
     pub requests_seen: u64,
+    /// Its place on its listener (counted against `--max-connections` while parked too).
+    pub slot: ConnectionSlot,
     closes_at: Instant,
     serial: u32,
 }
@@ -86,6 +90,7 @@ impl ParkingLot {
         port: u16,
         requests_seen: u64,
         idle_left: Duration,
+        slot: ConnectionSlot,
     ) -> io::Result<()> {
         let stream = stream.into_std()?;
         let mut lot = self.lock();
@@ -116,6 +121,7 @@ impl ParkingLot {
             peer,
             port,
             requests_seen,
+            slot,
             closes_at: Instant::now() + idle_left,
             serial,
         });
@@ -139,6 +145,27 @@ impl ParkingLot {
         // Dropping a stream closes its descriptor, which leaves the epoll set by itself.
         lot.parked.retain(|_, parked| parked.closes_at > now);
         before - lot.parked.len()
+    }
+
+    /// Closes the connection of listener `port` (any listener: `None`) closest to its idle
+    /// timeout, i.e. the one quiet longest (to make room for a new connection); `false` when
+    /// none is parked there. A scan: it runs only when a listener is full.
+    pub fn close_oldest(&self, port: Option<u16>) -> bool {
+        let mut lot = self.lock();
+        let oldest = lot
+            .parked
+            .iter()
+            .filter(|(_, parked)| port.is_none_or(|port| parked.port == port))
+            .min_by_key(|(_, parked)| parked.closes_at)
+            .map(|(key, _)| key);
+        match oldest {
+            Some(key) => {
+                // Dropping the stream closes it, and it leaves the epoll set by itself.
+                lot.parked.remove(key);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Closes every parked connection, and every one parked later (the drain).
@@ -231,6 +258,10 @@ mod tests {
 
     use super::*;
 
+    fn slot() -> ConnectionSlot {
+        super::super::lifetime::ListenerSlots::new(80, 100).take()
+    }
+
     /// A connected pair on loopback: (client, server side).
     async fn pair() -> io::Result<(TcpStream, TcpStream, SocketAddr)> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -250,9 +281,16 @@ mod tests {
         let lot = ParkingLot::new()?;
         let watch = lot.watch()?;
         let (mut client, server, peer) = pair().await?;
-        lot.park(server, peer, 8080, 3, Duration::from_secs(60))?;
+        lot.park(server, peer, 8080, 3, Duration::from_secs(60), slot())?;
         let (mut quiet_client, quiet_server, quiet_peer) = pair().await?;
-        lot.park(quiet_server, quiet_peer, 8080, 1, Duration::from_secs(60))?;
+        lot.park(
+            quiet_server,
+            quiet_peer,
+            8080,
+            1,
+            Duration::from_secs(60),
+            slot(),
+        )?;
         assert_eq!(lot.len(), 2);
 
         client.write_all(b"GET").await?;
@@ -286,8 +324,8 @@ mod tests {
         let lot = ParkingLot::new()?;
         let (mut short_client, short, short_peer) = pair().await?;
         let (mut long_client, long, long_peer) = pair().await?;
-        lot.park(short, short_peer, 80, 1, Duration::ZERO)?;
-        lot.park(long, long_peer, 80, 1, Duration::from_secs(60))?;
+        lot.park(short, short_peer, 80, 1, Duration::ZERO, slot())?;
+        lot.park(long, long_peer, 80, 1, Duration::from_secs(60), slot())?;
         assert_eq!(
             lot.close_expired(Instant::now() + Duration::from_millis(1)),
             1
@@ -295,11 +333,35 @@ mod tests {
         assert!(read_eof(&mut short_client).await?, "expired: FIN");
         assert_eq!(lot.len(), 1);
 
+        // The oldest parked connection makes room; the slot it held is free again.
+        let slots = super::super::lifetime::ListenerSlots::new(81, 2);
+        let (mut old_client, old, old_peer) = pair().await?;
+        let (_young_client, young, young_peer) = pair().await?;
+        lot.park(old, old_peer, 81, 1, Duration::from_secs(30), slots.take())?;
+        lot.park(
+            young,
+            young_peer,
+            81,
+            1,
+            Duration::from_secs(40),
+            slots.take(),
+        )?;
+        assert!(slots.full());
+        assert!(
+            !lot.close_oldest(Some(82)),
+            "nothing parked from that listener"
+        );
+        assert!(lot.close_oldest(Some(81)));
+        assert!(read_eof(&mut old_client).await?, "the oldest one is closed");
+        assert!(!slots.full());
+        assert!(lot.close_oldest(None));
+        assert_eq!(lot.len(), 1);
+
         assert_eq!(lot.close_all(), 1);
         assert!(read_eof(&mut long_client).await?, "drained: FIN");
         // Parked after the drain: closed at once.
         let (mut late_client, late, late_peer) = pair().await?;
-        lot.park(late, late_peer, 80, 1, Duration::from_secs(60))?;
+        lot.park(late, late_peer, 80, 1, Duration::from_secs(60), slot())?;
         assert!(lot.is_empty());
         assert!(
             read_eof(&mut late_client).await?,

@@ -41,16 +41,17 @@ use crate::translate::l7::{BackendId, L7Plan};
 
 use super::{
     access_log::{AccessLog, AccessRecord},
-    head_guard::{Handoff, HeadGuard, HeadVerdicts},
+    head_guard::{clock_ms, Handoff, HeadGuard, HeadVerdicts},
     headers::{self, ConnectionHeaders, RequestIds},
+    lifetime::{ConnectionLife, ConnectionSlot, ListenerSlots, SendTimeout, SheddingTicket},
     metrics::{self, ProxyCounters, ProxyScrape, RequestMetrics},
     parking::{Parked, ParkingLot},
     path,
     router::{EndpointRegistry, Router},
     tls::{CertBook, CertExpiry, CertProblem, TlsError},
     upstream::{
-        Backend, BodyTooLarge, ClientBodyError, Endpoint, Outstanding, Sender, UpstreamBody,
-        UpstreamResponseBody,
+        Backend, BodyTimeout, BodyTooLarge, ClientBodyError, Endpoint, Outstanding, Sender,
+        UpstreamBody, UpstreamResponseBody,
     },
 };
 
@@ -75,8 +76,18 @@ pub struct ProxySettings {
     /// A client must send a complete request head (and finish a TLS handshake) within this,
     /// once it has started one.
     pub client_header_timeout: Duration,
-    /// An HTTP/1.1 keep-alive connection waiting for its next request is closed after this.
+    /// An HTTP/1.1 keep-alive connection waiting for its next request, or an HTTP/2 connection
+    /// without a stream, is closed after this (HTTP/2: GOAWAY first).
     pub client_idle_timeout: Duration,
+    /// A write to the client that makes no progress for this closes the connection (and so its
+    /// upstream connections); also HTTP/2 responses waiting this long for the client's window.
+    pub client_send_timeout: Duration,
+    /// A request body that brings no bytes for this while the proxy waits for it ends the
+    /// request (408 when the endpoint has not answered yet).
+    pub client_body_timeout: Duration,
+    /// Connections per listener (parked ones included); at the cap, the idle connection that
+    /// waited longest is closed for a new one, else the new one is refused.
+    pub max_connections: usize,
     /// Largest request head, in bytes; larger gets 431.
     pub max_header_bytes: usize,
     /// Largest request body, in bytes; larger gets 413. `None`: unlimited.
@@ -101,6 +112,9 @@ impl Default for ProxySettings {
             upstream_idle_timeout: Duration::from_secs(30),
             client_header_timeout: Duration::from_secs(10),
             client_idle_timeout: Duration::from_secs(60),
+            client_send_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
             max_header_bytes: 32 * 1024,
             max_body_bytes: None,
             access_log: false,
@@ -154,8 +168,8 @@ struct Shared {
     tls: tokio_rustls::TlsAcceptor,
     /// Sent once on drain; every listener and connection holds a receiver.
     drain: tokio::sync::watch::Sender<()>,
-    /// Counters that belong to no backend.
-    counters: ProxyCounters,
+    /// Counters that belong to no backend (shared with every connection's send timer).
+    counters: Arc<ProxyCounters>,
     /// Where quiet plain connections wait (`None`: no epoll set could be made; then they wait in
     /// their tasks, as TLS connections do).
     parking: Option<ParkingLot>,
@@ -191,6 +205,10 @@ impl Proxy {
             .max_buf_size(settings.max_header_bytes.max(8192));
         http.http2()
             .timer(TokioTimer::new())
+            // PINGs find dead peers of connections that wait (for an endpoint, say) without
+            // writing, where the send timeout cannot see them.
+            .keep_alive_interval(settings.client_idle_timeout.max(Duration::from_secs(2)) / 2)
+            .keep_alive_timeout(settings.client_header_timeout)
             .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX));
         let access_log = if settings.access_log {
             Some(AccessLog::start(Box::new(std::io::stdout())).map_err(ProxyError::AccessLog)?)
@@ -206,7 +224,7 @@ impl Proxy {
                 http,
                 tls: tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
                 drain: tokio::sync::watch::channel(()).0,
-                counters: ProxyCounters::default(),
+                counters: Arc::default(),
                 parking: match ParkingLot::new() {
                     Ok(lot) => Some(lot),
                     Err(error) => {
@@ -259,15 +277,18 @@ impl Proxy {
                 .map_err(|source| ProxyError::Bind { addr, source })
         };
         let mut bound = BoundListeners::default();
+        let max = self.shared.settings.max_connections;
         if let Some(addr) = self.shared.settings.http_listen {
             let listener = bind(addr).await?;
             bound.http = listener.local_addr().ok();
-            tokio::spawn(accept_loop(self.shared.clone(), listener, false));
+            let slots = ListenerSlots::new(bound.http.map_or(0, |a| a.port()), max);
+            tokio::spawn(accept_loop(self.shared.clone(), listener, false, slots));
         }
         if let Some(addr) = self.shared.settings.https_listen {
             let listener = bind(addr).await?;
             bound.https = listener.local_addr().ok();
-            tokio::spawn(accept_loop(self.shared.clone(), listener, true));
+            let slots = ListenerSlots::new(bound.https.map_or(0, |a| a.port()), max);
+            tokio::spawn(accept_loop(self.shared.clone(), listener, true, slots));
         }
         tokio::spawn(return_parked_memory(self.shared.clone()));
         tokio::spawn(run_parking_lot(self.shared.clone()));
@@ -342,29 +363,71 @@ pub struct BoundListeners {
     pub https: Option<SocketAddr>,
 }
 
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: bool) {
-    let port = listener.local_addr().map_or(0, |a| a.port());
+/// Longest pause between accepts that keep failing.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: bool,
+    slots: Arc<ListenerSlots>,
+) {
+    let port = slots.port;
     let mut draining = shared.drain.subscribe();
+    let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             // Draining: stop accepting; the listener closes when this returns.
             _ = draining.changed() => return,
         };
-        match accepted {
-            Ok((stream, peer)) if tls => {
-                tokio::spawn(serve_tls(shared.clone(), stream, peer, port));
-            }
-            Ok((stream, peer)) => {
-                tokio::spawn(serve_plain(shared.clone(), stream, peer, port));
-            }
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
-                // Out of file descriptors and the like: back off instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of descriptors: the pending connection stays in the backlog, so retrying
+                // at once would spin. Close an idle connection (its descriptor is the room the
+                // next accept needs) and back off, longer while it keeps failing.
+                let out_of_fds = matches!(error.raw_os_error(), Some(libc::EMFILE | libc::ENFILE));
+                if out_of_fds {
+                    make_room(&shared, &slots, None);
+                }
+                if backoff.is_zero() {
+                    tracing::warn!(%error, port, "accept failed; backing off");
+                }
+                backoff = (backoff * 2).clamp(Duration::from_millis(10), ACCEPT_BACKOFF_MAX);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = draining.changed() => return,
+                }
+                continue;
             }
+        };
+        backoff = Duration::ZERO;
+        if slots.full() && !make_room(&shared, &slots, Some(port)) {
+            // Full and nothing idle: the newcomer goes (closing it at once costs the least).
+            shared.counters.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let slot = slots.take();
+        if tls {
+            tokio::spawn(serve_tls(shared.clone(), stream, peer, slot));
+        } else {
+            tokio::spawn(serve_plain(shared.clone(), stream, peer, slot));
         }
     }
+}
+
+/// Closes the idle connection that has waited longest: a parked one (on listener `port`; any
+/// with `None`), else one idle in its task (which closes itself when told). `false`: none idle.
+fn make_room(shared: &Shared, slots: &ListenerSlots, port: Option<u16>) -> bool {
+    if let Some(lot) = &shared.parking {
+        if lot.close_oldest(port) {
+            shared.counters.shed_idle.fetch_add(1, Ordering::Relaxed);
+            return true;
+        }
+    }
+    // Counted by the connection as it goes.
+    slots.shed_one_waiting()
 }
 
 /// What a connection's requests need to know about it.
@@ -374,6 +437,8 @@ struct ConnectionInfo {
     port: u16,
     headers: ConnectionHeaders,
     smuggling: Arc<HeadVerdicts>,
+    /// What its requests report for its idle, stall and first-request limits.
+    life: ConnectionLife,
 }
 
 /// What every connection starts with: its per-request context and the smuggling verdicts its
@@ -389,16 +454,22 @@ fn connection_context(
         port,
         headers: ConnectionHeaders::new(peer.ip(), tls, port),
         smuggling: smuggling.clone(),
+        life: ConnectionLife::default(),
     });
     (info, smuggling)
 }
 
 // Plain and TLS connections are separate tasks: an idle plain connection's task then does not
 // carry room for a TLS session in its future.
-async fn serve_plain(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
+async fn serve_plain(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: ConnectionSlot,
+) {
     let _ = stream.set_nodelay(true);
-    let (info, smuggling) = connection_context(peer, port, false);
-    serve_http(shared, stream, info, smuggling, 0).await;
+    let (info, smuggling) = connection_context(peer, slot.listener().port, false);
+    serve_http(shared, stream, info, smuggling, 0, slot).await;
 }
 
 /// Takes connections out of the parking lot when their clients send again (each gets a new
@@ -448,12 +519,20 @@ async fn resume_parked(shared: Arc<Shared>, parked: Parked) {
         return;
     };
     let (info, smuggling) = connection_context(parked.peer, parked.port, false);
-    serve_http(shared, stream, info, smuggling, parked.requests_seen).await;
+    serve_http(
+        shared,
+        stream,
+        info,
+        smuggling,
+        parked.requests_seen,
+        parked.slot,
+    )
+    .await;
 }
 
-async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, port: u16) {
+async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     let _ = stream.set_nodelay(true);
-    let (info, smuggling) = connection_context(peer, port, true);
+    let (info, smuggling) = connection_context(peer, slot.listener().port, true);
     let settings = &shared.settings;
     let handshake = shared.tls.accept(stream);
     let counters = &shared.counters;
@@ -470,7 +549,7 @@ async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, por
             return;
         }
     };
-    serve_http(shared, stream, info, smuggling, 0).await;
+    serve_http(shared, stream, info, smuggling, 0, slot).await;
 }
 
 /// After connections were parked, hands the freed buffers back to the system: glibc's malloc
@@ -537,15 +616,20 @@ impl Parkable for tokio_rustls::server::TlsStream<TcpStream> {
 }
 
 /// HTTP over an accepted (and, for HTTPS, decrypted) stream: the head guard, then hyper; an
-/// HTTP/1.1 connection quiet for [`PARK_AFTER`] is parked until the client sends again.
+/// HTTP/1.1 connection quiet for [`PARK_AFTER`] is parked until the client sends again. `slot`
+/// is the connection's place on its listener, held for as long as the socket is open.
 async fn serve_http<S: Parkable>(
     shared: Arc<Shared>,
     mut stream: S,
     info: Arc<ConnectionInfo>,
     smuggling: Arc<HeadVerdicts>,
     mut requests_seen: u64,
+    slot: ConnectionSlot,
 ) {
     let settings = &shared.settings;
+    // A new connection must bring its first request within the header timeout, parked or not.
+    let started_ms = clock_ms();
+    let fresh = requests_seen == 0;
     // Holding the receiver is what the drain waits for.
     let mut draining = shared.drain.subscribe();
     loop {
@@ -558,6 +642,7 @@ async fn serve_http<S: Parkable>(
             stream,
             requests_seen,
             handoff,
+            &slot,
         )
         .await;
         if !parked {
@@ -573,13 +658,18 @@ async fn serve_http<S: Parkable>(
         shared.counters.parked.fetch_add(1, Ordering::Relaxed);
         // Parked: only the socket. hyper's idle timer is gone with it, so the idle timeout is
         // kept by the parking lot, or here.
-        let idle_left = settings.client_idle_timeout.saturating_sub(quiet);
+        let mut idle_left = settings.client_idle_timeout.saturating_sub(quiet);
+        if fresh && requests_seen == 0 {
+            // Never sent a request (a silent connection is parked too).
+            let age = Duration::from_millis(clock_ms().saturating_sub(started_ms));
+            idle_left = idle_left.min(settings.client_header_timeout.saturating_sub(age));
+        }
         if let Some(lot) = &shared.parking {
             match stream.into_socket() {
                 Ok(socket) => {
                     // This task ends; the lot starts a new one when the client sends.
                     if let Err(error) =
-                        lot.park(socket, info.peer, info.port, requests_seen, idle_left)
+                        lot.park(socket, info.peer, info.port, requests_seen, idle_left, slot)
                     {
                         tracing::debug!(%error, "parking failed; connection closed");
                     }
@@ -588,6 +678,8 @@ async fn serve_http<S: Parkable>(
                 Err(stateful) => stream = stateful,
             }
         }
+        let mut ticket = SheddingTicket::new(slot.listener());
+        ticket.set_idle(true);
         tokio::select! {
             readable = stream.readable() => {
                 if readable.is_err() {
@@ -596,16 +688,27 @@ async fn serve_http<S: Parkable>(
             }
             _ = tokio::time::sleep(idle_left) => return,
             _ = draining.changed() => return,
+            _ = ticket.picked() => {
+                shared.counters.shed_idle.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
     }
 }
 
-/// One hyper connection over `stream`, until it ends (the client closed, an error, the drain)
-/// or is parked (then the guard sends the stream to `handoff` and this returns true). When the
-/// proxy drains, the connection is asked to finish gracefully (HTTP/1.1: after the request in
-/// flight; HTTP/2: GOAWAY, then the open streams). A connection that cannot finish parking (a
-/// client that stopped reading while hyper still flushes) is closed after
+/// One hyper connection over `stream`, until it ends (the client closed, an error, the drain,
+/// a lifetime limit) or is parked (then the guard sends the stream to `handoff` and this returns
+/// true). When the proxy drains, the connection is asked to finish gracefully (HTTP/1.1: after
+/// the request in flight; HTTP/2: GOAWAY, then the open streams). A connection that cannot
+/// finish parking (a client that stopped reading while hyper still flushes) is closed after
 /// `--client-header-timeout`, as hyper's own timers would have closed it.
+///
+/// The same timer keeps the limits hyper has no timer for: a fresh connection's first request
+/// within `--client-header-timeout`; an HTTP/2 connection without streams for
+/// `--client-idle-timeout` gets GOAWAY; HTTP/2 responses waiting for the client's window for
+/// `--client-send-timeout` close the connection. It wakes once a [`PARK_AFTER`] while requests
+/// are in flight and at the next deadline when idle.
+#[allow(clippy::too_many_arguments)]
 async fn serve_until_parked<S: Parkable>(
     shared: &Arc<Shared>,
     info: &Arc<ConnectionInfo>,
@@ -614,15 +717,22 @@ async fn serve_until_parked<S: Parkable>(
     stream: S,
     requests_seen: u64,
     handoff: Handoff<S>,
+    slot: &ConnectionSlot,
 ) -> bool {
     let settings = &shared.settings;
-    let stream = HeadGuard::resume(
-        stream,
-        settings.max_header_bytes,
-        settings.client_header_timeout,
-        smuggling.clone(),
-        requests_seen,
-        Some(handoff),
+    let started_ms = clock_ms();
+    let fresh = requests_seen == 0;
+    let stream = SendTimeout::new(
+        HeadGuard::resume(
+            stream,
+            settings.max_header_bytes,
+            settings.client_header_timeout,
+            smuggling.clone(),
+            requests_seen,
+            Some(handoff),
+        ),
+        settings.client_send_timeout,
+        shared.counters.clone(),
     );
     let service_shared = shared.clone();
     let service_info = info.clone();
@@ -643,41 +753,94 @@ async fn serve_until_parked<S: Parkable>(
             .http
             .serve_connection_with_upgrades(TokioIo::new(stream), service),
     );
-    let mut check = Box::pin(tokio::time::sleep(PARK_AFTER));
+    let first_check = if fresh {
+        PARK_AFTER.min(settings.client_header_timeout)
+    } else {
+        PARK_AFTER
+    };
+    let mut check = Box::pin(tokio::time::sleep(first_check));
+    let mut ticket = SheddingTicket::new(slot.listener());
+    let counters = &shared.counters;
+    let life = &info.life;
     let mut parking = false;
-    let mut parkable = true;
+    let mut checking = true;
     loop {
         tokio::select! {
             _ = connection.as_mut() => return parking,
             _ = draining.changed() => break,
-            _ = check.as_mut(), if parkable => {
+            _ = ticket.picked() => {
+                let still_idle = if life.is_http2() {
+                    life.h2_streams() == 0
+                } else {
+                    !life.seen_request()
+                };
+                if still_idle {
+                    // At the listener's cap and idle longest: room for a new connection.
+                    counters.shed_idle.fetch_add(1, Ordering::Relaxed);
+                    return false;
+                }
+                // A request arrived since the last check: not idle; the next one goes.
+                ticket.pass_on();
+            }
+            _ = check.as_mut(), if checking => {
                 if parking {
                     // hyper is still flushing to a client that does not read: give up on it.
                     smuggling.set_park(false);
                     return false;
                 }
-                if smuggling.is_passthrough() {
-                    // HTTP/2 or an upgrade: never parked, no more checks.
-                    parkable = false;
-                    continue;
+                let age = Duration::from_millis(clock_ms().saturating_sub(started_ms));
+                let awaiting_first = fresh && !life.seen_request();
+                if awaiting_first && age >= settings.client_header_timeout {
+                    counters.client_timeouts.first_request.fetch_add(1, Ordering::Relaxed);
+                    return false;
                 }
-                match smuggling.quiet_for() {
-                    Some(quiet) if quiet >= PARK_AFTER => {
-                        // The guard answers hyper's next read with end-of-stream: polling the
-                        // connection again (the next turn of this loop) lets hyper see it.
-                        smuggling.set_park(true);
-                        parking = true;
-                        check
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + settings.client_header_timeout);
+                let mut next = PARK_AFTER;
+                let mut idle = awaiting_first;
+                if life.is_http2() {
+                    if life.h2_stalled_for().is_some_and(|t| t >= settings.client_send_timeout) {
+                        // The client keeps its windows shut: nothing more will get through.
+                        counters.client_timeouts.send.fetch_add(1, Ordering::Relaxed);
+                        return false;
                     }
-                    quiet => {
-                        let wait = PARK_AFTER.saturating_sub(quiet.unwrap_or_default());
-                        check
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + wait.max(PARK_AFTER / 4));
+                    match life.h2_quiet_for(started_ms) {
+                        Some(quiet) if quiet >= settings.client_idle_timeout => {
+                            counters.client_timeouts.idle_h2.fetch_add(1, Ordering::Relaxed);
+                            // GOAWAY, then close (below, as on drain).
+                            break;
+                        }
+                        Some(quiet) => {
+                            idle = true;
+                            next = settings.client_idle_timeout - quiet;
+                        }
+                        None => {}
+                    }
+                } else if smuggling.is_passthrough() {
+                    // An upgrade, or an HTTP/2 preface with no request yet: only the first
+                    // request's deadline applies (hyper's timers keep the rest).
+                    checking = awaiting_first;
+                } else {
+                    match smuggling.quiet_for() {
+                        Some(quiet) if quiet >= PARK_AFTER => {
+                            // The guard answers hyper's next read with end-of-stream: polling
+                            // the connection again (the next turn of this loop) lets hyper see
+                            // it.
+                            smuggling.set_park(true);
+                            parking = true;
+                            next = settings.client_header_timeout;
+                        }
+                        quiet => {
+                            next = PARK_AFTER
+                                .saturating_sub(quiet.unwrap_or_default())
+                                .max(PARK_AFTER / 4);
+                        }
                     }
                 }
+                if awaiting_first {
+                    checking = true;
+                    next = next.min(settings.client_header_timeout.saturating_sub(age));
+                }
+                ticket.set_idle(idle && !parking);
+                check.as_mut().reset(tokio::time::Instant::now() + next);
             }
         }
     }
@@ -695,6 +858,10 @@ pub struct ProxyBody {
     tally: Option<Tally>,
     /// The client connection the response goes to: its request ends when this body drops.
     connection: Option<Arc<ConnectionInfo>>,
+    /// An HTTP/2 response (its stream is counted in the connection's `life`).
+    http2: bool,
+    /// HTTP/2: handed hyper data and not asked for more since (waiting for the client's window).
+    h2_waiting: bool,
 }
 
 /// Where a response is counted, and what with.
@@ -714,7 +881,14 @@ enum Counted {
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(connection) = &self.connection {
-            connection.smuggling.request_done();
+            if !self.http2 {
+                connection.smuggling.request_done();
+            } else {
+                if self.h2_waiting {
+                    connection.life.h2_asked_again();
+                }
+                connection.life.h2_stream_done();
+            }
         }
         if let Some(tally) = &self.tally {
             let metrics = match &tally.counter {
@@ -740,10 +914,24 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if this.h2_waiting {
+            this.h2_waiting = false;
+            if let Some(connection) = &this.connection {
+                connection.life.h2_asked_again();
+            }
+        }
         let polled = match &mut this.kind {
             BodyKind::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             BodyKind::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
+        if this.http2 {
+            if let (Some(connection), Poll::Ready(Some(Ok(frame)))) = (&this.connection, &polled) {
+                if frame.data_ref().is_some_and(|data| !data.is_empty()) {
+                    connection.life.h2_handed_data();
+                    this.h2_waiting = true;
+                }
+            }
+        }
         if let (Some(record), Poll::Ready(Some(Ok(frame)))) = (&mut this.record, &polled) {
             if let Some(data) = frame.data_ref() {
                 record.bytes += data.len() as u64;
@@ -776,6 +964,8 @@ fn answer(status: StatusCode, body: impl Into<Bytes>) -> Response<ProxyBody> {
         record: None,
         tally: None,
         connection: None,
+        http2: false,
+        h2_waiting: false,
     });
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -790,11 +980,13 @@ async fn handle(
     connection: Arc<ConnectionInfo>,
     request: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    // HTTP/1.x requests are counted for parking; HTTP/2 connections are never parked.
+    // HTTP/1.x requests are counted for parking; HTTP/2 connections are never parked, their
+    // streams are counted for the idle timeout.
     let http1 = request.version() <= Version::HTTP_11;
     if http1 {
         connection.smuggling.request_started();
     }
+    connection.life.request_started(!http1);
     let started = Instant::now();
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
@@ -840,10 +1032,25 @@ async fn handle(
         record.upstream = upstream;
         response.body_mut().record = Some(record);
     }
-    // The request's own reference: the request ends (for parking) when the body is dropped.
-    if http1 {
-        response.body_mut().connection = Some(connection);
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        // Only the body timeout answers 408.
+        shared
+            .counters
+            .client_timeouts
+            .body
+            .fetch_add(1, Ordering::Relaxed);
     }
+    // The request's own reference: the request ends (for parking, or as an HTTP/2 stream) when
+    // the body is dropped.
+    let body = response.body_mut();
+    if !http1 && !body.is_end_stream() {
+        // hyper asks an HTTP/2 body for data only when the client's window has room: until it
+        // asks, the response waits for the client (with a window of 0, for ever).
+        connection.life.h2_handed_data();
+        body.h2_waiting = true;
+    }
+    body.http2 = !http1;
+    body.connection = Some(connection);
     Ok(response)
 }
 
@@ -996,7 +1203,10 @@ async fn proxy_request(
         }
     };
     parts.version = Version::HTTP_11;
-    let mut upstream_request = Request::from_parts(parts, UpstreamBody::new(body, limit));
+    let mut upstream_request = Request::from_parts(
+        parts,
+        UpstreamBody::new(body, limit, settings.client_body_timeout),
+    );
 
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut last_error = String::new();
@@ -1115,7 +1325,8 @@ async fn send(
     }
 }
 
-/// 413 when our body limit stopped the upload, else 502 naming the cause.
+/// 413 when our body limit stopped the upload, 408 when the client's body stalled, else 502
+/// naming the cause.
 fn send_error_answer(error: &hyper::Error) -> Response<ProxyBody> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     let mut causes = Vec::new();
@@ -1128,6 +1339,13 @@ fn send_error_answer(error: &hyper::Error) -> Response<ProxyBody> {
             return closing(answer(
                 StatusCode::BAD_REQUEST,
                 format!("400 Bad Request: {client_error}\n"),
+            ));
+        }
+        if cause.is::<BodyTimeout>() {
+            // The rest of the body may still come; the connection cannot be reused.
+            return closing(answer(
+                StatusCode::REQUEST_TIMEOUT,
+                "408 Request Timeout: the request body stopped arriving\n",
             ));
         }
         causes.push(cause.to_string());
@@ -1182,6 +1400,8 @@ fn relay_response(
                     record: None,
                     tally: None,
                     connection: None,
+                    http2: false,
+                    h2_waiting: false,
                 },
             );
         }
@@ -1195,6 +1415,8 @@ fn relay_response(
             record: None,
             tally: None,
             connection: None,
+            http2: false,
+            h2_waiting: false,
         },
     )
 }

@@ -7,6 +7,7 @@
 //! the end; a response dropped half-read closes it.
 
 use std::{
+    future::Future as _,
     net::SocketAddr,
     pin::Pin,
     sync::{
@@ -30,10 +31,16 @@ pub const PASSIVE_HEALTH_BACKOFF: Duration = Duration::from_secs(10);
 /// Most idle connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
-/// The request body sent upstream: the client's body, counted against the body size limit.
+/// The request body sent upstream: the client's body, counted against the body size limit,
+/// and failing when the client sends nothing for the body timeout while we wait for it.
 pub struct UpstreamBody {
     inner: Option<Incoming>,
     remaining: u64,
+    timeout: Duration,
+    /// Runs while we wait for the client; boxed and made on the first wait only (most bodies
+    /// arrive with their head), then reused.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: bool,
 }
 
 /// The client's body exceeded `--max-body-bytes`.
@@ -47,12 +54,21 @@ pub struct BodyTooLarge;
 #[error("reading the request body: {0}")]
 pub struct ClientBodyError(#[source] hyper::Error);
 
+/// The client sent no body bytes for `--client-body-timeout` while we waited for them.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no request body bytes within the body timeout")]
+pub struct BodyTimeout;
+
 impl UpstreamBody {
-    /// The client's body, failing once more than `limit` bytes went through.
-    pub fn new(inner: Incoming, limit: u64) -> Self {
+    /// The client's body, failing once more than `limit` bytes went through, or when the
+    /// client sends nothing for `timeout` while the body is waited for.
+    pub fn new(inner: Incoming, limit: u64, timeout: Duration) -> Self {
         Self {
             inner: Some(inner),
             remaining: limit,
+            timeout,
+            deadline: None,
+            waiting: false,
         }
     }
 
@@ -61,13 +77,45 @@ impl UpstreamBody {
         Self {
             inner: None,
             remaining: 0,
+            timeout: Duration::MAX,
+            deadline: None,
+            waiting: false,
         }
+    }
+
+    /// Nothing came: starts the timer on the first wait, fails when it runs out. The timer
+    /// only runs from a wait to the next frame, so an upstream that reads slowly (and so asks
+    /// for the body late) never counts against the client.
+    fn wait_for_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if !self.waiting {
+            self.waiting = true;
+            let Some(at) = tokio::time::Instant::now().checked_add(self.timeout) else {
+                return Poll::Pending;
+            };
+            match &mut self.deadline {
+                Some(deadline) => deadline.as_mut().reset(at),
+                None => self.deadline = Some(Box::pin(tokio::time::sleep_until(at))),
+            }
+        }
+        let expired = self
+            .deadline
+            .as_mut()
+            .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+        if expired {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
+        Poll::Pending
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 impl Body for UpstreamBody {
     type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
@@ -76,7 +124,11 @@ impl Body for UpstreamBody {
         let Some(inner) = self.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let polled = Pin::new(inner).poll_frame(cx);
+        if polled.is_ready() {
+            self.waiting = false;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
@@ -91,7 +143,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(error)))))
             }
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => self.wait_for_client(cx),
         }
     }
 

@@ -190,6 +190,9 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
+    // Read only by lifetimes_e2e; proxy_e2e builds this module too.
+    #[allow(dead_code)]
+    open: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
 
@@ -208,10 +211,14 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
         let shared = (Arc::<str>::from(name), seen.clone(), gate);
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let shared = shared.clone();
+                let open = counted.clone();
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         let (name, seen, gate) = shared.clone();
@@ -220,6 +227,7 @@ impl Backend {
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -227,8 +235,15 @@ impl Backend {
             name: name.to_string(),
             addr,
             seen,
+            open,
             accept,
         })
+    }
+
+    /// Connections from the proxy open now.
+    #[allow(dead_code)]
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
     }
 
     /// Paths (with query) of every request it received, in order.

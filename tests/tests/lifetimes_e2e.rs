@@ -1,0 +1,386 @@
+//! End-to-end tests of the limits on a client connection's life (issue 12): the HTTP/2 idle
+//! timeout (GOAWAY), the first request within the header timeout, the send timeout (HTTP/1.1
+//! client that stops reading, HTTP/2 stream with a zero window), the request body timeout
+//! (408), and the connection cap with the open-file limit set by `prlimit`.
+//!
+//! The real agent binary (`$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`), L7-only on
+//! loopback; HTTP/2 clients are raw sockets with hand-made frames, so a test controls exactly
+//! what the client sends and withholds.
+
+#[allow(dead_code)]
+mod proxy;
+
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, ensure as check, Context as _, Result};
+use proxy::{
+    backends::Backend,
+    clients, eventually,
+    manifests::{backend_service, ingress, our_class, rule, Manifests},
+    TestProxy,
+};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+use xdp_ingress_tests::agent::{self, AgentProcess};
+
+/// Our IngressClass, `backend`'s Service, and one Ingress sending everything for `host` to it.
+fn single_host(host: &str, backend: &Backend) -> Result<Manifests> {
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write(
+        "services.yaml",
+        &backend_service(&backend.name, &[backend.addr]),
+    )?;
+    manifests.write(
+        "shop.yaml",
+        &[ingress(
+            "shop",
+            &[rule(Some(host), &[("/", "Prefix", &backend.name)])],
+        )],
+    )?;
+    Ok(manifests)
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const SETTINGS: u8 = 0x4;
+const HEADERS: u8 = 0x1;
+const GOAWAY: u8 = 0x7;
+const END_STREAM_AND_HEADERS: u8 = 0x5;
+
+/// One HTTP/2 frame.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut bytes = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    bytes.extend_from_slice(&stream.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// The preface and a SETTINGS frame with `settings` (id, value).
+fn h2_start(settings: &[(u16, u32)]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (id, value) in settings {
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&value.to_be_bytes());
+    }
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(SETTINGS, 0, 0, &payload));
+    bytes
+}
+
+/// HEADERS (END_STREAM, END_HEADERS) for `GET http://host/path` on `stream`: HPACK by hand,
+/// indexed `:method GET` and `:scheme http`, literal `:path` and `:authority` (no Huffman).
+fn h2_get(stream: u32, host: &str, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86];
+    for (name_index, value) in [(0x04u8, path), (0x01, host)] {
+        block.push(name_index);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    frame(HEADERS, END_STREAM_AND_HEADERS, stream, &block)
+}
+
+/// Reads until the proxy closes (EOF or reset) within `within`; the bytes read. `Err` when the
+/// connection is still open then.
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Result<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut buffer = vec![0u8; 256 * 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read_all)
+        .await
+        .map_err(|_| anyhow!("still open after {within:?}"))?;
+    Ok(received)
+}
+
+/// The frame types in `bytes` (server frames, after no preface).
+fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = (usize::from(bytes[at]) << 16)
+            | (usize::from(bytes[at + 1]) << 8)
+            | usize::from(bytes[at + 2]);
+        types.push(bytes[at + 3]);
+        at += 9 + len;
+    }
+    types
+}
+
+/// An h2c connection that carried one request and then has no stream is sent GOAWAY and
+/// closed after `--client-idle-timeout`; one busy with a stream is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let proxy = TestProxy::start(
+        single_host("shop.example", &web)?,
+        &["--client-idle-timeout", "2s"],
+    )?;
+    let mut idle = TcpStream::connect(proxy.http).await?;
+    let mut request = h2_start(&[]);
+    request.extend(h2_get(1, "shop.example", "/a"));
+    idle.write_all(&request).await?;
+    let started = Instant::now();
+    let received = read_until_closed(&mut idle, Duration::from_secs(15))
+        .await
+        .context("an idle h2c connection outlived its 2 s idle timeout")?;
+    let types = frame_types(&received);
+    check!(
+        types.contains(&HEADERS),
+        "the request was not answered: frames {types:?}"
+    );
+    check!(
+        types.last() == Some(&GOAWAY),
+        "the idle connection must end with GOAWAY, frames {types:?}"
+    );
+    check!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before the idle timeout",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// A connection that never sends a request (nothing at all, or only the h2c preface and
+/// SETTINGS) is closed once `--client-header-timeout` has passed since it was accepted, long
+/// before the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_a_first_request_are_closed_after_the_header_timeout() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let proxy = TestProxy::start(
+        single_host("shop.example", &web)?,
+        &["--client-header-timeout", "2s"],
+    )?;
+    let mut silent = TcpStream::connect(proxy.http).await?;
+    let mut preface_only = TcpStream::connect(proxy.http).await?;
+    preface_only.write_all(&h2_start(&[])).await?;
+    let mut silent_tls = TcpStream::connect(proxy.https).await?;
+    for (name, stream) in [
+        ("silent plain", &mut silent),
+        ("h2c preface only", &mut preface_only),
+        ("silent TLS", &mut silent_tls),
+    ] {
+        read_until_closed(stream, Duration::from_secs(15))
+            .await
+            .with_context(|| format!("{name}: no request in 2 s, yet not closed"))?;
+    }
+    Ok(())
+}
+
+/// A client that stops reading a large response is disconnected after `--client-send-timeout`,
+/// and its upstream connection is closed: over HTTP/1.1 (the socket's buffers fill up) and over
+/// h2c with a stream window of 0 (the client reads, but lets nothing through).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let proxy = TestProxy::start(
+        single_host("shop.example", &web)?,
+        &["--client-send-timeout", "2s"],
+    )?;
+    // 1 GiB: far more than the sockets' buffers hold.
+    let mut stalled = TcpStream::connect(proxy.http).await?;
+    stalled
+        .write_all(b"GET /download/1073741824 HTTP/1.1\r\nHost: shop.example\r\n\r\n")
+        .await?;
+    eventually("the download reaching the backend", || async {
+        check!(web.open_connections() == 1, "not yet");
+        Ok(())
+    })
+    .await?;
+    let waited = Instant::now();
+    while web.open_connections() != 0 {
+        check!(
+            waited.elapsed() < Duration::from_secs(15),
+            "the upstream connection of a client that reads nothing is still open after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    read_until_closed(&mut stalled, Duration::from_secs(15))
+        .await
+        .context("the client that read nothing is still connected")?;
+
+    // h2c, INITIAL_WINDOW_SIZE 0 (setting 0x4): the response head comes, no DATA can.
+    let mut zero_window = TcpStream::connect(proxy.http).await?;
+    let mut request = h2_start(&[(0x4, 0)]);
+    request.extend(h2_get(1, "shop.example", "/download/1073741824"));
+    zero_window.write_all(&request).await?;
+    let received = read_until_closed(&mut zero_window, Duration::from_secs(15))
+        .await
+        .context("an h2c stream with a zero window held its connection for 15 s")?;
+    let types = frame_types(&received);
+    check!(
+        types.contains(&HEADERS),
+        "the response head should have come: {types:?}"
+    );
+    eventually("the upstream connection closed", || async {
+        check!(
+            web.open_connections() == 0,
+            "{} upstream connection(s) open",
+            web.open_connections()
+        );
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
+/// A request body that stops arriving ends the request with 408 after
+/// `--client-body-timeout`, not with 504 after the upstream response timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_request_body_gets_408_after_the_body_timeout() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let proxy = TestProxy::start(
+        single_host("shop.example", &web)?,
+        &["--client-body-timeout", "2s"],
+    )?;
+    let mut slow = TcpStream::connect(proxy.http).await?;
+    slow.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: shop.example\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await?;
+    let (status, text) =
+        tokio::time::timeout(Duration::from_secs(15), clients::read_response(&mut slow))
+            .await
+            .map_err(|_| anyhow!("no answer 15 s into a stalled body"))??;
+    check!(status == 408, "a stalled body must get 408, got: {text}");
+    check!(
+        text.to_ascii_lowercase().contains("connection: close"),
+        "408 must close the connection: {text}"
+    );
+    Ok(())
+}
+
+/// CPU time (user + system) of process `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    // After the name: state is field 3, utime 14 and stime 15 (1-based, as in proc(5)).
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no field {n} in /proc/{pid}/stat"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// Started under `prlimit --nofile=100:160`: the agent raises its soft limit to the hard one,
+/// derives 24 connections per listener ((160 - 64) / 2 / 2), and at that cap closes the idle
+/// connection waiting longest for each new one, so a legitimate request still gets through
+/// while idle h2c connections hold every place; the agent does not spin meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = single_host("shop.example", &web)?;
+    // prlimit sets the limits and execs the agent: the child's pid is the agent's.
+    let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
+    let script = scripts.path().join("agent.sh");
+    let binary = agent::binary()?;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile=100:160 {} \"$@\"\n",
+            binary.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut agent = AgentProcess::start_l7(
+        &script,
+        manifests.path(),
+        &["--debounce-ms", "20", "--workers", "2"],
+    )?;
+    let listeners = agent.wait_l7_listening(Duration::from_secs(30))?;
+    let http = listeners.http.context("no HTTP listener")?;
+    let pid = agent.pid();
+    let log = || agent.output().join("\n");
+
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let open_files = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .context("no open-file limit")?
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect::<Vec<_>>();
+    check!(
+        open_files == ["160", "160"],
+        "the soft open-file limit must be raised to the hard one: {open_files:?}"
+    );
+    check!(
+        log().contains("max_connections=24"),
+        "the derived cap: {}",
+        log()
+    );
+
+    // 30 idle h2c connections, one request each: more than the cap. A connection counts as
+    // idle from its first check after its last stream (within a second), so the oldest one
+    // gets 2 s ahead of the others.
+    let mut idle = Vec::new();
+    for n in 0..30 {
+        if n == 1 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        let mut stream = TcpStream::connect(http).await?;
+        let mut request = h2_start(&[]);
+        request.extend(h2_get(1, "shop.example", "/idle"));
+        stream.write_all(&request).await?;
+        idle.push(stream);
+    }
+    // A new client gets through: the connection idle longest makes room (a connection that
+    // is refused while the others are still busy with their request is tried again).
+    let reply = eventually("a request at the connection cap", || async {
+        let (status, text) = clients::raw_exchange(
+            http,
+            b"GET /legit HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        check!(status == 200, "{status}: {text}");
+        Ok(text)
+    })
+    .await
+    .with_context(log)?;
+    check!(reply.contains("/legit"), "{reply}");
+    // The oldest idle connection is gone, the newest is still open.
+    read_until_closed(&mut idle[0], Duration::from_secs(10))
+        .await
+        .context("the oldest idle connection was not shed")?;
+    let mut byte = [0u8; 1];
+    let newest = idle.last_mut().context("no connection")?;
+    // Whatever the proxy sent it (SETTINGS, the answer) is read; then it stays open.
+    let ended = tokio::time::timeout(Duration::from_millis(500), async {
+        loop {
+            if newest.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+        }
+    })
+    .await;
+    check!(ended.is_err(), "the newest idle connection must stay open");
+
+    // At the cap, with a client knocking, the agent stays quiet: well under a second of CPU in
+    // 3 s (a spinning accept loop burns all of it).
+    let knocking = TcpStream::connect(http).await?;
+    let before = cpu_ticks(pid)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_ticks(pid)? - before;
+    // SAFETY: sysconf without pointers.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    check!(
+        used < per_second,
+        "the agent used {used} ticks ({per_second}/s) in 3 s at the connection cap"
+    );
+    drop(knocking);
+    Ok(())
+}
