@@ -325,12 +325,17 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
     );
 
     // 30 idle h2c connections, one request each: more than the cap. A connection counts as
-    // idle from its first check after its last stream (within a second), so the oldest one
-    // gets 2 s ahead of the others.
+    // idle from its first check after its last stream (within a second; the agent shows no
+    // event for it, so the test waits that long): the oldest one gets 2 s ahead of the others,
+    // and the cap's 24 are all idle before the 6 beyond it arrive (else, on a loaded machine,
+    // a newcomer finds nothing idle yet and is the one refused).
     let mut idle = Vec::new();
     for n in 0..30 {
         if n == 1 {
             tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        if n == 24 {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
         }
         let mut stream = TcpStream::connect(http).await?;
         let mut request = h2_start(&[]);
