@@ -22,7 +22,7 @@ use http::{HeaderValue, StatusCode, Version};
 use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy::{
-    backends::{closed_port, Backend, Fnv, Gate, PatternBody, WsBackend, CHUNK},
+    backends::{Backend, Fnv, Gate, PatternBody, RefusingPort, WsBackend, CHUNK},
     clients::{self, curl, get, pooled, raw_exchange, request, send_h1, tls_connect, Tls},
     ensure, eventually,
     manifests::{
@@ -633,7 +633,8 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_codes_the_proxy_answers_itself() -> Result<()> {
     let web = Backend::start("web").await?;
-    let dead = closed_port()?;
+    let refusing = RefusingPort::new()?;
+    let dead = refusing.addr;
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
     let mut services = services_for(&[&web]);
@@ -807,7 +808,8 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_endpoint_is_passed_over() -> Result<()> {
     let alive = Backend::start("alive").await?;
-    let dead = closed_port()?;
+    let refusing = RefusingPort::new()?;
+    let dead = refusing.addr;
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
     manifests.write(

@@ -21,7 +21,7 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use proxy::{
-    backends::{closed_port, Backend},
+    backends::{Backend, RefusingPort},
     clients::{get, pooled},
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
@@ -121,8 +121,11 @@ async fn an_endpoint_that_times_out_is_skipped_and_another_serves() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_endpoints_are_tried_then_502() -> Result<()> {
-    let refusing = (0..4).map(|_| closed_port()).collect::<Result<Vec<_>>>()?;
-    let proxy = TestProxy::start_with_admin(manifests(&refusing)?, &[])?;
+    let refusing = (0..4)
+        .map(|_| RefusingPort::new())
+        .collect::<Result<Vec<_>>>()?;
+    let addrs: Vec<SocketAddr> = refusing.iter().map(|r| r.addr).collect();
+    let proxy = TestProxy::start_with_admin(manifests(&addrs)?, &[])?;
     let admin = proxy.admin.context("no admin listener")?;
     let reply = get(&pooled(), proxy.http, HOST, "/").await?;
     assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());

@@ -438,10 +438,23 @@ impl Drop for WsBackend {
     }
 }
 
-/// A loopback port with nothing listening on it (bound, then released).
-pub fn closed_port() -> Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    drop(listener);
-    Ok(addr)
+/// A loopback port that refuses connections for as long as this lives: bound but not listening,
+/// so no one else (the agent's own port-0 listeners included) can take it meanwhile. A port
+/// merely freed again could be handed to the agent's listener, which would then proxy to itself.
+pub struct RefusingPort {
+    /// The address to connect to.
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusingPort {
+    /// Binds one.
+    pub fn new() -> Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        Ok(Self {
+            addr: socket.local_addr()?,
+            _socket: socket,
+        })
+    }
 }
