@@ -400,6 +400,29 @@ impl Runner {
         Ok(())
     }
 
+    /// The agent's life after [`Runner::start`], as the binary runs it: applies each burst of
+    /// changes as it comes, forwards the XDP program's log lines, and when `shutdown` completes
+    /// (or the source ends) [stops](Runner::stop).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut log_tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                // Only the wait races the other events; the burst is applied whole once it
+                // started.
+                more = self.next_change() => {
+                    if !more {
+                        break;
+                    }
+                    self.apply_burst().await;
+                }
+                _ = log_tick.tick() => self.flush_logs(),
+                () = &mut shutdown => break,
+            }
+        }
+        self.stop().await;
+    }
+
     /// Waits for the next change and applies it with whatever arrives in the same burst (see
     /// [`Runner::apply_burst`]). False when the source ended. Not cancel-safe: a caller that
     /// races it against other events should use [`Runner::next_change`] and then
