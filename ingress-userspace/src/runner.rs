@@ -1,7 +1,8 @@
 //! The agent's life in `run`: set up the source (files or cluster), the sinks (XDP datapath,
 //! proxy) and the admin listener; wait for the first complete set of objects and apply it
 //! before attaching XDP and listening; then apply each debounced burst of changes; on stop,
-//! release the Lease and detach. `main.rs` drives a [`Runner`]; tests drive one in-process.
+//! release the Lease and detach. `main.rs` runs [`Runner::start`] and then [`Runner::run`]; the
+//! cluster-mode tests run the same two in-process.
 
 use std::{
     collections::BTreeSet,
@@ -421,18 +422,6 @@ impl Runner {
             }
         }
         self.stop().await;
-    }
-
-    /// Waits for the next change and applies it with whatever arrives in the same burst (see
-    /// [`Runner::apply_burst`]). False when the source ended. Not cancel-safe: a caller that
-    /// races it against other events should use [`Runner::next_change`] and then
-    /// [`Runner::apply_burst`].
-    pub async fn apply_next_change(&mut self) -> bool {
-        if !self.next_change().await {
-            return false;
-        }
-        self.apply_burst().await;
-        true
     }
 
     /// Waits for a change (cancel-safe: nothing is consumed unless it returns). False when the
