@@ -1,8 +1,6 @@
 //! `xdp-ingress`: the agent binary. Parses the command line and runs the event loop; everything
 //! it calls lives in the library.
 
-use std::time::Duration;
-
 use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
@@ -153,22 +151,14 @@ async fn run(args: RunArgs) -> Result<()> {
         _ = terminate.recv() => return Ok(()),
         _ = interrupt.recv() => return Ok(()),
     }
-    let mut log_tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            // Only the wait races the other events; the burst is applied whole once it started.
-            more = runner.next_change() => {
-                if !more {
-                    break;
-                }
-                runner.apply_burst().await;
+    runner
+        .run(async {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM"),
+                _ = interrupt.recv() => tracing::info!("SIGINT"),
             }
-            _ = log_tick.tick() => runner.flush_logs(),
-            _ = terminate.recv() => { tracing::info!("SIGTERM"); break; }
-            _ = interrupt.recv() => { tracing::info!("SIGINT"); break; }
-        }
-    }
-    runner.stop().await;
+        })
+        .await;
     tracing::info!("exiting");
     Ok(())
 }

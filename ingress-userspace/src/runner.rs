@@ -1,7 +1,8 @@
 //! The agent's life in `run`: set up the source (files or cluster), the sinks (XDP datapath,
 //! proxy) and the admin listener; wait for the first complete set of objects and apply it
 //! before attaching XDP and listening; then apply each debounced burst of changes; on stop,
-//! release the Lease and detach. `main.rs` drives a [`Runner`]; tests drive one in-process.
+//! release the Lease and detach. `main.rs` runs [`Runner::start`] and then [`Runner::run`]; the
+//! cluster-mode tests run the same two in-process.
 
 use std::{
     collections::BTreeSet,
@@ -414,16 +415,27 @@ impl Runner {
         Ok(())
     }
 
-    /// Waits for the next change and applies it with whatever arrives in the same burst (see
-    /// [`Runner::apply_burst`]). False when the source ended. Not cancel-safe: a caller that
-    /// races it against other events should use [`Runner::next_change`] and then
-    /// [`Runner::apply_burst`].
-    pub async fn apply_next_change(&mut self) -> bool {
-        if !self.next_change().await {
-            return false;
+    /// The agent's life after [`Runner::start`], as the binary runs it: applies each burst of
+    /// changes as it comes, forwards the XDP program's log lines, and when `shutdown` completes
+    /// (or the source ends) [stops](Runner::stop).
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut log_tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                // Only the wait races the other events; the burst is applied whole once it
+                // started.
+                more = self.next_change() => {
+                    if !more {
+                        break;
+                    }
+                    self.apply_burst().await;
+                }
+                _ = log_tick.tick() => self.flush_logs(),
+                () = &mut shutdown => break,
+            }
         }
-        self.apply_burst().await;
-        true
+        self.stop().await;
     }
 
     /// Waits for a change (cancel-safe: nothing is consumed unless it returns). False when the

@@ -674,42 +674,37 @@ async fn use_every_api_feature(
         POOL,
         "--assign-vips-to-all",
     ];
-    let mut runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    let runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
     let want_ips = Some(vec![FIRST_VIP.to_string()]);
-    settle(
-        &mut runner,
-        server,
-        "every API-calling feature has made its calls",
-        async |_| {
-            for kind in WATCHED {
-                ensure!(
-                    server.count(Verb::List, kind) > 0 && server.count(Verb::Watch, kind) > 0,
-                    "{kind} not listed and watched yet"
-                );
-            }
-            let front_ips = kube::service_ips(server, front_ns, front_name)?
-                .context("the front-door Service is gone")?;
+    settle("every API-calling feature has made its calls", async || {
+        for kind in WATCHED {
             ensure!(
-                front_ips == [FIRST_VIP.to_string()],
-                "front door: {front_ips:?}"
+                server.count(Verb::List, kind) > 0 && server.count(Verb::Watch, kind) > 0,
+                "{kind} not listed and watched yet"
             );
-            let shop = ingress_ips(server, APP_NS, "shop")?;
-            ensure!(shop == want_ips, "shop's status: {shop:?}");
-            ensure!(
-                lease_holder(server, &deployed.namespace)?.is_some(),
-                "no Lease holder"
-            );
-            ensure!(
-                server.count(Verb::Create, "events.events.k8s.io") > 0
-                    && server.count(Verb::Patch, "events.events.k8s.io") > 0,
-                "no Event created and patched yet"
-            );
-            Ok(())
-        },
-    )
+        }
+        let front_ips = kube::service_ips(server, front_ns, front_name)?
+            .context("the front-door Service is gone")?;
+        ensure!(
+            front_ips == [FIRST_VIP.to_string()],
+            "front door: {front_ips:?}"
+        );
+        let shop = ingress_ips(server, APP_NS, "shop")?;
+        ensure!(shop == want_ips, "shop's status: {shop:?}");
+        ensure!(
+            lease_holder(server, &deployed.namespace)?.is_some(),
+            "no Lease holder"
+        );
+        ensure!(
+            server.count(Verb::Create, "events.events.k8s.io") > 0
+                && server.count(Verb::Patch, "events.events.k8s.io") > 0,
+            "no Event created and patched yet"
+        );
+        Ok(())
+    })
     .await?;
     // Stopping releases the Lease: a read and an update, whether or not a renewal happened.
-    runner.stop().await;
+    runner.stop().await?;
     ensure!(
         lease_holder(server, &deployed.namespace)?.is_none(),
         "the Lease was not released"

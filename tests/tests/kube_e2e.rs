@@ -3,10 +3,12 @@
 //! Each scenario runs inside a network namespace of its own (removed on drop, also on failure)
 //! with dummy interfaces for a real XDP datapath (generic mode); the fake API server, the
 //! agent's `Runner`, the in-process HTTP backends and the clients all run inside it, on its
-//! loopback. The tests drive the runner with `apply_next_change()` until the expected state is
-//! reached and check what the agent did, not what it logged: the BPF maps read back from the
-//! kernel (VIP:port → backends), the proxy's answers (backends say their name), and what the
-//! agent wrote to the API server (its request log and the stored objects).
+//! loopback. The runner runs the binary's own event loop (`Runner::run`) on a task; nothing
+//! drives it or nudges it. The tests change objects on the server and poll until the expected
+//! state shows, checking what the agent did, not what it logged: the BPF maps of the XDP program
+//! attached to the interface, read back from the kernel (VIP:port → backends; an entry left
+//! behind counts), the proxy's answers (backends say their name), and what the agent wrote to
+//! the API server (its request log and the stored objects).
 //!
 //! The last tests run the agent binary (`$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`;
 //! build it with `cargo build -p ingress-userspace`), one of them in the L4 lab. Root is needed.
@@ -37,11 +39,11 @@ use k8s_openapi::api::{
     core::v1::Service, discovery::v1::EndpointSlice, events::v1::Event, networking::v1::Ingress,
 };
 use kube::{
-    frontend, http_addr, https_addr, ingress_ips, kubeconfig, lease_holder,
+    frontend, http_addr, https_addr, ingress_ips, kernel_entries, kubeconfig, lease_holder,
     objects::{self, OTHER_CLASS, OUR_CLASS},
     process::KubeAgent,
-    programmed, run_args, served_by, served_by_all, service_ips, settle, settle_watching,
-    start_runner, status_of, v4, Scene, View, DUMMY_IF, DUMMY_IF2,
+    programmed, run_args, served_by, served_by_all, service_ips, settle, start_runner, status_of,
+    v4, RunningAgent, Scene, View, DUMMY_IF, DUMMY_IF2,
 };
 use serde_json::json;
 use xdp_ingress_tests::{
@@ -94,7 +96,7 @@ fn view_diff(got: &View, want: &View) -> String {
 }
 
 /// The kernel's view equals `want`.
-fn check_view(runner: &xdp_ingress::runner::Runner, want: &View) -> Result<()> {
+fn check_view(runner: &RunningAgent, want: &View) -> Result<()> {
     let got = programmed(runner)?;
     ensure!(&got == want, "BPF maps: {}", view_diff(&got, want));
     Ok(())
@@ -156,12 +158,12 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     l7.insert(host(0), names(&["b000", "b000b"]));
 
     let config = kubeconfig(server)?;
-    let mut runner = start_runner(run_args(config.path(), DUMMY_IF, &[])?).await?;
+    let runner = start_runner(run_args(config.path(), DUMMY_IF, &[])?).await?;
     let proxy = http_addr(&runner)?;
     let client = pooled();
 
-    // 1. Everything is in place when start() returns: no waiting.
-    ensure!(runner.is_ready(), "not ready after start()");
+    // 1. Everything is in place when start() returns (start_runner checked it is ready): no
+    // waiting.
     check_view(&runner, &l4).context("after start()")?;
     ensure!(l4.len() == SERVICES);
     for (host, expected) in &l7 {
@@ -181,8 +183,8 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     ))?;
     l4.insert(frontend(vip(0)), BTreeSet::from([a, b, c]));
     let all3 = names(&["b000", "b000b", "b000c"]);
-    settle(&mut runner, server, "an endpoint added", async |r| {
-        check_view(r, &l4)?;
+    settle("an endpoint added", async || {
+        check_view(&runner, &l4)?;
         served_by_all(&client, proxy, &host(0), &all3).await
     })
     .await?;
@@ -196,16 +198,16 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     ))?;
     l4.insert(frontend(vip(0)), BTreeSet::from([b, c]));
     let ready = names(&["b000b", "b000c"]);
-    settle(&mut runner, server, "an endpoint not ready", async |r| {
-        check_view(r, &l4)?;
+    settle("an endpoint not ready", async || {
+        check_view(&runner, &l4)?;
         served_by_all(&client, proxy, &host(0), &ready).await
     })
     .await?;
 
     server.delete_as::<EndpointSlice>(NS, "svc-000-b")?;
     l4.insert(frontend(vip(0)), BTreeSet::from([c]));
-    settle(&mut runner, server, "an endpoint removed", async |r| {
-        check_view(r, &l4)?;
+    settle("an endpoint removed", async || {
+        check_view(&runner, &l4)?;
         for _ in 0..20 {
             let name = served_by(&client, proxy, &host(0)).await?;
             ensure!(name == "b000c", "{} answered by {name}", host(0));
@@ -234,17 +236,12 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     server.restart()?;
     l4.remove(&frontend(vip(99)));
     l7.remove(&host(99));
-    settle(
-        &mut runner,
-        server,
-        "deletions seen after the reconnect",
-        async |r| {
-            check_view(r, &l4)?;
-            let status = status_of(&client, proxy, &host(99)).await?;
-            ensure!(status == 404, "{} still answers {status}", host(99));
-            Ok(())
-        },
-    )
+    settle("deletions seen after the reconnect", async || {
+        check_view(&runner, &l4)?;
+        let status = status_of(&client, proxy, &host(99)).await?;
+        ensure!(status == 404, "{} still answers {status}", host(99));
+        Ok(())
+    })
     .await?;
     for (host, expected) in &l7 {
         served_by_all(&client, proxy, host, expected)
@@ -294,41 +291,32 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     server.restart()?;
     l4.remove(&frontend(vip(98)));
     l4.insert(frontend(fresh_vip), BTreeSet::from([v4(fresh.addr)]));
-    let mut syncs = 0usize;
+    // Every look at the maps, until the relist is through, checks the survivors first: read
+    // while the runner works on its own, at any moment, not only between syncs.
+    let mut samples = 0usize;
     let mut lost: Vec<String> = Vec::new();
-    settle_watching(
-        &mut runner,
-        server,
-        "the relist after compaction",
-        async |r| {
-            let lists = list_counts(server);
-            for (kind, before) in &lists_before {
-                ensure!(lists[kind] > *before, "{kind} not relisted yet: {lists:?}");
+    settle("the relist after compaction", async || {
+        samples += 1;
+        let entries = kernel_entries(&runner)?;
+        for (frontend, backends) in &survivors {
+            let got = entries.get(frontend);
+            if got != Some(&Ok(backends.clone())) {
+                lost.push(format!(
+                    "sample {samples}: {frontend} → {got:?} ({} frontends)",
+                    entries.len()
+                ));
             }
-            check_view(r, &l4)?;
-            ensure!(served_by(&client, proxy, "fresh.example").await? == "fresh");
-            let status = status_of(&client, proxy, &host(98)).await?;
-            ensure!(status == 404, "{} still answers {status}", host(98));
-            Ok(())
-        },
-        |r| {
-            syncs += 1;
-            match programmed(r) {
-                Ok(view) => {
-                    for (frontend, backends) in &survivors {
-                        if view.get(frontend) != Some(backends) {
-                            lost.push(format!(
-                                "sync {syncs}: {frontend} → {:?} ({} frontends)",
-                                view.get(frontend),
-                                view.len()
-                            ));
-                        }
-                    }
-                }
-                Err(error) => lost.push(format!("sync {syncs}: {error:#}")),
-            }
-        },
-    )
+        }
+        let lists = list_counts(server);
+        for (kind, before) in &lists_before {
+            ensure!(lists[kind] > *before, "{kind} not relisted yet: {lists:?}");
+        }
+        check_view(&runner, &l4)?;
+        ensure!(served_by(&client, proxy, "fresh.example").await? == "fresh");
+        let status = status_of(&client, proxy, &host(98)).await?;
+        ensure!(status == 404, "{} still answers {status}", host(98));
+        Ok(())
+    })
     .await?;
     let (ok, failures) = traffic.stop().await;
     ensure!(
@@ -345,11 +333,11 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     );
     ensure!(ok > 0, "no request completed during the relist");
     println!(
-        "relist: {syncs} syncs, {ok} requests, LISTs {:?}",
+        "relist: {samples} samples of the maps, {ok} requests, LISTs {:?}",
         list_counts(server)
     );
 
-    runner.stop().await;
+    runner.stop().await?;
     Ok(())
 }
 
@@ -464,13 +452,13 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         "--election-namespace",
         "xk-ctl",
     ];
-    let mut runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    let runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
     let (http, https) = (http_addr(&runner)?, https_addr(&runner)?);
     let client = pooled();
     let published = vec![PUBLISHED.to_string()];
 
     // 5. Status: ours get the published address; the other class's Ingress gets nothing.
-    settle(&mut runner, server, "status of our Ingresses", async |_| {
+    settle("status of our Ingresses", async || {
         ensure!(lease_holder(server, "xk-ctl")?.is_some(), "no Lease holder");
         for name in ["web", "leaving", "secure"] {
             let ips = ingress_ips(server, NS, name)?;
@@ -482,7 +470,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     ensure!(served_by(&client, http, "web.example").await? == "web");
     // One that stops being ours is cleared.
     change_class(server, "leaving", OTHER_CLASS)?;
-    settle(&mut runner, server, "status cleared", async |_| {
+    settle("status cleared", async || {
         let ips = ingress_ips(server, NS, "leaving")?;
         ensure!(ips == Some(Vec::new()), "leaving: {ips:?}");
         Ok(())
@@ -545,7 +533,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         &["late.example"],
         "late-tls",
     ))?;
-    settle(&mut runner, server, "late-tls served", async |_| {
+    settle("late-tls served", async || {
         let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
         ensure!(
             handshake.certificate == late.cert.der().to_vec(),
@@ -568,32 +556,27 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
             ("tls.key", late.key_pair.serialize_pem().as_bytes()),
         ],
     ))?;
-    settle(
-        &mut runner,
-        server,
-        "an Event for the broken late-tls",
-        async |_| {
-            let events: Vec<Event> = server
-                .list_as::<Event>()?
-                .into_iter()
-                .filter(|e| {
-                    e.regarding.as_ref().is_some_and(|r| {
-                        r.kind.as_deref() == Some("Secret") && r.name.as_deref() == Some("late-tls")
-                    })
+    settle("an Event for the broken late-tls", async || {
+        let events: Vec<Event> = server
+            .list_as::<Event>()?
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("Secret") && r.name.as_deref() == Some("late-tls")
                 })
-                .collect();
-            ensure!(
-                events.len() == 1,
-                "Events regarding Secret late-tls: {events:?}"
-            );
-            ensure!(
-                events[0].type_.as_deref() == Some("Warning"),
-                "{:?}",
-                events[0]
-            );
-            Ok(())
-        },
-    )
+            })
+            .collect();
+        ensure!(
+            events.len() == 1,
+            "Events regarding Secret late-tls: {events:?}"
+        );
+        ensure!(
+            events[0].type_.as_deref() == Some("Warning"),
+            "{:?}",
+            events[0]
+        );
+        Ok(())
+    })
     .await?;
     let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
     ensure!(
@@ -617,22 +600,17 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad-path"))
             .collect())
     };
-    settle(
-        &mut runner,
-        server,
-        "a Warning Event for bad-path",
-        async |_| {
-            let events = bad_events()?;
-            ensure!(!events.is_empty(), "no Event regarding bad-path");
-            Ok(())
-        },
-    )
+    settle("a Warning Event for bad-path", async || {
+        let events = bad_events()?;
+        ensure!(!events.is_empty(), "no Event regarding bad-path");
+        Ok(())
+    })
     .await?;
     // More syncs.
     for n in 0..3 {
         let host = format!("more{n}.example");
         server.apply(&ours(&format!("more{n}"), &host))?;
-        settle(&mut runner, server, "another change applied", async |_| {
+        settle("another change applied", async || {
             ensure!(served_by(&client, http, &host).await? == "web");
             Ok(())
         })
@@ -678,16 +656,11 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     ))?;
     let assigned = Ipv4Addr::new(203, 0, 113, 1);
     let want = View::from([(frontend(assigned), BTreeSet::from([v4(web.addr)]))]);
-    settle(
-        &mut runner,
-        server,
-        "a VIP assigned and programmed",
-        async |r| {
-            let ips = service_ips(server, NS, "auto")?.context("auto is gone")?;
-            ensure!(ips == [assigned.to_string()], "auto's status: {ips:?}");
-            check_view(r, &want)
-        },
-    )
+    settle("a VIP assigned and programmed", async || {
+        let ips = service_ips(server, NS, "auto")?.context("auto is gone")?;
+        ensure!(ips == [assigned.to_string()], "auto's status: {ips:?}");
+        check_view(&runner, &want)
+    })
     .await?;
     let theirs = server.get_as::<Service>(NS, "theirs")?.context("theirs")?;
     ensure!(
@@ -720,7 +693,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     let foreign_ips = ingress_ips(server, NS, "foreign")?;
     ensure!(foreign_ips == Some(Vec::new()), "foreign: {foreign_ips:?}");
 
-    runner.stop().await;
+    runner.stop().await?;
     Ok(())
 }
 
@@ -778,8 +751,8 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
     ];
 
     // A starts first and leads.
-    let mut a = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
-    settle(&mut a, server, "A leads and writes status", async |_| {
+    let a = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    settle("A leads and writes status", async || {
         ensure!(lease_holder(server, LEASE_NS)?.is_some(), "no holder");
         ensure!(
             ingress_ips(server, NS, "one")? == published,
@@ -791,7 +764,7 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
     let first = lease_holder(server, LEASE_NS)?.context("no holder")?;
 
     // B follows. A change while both run is written once.
-    let mut b = start_runner(run_args(config.path(), DUMMY_IF2, &extra)?).await?;
+    let b = start_runner(run_args(config.path(), DUMMY_IF2, &extra)?).await?;
     let (http_a, http_b) = (http_addr(&a)?, http_addr(&b)?);
     let client = pooled();
     for name in ["two", "three"] {
@@ -799,7 +772,7 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
         let host = format!("{name}.example");
         let (client, host, published) = (&client, &host, &published);
         let both_serve = |proxy: SocketAddr| {
-            async move |_: &xdp_ingress::runner::Runner| -> Result<()> {
+            async move || -> Result<()> {
                 ensure!(served_by(client, proxy, host).await? == "web");
                 ensure!(
                     ingress_ips(server, NS, name)? == *published,
@@ -809,8 +782,8 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
             }
         };
         tokio::try_join!(
-            settle(&mut a, server, "A serves it", both_serve(http_a)),
-            settle(&mut b, server, "B serves it", both_serve(http_b)),
+            settle("A serves it", both_serve(http_a)),
+            settle("B serves it", both_serve(http_b)),
         )?;
     }
     // Both agents have synced past the status of "two" (same watch, "three" came after it).
@@ -830,29 +803,24 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
 
     // A stops and releases the Lease; a change arrives while nobody leads.
     let mark = server.requests().len();
-    a.stop().await;
+    a.stop().await?;
     ensure!(
         lease_holder(server, LEASE_NS)?.as_deref() != Some(first.as_str()),
         "A stopped but still holds the Lease"
     );
     server.apply(&ours("four"))?;
-    settle(
-        &mut b,
-        server,
-        "B takes over and writes status",
-        async |_| {
-            let holder = lease_holder(server, LEASE_NS)?;
-            ensure!(
-                holder.is_some() && holder.as_deref() != Some(first.as_str()),
-                "holder {holder:?}"
-            );
-            ensure!(
-                ingress_ips(server, NS, "four")? == published,
-                "four has no status"
-            );
-            Ok(())
-        },
-    )
+    settle("B takes over and writes status", async || {
+        let holder = lease_holder(server, LEASE_NS)?;
+        ensure!(
+            holder.is_some() && holder.as_deref() != Some(first.as_str()),
+            "holder {holder:?}"
+        );
+        ensure!(
+            ingress_ips(server, NS, "four")? == published,
+            "four has no status"
+        );
+        Ok(())
+    })
     .await?;
     let second = lease_holder(server, LEASE_NS)?.context("no holder")?;
     let log = server.requests().split_off(mark);
@@ -885,7 +853,7 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
     // The new leader keeps status right.
     change_class(server, "one", OTHER_CLASS)?;
     server.apply(&ours("five"))?;
-    settle(&mut b, server, "B clears and writes status", async |_| {
+    settle("B clears and writes status", async || {
         ensure!(
             ingress_ips(server, NS, "one")? == Some(Vec::new()),
             "one not cleared"
@@ -897,7 +865,7 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
         Ok(())
     })
     .await?;
-    b.stop().await;
+    b.stop().await?;
     ensure!(
         lease_holder(server, LEASE_NS)?.is_none(),
         "the last agent stopped without releasing the Lease"

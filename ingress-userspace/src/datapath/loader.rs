@@ -716,6 +716,38 @@ impl KernelMaps {
         })
     }
 
+    /// The maps the loaded program with this id uses (the id `ip link` shows for an interface's
+    /// XDP program): what the kernel forwards with, found without pins and without the agent
+    /// that loaded them. Tests read an in-process agent's datapath this way.
+    pub fn of_program(program_id: u32) -> Result<Self, DatapathError> {
+        let program = aya::programs::loaded_programs()
+            .filter_map(Result::ok)
+            .find(|program| program.id() == program_id)
+            .ok_or_else(|| {
+                DatapathError::Load(format!("no loaded program with id {program_id}"))
+            })?;
+        let ids = program
+            .map_ids()
+            .map_err(|e| DatapathError::Load(format!("map ids of program {program_id}: {e}")))?
+            .unwrap_or_default();
+        let mut maps = std::collections::BTreeMap::new();
+        for id in ids {
+            let data = MapData::from_id(id).map_err(map_error(format!("opening map id {id}")))?;
+            let info = data
+                .info()
+                .map_err(map_error(format!("reading map id {id} info")))?;
+            if let Some(name) = info.name_as_str() {
+                maps.insert(name.to_string(), data);
+            }
+        }
+        Self::build(|name| {
+            let data = maps.remove(name).ok_or_else(|| {
+                DatapathError::Load(format!("program {program_id} uses no map {name}"))
+            })?;
+            Map::from_map_data(data).map_err(map_error(format!("opening {name}")))
+        })
+    }
+
     fn build(
         mut get: impl FnMut(&'static str) -> Result<Map, DatapathError>,
     ) -> Result<Self, DatapathError> {

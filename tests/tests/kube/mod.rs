@@ -1,7 +1,8 @@
 //! The cluster-mode harness: a network namespace per scenario with a dummy interface for the
 //! XDP datapath ([`Scene`]), the agent's [`Runner`] in-process against a [`FakeApiServer`] in
-//! the same namespace, a driver that applies the runner's debounced changes until the expected
-//! state is reached ([`settle`]), and the programmed state read back from the kernel's BPF maps
+//! the same namespace, running the binary's own loop on a task ([`RunningAgent`]), a wait that
+//! polls observable effects until the expected state is reached ([`settle`]), and what the
+//! kernel forwards, read back from the BPF maps of the program attached to the interface
 //! ([`programmed`]).
 
 pub mod objects;
@@ -18,11 +19,12 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser as _;
 use fake_apiserver::FakeApiServer;
-use ingress_common::ServiceKey;
 use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service, networking::v1::Ingress};
-use serde_json::json;
+use tokio::sync::oneshot;
 use xdp_ingress::{
     cli::{Cli, Command, RunArgs},
+    datapath::loader::KernelMaps,
+    proxy::server::BoundListeners,
     runner::Runner,
 };
 use xdp_ingress_tests::netns::Netns;
@@ -36,8 +38,8 @@ pub const DUMMY_IF2: &str = "xi-k1";
 /// How long any expected state may take to show (a sync is milliseconds; reconnecting after an
 /// outage waits out kube-runtime's backoff of about a second; this is for a loaded machine).
 pub const SETTLE: Duration = Duration::from_secs(30);
-/// A runner with no change for this long gets a nudge (see [`settle`]).
-const IDLE: Duration = Duration::from_secs(1);
+/// How often [`settle`] looks again.
+const POLL: Duration = Duration::from_millis(20);
 /// The Lease the agents compete for.
 pub const LEASE_NAME: &str = "xdp-ingress-leader";
 
@@ -196,138 +198,187 @@ pub fn run_args(kubeconfig: &Path, interface: &str, extra: &[&str]) -> Result<Ru
     }
 }
 
-/// A runner from `args`, started: its first complete list applied, XDP attached, listening.
-pub async fn start_runner(args: RunArgs) -> Result<Runner> {
+/// A runner started as the binary starts one (its first complete list applied, XDP attached,
+/// listening), then running the binary's own event loop, [`Runner::run`], on a task of its own:
+/// nothing drives it but the changes it watches. Tests observe only what it does (the kernel's
+/// maps, the proxy's answers, what it writes to the API server). Dropped without
+/// [`RunningAgent::stop`] (a failing test), the task is aborted.
+pub struct RunningAgent {
+    interface: String,
+    listeners: BoundListeners,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningAgent {
+    /// The interface its XDP program is attached to.
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    /// Stops it as SIGTERM stops the binary (drain, release the Lease, detach) and waits.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(shutdown) = self.shutdown.take() {
+            // The loop may have ended already (its source ended); the join says how.
+            let _ = shutdown.send(());
+        }
+        let task = self.task.take().context("stopped twice")?;
+        tokio::time::timeout(SETTLE, task)
+            .await
+            .context("the runner did not stop")?
+            .context("the runner's task panicked")
+    }
+}
+
+impl Drop for RunningAgent {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// A runner from `args`, started (ready when this returns) and running on a task.
+pub async fn start_runner(args: RunArgs) -> Result<RunningAgent> {
+    let interface = args.interfaces.first().cloned().unwrap_or_default();
     let mut runner = Runner::new(args).await.context("Runner::new")?;
     tokio::time::timeout(SETTLE, runner.start())
         .await
         .context("the runner did not start (first list of every kind)")?
         .context("Runner::start")?;
     ensure!(runner.is_ready(), "started but not ready");
-    Ok(runner)
+    let listeners = runner.listeners();
+    let (shutdown, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(runner.run(async {
+        // A dropped sender (the handle is gone) stops the loop too.
+        let _ = stopped.await;
+    }));
+    Ok(RunningAgent {
+        interface,
+        listeners,
+        shutdown: Some(shutdown),
+        task: Some(task),
+    })
 }
 
 /// The runner's plain-HTTP listener.
-pub fn http_addr(runner: &Runner) -> Result<SocketAddr> {
-    runner.listeners().http.context("no HTTP listener")
+pub fn http_addr(agent: &RunningAgent) -> Result<SocketAddr> {
+    agent.listeners.http.context("no HTTP listener")
 }
 
 /// The runner's HTTPS listener.
-pub fn https_addr(runner: &Runner) -> Result<SocketAddr> {
-    runner.listeners().https.context("no HTTPS listener")
+pub fn https_addr(agent: &RunningAgent) -> Result<SocketAddr> {
+    agent.listeners.https.context("no HTTPS listener")
 }
 
-/// Applies the runner's changes until `check` passes (returns `Ok`) or [`SETTLE`] passes
-/// (then `check`'s last error is returned). `on_sync` sees the runner after every sync.
-///
-/// `check` runs before every wait, so it is level-triggered. A runner with no change for
-/// [`IDLE`] gets a nudge (an annotation on an unrelated Service, hence one more sync): waiting
-/// with a timeout may cut a debounce short after its change was taken, and the state the test
-/// waits for may depend on something the runner is not told about (a status write, the Lease).
-pub async fn settle_watching(
-    runner: &mut Runner,
-    server: &FakeApiServer,
-    what: &str,
-    mut check: impl AsyncFnMut(&Runner) -> Result<()>,
-    mut on_sync: impl FnMut(&Runner),
-) -> Result<()> {
+/// Polls `check` until it passes (returns `Ok`) or [`SETTLE`] passes (then `check`'s last error
+/// is returned), every [`POLL`]. Nothing is injected: the runner applies what it watches on its
+/// own, so a change it takes but leaves unapplied until the next one is never applied here.
+pub async fn settle(what: &str, mut check: impl AsyncFnMut() -> Result<()>) -> Result<()> {
     let deadline = tokio::time::Instant::now() + SETTLE;
     loop {
-        let error = match check(runner).await {
+        let error = match check().await {
             Ok(()) => return Ok(()),
             Err(error) => error,
         };
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
+        if tokio::time::Instant::now() >= deadline {
             return Err(error.context(format!("still not true after {SETTLE:?}: {what}")));
         }
-        match tokio::time::timeout((deadline - now).min(IDLE), runner.apply_next_change()).await {
-            Ok(true) => on_sync(runner),
-            Ok(false) => bail!("the runner's source ended while waiting for: {what}"),
-            Err(_) => nudge(server)?,
-        }
+        tokio::time::sleep(POLL).await;
     }
-}
-
-/// [`settle_watching`] without an observer.
-pub async fn settle(
-    runner: &mut Runner,
-    server: &FakeApiServer,
-    what: &str,
-    check: impl AsyncFnMut(&Runner) -> Result<()>,
-) -> Result<()> {
-    settle_watching(runner, server, what, check, |_| {}).await
-}
-
-/// One more change for every watcher of Services: an annotation on a Service nobody uses.
-pub fn nudge(server: &FakeApiServer) -> Result<()> {
-    static COUNT: AtomicU64 = AtomicU64::new(0);
-    let mut service = objects::service("kube-system", "nudge", None, None);
-    service["metadata"]["annotations"] = json!({
-        "test/nudge": COUNT.fetch_add(1, Ordering::Relaxed).to_string(),
-    });
-    server.apply(&service)?;
-    Ok(())
 }
 
 /// VIP:port (TCP) → backends, as the kernel has them.
 pub type View = BTreeMap<SocketAddrV4, BTreeSet<SocketAddrV4>>;
 
-/// What the BPF maps forward, read back from the kernel: for every frontend the sync says it
-/// programmed, the SERVICES entry (which must exist and carry the same service id) and the
-/// backends its Maglev slots point at (BACKENDS entries, which must be active). The backends
-/// must equal the ones the sync says it programmed.
-pub fn programmed(runner: &Runner) -> Result<View> {
-    let l4 = runner.agent().l4().context("no L4 datapath")?;
-    let sync = l4.sync();
-    let maps = sync.maps();
-    let mut view = View::new();
-    for (frontend, programmed) in sync.frontends() {
-        let key = ServiceKey {
-            vip: u32::from_ne_bytes(frontend.vip.octets()),
-            port: frontend.port.to_be(),
-            proto: frontend.protocol.number(),
-            pad: 0,
+/// VIP:port (TCP) → its backends, or why its entry does not forward.
+pub type Entries = BTreeMap<SocketAddrV4, Result<BTreeSet<SocketAddrV4>, String>>;
+
+/// The id of the XDP program attached to `interface` (in the calling thread's namespace), as
+/// `ip -details -json link show` reports it.
+fn attached_program(interface: &str) -> Result<u32> {
+    let output = std::process::Command::new("ip")
+        .args(["-details", "-json", "link", "show", "dev", interface])
+        .output()
+        .context("running ip")?;
+    ensure!(
+        output.status.success(),
+        "ip link show dev {interface}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let links: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let xdp = &links[0]["xdp"];
+    // One program: `xdp.prog`; several (one per mode): `xdp.attached[].prog`.
+    std::iter::once(&xdp["prog"])
+        .chain(
+            xdp["attached"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|a| &a["prog"]),
+        )
+        .find_map(|prog| prog["id"].as_u64())
+        .and_then(|id| u32::try_from(id).ok())
+        .with_context(|| format!("no XDP program attached to {interface}: {links}"))
+}
+
+/// Every SERVICES entry of the XDP program attached to the agent's interface, read back from the
+/// kernel (not from what the agent believes it programmed): the backends its Maglev slots point
+/// at (BACKENDS entries, which must be active), or why not.
+pub fn kernel_entries(agent: &RunningAgent) -> Result<Entries> {
+    let program = attached_program(agent.interface())?;
+    let maps = KernelMaps::of_program(program)
+        .with_context(|| format!("the maps of XDP program {program}"))?;
+    let state = maps.read_state()?;
+    let mut entries = Entries::new();
+    for (key, _, table) in &state.services {
+        let frontend = SocketAddrV4::new(
+            Ipv4Addr::from(key.vip.to_ne_bytes()),
+            u16::from_be(key.port),
+        );
+        let backends = if u32::from(key.proto) != u32::from(ingress_common::proto::TCP) {
+            Err(format!(
+                "protocol {}, the tests make only TCP Services",
+                key.proto
+            ))
+        } else {
+            table_backends(&maps, table)
         };
-        let entry = maps
-            .service(&key)
-            .with_context(|| format!("{frontend} is not in the kernel's SERVICES map"))?;
-        ensure!(
-            entry.service_id == programmed.service_id,
-            "{frontend}: kernel service id {} != programmed {}",
-            entry.service_id,
-            programmed.service_id
-        );
-        let ids: BTreeSet<u32> = maps
-            .slots(entry.table_offset, entry.table_size)
-            .into_iter()
-            .collect();
-        let mut backends = BTreeSet::new();
-        for id in &ids {
-            let backend = maps
-                .backend(*id)
-                .with_context(|| format!("{frontend}: backend id {id} not in BACKENDS"))?;
-            ensure!(
-                backend.flags & ingress_common::BACKEND_ACTIVE != 0,
-                "{frontend}: backend id {id} in its table is not active"
-            );
-            backends.insert(SocketAddrV4::new(
-                Ipv4Addr::from(backend.addr.to_ne_bytes()),
-                u16::from_be(backend.port),
-            ));
-        }
-        let planned: BTreeSet<SocketAddrV4> = programmed
-            .backends
-            .keys()
-            .map(|b| SocketAddrV4::new(b.addr, b.port))
-            .collect();
-        ensure!(
-            planned == backends,
-            "{frontend}: the kernel's table has {backends:?}, the sync programmed {planned:?}"
-        );
-        view.insert(SocketAddrV4::new(frontend.vip, frontend.port), backends);
+        entries.insert(frontend, backends);
     }
-    Ok(view)
+    Ok(entries)
+}
+
+/// The backends a Maglev table points at; an error for an id that is not an active backend.
+fn table_backends(maps: &KernelMaps, table: &[u32]) -> Result<BTreeSet<SocketAddrV4>, String> {
+    let ids: BTreeSet<u32> = table.iter().copied().collect();
+    let mut backends = BTreeSet::new();
+    for id in ids {
+        let backend = maps
+            .backend(id)
+            .ok_or_else(|| format!("backend id {id} not in BACKENDS"))?;
+        if backend.flags & ingress_common::BACKEND_ACTIVE == 0 {
+            return Err(format!("backend id {id} in its table is not active"));
+        }
+        backends.insert(SocketAddrV4::new(
+            Ipv4Addr::from(backend.addr.to_ne_bytes()),
+            u16::from_be(backend.port),
+        ));
+    }
+    Ok(backends)
+}
+
+/// What the kernel forwards ([`kernel_entries`]), every entry consistent; an entry the agent
+/// left behind (a deleted Service) is in it as much as one it programmed.
+pub fn programmed(agent: &RunningAgent) -> Result<View> {
+    kernel_entries(agent)?
+        .into_iter()
+        .map(|(frontend, backends)| {
+            backends
+                .map(|b| (frontend, b))
+                .map_err(|why| anyhow::anyhow!("{frontend}: {why}"))
+        })
+        .collect()
 }
 
 /// `vip:80`.
