@@ -1151,3 +1151,200 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
         Ok(())
     })
 }
+
+/// `/readyz` answers 503 until the first list of every kind has been applied, then 200: with the
+/// Ingress list failing (injected 500s, retried by the watcher), the agent's admin listener
+/// answers not ready and its proxy does not listen yet; once the list succeeds it turns ready
+/// and serves the Ingress.
+#[test]
+fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
+    let scene = Scene::new("xk-rdy")?;
+    let binary = agent::binary()?;
+    let netns = scene.netns().name().to_string();
+    scene.run(async move |server: &FakeApiServer| {
+        let web = Backend::start("web").await?;
+        for class in objects::classes() {
+            server.apply(&class)?;
+        }
+        server.apply(&objects::service(NS, "web", None, None))?;
+        server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+        server.apply(&objects::ingress(
+            NS,
+            "ready",
+            Some(OUR_CLASS),
+            "ready.example",
+            "/",
+            "web",
+        ))?;
+        const FAILURES: usize = 4;
+        server.inject_error(Verb::List, "ingresses.networking.k8s.io", 500, FAILURES)?;
+        let config = kubeconfig(server)?;
+        let mut agent = KubeAgent::start(
+            &netns,
+            &binary,
+            config.path(),
+            &[
+                "--http-listen",
+                "127.0.0.1:0",
+                "--https-listen",
+                "off",
+                "--admin-listen",
+                "127.0.0.1:0",
+            ],
+        )?;
+        agent.wait_for_line(|l| l.contains("admin listening"), Duration::from_secs(30))?;
+        let admin = agent.logged_addr("admin listening")?;
+        let client = pooled();
+        let readyz = async || -> Result<u16> {
+            let reply = clients::get(&client, admin, "admin", "/readyz").await?;
+            Ok(reply.status.as_u16())
+        };
+        // While the Ingress list fails: not ready, and the proxy is not listening.
+        let first = readyz().await?;
+        let failed_so_far = server.count(Verb::List, "ingresses.networking.k8s.io");
+        ensure!(
+            first == 503 && failed_so_far <= FAILURES,
+            "/readyz answered {first} after {failed_so_far} Ingress list(s), {FAILURES} of them \
+             failing:\n{}",
+            agent.output().join("\n")
+        );
+        ensure!(
+            !agent.output().iter().any(|l| l.contains("HTTP listening")),
+            "the proxy listened before every kind was listed"
+        );
+        // Then ready, with every kind listed, and serving.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while readyz().await? != 200 {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "not ready 30 s after start:\n{}",
+                agent.output().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let lists = server.count(Verb::List, "ingresses.networking.k8s.io");
+        ensure!(
+            lists > FAILURES,
+            "ready after only {lists} Ingress list(s), {FAILURES} of which failed"
+        );
+        let http = agent.logged_addr("HTTP listening")?;
+        ensure!(served_by(&client, http, "ready.example").await? == "web");
+        let (status, _) = agent.terminate(Duration::from_secs(30))?;
+        ensure!(status.success(), "exit {status}");
+        Ok(())
+    })
+}
+
+/// `--watch-namespace`: only that namespace's objects are served, and the agent lists and
+/// watches namespaced kinds only there (never cluster-wide).
+#[test]
+fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
+    let scene = Scene::new("xk-wns")?;
+    let binary = agent::binary()?;
+    let netns = scene.netns().name().to_string();
+    scene.run(async move |server: &FakeApiServer| {
+        let web = Backend::start("web").await?;
+        for class in objects::classes() {
+            server.apply(&class)?;
+        }
+        for namespace in [NS, "elsewhere"] {
+            server.apply(&objects::service(namespace, "web", None, None))?;
+            server.apply(&objects::backend_slice(namespace, "web-a", "web", web.addr))?;
+            server.apply(&objects::ingress(
+                namespace,
+                "site",
+                Some(OUR_CLASS),
+                &format!("{namespace}.example"),
+                "/",
+                "web",
+            ))?;
+        }
+        let config = kubeconfig(server)?;
+        let mut agent = KubeAgent::start(
+            &netns,
+            &binary,
+            config.path(),
+            &[
+                "--http-listen",
+                "127.0.0.1:0",
+                "--https-listen",
+                "off",
+                "--admin-listen",
+                "off",
+                "--watch-namespace",
+                NS,
+            ],
+        )?;
+        agent.wait_running(Duration::from_secs(30))?;
+        let http = agent.logged_addr("HTTP listening")?;
+        let client = pooled();
+        ensure!(served_by(&client, http, &format!("{NS}.example")).await? == "web");
+        let status = status_of(&client, http, "elsewhere.example").await?;
+        ensure!(
+            status == 404,
+            "an Ingress of another namespace answered {status}"
+        );
+        // A change in the other namespace is not seen either.
+        server.apply(&objects::ingress(
+            "elsewhere",
+            "late",
+            Some(OUR_CLASS),
+            "late.example",
+            "/",
+            "web",
+        ))?;
+        server.apply(&objects::ingress(
+            NS,
+            "late",
+            Some(OUR_CLASS),
+            "late-ours.example",
+            "/",
+            "web",
+        ))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while served_by(&client, http, "late-ours.example")
+            .await
+            .ok()
+            .as_deref()
+            != Some("web")
+        {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "a new Ingress of the watched namespace not served"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = status_of(&client, http, "late.example").await?;
+        ensure!(
+            status == 404,
+            "a new Ingress of another namespace answered {status}"
+        );
+        // Namespaced kinds were listed and watched in NS only.
+        let namespaced = [
+            "services",
+            "endpointslices.discovery.k8s.io",
+            "ingresses.networking.k8s.io",
+            "secrets",
+        ];
+        let mut scoped = 0;
+        for record in server.requests() {
+            let kind = record.resource.as_deref().unwrap_or_default();
+            if namespaced.contains(&kind) && matches!(record.verb, Verb::List | Verb::Watch) {
+                ensure!(
+                    record.namespace.as_deref() == Some(NS),
+                    "a cluster-wide or other-namespace request: {} {}",
+                    record.method,
+                    record.path
+                );
+                scoped += 1;
+            }
+        }
+        ensure!(
+            scoped >= namespaced.len(),
+            "only {scoped} scoped list/watch requests"
+        );
+        let (status, _) = agent.terminate(Duration::from_secs(30))?;
+        ensure!(status.success(), "exit {status}");
+        Ok(())
+    })
+}

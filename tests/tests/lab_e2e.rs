@@ -274,6 +274,32 @@ impl Scenario {
             .run_inside(|| Ok(lab::tcp_ask(lab::vip_tcp(), ANSWER_TIMEOUT).is_ok()))
     }
 
+    /// Asks VIP:53 once from each of `n` UDP sockets open at the same time (so from `n` distinct
+    /// ports); every answer must come from the VIP.
+    fn udp_answers_from_distinct_ports(&self, n: usize) -> Result<Vec<String>> {
+        self.lab.client().run_inside(move || {
+            let sockets = (0..n)
+                .map(|_| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            sockets
+                .iter()
+                .map(|socket| {
+                    socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+                    socket.send_to(b"who?\n", lab::vip_udp())?;
+                    let mut buffer = [0u8; 512];
+                    let (len, from) = socket
+                        .recv_from(&mut buffer)
+                        .context("no UDP answer from the VIP")?;
+                    ensure!(
+                        from == lab::vip_udp(),
+                        "UDP answer from {from}, not the VIP"
+                    );
+                    Ok(String::from_utf8_lossy(&buffer[..len]).trim().to_string())
+                })
+                .collect()
+        })
+    }
+
     /// Asks VIP:53 over UDP `n` times; every answer must come from the VIP.
     fn udp_answers(&self, n: usize) -> Result<Vec<String>> {
         self.lab.client().run_inside(move || {
@@ -437,7 +463,9 @@ fn per_backend_links_forward_tcp_and_udp() -> Result<()> {
     let counts = scenario.tcp_spread(SPREAD_CONNECTIONS)?;
     println!("per-backend links, {SPREAD_CONNECTIONS} connections: {counts:?}");
     assert_fair(&counts, &names)?;
-    let answers = scenario.udp_answers(30)?;
+    // From 30 sockets held open together: 30 distinct source ports, so 30 flows (a port freed
+    // and taken again would make two questions one flow).
+    let answers = scenario.udp_answers_from_distinct_ports(30)?;
     for name in &answers {
         ensure!(names.contains(name), "unexpected UDP answer {name:?}");
     }
