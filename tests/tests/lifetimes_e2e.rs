@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, ensure as check, Context as _, Result};
 use proxy::{
-    backends::Backend,
+    backends::{Backend, Gate},
     clients, eventually,
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
@@ -47,6 +47,7 @@ const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SETTINGS: u8 = 0x4;
 const HEADERS: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
+const PING: u8 = 0x6;
 const END_STREAM_AND_HEADERS: u8 = 0x5;
 
 /// One HTTP/2 frame.
@@ -172,6 +173,158 @@ async fn connections_without_a_first_request_are_closed_after_the_header_timeout
             .await
             .with_context(|| format!("{name}: no request in 2 s, yet not closed"))?;
     }
+    Ok(())
+}
+
+/// A request head or TLS handshake that has started must finish within `--client-header-timeout`
+/// (slowloris), on a keep-alive connection after a first request too, while the idle timeout is
+/// much longer: a half-sent head on the plain listener, a ClientHello cut short on the TLS one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let proxy = TestProxy::start(
+        single_host("shop.example", &web)?,
+        &[
+            "--client-header-timeout",
+            "2s",
+            "--client-idle-timeout",
+            "60s",
+        ],
+    )?;
+    let mut half_head = TcpStream::connect(proxy.http).await?;
+    half_head
+        .write_all(b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\nGET /b HTTP/1.1\r\nHo")
+        .await?;
+    // A TLS record header announcing a 512-byte handshake message, and 4 bytes of it.
+    let mut half_hello = TcpStream::connect(proxy.https).await?;
+    half_hello
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc])
+        .await?;
+    let started = Instant::now();
+    for (name, stream) in [
+        ("half-sent second head", &mut half_head),
+        ("ClientHello cut short", &mut half_hello),
+    ] {
+        read_until_closed(stream, Duration::from_secs(15))
+            .await
+            .with_context(|| format!("{name}: not closed 15 s after it stalled"))?;
+    }
+    check!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before the header timeout",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// An HTTP/2 peer that stops answering is found by PINGs: with a request in flight (its
+/// backend holds the answer, so neither the idle nor the send timeout applies) and a client that
+/// never acknowledges a PING, the proxy sends PINGs and closes the connection once one goes
+/// unanswered for `--client-header-timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
+    let gate = Gate::new();
+    let web = Backend::start_gated("web", gate.clone()).await?;
+    let proxy = TestProxy::start(
+        single_host("shop.example", &web)?,
+        &[
+            "--client-idle-timeout",
+            "4s",
+            "--client-header-timeout",
+            "2s",
+        ],
+    )?;
+    let mut dead = TcpStream::connect(proxy.http).await?;
+    let mut request = h2_start(&[]);
+    request.extend(h2_get(1, "shop.example", "/held/x"));
+    dead.write_all(&request).await?;
+    eventually("the request held at the backend", || async {
+        check!(gate.arrived() == 1, "not yet");
+        Ok(())
+    })
+    .await?;
+    let received = read_until_closed(&mut dead, Duration::from_secs(20))
+        .await
+        .context("a peer that never answers PINGs kept its connection")?;
+    let types = frame_types(&received);
+    gate.open();
+    check!(types.contains(&PING), "no PING sent: frames {types:?}");
+    check!(
+        !types.contains(&HEADERS),
+        "the held request was answered: frames {types:?}"
+    );
+    Ok(())
+}
+
+/// Out of descriptors before the connection cap (`prlimit --nofile=64:64`, so there is no
+/// hard limit to raise, and a cap far above it): an accept that fails with EMFILE closes the
+/// connection idle longest and backs off, so a new client still gets through and the agent does
+/// not spin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = single_host("shop.example", &web)?;
+    let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
+    let script = scripts.path().join("agent.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile=64:64 {} \"$@\"\n",
+            agent::binary()?.display()
+        ),
+    )?;
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    let mut agent = AgentProcess::start_l7(
+        &script,
+        manifests.path(),
+        &["--workers", "2", "--max-connections", "1000"],
+    )?;
+    let http = agent
+        .wait_l7_listening(Duration::from_secs(30))?
+        .http
+        .context("no HTTP listener")?;
+    let pid = agent.pid();
+    // More idle h2c connections than descriptors: the later ones wait in the backlog.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        let mut stream = TcpStream::connect(http).await?;
+        let mut request = h2_start(&[]);
+        request.extend(h2_get(1, "shop.example", "/idle"));
+        stream.write_all(&request).await?;
+        idle.push(stream);
+    }
+    let reply = eventually("a request with every descriptor taken", || async {
+        let (status, text) = clients::raw_exchange(
+            http,
+            b"GET /legit HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
+        )
+        .await?;
+        check!(status == 200, "{status}: {text}");
+        Ok(text)
+    })
+    .await
+    .with_context(|| agent.output().join("\n"))?;
+    check!(reply.contains("/legit"), "{reply}");
+    check!(
+        agent
+            .output()
+            .iter()
+            .any(|line| line.contains("accept failed; backing off")),
+        "the descriptors never ran out: {}",
+        agent.output().join("\n")
+    );
+    // With clients still knocking, the agent stays quiet.
+    let knocking = TcpStream::connect(http).await?;
+    let before = cpu_ticks(pid)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let used = cpu_ticks(pid)? - before;
+    // SAFETY: sysconf without pointers.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
+    check!(
+        used < per_second,
+        "the agent used {used} ticks ({per_second}/s) in 3 s out of descriptors"
+    );
+    drop(knocking);
     Ok(())
 }
 
