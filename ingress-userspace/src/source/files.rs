@@ -14,7 +14,8 @@
 //! read (a FIFO or a device named `x.yaml` is a problem, not a wait or an endless read), each at
 //! most `--max-manifest-bytes`; directories and files are known by device and inode, so a symlink
 //! loop is walked once and a file reachable by several paths is read once; and a document nesting
-//! deeper than [`MAX_NESTING_DEPTH`] is refused before serde_yaml sees it.
+//! flow collections deeper than [`MAX_NESTING_DEPTH`] is refused before serde_yaml sees it (the
+//! full measurement runs only for documents with that many `[`/`{`: see `yaml_depth`).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -509,7 +510,10 @@ fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Problem>) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     // The documents before a too deep one are read as usual; it and the rest are not, as after
     // a syntax error.
-    let text = match yaml_depth::too_deep(text, MAX_NESTING_DEPTH) {
+    let deep = yaml_depth::may_nest_flows_deeper(text, MAX_NESTING_DEPTH)
+        .then(|| yaml_depth::too_deep(text, MAX_NESTING_DEPTH))
+        .flatten();
+    let text = match deep {
         None => text,
         Some(deep) => {
             problems.push(Problem {

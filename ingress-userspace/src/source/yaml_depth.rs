@@ -25,6 +25,37 @@ pub struct TooDeep {
     pub column: u64,
 }
 
+/// Whether some document of `text` could nest flow collections more than `limit` deep: it holds
+/// more than `limit` flow openers (`[`, `{`, counted anywhere, even in scalars and comments, so
+/// the answer errs towards `true`). Only flow nesting makes libyaml's scanner slow; block nesting
+/// costs linear time and serde_yaml's own recursion limit (128) refuses it. One byte scan, so a
+/// file of ordinary documents skips [`too_deep`]'s full parse (10,000 Services: about 0.4 s of
+/// the agent's start).
+pub fn may_nest_flows_deeper(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
+    let mut openers = 0usize;
+    for (at, &byte) in bytes.iter().enumerate() {
+        match byte {
+            b'[' | b'{' => {
+                openers += 1;
+                if openers > limit {
+                    return true;
+                }
+            }
+            // A `---` line starts a new document (it cannot occur inside a scalar); splitting at
+            // anything less would only count more per document.
+            b'\n'
+                if bytes[at + 1..].starts_with(b"---")
+                    && matches!(bytes.get(at + 4), None | Some(b' ' | b'\t' | b'\r' | b'\n')) =>
+            {
+                openers = 0;
+            }
+            _ => {}
+        }
+    }
+    false
+}
+
 /// The first document of `text` with a collection nested more than `limit` deep, or `None`.
 /// A syntax error ends the measurement: serde_yaml stops at the same error and reports it.
 pub fn too_deep(text: &str, limit: usize) -> Option<TooDeep> {
@@ -156,6 +187,17 @@ mod tests {
         assert_eq!((deep.document, deep.line, deep.column), (1, 1, 101));
         // Generous: it takes well under a millisecond.
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    }
+
+    #[test]
+    fn only_documents_with_many_flow_openers_need_the_full_measurement() {
+        let ordinary = "a: {b: [c]}\n---\nd: [e, {f: g}]\n";
+        assert!(!may_nest_flows_deeper(ordinary, 3));
+        // Counted per document, conservatively (brackets in scalars count too).
+        assert!(may_nest_flows_deeper("a: '[[[[x'\n", 3));
+        assert!(!may_nest_flows_deeper("a: [[x]]\n---\nb: [[x]]\n", 3));
+        assert!(may_nest_flows_deeper("a: [[x]]\n---x\nb: [[x]]\n", 3));
+        assert!(may_nest_flows_deeper(&"[".repeat(101), 100));
     }
 
     #[test]
