@@ -264,36 +264,78 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
 async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     let web = Backend::start("web").await?;
     let manifests = single_host("shop.example", &web)?;
+    let (_scripts, agent) = start_with_open_files(
+        &manifests,
+        "64:64",
+        &["--workers", "2", "--max-connections", "1000"],
+    )?;
+    let http = agent.http;
+    let pid = agent.pid;
+    // More idle h2c connections than descriptors: the later ones wait in the backlog.
+    let mut idle = Vec::new();
+    for _ in 0..80 {
+        idle.push(idle_h2c(http).await?);
+    }
+    legit_request_gets_through(http, "a request with every descriptor taken")
+        .await
+        .with_context(|| agent.process.output().join("\n"))?;
+    check!(
+        agent
+            .process
+            .output()
+            .iter()
+            .any(|line| line.contains("accept failed; backing off")),
+        "the descriptors never ran out: {}",
+        agent.process.output().join("\n")
+    );
+    stays_quiet_with_a_client_knocking(http, pid, "out of descriptors").await
+}
+
+/// The agent started through `prlimit --nofile=<limits>` (which execs it, so the child's pid is
+/// the agent's); the returned directory holds the wrapper script.
+fn start_with_open_files(
+    manifests: &Manifests,
+    limits: &str,
+    extra: &[&str],
+) -> Result<(proxy::manifests::TempDir, LimitedAgent)> {
     let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
     let script = scripts.path().join("agent.sh");
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nexec prlimit --nofile=64:64 {} \"$@\"\n",
+            "#!/bin/sh\nexec prlimit --nofile={limits} {} \"$@\"\n",
             agent::binary()?.display()
         ),
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut agent = AgentProcess::start_l7(
-        &script,
-        manifests.path(),
-        &["--workers", "2", "--max-connections", "1000"],
-    )?;
-    let http = agent
+    let mut process = AgentProcess::start_l7(&script, manifests.path(), extra)?;
+    let http = process
         .wait_l7_listening(Duration::from_secs(30))?
         .http
         .context("no HTTP listener")?;
-    let pid = agent.pid();
-    // More idle h2c connections than descriptors: the later ones wait in the backlog.
-    let mut idle = Vec::new();
-    for _ in 0..80 {
-        let mut stream = TcpStream::connect(http).await?;
-        let mut request = h2_start(&[]);
-        request.extend(h2_get(1, "shop.example", "/idle"));
-        stream.write_all(&request).await?;
-        idle.push(stream);
-    }
-    let reply = eventually("a request with every descriptor taken", || async {
+    let pid = process.pid();
+    Ok((scripts, LimitedAgent { process, http, pid }))
+}
+
+/// An agent under `prlimit` (see [`start_with_open_files`]).
+struct LimitedAgent {
+    process: AgentProcess,
+    http: std::net::SocketAddr,
+    pid: u32,
+}
+
+/// An h2c connection that has carried one request and then idles.
+async fn idle_h2c(http: std::net::SocketAddr) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(http).await?;
+    let mut request = h2_start(&[]);
+    request.extend(h2_get(1, "shop.example", "/idle"));
+    stream.write_all(&request).await?;
+    Ok(stream)
+}
+
+/// A new client's request is answered (retried while the agent makes room).
+async fn legit_request_gets_through(http: std::net::SocketAddr, what: &str) -> Result<()> {
+    let reply = eventually(what, || async {
         let (status, text) = clients::raw_exchange(
             http,
             b"GET /legit HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
@@ -302,18 +344,18 @@ async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
         check!(status == 200, "{status}: {text}");
         Ok(text)
     })
-    .await
-    .with_context(|| agent.output().join("\n"))?;
+    .await?;
     check!(reply.contains("/legit"), "{reply}");
-    check!(
-        agent
-            .output()
-            .iter()
-            .any(|line| line.contains("accept failed; backing off")),
-        "the descriptors never ran out: {}",
-        agent.output().join("\n")
-    );
-    // With clients still knocking, the agent stays quiet.
+    Ok(())
+}
+
+/// With a client knocking at a full agent, the agent uses well under a second of CPU in 3 s (a
+/// spinning accept loop burns all of it).
+async fn stays_quiet_with_a_client_knocking(
+    http: std::net::SocketAddr,
+    pid: u32,
+    when: &str,
+) -> Result<()> {
     let knocking = TcpStream::connect(http).await?;
     let before = cpu_ticks(pid)?;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -322,7 +364,7 @@ async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
     check!(
         used < per_second,
-        "the agent used {used} ticks ({per_second}/s) in 3 s out of descriptors"
+        "the agent used {used} ticks ({per_second}/s) in 3 s {when}"
     );
     drop(knocking);
     Ok(())
@@ -436,27 +478,13 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()> {
     let web = Backend::start("web").await?;
     let manifests = single_host("shop.example", &web)?;
-    // prlimit sets the limits and execs the agent: the child's pid is the agent's.
-    let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
-    let script = scripts.path().join("agent.sh");
-    let binary = agent::binary()?;
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nexec prlimit --nofile=100:160 {} \"$@\"\n",
-            binary.display()
-        ),
-    )?;
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut agent = AgentProcess::start_l7(
-        &script,
-        manifests.path(),
+    let (_scripts, agent) = start_with_open_files(
+        &manifests,
+        "100:160",
         &["--debounce-ms", "20", "--workers", "2"],
     )?;
-    let listeners = agent.wait_l7_listening(Duration::from_secs(30))?;
-    let http = listeners.http.context("no HTTP listener")?;
-    let pid = agent.pid();
-    let log = || agent.output().join("\n");
+    let (http, pid) = (agent.http, agent.pid);
+    let log = || agent.process.output().join("\n");
 
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
     let open_files = limits
@@ -490,26 +518,13 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
         if n == 24 {
             tokio::time::sleep(Duration::from_millis(1500)).await;
         }
-        let mut stream = TcpStream::connect(http).await?;
-        let mut request = h2_start(&[]);
-        request.extend(h2_get(1, "shop.example", "/idle"));
-        stream.write_all(&request).await?;
-        idle.push(stream);
+        idle.push(idle_h2c(http).await?);
     }
     // A new client gets through: the connection idle longest makes room (a connection that
     // is refused while the others are still busy with their request is tried again).
-    let reply = eventually("a request at the connection cap", || async {
-        let (status, text) = clients::raw_exchange(
-            http,
-            b"GET /legit HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
-        )
-        .await?;
-        check!(status == 200, "{status}: {text}");
-        Ok(text)
-    })
-    .await
-    .with_context(log)?;
-    check!(reply.contains("/legit"), "{reply}");
+    legit_request_gets_through(http, "a request at the connection cap")
+        .await
+        .with_context(log)?;
     // The oldest idle connection is gone, the newest is still open.
     read_until_closed(&mut idle[0], Duration::from_secs(10))
         .await
@@ -529,16 +544,5 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
 
     // At the cap, with a client knocking, the agent stays quiet: well under a second of CPU in
     // 3 s (a spinning accept loop burns all of it).
-    let knocking = TcpStream::connect(http).await?;
-    let before = cpu_ticks(pid)?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let used = cpu_ticks(pid)? - before;
-    // SAFETY: sysconf without pointers.
-    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    check!(
-        used < per_second,
-        "the agent used {used} ticks ({per_second}/s) in 3 s at the connection cap"
-    );
-    drop(knocking);
-    Ok(())
+    stays_quiet_with_a_client_knocking(http, pid, "at the connection cap").await
 }
