@@ -1100,16 +1100,11 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
         }
         server.apply(&objects::service(NS, "web", None, None))?;
         server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
-        let config = kubeconfig(server)?;
-        let mut agent = KubeAgent::start(
+        let (_config, mut agent) = start_binary(
             &netns,
             &binary,
-            config.path(),
+            server,
             &[
-                "--http-listen",
-                "127.0.0.1:0",
-                "--https-listen",
-                "off",
                 "--admin-listen",
                 "off",
                 "--debounce-ms",
@@ -1178,20 +1173,8 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
         ))?;
         const FAILURES: usize = 4;
         server.inject_error(Verb::List, "ingresses.networking.k8s.io", 500, FAILURES)?;
-        let config = kubeconfig(server)?;
-        let mut agent = KubeAgent::start(
-            &netns,
-            &binary,
-            config.path(),
-            &[
-                "--http-listen",
-                "127.0.0.1:0",
-                "--https-listen",
-                "off",
-                "--admin-listen",
-                "127.0.0.1:0",
-            ],
-        )?;
+        let (_config, mut agent) =
+            start_binary(&netns, &binary, server, &["--admin-listen", "127.0.0.1:0"])?;
         agent.wait_for_line(|l| l.contains("admin listening"), Duration::from_secs(30))?;
         let admin = agent.logged_addr("admin listening")?;
         let client = pooled();
@@ -1259,21 +1242,11 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
                 "web",
             ))?;
         }
-        let config = kubeconfig(server)?;
-        let mut agent = KubeAgent::start(
+        let (_config, mut agent) = start_binary(
             &netns,
             &binary,
-            config.path(),
-            &[
-                "--http-listen",
-                "127.0.0.1:0",
-                "--https-listen",
-                "off",
-                "--admin-listen",
-                "off",
-                "--watch-namespace",
-                NS,
-            ],
+            server,
+            &["--admin-listen", "off", "--watch-namespace", NS],
         )?;
         agent.wait_running(Duration::from_secs(30))?;
         let http = agent.logged_addr("HTTP listening")?;
@@ -1347,4 +1320,19 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
         ensure!(status.success(), "exit {status}");
         Ok(())
     })
+}
+
+/// The agent binary in cluster mode against `server`, HTTP on a loopback port and no HTTPS,
+/// with `extra` flags; the kubeconfig file lives as long as the returned handle.
+fn start_binary(
+    netns: &str,
+    binary: &std::path::Path,
+    server: &FakeApiServer,
+    extra: &[&str],
+) -> Result<(kube::TempFile, KubeAgent)> {
+    let config = kubeconfig(server)?;
+    let mut args = vec!["--http-listen", "127.0.0.1:0", "--https-listen", "off"];
+    args.extend_from_slice(extra);
+    let agent = KubeAgent::start(netns, binary, config.path(), &args)?;
+    Ok((config, agent))
 }
