@@ -13,13 +13,8 @@
 //! The last tests run the agent binary (`$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`;
 //! build it with `cargo build -p ingress-userspace`), one of them in the L4 lab. Root is needed.
 
-#[allow(dead_code)]
-#[path = "proxy/backends.rs"]
-mod backends;
-#[allow(dead_code)]
-#[path = "proxy/clients.rs"]
-mod clients;
-mod kube;
+use xdp_ingress_tests::kube;
+use xdp_ingress_tests::proxy::{backends, clients};
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -41,13 +36,12 @@ use k8s_openapi::api::{
 use kube::{
     frontend, http_addr, https_addr, ingress_ips, kernel_entries, kubeconfig, lease_holder,
     objects::{self, OTHER_CLASS, OUR_CLASS},
-    process::KubeAgent,
     programmed, run_args, served_by, served_by_all, service_ips, settle, start_runner, status_of,
-    v4, RunningAgent, Scene, View, DUMMY_IF, DUMMY_IF2,
+    v4, InProcessRunner, Scene, View, DUMMY_IF, DUMMY_IF2,
 };
 use serde_json::json;
 use xdp_ingress_tests::{
-    agent,
+    agent::{self, Agent, AgentProcess},
     lab::{self, BackendLink, Lab, LabConfig},
 };
 
@@ -96,7 +90,7 @@ fn view_diff(got: &View, want: &View) -> String {
 }
 
 /// The kernel's view equals `want`.
-fn check_view(runner: &RunningAgent, want: &View) -> Result<()> {
+fn check_view(runner: &InProcessRunner, want: &View) -> Result<()> {
     let got = programmed(runner)?;
     ensure!(&got == want, "BPF maps: {}", view_diff(&got, want));
     Ok(())
@@ -946,7 +940,11 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
     for interface in &interfaces {
         args.extend(["--interface", interface.as_str()]);
     }
-    let mut agent = KubeAgent::start(lab.node().name(), &binary, config.path(), &args)?;
+    let mut agent = Agent::kubeconfig(config.path())
+        .binary(&binary)
+        .in_netns(lab.node().name())
+        .args(&args)
+        .start()?;
     agent.wait_running(Duration::from_secs(30))?;
     let names: BTreeSet<String> = lab.backends().iter().map(|b| b.name.clone()).collect();
 
@@ -1114,7 +1112,9 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
             ],
         )?;
         agent.wait_running(Duration::from_secs(30))?;
-        let http = agent.logged_addr("HTTP listening")?;
+        let http = agent
+            .logged_addr("HTTP listening")?
+            .context("no HTTP listening line")?;
         let client = pooled();
         for n in 0..5 {
             let host = format!("t{n}.example");
@@ -1176,7 +1176,9 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
         let (_config, mut agent) =
             start_binary(&netns, &binary, server, &["--admin-listen", "127.0.0.1:0"])?;
         agent.wait_for_line(|l| l.contains("admin listening"), Duration::from_secs(30))?;
-        let admin = agent.logged_addr("admin listening")?;
+        let admin = agent
+            .logged_addr("admin listening")?
+            .context("no admin listening line")?;
         let client = pooled();
         let readyz = async || -> Result<u16> {
             let reply = clients::get(&client, admin, "admin", "/readyz").await?;
@@ -1210,7 +1212,9 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
             lists > FAILURES,
             "ready after only {lists} Ingress list(s), {FAILURES} of which failed"
         );
-        let http = agent.logged_addr("HTTP listening")?;
+        let http = agent
+            .logged_addr("HTTP listening")?
+            .context("no HTTP listening line")?;
         ensure!(served_by(&client, http, "ready.example").await? == "web");
         let (status, _) = agent.terminate(Duration::from_secs(30))?;
         ensure!(status.success(), "exit {status}");
@@ -1249,7 +1253,9 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
             &["--admin-listen", "off", "--watch-namespace", NS],
         )?;
         agent.wait_running(Duration::from_secs(30))?;
-        let http = agent.logged_addr("HTTP listening")?;
+        let http = agent
+            .logged_addr("HTTP listening")?
+            .context("no HTTP listening line")?;
         let client = pooled();
         ensure!(served_by(&client, http, &format!("{NS}.example")).await? == "web");
         let status = status_of(&client, http, "elsewhere.example").await?;
@@ -1329,10 +1335,14 @@ fn start_binary(
     binary: &std::path::Path,
     server: &FakeApiServer,
     extra: &[&str],
-) -> Result<(kube::TempFile, KubeAgent)> {
+) -> Result<(kube::TempFile, AgentProcess)> {
     let config = kubeconfig(server)?;
     let mut args = vec!["--http-listen", "127.0.0.1:0", "--https-listen", "off"];
     args.extend_from_slice(extra);
-    let agent = KubeAgent::start(netns, binary, config.path(), &args)?;
+    let agent = Agent::kubeconfig(config.path())
+        .binary(binary)
+        .in_netns(netns)
+        .args(&args)
+        .start()?;
     Ok((config, agent))
 }

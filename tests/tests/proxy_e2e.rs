@@ -6,7 +6,7 @@
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
 
-mod proxy;
+use xdp_ingress_tests::proxy;
 
 use std::{
     sync::{

@@ -7,8 +7,8 @@ pub mod manifests;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
+use crate::agent::{Agent, AgentProcess};
 use anyhow::{bail, Context as _, Result};
-use xdp_ingress_tests::agent::{self, AgentProcess};
 
 use manifests::Manifests;
 
@@ -48,15 +48,14 @@ impl TestProxy {
     }
 
     fn start_inner(manifests: Manifests, extra: &[&str], admin: Option<&str>) -> Result<Self> {
-        let binary = agent::binary()?;
-        let mut flags = vec!["--debounce-ms", "20", "--workers", "2"];
-        flags.extend_from_slice(extra);
-        let mut agent = match admin {
-            Some(admin) => {
-                AgentProcess::start_l7_with_admin_at(&binary, manifests.path(), admin, &flags)?
-            }
-            None => AgentProcess::start_l7(&binary, manifests.path(), &flags)?,
-        };
+        let mut agent = Agent::manifests(manifests.path()).l7_on_loopback();
+        if let Some(admin) = admin {
+            agent = agent.admin_listen(admin);
+        }
+        let mut agent = agent
+            .args(["--debounce-ms", "20", "--workers", "2"])
+            .args(extra)
+            .start()?;
         let listeners = agent.wait_l7_listening(Duration::from_secs(30))?;
         let admin = if admin.is_some() {
             Some(agent.admin_addr()?.context("no admin listener logged")?)
