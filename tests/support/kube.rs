@@ -505,3 +505,31 @@ pub fn decode_query(query: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// What differs between two views, briefly (a whole 100-entry view is unreadable).
+pub fn view_diff(got: &View, want: &View) -> String {
+    let mut lines = Vec::new();
+    for (frontend, backends) in want {
+        match got.get(frontend) {
+            None => lines.push(format!("missing {frontend}")),
+            Some(b) if b != backends => lines.push(format!("{frontend}: {b:?}, want {backends:?}")),
+            Some(_) => {}
+        }
+    }
+    for frontend in got.keys().filter(|f| !want.contains_key(f)) {
+        lines.push(format!("unexpected {frontend}"));
+    }
+    format!(
+        "{} frontends, want {}: {}",
+        got.len(),
+        want.len(),
+        lines.join("; ")
+    )
+}
+
+/// The kernel's view equals `want`.
+pub fn check_view(runner: &InProcessRunner, want: &View) -> Result<()> {
+    let got = programmed(runner)?;
+    ensure!(&got == want, "BPF maps: {}", view_diff(&got, want));
+    Ok(())
+}

@@ -1,5 +1,7 @@
 //! The L7 proxy's end-to-end harness: the real agent binary, L7-only, on loopback ports it
-//! picks, with a manifest directory the test writes; in-process backends; clients.
+//! picks, with a manifest directory the test writes; in-process backends; clients; and the
+//! steps several test files share (a one-host manifest set, a WebSocket through the proxy, a
+//! SIGTERM and the wait for the exit).
 
 pub mod backends;
 pub mod clients;
@@ -7,10 +9,17 @@ pub mod manifests;
 
 use std::{future::Future, net::SocketAddr, time::Duration};
 
-use crate::agent::{Agent, AgentProcess};
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::StatusCode;
+use serde_json::Value;
+use tokio::io::AsyncReadExt as _;
+use tokio_tungstenite::tungstenite::Message;
 
-use manifests::Manifests;
+use crate::agent::{Agent, AgentProcess};
+
+use backends::Backend;
+use manifests::{backend_service, ingress, our_class, rule, Manifests};
 
 /// How long a change may take to show (a reload is milliseconds; this is for a loaded machine).
 pub const SETTLE: Duration = Duration::from_secs(20);
@@ -130,4 +139,105 @@ pub fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
         bail!("{}", what());
     }
     Ok(())
+}
+
+/// Services for `backends`, one each, named after the backend.
+pub fn services_for(backends: &[&Backend]) -> Vec<Value> {
+    backends
+        .iter()
+        .flat_map(|b| backend_service(&b.name, &[b.addr]))
+        .collect()
+}
+
+/// Our IngressClass, `backend`'s Service and EndpointSlice, and one Ingress `name` sending
+/// everything for `host` to it.
+pub fn single_host(name: &str, host: &str, backend: &Backend) -> Result<Manifests> {
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &services_for(&[backend]))?;
+    manifests.write(
+        &format!("{name}.yaml"),
+        &[ingress(
+            name,
+            &[rule(Some(host), &[("/", "Prefix", &backend.name)])],
+        )],
+    )?;
+    Ok(manifests)
+}
+
+/// Asserts the answer came from `backend` with 200.
+pub fn assert_served(reply: &clients::Reply, backend: &str, what: &str) {
+    assert_eq!(reply.status, StatusCode::OK, "{what}: {:?}", reply.text());
+    assert_eq!(
+        reply.backend().as_deref(),
+        Some(backend),
+        "{what}: {:?}",
+        reply.text()
+    );
+}
+
+/// Opens a WebSocket to `ws.example/echo` through the proxy's plain listener.
+pub async fn websocket(
+    proxy: SocketAddr,
+) -> Result<tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>> {
+    let stream = tokio::net::TcpStream::connect(proxy).await?;
+    let (socket, response) = tokio::time::timeout(
+        clients::EXCHANGE_TIMEOUT,
+        tokio_tungstenite::client_async("ws://ws.example/echo", stream),
+    )
+    .await
+    .map_err(|_| anyhow!("WebSocket handshake timed out"))??;
+    anyhow::ensure!(
+        response.status() == StatusCode::SWITCHING_PROTOCOLS,
+        "{response:?}"
+    );
+    Ok(socket)
+}
+
+/// Sends `message` and expects `expected` back.
+pub async fn ws_round_trip(
+    socket: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>,
+    message: Message,
+    expected: Message,
+) -> Result<()> {
+    socket.send(message).await?;
+    let reply = tokio::time::timeout(clients::EXCHANGE_TIMEOUT, socket.next())
+        .await
+        .map_err(|_| anyhow!("no WebSocket reply"))?
+        .context("WebSocket closed")??;
+    anyhow::ensure!(reply == expected, "got {reply:?}, expected {expected:?}");
+    Ok(())
+}
+
+/// Sends SIGTERM to the agent, our child (alive: the caller holds a request in it).
+pub fn sigterm(pid: u32) -> Result<()> {
+    // SAFETY: plain FFI call on our own child's pid.
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        bail!("SIGTERM to {pid}: {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One read of at most a byte, which must return within `within` (`Err(Elapsed)` otherwise):
+/// how a test waits for the proxy to close a connection.
+pub async fn read_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    within: Duration,
+) -> Result<std::io::Result<usize>, tokio::time::error::Elapsed> {
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(within, stream.read(&mut byte)).await
+}
+
+/// Whether process `pid` (our child, not yet reaped) has exited: it is a zombie in
+/// /proc/PID/stat. Reading the state instead of reaping leaves the exit status to
+/// `AgentProcess::terminate`, which then signals a process that is already gone.
+pub fn has_exited(pid: u32) -> Result<bool> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // The command name in parentheses may hold spaces; the state follows the last ')'.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .with_context(|| format!("no state in /proc/{pid}/stat: {stat:?}"))?;
+    Ok(state == "Z" || state == "X")
 }
