@@ -2,8 +2,7 @@
 //! request on stdout, with the fields the README documents and the values of that request.
 
 // The proxy harness, shared with proxy_e2e; this file uses part of it.
-#[allow(dead_code)]
-mod proxy;
+use xdp_ingress_tests::proxy;
 
 use anyhow::{Context as _, Result};
 use bytes::Bytes;

@@ -13,8 +13,7 @@
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`.
 
-#[allow(dead_code)]
-mod proxy;
+use xdp_ingress_tests::proxy;
 
 use std::{net::SocketAddr, time::Duration};
 

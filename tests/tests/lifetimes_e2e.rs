@@ -7,10 +7,12 @@
 //! loopback; HTTP/2 clients are raw sockets with hand-made frames, so a test controls exactly
 //! what the client sends and withholds.
 
-#[allow(dead_code)]
-mod proxy;
+use xdp_ingress_tests::proxy;
 
-use std::time::{Duration, Instant};
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{anyhow, ensure as check, Context as _, Result};
 use proxy::{
@@ -23,7 +25,7 @@ use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use xdp_ingress_tests::agent::{self, AgentProcess};
+use xdp_ingress_tests::agent::{self, Agent, AgentProcess};
 
 /// Our IngressClass, `backend`'s Service, and one Ingress sending everything for `host` to it.
 fn single_host(host: &str, backend: &Backend) -> Result<Manifests> {
@@ -264,13 +266,12 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
 async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     let web = Backend::start("web").await?;
     let manifests = single_host("shop.example", &web)?;
-    let (_scripts, agent) = start_with_open_files(
+    let (_scripts, agent, http) = start_with_open_files(
         &manifests,
         "64:64",
         &["--workers", "2", "--max-connections", "1000"],
     )?;
-    let http = agent.http;
-    let pid = agent.pid;
+    let pid = agent.pid();
     // More idle h2c connections than descriptors: the later ones wait in the backlog.
     let mut idle = Vec::new();
     for _ in 0..80 {
@@ -278,26 +279,25 @@ async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     }
     legit_request_gets_through(http, "a request with every descriptor taken")
         .await
-        .with_context(|| agent.process.output().join("\n"))?;
+        .with_context(|| agent.output().join("\n"))?;
     check!(
         agent
-            .process
             .output()
             .iter()
             .any(|line| line.contains("accept failed; backing off")),
         "the descriptors never ran out: {}",
-        agent.process.output().join("\n")
+        agent.output().join("\n")
     );
     stays_quiet_with_a_client_knocking(http, pid, "out of descriptors").await
 }
 
 /// The agent started through `prlimit --nofile=<limits>` (which execs it, so the child's pid is
-/// the agent's); the returned directory holds the wrapper script.
+/// the agent's), and its HTTP listener; the returned directory holds the wrapper script.
 fn start_with_open_files(
     manifests: &Manifests,
     limits: &str,
     extra: &[&str],
-) -> Result<(proxy::manifests::TempDir, LimitedAgent)> {
+) -> Result<(proxy::manifests::TempDir, AgentProcess, SocketAddr)> {
     let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
     let script = scripts.path().join("agent.sh");
     std::fs::write(
@@ -308,20 +308,16 @@ fn start_with_open_files(
         ),
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let mut process = AgentProcess::start_l7(&script, manifests.path(), extra)?;
-    let http = process
+    let mut agent = Agent::manifests(manifests.path())
+        .binary(&script)
+        .l7_on_loopback()
+        .args(extra)
+        .start()?;
+    let http = agent
         .wait_l7_listening(Duration::from_secs(30))?
         .http
         .context("no HTTP listener")?;
-    let pid = process.pid();
-    Ok((scripts, LimitedAgent { process, http, pid }))
-}
-
-/// An agent under `prlimit` (see [`start_with_open_files`]).
-struct LimitedAgent {
-    process: AgentProcess,
-    http: std::net::SocketAddr,
-    pid: u32,
+    Ok((scripts, agent, http))
 }
 
 /// An h2c connection that has carried one request and then idles.
@@ -478,13 +474,13 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()> {
     let web = Backend::start("web").await?;
     let manifests = single_host("shop.example", &web)?;
-    let (_scripts, agent) = start_with_open_files(
+    let (_scripts, agent, http) = start_with_open_files(
         &manifests,
         "100:160",
         &["--debounce-ms", "20", "--workers", "2"],
     )?;
-    let (http, pid) = (agent.http, agent.pid);
-    let log = || agent.process.output().join("\n");
+    let pid = agent.pid();
+    let log = || agent.output().join("\n");
 
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
     let open_files = limits

@@ -6,8 +6,7 @@
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`.
 
-#[allow(dead_code)]
-mod proxy;
+use xdp_ingress_tests::proxy;
 
 use std::{
     ffi::CString,
@@ -27,7 +26,7 @@ use proxy::{
         backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests, OUR_CLASS,
     },
 };
-use xdp_ingress_tests::agent::{self, AgentProcess};
+use xdp_ingress_tests::agent::{self, Agent, AgentProcess};
 
 /// Longest any `validate` here may take: the fixed reader takes milliseconds.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -310,11 +309,10 @@ async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<
     mkfifo(&manifests.path().join("a-fifo.yaml"))?;
     std::os::unix::fs::symlink("/dev/zero", manifests.path().join("zero.yaml"))?;
     std::os::unix::fs::symlink(".", manifests.path().join("loop"))?;
-    let mut agent = AgentProcess::start_l7(
-        &agent::binary()?,
-        manifests.path(),
-        &["--workers", "1", "--debounce-ms", "20"],
-    )?;
+    let mut agent = Agent::manifests(manifests.path())
+        .l7_on_loopback()
+        .args(["--workers", "1", "--debounce-ms", "20"])
+        .start()?;
     let listening = agent.wait_l7_listening(Duration::from_secs(30));
     let (http, memory) = match listening {
         Ok(listeners) => (listeners.http, rss_kib(agent.pid())),
@@ -430,11 +428,10 @@ fn validate_exit_status_and_messages() -> Result<()> {
 async fn a_burst_of_changes_is_applied_as_one_sync() -> Result<()> {
     let web = Backend::start("web").await?;
     let manifests = good_manifests(web.addr)?;
-    let mut agent = AgentProcess::start_l7(
-        &agent::binary()?,
-        manifests.path(),
-        &["--debounce-ms", "300", "--debounce-max-ms", "5000"],
-    )?;
+    let mut agent = Agent::manifests(manifests.path())
+        .l7_on_loopback()
+        .args(["--debounce-ms", "300", "--debounce-max-ms", "5000"])
+        .start()?;
     let http = agent
         .wait_l7_listening(Duration::from_secs(30))?
         .http

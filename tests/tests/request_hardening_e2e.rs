@@ -8,8 +8,7 @@
 //! Nothing routes `/admin`.
 
 // The proxy harness, shared with proxy_e2e; this file uses part of it.
-#[allow(dead_code)]
-mod proxy;
+use xdp_ingress_tests::proxy;
 
 use std::{
     net::SocketAddr,

@@ -4,8 +4,7 @@
 //! connection is not reused).
 
 // The proxy harness, shared with proxy_e2e; this file uses part of it.
-#[allow(dead_code)]
-mod proxy;
+use xdp_ingress_tests::proxy;
 
 use std::{
     convert::Infallible,

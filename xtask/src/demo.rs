@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
 use xdp_ingress_tests::{
-    agent::AgentProcess,
+    agent::Agent,
     lab::{self, BackendLink, HeldConnection, Lab},
 };
 
@@ -36,7 +36,12 @@ pub fn run() -> Result<()> {
     println!("lab up: {}", namespaces.join(" "));
 
     let manifests = cmd::workspace_root().join("deploy").join("examples");
-    let mut agent = AgentProcess::start(&binary, lab.node(), &manifests, &lab.node_interfaces())?;
+    let mut agent = Agent::manifests(&manifests)
+        .binary(&binary)
+        .in_netns(lab.node().name())
+        .interfaces(&lab.node_interfaces())
+        .args(["--bpffs", "off"])
+        .start()?;
     println!("$ {}", agent.command_line());
     agent.wait_running(Duration::from_secs(30))?;
     for line in agent.output() {

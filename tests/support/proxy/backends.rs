@@ -190,8 +190,6 @@ pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
     seen: Arc<Mutex<Vec<String>>>,
-    // Read only by lifetimes_e2e; proxy_e2e builds this module too.
-    #[allow(dead_code)]
     open: Arc<AtomicUsize>,
     accept: JoinHandle<()>,
 }
@@ -241,7 +239,6 @@ impl Backend {
     }
 
     /// Connections from the proxy open now.
-    #[allow(dead_code)]
     pub fn open_connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
     }

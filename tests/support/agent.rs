@@ -1,9 +1,11 @@
-//! The real `xdp-ingress` binary as a child process inside a namespace: started with
-//! `ip netns exec`, its output collected line by line (to wait for "running" and to show the
-//! counters it prints on exit), stopped with SIGTERM. Killed on drop if still running, so a
-//! failing test never leaves XDP attached to anything.
+//! The real `xdp-ingress` binary as a child process, in file or cluster mode, on the host or
+//! inside a namespace (one builder, [`Agent`], for every way the tests start it): its output
+//! collected line by line (to wait for "running", find the addresses it logged and show the
+//! counters it prints on exit), stopped with SIGTERM or SIGKILL. Killed on drop if still
+//! running, so a failing test never leaves XDP attached to anything.
 
 use std::{
+    ffi::{OsStr, OsString},
     io::{BufRead as _, BufReader, Read},
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -67,7 +69,154 @@ pub struct L7Listeners {
     pub https: Option<SocketAddr>,
 }
 
-/// A running agent.
+/// How to start the agent binary: what it reads (`--manifests` or `--kubeconfig`), where it runs
+/// (the current namespace or `ip netns exec`), the interfaces XDP attaches to, its listeners and
+/// any further flags. [`Agent::start`] spawns it and returns the running [`AgentProcess`].
+///
+/// ```ignore
+/// let agent = Agent::manifests(dir).l7_on_loopback().arg("--workers").arg("2").start()?;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Agent {
+    binary: Option<PathBuf>,
+    source: (&'static str, PathBuf),
+    netns: Option<String>,
+    interfaces: Vec<String>,
+    l7_on_loopback: bool,
+    admin: Option<String>,
+    args: Vec<OsString>,
+}
+
+impl Agent {
+    /// `run --manifests <dir>`: file mode.
+    pub fn manifests(dir: impl Into<PathBuf>) -> Self {
+        Self::reading("--manifests", dir.into())
+    }
+
+    /// `run --kubeconfig <file>`: cluster mode.
+    pub fn kubeconfig(file: impl Into<PathBuf>) -> Self {
+        Self::reading("--kubeconfig", file.into())
+    }
+
+    fn reading(flag: &'static str, path: PathBuf) -> Self {
+        Self {
+            binary: None,
+            source: (flag, path),
+            netns: None,
+            interfaces: Vec::new(),
+            l7_on_loopback: false,
+            admin: None,
+            args: Vec::new(),
+        }
+    }
+
+    /// Runs `binary` (such as a wrapper script that execs the agent) instead of [`binary()`].
+    pub fn binary(mut self, binary: impl Into<PathBuf>) -> Self {
+        self.binary = Some(binary.into());
+        self
+    }
+
+    /// Runs it with `ip netns exec <netns>`, which execs the binary itself, so the child's pid
+    /// is the agent's. `ip netns exec` remounts /sys and so hides the host's bpffs.
+    pub fn in_netns(mut self, netns: impl Into<String>) -> Self {
+        self.netns = Some(netns.into());
+        self
+    }
+
+    /// `--interface <name>` for each of `interfaces`.
+    pub fn interfaces(mut self, interfaces: &[String]) -> Self {
+        self.interfaces.extend_from_slice(interfaces);
+        self
+    }
+
+    /// `--http-listen 127.0.0.1:0 --https-listen 127.0.0.1:0`, and the admin listener off
+    /// unless [`Agent::admin_listen`] says where (where the binary has one): a proxy on loopback
+    /// ports it picks, so agents started side by side never clash. Wait for the listeners with
+    /// [`AgentProcess::wait_l7_listening`].
+    pub fn l7_on_loopback(mut self) -> Self {
+        self.l7_on_loopback = true;
+        self
+    }
+
+    /// `--admin-listen <addr>` (such as `127.0.0.1:0` or `[::]:0`);
+    /// [`AgentProcess::admin_addr`] tells which port it got.
+    pub fn admin_listen(mut self, addr: &str) -> Self {
+        self.admin = Some(addr.to_string());
+        self
+    }
+
+    /// One more argument, after the others.
+    pub fn arg(mut self, arg: impl AsRef<OsStr>) -> Self {
+        self.args.push(arg.as_ref().to_os_string());
+        self
+    }
+
+    /// More arguments, after the others.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|arg| arg.as_ref().to_os_string()));
+        self
+    }
+
+    /// Spawns it, logging without colour codes at info (a RUST_LOG from outside must not hide
+    /// the lines the tests wait for), its output collected line by line.
+    pub fn start(self) -> Result<AgentProcess> {
+        let binary = match self.binary {
+            Some(binary) => binary,
+            None => binary()?,
+        };
+        let mut argv: Vec<OsString> = vec![
+            binary.clone().into(),
+            "run".into(),
+            self.source.0.into(),
+            self.source.1.into(),
+        ];
+        for interface in &self.interfaces {
+            argv.extend(["--interface".into(), interface.into()]);
+        }
+        if self.l7_on_loopback {
+            argv.extend(
+                [
+                    "--http-listen",
+                    "127.0.0.1:0",
+                    "--https-listen",
+                    "127.0.0.1:0",
+                ]
+                .map(Into::into),
+            );
+        }
+        match &self.admin {
+            Some(admin) => argv.extend(["--admin-listen".into(), admin.into()]),
+            // An admin listener on a fixed port by default would keep a second agent from
+            // starting.
+            None if self.l7_on_loopback && knows_flag(&binary, "--admin-listen")? => {
+                argv.extend(["--admin-listen", "off"].map(Into::into))
+            }
+            None => {}
+        }
+        argv.extend(self.args);
+        if let Some(netns) = self.netns {
+            argv.splice(
+                0..0,
+                ["ip".into(), "netns".into(), "exec".into(), netns.into()],
+            );
+        }
+        let command_line = argv
+            .iter()
+            .map(|arg| arg.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut command = Command::new(&argv[0]);
+        command.args(&argv[1..]).env("RUST_LOG", "info");
+        AgentProcess::spawn(command, command_line)
+    }
+}
+
+/// A running agent, started by [`Agent::start`]. Killed on drop if still running.
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
@@ -77,10 +226,8 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// `ip netns exec <netns> <binary> run --manifests <dir> --interface <if>... --bpffs off`;
-    /// logs without colour codes. `ip netns exec` execs the binary itself, so the child's pid is
-    /// the agent's. Nothing is pinned (`ip netns exec` hides the host's bpffs anyway): the XDP
-    /// program goes with the agent.
+    /// `Agent::manifests(manifests).in_netns(netns).interfaces(interfaces).args(["--bpffs",
+    /// "off"]).start()`: kept while the lab tests and xtask's demo move to [`Agent`].
     pub fn start(
         binary: &Path,
         netns: &Netns,
@@ -90,7 +237,8 @@ impl AgentProcess {
         Self::start_with(binary, netns, manifests, interfaces, &["--bpffs", "off"])
     }
 
-    /// Like [`AgentProcess::start`], with `extra` flags instead of `--bpffs off`.
+    /// Like [`AgentProcess::start`], with `extra` flags instead of `--bpffs off`; kept while
+    /// the lab tests move to [`Agent`].
     pub fn start_with(
         binary: &Path,
         netns: &Netns,
@@ -98,93 +246,12 @@ impl AgentProcess {
         interfaces: &[String],
         extra: &[&str],
     ) -> Result<Self> {
-        let mut command = Command::new("ip");
-        command
-            .args(["netns", "exec", netns.name()])
-            .arg(binary)
-            .arg("run")
-            .arg("--manifests")
-            .arg(manifests);
-        for interface in interfaces {
-            command.args(["--interface", interface]);
-        }
-        command.args(extra);
-        let command_line = format!(
-            "ip netns exec {} {} run --manifests {} {} {}",
-            netns.name(),
-            binary.display(),
-            manifests.display(),
-            interfaces
-                .iter()
-                .map(|interface| format!("--interface {interface}"))
-                .collect::<Vec<_>>()
-                .join(" "),
-            extra.join(" ")
-        );
-        Self::spawn(command, command_line)
-    }
-
-    /// `<binary> run --manifests <dir> --http-listen 127.0.0.1:0 --https-listen 127.0.0.1:0
-    /// <extra>...` in the current namespace, without `--interface`: the agent is an L7-only
-    /// Ingress proxy and needs no privileges. Wait for its listeners with
-    /// [`AgentProcess::wait_l7_listening`]. An admin listener (`--admin-listen`, where the binary
-    /// has one) is turned off.
-    pub fn start_l7(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
-        Self::start_l7_inner(binary, manifests, extra, None)
-    }
-
-    /// Like [`AgentProcess::start_l7`], with the admin listener on a loopback port the agent
-    /// picks (`--admin-listen 127.0.0.1:0`); [`AgentProcess::admin_addr`] tells which.
-    pub fn start_l7_with_admin(binary: &Path, manifests: &Path, extra: &[&str]) -> Result<Self> {
-        Self::start_l7_inner(binary, manifests, extra, Some("127.0.0.1:0"))
-    }
-
-    /// Like [`AgentProcess::start_l7_with_admin`], with the admin listener on `admin` (such as
-    /// `[::]:0`).
-    pub fn start_l7_with_admin_at(
-        binary: &Path,
-        manifests: &Path,
-        admin: &str,
-        extra: &[&str],
-    ) -> Result<Self> {
-        Self::start_l7_inner(binary, manifests, extra, Some(admin))
-    }
-
-    fn start_l7_inner(
-        binary: &Path,
-        manifests: &Path,
-        extra: &[&str],
-        admin: Option<&str>,
-    ) -> Result<Self> {
-        let mut flags = vec![
-            "--http-listen",
-            "127.0.0.1:0",
-            "--https-listen",
-            "127.0.0.1:0",
-        ];
-        if let Some(admin) = admin {
-            flags.extend(["--admin-listen", admin]);
-        } else if knows_flag(binary, "--admin-listen")? {
-            // An admin listener on a fixed port by default would keep a second agent from
-            // starting.
-            flags.extend(["--admin-listen", "off"]);
-        }
-        flags.extend_from_slice(extra);
-        let mut command = Command::new(binary);
-        command
-            .arg("run")
-            .arg("--manifests")
-            .arg(manifests)
-            .args(&flags);
-        let command_line = format!(
-            "{} run --manifests {} {}",
-            binary.display(),
-            manifests.display(),
-            flags.join(" ")
-        );
-        // The log lines the tests wait for are at info; a RUST_LOG from outside must not hide them.
-        command.env("RUST_LOG", "info");
-        Self::spawn(command, command_line)
+        Agent::manifests(manifests)
+            .binary(binary)
+            .in_netns(netns.name())
+            .interfaces(interfaces)
+            .args(extra)
+            .start()
     }
 
     fn spawn(mut command: Command, command_line: String) -> Result<Self> {
@@ -216,23 +283,9 @@ impl AgentProcess {
     /// `HTTP listening addr=...` and `HTTPS listening addr=...` (`None`: that listener is off).
     pub fn wait_l7_listening(&mut self, timeout: Duration) -> Result<L7Listeners> {
         self.wait_running(timeout)?;
-        let lines = self.output();
-        let find = |what: &str| -> Result<Option<SocketAddr>> {
-            let Some(line) = lines.iter().find(|line| line.contains(what)) else {
-                return Ok(None);
-            };
-            let addr = line
-                .split_whitespace()
-                .find_map(|word| word.strip_prefix("addr="))
-                .with_context(|| format!("no addr= in {line:?}"))?;
-            Ok(Some(
-                addr.parse()
-                    .with_context(|| format!("bad address in {line:?}"))?,
-            ))
-        };
         Ok(L7Listeners {
-            http: find("HTTP listening")?,
-            https: find("HTTPS listening")?,
+            http: self.logged_addr("HTTP listening")?,
+            https: self.logged_addr("HTTPS listening")?,
         })
     }
 

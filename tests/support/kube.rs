@@ -1,12 +1,11 @@
 //! The cluster-mode harness: a network namespace per scenario with a dummy interface for the
 //! XDP datapath ([`Scene`]), the agent's [`Runner`] in-process against a [`FakeApiServer`] in
-//! the same namespace, running the binary's own loop on a task ([`RunningAgent`]), a wait that
+//! the same namespace, running the binary's own loop on a task ([`InProcessRunner`]), a wait that
 //! polls observable effects until the expected state is reached ([`settle`]), and what the
 //! kernel forwards, read back from the BPF maps of the program attached to the interface
 //! ([`programmed`]).
 
 pub mod objects;
-pub mod process;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,6 +15,10 @@ use std::{
     time::Duration,
 };
 
+use crate::{
+    netns::Netns,
+    proxy::clients::{self, Pooled},
+};
 use anyhow::{bail, ensure, Context as _, Result};
 use clap::Parser as _;
 use fake_apiserver::FakeApiServer;
@@ -27,9 +30,6 @@ use xdp_ingress::{
     proxy::server::BoundListeners,
     runner::Runner,
 };
-use xdp_ingress_tests::netns::Netns;
-
-use crate::clients::{self, Pooled};
 
 /// The dummy interface the datapath attaches to.
 pub const DUMMY_IF: &str = "xi-k0";
@@ -202,15 +202,15 @@ pub fn run_args(kubeconfig: &Path, interface: &str, extra: &[&str]) -> Result<Ru
 /// listening), then running the binary's own event loop, [`Runner::run`], on a task of its own:
 /// nothing drives it but the changes it watches. Tests observe only what it does (the kernel's
 /// maps, the proxy's answers, what it writes to the API server). Dropped without
-/// [`RunningAgent::stop`] (a failing test), the task is aborted.
-pub struct RunningAgent {
+/// [`InProcessRunner::stop`] (a failing test), the task is aborted.
+pub struct InProcessRunner {
     interface: String,
     listeners: BoundListeners,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl RunningAgent {
+impl InProcessRunner {
     /// The interface its XDP program is attached to.
     pub fn interface(&self) -> &str {
         &self.interface
@@ -230,7 +230,7 @@ impl RunningAgent {
     }
 }
 
-impl Drop for RunningAgent {
+impl Drop for InProcessRunner {
     fn drop(&mut self) {
         if let Some(task) = &self.task {
             task.abort();
@@ -239,7 +239,7 @@ impl Drop for RunningAgent {
 }
 
 /// A runner from `args`, started (ready when this returns) and running on a task.
-pub async fn start_runner(args: RunArgs) -> Result<RunningAgent> {
+pub async fn start_runner(args: RunArgs) -> Result<InProcessRunner> {
     let interface = args.interfaces.first().cloned().unwrap_or_default();
     let mut runner = Runner::new(args).await.context("Runner::new")?;
     tokio::time::timeout(SETTLE, runner.start())
@@ -253,7 +253,7 @@ pub async fn start_runner(args: RunArgs) -> Result<RunningAgent> {
         // A dropped sender (the handle is gone) stops the loop too.
         let _ = stopped.await;
     }));
-    Ok(RunningAgent {
+    Ok(InProcessRunner {
         interface,
         listeners,
         shutdown: Some(shutdown),
@@ -262,12 +262,12 @@ pub async fn start_runner(args: RunArgs) -> Result<RunningAgent> {
 }
 
 /// The runner's plain-HTTP listener.
-pub fn http_addr(agent: &RunningAgent) -> Result<SocketAddr> {
+pub fn http_addr(agent: &InProcessRunner) -> Result<SocketAddr> {
     agent.listeners.http.context("no HTTP listener")
 }
 
 /// The runner's HTTPS listener.
-pub fn https_addr(agent: &RunningAgent) -> Result<SocketAddr> {
+pub fn https_addr(agent: &InProcessRunner) -> Result<SocketAddr> {
     agent.listeners.https.context("no HTTPS listener")
 }
 
@@ -325,7 +325,7 @@ fn attached_program(interface: &str) -> Result<u32> {
 /// Every SERVICES entry of the XDP program attached to the agent's interface, read back from the
 /// kernel (not from what the agent believes it programmed): the backends its Maglev slots point
 /// at (BACKENDS entries, which must be active), or why not.
-pub fn kernel_entries(agent: &RunningAgent) -> Result<Entries> {
+pub fn kernel_entries(agent: &InProcessRunner) -> Result<Entries> {
     let program = attached_program(agent.interface())?;
     let maps = KernelMaps::of_program(program)
         .with_context(|| format!("the maps of XDP program {program}"))?;
@@ -370,7 +370,7 @@ fn table_backends(maps: &KernelMaps, table: &[u32]) -> Result<BTreeSet<SocketAdd
 
 /// What the kernel forwards ([`kernel_entries`]), every entry consistent; an entry the agent
 /// left behind (a deleted Service) is in it as much as one it programmed.
-pub fn programmed(agent: &RunningAgent) -> Result<View> {
+pub fn programmed(agent: &InProcessRunner) -> Result<View> {
     kernel_entries(agent)?
         .into_iter()
         .map(|(frontend, backends)| {
@@ -504,4 +504,32 @@ pub fn decode_query(query: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What differs between two views, briefly (a whole 100-entry view is unreadable).
+pub fn view_diff(got: &View, want: &View) -> String {
+    let mut lines = Vec::new();
+    for (frontend, backends) in want {
+        match got.get(frontend) {
+            None => lines.push(format!("missing {frontend}")),
+            Some(b) if b != backends => lines.push(format!("{frontend}: {b:?}, want {backends:?}")),
+            Some(_) => {}
+        }
+    }
+    for frontend in got.keys().filter(|f| !want.contains_key(f)) {
+        lines.push(format!("unexpected {frontend}"));
+    }
+    format!(
+        "{} frontends, want {}: {}",
+        got.len(),
+        want.len(),
+        lines.join("; ")
+    )
+}
+
+/// The kernel's view equals `want`.
+pub fn check_view(runner: &InProcessRunner, want: &View) -> Result<()> {
+    let got = programmed(runner)?;
+    ensure!(&got == want, "BPF maps: {}", view_diff(&got, want));
+    Ok(())
 }

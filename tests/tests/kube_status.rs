@@ -1,0 +1,528 @@
+//! Cluster mode end to end, what the agent writes back: Ingress status, TLS, Warning Events,
+//! VIP assignment into Service status, and the Lease two agents compete for (only the holder
+//! writes status; a takeover keeps it right).
+//!
+//! Each scenario runs inside a network namespace of its own (removed on drop, also on failure)
+//! with dummy interfaces for a real XDP datapath (generic mode); the fake API server, the
+//! agent's `Runner`, the in-process HTTP backends and the clients all run inside it, on its
+//! loopback. The runner runs the binary's own event loop (`Runner::run`) on a task; nothing
+//! drives it or nudges it. The tests change objects on the server and poll until the expected
+//! state shows, checking what the agent did, not what it logged: the BPF maps of the XDP program
+//! attached to the interface, read back from the kernel (VIP:port → backends; an entry left
+//! behind counts), the proxy's answers (backends say their name), and what the agent wrote to
+//! the API server (its request log and the stored objects). The harness is
+//! `xdp_ingress_tests::kube`. Root is needed: run as another user, the tests say so and skip.
+
+use std::{
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use fake_apiserver::{FakeApiServer, Verb};
+use k8s_openapi::api::{core::v1::Service, events::v1::Event};
+use serde_json::json;
+use xdp_ingress_tests::{
+    kube::{
+        self, check_view, frontend, http_addr, https_addr, ingress_ips, kubeconfig, lease_holder,
+        objects::{self, OTHER_CLASS, OUR_CLASS},
+        run_args, served_by, service_ips, settle, start_runner, v4, Scene, View, DUMMY_IF,
+        DUMMY_IF2,
+    },
+    proxy::{
+        backends::Backend,
+        clients::{self, pooled, Tls},
+    },
+    root::root_or_skip,
+};
+
+/// The namespace of the scenario objects.
+const NS: &str = "shop";
+/// What `--publish-address` publishes.
+const PUBLISHED: &str = "192.0.2.10";
+
+/// Scenarios 5, 7, 8 and 9: Ingress status (ours set, another class's never touched, one that
+/// stops being ours cleared); TLS by SNI from a Secret, Secrets listed by type only, a Secret
+/// named later fetched; one Warning Event for a bad path; a VIP assigned from the pool and
+/// programmed.
+#[test]
+fn status_tls_events_and_vip_assignment() -> Result<()> {
+    if !root_or_skip("status_tls_events_and_vip_assignment") {
+        return Ok(());
+    }
+    let scene = Scene::new("xk-ctl")?;
+    scene.run(status_tls_events_vips)
+}
+
+async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
+    let web = Backend::start("web").await?;
+    let cert = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_string()]);
+    let (secure, late, unused) = (
+        cert("secure.example")?,
+        cert("late.example")?,
+        cert("unused.example")?,
+    );
+    for class in objects::classes() {
+        server.apply(&class)?;
+    }
+    server.apply(&objects::service(NS, "web", None, None))?;
+    server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+    let ours =
+        |name: &str, host: &str| objects::ingress(NS, name, Some(OUR_CLASS), host, "/", "web");
+    server.apply(&ours("web", "web.example"))?;
+    server.apply(&ours("leaving", "leaving.example"))?;
+    server.apply(&objects::ingress(
+        NS,
+        "foreign",
+        Some(OTHER_CLASS),
+        "foreign.example",
+        "/",
+        "web",
+    ))?;
+    server.apply(&objects::with_tls(
+        ours("secure", "secure.example"),
+        &["secure.example"],
+        "secure-tls",
+    ))?;
+    server.apply(&objects::tls_secret(NS, "secure-tls", &secure))?;
+    server.apply(&objects::tls_secret(NS, "late-tls", &late))?;
+    server.apply(&objects::tls_secret(NS, "unused-tls", &unused))?;
+    server.apply(&objects::secret(
+        NS,
+        "opaque",
+        "Opaque",
+        &[("password", b"hunter2")],
+    ))?;
+
+    let config = kubeconfig(server)?;
+    let extra = [
+        "--publish-address",
+        PUBLISHED,
+        "--assign-vips",
+        "203.0.113.0/28",
+        "--election-namespace",
+        "xk-ctl",
+    ];
+    let runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    let (http, https) = (http_addr(&runner)?, https_addr(&runner)?);
+    let client = pooled();
+    let published = vec![PUBLISHED.to_string()];
+
+    // 5. Status: ours get the published address; the other class's Ingress gets nothing.
+    settle("status of our Ingresses", async || {
+        ensure!(lease_holder(server, "xk-ctl")?.is_some(), "no Lease holder");
+        for name in ["web", "leaving", "secure"] {
+            let ips = ingress_ips(server, NS, name)?;
+            ensure!(ips.as_ref() == Some(&published), "{name}: {ips:?}");
+        }
+        Ok(())
+    })
+    .await?;
+    ensure!(served_by(&client, http, "web.example").await? == "web");
+    // One that stops being ours is cleared.
+    change_class(server, "leaving", OTHER_CLASS)?;
+    settle("status cleared", async || {
+        let ips = ingress_ips(server, NS, "leaving")?;
+        ensure!(ips == Some(Vec::new()), "leaving: {ips:?}");
+        Ok(())
+    })
+    .await?;
+    let cleared = server
+        .requests_for(Verb::Patch, "ingresses")
+        .into_iter()
+        .rfind(|r| r.name.as_deref() == Some("leaving"))
+        .context("no PATCH for leaving")?;
+    ensure!(
+        cleared.subresource.as_deref() == Some("status")
+            && cleared.body.replace(' ', "").contains("\"ingress\":[]"),
+        "not a status patch clearing the addresses: {cleared:?}"
+    );
+
+    // 7. TLS: the referenced Secret is served by SNI.
+    let alpn: &[&[u8]] = &[b"http/1.1"];
+    let (_, handshake) = clients::tls_connect(https, "secure.example", Tls::Any, alpn).await?;
+    ensure!(
+        handshake.certificate == secure.cert.der().to_vec(),
+        "secure.example did not present the certificate of secure-tls"
+    );
+    let reply = clients::https_get(https, "secure.example", "/", alpn).await?;
+    ensure!(
+        reply.backend().as_deref() == Some("web"),
+        "{:?}",
+        reply.text()
+    );
+    let (_, handshake) = clients::tls_connect(https, "unused.example", Tls::Any, alpn).await?;
+    ensure!(
+        handshake.certificate != unused.cert.der().to_vec(),
+        "the certificate of a Secret no Ingress names was presented"
+    );
+    // Secrets are only ever listed and watched by type, never read one by one.
+    let secret_requests: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| r.resource.as_deref() == Some("secrets"))
+        .collect();
+    ensure!(!secret_requests.is_empty(), "no Secret requests at all");
+    for request in &secret_requests {
+        ensure!(
+            matches!(request.verb, Verb::List | Verb::Watch),
+            "a Secret request that is no LIST/WATCH: {request:?}"
+        );
+        let query = kube::decode_query(&request.query);
+        ensure!(
+            query
+                .split('&')
+                .any(|p| p == "fieldSelector=type=kubernetes.io/tls"),
+            "a Secret {:?} without fieldSelector=type=kubernetes.io/tls: {query}",
+            request.verb
+        );
+    }
+    // A Secret first named after the first sync (it was dropped from the store then) is
+    // fetched and served.
+    server.apply(&objects::with_tls(
+        ours("late", "late.example"),
+        &["late.example"],
+        "late-tls",
+    ))?;
+    settle("late-tls served", async || {
+        let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
+        ensure!(
+            handshake.certificate == late.cert.der().to_vec(),
+            "late.example does not present late-tls yet"
+        );
+        Ok(())
+    })
+    .await?;
+    // A Secret whose PEM stops parsing: the previous certificate stays, and a Warning Event on
+    // the Secret says why.
+    server.apply(&objects::secret(
+        NS,
+        "late-tls",
+        "kubernetes.io/tls",
+        &[
+            (
+                "tls.crt",
+                b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            ),
+            ("tls.key", late.key_pair.serialize_pem().as_bytes()),
+        ],
+    ))?;
+    settle("an Event for the broken late-tls", async || {
+        let events: Vec<Event> = server
+            .list_as::<Event>()?
+            .into_iter()
+            .filter(|e| {
+                e.regarding.as_ref().is_some_and(|r| {
+                    r.kind.as_deref() == Some("Secret") && r.name.as_deref() == Some("late-tls")
+                })
+            })
+            .collect();
+        ensure!(
+            events.len() == 1,
+            "Events regarding Secret late-tls: {events:?}"
+        );
+        ensure!(
+            events[0].type_.as_deref() == Some("Warning"),
+            "{:?}",
+            events[0]
+        );
+        Ok(())
+    })
+    .await?;
+    let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
+    ensure!(
+        handshake.certificate == late.cert.der().to_vec(),
+        "the previous certificate of late-tls did not stay after its PEM broke"
+    );
+
+    // 8. A bad path: one Warning Event on the Ingress, not one per sync.
+    server.apply(&objects::ingress(
+        NS,
+        "bad-path",
+        Some(OUR_CLASS),
+        "bad.example",
+        "nope",
+        "web",
+    ))?;
+    let bad_events = || -> Result<Vec<Event>> {
+        Ok(server
+            .list_as::<Event>()?
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad-path"))
+            .collect())
+    };
+    settle("a Warning Event for bad-path", async || {
+        let events = bad_events()?;
+        ensure!(!events.is_empty(), "no Event regarding bad-path");
+        Ok(())
+    })
+    .await?;
+    // More syncs.
+    for n in 0..3 {
+        let host = format!("more{n}.example");
+        server.apply(&ours(&format!("more{n}"), &host))?;
+        settle("another change applied", async || {
+            ensure!(served_by(&client, http, &host).await? == "web");
+            Ok(())
+        })
+        .await?;
+    }
+    let events = bad_events()?;
+    ensure!(events.len() == 1, "Events regarding bad-path: {events:?}");
+    let event = &events[0];
+    ensure!(event.type_.as_deref() == Some("Warning"), "{event:?}");
+    ensure!(
+        event.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Ingress"),
+        "{event:?}"
+    );
+    ensure!(
+        event.note.as_deref().is_some_and(|n| n.contains("path")),
+        "{event:?}"
+    );
+    let creates = server
+        .requests_for(Verb::Create, "events.events.k8s.io")
+        .into_iter()
+        .filter(|r| r.body.contains("bad-path"))
+        .count();
+    let repeats = server.count(Verb::Patch, "events.events.k8s.io");
+    ensure!(
+        creates == 1 && repeats == 0,
+        "bad-path: {creates} Event creates and {repeats} Event patches (series) after 4 syncs"
+    );
+
+    // 9. A LoadBalancer Service of our class without an address gets one from the pool, and
+    // is forwarded; one of another class is left alone.
+    server.apply(&objects::service(
+        NS,
+        "auto",
+        None,
+        Some("xdp-ingress.dev/lb"),
+    ))?;
+    server.apply(&objects::backend_slice(NS, "auto-a", "auto", web.addr))?;
+    server.apply(&objects::service(
+        NS,
+        "theirs",
+        None,
+        Some("example.com/lb"),
+    ))?;
+    let assigned = Ipv4Addr::new(203, 0, 113, 1);
+    let want = View::from([(frontend(assigned), BTreeSet::from([v4(web.addr)]))]);
+    settle("a VIP assigned and programmed", async || {
+        let ips = service_ips(server, NS, "auto")?.context("auto is gone")?;
+        ensure!(ips == [assigned.to_string()], "auto's status: {ips:?}");
+        check_view(&runner, &want)
+    })
+    .await?;
+    let theirs = server.get_as::<Service>(NS, "theirs")?.context("theirs")?;
+    ensure!(
+        theirs
+            .status
+            .and_then(|s| s.load_balancer)
+            .and_then(|lb| lb.ingress)
+            .is_none(),
+        "a Service of another loadBalancerClass got an address"
+    );
+
+    // The other class's Ingress was never written to.
+    let foreign: Vec<_> = server
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.resource.as_deref() == Some("ingresses.networking.k8s.io")
+                && r.name.as_deref() == Some("foreign")
+                && !matches!(r.verb, Verb::Get | Verb::List | Verb::Watch)
+        })
+        .collect();
+    ensure!(foreign.is_empty(), "writes to foreign: {foreign:?}");
+    ensure!(
+        server
+            .requests_for(Verb::Patch, "services")
+            .iter()
+            .all(|r| r.name.as_deref() == Some("auto")),
+        "a Service other than auto was patched"
+    );
+    let foreign_ips = ingress_ips(server, NS, "foreign")?;
+    ensure!(foreign_ips == Some(Vec::new()), "foreign: {foreign_ips:?}");
+
+    runner.stop().await?;
+    Ok(())
+}
+
+/// Gives Ingress `NS/name` another class, keeping its status (as `kubectl apply` of its spec
+/// would: [`FakeApiServer::apply`] stores the object as given, status included).
+fn change_class(server: &FakeApiServer, name: &str, class: &str) -> Result<()> {
+    let mut ingress = server
+        .get("networking.k8s.io/v1", "Ingress", NS, name)
+        .with_context(|| format!("no Ingress {name}"))?;
+    ensure!(
+        !ingress["status"]["loadBalancer"]["ingress"]
+            .as_array()
+            .is_none_or(Vec::is_empty),
+        "{name} has no status to clear"
+    );
+    ingress["spec"]["ingressClassName"] = json!(class);
+    server.apply(&ingress)?;
+    Ok(())
+}
+
+/// Scenario 6: two agents compete for the Lease; only the holder writes status; when it stops
+/// (releasing the Lease) the other takes over and keeps status right.
+#[test]
+fn two_agents_one_lease_and_a_takeover() -> Result<()> {
+    if !root_or_skip("two_agents_one_lease_and_a_takeover") {
+        return Ok(());
+    }
+    let scene = Scene::new("xk-two")?;
+    scene.run(two_agents)
+}
+
+async fn two_agents(server: &FakeApiServer) -> Result<()> {
+    const LEASE_NS: &str = "xk-lease";
+    let web = Backend::start("web").await?;
+    for class in objects::classes() {
+        server.apply(&class)?;
+    }
+    server.apply(&objects::service(NS, "web", None, None))?;
+    server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+    let ours = |name: &str| {
+        objects::ingress(
+            NS,
+            name,
+            Some(OUR_CLASS),
+            &format!("{name}.example"),
+            "/",
+            "web",
+        )
+    };
+    server.apply(&ours("one"))?;
+    let published = Some(vec![PUBLISHED.to_string()]);
+    let config = kubeconfig(server)?;
+    let extra = [
+        "--publish-address",
+        PUBLISHED,
+        "--election-namespace",
+        LEASE_NS,
+    ];
+
+    // A starts first and leads.
+    let a = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    settle("A leads and writes status", async || {
+        ensure!(lease_holder(server, LEASE_NS)?.is_some(), "no holder");
+        ensure!(
+            ingress_ips(server, NS, "one")? == published,
+            "one has no status"
+        );
+        Ok(())
+    })
+    .await?;
+    let first = lease_holder(server, LEASE_NS)?.context("no holder")?;
+
+    // B follows. A change while both run is written once.
+    let b = start_runner(run_args(config.path(), DUMMY_IF2, &extra)?).await?;
+    let (http_a, http_b) = (http_addr(&a)?, http_addr(&b)?);
+    let client = pooled();
+    for name in ["two", "three"] {
+        server.apply(&ours(name))?;
+        let host = format!("{name}.example");
+        let (client, host, published) = (&client, &host, &published);
+        let both_serve = |proxy: SocketAddr| {
+            async move || -> Result<()> {
+                ensure!(served_by(client, proxy, host).await? == "web");
+                ensure!(
+                    ingress_ips(server, NS, name)? == *published,
+                    "no status yet"
+                );
+                Ok(())
+            }
+        };
+        tokio::try_join!(
+            settle("A serves it", both_serve(http_a)),
+            settle("B serves it", both_serve(http_b)),
+        )?;
+    }
+    // Both agents have synced past the status of "two" (same watch, "three" came after it).
+    let patches_two = server
+        .requests_for(Verb::Patch, "ingresses")
+        .into_iter()
+        .filter(|r| r.name.as_deref() == Some("two"))
+        .count();
+    ensure!(
+        patches_two == 1,
+        "two agents, one leader: {patches_two} status PATCHes of Ingress two"
+    );
+    ensure!(
+        lease_holder(server, LEASE_NS)?.as_deref() == Some(first.as_str()),
+        "the Lease changed hands while its holder ran"
+    );
+
+    // A stops and releases the Lease; a change arrives while nobody leads.
+    let mark = server.requests().len();
+    a.stop().await?;
+    ensure!(
+        lease_holder(server, LEASE_NS)?.as_deref() != Some(first.as_str()),
+        "A stopped but still holds the Lease"
+    );
+    server.apply(&ours("four"))?;
+    settle("B takes over and writes status", async || {
+        let holder = lease_holder(server, LEASE_NS)?;
+        ensure!(
+            holder.is_some() && holder.as_deref() != Some(first.as_str()),
+            "holder {holder:?}"
+        );
+        ensure!(
+            ingress_ips(server, NS, "four")? == published,
+            "four has no status"
+        );
+        Ok(())
+    })
+    .await?;
+    let second = lease_holder(server, LEASE_NS)?.context("no holder")?;
+    let log = server.requests().split_off(mark);
+    let lease_update = |needle: Option<&str>| {
+        log.iter().position(|r| {
+            r.is(Verb::Update, "leases")
+                && match needle {
+                    Some(identity) => r.body.contains(identity),
+                    None => !r.body.contains("holderIdentity"),
+                }
+        })
+    };
+    let released = lease_update(None).context("no release of the Lease in the request log")?;
+    let acquired = lease_update(Some(&second)).context("no Lease update by B")?;
+    ensure!(released < acquired, "B took the Lease before A released it");
+    let leaderless: Vec<_> = log[released..acquired]
+        .iter()
+        .filter(|r| r.is(Verb::Patch, "ingresses"))
+        .collect();
+    ensure!(
+        leaderless.is_empty(),
+        "status written while nobody held the Lease: {leaderless:?}"
+    );
+    let first_four = log
+        .iter()
+        .position(|r| r.is(Verb::Patch, "ingresses") && r.name.as_deref() == Some("four"))
+        .context("no PATCH of four")?;
+    ensure!(first_four > acquired, "four was patched before B led");
+
+    // The new leader keeps status right.
+    change_class(server, "one", OTHER_CLASS)?;
+    server.apply(&ours("five"))?;
+    settle("B clears and writes status", async || {
+        ensure!(
+            ingress_ips(server, NS, "one")? == Some(Vec::new()),
+            "one not cleared"
+        );
+        ensure!(
+            ingress_ips(server, NS, "five")? == published,
+            "five has no status"
+        );
+        Ok(())
+    })
+    .await?;
+    b.stop().await?;
+    ensure!(
+        lease_holder(server, LEASE_NS)?.is_none(),
+        "the last agent stopped without releasing the Lease"
+    );
+    Ok(())
+}

@@ -1,0 +1,372 @@
+//! The L7 proxy end to end, changes and shutdown: manifest reloads under load lose no request,
+//! and SIGTERM drains the requests in flight while refusing new connections.
+//!
+//! The real `xdp-ingress` binary run L7-only (no `--interface`, so no privileges) on loopback
+//! ports it picks, manifests written by each test to a temporary directory, backends served
+//! in-process, and real clients (hyper, rustls, curl, tokio-tungstenite, raw TCP); the harness is
+//! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
+//! build it first with `cargo build -p ingress-userspace`.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, ensure as check, Context as _, Result};
+use http::{StatusCode, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::AsyncWriteExt as _;
+use tokio_tungstenite::tungstenite::Message;
+use xdp_ingress_tests::proxy::{
+    assert_served,
+    backends::{Backend, Fnv, Gate, WsBackend, CHUNK},
+    clients::{self, get, pooled, request, send_h1},
+    ensure, eventually, has_exited,
+    manifests::{backend_service, ingress, our_class, rule, Manifests},
+    read_within, services_for, sigterm, single_host, websocket, ws_round_trip, TestProxy,
+};
+
+/// Scenario 8: ten manifest rewrites while clients keep sending, each over one keep-alive
+/// connection for the whole test: no request fails, no connection is closed, and a WebSocket
+/// opened before the changes still echoes after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_no_request() -> Result<()> {
+    const CLIENTS: usize = 4;
+    const MIN_REQUESTS: u64 = 2000;
+    let a = Backend::start("a").await?;
+    let b = Backend::start("b").await?;
+    let ws = WsBackend::start("ws").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = services_for(&[&a, &b]);
+    services.extend(backend_service("ws", &[ws.addr]));
+    manifests.write("services.yaml", &services)?;
+    let main = |target: &str, version: usize| {
+        let versioned = format!("/v{version}");
+        ingress(
+            "main",
+            &[
+                rule(
+                    Some("load.example"),
+                    &[("/api", "Prefix", target), (&versioned, "Exact", target)],
+                ),
+                rule(Some("ws.example"), &[("/echo", "Prefix", "ws")]),
+            ],
+        )
+    };
+    manifests.write("main.yaml", &[main("a", 0)])?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let mut socket = websocket(proxy.http).await?;
+    ws_round_trip(
+        &mut socket,
+        Message::text("before"),
+        Message::text("ws:before"),
+    )
+    .await?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let ended = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for task in 0..CLIENTS {
+        let (stop, total, ended, addr) = (stop.clone(), total.clone(), ended.clone(), proxy.http);
+        // One keep-alive connection per client for the whole test, not a pool that would
+        // reconnect quietly: a reload that closed connections fails the test.
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        load.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let path = format!("/api/t{task}/{n}");
+                if let Err(error) = sender.ready().await {
+                    failures.push(format!(
+                        "the keep-alive connection ended after {n}: {error}"
+                    ));
+                    ended.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                let sent = async {
+                    let request = request("load.example", &path).body(clients::empty())?;
+                    clients::collect(sender.send_request(request).await?).await
+                };
+                match sent.await {
+                    Ok(reply) if reply.status == StatusCode::OK => {}
+                    Ok(reply) => {
+                        failures.push(format!("{path}: {} {:?}", reply.status, reply.text()))
+                    }
+                    Err(error) => failures.push(format!("{path}: {error:#}")),
+                }
+                n += 1;
+                total.fetch_add(1, Ordering::Relaxed);
+            }
+            failures
+        }));
+    }
+
+    let checker = pooled();
+    for change in 1..=10 {
+        let target = if change % 2 == 1 { "b" } else { "a" };
+        proxy
+            .manifests
+            .write("main.yaml", &[main(target, change)])?;
+        let extra_present = change % 2 == 1;
+        if extra_present {
+            proxy.manifests.write(
+                "extra.yaml",
+                &[ingress(
+                    "extra",
+                    &[rule(Some("extra.example"), &[("/", "Prefix", "a")])],
+                )],
+            )?;
+        } else {
+            proxy.manifests.remove("extra.yaml")?;
+        }
+        eventually(&format!("change {change} is served"), || async {
+            let reply = get(&checker, proxy.http, "load.example", &format!("/v{change}")).await?;
+            ensure(reply.backend().as_deref() == Some(target), || {
+                format!("/v{change}: {} {:?}", reply.status, reply.text())
+            })?;
+            let reply = get(&checker, proxy.http, "extra.example", "/").await?;
+            let expected = if extra_present {
+                StatusCode::OK
+            } else {
+                StatusCode::NOT_FOUND
+            };
+            ensure(reply.status == expected, || {
+                format!("extra.example: {} {:?}", reply.status, reply.text())
+            })
+        })
+        .await
+        .with_context(|| proxy.log())?;
+        // Let the clients send a good number of requests on this table before the next change,
+        // so the load spans every reload.
+        let since = total.load(Ordering::Relaxed);
+        eventually(&format!("requests after change {change}"), || async {
+            let closed = ended.load(Ordering::Relaxed);
+            ensure(closed == 0, || {
+                format!("{closed} keep-alive connection(s) closed by change {change}")
+            })?;
+            let n = total.load(Ordering::Relaxed);
+            ensure(n >= since + MIN_REQUESTS / 10, || {
+                format!("{} requests since change {change}", n - since)
+            })
+        })
+        .await?;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut failures = Vec::new();
+    for task in load {
+        failures.extend(task.await?);
+    }
+    let n = total.load(Ordering::Relaxed);
+    if !failures.is_empty() {
+        bail!(
+            "{} of {n} requests failed across 10 reloads, first ones: {:#?}",
+            failures.len(),
+            &failures[..failures.len().min(10)]
+        );
+    }
+    let (served_a, served_b) = (a.seen().len(), b.seen().len());
+    eprintln!(
+        "{n} requests across 10 reloads on {CLIENTS} keep-alive connections, none failed or \
+         reconnected (a served {served_a}, b {served_b})"
+    );
+    assert!(served_a > 0 && served_b > 0, "a {served_a}, b {served_b}");
+
+    for i in 0..5 {
+        ws_round_trip(
+            &mut socket,
+            Message::text(format!("after {i}")),
+            Message::text(format!("ws:after {i}")),
+        )
+        .await
+        .context("the WebSocket opened before the reloads")?;
+    }
+    socket.close(None).await?;
+    Ok(())
+}
+
+/// Drain on SIGTERM, with requests held in flight by the backend until the test lets them go:
+/// three HTTP/1.1 requests waiting for their response head, one h2c request, and one HTTP/1.1
+/// response whose head and first half of the body are already out. After SIGTERM, while those
+/// are still held: both listeners refuse new connections; an idle keep-alive connection (one
+/// request done) is closed by the proxy with a FIN, and a connection that never sent a byte is
+/// closed too (FIN or reset), long before the drain timeout; the agent is still running. Once
+/// released, every held request completes with 200 and its whole body, and the agent exits 0
+/// with "proxy drained" (not "drain timeout") within the drain timeout plus a margin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Result<()> {
+    const DRAIN: Duration = Duration::from_secs(10);
+    const HELD_H1: usize = 3;
+    // Several chunks per half, so the held half really is a body cut in the middle.
+    const BODY: u64 = 6 * CHUNK as u64;
+    let gate = Gate::new();
+    let web = Backend::start_gated("web", gate.clone()).await?;
+    let manifests = single_host("drain", "drain.example", &web)?;
+    let proxy = TestProxy::start(manifests, &["--drain-timeout", "10s"])?;
+
+    // An idle keep-alive connection: one request answered, then nothing.
+    let mut idle = tokio::net::TcpStream::connect(proxy.http).await?;
+    idle.write_all(b"GET /idle HTTP/1.1\r\nHost: drain.example\r\n\r\n")
+        .await?;
+    let (status, text) =
+        tokio::time::timeout(clients::EXCHANGE_TIMEOUT, clients::read_response(&mut idle))
+            .await
+            .map_err(|_| anyhow!("no answer on the keep-alive connection"))??;
+    check!(status == 200, "keep-alive request: {text}");
+    check!(
+        !text.to_ascii_lowercase().contains("connection: close"),
+        "the first answer must keep the connection open: {text}"
+    );
+    // A connection that has not sent a byte yet.
+    let mut silent = tokio::net::TcpStream::connect(proxy.http).await?;
+
+    let mut held = Vec::new();
+    for i in 0..HELD_H1 {
+        let path = format!("/held/h1-{i}");
+        let addr = proxy.http;
+        held.push((
+            path.clone(),
+            tokio::spawn(async move {
+                send_h1(
+                    addr,
+                    request("drain.example", &path).body(clients::empty())?,
+                )
+                .await
+            }),
+        ));
+    }
+    let h2c = {
+        let stream = tokio::net::TcpStream::connect(proxy.http).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await?;
+        tokio::spawn(connection);
+        let request = http::Request::get("http://drain.example/held/h2c").body(clients::empty())?;
+        tokio::spawn(async move { clients::collect(sender.send_request(request).await?).await })
+    };
+    held.push(("/held/h2c".to_string(), h2c));
+    let streaming = {
+        let stream = tokio::net::TcpStream::connect(proxy.http).await?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        let request =
+            request("drain.example", &format!("/held-body/{BODY}")).body(clients::empty())?;
+        // The head arrives while the second half of the body is held.
+        let response =
+            tokio::time::timeout(clients::EXCHANGE_TIMEOUT, sender.send_request(request))
+                .await
+                .map_err(|_| anyhow!("no response head for /held-body"))??;
+        check!(response.status() == StatusCode::OK, "{response:?}");
+        tokio::spawn(clients::collect(response))
+    };
+    // Every held request has reached the backend (and the held body its half): all are in
+    // flight in the proxy now.
+    let expected_arrivals = HELD_H1 + 2;
+    eventually("every held request reaches the backend", || async {
+        ensure(gate.arrived() == expected_arrivals, || {
+            format!("{} of {expected_arrivals} arrived", gate.arrived())
+        })
+    })
+    .await
+    .with_context(|| proxy.log())?;
+
+    let pid = proxy.agent.pid();
+    let signalled = std::time::Instant::now();
+    sigterm(pid)?;
+    proxy.wait_for_log(&["SIGTERM"]).await?;
+
+    // New connections are refused on both listeners. A connect that still gets through (it
+    // raced the listener's close) is dropped at once and tried again.
+    eventually("new connections are refused", || async {
+        for addr in [proxy.http, proxy.https] {
+            match tokio::net::TcpStream::connect(addr).await {
+                Ok(_) => bail!("{addr} still accepts connections"),
+                Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(error) => bail!("connecting to {addr}: {error}"),
+            }
+        }
+        Ok(())
+    })
+    .await
+    .with_context(|| proxy.log())?;
+
+    // Idle connections are closed by the drain itself: the held requests keep the agent from
+    // exiting, so a close seen now cannot be the process going away. The bound is below the
+    // drain timeout, after which everything would be closed anyway.
+    let read = read_within(&mut idle, DRAIN / 2)
+        .await
+        .map_err(|_| anyhow!("the idle keep-alive connection is still open after SIGTERM"))?;
+    check!(
+        matches!(read, Ok(0)),
+        "the idle keep-alive connection must end with a FIN, got {read:?}"
+    );
+    let read = read_within(&mut silent, DRAIN / 2)
+        .await
+        .map_err(|_| anyhow!("the silent connection is still open after SIGTERM"))?;
+    check!(
+        matches!(&read, Ok(0)) || read.is_err(),
+        "the silent connection must be closed, got {read:?}"
+    );
+    check!(
+        proxy
+            .agent
+            .output()
+            .iter()
+            .all(|l| !l.contains("drain timeout")),
+        "the drain timed out while the test was checking: {}",
+        proxy.log()
+    );
+    check!(
+        !has_exited(pid)?,
+        "the agent exited with requests in flight: {}",
+        proxy.log()
+    );
+    check!(
+        held.iter().all(|(_, task)| !task.is_finished()) && !streaming.is_finished(),
+        "a held request finished before the gate opened"
+    );
+
+    gate.open();
+    for (path, task) in held {
+        let reply = task
+            .await?
+            .with_context(|| format!("{path} after SIGTERM"))?;
+        assert_served(&reply, "web", &format!("{path} in flight at SIGTERM"));
+        let json = reply.json()?;
+        assert_eq!(json["path"], path.as_str(), "{}", reply.text());
+        if path.ends_with("h2c") {
+            assert_eq!(reply.version, Version::HTTP_2, "{path}");
+        }
+    }
+    let reply = streaming.await?.context("/held-body after SIGTERM")?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.len() as u64, BODY, "the whole held body");
+    let mut fnv = Fnv::default();
+    fnv.update(&reply.body);
+    assert_eq!(fnv.0, Fnv::of_pattern(BODY), "the held body's bytes");
+
+    // Exits on its own once the last connection closed; the bound is generous on purpose.
+    let bound = DRAIN + Duration::from_secs(10);
+    while !has_exited(pid)? {
+        check!(
+            signalled.elapsed() < bound,
+            "the agent did not exit within {bound:?} of SIGTERM: {}",
+            proxy.log()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, output) = proxy.agent.terminate(Duration::from_secs(5))?;
+    let output = output.join("\n");
+    check!(status.success(), "exit {status}: {output}");
+    check!(output.contains("proxy drained"), "{output}");
+    check!(!output.contains("drain timeout"), "{output}");
+    Ok(())
+}

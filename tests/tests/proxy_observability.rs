@@ -1,0 +1,386 @@
+//! The L7 proxy end to end, what it tells about itself: `/metrics` by Ingress, Service and
+//! status, and `xdp-ingress inspect routes|certs` against a running agent.
+//!
+//! The real `xdp-ingress` binary run L7-only (no `--interface`, so no privileges) on loopback
+//! ports it picks, manifests written by each test to a temporary directory, backends served
+//! in-process, and real clients (hyper, rustls, curl, tokio-tungstenite, raw TCP); the harness is
+//! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
+//! build it first with `cargo build -p ingress-userspace`.
+
+use anyhow::{anyhow, ensure as check, Context as _, Result};
+use http::StatusCode;
+use serde_json::Value;
+use xdp_ingress_tests::{
+    agent,
+    proxy::{
+        assert_served,
+        backends::Backend,
+        clients::{self, get, pooled},
+        ensure, eventually,
+        manifests::{
+            backend_service, endpoint_slice, ingress, ingress_with, our_class, rule, service,
+            tls_secret, with_default_backend, with_tls, Manifests, OUR_CLASS,
+        },
+        services_for, TestProxy,
+    },
+};
+
+/// `/metrics` on the admin listener: requests by Ingress, Service, port and status class (200
+/// from a backend, 503 from a backend without endpoints, 404 with no rule under empty labels),
+/// the duration histogram's count, and the reload counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = services_for(&[&web]);
+    services.push(service("unready"));
+    services.push(endpoint_slice("unready", &[(web.addr, false)]));
+    manifests.write("services.yaml", &services)?;
+    manifests.write(
+        "shop.yaml",
+        &[ingress(
+            "shop",
+            &[rule(
+                Some("shop.example"),
+                &[("/", "Prefix", "web"), ("/unready", "Prefix", "unready")],
+            )],
+        )],
+    )?;
+    let proxy = TestProxy::start_with_admin(manifests, &[])?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let client = pooled();
+    for i in 0..3 {
+        assert_served(
+            &get(&client, proxy.http, "shop.example", &format!("/{i}")).await?,
+            "web",
+            "routed",
+        );
+    }
+    for _ in 0..2 {
+        let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    }
+    let reply = get(&client, proxy.http, "shop.example", "/unready").await?;
+    assert_eq!(
+        reply.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        reply.text()
+    );
+
+    let shop = r#"namespace="default",ingress="shop""#;
+    let expected = [
+        format!(r#"xdp_ingress_requests_total{{{shop},service="web",port="80",status="2xx"}} 3"#),
+        format!(
+            r#"xdp_ingress_requests_total{{{shop},service="unready",port="80",status="5xx"}} 1"#
+        ),
+        r#"xdp_ingress_requests_total{namespace="",ingress="",service="",port="",status="4xx"} 2"#
+            .to_string(),
+        format!(
+            r#"xdp_ingress_request_duration_seconds_count{{{shop},service="web",port="80"}} 3"#
+        ),
+        r#"xdp_ingress_config_reloads_total{result="success"} 1"#.to_string(),
+        "xdp_ingress_config_last_reload_successful 1".to_string(),
+        "xdp_ingress_ingresses 1".to_string(),
+        "xdp_ingress_l7_backends 2".to_string(),
+        r#"xdp_ingress_tls_handshakes_total{result="success"} 0"#.to_string(),
+    ];
+    // A response is counted when its body is dropped, just after the client has it all.
+    let text = eventually("the counts on /metrics", || async {
+        let reply = get(&client, admin, "127.0.0.1", "/metrics").await?;
+        check!(reply.status == StatusCode::OK, "status {}", reply.status);
+        let text = reply.text();
+        let missing: Vec<&String> = expected
+            .iter()
+            .filter(|line| !text.lines().any(|l| l == line.as_str()))
+            .collect();
+        check!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+        Ok(text)
+    })
+    .await
+    .with_context(|| proxy.log())?;
+    assert!(
+        text.contains("# TYPE xdp_ingress_request_duration_seconds histogram"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // No datapath, so no L4 families.
+    assert!(!text.contains("xdp_ingress_datapath_packets"), "{text}");
+    Ok(())
+}
+
+/// Runs `xdp-ingress inspect <what> --admin <admin>` (with `--json` when asked) and returns its
+/// standard output; fails unless it exits 0.
+async fn inspect(admin: std::net::SocketAddr, what: &str, json: bool) -> Result<String> {
+    let mut command = tokio::process::Command::new(agent::binary()?);
+    command.args(["inspect", what, "--admin", &admin.to_string()]);
+    if json {
+        command.arg("--json");
+    }
+    let output = tokio::time::timeout(
+        clients::EXCHANGE_TIMEOUT,
+        command.kill_on_drop(true).output(),
+    )
+    .await
+    .map_err(|_| anyhow!("inspect {what} timed out"))?
+    .context("running xdp-ingress inspect")?;
+    check!(
+        output.status.success(),
+        "inspect {what} (json: {json}): {}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// `inspect <what> --json`, parsed.
+async fn inspect_json(admin: std::net::SocketAddr, what: &str) -> Result<Value> {
+    let text = inspect(admin, what, true).await?;
+    serde_json::from_str(&text).with_context(|| format!("inspect {what} --json: {text}"))
+}
+
+/// The routes view with each backend's endpoints sorted (their order is not part of the view).
+fn sorted_endpoints(mut view: Value) -> Value {
+    let mut backends: Vec<&mut Value> = Vec::new();
+    if let Some(routes) = view["routes"].as_array_mut() {
+        backends.extend(routes.iter_mut().map(|r| &mut r["backend"]));
+    }
+    for backend in backends {
+        if let Some(endpoints) = backend["endpoints"].as_array_mut() {
+            endpoints.sort_by_key(|e| e.to_string());
+        }
+    }
+    if let Some(endpoints) = view["default_backend"]["endpoints"].as_array_mut() {
+        endpoints.sort_by_key(|e| e.to_string());
+    }
+    view
+}
+
+/// `xdp-ingress inspect routes|certs` against a running agent: the JSON form shows every rule
+/// (exact and wildcard hosts, Exact and Prefix paths, in match order) with its Ingress, Service,
+/// port and the backends' real addresses, a Service without endpoints as unavailable, and the
+/// default backend; the certificates with their hosts, Secret, Ingress and the notAfter the
+/// test put in the certificate, the default certificate, and an Ingress's missing Secret with a
+/// problem. The table form prints one line per route and per certificate. A path added to a
+/// manifest shows after the reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
+    // 2033-07-15T00:00:00Z.
+    const NOT_AFTER: i64 = 2_004_998_400;
+    let web_a = Backend::start("web-a").await?;
+    let web_b = Backend::start("web-b").await?;
+    let api = Backend::start("api").await?;
+    let checkout = Backend::start("checkout").await?;
+    let apps = Backend::start("apps").await?;
+    let fallback = Backend::start("fallback").await?;
+    let mut params = rcgen::CertificateParams::new(vec!["shop.example".to_string()])?;
+    params.not_after = rcgen::date_time_ymd(2033, 7, 15);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = backend_service("web", &[web_a.addr, web_b.addr]);
+    services.extend(services_for(&[&api, &checkout, &apps, &fallback]));
+    // A Service without endpoints: its route is shown as unavailable.
+    services.push(service("empty"));
+    manifests.write("services.yaml", &services)?;
+    manifests.write(
+        "secrets.yaml",
+        &[tls_secret("shop-tls", &cert.pem(), &key.serialize_pem())],
+    )?;
+    let shop = |extra: Option<(&'static str, &'static str, &'static str)>| {
+        let mut paths = vec![
+            ("/checkout", "Exact", "checkout"),
+            ("/", "Prefix", "web"),
+            ("/api", "Prefix", "api"),
+            ("/soon", "Exact", "empty"),
+        ];
+        paths.extend(extra);
+        let mut shop = ingress("shop", &[rule(Some("shop.example"), &paths)]);
+        with_tls(&mut shop, &["shop.example"], "shop-tls");
+        shop
+    };
+    manifests.write("shop.yaml", &[shop(None)])?;
+    let mut apps_ingress = ingress(
+        "apps",
+        &[rule(Some("*.apps.example"), &[("/", "Prefix", "apps")])],
+    );
+    with_tls(&mut apps_ingress, &["*.apps.example"], "missing-tls");
+    manifests.write(
+        "others.yaml",
+        &[
+            apps_ingress,
+            ingress_with("fallback", Some(OUR_CLASS), &[], |i| {
+                with_default_backend(i, "fallback")
+            }),
+        ],
+    )?;
+    let proxy =
+        TestProxy::start_with_admin(manifests, &["--default-tls-secret", "default/shop-tls"])?;
+    let admin = proxy.admin.context("no admin listener")?;
+
+    let backend = |ingress: &str, service: &str, endpoints: &[&Backend]| {
+        let mut endpoints: Vec<String> = endpoints.iter().map(|b| b.addr.to_string()).collect();
+        endpoints.sort_by_key(|e| Value::from(e.as_str()).to_string());
+        serde_json::json!({
+            "ingress": format!("default/{ingress}"),
+            "service": format!("default/{service}"),
+            "port": "80",
+            "endpoints": endpoints,
+            "unavailable": null,
+        })
+    };
+    let route = |host: &str, path: &str, path_type: &str, backend: Value| serde_json::json!({"host": host, "path": path, "path_type": path_type, "backend": backend});
+    let unavailable = serde_json::json!({
+        "ingress": "default/shop",
+        "service": "default/empty",
+        "port": "80",
+        "endpoints": [],
+        "unavailable": "NoReadyEndpoints",
+    });
+    // Match order: exact hosts, then wildcards; Exact paths by name, then Prefix longest first.
+    let mut routes = vec![
+        route(
+            "shop.example",
+            "/checkout",
+            "Exact",
+            backend("shop", "checkout", &[&checkout]),
+        ),
+        route("shop.example", "/soon", "Exact", unavailable),
+        route(
+            "shop.example",
+            "/api",
+            "Prefix",
+            backend("shop", "api", &[&api]),
+        ),
+        route(
+            "shop.example",
+            "/",
+            "Prefix",
+            backend("shop", "web", &[&web_a, &web_b]),
+        ),
+        route(
+            "*.apps.example",
+            "/",
+            "Prefix",
+            backend("apps", "apps", &[&apps]),
+        ),
+    ];
+    let expected = |routes: &[Value]| {
+        serde_json::json!({
+            "routes": routes,
+            "default_backend": backend("fallback", "fallback", &[&fallback]),
+        })
+    };
+    let view = sorted_endpoints(inspect_json(admin, "routes").await?);
+    assert_eq!(
+        view,
+        expected(&routes),
+        "inspect routes --json:\n{}",
+        serde_json::to_string_pretty(&view)?
+    );
+
+    let certs = inspect_json(admin, "certs").await?;
+    let certs = certs.as_array().context("certs is not an array")?;
+    let shop_cert = serde_json::json!({
+        "hosts": ["shop.example"],
+        "secret": "default/shop-tls",
+        "ingress": "default/shop",
+        "default": false,
+        "problem": null,
+        "not_after": NOT_AFTER,
+    });
+    let default_cert = serde_json::json!({
+        "hosts": [],
+        "secret": "default/shop-tls",
+        "ingress": null,
+        "default": true,
+        "problem": null,
+        "not_after": NOT_AFTER,
+    });
+    check!(certs.len() == 3, "three certificates: {certs:#?}");
+    assert!(certs.contains(&shop_cert), "{certs:#?}");
+    // The default certificate comes last: it is the fallback after every name.
+    assert_eq!(certs[2], default_cert, "{certs:#?}");
+    let missing = certs
+        .iter()
+        .find(|c| c["secret"] == "default/missing-tls")
+        .with_context(|| format!("no entry for the missing Secret: {certs:#?}"))?;
+    assert_eq!(missing["hosts"], serde_json::json!(["*.apps.example"]));
+    assert_eq!(missing["ingress"], "default/apps");
+    assert_eq!(missing["default"], false);
+    assert_eq!(missing["not_after"], Value::Null);
+    let problem = missing["problem"].as_str().unwrap_or_default();
+    assert!(
+        problem.contains("no Secret default/missing-tls"),
+        "the missing Secret is reported: {missing}"
+    );
+
+    // The table: a header, one line per route, one for the default backend.
+    let table = inspect(admin, "routes", false).await?;
+    let lines: Vec<&str> = table.lines().collect();
+    check!(lines.len() == 1 + routes.len() + 1, "{table}");
+    check!(lines[0].starts_with("HOST"), "{table}");
+    for (line, route) in lines[1..].iter().zip(&routes) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let service_port = format!(
+            "{}:80",
+            route["backend"]["service"].as_str().unwrap_or_default()
+        );
+        let want = [
+            route["host"].as_str().unwrap_or_default(),
+            route["path"].as_str().unwrap_or_default(),
+            route["path_type"].as_str().unwrap_or_default(),
+            route["backend"]["ingress"].as_str().unwrap_or_default(),
+            service_port.as_str(),
+        ];
+        check!(words.get(..5) == Some(&want[..]), "{line:?} for {route}");
+    }
+    let default_line = lines[lines.len() - 1];
+    check!(
+        default_line.starts_with("(default)")
+            && default_line.contains("default/fallback:80")
+            && default_line.contains(&fallback.addr.to_string()),
+        "{table}"
+    );
+    let table = inspect(admin, "certs", false).await?;
+    check!(table.lines().count() == 1 + certs.len(), "{table}");
+    check!(
+        table.lines().any(|l| l.starts_with("(default)")
+            && l.contains("default/shop-tls")
+            && l.contains(&NOT_AFTER.to_string())),
+        "{table}"
+    );
+    check!(
+        table
+            .lines()
+            .any(|l| l.contains("default/missing-tls") && l.contains("unusable:")),
+        "{table}"
+    );
+
+    // A path added to a manifest shows after the reload.
+    proxy
+        .manifests
+        .write("shop.yaml", &[shop(Some(("/new", "Exact", "api")))])?;
+    routes.insert(
+        1,
+        route(
+            "shop.example",
+            "/new",
+            "Exact",
+            backend("shop", "api", &[&api]),
+        ),
+    );
+    let want = expected(&routes);
+    eventually("inspect routes shows the new path", || async {
+        let view = sorted_endpoints(inspect_json(admin, "routes").await?);
+        ensure(view == want, || {
+            serde_json::to_string_pretty(&view).unwrap_or_default()
+        })
+    })
+    .await
+    .with_context(|| proxy.log())?;
+    Ok(())
+}

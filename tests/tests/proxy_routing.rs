@@ -1,0 +1,438 @@
+//! The L7 proxy end to end, routing: which backend serves a request (host and path rules,
+//! the IngressClass, passive health) and the answers the proxy gives itself.
+//!
+//! The real `xdp-ingress` binary run L7-only (no `--interface`, so no privileges) on loopback
+//! ports it picks, manifests written by each test to a temporary directory, backends served
+//! in-process, and real clients (hyper, rustls, curl, tokio-tungstenite, raw TCP); the harness is
+//! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
+//! build it first with `cargo build -p ingress-userspace`.
+
+use anyhow::{Context as _, Result};
+use http::{StatusCode, Version};
+use serde_json::Value;
+use xdp_ingress_tests::proxy::{
+    self, assert_served,
+    backends::{Backend, RefusingPort},
+    clients::{self, curl, get, pooled, raw_exchange, request, send_h1},
+    ensure, eventually,
+    manifests::{
+        backend_service, endpoint_slice, ingress, ingress_class, ingress_with, our_class, rule,
+        service, with_annotation, with_default_backend, Manifests, OUR_CLASS,
+    },
+    services_for, TestProxy,
+};
+
+/// Scenario 1: host and path rules (exact host, wildcard host, Exact and Prefix paths), 404
+/// without a match, then a default backend; over hyper HTTP/1.1 and curl (HTTP/1.1, h2c with
+/// prior knowledge, h2 and HTTP/1.1 over TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
+    let exact = Backend::start("exact").await?;
+    let root = Backend::start("root").await?;
+    let api = Backend::start("api").await?;
+    let wild = Backend::start("wild").await?;
+    let fallback = Backend::start("fallback").await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write(
+        "services.yaml",
+        &services_for(&[&exact, &root, &api, &wild, &fallback]),
+    )?;
+    manifests.write(
+        "app.yaml",
+        &[ingress(
+            "app",
+            &[
+                rule(
+                    Some("app.example"),
+                    &[
+                        ("/exact", "Exact", "exact"),
+                        ("/", "Prefix", "root"),
+                        ("/api", "Prefix", "api"),
+                    ],
+                ),
+                rule(Some("*.wild.example"), &[("/", "Prefix", "wild")]),
+            ],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let client = pooled();
+    let http_port = proxy.http.port();
+
+    let app_with_port = format!("APP.example:{http_port}");
+    for (host, path, backend) in [
+        ("app.example", "/exact", "exact"),
+        ("app.example", "/exact/", "root"),
+        ("app.example", "/exact/more", "root"),
+        ("app.example", "/", "root"),
+        ("app.example", "/api", "api"),
+        ("app.example", "/api/", "api"),
+        ("app.example", "/api/v1/items?x=1", "api"),
+        ("app.example", "/apiary", "root"),
+        (app_with_port.as_str(), "/api/x", "api"),
+        ("a.wild.example", "/anything", "wild"),
+        ("B.Wild.Example", "/", "wild"),
+    ] {
+        let reply = get(&client, proxy.http, host, path).await?;
+        assert_served(&reply, backend, &format!("{host}{path}"));
+        assert_eq!(reply.version, Version::HTTP_11);
+    }
+    assert!(
+        api.saw("/api/v1/items?x=1"),
+        "the path and query reach the backend unchanged: {:?}",
+        api.seen()
+    );
+    for (host, path) in [
+        ("unknown.example", "/"),
+        ("wild.example", "/"),
+        ("a.b.wild.example", "/"),
+        ("", "/api"),
+    ] {
+        let reply = get(&client, proxy.http, host, path).await?;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{host}{path}");
+        assert!(
+            reply.text().contains("no Ingress rule matches"),
+            "404 says why: {:?}",
+            reply.text()
+        );
+    }
+
+    let http_url = |path: &str| format!("http://app.example:{http_port}{path}");
+    let https_port = proxy.https.port();
+    let https_url = |path: &str| format!("https://app.example:{https_port}{path}");
+    let resolve_http = format!("app.example:{http_port}:127.0.0.1");
+    let resolve_https = format!("app.example:{https_port}:127.0.0.1");
+    let cases: [(Vec<&str>, String, &str, &str); 4] = [
+        (
+            vec!["--http1.1", "--resolve", &resolve_http],
+            http_url("/api/curl"),
+            "api",
+            "1.1",
+        ),
+        (
+            vec!["--http2-prior-knowledge", "--resolve", &resolve_http],
+            http_url("/exact"),
+            "exact",
+            "2",
+        ),
+        (
+            vec!["-k", "--resolve", &resolve_https],
+            https_url("/api/tls"),
+            "api",
+            "2",
+        ),
+        (
+            vec!["-k", "--http1.1", "--resolve", &resolve_https],
+            https_url("/other"),
+            "root",
+            "1.1",
+        ),
+    ];
+    for (flags, url, backend, version) in cases {
+        let mut args = flags.clone();
+        args.push(&url);
+        let (body, http_version) = curl(&args).await?;
+        assert_eq!(http_version, version, "curl {args:?}");
+        let json: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
+        assert_eq!(json["backend"], backend, "curl {args:?}: {body}");
+        // The backend always gets HTTP/1.1, with the client's host.
+        assert_eq!(json["version"], "HTTP/1.1", "curl {args:?}: {body}");
+        let host = json["headers"]["host"][0].as_str().unwrap_or("");
+        assert!(host.starts_with("app.example"), "curl {args:?}: {body}");
+    }
+
+    // A default backend catches what no rule matches; rules still win.
+    proxy.manifests.write(
+        "fallback.yaml",
+        &[ingress_with("fallback", Some(OUR_CLASS), &[], |i| {
+            with_default_backend(i, "fallback")
+        })],
+    )?;
+    eventually("the default backend serves unknown hosts", || async {
+        let reply = get(&client, proxy.http, "unknown.example", "/x").await?;
+        ensure(reply.backend().as_deref() == Some("fallback"), || {
+            format!("{} {:?}", reply.status, reply.text())
+        })
+    })
+    .await?;
+    for (host, path, backend) in [
+        ("a.b.wild.example", "/", "fallback"),
+        ("app.example", "/api/x", "api"),
+        ("a.wild.example", "/", "wild"),
+    ] {
+        let reply = get(&client, proxy.http, host, path).await?;
+        assert_served(
+            &reply,
+            backend,
+            &format!("{host}{path} with a default backend"),
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 6: the proxy's own answers (404, 413, 431, 502, 503, 504, 400), and the backend
+/// never sees the requests refused before forwarding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_codes_the_proxy_answers_itself() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let refusing = RefusingPort::new()?;
+    let dead = refusing.addr;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = services_for(&[&web]);
+    services.extend(backend_service("dead", &[dead]));
+    services.push(service("unready"));
+    services.push(endpoint_slice("unready", &[(web.addr, false)]));
+    manifests.write("services.yaml", &services)?;
+    manifests.write(
+        "status.yaml",
+        &[ingress(
+            "status",
+            &[rule(
+                Some("status.example"),
+                &[
+                    ("/", "Prefix", "web"),
+                    ("/dead", "Prefix", "dead"),
+                    ("/unready", "Prefix", "unready"),
+                    ("/ghost", "Prefix", "ghost"),
+                ],
+            )],
+        )],
+    )?;
+    let proxy = TestProxy::start(
+        manifests,
+        &[
+            "--max-body-bytes",
+            "1000",
+            "--max-header-bytes",
+            "8192",
+            "--upstream-response-timeout",
+            "500ms",
+        ],
+    )?;
+    let client = pooled();
+    let expect = |reply: &clients::Reply, status: u16, says: &str, what: &str| {
+        assert_eq!(reply.status.as_u16(), status, "{what}: {:?}", reply.text());
+        assert!(
+            reply.text().contains(says),
+            "{what}: the body should say {says:?}: {:?}",
+            reply.text()
+        );
+        assert!(
+            reply
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/plain")),
+            "{what}: plain text: {:?}",
+            reply.headers
+        );
+    };
+
+    let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
+    expect(&reply, 404, "no Ingress rule matches", "no rule");
+    let reply = get(&client, proxy.http, "status.example", "/dead/x").await?;
+    expect(&reply, 502, "502 Bad Gateway", "nothing listening");
+    assert!(reply.text().contains(&dead.to_string()), "{}", reply.text());
+    let reply = get(&client, proxy.http, "status.example", "/unready").await?;
+    expect(&reply, 503, "has no ready endpoints", "no ready endpoint");
+    let reply = get(&client, proxy.http, "status.example", "/ghost").await?;
+    expect(&reply, 503, "does not exist", "unknown Service");
+    let reply = get(&client, proxy.http, "status.example", "/sleep/3000").await?;
+    expect(&reply, 504, "did not answer in time", "slow backend");
+    assert_served(
+        &get(&client, proxy.http, "status.example", "/after-504").await?,
+        "web",
+        "after a 504",
+    );
+
+    // Body limit: by Content-Length (refused before forwarding) and by a chunked body.
+    let mut over =
+        b"POST /cl-canary HTTP/1.1\r\nHost: status.example\r\nContent-Length: 2000\r\n\r\n"
+            .to_vec();
+    over.extend(std::iter::repeat_n(b'x', 2000));
+    let (status, text) = raw_exchange(proxy.http, &over).await?;
+    assert_eq!(status, 413, "{text}");
+    assert!(text.contains("exceeds the limit"), "{text}");
+    let chunked = |chunks: usize| {
+        let mut bytes =
+            b"POST /chunked-canary HTTP/1.1\r\nHost: status.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec();
+        for _ in 0..chunks {
+            bytes.extend_from_slice(b"1f4\r\n");
+            bytes.extend(std::iter::repeat_n(b'y', 500));
+            bytes.extend_from_slice(b"\r\n");
+        }
+        bytes.extend_from_slice(b"0\r\n\r\n");
+        bytes
+    };
+    let (status, text) = raw_exchange(proxy.http, &chunked(6)).await?;
+    assert_eq!(status, 413, "chunked body of 3000 bytes: {text}");
+    assert!(text.contains("exceeds the limit"), "{text}");
+    let (status, text) = raw_exchange(proxy.http, &chunked(2)).await?;
+    assert_eq!(
+        status, 200,
+        "chunked body of 1000 bytes is within the limit: {text}"
+    );
+    assert!(text.contains("\"body_bytes\":1000"), "{text}");
+
+    // Header limit.
+    let big = "a".repeat(16 * 1024);
+    let reply = send_h1(
+        proxy.http,
+        request("status.example", "/big-header-canary")
+            .header("x-big", big.as_str())
+            .body(clients::empty())?,
+    )
+    .await?;
+    assert_eq!(reply.status.as_u16(), 431, "{:?}", reply.text());
+    let fits = "a".repeat(6 * 1024);
+    let reply = send_h1(
+        proxy.http,
+        request("status.example", "/fitting-header")
+            .header("x-big", fits.as_str())
+            .body(clients::empty())?,
+    )
+    .await?;
+    assert_served(&reply, "web", "a 6 KiB header under an 8 KiB limit");
+
+    // Content-Length and Transfer-Encoding together (a smuggling attempt), malformed requests.
+    let smuggling =
+        b"POST /smuggle-canary HTTP/1.1\r\nHost: status.example\r\nContent-Length: 61\r\n\
+                      Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-canary HTTP/1.1\r\n\
+                      Host: status.example\r\n\r\n";
+    let (status, text) = raw_exchange(proxy.http, smuggling).await?;
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("both Content-Length and Transfer-Encoding"),
+        "{text}"
+    );
+    for malformed in [
+        &b"GET /malformed-canary HTTP/1.1\r\nHost: status.example\r\nNo colon here\r\n\r\n"[..],
+        &b"GET /malformed-canary2 HTTP/1.1\r\nHost: status.example\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy"[..],
+        &b"\x01\x02 garbage that is no request\r\n\r\n"[..],
+    ] {
+        let (status, text) = raw_exchange(proxy.http, malformed).await?;
+        assert_eq!(
+            status,
+            400,
+            "{:?}: {text}",
+            String::from_utf8_lossy(malformed)
+        );
+    }
+
+    // A last request reaches the backend after all of the above: had any refused request been
+    // forwarded, the backend would have seen it before this one.
+    assert_served(
+        &get(&client, proxy.http, "status.example", "/last").await?,
+        "web",
+        "the last request",
+    );
+    let seen = web.seen();
+    for canary in [
+        "/cl-canary",
+        "/big-header-canary",
+        "/smuggle-canary",
+        "/smuggled-canary",
+        "/malformed-canary",
+        "/malformed-canary2",
+    ] {
+        assert!(
+            !seen.iter().any(|p| p == canary),
+            "the backend saw {canary}: {seen:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Scenario 7: passive health: one of two endpoints refuses connections, every request is
+/// served by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_endpoint_is_passed_over() -> Result<()> {
+    let alive = Backend::start("alive").await?;
+    let refusing = RefusingPort::new()?;
+    let dead = refusing.addr;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write(
+        "services.yaml",
+        &backend_service("pair", &[alive.addr, dead]),
+    )?;
+    manifests.write(
+        "pair.yaml",
+        &[ingress(
+            "pair",
+            &[rule(Some("pair.example"), &[("/", "Prefix", "pair")])],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let client = pooled();
+    for i in 0..40 {
+        let reply = get(&client, proxy.http, "pair.example", &format!("/r{i}")).await?;
+        assert_served(&reply, "alive", &format!("request {i}"));
+    }
+    // New client connections too (the proxy's choice does not depend on the client's).
+    for i in 0..10 {
+        let reply = send_h1(
+            proxy.http,
+            request("pair.example", &format!("/fresh{i}")).body(clients::empty())?,
+        )
+        .await?;
+        assert_served(&reply, "alive", &format!("fresh connection {i}"));
+    }
+    Ok(())
+}
+
+/// Scenario 9: only Ingresses of our IngressClass are served: by `ingressClassName` or the
+/// deprecated annotation; another controller's class and no class (with no default class) are
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_class_selection() -> Result<()> {
+    let web = Backend::start("web").await?;
+    let manifests = Manifests::new()?;
+    manifests.write(
+        "classes.yaml",
+        &[our_class(), ingress_class("other", "example.com/other")],
+    )?;
+    manifests.write("services.yaml", &services_for(&[&web]))?;
+    fn site(host: &str) -> [proxy::manifests::Rule<'_>; 1] {
+        [rule(Some(host), &[("/", "Prefix", "web")])]
+    }
+    let ingresses = vec![
+        ingress("ours", &site("ours.example")),
+        ingress_with("theirs", Some("other"), &site("theirs.example"), |_| {}),
+        ingress_with("annotated", None, &site("annotated.example"), |i| {
+            with_annotation(i, "kubernetes.io/ingress.class", OUR_CLASS)
+        }),
+        ingress_with(
+            "annotated-other",
+            None,
+            &site("annotated-other.example"),
+            |i| with_annotation(i, "kubernetes.io/ingress.class", "other"),
+        ),
+        ingress_with("classless", None, &site("classless.example"), |_| {}),
+    ];
+    manifests.write("ingresses.yaml", &ingresses)?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let client = pooled();
+    for (host, served) in [
+        ("ours.example", true),
+        ("annotated.example", true),
+        ("theirs.example", false),
+        ("annotated-other.example", false),
+        ("classless.example", false),
+    ] {
+        let reply = get(&client, proxy.http, host, "/").await?;
+        if served {
+            assert_served(&reply, "web", host);
+        } else {
+            assert_eq!(
+                reply.status,
+                StatusCode::NOT_FOUND,
+                "{host}: {:?}",
+                reply.text()
+            );
+        }
+    }
+    Ok(())
+}
