@@ -41,7 +41,7 @@ use crate::translate::l7::{BackendId, L7Plan};
 
 use super::{
     access_log::{AccessLog, AccessRecord},
-    head_guard::{clock_ms, Handoff, HeadGuard, HeadVerdicts},
+    head_guard::{clock_ms, Handoff, HeadGuard, Http1State},
     headers::{self, ConnectionHeaders, RequestIds},
     lifetime::{ConnectionLife, ConnectionSlot, ListenerSlots, SendTimeout, SheddingTicket},
     metrics::{self, ProxyCounters, ProxyScrape, RequestMetrics},
@@ -436,7 +436,7 @@ struct ConnectionInfo {
     /// The listener's port.
     port: u16,
     headers: ConnectionHeaders,
-    smuggling: Arc<HeadVerdicts>,
+    smuggling: Arc<Http1State>,
     /// What its requests report for its idle, stall and first-request limits.
     life: ConnectionLife,
 }
@@ -447,8 +447,8 @@ fn connection_context(
     peer: SocketAddr,
     port: u16,
     tls: bool,
-) -> (Arc<ConnectionInfo>, Arc<HeadVerdicts>) {
-    let smuggling = Arc::new(HeadVerdicts::default());
+) -> (Arc<ConnectionInfo>, Arc<Http1State>) {
+    let smuggling = Arc::new(Http1State::default());
     let info = Arc::new(ConnectionInfo {
         peer,
         port,
@@ -622,7 +622,7 @@ async fn serve_http<S: Parkable>(
     shared: Arc<Shared>,
     mut stream: S,
     info: Arc<ConnectionInfo>,
-    smuggling: Arc<HeadVerdicts>,
+    smuggling: Arc<Http1State>,
     mut requests_seen: u64,
     slot: ConnectionSlot,
 ) {
@@ -712,7 +712,7 @@ async fn serve_http<S: Parkable>(
 async fn serve_until_parked<S: Parkable>(
     shared: &Arc<Shared>,
     info: &Arc<ConnectionInfo>,
-    smuggling: &Arc<HeadVerdicts>,
+    smuggling: &Arc<Http1State>,
     draining: &mut tokio::sync::watch::Receiver<()>,
     stream: S,
     requests_seen: u64,
