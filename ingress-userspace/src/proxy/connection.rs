@@ -44,8 +44,8 @@ pub(super) struct ConnectionInfo {
     pub(super) life: ConnectionLife,
 }
 
-/// What every connection starts with: its per-request context and the HTTP/1.1 state its head
-/// guard and its task share.
+/// What every connection starts with: what its requests share ([`ConnectionInfo`]) and the
+/// HTTP/1.1 state its head guard and its task share.
 pub(super) fn connection_context(
     peer: SocketAddr,
     port: u16,

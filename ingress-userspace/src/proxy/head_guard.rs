@@ -61,7 +61,8 @@ pub struct Http1State {
     quiet_since: AtomicU64,
     /// The guard is between two messages: no head, body or chunk partly read.
     at_boundary: AtomicBool,
-    /// Set by the server: end hyper's connection at the boundary and hand the stream back.
+    /// Set by the connection task: end hyper's connection at the boundary and hand the stream
+    /// back.
     park: AtomicBool,
     /// The guard stepped aside (HTTP/2, an upgrade, an unparsable head): never parked.
     passthrough: AtomicBool,
@@ -384,7 +385,7 @@ impl<T> HeadGuard<T> {
             return Framing::Passthrough;
         }
         match (transfer_encoding, content_length) {
-            // The request path never switches a request with a body (see `server`).
+            // The request path never switches a request with a body (see `forward`).
             (true, _) => Framing::ChunkSize,
             (_, Some(u64::MAX)) => Framing::Passthrough,
             (_, Some(0)) | (_, None) => {

@@ -277,9 +277,9 @@ impl Proxy {
         Ok(bound)
     }
 
-    /// Stops accepting, lets every connection finish what it is doing (see `serve_until_parked`),
-    /// and returns when all have closed or `timeout` has passed; returns how many were still
-    /// open then.
+    /// Stops accepting, lets every connection finish what it is doing (see
+    /// `connection::serve_until_parked`), and returns when all have closed or `timeout` has
+    /// passed; returns how many were still open then.
     pub async fn drain(&self, timeout: Duration) -> usize {
         let _ = self.shared.drain.send(());
         let _ = tokio::time::timeout(timeout, self.shared.drain.closed()).await;
