@@ -15,8 +15,10 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use super::{
-    access_log::AccessRecord, connection::ConnectionInfo, metrics::RequestMetrics,
-    upstream::Backend, upstream::UpstreamResponseBody,
+    access_log::AccessRecord,
+    connection::ConnectionInfo,
+    metrics::RequestMetrics,
+    upstream::{Backend, UpstreamResponseBody},
 };
 
 /// A response body: the endpoint's, or one the proxy wrote; counted for the access log, and

@@ -2,6 +2,8 @@
 //! successfully, is a [`Refusal`], and [`Refusal::into_response`] is the one place that turns it
 //! into a status, a short plain-text body and headers: the request path only says what went
 //! wrong. The texts are part of the proxy's behaviour (clients, operators and tests read them).
+//! hyper answers two cases itself, before a request reaches us: 400 for a malformed request and
+//! 431 for a head above `--max-header-bytes`.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -157,4 +159,53 @@ impl Refusal {
 
 fn fixed(text: &'static str) -> Bytes {
     Bytes::from_static(text.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_text_starts_with_its_status_and_only_broken_framing_closes() {
+        let refusals = [
+            Refusal::Smuggling,
+            Refusal::Connect,
+            Refusal::NoHost,
+            Refusal::InvalidHost,
+            Refusal::NoRoute,
+            Refusal::NoEndpoints(None),
+            Refusal::TooLarge,
+            Refusal::InvalidPath,
+            Refusal::Unreachable("connection refused".into()),
+            Refusal::UpstreamTimeout,
+            Refusal::ClientBody("broken chunk".into()),
+            Refusal::BodyTimeout,
+            Refusal::UpstreamFailed("connection reset".into()),
+            Refusal::UnaskedSwitch,
+        ];
+        for refusal in refusals {
+            let name = format!("{refusal:?}");
+            let closes = refusal.closes_connection();
+            let response = refusal.into_response();
+            let status = response.status();
+            assert_eq!(
+                response.headers()[header::CONTENT_TYPE],
+                "text/plain; charset=utf-8",
+                "{name}"
+            );
+            assert_eq!(
+                response.headers().get(header::CONNECTION).is_some(),
+                closes,
+                "{name}"
+            );
+            let text = response.into_body().collect().await.map(|b| b.to_bytes());
+            let text = text.unwrap_or_default();
+            assert!(
+                text.starts_with(status.as_str().as_bytes()) && text.ends_with(b"\n"),
+                "{name}: {text:?}"
+            );
+        }
+    }
 }
