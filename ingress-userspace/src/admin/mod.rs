@@ -43,7 +43,7 @@ use tokio::{
 use self::metrics::Metrics;
 use crate::{
     inspect::{ViewKind, ViewRequest},
-    proxy::head_guard::{HeadGuard, HeadVerdicts},
+    proxy::head_guard::{HeadGuard, Http1State},
 };
 
 /// How long a `/debug/...` request waits for the runner (busy applying a change).
@@ -278,7 +278,7 @@ async fn serve_connection(
         stream,
         MAX_HEAD_BYTES,
         server.header_timeout,
-        Arc::new(HeadVerdicts::default()),
+        Arc::new(Http1State::default()),
     );
     let service = {
         let server = server.clone();

@@ -1,6 +1,6 @@
 //! Request counters for `/metrics`, kept without locks or allocations on the request path.
 //!
-//! Every [`Backend`](super::upstream::Backend) owns one [`RequestMetrics`]: a fixed array of
+//! Every backend (`upstream::Backend`) owns one [`RequestMetrics`]: a fixed array of
 //! atomics per status class and per duration bucket, bumped once per request when its response
 //! body drops. Requests that found no backend (no rule: 404; a bad request: 400) count in a
 //! proxy-wide set with empty labels, as ingress-nginx does for its default backend. The collector
@@ -24,8 +24,6 @@ use prometheus_client::{
 };
 
 use crate::{model::ObjectName, translate::l7::BackendPlan};
-
-use super::upstream::Backend;
 
 /// Upper bounds of the request duration histogram, in seconds: Prometheus' default buckets,
 /// which ingress-nginx's `request_duration_seconds` also uses.
@@ -189,10 +187,20 @@ pub struct ClientTimeouts {
     pub first_request: AtomicU64,
 }
 
+/// A backend as `/metrics` sees it: its labels and its counters. The upstream side implements
+/// this, so counters depend on nothing there and the dependency goes one way (upstream ->
+/// metrics).
+pub trait BackendSeries {
+    /// The labels of its series (`None`: a backend built outside a plan).
+    fn series_key(&self) -> Option<&BackendKey>;
+    /// Its request counters.
+    fn request_metrics(&self) -> &RequestMetrics;
+}
+
 /// What the proxy collector reads at scrape time.
-pub struct ProxyScrape<'a> {
+pub struct ProxyScrape<'a, B> {
     /// The current router's backends.
-    pub backends: &'a [Arc<Backend>],
+    pub backends: &'a [Arc<B>],
     /// The proxy-wide counters.
     pub counters: &'a ProxyCounters,
     /// Expiry (notAfter, seconds since the epoch) of each Secret's leaf certificate.
@@ -202,12 +210,15 @@ pub struct ProxyScrape<'a> {
 }
 
 /// Writes the proxy's metric families (names and meanings in `docs/metrics.md`).
-pub fn encode(scrape: &ProxyScrape<'_>, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+pub fn encode<B: BackendSeries>(
+    scrape: &ProxyScrape<'_, B>,
+    encoder: &mut DescriptorEncoder,
+) -> std::fmt::Result {
     let unrouted = scrape.counters.unrouted.snapshot();
     let snapshots: Vec<(Option<&BackendKey>, RequestSnapshot)> = scrape
         .backends
         .iter()
-        .map(|b| (b.key.as_ref(), b.metrics.snapshot()))
+        .map(|b| (b.series_key(), b.request_metrics().snapshot()))
         .chain(std::iter::once((None, unrouted)))
         .collect();
     // Unrouted requests carry empty labels, like ingress-nginx's default backend.

@@ -5,8 +5,8 @@
 //! busier times, which is what kept a parked task at about 5 KiB (nginx keeps an idle
 //! connection in well under one).
 //!
-//! When the client sends (or closes), the connection leaves the lot and `server` gives it a new
-//! connection task. When its idle timeout passes, or the proxy drains, the lot closes it.
+//! When the client sends (or closes), the connection leaves the lot and `connection` gives it a
+//! new connection task. When its idle timeout passes, or the proxy drains, the lot closes it.
 //! TLS connections are not parked here: their rustls state has to stay with them.
 
 use std::{

@@ -23,7 +23,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::{body::Incoming, client::conn::http1};
 use hyper_util::rt::TokioIo;
 
-use super::metrics::{BackendKey, RequestMetrics};
+use super::metrics::{BackendKey, BackendSeries, RequestMetrics};
 
 /// How long an endpoint that refused a connection is skipped.
 pub const PASSIVE_HEALTH_BACKOFF: Duration = Duration::from_secs(10);
@@ -381,6 +381,16 @@ impl Backend {
                 .find(|e| exclude.is_none_or(|x| !Arc::ptr_eq(x, e)))
                 .or_else(|| self.endpoints.get(start % n)),
         }
+    }
+}
+
+impl BackendSeries for Backend {
+    fn series_key(&self) -> Option<&BackendKey> {
+        self.key.as_ref()
+    }
+
+    fn request_metrics(&self) -> &RequestMetrics {
+        &self.metrics
     }
 }
 

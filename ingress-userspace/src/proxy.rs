@@ -1,7 +1,15 @@
 //! The L7 proxy: HTTP/1.1 and HTTP/2 (h2 over TLS by ALPN, h2c with prior knowledge) from
 //! clients, HTTP/1.1 to endpoints, routed by the translator's [`L7Plan`].
 //!
-//! - [`server`]: listeners, connections, and the request path.
+//! - [`server`]: the proxy as a sink: settings, plans applied (one atomic swap), listeners
+//!   started and drained, the `/metrics` collector. Beside it, along a request's way:
+//!   - `listener`: accept loops, the per-listener cap, the TLS handshake;
+//!   - `connection`: a connection's life under hyper, keep-alive, parking;
+//!   - `forward`: the request path, with one `RequestContext` per request;
+//!   - `refusal`: every answer the proxy gives itself, turned into a response in one place;
+//!   - `body`: the response body, where a request is counted when it ends.
+//! - [`head_guard`]: HTTP/1.1 heads read before hyper: slow heads, smuggling, message
+//!   boundaries for parking (the connection's `Http1State`).
 //! - [`router`]: the routing table the request path reads through one atomic pointer (arc-swap);
 //!   a reload swaps it, requests in flight keep the table they started with.
 //! - [`upstream`]: endpoints, their keep-alive pools and passive health, balancing.
@@ -14,12 +22,17 @@
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
 
 pub mod access_log;
+mod body;
+mod connection;
+mod forward;
 pub mod head_guard;
 pub mod headers;
 pub mod lifetime;
+mod listener;
 pub mod metrics;
 pub mod parking;
 pub mod path;
+mod refusal;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -1,0 +1,375 @@
+//! The request path, from hyper's service call to the response head.
+//!
+//! Per request: one atomic load of the routing table, a lookup that allocates nothing, header
+//! rewriting, an endpoint chosen by two random choices, a pooled (or new) connection, and the
+//! response streamed back. What a request learns on its way (its turn on the connection, the
+//! backend its route chose, the endpoint that answered) is kept in one [`RequestContext`]. It
+//! holds values the request path owns anyway, moved in rather than cloned: the one reference to
+//! the backend taken from the routing table (the response body takes it over to count the
+//! request) and the endpoint's. What the proxy answers itself is a [`Refusal`] (see `refusal`).
+
+use std::{
+    borrow::Cow,
+    convert::Infallible,
+    sync::{atomic::Ordering, Arc},
+    time::{Instant, SystemTime},
+};
+
+use http::{
+    header, uri::PathAndQuery, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{
+    access_log::AccessRecord,
+    body::{Counted, ProxyBody, Tally},
+    connection::ConnectionInfo,
+    head_guard::RequestTurn,
+    headers,
+    metrics::RequestMetrics,
+    path,
+    refusal::Refusal,
+    server::{ProxySettings, Shared},
+    upstream::{Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
+};
+
+/// One request's way through the proxy, filled in as it goes and read when the answer is
+/// known: for the head guard, the metrics and the access log.
+pub(super) struct RequestContext {
+    /// When the request reached the service: its duration counts from here.
+    started: Instant,
+    /// Its index on the connection, and whether the head guard flagged it.
+    turn: RequestTurn,
+    /// The backend its route chose (`None`: refused before routing, or no rule matched).
+    backend: Option<Arc<Backend>>,
+    /// The endpoint that answered, or failed after the request was sent (the request's own
+    /// reference, moved here, not cloned).
+    endpoint: Option<Arc<Endpoint>>,
+}
+
+/// hyper's service: one request, start to answer. Always answers; what goes wrong becomes a
+/// [`Refusal`] and its response here, in one place.
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    connection: Arc<ConnectionInfo>,
+    request: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    // HTTP/1.x requests are counted for parking; HTTP/2 connections are never parked, their
+    // streams are counted for the idle timeout.
+    let http1 = request.version() <= Version::HTTP_11;
+    if http1 {
+        connection.http1_state.request_started();
+    }
+    connection.life.request_started(!http1);
+    let mut context = RequestContext {
+        started: Instant::now(),
+        turn: connection.http1_state.next_request(),
+        backend: None,
+        endpoint: None,
+    };
+    let record = shared.access_log.as_ref().map(|log| {
+        Box::new(AccessRecord {
+            log: log.clone(),
+            time: SystemTime::now(),
+            started: context.started,
+            client: connection.peer,
+            method: request.method().clone(),
+            host: request_host(&request)
+                .and_then(|h| h.to_str().ok().map(str::to_string))
+                .unwrap_or_default(),
+            path: request
+                .uri()
+                .path_and_query()
+                .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string()),
+            version: request.version(),
+            status: 0,
+            bytes: 0,
+            upstream: None,
+        })
+    });
+    let mut response = proxy_request(&shared, &connection, request, &mut context)
+        .await
+        .unwrap_or_else(Refusal::into_response);
+    if http1 {
+        // Before hyper writes the answer: the head guard learns whether the connection switched
+        // protocols before any byte of the new protocol can arrive.
+        let switched = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        connection
+            .http1_state
+            .answered(context.turn.index, switched);
+    }
+    let counter = match context.backend {
+        Some(backend) => Counted::Backend(backend),
+        None => Counted::Unrouted(shared.counters.unrouted.clone()),
+    };
+    response.body_mut().tally = Some(Tally {
+        counter,
+        status: response.status().as_u16(),
+        started: context.started,
+    });
+    if let Some(mut record) = record {
+        record.status = response.status().as_u16();
+        record.upstream = context.endpoint.map(|endpoint| endpoint.addr);
+        response.body_mut().record = Some(record);
+    }
+    if response.status() == StatusCode::REQUEST_TIMEOUT {
+        // Only the body timeout answers 408.
+        shared
+            .counters
+            .client_timeouts
+            .body
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    // The request's own reference to its connection goes with the body.
+    response.body_mut().end_request_on_drop(connection, !http1);
+    Ok(response)
+}
+
+/// The request's host: the target URI's authority when it has one (HTTP/2 `:authority`, or an
+/// absolute-form HTTP/1.1 target, which RFC 9112 §3.2.2 says outranks Host), else the Host
+/// header. Routing and the Host the endpoint sees both use it, so they cannot disagree.
+fn request_host<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if let Some(authority) = request.uri().authority() {
+        if let Ok(value) = HeaderValue::from_str(authority.as_str()) {
+            return Some(value);
+        }
+    }
+    request.headers().get(header::HOST).cloned()
+}
+
+/// Routes `request`, rewrites it for its endpoint and sends it; what it learns on the way goes
+/// into `context`.
+async fn proxy_request(
+    shared: &Shared,
+    connection: &ConnectionInfo,
+    mut request: Request<Incoming>,
+    context: &mut RequestContext,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let settings = &shared.settings;
+    if context.turn.smuggling {
+        return Err(Refusal::Smuggling);
+    }
+    if request.method() == Method::CONNECT {
+        return Err(Refusal::Connect);
+    }
+    // Routing and the endpoint see the same path (see `path`).
+    // `Some` when normalising changed the path (rare: most paths are already normal).
+    let rewritten_path = match path::normalize(request.uri().path(), settings.allow_encoded_slashes)
+    {
+        Ok(Cow::Borrowed(_)) => None,
+        Ok(Cow::Owned(path)) => Some(path),
+        Err(error) => return Err(Refusal::BadPath(error)),
+    };
+    let host = request_host(&request);
+    let host_text = match host.as_ref().map(HeaderValue::to_str) {
+        Some(Ok(text)) => text,
+        // HTTP/1.0 may omit Host; HTTP/1.1 must send it (RFC 9112 §3.2).
+        None if request.version() != Version::HTTP_11 => "",
+        None => return Err(Refusal::NoHost),
+        Some(Err(_)) => return Err(Refusal::InvalidHost),
+    };
+
+    // The context holds the request's one reference to the backend; the response is counted in
+    // its metrics.
+    let backend: &Arc<Backend> = {
+        let router = shared.router.load();
+        let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
+        match router.route(host_text, path) {
+            Some(backend) => context.backend.insert(backend.clone()),
+            None => return Err(Refusal::NoRoute),
+        }
+    };
+    if backend.endpoints.is_empty() {
+        return Err(Refusal::NoEndpoints(backend.unavailable.clone()));
+    }
+    let limit = settings.max_body_bytes.unwrap_or(u64::MAX);
+    if let Some(length) = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if length > limit {
+            return Err(Refusal::TooLarge);
+        }
+    }
+    // Only allowed protocols, and never after a body: the head guard, which follows the
+    // framing, steps aside only after a `101` to a request without one.
+    let upgrade = request.version() == Version::HTTP_11
+        && headers::is_upgrade_request(request.headers())
+        && headers::upgrade_allowed(request.headers(), &settings.upgrades)
+        && request.body().is_end_stream();
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+    let http2 = request.version() == Version::HTTP_2;
+    let (mut parts, body) = request.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, upgrade);
+    if !settings.allow_underscores_in_headers {
+        headers::remove_underscore_headers(&mut parts.headers);
+    }
+    if http2 {
+        headers::join_cookies(&mut parts.headers);
+    }
+    headers::set_forwarding_headers(
+        &mut parts.headers,
+        &connection.headers,
+        host.as_ref(),
+        &shared.request_ids,
+    );
+    // Endpoints get origin-form (`/path?query`) with the path routing used, whatever form the
+    // client used.
+    parts.uri = match (rewritten_path, parts.uri.path_and_query()) {
+        (None, Some(path_and_query)) => Uri::from(path_and_query.clone()),
+        (None, None) => Uri::from_static("/"),
+        (Some(path), original) => {
+            let target = match original.and_then(PathAndQuery::query) {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            match PathAndQuery::try_from(target) {
+                Ok(path_and_query) => Uri::from(path_and_query),
+                Err(_) => return Err(Refusal::InvalidPath),
+            }
+        }
+    };
+    parts.version = Version::HTTP_11;
+    let mut upstream_request = Request::from_parts(
+        parts,
+        UpstreamBody::new(body, limit, settings.client_body_timeout),
+    );
+
+    let mut failed: Option<Arc<Endpoint>> = None;
+    let mut last_error = String::new();
+    // A request whose connection fails goes to another endpoint: it has not been sent yet.
+    for _ in 0..backend.endpoints.len().clamp(1, 3) {
+        let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
+            break;
+        };
+        if failed.is_some() {
+            backend.metrics.retry();
+        }
+        let outstanding = endpoint.start_request();
+        match send(&endpoint, upstream_request, settings, &backend.metrics).await {
+            Sent::Unsent(unsent, why) => {
+                upstream_request = unsent;
+                last_error = why;
+                failed = Some(endpoint);
+            }
+            Sent::Failed(refusal) => {
+                context.endpoint = Some(endpoint);
+                return Err(refusal);
+            }
+            Sent::Answered(response, sender) => {
+                context.endpoint = Some(endpoint);
+                return relay_response(response, sender, outstanding, client_upgrade, settings);
+            }
+        }
+    }
+    Err(Refusal::Unreachable(last_error))
+}
+
+/// What sending a request to one endpoint came to.
+enum Sent {
+    /// The endpoint answered (the connection comes along, to be pooled again).
+    Answered(Response<Incoming>, Sender),
+    /// No connection could carry it; the request comes back unsent, with why.
+    Unsent(Request<UpstreamBody>, String),
+    /// Sent, then failed: what to tell the client.
+    Failed(Refusal),
+}
+
+async fn send(
+    endpoint: &Endpoint,
+    request: Request<UpstreamBody>,
+    settings: &ProxySettings,
+    metrics: &RequestMetrics,
+) -> Sent {
+    // Boxed: connecting is rare (most requests take a pooled connection), and inline its state
+    // would add about 350 bytes to every request's future, which is moved and copied whole.
+    let connect = || async {
+        let connected = Box::pin(endpoint.connect(settings.upstream_connect_timeout)).await;
+        if connected.is_err() {
+            metrics.connect_error();
+        }
+        connected
+    };
+    let (mut sender, mut fresh) = match endpoint.pooled(settings.upstream_idle_timeout) {
+        Some(sender) => (sender, false),
+        None => match connect().await {
+            Ok(sender) => (sender, true),
+            Err(error) => return Sent::Unsent(request, error.to_string()),
+        },
+    };
+    let mut request = request;
+    loop {
+        let attempt = sender.try_send_request(request);
+        let error = match tokio::time::timeout(settings.upstream_response_timeout, attempt).await {
+            Err(_) => return Sent::Failed(Refusal::UpstreamTimeout),
+            Ok(Ok(response)) => return Sent::Answered(response, sender),
+            Ok(Err(error)) => error,
+        };
+        let mut error = error;
+        match error.take_message() {
+            // A pooled connection closed before the request went out (the endpoint's keep-alive
+            // timeout raced us): same endpoint, new connection.
+            Some(unsent) if !fresh => {
+                metrics.retry();
+                match connect().await {
+                    Ok(new_sender) => {
+                        sender = new_sender;
+                        fresh = true;
+                        request = unsent;
+                    }
+                    Err(connect_error) => return Sent::Unsent(unsent, connect_error.to_string()),
+                }
+            }
+            Some(unsent) => return Sent::Unsent(unsent, error.into_error().to_string()),
+            None => return Sent::Failed(Refusal::from_send_error(&error.into_error())),
+        }
+    }
+}
+
+/// The endpoint's response on its way to the client: hop-by-hop headers out, the body streamed
+/// (its connection pooled again at the end), or for a `101 Switching Protocols` answer to an
+/// upgrade request, both upgraded connections spliced together. A `101` to a request we did
+/// not upgrade, or naming a protocol that is not allowed, is the endpoint's error (502): relayed,
+/// it would turn the connection into a tunnel no routing rule sees.
+fn relay_response(
+    mut response: Response<Incoming>,
+    sender: Sender,
+    outstanding: Outstanding,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    settings: &ProxySettings,
+) -> Result<Response<ProxyBody>, Refusal> {
+    if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client_upgrade) = client_upgrade
+            .filter(|_| headers::upgrade_allowed(response.headers(), &settings.upgrades))
+        else {
+            return Err(Refusal::UnaskedSwitch);
+        };
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                // The tunnel counts as outstanding on its endpoint while it is open.
+                let _outstanding = outstanding;
+                if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                    let _ = tokio::io::copy_bidirectional(
+                        &mut TokioIo::new(client),
+                        &mut TokioIo::new(upstream),
+                    )
+                    .await;
+                }
+            });
+            let (mut parts, _) = response.into_parts();
+            headers::remove_hop_by_hop(&mut parts.headers, true);
+            return Ok(Response::from_parts(parts, ProxyBody::empty()));
+        }
+    }
+    let (mut parts, body) = response.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(
+        parts,
+        ProxyBody::upstream(UpstreamResponseBody::new(body, Some(sender), outstanding)),
+    ))
+}
