@@ -10,14 +10,11 @@ use k8s_openapi::{
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
-    apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ByteString, Metadata, Resource,
+    ByteString, Resource as _,
 };
 use serde::de::DeserializeOwned;
 
-use crate::model::{
-    object_name, ClusterObjects, ObjectName, Origin, Problem, Sourced, TLS_SECRET_TYPE,
-};
+use crate::model::{ObjectKind, ObjectName, Origin, Problem, Sourced, TLS_SECRET_TYPE};
 
 use super::Snapshot;
 
@@ -32,46 +29,27 @@ pub(super) struct FileObjects {
     pub(super) secrets: Vec<(ObjectName, Sourced<Secret>)>,
 }
 
-/// A kind of object this source reads: how it is keyed and where it is kept. `apiVersion` and
-/// `kind` come from k8s-openapi's [`Resource`].
-pub(super) trait Kind:
-    Resource + Metadata<Ty = ObjectMeta> + DeserializeOwned + Clone
-{
-    /// `ObjectName` for namespaced kinds, the bare name for cluster-scoped ones.
-    type Key: Ord + Clone + fmt::Display;
-    /// Whether `metadata.namespace` means anything (it is ignored on cluster-scoped kinds).
-    const NAMESPACED: bool;
-    /// The key, or `None` when `metadata.name` is missing or empty.
-    fn key(meta: &ObjectMeta) -> Option<Self::Key>;
+/// A kind of object this source reads, as a file holds it: where [`FileObjects`] keeps it and
+/// what loading does to it. Its key and its map in the snapshot are [`ObjectKind`]'s.
+pub(super) trait ManifestKind: ObjectKind + DeserializeOwned {
     /// This kind's objects in a file.
     fn in_file(objects: &FileObjects) -> &Vec<(Self::Key, Sourced<Self>)>;
     /// The same, mutable.
     fn in_file_mut(objects: &mut FileObjects) -> &mut Vec<(Self::Key, Sourced<Self>)>;
-    /// This kind's objects in the merged snapshot.
-    fn in_cluster(objects: &mut ClusterObjects) -> &mut BTreeMap<Self::Key, Sourced<Self>>;
     /// Load-time normalisation; `None` drops an object we have no use for (silently: it is valid).
     fn admit(self, _origin: &Origin) -> Option<Self> {
         Some(self)
     }
 }
 
-/// Implements [`Kind`] for a k8s-openapi type kept in the `$field` of both object sets.
+/// Implements [`ManifestKind`] for a k8s-openapi type kept in [`FileObjects`]'s `$field`.
 macro_rules! impl_kind {
-    ($ty:ty, $field:ident, $key:ty, namespaced: $namespaced:expr, key: $key_fn:expr
-     $(, admit: $admit:expr)?) => {
-        impl Kind for $ty {
-            type Key = $key;
-            const NAMESPACED: bool = $namespaced;
-            fn key(meta: &ObjectMeta) -> Option<$key> {
-                $key_fn(meta)
-            }
-            fn in_file(objects: &FileObjects) -> &Vec<($key, Sourced<Self>)> {
+    ($ty:ty, $field:ident $(, admit: $admit:expr)?) => {
+        impl ManifestKind for $ty {
+            fn in_file(objects: &FileObjects) -> &Vec<(Self::Key, Sourced<Self>)> {
                 &objects.$field
             }
-            fn in_file_mut(objects: &mut FileObjects) -> &mut Vec<($key, Sourced<Self>)> {
-                &mut objects.$field
-            }
-            fn in_cluster(objects: &mut ClusterObjects) -> &mut BTreeMap<$key, Sourced<Self>> {
+            fn in_file_mut(objects: &mut FileObjects) -> &mut Vec<(Self::Key, Sourced<Self>)> {
                 &mut objects.$field
             }
             $(fn admit(self, origin: &Origin) -> Option<Self> {
@@ -81,11 +59,11 @@ macro_rules! impl_kind {
     };
 }
 
-impl_kind!(Service, services, ObjectName, namespaced: true, key: namespaced_key);
-impl_kind!(EndpointSlice, endpoint_slices, ObjectName, namespaced: true, key: namespaced_key);
-impl_kind!(Ingress, ingresses, ObjectName, namespaced: true, key: namespaced_key);
-impl_kind!(IngressClass, ingress_classes, String, namespaced: false, key: cluster_key);
-impl_kind!(Secret, secrets, ObjectName, namespaced: true, key: namespaced_key, admit: admit_secret);
+impl_kind!(Service, services);
+impl_kind!(EndpointSlice, endpoint_slices);
+impl_kind!(Ingress, ingresses);
+impl_kind!(IngressClass, ingress_classes);
+impl_kind!(Secret, secrets, admit: admit_secret);
 
 /// Runs `$body` once per kind this source reads, with `$kind` naming the type: the one list of
 /// kinds that parsing, keeping last good objects and merging all follow. Full paths: it expands
@@ -116,15 +94,6 @@ macro_rules! for_each_kind {
 }
 pub(super) use for_each_kind;
 
-fn namespaced_key(meta: &ObjectMeta) -> Option<ObjectName> {
-    meta.name.as_ref().filter(|n| !n.is_empty())?;
-    Some(object_name(meta))
-}
-
-fn cluster_key(meta: &ObjectMeta) -> Option<String> {
-    meta.name.clone().filter(|n| !n.is_empty())
-}
-
 /// Keeps TLS Secrets only (others hold things we must not read), with `stringData` merged into
 /// `data` as the API server does on write (`stringData` wins on a shared key).
 fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
@@ -143,7 +112,7 @@ fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
 
 /// Objects from documents that failed now keep their previous version.
 pub(super) fn keep_previous(objects: &mut FileObjects, previous: &FileObjects) {
-    fn keep<K: Kind>(objects: &mut FileObjects, previous: &FileObjects) {
+    fn keep<K: ManifestKind>(objects: &mut FileObjects, previous: &FileObjects) {
         for (name, object) in K::in_file(previous) {
             let current = K::in_file_mut(objects);
             if !current.iter().any(|(n, _)| n == name) {

@@ -13,7 +13,7 @@ use crate::{
 };
 
 use super::{
-    objects::{for_each_kind, FileObjects, Kind},
+    objects::{for_each_kind, FileObjects, ManifestKind},
     MAX_NESTING_DEPTH,
 };
 
@@ -106,7 +106,7 @@ pub(super) fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Probl
 }
 
 /// Reads one document as a `K` into `objects`; a problem names the object and the field.
-fn load<K: Kind>(
+fn load<K: ManifestKind>(
     value: &serde_yaml::Value,
     origin: &Origin,
     objects: &mut FileObjects,
