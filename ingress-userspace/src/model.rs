@@ -3,10 +3,14 @@
 
 use std::{collections::BTreeMap, fmt, sync::Arc};
 
-use k8s_openapi::api::{
-    core::v1::{Secret, Service},
-    discovery::v1::EndpointSlice,
-    networking::v1::{Ingress, IngressClass},
+use k8s_openapi::{
+    api::{
+        core::v1::{Secret, Service},
+        discovery::v1::EndpointSlice,
+        networking::v1::{Ingress, IngressClass},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    Metadata, Resource,
 };
 
 /// Namespace and name of an object (the namespace defaults to `default`, as kubectl does).
@@ -73,6 +77,56 @@ pub struct ClusterObjects {
     /// Secrets by namespace/name. Sources keep only `kubernetes.io/tls` Secrets, with
     /// `stringData` already merged into `data`, as the API server stores them.
     pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
+}
+
+/// A kind of object in [`ClusterObjects`]: how it is keyed and which map holds it. Both sources
+/// build on this one definition (`source::files::ManifestKind` adds where a file keeps it,
+/// `source::kube::WatchedKind` how a watcher scopes and marks it), so the two cannot disagree on
+/// what an object's key is. `apiVersion` and `kind` come from k8s-openapi's [`Resource`].
+pub(crate) trait ObjectKind: Resource + Metadata<Ty = ObjectMeta> + Clone {
+    /// `ObjectName` for namespaced kinds, the bare name for cluster-scoped ones.
+    type Key: Ord + Clone + fmt::Display + Send;
+    /// Whether `metadata.namespace` means anything (it is ignored on cluster-scoped kinds).
+    const NAMESPACED: bool;
+    /// The key, or `None` when `metadata.name` is missing or empty.
+    fn key(meta: &ObjectMeta) -> Option<Self::Key>;
+    /// This kind's objects in the store.
+    fn in_cluster(objects: &mut ClusterObjects) -> &mut BTreeMap<Self::Key, Sourced<Self>>;
+}
+
+/// Implements [`ObjectKind`] for a namespaced k8s-openapi type kept in `ClusterObjects::$field`.
+macro_rules! namespaced_kind {
+    ($ty:ty, $field:ident) => {
+        impl ObjectKind for $ty {
+            type Key = ObjectName;
+            const NAMESPACED: bool = true;
+            fn key(meta: &ObjectMeta) -> Option<ObjectName> {
+                meta.name.as_ref().filter(|n| !n.is_empty())?;
+                Some(object_name(meta))
+            }
+            fn in_cluster(
+                objects: &mut ClusterObjects,
+            ) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
+                &mut objects.$field
+            }
+        }
+    };
+}
+
+namespaced_kind!(Service, services);
+namespaced_kind!(EndpointSlice, endpoint_slices);
+namespaced_kind!(Ingress, ingresses);
+namespaced_kind!(Secret, secrets);
+
+impl ObjectKind for IngressClass {
+    type Key = String;
+    const NAMESPACED: bool = false;
+    fn key(meta: &ObjectMeta) -> Option<String> {
+        meta.name.clone().filter(|n| !n.is_empty())
+    }
+    fn in_cluster(objects: &mut ClusterObjects) -> &mut BTreeMap<String, Sourced<Self>> {
+        &mut objects.ingress_classes
+    }
 }
 
 /// A problem with one object: which object, which field, what is wrong. Problems never stop the

@@ -40,7 +40,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 
 use crate::{
-    model::{object_name, ClusterObjects, ObjectName, Origin, Sourced, TLS_SECRET_TYPE},
+    model::{ClusterObjects, ObjectKind, ObjectName, Origin, Sourced, TLS_SECRET_TYPE},
     translate::l4::SERVICE_NAME_LABEL,
 };
 
@@ -132,14 +132,11 @@ impl Shared {
     }
 }
 
-/// One kind of object the source watches: where it goes in [`ClusterObjects`].
-trait Kind:
-    Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+/// A kind of object the source watches: which watcher's share of the store it is in, whether it
+/// is kept, and what a change to it marks dirty. Its key and its map are [`ObjectKind`]'s.
+trait WatchedKind:
+    ObjectKind + Resource<DynamicType = ()> + DeserializeOwned + Debug + Send + Sync + 'static
 {
-    type Key: Ord + Clone + Send;
-    const KIND: &'static str;
-    fn key(&self) -> Option<Self::Key>;
-    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<Self::Key, Sourced<Self>>;
     /// Whether `key` belongs to the watcher scoped to `namespace` (`None`: all).
     fn in_scope(key: &Self::Key, namespace: Option<&str>) -> bool;
     fn keep(&self, _shared: &Shared) -> bool {
@@ -151,44 +148,17 @@ trait Kind:
     }
 }
 
-fn namespaced_key<K: Resource>(object: &K) -> Option<ObjectName> {
-    object.meta().name.as_ref()?;
-    Some(object_name(object.meta()))
-}
-
 fn namespaced_in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
     namespace.is_none_or(|ns| key.namespace == ns)
 }
 
-macro_rules! namespaced_kind {
-    ($type:ty, $field:ident) => {
-        impl Kind for $type {
-            type Key = ObjectName;
-            const KIND: &'static str = stringify!($type);
-            fn key(&self) -> Option<ObjectName> {
-                namespaced_key(self)
-            }
-            fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
-                &mut objects.$field
-            }
-            fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
-                namespaced_in_scope(key, namespace)
-            }
-        }
-    };
+impl WatchedKind for Ingress {
+    fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+        namespaced_in_scope(key, namespace)
+    }
 }
 
-namespaced_kind!(Ingress, ingresses);
-
-impl Kind for Service {
-    type Key = ObjectName;
-    const KIND: &'static str = "Service";
-    fn key(&self) -> Option<ObjectName> {
-        namespaced_key(self)
-    }
-    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
-        &mut objects.services
-    }
+impl WatchedKind for Service {
     fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
         namespaced_in_scope(key, namespace)
     }
@@ -197,15 +167,7 @@ impl Kind for Service {
     }
 }
 
-impl Kind for EndpointSlice {
-    type Key = ObjectName;
-    const KIND: &'static str = "EndpointSlice";
-    fn key(&self) -> Option<ObjectName> {
-        namespaced_key(self)
-    }
-    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
-        &mut objects.endpoint_slices
-    }
+impl WatchedKind for EndpointSlice {
     fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
         namespaced_in_scope(key, namespace)
     }
@@ -223,33 +185,17 @@ impl Kind for EndpointSlice {
     }
 }
 
-impl Kind for Secret {
-    type Key = ObjectName;
-    const KIND: &'static str = "Secret";
-    fn key(&self) -> Option<ObjectName> {
-        namespaced_key(self)
-    }
-    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<ObjectName, Sourced<Self>> {
-        &mut objects.secrets
-    }
+impl WatchedKind for Secret {
     fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
         namespaced_in_scope(key, namespace)
     }
     fn keep(&self, shared: &Shared) -> bool {
         self.type_.as_deref() == Some(TLS_SECRET_TYPE)
-            && self.key().is_some_and(|name| shared.keeps_secret(&name))
+            && Self::key(&self.metadata).is_some_and(|name| shared.keeps_secret(&name))
     }
 }
 
-impl Kind for IngressClass {
-    type Key = String;
-    const KIND: &'static str = "IngressClass";
-    fn key(&self) -> Option<String> {
-        self.metadata.name.clone()
-    }
-    fn slot(objects: &mut ClusterObjects) -> &mut BTreeMap<String, Sourced<Self>> {
-        &mut objects.ingress_classes
-    }
+impl WatchedKind for IngressClass {
     fn in_scope(_: &String, _: Option<&str>) -> bool {
         true
     }
@@ -380,7 +326,7 @@ fn spawn_namespaced<K>(
     shared: &Arc<Shared>,
 ) -> tokio::task::JoinHandle<()>
 where
-    K: Kind<Key = ObjectName> + Resource<Scope = NamespaceResourceScope>,
+    K: WatchedKind<Key = ObjectName> + Resource<Scope = NamespaceResourceScope>,
 {
     let api = match namespace {
         Some(ns) => Api::<K>::namespaced(client.clone(), ns),
@@ -396,7 +342,7 @@ where
 }
 
 /// One watcher: applies its events to the store, a (re)list as one replacement.
-async fn watch_kind<K: Kind>(
+async fn watch_kind<K: WatchedKind>(
     api: Api<K>,
     config: watcher::Config,
     namespace: Option<String>,
@@ -436,7 +382,7 @@ async fn watch_kind<K: Kind>(
                     {
                         let mut store = shared.objects();
                         store.dirty.everything = true;
-                        let slot = K::slot(&mut store.objects);
+                        let slot = K::in_cluster(&mut store.objects);
                         slot.retain(|key, _| !K::in_scope(key, namespace.as_deref()));
                         slot.extend(listed);
                     }
@@ -447,11 +393,11 @@ async fn watch_kind<K: Kind>(
                     true
                 }
                 Ok(watcher::Event::Apply(object)) => {
-                    let key = object.key();
+                    let key = K::key(object.meta());
                     let kept = stored(object, &shared);
                     let mut store = shared.objects();
                     let Store { objects, dirty } = &mut *store;
-                    let slot = K::slot(objects);
+                    let slot = K::in_cluster(objects);
                     match (kept, key) {
                         (Some((key, object)), _) => {
                             K::mark(
@@ -473,10 +419,10 @@ async fn watch_kind<K: Kind>(
                     true
                 }
                 Ok(watcher::Event::Delete(object)) => {
-                    if let Some(key) = object.key() {
+                    if let Some(key) = K::key(object.meta()) {
                         let mut store = shared.objects();
                         let Store { objects, dirty } = &mut *store;
-                        if let Some(old) = K::slot(objects).remove(&key) {
+                        if let Some(old) = K::in_cluster(objects).remove(&key) {
                             K::mark(dirty, &key, Some(&old.object), None);
                         }
                     }
@@ -498,11 +444,11 @@ async fn watch_kind<K: Kind>(
 }
 
 /// The object as the store keeps it, or `None` when it is not kept.
-fn stored<K: Kind>(mut object: K, shared: &Shared) -> Option<(K::Key, Sourced<K>)> {
+fn stored<K: WatchedKind>(mut object: K, shared: &Shared) -> Option<(K::Key, Sourced<K>)> {
     if !object.keep(shared) {
         return None;
     }
-    let key = object.key()?;
+    let key = K::key(object.meta())?;
     object.managed_fields_mut().clear();
     Some((
         key,
