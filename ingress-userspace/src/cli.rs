@@ -200,3 +200,59 @@ pub fn parse_object_name(text: &str, flag: &'static str) -> Result<ObjectName, O
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    /// The groups' flags stay one command line: no id or flag declared twice, every
+    /// `conflicts_with`/`requires` naming a flag that exists (clap checks this only in debug
+    /// builds, and only for the subcommand being parsed).
+    #[test]
+    fn the_flag_groups_form_one_consistent_command_line() {
+        Cli::command().debug_assert();
+    }
+
+    /// `run` and `validate` read the L7 group alike, so both choose the same Ingresses.
+    #[test]
+    fn run_and_validate_share_the_ingress_flags() {
+        let flags = [
+            "--controller-name",
+            "example.dev/c",
+            "--default-tls-secret",
+            "a/b",
+        ];
+        let run = Cli::try_parse_from(["xdp-ingress", "run"].into_iter().chain(flags));
+        let validate = Cli::try_parse_from(
+            ["xdp-ingress", "validate", "--manifests", "m"]
+                .into_iter()
+                .chain(flags),
+        );
+        let (
+            Ok(Cli {
+                command: Command::Run(run),
+                ..
+            }),
+            Ok(Cli {
+                command: Command::Validate(validate),
+                ..
+            }),
+        ) = (run, validate)
+        else {
+            panic!("both parse");
+        };
+        for ingress in [&run.ingress, &validate.ingress] {
+            let options = ingress.options().map_err(|e| e.to_string());
+            assert_eq!(
+                options.as_ref().map(|o| o.controller_name.as_str()),
+                Ok("example.dev/c")
+            );
+            assert_eq!(
+                options.map(|o| o.default_tls_secret.map(|s| s.to_string())),
+                Ok(Some("a/b".to_string()))
+            );
+        }
+    }
+}

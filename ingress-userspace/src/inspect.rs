@@ -6,7 +6,7 @@
 //! - `routes` and `certs` live in the agent's memory: it serves them as JSON on its admin
 //!   listener (`/debug/routes`, `/debug/certs`, and `/debug/services` for the names), built on
 //!   request by the runner from the plans it holds ([`services_view`], [`routes_view`],
-//!   [`certs_view`]); nothing is computed on the sync path.
+//!   [`certs_view`]); nothing is computed on the apply path.
 
 use std::{
     collections::BTreeMap,

@@ -1,9 +1,9 @@
 //! The agent's life in `run`: set up the source (files or cluster), the sinks (XDP datapath,
-//! proxy) and the admin listener ([`startup`]); wait for the first complete set of objects and
-//! apply it before attaching XDP and listening; then apply each debounced burst of changes
-//! ([`apply`] makes one pass); on stop, release the Lease and detach. `main.rs` runs
-//! [`Runner::start`] and then [`Runner::run`]; the cluster-mode tests run the same two
-//! in-process.
+//! proxy) and the admin listener (`runner/startup.rs`); wait for the first complete set of
+//! objects and apply it before attaching XDP and listening; then apply each debounced burst of
+//! changes (`runner/apply.rs` makes one pass); on stop, release the Lease and detach.
+//! `main.rs` runs [`Runner::start`] and then [`Runner::run`]; the cluster-mode tests run the
+//! same two in-process.
 
 mod apply;
 mod control;

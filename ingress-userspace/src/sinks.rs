@@ -1,8 +1,7 @@
 //! The sinks one apply pass writes to, fed by whichever source runs (the manifest directory or
 //! the cluster). One [`Sinks::apply`] is one pass: translate the objects for each sink, apply
-//! what changed. The L4
-//! sink (XDP maps) and the L7 sink (the proxy) are each optional: `run` without `--interface` has
-//! no L4 sink, and with both listeners off no L7 sink.
+//! what changed. The L4 sink (XDP maps) and the L7 sink (the proxy) are each optional: `run`
+//! without `--interface` has no L4 sink, and with both listeners off no L7 sink.
 
 use std::{
     collections::BTreeSet,
