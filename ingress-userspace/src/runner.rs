@@ -82,7 +82,7 @@ enum Source {
     Kube(KubeSource, Box<Control>),
 }
 
-/// A running agent.
+/// What `run` drives: the source, the sinks (with the loaded datapath) and the listeners.
 pub struct Runner {
     args: RunArgs,
     source: Source,
