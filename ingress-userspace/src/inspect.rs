@@ -6,19 +6,27 @@
 //! - `routes` and `certs` live in the agent's memory: it serves them as JSON on its admin
 //!   listener (`/debug/routes`, `/debug/certs`, and `/debug/services` for the names), built on
 //!   request by the runner from the plans it holds ([`services_view`], [`routes_view`],
-//!   [`certs_view`]); nothing is computed on the sync path.
+//!   [`certs_view`]); nothing is computed on the apply path.
 
 use std::{
     collections::BTreeMap,
-    io::{Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    io,
+    net::{Ipv4Addr, SocketAddr},
     time::Duration,
 };
 
 use anyhow::{bail, Context as _, Result};
+use bytes::Bytes;
+use http::{
+    header::{CONNECTION, HOST},
+    Request, StatusCode,
+};
+use http_body_util::{BodyExt as _, Empty};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use ingress_common::{proto, BACKEND_ACTIVE};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::{
     cli::{InspectArgs, InspectWhat},
@@ -165,28 +173,57 @@ pub fn run(args: &InspectArgs) -> Result<()> {
     Ok(())
 }
 
-/// GET `path` from the admin listener; its JSON body.
+/// GET `path` from the admin listener; its JSON body. `inspect` is a one-shot command that
+/// runs without a runtime, so the request gets a current-thread one of its own.
 fn fetch(admin: SocketAddr, path: &str) -> Result<Value> {
-    let mut stream = TcpStream::connect_timeout(&admin, ADMIN_TIMEOUT)
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(get(admin, path))
+}
+
+async fn get(admin: SocketAddr, path: &str) -> Result<Value> {
+    let stream = tokio::time::timeout(ADMIN_TIMEOUT, TcpStream::connect(admin))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection timed out",
+            ))
+        })
         .with_context(|| format!("connecting to the agent's admin listener {admin}"))?;
-    stream.set_read_timeout(Some(ADMIN_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .with_context(|| format!("reading {path} from {admin}"))?;
-    let text = String::from_utf8_lossy(&response);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .with_context(|| format!("{path} from {admin}: no HTTP response"))?;
-    let status = head.lines().next().unwrap_or_default();
-    if !status.contains(" 200 ") {
+    let reading = || format!("reading {path} from {admin}");
+    let (mut sender, connection) = http1::handshake(TokioIo::new(stream))
+        .await
+        .with_context(reading)?;
+    // The connection is driven beside the request; `Connection: close` ends it after the answer.
+    tokio::spawn(connection);
+    let request = Request::get(path)
+        .header(HOST, admin.to_string())
+        .header(CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .with_context(|| format!("{path}: not a request path"))?;
+    let response = match tokio::time::timeout(ADMIN_TIMEOUT, sender.send_request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) if error.is_parse() || error.is_incomplete_message() => {
+            bail!("{path} from {admin}: no HTTP response")
+        }
+        Ok(Err(error)) => return Err(error).with_context(reading),
+        Err(elapsed) => return Err(elapsed).with_context(reading),
+    };
+    let (head, body) = response.into_parts();
+    let body = match tokio::time::timeout(ADMIN_TIMEOUT, body.collect()).await {
+        Ok(body) => body.with_context(reading)?.to_bytes(),
+        Err(elapsed) => return Err(elapsed).with_context(reading),
+    };
+    let body = String::from_utf8_lossy(&body);
+    if head.status != StatusCode::OK {
+        // As the status line reads: `HTTP/1.1 403 Forbidden`.
+        let status = format!("{:?} {}", head.version, head.status);
         bail!("{path} from {admin}: {status}: {}", body.trim());
     }
-    serde_json::from_str(body).with_context(|| format!("{path} from {admin}: not JSON"))
+    serde_json::from_str(&body).with_context(|| format!("{path} from {admin}: not JSON"))
 }
 
 /// Frontend (`vip:port/PROTO`) → (`namespace/service`, port name), from `/debug/services`.

@@ -8,15 +8,15 @@
 //!   [`translate::l7::L7Plan`]);
 //! - [`datapath`]: the L4 sink: Maglev tables, the diff-and-swap sync, the aya loader;
 //! - [`proxy`]: the L7 sink: the HTTP/HTTPS proxy and its routing table;
-//! - [`agent`]: applies one set of objects to both sinks;
+//! - [`sinks`]: the sinks one apply pass writes to, and the pass itself over a set of objects;
 //! - [`runner`]: the agent's life in `run` (start, debounce, apply, stop);
 //! - [`control`]: what the agent writes back to a cluster (Lease, status, Events);
 //! - [`admin`]: the admin and metrics listeners (`/healthz`, `/readyz`, `/metrics`, `/debug`);
-//! - [`cli`]: the command line.
+//! - [`cli`]: the command line, its `run` flags in groups that become each part's settings;
+//! - [`inspect`]: `xdp-ingress inspect`, and the views of the plans the admin listener serves.
 #![deny(missing_docs)]
 
 pub mod admin;
-pub mod agent;
 pub mod cli;
 pub mod control;
 pub mod datapath;
@@ -24,5 +24,6 @@ pub mod inspect;
 pub mod model;
 pub mod proxy;
 pub mod runner;
+pub mod sinks;
 pub mod source;
 pub mod translate;

@@ -5,13 +5,13 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
-    agent::{describe_l7_plan, describe_plan},
     cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
     datapath::loader::PinDir,
     inspect,
     model::Problem,
     proxy::tls,
-    runner::{l7_options, Runner},
+    runner::Runner,
+    sinks::{describe_l7_plan, describe_plan},
     source::files::ManifestDir,
     translate::{l4, l7},
 };
@@ -49,7 +49,7 @@ fn main() -> Result<()> {
             }
             // One worker: a current-thread runtime, which spares every wake-up the cross-thread
             // hand-off of the work-stealing scheduler (a proxy pinned to one core, an edge box).
-            let mut runtime = match args.workers {
+            let mut runtime = match args.proxy.workers {
                 Some(1) => tokio::runtime::Builder::new_current_thread(),
                 Some(workers) => {
                     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -71,7 +71,7 @@ fn validate(args: ValidateArgs) -> Result<()> {
     let mut source = ManifestDir::new(&args.manifests).with_max_file_bytes(args.max_manifest_bytes);
     let snapshot = source.load()?;
     let (plan, l4_problems) = l4::translate(&snapshot.objects, &l4::L4Plan::default());
-    let l7_options = l7_options(&args.controller_name, args.default_tls_secret.as_deref())?;
+    let l7_options = args.ingress.options()?;
     let (l7_plan, l7_problems) = l7::translate(&snapshot.objects, &l7_options);
     for line in describe_plan(&plan)
         .into_iter()

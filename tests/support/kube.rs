@@ -240,7 +240,12 @@ impl Drop for InProcessRunner {
 
 /// A runner from `args`, started (ready when this returns) and running on a task.
 pub async fn start_runner(args: RunArgs) -> Result<InProcessRunner> {
-    let interface = args.interfaces.first().cloned().unwrap_or_default();
+    let interface = args
+        .datapath
+        .interfaces
+        .first()
+        .cloned()
+        .unwrap_or_default();
     let mut runner = Runner::new(args).await.context("Runner::new")?;
     tokio::time::timeout(SETTLE, runner.start())
         .await

@@ -25,8 +25,8 @@ use prometheus_client::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    agent::{L4Sink, ReloadOutcome},
     datapath::loader::KernelMaps,
+    sinks::{ApplyOutcome, L4Sink},
 };
 
 /// How long a scrape waits for the runner to read the BPF maps.
@@ -338,7 +338,7 @@ impl AgentMetrics {
     }
 
     /// Records one reload: its outcome and what is programmed after it.
-    pub fn record_reload(&self, outcome: &ReloadOutcome, programmed: Programmed) {
+    pub fn record_reload(&self, outcome: &ApplyOutcome, programmed: Programmed) {
         let l4_errors = outcome.l4.as_ref().map_or(0, |r| r.errors.len());
         if outcome.l4.is_some() {
             self.map_syncs.inc();

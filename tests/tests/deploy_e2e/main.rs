@@ -220,9 +220,9 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
     let grace = pod.termination_grace_period_seconds.unwrap_or(30);
     let grace = Duration::from_secs(u64::try_from(grace).context("negative grace period")?);
     ensure!(
-        grace >= args.drain_timeout,
+        grace >= args.proxy.drain_timeout,
         "terminationGracePeriodSeconds {grace:?} < the agent's --drain-timeout {:?}",
-        args.drain_timeout
+        args.proxy.drain_timeout
     );
 
     // On every node, tainted ones included: a toleration with no key and `Exists` matches all.
@@ -244,7 +244,7 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
 
     // /debug names endpoints and Secrets: the admin listener stays on loopback (or off), where
     // only `inspect` on the node or in the pod reaches it.
-    if let Some(admin) = args.admin_listen.0 {
+    if let Some(admin) = args.admin.admin_listen.0 {
         ensure!(
             admin.ip().is_loopback(),
             "--admin-listen {admin} exposes /debug beyond the node"
@@ -253,6 +253,7 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
     // Prometheus scrapes the pod's IP: the metrics listener listens there, on the port the
     // container names `metrics`.
     let metrics = args
+        .admin
         .metrics_listen
         .0
         .context("--metrics-listen off: Prometheus cannot scrape the agents")?;
@@ -278,7 +279,10 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
     }
 
     // The proxy listens where the container's named ports say.
-    for (name, listen) in [("http", &args.http_listen), ("https", &args.https_listen)] {
+    for (name, listen) in [
+        ("http", &args.proxy.http_listen),
+        ("https", &args.proxy.https_listen),
+    ] {
         let listen = listen.0.with_context(|| format!("--{name}-listen off"))?;
         ensure!(
             listen.ip().is_unspecified() && listen.port() == named_port(container, name)?,
@@ -322,7 +326,7 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
 
     // Without --election-namespace the Lease is in $POD_NAMESPACE: it must be the pod's own
     // namespace, where the Role for Leases is.
-    if args.election_namespace.is_none() {
+    if args.cluster.election_namespace.is_none() {
         let from_field = container.env.iter().flatten().any(|e| {
             e.name == "POD_NAMESPACE"
                 && e.value_from
@@ -342,15 +346,16 @@ fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
     for (_, class) in classes {
         let controller = class.spec.and_then(|s| s.controller);
         ensure!(
-            controller.as_deref() == Some(args.controller_name.as_str()),
+            controller.as_deref() == Some(args.ingress.controller_name.as_str()),
             "IngressClass controller {controller:?}, the agent serves {}",
-            args.controller_name
+            args.ingress.controller_name
         );
     }
 
     // --publish-service names the LoadBalancer Service in front of these pods, and that Service
     // selects them and reaches the proxy's ports.
     let publish = args
+        .cluster
         .publish_service
         .as_deref()
         .context("no --publish-service")?;
@@ -392,7 +397,7 @@ fn kube_proxy_replacement_daemonset_is_production_ready() -> Result<()> {
     let (daemonset, args) = check_daemonset(&documents)?;
     let (pod, container) = agent_pod(&daemonset)?;
     ensure!(
-        !args.interfaces.is_empty(),
+        !args.datapath.interfaces.is_empty(),
         "no --interface: this would be L7 only"
     );
     ensure!(pod.host_network == Some(true), "not on the host network");
@@ -452,9 +457,9 @@ fn l7_only_daemonset_is_unprivileged_and_loads_no_bpf() -> Result<()> {
     let (daemonset, args) = check_daemonset(&documents)?;
     let (pod, container) = agent_pod(&daemonset)?;
     ensure!(
-        args.interfaces.is_empty(),
+        args.datapath.interfaces.is_empty(),
         "--interface {:?}: the agent would load BPF",
-        args.interfaces
+        args.datapath.interfaces
     );
     ensure!(pod.host_network != Some(true), "on the host network");
     let security = container
@@ -485,10 +490,10 @@ fn l7_only_daemonset_is_unprivileged_and_loads_no_bpf() -> Result<()> {
     ensure!(host_paths.is_empty(), "hostPath volumes: {host_paths:?}");
     // Non-root without NET_BIND_SERVICE cannot bind below 1024.
     for listen in [
-        &args.http_listen,
-        &args.https_listen,
-        &args.admin_listen,
-        &args.metrics_listen,
+        &args.proxy.http_listen,
+        &args.proxy.https_listen,
+        &args.admin.admin_listen,
+        &args.admin.metrics_listen,
     ] {
         if let Some(addr) = listen.0 {
             ensure!(addr.port() >= 1024, "{addr} is a privileged port");
@@ -556,6 +561,7 @@ fn rbac_allows_exactly_the_api_calls_the_agent_makes() -> Result<()> {
             .context("no serviceAccountName")?,
     };
     let publish_service = agent_args(container)?
+        .cluster
         .publish_service
         .context("no --publish-service")?;
     let grants = rbac::grants(&documents, &account)?;

@@ -59,7 +59,7 @@ fn exposition_has_the_documented_names() {
         None,
     );
     metrics.agent().record_reload(
-        &ReloadOutcome {
+        &ApplyOutcome {
             problems: Vec::new(),
             l4: Some(SyncReport::default()),
             l4_sync: Duration::from_millis(1),

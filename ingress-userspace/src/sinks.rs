@@ -1,7 +1,7 @@
-//! Ties the objects of a source (the manifest directory or the cluster) to the sinks. One
-//! [`Agent::apply`] is one pass: translate the objects for each sink, apply what changed. The L4
-//! sink (XDP maps) and the L7 sink (the proxy) are each optional: `run` without `--interface` has
-//! no L4 sink, and with both listeners off no L7 sink.
+//! The sinks one apply pass writes to, fed by whichever source runs (the manifest directory or
+//! the cluster). One [`Sinks::apply`] is one pass: translate the objects for each sink, apply
+//! what changed. The L4 sink (XDP maps) and the L7 sink (the proxy) are each optional: `run`
+//! without `--interface` has no L4 sink, and with both listeners off no L7 sink.
 
 use std::{
     collections::BTreeSet,
@@ -22,9 +22,9 @@ use crate::{
     },
 };
 
-/// The result of one reload.
+/// The result of one apply pass.
 #[derive(Debug)]
-pub struct ReloadOutcome {
+pub struct ApplyOutcome {
     /// Problems in the objects (each also keeps the last good state of its object).
     pub problems: Vec<Problem>,
     /// What the datapath sync did, when there is a datapath.
@@ -142,13 +142,13 @@ impl L7Sink {
 }
 
 /// The sinks, fed by whichever source runs.
-pub struct Agent<M = KernelMaps> {
+pub struct Sinks<M = KernelMaps> {
     l4: Option<L4Sink<M>>,
     l7: Option<L7Sink>,
 }
 
-impl<M: DatapathMaps> Agent<M> {
-    /// An agent with the given sinks, nothing applied yet.
+impl<M: DatapathMaps> Sinks<M> {
+    /// The given sinks, nothing applied yet.
     pub fn new(l4: Option<L4Sink<M>>, l7: Option<L7Sink>) -> Self {
         Self { l4, l7 }
     }
@@ -156,7 +156,7 @@ impl<M: DatapathMaps> Agent<M> {
     /// Translates `objects` and applies the difference to each sink. `problems` are the
     /// source's own (files that did not parse); they come back in the outcome with the
     /// translators'.
-    pub fn apply(&mut self, objects: &ClusterObjects, mut problems: Vec<Problem>) -> ReloadOutcome {
+    pub fn apply(&mut self, objects: &ClusterObjects, mut problems: Vec<Problem>) -> ApplyOutcome {
         let started = Instant::now();
         let mut l4_sync = Duration::ZERO;
         let l4 = self.l4.as_mut().map(|sink| {
@@ -170,7 +170,7 @@ impl<M: DatapathMaps> Agent<M> {
             .as_mut()
             .map(|sink| sink.rebuild(objects, &mut problems));
         let l7_rebuild = l7_started.elapsed();
-        ReloadOutcome {
+        ApplyOutcome {
             problems,
             l4,
             l4_sync,
@@ -180,12 +180,12 @@ impl<M: DatapathMaps> Agent<M> {
         }
     }
 
-    /// Like [`Agent::apply`], but re-translates only what `dirty` says changed when it can: an
+    /// Like [`Sinks::apply`], but re-translates only what `dirty` says changed when it can: an
     /// EndpointSlice change re-translates its Service's frontends and writes only those, and
     /// swaps in the proxy's backends for that Service without rebuilding the routing table.
     /// Anything structural (a relist, a Service gaining or losing frontends, an Ingress, class or
     /// Secret change) takes the full path for that sink.
-    pub fn apply_changes(&mut self, objects: &ClusterObjects, dirty: &Dirty) -> ReloadOutcome {
+    pub fn apply_dirty(&mut self, objects: &ClusterObjects, dirty: &Dirty) -> ApplyOutcome {
         if dirty.everything {
             return self.apply(objects, Vec::new());
         }
@@ -236,7 +236,7 @@ impl<M: DatapathMaps> Agent<M> {
             }
         });
         let l7_rebuild = l7_started.elapsed();
-        ReloadOutcome {
+        ApplyOutcome {
             problems,
             l4,
             l4_sync,
