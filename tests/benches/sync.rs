@@ -18,24 +18,27 @@
 //! Needs root. `--quick`: 1,000 Services, 100 changes.
 
 use std::{
-    fmt::Write as _,
-    io::{BufRead as _, BufReader, Read as _, Write as _},
-    net::{Ipv4Addr, SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicUsize, Ordering},
-        Arc,
-    },
+    path::PathBuf,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context as _, Result};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use fake_apiserver::FakeApiServer;
-use ingress_common::{ServiceEntry, ServiceKey};
+use ingress_common::ServiceEntry;
 use serde_json::json;
 use xdp_ingress_tests::netns::Netns;
+
+#[path = "sync/agent.rs"]
+mod agent;
+#[path = "sync/objects.rs"]
+mod objects;
+#[path = "sync/report.rs"]
+mod report;
+
+use agent::{entry, ready, services_map, Agent};
+use objects::{endpoint_slice, ingress, service};
+use report::{median, pass, percentile, write_report};
 
 const ENDPOINTS: usize = 10;
 const ADMIN: &str = "127.0.0.1:19900";
@@ -95,191 +98,6 @@ fn main() -> Result<()> {
     let mut lines = Vec::new();
     run(&settings, &mut lines)?;
     write_report(&settings, &lines)
-}
-
-/// VIP of Service `i`: 198.18.0.0/16.
-fn vip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + i as u32)
-}
-
-/// Endpoint `j` of Service `i`, generation `g`: 198.19.0.0/16 (wrapping: endpoints of different
-/// Services may share an address, as pods of different Services may; ports differ).
-fn endpoint(i: usize, j: usize, generation: usize) -> Ipv4Addr {
-    let n = (i * ENDPOINTS + j + generation * 7919) % 65_536;
-    Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 19, 0, 0)) + n as u32)
-}
-
-fn namespace(i: usize) -> String {
-    format!("bench-{}", i % 10)
-}
-
-fn service(i: usize) -> serde_json::Value {
-    json!({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": {"name": format!("svc-{i}"), "namespace": namespace(i)},
-        "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
-        "status": {"loadBalancer": {"ingress": [{"ip": vip(i).to_string()}]}}
-    })
-}
-
-fn endpoint_slice(i: usize, generation: usize) -> serde_json::Value {
-    let endpoints: Vec<serde_json::Value> = (0..ENDPOINTS)
-        .map(|j| json!({"addresses": [endpoint(i, j, generation).to_string()], "conditions": {"ready": true}}))
-        .collect();
-    json!({
-        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-        "metadata": {
-            "name": format!("svc-{i}-abcde"), "namespace": namespace(i),
-            "labels": {"kubernetes.io/service-name": format!("svc-{i}")}
-        },
-        "addressType": "IPv4",
-        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
-        "endpoints": endpoints
-    })
-}
-
-fn ingress(i: usize) -> serde_json::Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
-        "metadata": {"name": format!("ing-{i}"), "namespace": namespace(i)},
-        "spec": {
-            "ingressClassName": "xdp-ingress",
-            "rules": [{"host": format!("host-{i}.example"), "http": {"paths": [
-                {"path": "/", "pathType": "Prefix",
-                 "backend": {"service": {"name": format!("svc-{i}"), "port": {"number": 80}}}}
-            ]}}]
-        }
-    })
-}
-
-/// The agent process; killed on drop.
-struct Agent {
-    child: Child,
-    syncs: Arc<AtomicUsize>,
-    /// The agent's latest sync log lines (L4, L7, synced), for the time breakdown.
-    last_sync_lines: Arc<std::sync::Mutex<Vec<String>>>,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Agent {
-    fn start(settings: &Settings, ns: &Netns, kubeconfig: &Path) -> Result<Self> {
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", ns.name()])
-            .arg(&settings.agent)
-            .args(["run", "--kubeconfig"])
-            .arg(kubeconfig)
-            .args([
-                "--bpffs",
-                "off",
-                "--interface",
-                INTERFACE,
-                "--xdp-mode",
-                "generic",
-                "--http-listen",
-                "127.0.0.1:0",
-                "--https-listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                ADMIN,
-            ])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting the agent")?;
-        let syncs = Arc::new(AtomicUsize::new(0));
-        let last_sync_lines = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let stdout = child.stdout.take().context("agent stdout")?;
-        let (counter, lines) = (syncs.clone(), last_sync_lines.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if line.contains(" L4: ") {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                }
-                if line.contains(" L4: ") || line.contains(" L7: ") || line.contains(" synced") {
-                    if let Ok(mut lines) = lines.lock() {
-                        lines.push(line);
-                        let excess = lines.len().saturating_sub(3);
-                        lines.drain(..excess);
-                    }
-                }
-            }
-        });
-        Ok(Self {
-            child,
-            syncs,
-            last_sync_lines,
-        })
-    }
-
-    fn rss_kib(&self) -> Result<u64> {
-        // `ip netns exec` execs the agent, so the child's pid is the agent's.
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("VmRSS")
-    }
-}
-
-/// GET `/readyz` from inside the namespace.
-fn ready(ns: &Netns) -> bool {
-    ns.run_inside(|| {
-        let addr: SocketAddr = ADMIN.parse()?;
-        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
-        stream.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer)?;
-        Ok(answer.starts_with("HTTP/1.1 200"))
-    })
-    .unwrap_or(false)
-}
-
-/// The agent's SERVICES map (the newest map of that name: the agent just loaded it).
-fn services_map() -> Result<BpfHashMap<MapData, ServiceKey, ServiceEntry>> {
-    let id = aya::maps::loaded_maps()
-        .filter_map(Result::ok)
-        .filter(|info| info.name_as_str() == Some("SERVICES"))
-        .map(|info| info.id())
-        .max()
-        .context("no SERVICES map loaded")?;
-    let map = Map::from_map_data(MapData::from_id(id)?)?;
-    Ok(BpfHashMap::try_from(map)?)
-}
-
-fn key(i: usize) -> ServiceKey {
-    ServiceKey {
-        vip: u32::from(vip(i)).to_be(),
-        port: 80u16.to_be(),
-        proto: ingress_common::proto::TCP,
-        pad: 0,
-    }
-}
-
-fn entry(map: &BpfHashMap<MapData, ServiceKey, ServiceEntry>, i: usize) -> Option<ServiceEntry> {
-    map.get(&key(i), 0).ok()
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    percentile(values, 50.0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
 }
 
 fn run(settings: &Settings, lines: &mut Vec<String>) -> Result<()> {
@@ -431,68 +249,8 @@ fn run(settings: &Settings, lines: &mut Vec<String>) -> Result<()> {
     Ok(())
 }
 
-fn pass(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
-}
-
 fn tempdir() -> Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("xdp-ingress-bench-sync-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
-}
-
-fn write_report(settings: &Settings, lines: &[String]) -> Result<()> {
-    let command = format!(
-        "cargo xtask bench sync{}",
-        if settings.quick { " --quick" } else { "" }
-    );
-    let mut body = String::new();
-    let _ = writeln!(body, "<!-- sync:begin -->");
-    let _ = writeln!(body, "## Control plane: `{command}`\n");
-    let date = Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let _ = writeln!(
-        body,
-        "Command: `{command}` (as root), {date}. The agent binary (release) in cluster mode against \
-         the fake API server (`tests/fake-apiserver`, the real list/watch protocol on loopback) in a \
-         namespace of its own, XDP in generic mode on a veth interface; the maps are read from the \
-         kernel. Cold start and RSS: median of 3 starts; the change latency: percentiles over all changes. The machine is shared (2 cores): treat absolute times as indicative.\n"
-    );
-    let _ = writeln!(body, "| measurement | result | target |");
-    let _ = writeln!(body, "| --- | --- | --- |");
-    for line in lines {
-        println!("{line}");
-        let _ = writeln!(body, "{line}");
-    }
-    let _ = writeln!(
-        body,
-        "\nFor comparison (published, not measured here): kube-proxy applies changes at most once \
-         per `minSyncPeriod` (1 s by default); its nftables mode needed 1.33 s for one incremental \
-         sync at 44,000 Services."
-    );
-    let _ = writeln!(body, "<!-- sync:end -->");
-    let path = settings.workspace.join("docs/benchmarks.md");
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
-    let updated = match (
-        existing.find("<!-- sync:begin -->"),
-        existing.find("<!-- sync:end -->"),
-    ) {
-        (Some(b), Some(e)) if e > b => format!(
-            "{}{}{}",
-            &existing[..b],
-            body,
-            existing[e + "<!-- sync:end -->".len()..].trim_start_matches('\n')
-        ),
-        _ => format!("{}\n{body}", existing.trim_end()),
-    };
-    std::fs::write(&path, updated)?;
-    println!("written to {}", path.display());
-    Ok(())
 }

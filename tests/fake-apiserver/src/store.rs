@@ -2,108 +2,17 @@
 //! resourceVersion counter, and the history of every change (for watches).
 
 use std::collections::BTreeMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Map, Value};
 
-use crate::resources::{ResourceDef, RESOURCES};
+use crate::resources::RESOURCES;
 use crate::selector::Selector;
 
-/// A Kubernetes API error: becomes a `Status` object with HTTP status `code`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiError {
-    /// HTTP status code (404, 409, 410, 400, ...).
-    pub code: u16,
-    /// `Status.reason` (`NotFound`, `Conflict`, `AlreadyExists`, `Expired`, `BadRequest`, ...).
-    pub reason: &'static str,
-    /// `Status.message`.
-    pub message: String,
-    details: Option<Box<(String, String, String)>>,
-}
+mod error;
+mod metadata;
 
-impl std::fmt::Display for ApiError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.code, self.reason, self.message)
-    }
-}
-
-impl std::error::Error for ApiError {}
-
-impl ApiError {
-    pub(crate) fn new(code: u16, reason: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError {
-            code,
-            reason,
-            message: message.into(),
-            details: None,
-        }
-    }
-
-    fn with_details(mut self, res: &ResourceDef, name: &str) -> ApiError {
-        self.details = Some(Box::new((
-            name.to_string(),
-            res.group.to_string(),
-            res.plural.to_string(),
-        )));
-        self
-    }
-
-    pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(400, "BadRequest", message)
-    }
-
-    pub(crate) fn not_found(res: &ResourceDef, name: &str) -> ApiError {
-        ApiError::new(
-            404,
-            "NotFound",
-            format!("{} {name:?} not found", res.qualified()),
-        )
-        .with_details(res, name)
-    }
-
-    pub(crate) fn conflict(res: &ResourceDef, name: &str) -> ApiError {
-        ApiError::new(
-            409,
-            "Conflict",
-            format!(
-                "Operation cannot be fulfilled on {} {name:?}: the object has been modified; \
-                 please apply your changes to the latest version and try again",
-                res.qualified()
-            ),
-        )
-        .with_details(res, name)
-    }
-
-    pub(crate) fn already_exists(res: &ResourceDef, name: &str) -> ApiError {
-        ApiError::new(
-            409,
-            "AlreadyExists",
-            format!("{} {name:?} already exists", res.qualified()),
-        )
-        .with_details(res, name)
-    }
-
-    pub(crate) fn expired(message: impl Into<String>) -> ApiError {
-        ApiError::new(410, "Expired", message)
-    }
-
-    /// The `Status` object the real API server sends for this error.
-    pub fn to_status(&self) -> Value {
-        let mut status = json!({
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        });
-        if let Some((name, group, kind)) = self.details.as_deref() {
-            status["details"] = json!({"name": name, "group": group, "kind": kind});
-        }
-        status
-    }
-}
+pub use error::ApiError;
+use metadata::{merge_patch, meta_str, now_rfc3339, same_ignoring_rv, set_meta, spec_part};
 
 /// The type of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,83 +69,6 @@ pub(crate) struct Store {
     uid_seq: u64,
     objects: Vec<BTreeMap<Key, Value>>,
     pub history: Vec<HistEvent>,
-}
-
-/// RFC 3339 UTC timestamp with second precision, like `metadata.creationTimestamp`.
-pub(crate) fn now_rfc3339() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let (days, rem) = ((secs / 86_400) as i64, secs % 86_400);
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// RFC 7386 JSON merge patch (also used for strategic merge and server-side apply bodies).
-pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(Map::new());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
-}
-
-fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata")
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
-}
-
-fn set_meta(obj: &mut Value, field: &str, v: Value) {
-    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.insert(field.to_string(), v);
-    }
-}
-
-/// Everything but `metadata` and `status`: a change here bumps `metadata.generation`.
-fn spec_part(obj: &Value) -> Value {
-    let mut o = obj.clone();
-    if let Some(m) = o.as_object_mut() {
-        m.remove("metadata");
-        m.remove("status");
-    }
-    o
-}
-
-/// Whether `a` and `b` are equal ignoring their resourceVersions.
-fn same_ignoring_rv(a: &Value, b: &Value) -> bool {
-    let mut a = a.clone();
-    let mut b = b.clone();
-    set_meta(&mut a, "resourceVersion", Value::Null);
-    set_meta(&mut b, "resourceVersion", Value::Null);
-    a == b
 }
 
 impl Store {

@@ -1,0 +1,294 @@
+//! Section 2: 10,000 Services × 10 endpoints from files: the agent's time until they are in the
+//! maps, the maps' kernel memory, and the same Services' rule sync for the kube-proxy peers.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    io::{BufRead as _, BufReader},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use xdp_ingress_tests::netns::{run, Netns};
+
+use super::{
+    kube_proxy::{kube_proxy_iptables, kube_proxy_nft, load_rules},
+    report::{median, Report},
+    Settings, ENDPOINTS, SCALE_SERVICES, SERVICE_PORT, VIP,
+};
+
+/// VIP and port of scale Service `i`: 100 VIPs × 100 ports.
+pub(crate) fn scale_frontend(i: usize) -> (Ipv4Addr, u16) {
+    (
+        Ipv4Addr::new(203, 0, 113, 1 + (i / 100) as u8),
+        1000 + (i % 100) as u16,
+    )
+}
+
+pub(crate) fn endpoint_addr(i: usize) -> Ipv4Addr {
+    Ipv4Addr::new(198, 51, 100, 11 + i as u8)
+}
+
+/// Writes `count` UDP LoadBalancer Services with `ENDPOINTS` ready endpoints each (port 5000).
+pub(crate) fn write_manifests(dir: &Path, count: usize, one_vip: bool) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut text = String::new();
+    for i in 0..count {
+        let (vip, port) = if one_vip {
+            (VIP, SERVICE_PORT)
+        } else {
+            scale_frontend(i)
+        };
+        let _ = write!(
+            text,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\n\
+             spec:\n  type: LoadBalancer\n  ports: [{{name: p, protocol: UDP, port: {port}}}]\n\
+             status: {{loadBalancer: {{ingress: [{{ip: {vip}}}]}}}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+             metadata: {{name: svc-{i}-x, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
+             addressType: IPv4\nports: [{{name: p, protocol: UDP, port: {SERVICE_PORT}}}]\nendpoints:\n"
+        );
+        for e in 0..ENDPOINTS {
+            let _ = writeln!(
+                text,
+                "- {{addresses: [{}], conditions: {{ready: true}}}}",
+                endpoint_addr(e)
+            );
+        }
+    }
+    std::fs::write(dir.join("services.yaml"), text)?;
+    Ok(())
+}
+
+/// A running agent; killed on drop.
+pub(crate) struct Agent {
+    pub(crate) child: Child,
+    pub(crate) lines: mpsc::Receiver<String>,
+}
+
+impl Agent {
+    pub(crate) fn start(
+        settings: &Settings,
+        ns: &Netns,
+        manifests: &Path,
+        interfaces: &[&str],
+    ) -> Result<(Self, Instant)> {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", ns.name()])
+            .arg(&settings.agent)
+            .arg("run");
+        command.arg("--manifests").arg(manifests);
+        for interface in interfaces {
+            command.args(["--interface", interface]);
+        }
+        command.args(["--bpffs", "off"]);
+        let started = Instant::now();
+        let mut child = command
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the agent")?;
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Ok((Self { child, lines }, started))
+    }
+
+    /// Waits for a line containing `needle`; returns it.
+    pub(crate) fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return Ok(line),
+                Ok(_) => {}
+                Err(_) => bail!("agent did not print {needle:?} within {timeout:?}"),
+            }
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: FFI call sending SIGTERM to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Kernel memory of the maps of the newest loaded `xdp_ingress` program, by map name.
+pub(crate) fn map_memory() -> Result<BTreeMap<String, u64>> {
+    let output = run(
+        "bpftool",
+        &["-j", "prog", "show", "name", ingress_common::XDP_PROGRAM],
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    // bpftool prints one object (or a list); take the highest id's map_ids without a JSON crate.
+    let mut best: Option<(u64, Vec<u64>)> = None;
+    for object in text.split("{\"id\":").skip(1) {
+        let id: u64 = object
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let ids = object
+            .split("\"map_ids\":[")
+            .nth(1)
+            .and_then(|rest| rest.split(']').next())
+            .map(|list| {
+                list.split(',')
+                    .filter_map(|n| n.trim().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if best.as_ref().is_none_or(|(b, _)| id > *b) {
+            best = Some((id, ids));
+        }
+    }
+    let Some((_, ids)) = best else {
+        bail!("no {} program loaded", ingress_common::XDP_PROGRAM)
+    };
+    let mut memory = BTreeMap::new();
+    for id in ids {
+        let output = run("bpftool", &["-j", "map", "show", "id", &id.to_string()])?;
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let field = |name: &str| -> Option<String> {
+            let start = text.find(&format!("\"{name}\":"))? + name.len() + 3;
+            let rest = &text[start..];
+            let end = rest.find([',', '}'])?;
+            Some(rest[..end].trim_matches('"').to_string())
+        };
+        let name = field("name").unwrap_or_else(|| id.to_string());
+        let bytes = field("bytes_memlock")
+            .and_then(|b| b.parse().ok())
+            .unwrap_or(0);
+        memory.insert(name, bytes);
+    }
+    Ok(memory)
+}
+
+pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
+    let ns = Netns::new("xib-scale")?;
+    ns.ip(&["link", "add", "s0", "type", "veth", "peer", "name", "s1"])?;
+    ns.ip(&["link", "set", "s0", "up"])?;
+    ns.ip(&["link", "set", "s1", "up"])?;
+    let dir = std::env::temp_dir().join(format!("xdp-ingress-bench-{}", std::process::id()));
+    let _cleanup = RemoveDir(dir.clone());
+    let manifests = dir.join("scale");
+    write_manifests(&manifests, SCALE_SERVICES, false)?;
+    let rounds = if settings.quick { 1 } else { 3 };
+    let (mut start_to_synced, mut reload_ms, mut memory_total) = (Vec::new(), Vec::new(), 0u64);
+    let mut memory = BTreeMap::new();
+    for _ in 0..rounds {
+        let (agent, started) = Agent::start(settings, &ns, &manifests, &["s0"])?;
+        // The sync logs what it programmed ("L4: ..."), then "synced" with its duration.
+        let programmed = agent.wait_for("L4: ", Duration::from_secs(60))?;
+        let line = agent.wait_for("synced", Duration::from_secs(60))?;
+        start_to_synced.push(started.elapsed().as_secs_f64());
+        if !programmed.contains(&format!(
+            "L4: {SCALE_SERVICES} Service port(s), {} backend(s)",
+            SCALE_SERVICES * ENDPOINTS
+        )) {
+            bail!("unexpected first sync: {programmed}");
+        }
+        // Like with like: nft and iptables-restore are timed parsing their rules too, so ours is
+        // reading and parsing the files (read_ms) plus translating and writing (elapsed_ms).
+        let field = |name: &str| {
+            line.split(&format!("{name}="))
+                .nth(1)
+                .and_then(|rest| rest.split_whitespace().next())
+                .and_then(|ms| ms.parse::<f64>().ok())
+                .with_context(|| format!("{name} in the sync line {line:?}"))
+        };
+        reload_ms.push(field("read_ms")? + field("elapsed_ms")?);
+        memory = map_memory()?;
+        memory_total = memory.values().sum();
+        drop(agent);
+    }
+    let mut lines = vec![
+        format!("{SCALE_SERVICES} UDP LoadBalancer Services × {ENDPOINTS} ready endpoints in one manifest file; median of {rounds} agent start(s)."),
+        String::new(),
+        "| measure | value | target |".into(),
+        "| --- | ---: | --- |".into(),
+        format!("| agent start → all Services in the maps (process start, BPF load, YAML parse, translate, maps) | {:.2} s | < 2 s |", median(&mut start_to_synced)),
+        format!("| of which read and parse the files, translate, write the maps (the agent's read_ms + elapsed_ms) | {:.0} ms | |", median(&mut reload_ms)),
+        format!("| kernel memory of all maps (bpftool bytes_memlock) | {:.1} MiB | < 100 MiB |", memory_total as f64 / 1048576.0),
+        String::new(),
+        "Map memory: ".to_string() + &memory.iter().map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", "),
+        String::new(),
+    ];
+    // The same Services as kube-proxy would write them.
+    let nft = kube_proxy_nft(SCALE_SERVICES);
+    let ipt = kube_proxy_iptables(SCALE_SERVICES);
+    let (mut nft_times, mut ipt_times) = (Vec::new(), Vec::new());
+    // One round: loading 10,000 Services into nftables takes minutes.
+    for _ in 0..1 {
+        let peer = Netns::new("xib-rules")?;
+        nft_times.push(load_rules(&peer, &["nft", "-f", "-"], &nft)?.as_secs_f64());
+        let peer = Netns::new("xib-rules")?;
+        ipt_times.push(load_rules(&peer, &["iptables-restore"], &ipt)?.as_secs_f64());
+    }
+    let ours = median(&mut reload_ms) / 1e3;
+    let (nft_s, ipt_s) = (median(&mut nft_times), median(&mut ipt_times));
+    lines.push("Rule sync of the same 10,000 Services, from nothing (kube-proxy-style rulesets, loaded with one command). Like with like: each figure includes parsing its input (ours: the YAML manifests; nft and iptables-restore: their rule text, timed wall-clock around the command):".into());
+    lines.push(String::new());
+    lines.push("| mode | sync time | × ours |".into());
+    lines.push("| --- | ---: | ---: |".into());
+    lines.push(format!(
+        "| ours (read + parse YAML, translate, write maps) | {:.0} ms | 1.0 |",
+        ours * 1e3
+    ));
+    lines.push(format!(
+        "| nftables (`nft -f`, verdict map + chain per Service and endpoint) | {:.0} ms | {:.1} |",
+        nft_s * 1e3,
+        nft_s / ours
+    ));
+    lines.push(format!(
+        "| iptables (`iptables-restore`, chain per Service and endpoint) | {:.0} ms | {:.1} |",
+        ipt_s * 1e3,
+        ipt_s / ours
+    ));
+    report.section("10,000 Services × 10 endpoints", lines);
+    Ok(())
+}
+
+pub(crate) struct RemoveDir(pub(crate) PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
