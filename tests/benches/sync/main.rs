@@ -29,11 +29,8 @@ use ingress_common::ServiceEntry;
 use serde_json::json;
 use xdp_ingress_tests::netns::Netns;
 
-#[path = "sync/agent.rs"]
 mod agent;
-#[path = "sync/objects.rs"]
 mod objects;
-#[path = "sync/report.rs"]
 mod report;
 
 use agent::{entry, ready, services_map, Agent};

@@ -21,17 +21,11 @@ use std::{net::Ipv4Addr, path::PathBuf};
 use anyhow::{bail, Context as _, Result};
 use xdp_ingress::datapath::loader::MapSizes;
 
-#[path = "l4/forwarding.rs"]
 mod forwarding;
-#[path = "l4/kube_proxy.rs"]
 mod kube_proxy;
-#[path = "l4/per_packet.rs"]
 mod per_packet;
-#[path = "l4/report.rs"]
 mod report;
-#[path = "l4/rig.rs"]
 mod rig;
-#[path = "l4/scale.rs"]
 mod scale;
 
 use forwarding::forwarding_cost;

@@ -10,13 +10,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 
-#[path = "kube_client/crud.rs"]
 mod crud;
-#[path = "kube_client/errors.rs"]
 mod errors;
-#[path = "kube_client/lists.rs"]
 mod lists;
-#[path = "kube_client/watch.rs"]
 mod watch;
 
 type Result<T = ()> = anyhow::Result<T>;

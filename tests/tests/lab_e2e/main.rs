@@ -8,13 +8,9 @@
 
 use std::time::Duration;
 
-#[path = "lab_e2e/forwarding.rs"]
 mod forwarding;
-#[path = "lab_e2e/handover.rs"]
 mod handover;
-#[path = "lab_e2e/pinning.rs"]
 mod pinning;
-#[path = "lab_e2e/scenario.rs"]
 mod scenario;
 
 /// For every single connect or request: the lab is one hop, so anything slower is a failure.

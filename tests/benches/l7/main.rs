@@ -28,27 +28,16 @@ use std::{collections::BTreeMap, fs, path::PathBuf, process::Command, time::Dura
 
 use anyhow::{ensure, Context as _, Result};
 
-#[path = "l7/handshakes.rs"]
 mod handshakes;
-#[path = "l7/http1.rs"]
 mod http1;
-#[path = "l7/http2.rs"]
 mod http2;
-#[path = "l7/http_client.rs"]
 mod http_client;
-#[path = "l7/memory.rs"]
 mod memory;
-#[path = "l7/peer_config.rs"]
 mod peer_config;
-#[path = "l7/process.rs"]
 mod process;
-#[path = "l7/proxies.rs"]
 mod proxies;
-#[path = "l7/report.rs"]
 mod report;
-#[path = "l7/scale.rs"]
 mod scale;
-#[path = "l7/stats.rs"]
 mod stats;
 
 use handshakes::handshakes;
