@@ -14,6 +14,9 @@ use super::{
 
 #[test]
 fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
+    if !xdp_ingress_tests::root::root_or_skip("shared_link_forwards_and_follows_manifest_changes") {
+        return Ok(());
+    }
     let mut scenario = Scenario::new("xe-sh", BackendLink::Shared)?;
     let names = scenario.names();
 
@@ -125,6 +128,9 @@ fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
 
 #[test]
 fn per_backend_links_forward_tcp_and_udp() -> Result<()> {
+    if !xdp_ingress_tests::root::root_or_skip("per_backend_links_forward_tcp_and_udp") {
+        return Ok(());
+    }
     let mut scenario = Scenario::new("xe-pb", BackendLink::PerBackend)?;
     let names = scenario.names();
     ensure!(

@@ -46,6 +46,11 @@ impl Drop for Bpffs {
 
 #[test]
 fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
+    if !xdp_ingress_tests::root::root_or_skip(
+        "pinned_maps_are_reused_only_when_their_layout_matches",
+    ) {
+        return Ok(());
+    }
     use xdp_ingress::datapath::loader::{Datapath, MapSizes, PinDir, PinnedState};
     // SAFETY: plain FFI call without arguments.
     ensure!(unsafe { libc::geteuid() } == 0, "needs root (BPF, mount)");
