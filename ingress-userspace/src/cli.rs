@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::datapath::loader::AttachMode;
+use crate::datapath::AttachMode;
 
 /// XDP load balancer for Kubernetes LoadBalancer Services.
 #[derive(Debug, Parser)]

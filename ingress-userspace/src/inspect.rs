@@ -22,7 +22,7 @@ use tokio::sync::oneshot;
 
 use crate::{
     cli::{InspectArgs, InspectWhat},
-    datapath::loader::{KernelMaps, PinDir},
+    datapath::{KernelMaps, PinDir},
     model::ObjectName,
     translate::{
         l4::L4Plan,

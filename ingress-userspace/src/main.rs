@@ -7,7 +7,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
     agent::{describe_l7_plan, describe_plan},
     cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
-    datapath::loader::PinDir,
+    datapath::PinDir,
     inspect,
     model::Problem,
     proxy::tls,

@@ -32,8 +32,8 @@ use crate::{
         vips::{self, AssignSettings, Assignments},
     },
     datapath::{
-        loader::{Datapath, KernelMaps, MapSizes, PinDir, PinnedState},
         sync::{DatapathError, DatapathSync},
+        Datapath, KernelMaps, MapSizes, PinDir, PinnedState,
     },
     inspect::{self, ViewKind, ViewRequest},
     model::{ClusterObjects, ObjectName, Origin, Problem},

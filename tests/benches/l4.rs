@@ -34,22 +34,11 @@ use aya::{
 };
 use ingress_common::bench as refs;
 use xdp_ingress::{
-    datapath::{
-        loader::{AttachMode, Datapath, MapSizes},
-        sync::DatapathSync,
-    },
+    datapath::{reference::ReferencePrograms, sync::DatapathSync, AttachMode, Datapath, MapSizes},
     model::ObjectName,
-    translate::l4::{Backend, Frontend, L4Plan, Protocol, ServicePortPlan},
+    translate::l4::{Endpoint, Frontend, L4Plan, Protocol, ServicePortPlan},
 };
 use xdp_ingress_tests::netns::{run, Netns};
-
-/// Map sizes for a load that only runs the reference programs (sink, ceiling).
-const REFERENCE_ONLY: MapSizes = MapSizes {
-    services: 1,
-    backends: 1,
-    maglev_slots: 16,
-    flows: 16,
-};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -207,7 +196,7 @@ fn one_service_plan(port: u16, protocol: Protocol) -> L4Plan {
             },
             port_name: String::new(),
             backends: (0..ENDPOINTS)
-                .map(|i| Backend {
+                .map(|i| Endpoint {
                     addr: Ipv4Addr::new(198, 51, 100, 11 + i as u8),
                     port: 8080,
                 })
@@ -342,7 +331,7 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
             ServicePortPlan {
                 service: ObjectName { namespace: "bench".into(), name: "fixed-point".into() },
                 port_name: String::new(),
-                backends: [Backend { addr: fixed, port: 80 }].into_iter().collect(),
+                backends: [Endpoint { addr: fixed, port: 80 }].into_iter().collect(),
             },
         );
         let sync_report = sync.apply(&plan, Instant::now());
@@ -354,7 +343,8 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
         // programs stay in the dispatcher, so test runs then leave it alone: attach both programs
         // to idle interfaces of this namespace for the duration.
         datapath.program()?.attach("rc-p", AttachMode::Native.into())?;
-        datapath.load_program(refs::FLOOR)?.attach("rb-p", AttachMode::Native.into())?;
+        let mut references = ReferencePrograms::load()?;
+        references.program(refs::FLOOR)?.attach("rb-p", AttachMode::Native.into())?;
         let mut forward_frame = tcp_frame(CLIENT, 40_000, fixed, 80);
         forward_frame[22] = 255; // TTL
         forward_frame[24..26].copy_from_slice(&[0, 0]);
@@ -366,7 +356,7 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
             let reasons = sync.maps().reason_counters()?;
             bail!("established flow: verdict {verdict}, expected redirect; reasons {reasons:?}");
         }
-        let forwarded = |sync: &DatapathSync<xdp_ingress::datapath::loader::KernelMaps>| -> Result<u64> {
+        let forwarded = |sync: &DatapathSync<xdp_ingress::datapath::KernelMaps>| -> Result<u64> {
             Ok(sync.maps().reason_counters()?.iter().filter(|(r, _)| *r == ingress_common::Reason::ForwardRedirect).map(|(_, n)| *n).sum())
         };
         let (mut est, mut pass, mut floor) = (Vec::new(), Vec::new(), Vec::new());
@@ -383,7 +373,7 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
                     bail!("fixed-point flow: verdict {verdict}");
                 }
                 total += ns;
-                let program = datapath.load_program(refs::FLOOR)?;
+                let program = references.program(refs::FLOOR)?;
                 floor_total += time_run(program, &forward_frame, ingress, per_call)?.1;
             }
             let took_path = forwarded(&sync)? - before;
@@ -398,7 +388,7 @@ fn per_packet_cost(settings: &Settings, report: &mut Report) -> Result<()> {
                 bail!("non-VIP: verdict {verdict}, expected pass");
             }
             pass.push(ns);
-            let (verdict, ns) = time_run(datapath.load_program(refs::FLOOR)?, &not_ours, ingress, repeat)?;
+            let (verdict, ns) = time_run(references.program(refs::FLOOR)?, &not_ours, ingress, repeat)?;
             if verdict != XDP_TX {
                 bail!("floor: verdict {verdict}, expected tx");
             }
@@ -837,7 +827,7 @@ struct Rig {
     node: Netns,
     _sink: Netns,
     /// The sink's counting XDP program (kept loaded and attached).
-    sink_program: Datapath,
+    sink_program: ReferencePrograms,
 }
 
 fn mac_bytes(mac: &str) -> [u8; 6] {
@@ -953,12 +943,12 @@ impl Rig {
             run("taskset", &["-pc", "1", &pid.to_string()])?;
         }
         let sink_program = sink.run_inside(|| {
-            let mut datapath = Datapath::load(&REFERENCE_ONLY)?;
-            // Detached when the datapath (which owns the link) is dropped.
-            datapath
-                .load_program(refs::SINK)?
+            let mut references = ReferencePrograms::load()?;
+            // Detached when the object (which owns the link) is dropped.
+            references
+                .program(refs::SINK)?
                 .attach("eth0", AttachMode::Native.into())?;
-            Ok(datapath)
+            Ok(references)
         })?;
         Ok(Self {
             client,
@@ -1377,7 +1367,7 @@ enum ModeGuard {
         _agent: Agent,
     },
     Program {
-        _program: Box<Datapath>,
+        _program: Box<ReferencePrograms>,
     },
     Rules {
         node: String,
@@ -1406,11 +1396,11 @@ fn setup_mode(
 ) -> Result<ModeGuard> {
     match mode {
         Mode::Ceiling => {
-            let datapath = rig.node.run_inside(|| {
+            let references = rig.node.run_inside(|| {
                 let sink = ifindex("n-sink")?;
-                let mut datapath = Datapath::load(&REFERENCE_ONLY)?;
+                let mut references = ReferencePrograms::load()?;
                 {
-                    let map = datapath
+                    let map = references
                         .ebpf_mut()
                         .map_mut(refs::REDIRECT_MAP)
                         .context("redirect map")?;
@@ -1425,14 +1415,14 @@ fn setup_mode(
                         0,
                     )?;
                 }
-                // Detached when the datapath (which owns the link) is dropped.
-                datapath
-                    .load_program(refs::REDIRECT)?
+                // Detached when the object (which owns the link) is dropped.
+                references
+                    .program(refs::REDIRECT)?
                     .attach("n-client", AttachMode::Native.into())?;
-                Ok(datapath)
+                Ok(references)
             })?;
             Ok(ModeGuard::Program {
-                _program: Box::new(datapath),
+                _program: Box::new(references),
             })
         }
         Mode::Ours => {

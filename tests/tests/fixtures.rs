@@ -25,7 +25,7 @@ use packets::{Frame, TPID_8021AD, TPID_8021Q};
 use rig::*;
 use xdp_ingress::{
     datapath::sync::GRACE_PERIOD,
-    translate::l4::{Backend, Frontend, L4Plan, Protocol},
+    translate::l4::{Endpoint, Frontend, L4Plan, Protocol},
 };
 
 /// A client frame to `dst:dport` over TCP, as it arrives on the client-facing interface.
@@ -45,7 +45,7 @@ fn proto_of(frontend: Frontend) -> u8 {
 }
 
 /// What a forwarded frame must look like: DNAT to `backend`, TTL - 1, MACs of the next hop.
-fn forwarded(input: &Frame, backend: Backend, smac: [u8; 6], dmac: [u8; 6]) -> Frame {
+fn forwarded(input: &Frame, backend: Endpoint, smac: [u8; 6], dmac: [u8; 6]) -> Frame {
     input
         .clone()
         .dst(backend.addr, backend.port)
@@ -77,7 +77,7 @@ fn forward_fixture(
 /// A backend's reply to `request` (which was forwarded to `backend`), as it arrives.
 fn reply_to(
     request: &Frame,
-    backend: Backend,
+    backend: Endpoint,
     arrives_from: [u8; 6],
     arrives_to: [u8; 6],
 ) -> Frame {
@@ -280,7 +280,7 @@ fn forward_cases(lb: &Lb) -> Result<Vec<Fixture>> {
     )?);
     {
         let input = client_tcp(40015, VIP_REMOTE, 80);
-        let backend = Backend {
+        let backend = Endpoint {
             addr: REMOTE_BACKEND,
             port: 8080,
         };
@@ -296,7 +296,7 @@ fn forward_cases(lb: &Lb) -> Result<Vec<Fixture>> {
             .tracks(flow_key(&input, proto::TCP), backend),
         );
     }
-    let local = Backend {
+    let local = Endpoint {
         addr: LOCAL_BACKEND,
         port: 8080,
     };
@@ -359,7 +359,7 @@ fn forward_cases(lb: &Lb) -> Result<Vec<Fixture>> {
         ),
     ] {
         let input = client_tcp(40020, vip, 80);
-        let backend = Backend { addr, port: 8080 };
+        let backend = Endpoint { addr, port: 8080 };
         f.push(
             passed_rewritten(
                 description,
@@ -427,7 +427,7 @@ fn reverse_cases(lb: &Lb) -> Result<Vec<Fixture>> {
     let web = tcp(VIP, 80);
     let dns = udp(VIP, 53);
     let mut f = Vec::new();
-    let arriving = |request: &Frame, backend: Backend| {
+    let arriving = |request: &Frame, backend: Endpoint| {
         reply_to(request, backend, neighbour_mac(backend.addr), FXB_MAC)
     };
 
@@ -533,7 +533,7 @@ fn reverse_cases(lb: &Lb) -> Result<Vec<Fixture>> {
     ));
 
     let request = client_tcp(41004, VIP_LOCAL, 80);
-    let local = Backend {
+    let local = Endpoint {
         addr: LOCAL_BACKEND,
         port: 8080,
     };
@@ -854,12 +854,12 @@ fn ct_plan(backends: &[Ipv4Addr]) -> L4Plan {
     plan
 }
 
-fn ct_backend(addr: Ipv4Addr) -> Backend {
-    Backend { addr, port: 8080 }
+fn ct_backend(addr: Ipv4Addr) -> Endpoint {
+    Endpoint { addr, port: 8080 }
 }
 
 /// `frame` forwarded to `backend` (which need not be Maglev's pick) and tracked there.
-fn forward_to(description: String, frame: &Frame, backend: Backend) -> Fixture {
+fn forward_to(description: String, frame: &Frame, backend: Endpoint) -> Fixture {
     Fixture::rewritten(
         description,
         Side::Client,
@@ -1271,7 +1271,7 @@ fn run_counters() -> Result<usize> {
         sent.push((web, frame.payload(&vec![2; size])));
     }
     sent.push((dns, client_udp(42002, VIP, 53).payload(b"counted")));
-    let mut per_backend: BTreeMap<(Frontend, Backend), (u64, u64)> = BTreeMap::new();
+    let mut per_backend: BTreeMap<(Frontend, Endpoint), (u64, u64)> = BTreeMap::new();
     for (i, (frontend, frame)) in sent.iter().enumerate() {
         let fixture = forward_fixture(&lb, &format!("counted frame {i}"), frame, *frontend)?;
         let backend = lb.maglev_pick(*frontend, frame)?;

@@ -994,7 +994,7 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
 
 #[test]
 fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
-    use xdp_ingress::datapath::loader::{Datapath, MapSizes, PinDir, PinnedState};
+    use xdp_ingress::datapath::{Datapath, MapSizes, PinDir, PinnedState};
     // SAFETY: plain FFI call without arguments.
     ensure!(unsafe { libc::geteuid() } == 0, "needs root (BPF, mount)");
     let bpffs = Bpffs::mount("xe-pm")?;

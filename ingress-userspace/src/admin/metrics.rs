@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     agent::{L4Sink, ReloadOutcome},
-    datapath::loader::KernelMaps,
+    datapath::KernelMaps,
 };
 
 /// How long a scrape waits for the runner to read the BPF maps.

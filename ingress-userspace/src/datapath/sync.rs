@@ -17,35 +17,17 @@ use ingress_common::{
     filter_slot, BackendEntry, ServiceEntry, ServiceKey, ServiceState, BACKEND_ACTIVE, FILTER_WORDS,
 };
 
+pub use crate::datapath::DatapathError;
 use crate::{
     datapath::maglev,
-    translate::l4::{Backend, Frontend, L4Plan, ServicePortPlan},
+    translate::l4::{Endpoint, Frontend, L4Plan, ServicePortPlan},
 };
 
 /// How long retired ids and slots wait before reuse. XDP programs finish within microseconds; this
 /// is generous.
 pub const GRACE_PERIOD: Duration = Duration::from_millis(100);
 
-/// A failure writing the maps or a full map.
-#[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
-    /// A map operation failed.
-    #[error("{operation}: {source}")]
-    Map {
-        /// What was being done.
-        operation: String,
-        /// The error from aya.
-        source: aya::maps::MapError,
-    },
-    /// No free id or slot range left.
-    #[error("{0} exhausted; raise the capacity")]
-    Exhausted(&'static str),
-    /// Loading or attaching failed.
-    #[error("{0}")]
-    Load(String),
-}
-
-/// Writes to the kernel maps. `loader::KernelMaps` implements it over aya; the unit tests use an
+/// Writes to the kernel maps. `kernel_maps::KernelMaps` implements it over aya; the unit tests use an
 /// in-memory model to count writes.
 pub trait DatapathMaps {
     /// Inserts or replaces a Service entry (one atomic map update).
@@ -184,7 +166,7 @@ pub struct ProgrammedFrontend {
     /// Maglev table size.
     pub table_size: u32,
     /// Backends and their ids.
-    pub backends: BTreeMap<Backend, u32>,
+    pub backends: BTreeMap<Endpoint, u32>,
     /// The plan it was programmed from.
     pub plan: ServicePortPlan,
 }
@@ -453,7 +435,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
     fn retire_backend(
         &mut self,
         id: u32,
-        backend: &Backend,
+        backend: &Endpoint,
         now: Instant,
     ) -> Result<(), DatapathError> {
         let entry = BackendEntry {
