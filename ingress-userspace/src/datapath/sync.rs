@@ -178,97 +178,6 @@ enum Retired {
     Slots { offset: u32, len: u32 },
 }
 
-/// Ids handed out densely from 0; freed ids are reused.
-#[derive(Debug)]
-struct IdPool {
-    next: u32,
-    free: Vec<u32>,
-    capacity: u32,
-}
-
-impl IdPool {
-    fn new(capacity: u32) -> Self {
-        Self {
-            next: 0,
-            free: Vec::new(),
-            capacity,
-        }
-    }
-    fn allocate(&mut self) -> Option<u32> {
-        if let Some(id) = self.free.pop() {
-            return Some(id);
-        }
-        (self.next < self.capacity).then(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-    fn release(&mut self, id: u32) {
-        self.free.push(id);
-    }
-}
-
-/// Free ranges of the slot space, first fit, coalesced on release.
-#[derive(Debug)]
-struct SlotPool {
-    free: BTreeMap<u32, u32>,
-}
-
-impl SlotPool {
-    fn new(capacity: u32) -> Self {
-        let mut free = BTreeMap::new();
-        if capacity > 0 {
-            free.insert(0, capacity);
-        }
-        Self { free }
-    }
-    fn allocate(&mut self, len: u32) -> Option<u32> {
-        let (&offset, &available) = self.free.iter().find(|(_, &l)| l >= len)?;
-        self.free.remove(&offset);
-        if available > len {
-            self.free.insert(offset + len, available - len);
-        }
-        Some(offset)
-    }
-
-    /// Takes exactly `offset..offset + len` (adopting a table); false when any of it is in use.
-    fn take(&mut self, offset: u32, len: u32) -> bool {
-        let Some((&start, &available)) = self.free.range(..=offset).next_back() else {
-            return false;
-        };
-        let (end, wanted_end) = (start as u64 + available as u64, offset as u64 + len as u64);
-        if wanted_end > end {
-            return false;
-        }
-        self.free.remove(&start);
-        if offset > start {
-            self.free.insert(start, offset - start);
-        }
-        if end > wanted_end {
-            self.free.insert(offset + len, (end - wanted_end) as u32);
-        }
-        true
-    }
-
-    fn release(&mut self, mut offset: u32, mut len: u32) {
-        if len == 0 {
-            return;
-        }
-        if let Some((&before, &before_len)) = self.free.range(..offset).next_back() {
-            if before + before_len == offset {
-                self.free.remove(&before);
-                offset = before;
-                len += before_len;
-            }
-        }
-        if let Some(&after_len) = self.free.get(&(offset + len)) {
-            self.free.remove(&(offset + len));
-            len += after_len;
-        }
-        self.free.insert(offset, len);
-    }
-}
-
 /// The user-space mirror of the datapath and the diff engine.
 pub struct DatapathSync<M> {
     maps: M,
@@ -318,11 +227,6 @@ impl<M: DatapathMaps> DatapathSync<M> {
     /// The maps (for reading counters).
     pub fn maps(&self) -> &M {
         &self.maps
-    }
-
-    /// The maps, writable (tests stage kernel state through it).
-    pub fn maps_mut(&mut self) -> &mut M {
-        &mut self.maps
     }
 
     /// What is programmed now.
@@ -642,7 +546,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
 }
 
 mod adopt;
+mod pools;
 pub use adopt::{AdoptError, AdoptReport, KernelState, ADOPTED};
+use pools::{IdPool, SlotPool};
 
 #[cfg(test)]
 mod tests;
