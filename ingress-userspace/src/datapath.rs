@@ -1,9 +1,9 @@
 //! The L4 sink: loads the XDP program, attaches it, and keeps its maps equal to the L4 plan.
 mod error;
-pub mod kernel_maps;
-pub mod loader;
-pub mod maglev;
-pub mod pin;
+mod kernel_maps;
+mod loader;
+pub(crate) mod maglev;
+mod pin;
 pub mod reference;
 pub mod sync;
 

@@ -21,7 +21,7 @@ use crate::{
     translate::l4::{Endpoint, Frontend, Protocol, ServicePortPlan},
 };
 
-/// What pinned maps hold, read back at start (`loader::KernelMaps::read_state`).
+/// What pinned maps hold, read back at start (`KernelMaps::read_state`).
 #[derive(Debug, Default, Clone)]
 pub struct KernelState {
     /// SERVICES entries, each with its Maglev table (the slots it points at).
