@@ -9,8 +9,9 @@
 //! Everything else is handed to the stack untouched. The stages live in small modules: `parse`
 //! (bounds-checked header access, in the library: the bench object shares it), `maps`
 //! (definitions), `conntrack` (tracked flows and the per-CPU flow cache), `maglev` (the backend
-//! pick), `nat` (rewrites and checksums), `forward` (FIB and verdict), `stats` (per-CPU counters). No loops, no allocation, no per-packet logging
-//! (aya-log speaks only on an internal inconsistency that should never happen).
+//! pick), `nat` (rewrites and checksums), `forward` (FIB and verdict), `stats` (per-CPU
+//! counters). No loops, no allocation, no per-packet logging (aya-log speaks only on an internal
+//! inconsistency that should never happen).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
