@@ -19,8 +19,7 @@ pub(super) struct MapLayout {
     pub(super) flags: u32,
 }
 
-/// The maps the agent pins (the bench programs' maps and aya-log's ring buffer are not), the
-/// state maps first.
+/// The maps the agent pins (aya-log's ring buffer is not), the state maps first.
 pub(super) const PINNED_MAPS: [&str; 13] = [
     map_names::SERVICES,
     map_names::VIPS,
