@@ -27,8 +27,8 @@ use crate::{
 /// is generous.
 pub const GRACE_PERIOD: Duration = Duration::from_millis(100);
 
-/// Writes to the kernel maps. `kernel_maps::KernelMaps` implements it over aya; the unit tests use an
-/// in-memory model to count writes.
+/// Writes to the kernel maps. `KernelMaps` implements it over aya; the unit tests use an in-memory
+/// model to count writes.
 pub trait DatapathMaps {
     /// Inserts or replaces a Service entry (one atomic map update).
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), DatapathError>;
