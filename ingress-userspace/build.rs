@@ -1,5 +1,6 @@
-//! Builds the eBPF object with aya-build (nightly, build-std=core, bpf-linker) into OUT_DIR, where
-//! `datapath::loader` embeds it. `cargo xtask setup` installs what this needs.
+//! Builds the eBPF objects with aya-build (nightly, build-std=core, bpf-linker) into OUT_DIR,
+//! where `datapath::loader` embeds the agent's (`ingress-ebpf`) and `datapath::reference` the
+//! bench's (`ingress-ebpf-bench`). `cargo xtask setup` installs what this needs.
 fn main() -> anyhow::Result<()> {
     let manifest_dir = std::env::var("CARGO_MANIFEST_DIR")?;
     let ebpf_dir = std::path::Path::new(&manifest_dir).join("../ingress-ebpf");

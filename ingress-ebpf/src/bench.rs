@@ -1,10 +1,14 @@
-//! Reference programs for `cargo xtask bench l4`, never attached by the agent:
+//! The reference programs of `cargo xtask bench l4`, built as their own object
+//! (`ingress-ebpf-bench`) so the agent's object holds only what the agent runs:
 //! - `xdp_bench_floor`: parses Ethernet and IPv4 and returns XDP_TX, the floor our per-packet cost
 //!   is compared with;
 //! - `xdp_bench_redirect`: rewrites both MACs and redirects every IPv4 frame to one interface, the
 //!   ceiling of what an XDP forwarder can do on the rig;
 //! - `xdp_bench_sink`: counts IPv4 frames per CPU and drops them (other frames, ARP among them,
 //!   go to the stack), so the receiving end counts delivered packets cheaply.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -15,8 +19,7 @@ use aya_ebpf::{
 };
 
 use ingress_common::bench::RedirectTarget;
-
-use crate::parse::{ptr_at, EthHdr, Ipv4Hdr};
+use ingress_ebpf::parse::{ptr_at, EthHdr, Ipv4Hdr};
 
 #[map(name = "BENCH_REDIRECT")]
 static BENCH_REDIRECT: Array<RedirectTarget> = Array::with_max_entries(1, 0);
@@ -73,3 +76,17 @@ pub fn xdp_bench_sink(ctx: XdpContext) -> u32 {
     }
     xdp_action::XDP_DROP
 }
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // Unreachable in a verified program; the verifier rejects any path that could get here.
+    loop {}
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -16,7 +16,9 @@ use aya_ebpf::{
 };
 use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_JIFFIES};
 
-use crate::{maps::NEXT_HOPS, nat, parse::Packet};
+use ingress_ebpf::parse::Packet;
+
+use crate::{maps::NEXT_HOPS, nat};
 
 const AF_INET: u8 = 2;
 

@@ -2,8 +2,7 @@
 //! TCP/UDP pseudo-header). A UDP checksum of 0 means "none" and stays 0.
 
 use ingress_common::{csum_replace2, csum_replace4, proto};
-
-use crate::parse::Packet;
+use ingress_ebpf::parse::Packet;
 
 /// DNAT: destination becomes the backend.
 #[inline(always)]

@@ -30,7 +30,7 @@ use tokio::{net::TcpStream, sync::oneshot};
 
 use crate::{
     cli::{InspectArgs, InspectWhat},
-    datapath::loader::{KernelMaps, PinDir},
+    datapath::{KernelMaps, PinDir},
     model::ObjectName,
     translate::{
         l4::L4Plan,

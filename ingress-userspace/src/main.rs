@@ -6,7 +6,7 @@ use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
     cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
-    datapath::loader::PinDir,
+    datapath::PinDir,
     inspect,
     model::Problem,
     proxy::tls,

@@ -21,10 +21,7 @@ use crate::{
         Readiness,
     },
     cli::{ObjectNameError, RunArgs},
-    datapath::{
-        loader::{Datapath, KernelMaps},
-        sync::DatapathError,
-    },
+    datapath::{Datapath, DatapathError, KernelMaps},
     inspect::{self, ViewKind, ViewRequest},
     proxy::server::{BoundListeners, ProxyError},
     sinks::{L4Sink, Sinks},

@@ -10,8 +10,8 @@ use std::{
 
 use crate::{
     datapath::{
-        loader::KernelMaps,
         sync::{DatapathMaps, DatapathSync, SyncReport},
+        KernelMaps,
     },
     model::{ClusterObjects, ObjectName, Problem},
     proxy::{ApplyReport, Proxy},

@@ -26,7 +26,7 @@ use k8s_openapi::api::{coordination::v1::Lease, core::v1::Service, networking::v
 use tokio::sync::oneshot;
 use xdp_ingress::{
     cli::{Cli, Command, RunArgs},
-    datapath::loader::KernelMaps,
+    datapath::KernelMaps,
     proxy::server::BoundListeners,
     runner::Runner,
 };

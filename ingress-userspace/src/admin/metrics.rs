@@ -25,7 +25,7 @@ use prometheus_client::{
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    datapath::loader::KernelMaps,
+    datapath::KernelMaps,
     sinks::{ApplyOutcome, L4Sink},
 };
 

@@ -10,7 +10,7 @@ use super::{parse_duration, parse_listen, parse_object_name, parse_pin_path, Ing
 use super::{Listen, ObjectNameError, PinPath, DEFAULT_BPFFS};
 use crate::{
     control::{status::PublishSettings, vips::AssignSettings},
-    datapath::loader::{AttachMode, MapSizes, PinDir},
+    datapath::{AttachMode, MapSizes, PinDir},
     proxy::ProxySettings,
 };
 

@@ -17,36 +17,18 @@ use ingress_common::{
     filter_slot, BackendEntry, ServiceEntry, ServiceKey, ServiceState, BACKEND_ACTIVE, FILTER_WORDS,
 };
 
+pub use crate::datapath::DatapathError;
 use crate::{
     datapath::maglev,
-    translate::l4::{Backend, Frontend, L4Plan, ServicePortPlan},
+    translate::l4::{Endpoint, Frontend, L4Plan, ServicePortPlan},
 };
 
 /// How long retired ids and slots wait before reuse. XDP programs finish within microseconds; this
 /// is generous.
 pub const GRACE_PERIOD: Duration = Duration::from_millis(100);
 
-/// A failure writing the maps or a full map.
-#[derive(Debug, thiserror::Error)]
-pub enum DatapathError {
-    /// A map operation failed.
-    #[error("{operation}: {source}")]
-    Map {
-        /// What was being done.
-        operation: String,
-        /// The error from aya.
-        source: aya::maps::MapError,
-    },
-    /// No free id or slot range left.
-    #[error("{0} exhausted; raise the capacity")]
-    Exhausted(&'static str),
-    /// Loading or attaching failed.
-    #[error("{0}")]
-    Load(String),
-}
-
-/// Writes to the kernel maps. `loader::KernelMaps` implements it over aya; the unit tests use an
-/// in-memory model to count writes.
+/// Writes to the kernel maps. `KernelMaps` implements it over aya; the unit tests use an in-memory
+/// model to count writes.
 pub trait DatapathMaps {
     /// Inserts or replaces a Service entry (one atomic map update).
     fn set_service(&mut self, key: &ServiceKey, entry: &ServiceEntry) -> Result<(), DatapathError>;
@@ -184,7 +166,7 @@ pub struct ProgrammedFrontend {
     /// Maglev table size.
     pub table_size: u32,
     /// Backends and their ids.
-    pub backends: BTreeMap<Backend, u32>,
+    pub backends: BTreeMap<Endpoint, u32>,
     /// The plan it was programmed from.
     pub plan: ServicePortPlan,
 }
@@ -194,97 +176,6 @@ enum Retired {
     ServiceId(u32),
     BackendId(u32),
     Slots { offset: u32, len: u32 },
-}
-
-/// Ids handed out densely from 0; freed ids are reused.
-#[derive(Debug)]
-struct IdPool {
-    next: u32,
-    free: Vec<u32>,
-    capacity: u32,
-}
-
-impl IdPool {
-    fn new(capacity: u32) -> Self {
-        Self {
-            next: 0,
-            free: Vec::new(),
-            capacity,
-        }
-    }
-    fn allocate(&mut self) -> Option<u32> {
-        if let Some(id) = self.free.pop() {
-            return Some(id);
-        }
-        (self.next < self.capacity).then(|| {
-            self.next += 1;
-            self.next - 1
-        })
-    }
-    fn release(&mut self, id: u32) {
-        self.free.push(id);
-    }
-}
-
-/// Free ranges of the slot space, first fit, coalesced on release.
-#[derive(Debug)]
-struct SlotPool {
-    free: BTreeMap<u32, u32>,
-}
-
-impl SlotPool {
-    fn new(capacity: u32) -> Self {
-        let mut free = BTreeMap::new();
-        if capacity > 0 {
-            free.insert(0, capacity);
-        }
-        Self { free }
-    }
-    fn allocate(&mut self, len: u32) -> Option<u32> {
-        let (&offset, &available) = self.free.iter().find(|(_, &l)| l >= len)?;
-        self.free.remove(&offset);
-        if available > len {
-            self.free.insert(offset + len, available - len);
-        }
-        Some(offset)
-    }
-
-    /// Takes exactly `offset..offset + len` (adopting a table); false when any of it is in use.
-    fn take(&mut self, offset: u32, len: u32) -> bool {
-        let Some((&start, &available)) = self.free.range(..=offset).next_back() else {
-            return false;
-        };
-        let (end, wanted_end) = (start as u64 + available as u64, offset as u64 + len as u64);
-        if wanted_end > end {
-            return false;
-        }
-        self.free.remove(&start);
-        if offset > start {
-            self.free.insert(start, offset - start);
-        }
-        if end > wanted_end {
-            self.free.insert(offset + len, (end - wanted_end) as u32);
-        }
-        true
-    }
-
-    fn release(&mut self, mut offset: u32, mut len: u32) {
-        if len == 0 {
-            return;
-        }
-        if let Some((&before, &before_len)) = self.free.range(..offset).next_back() {
-            if before + before_len == offset {
-                self.free.remove(&before);
-                offset = before;
-                len += before_len;
-            }
-        }
-        if let Some(&after_len) = self.free.get(&(offset + len)) {
-            self.free.remove(&(offset + len));
-            len += after_len;
-        }
-        self.free.insert(offset, len);
-    }
 }
 
 /// The user-space mirror of the datapath and the diff engine.
@@ -336,11 +227,6 @@ impl<M: DatapathMaps> DatapathSync<M> {
     /// The maps (for reading counters).
     pub fn maps(&self) -> &M {
         &self.maps
-    }
-
-    /// The maps, writable (tests stage kernel state through it).
-    pub fn maps_mut(&mut self) -> &mut M {
-        &mut self.maps
     }
 
     /// What is programmed now.
@@ -453,7 +339,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
     fn retire_backend(
         &mut self,
         id: u32,
-        backend: &Backend,
+        backend: &Endpoint,
         now: Instant,
     ) -> Result<(), DatapathError> {
         let entry = BackendEntry {
@@ -660,7 +546,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
 }
 
 mod adopt;
+mod pools;
 pub use adopt::{AdoptError, AdoptReport, KernelState, ADOPTED};
+use pools::{IdPool, SlotPool};
 
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ use std::{
 use super::Source;
 use crate::{
     admin::metrics::{AgentMetrics, Programmed},
-    datapath::loader::KernelMaps,
+    datapath::KernelMaps,
     model::{ObjectName, Origin, Problem},
     sinks::{ApplyOutcome, Sinks},
     source::files::{FilesError, ManifestDir, Snapshot},

@@ -12,10 +12,7 @@ use super::{control::Control, RunError, Source};
 use crate::{
     admin,
     cli::RunArgs,
-    datapath::{
-        loader::{Datapath, KernelMaps, MapSizes, PinDir, PinnedState},
-        sync::DatapathSync,
-    },
+    datapath::{sync::DatapathSync, Datapath, KernelMaps, MapSizes, PinDir, PinnedState},
     proxy::Proxy,
     sinks::{L4Sink, L7Sink, Sinks},
     source::{

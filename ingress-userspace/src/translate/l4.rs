@@ -70,14 +70,14 @@ impl fmt::Display for Frontend {
 
 /// One endpoint address and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Backend {
+pub struct Endpoint {
     /// Endpoint address.
     pub addr: Ipv4Addr,
     /// Endpoint (target) port.
     pub port: u16,
 }
 
-impl fmt::Display for Backend {
+impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.addr, self.port)
     }
@@ -91,7 +91,7 @@ pub struct ServicePortPlan {
     /// The Service port's name (may be empty for a single unnamed port).
     pub port_name: String,
     /// Ready backends.
-    pub backends: BTreeSet<Backend>,
+    pub backends: BTreeSet<Endpoint>,
 }
 
 /// The whole L4 plan.
@@ -464,7 +464,7 @@ pub(crate) fn resolve_backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,
-) -> (BTreeSet<Backend>, bool) {
+) -> (BTreeSet<Endpoint>, bool) {
     let mut backends = BTreeSet::new();
     let mut any_ports = false;
     let mut resolved = false;
@@ -499,7 +499,7 @@ pub(crate) fn resolve_backends(
             }
             for address in &endpoint.addresses {
                 if let Ok(addr) = address.parse::<Ipv4Addr>() {
-                    backends.insert(Backend {
+                    backends.insert(Endpoint {
                         addr,
                         port: target_port,
                     });

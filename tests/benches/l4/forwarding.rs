@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, path::Path, process::Command, time::Duration};
 use anyhow::{Context as _, Result};
 use aya::maps::Array;
 use ingress_common::bench as refs;
-use xdp_ingress::datapath::loader::{AttachMode, Datapath};
+use xdp_ingress::datapath::{reference::ReferencePrograms, AttachMode};
 use xdp_ingress_tests::netns::run;
 
 use super::{
@@ -15,7 +15,7 @@ use super::{
     report::{median, Report},
     rig::{cpu1_busy_jiffies, jiffy_ns, mac_bytes, trafgen_config, Rig, NODE_SINK_MAC, SINK_MAC},
     scale::{scale_frontend, write_manifests, Agent, RemoveDir},
-    Settings, REFERENCE_ONLY, SCALE_SERVICES, SERVICE_PORT, VIP,
+    Settings, SCALE_SERVICES, SERVICE_PORT, VIP,
 };
 
 pub(crate) struct Sample {
@@ -355,7 +355,7 @@ pub(crate) enum ModeGuard {
         _agent: Agent,
     },
     Program {
-        _program: Box<Datapath>,
+        _program: Box<ReferencePrograms>,
     },
     Rules {
         node: String,
@@ -384,11 +384,11 @@ pub(crate) fn setup_mode(
 ) -> Result<ModeGuard> {
     match mode {
         Mode::Ceiling => {
-            let datapath = rig.node.run_inside(|| {
+            let references = rig.node.run_inside(|| {
                 let sink = ifindex("n-sink")?;
-                let mut datapath = Datapath::load(&REFERENCE_ONLY)?;
+                let mut references = ReferencePrograms::load()?;
                 {
-                    let map = datapath
+                    let map = references
                         .ebpf_mut()
                         .map_mut(refs::REDIRECT_MAP)
                         .context("redirect map")?;
@@ -403,14 +403,14 @@ pub(crate) fn setup_mode(
                         0,
                     )?;
                 }
-                // Detached when the datapath (which owns the link) is dropped.
-                datapath
-                    .load_program(refs::REDIRECT)?
+                // Detached when the object (which owns the link) is dropped.
+                references
+                    .program(refs::REDIRECT)?
                     .attach("n-client", AttachMode::Native.into())?;
-                Ok(datapath)
+                Ok(references)
             })?;
             Ok(ModeGuard::Program {
-                _program: Box::new(datapath),
+                _program: Box::new(references),
             })
         }
         Mode::Ours => {

@@ -19,7 +19,6 @@
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
-use xdp_ingress::datapath::loader::MapSizes;
 
 mod forwarding;
 mod kube_proxy;
@@ -32,14 +31,6 @@ use forwarding::forwarding_cost;
 use per_packet::per_packet_cost;
 use report::Report;
 use scale::scale;
-
-/// Map sizes for a load that only runs the reference programs (sink, ceiling).
-const REFERENCE_ONLY: MapSizes = MapSizes {
-    services: 1,
-    backends: 1,
-    maglev_slots: 16,
-    flows: 16,
-};
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;

@@ -7,12 +7,9 @@ use anyhow::{bail, Result};
 use aya::programs::{TestRun as _, TestRunOptions};
 use ingress_common::bench as refs;
 use xdp_ingress::{
-    datapath::{
-        loader::{AttachMode, Datapath, MapSizes},
-        sync::DatapathSync,
-    },
+    datapath::{reference::ReferencePrograms, sync::DatapathSync, AttachMode, Datapath, MapSizes},
     model::ObjectName,
-    translate::l4::{Backend, Frontend, L4Plan, Protocol, ServicePortPlan},
+    translate::l4::{Endpoint, Frontend, L4Plan, Protocol, ServicePortPlan},
 };
 use xdp_ingress_tests::netns::Netns;
 
@@ -37,7 +34,7 @@ pub(crate) fn one_service_plan(port: u16, protocol: Protocol) -> L4Plan {
             },
             port_name: String::new(),
             backends: (0..ENDPOINTS)
-                .map(|i| Backend {
+                .map(|i| Endpoint {
                     addr: Ipv4Addr::new(198, 51, 100, 11 + i as u8),
                     port: 8080,
                 })
@@ -172,7 +169,7 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
             ServicePortPlan {
                 service: ObjectName { namespace: "bench".into(), name: "fixed-point".into() },
                 port_name: String::new(),
-                backends: [Backend { addr: fixed, port: 80 }].into_iter().collect(),
+                backends: [Endpoint { addr: fixed, port: 80 }].into_iter().collect(),
             },
         );
         let sync_report = sync.apply(&plan, Instant::now());
@@ -184,7 +181,8 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
         // programs stay in the dispatcher, so test runs then leave it alone: attach both programs
         // to idle interfaces of this namespace for the duration.
         datapath.program()?.attach("rc-p", AttachMode::Native.into())?;
-        datapath.load_program(refs::FLOOR)?.attach("rb-p", AttachMode::Native.into())?;
+        let mut references = ReferencePrograms::load()?;
+        references.program(refs::FLOOR)?.attach("rb-p", AttachMode::Native.into())?;
         let mut forward_frame = tcp_frame(CLIENT, 40_000, fixed, 80);
         forward_frame[22] = 255; // TTL
         forward_frame[24..26].copy_from_slice(&[0, 0]);
@@ -196,7 +194,7 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
             let reasons = sync.maps().reason_counters()?;
             bail!("established flow: verdict {verdict}, expected redirect; reasons {reasons:?}");
         }
-        let forwarded = |sync: &DatapathSync<xdp_ingress::datapath::loader::KernelMaps>| -> Result<u64> {
+        let forwarded = |sync: &DatapathSync<xdp_ingress::datapath::KernelMaps>| -> Result<u64> {
             Ok(sync.maps().reason_counters()?.iter().filter(|(r, _)| *r == ingress_common::Reason::ForwardRedirect).map(|(_, n)| *n).sum())
         };
         let (mut est, mut pass, mut floor) = (Vec::new(), Vec::new(), Vec::new());
@@ -213,7 +211,7 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
                     bail!("fixed-point flow: verdict {verdict}");
                 }
                 total += ns;
-                let program = datapath.load_program(refs::FLOOR)?;
+                let program = references.program(refs::FLOOR)?;
                 floor_total += time_run(program, &forward_frame, ingress, per_call)?.1;
             }
             let took_path = forwarded(&sync)? - before;
@@ -228,7 +226,7 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
                 bail!("non-VIP: verdict {verdict}, expected pass");
             }
             pass.push(ns);
-            let (verdict, ns) = time_run(datapath.load_program(refs::FLOOR)?, &not_ours, ingress, repeat)?;
+            let (verdict, ns) = time_run(references.program(refs::FLOOR)?, &not_ours, ingress, repeat)?;
             if verdict != XDP_TX {
                 bail!("floor: verdict {verdict}, expected tx");
             }

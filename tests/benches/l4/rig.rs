@@ -6,10 +6,10 @@ use std::net::Ipv4Addr;
 use anyhow::{bail, Context as _, Result};
 use aya::maps::PerCpuArray;
 use ingress_common::bench as refs;
-use xdp_ingress::datapath::loader::{AttachMode, Datapath};
+use xdp_ingress::datapath::{reference::ReferencePrograms, AttachMode};
 use xdp_ingress_tests::netns::{run, Netns};
 
-use super::{scale::endpoint_addr, ENDPOINTS, REFERENCE_ONLY};
+use super::{scale::endpoint_addr, ENDPOINTS};
 
 pub(crate) const NODE_CLIENT_MAC: &str = "02:00:00:00:0a:01";
 pub(crate) const CLIENT_MAC: &str = "02:00:00:00:0a:02";
@@ -22,7 +22,7 @@ pub(crate) struct Rig {
     pub(crate) node: Netns,
     pub(crate) _sink: Netns,
     /// The sink's counting XDP program (kept loaded and attached).
-    pub(crate) sink_program: Datapath,
+    pub(crate) sink_program: ReferencePrograms,
 }
 
 pub(crate) fn mac_bytes(mac: &str) -> [u8; 6] {
@@ -138,12 +138,12 @@ impl Rig {
             run("taskset", &["-pc", "1", &pid.to_string()])?;
         }
         let sink_program = sink.run_inside(|| {
-            let mut datapath = Datapath::load(&REFERENCE_ONLY)?;
-            // Detached when the datapath (which owns the link) is dropped.
-            datapath
-                .load_program(refs::SINK)?
+            let mut references = ReferencePrograms::load()?;
+            // Detached when the object (which owns the link) is dropped.
+            references
+                .program(refs::SINK)?
                 .attach("eth0", AttachMode::Native.into())?;
-            Ok(datapath)
+            Ok(references)
         })?;
         Ok(Self {
             client,

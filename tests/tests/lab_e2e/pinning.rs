@@ -51,7 +51,7 @@ fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
     ) {
         return Ok(());
     }
-    use xdp_ingress::datapath::loader::{Datapath, MapSizes, PinDir, PinnedState};
+    use xdp_ingress::datapath::{Datapath, MapSizes, PinDir, PinnedState};
     // SAFETY: plain FFI call without arguments.
     ensure!(unsafe { libc::geteuid() } == 0, "needs root (BPF, mount)");
     let bpffs = Bpffs::mount("xe-pm")?;

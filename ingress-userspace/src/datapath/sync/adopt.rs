@@ -18,10 +18,10 @@ use super::{
 };
 use crate::{
     model::ObjectName,
-    translate::l4::{Backend, Frontend, Protocol, ServicePortPlan},
+    translate::l4::{Endpoint, Frontend, Protocol, ServicePortPlan},
 };
 
-/// What pinned maps hold, read back at start (`loader::KernelMaps::read_state`).
+/// What pinned maps hold, read back at start (`KernelMaps::read_state`).
 #[derive(Debug, Default, Clone)]
 pub struct KernelState {
     /// SERVICES entries, each with its Maglev table (the slots it points at).
@@ -148,7 +148,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
                         return Err(inconsistent(format!("backend {id} also used by {other}")));
                     }
                 }
-                let backend = Backend {
+                let backend = Endpoint {
                     addr: Ipv4Addr::from(published.addr.to_ne_bytes()),
                     port: u16::from_be(published.port),
                 };

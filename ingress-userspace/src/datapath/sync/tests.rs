@@ -100,7 +100,7 @@ fn plan_of(entries: &[(Frontend, &[u8])]) -> L4Plan {
                 port_name: String::new(),
                 backends: backends
                     .iter()
-                    .map(|last| Backend {
+                    .map(|last| Endpoint {
                         addr: Ipv4Addr::new(198, 51, 100, *last),
                         port: 8080,
                     })
