@@ -1,22 +1,17 @@
 //! `--access-log` against the real agent (L7-only on loopback): one valid JSON line per
 //! request on stdout, with the fields the README documents and the values of that request.
 
-// The proxy harness, shared with proxy_e2e; this file uses part of it.
-use xdp_ingress_tests::proxy;
-
 use anyhow::{Context as _, Result};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::{
+use serde_json::Value;
+use xdp_ingress_tests::proxy::{
     backends::Backend,
     clients::{collect, get, pooled},
-    eventually,
-    manifests::{backend_service, ingress, our_class, rule, Manifests},
-    TestProxy,
+    eventually, single_host, TestProxy,
 };
-use serde_json::Value;
 
 /// The documented fields, in no particular order.
 const FIELDS: [&str; 10] = [
@@ -35,16 +30,7 @@ const FIELDS: [&str; 10] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write("services.yaml", &backend_service("web", &[web.addr]))?;
-    manifests.write(
-        "ingress.yaml",
-        &[ingress(
-            "log",
-            &[rule(Some("log.example"), &[("/", "Prefix", "web")])],
-        )],
-    )?;
+    let manifests = single_host("log", "log.example", &web)?;
     let proxy = TestProxy::start(manifests, &["--access-log"])?;
     let client = pooled();
     let routed = get(&client, proxy.http, "log.example", "/a/b?x=1").await?;

@@ -20,11 +20,11 @@ use anyhow::{bail, ensure, Context as _, Result};
 use fake_apiserver::{FakeApiServer, Options, Verb};
 use serde_json::json;
 use xdp_ingress_tests::{
-    agent::{self, Agent, AgentProcess},
+    agent::{self, Agent},
     kube::{
-        self, kubeconfig,
+        apply_web, kubeconfig,
         objects::{self, OUR_CLASS},
-        served_by, status_of, Scene,
+        served_by, start_binary, status_of, Scene,
     },
     lab::{self, BackendLink, Lab, LabConfig},
     proxy::{
@@ -267,11 +267,7 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
     let netns = scene.netns().name().to_string();
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
-        for class in objects::classes() {
-            server.apply(&class)?;
-        }
-        server.apply(&objects::service(NS, "web", None, None))?;
-        server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+        apply_web(server, NS, web.addr)?;
         let (_config, mut agent) = start_binary(
             &netns,
             &binary,
@@ -335,11 +331,7 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
     let netns = scene.netns().name().to_string();
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
-        for class in objects::classes() {
-            server.apply(&class)?;
-        }
-        server.apply(&objects::service(NS, "web", None, None))?;
-        server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+        apply_web(server, NS, web.addr)?;
         server.apply(&objects::ingress(
             NS,
             "ready",
@@ -506,23 +498,4 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
         ensure!(status.success(), "exit {status}");
         Ok(())
     })
-}
-
-/// The agent binary in cluster mode against `server`, HTTP on a loopback port and no HTTPS,
-/// with `extra` flags; the kubeconfig file lives as long as the returned handle.
-fn start_binary(
-    netns: &str,
-    binary: &std::path::Path,
-    server: &FakeApiServer,
-    extra: &[&str],
-) -> Result<(kube::TempFile, AgentProcess)> {
-    let config = kubeconfig(server)?;
-    let mut args = vec!["--http-listen", "127.0.0.1:0", "--https-listen", "off"];
-    args.extend_from_slice(extra);
-    let agent = Agent::kubeconfig(config.path())
-        .binary(binary)
-        .in_netns(netns)
-        .args(&args)
-        .start()?;
-    Ok((config, agent))
 }

@@ -24,7 +24,8 @@ use k8s_openapi::api::{core::v1::Service, events::v1::Event};
 use serde_json::json;
 use xdp_ingress_tests::{
     kube::{
-        self, check_view, frontend, http_addr, https_addr, ingress_ips, kubeconfig, lease_holder,
+        self, apply_web, check_view, frontend, http_addr, https_addr, ingress_ips, kubeconfig,
+        lease_holder,
         objects::{self, OTHER_CLASS, OUR_CLASS},
         run_args, served_by, service_ips, settle, start_runner, v4, Scene, View, DUMMY_IF,
         DUMMY_IF2,
@@ -62,11 +63,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         cert("late.example")?,
         cert("unused.example")?,
     );
-    for class in objects::classes() {
-        server.apply(&class)?;
-    }
-    server.apply(&objects::service(NS, "web", None, None))?;
-    server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+    apply_web(server, NS, web.addr)?;
     let ours =
         |name: &str, host: &str| objects::ingress(NS, name, Some(OUR_CLASS), host, "/", "web");
     server.apply(&ours("web", "web.example"))?;
@@ -379,11 +376,7 @@ fn two_agents_one_lease_and_a_takeover() -> Result<()> {
 async fn two_agents(server: &FakeApiServer) -> Result<()> {
     const LEASE_NS: &str = "xk-lease";
     let web = Backend::start("web").await?;
-    for class in objects::classes() {
-        server.apply(&class)?;
-    }
-    server.apply(&objects::service(NS, "web", None, None))?;
-    server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+    apply_web(server, NS, web.addr)?;
     let ours = |name: &str| {
         objects::ingress(
             NS,

@@ -7,43 +7,25 @@
 //! loopback; HTTP/2 clients are raw sockets with hand-made frames, so a test controls exactly
 //! what the client sends and withholds.
 
-use xdp_ingress_tests::proxy;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
 use anyhow::{anyhow, ensure as check, Context as _, Result};
-use proxy::{
-    backends::{Backend, Gate},
-    clients, eventually,
-    manifests::{backend_service, ingress, our_class, rule, Manifests},
-    TestProxy,
-};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use xdp_ingress_tests::agent::{self, Agent, AgentProcess};
-
-/// Our IngressClass, `backend`'s Service, and one Ingress sending everything for `host` to it.
-fn single_host(host: &str, backend: &Backend) -> Result<Manifests> {
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write(
-        "services.yaml",
-        &backend_service(&backend.name, &[backend.addr]),
-    )?;
-    manifests.write(
-        "shop.yaml",
-        &[ingress(
-            "shop",
-            &[rule(Some(host), &[("/", "Prefix", &backend.name)])],
-        )],
-    )?;
-    Ok(manifests)
-}
+use xdp_ingress_tests::{
+    agent::{self, Agent, AgentProcess},
+    proxy::{
+        backends::{Backend, Gate},
+        clients, eventually,
+        manifests::{Manifests, TempDir},
+        single_host, TestProxy,
+    },
+};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SETTINGS: u8 = 0x4;
@@ -124,7 +106,7 @@ fn frame_types(bytes: &[u8]) -> Vec<u8> {
 async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-idle-timeout", "2s"],
     )?;
     let mut idle = TcpStream::connect(proxy.http).await?;
@@ -159,7 +141,7 @@ async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> 
 async fn connections_without_a_first_request_are_closed_after_the_header_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-header-timeout", "2s"],
     )?;
     let mut silent = TcpStream::connect(proxy.http).await?;
@@ -185,7 +167,7 @@ async fn connections_without_a_first_request_are_closed_after_the_header_timeout
 async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &[
             "--client-header-timeout",
             "2s",
@@ -228,7 +210,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
     let gate = Gate::new();
     let web = Backend::start_gated("web", gate.clone()).await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &[
             "--client-idle-timeout",
             "4s",
@@ -265,7 +247,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = single_host("shop.example", &web)?;
+    let manifests = single_host("shop", "shop.example", &web)?;
     let (_scripts, agent, http) = start_with_open_files(
         &manifests,
         "64:64",
@@ -297,8 +279,8 @@ fn start_with_open_files(
     manifests: &Manifests,
     limits: &str,
     extra: &[&str],
-) -> Result<(proxy::manifests::TempDir, AgentProcess, SocketAddr)> {
-    let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
+) -> Result<(TempDir, AgentProcess, SocketAddr)> {
+    let scripts = TempDir::new("xdp-ingress-prlimit")?;
     let script = scripts.path().join("agent.sh");
     std::fs::write(
         &script,
@@ -373,7 +355,7 @@ async fn stays_quiet_with_a_client_knocking(
 async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-send-timeout", "2s"],
     )?;
     // 1 GiB: far more than the sockets' buffers hold.
@@ -429,7 +411,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
 async fn a_stalled_request_body_gets_408_after_the_body_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-body-timeout", "2s"],
     )?;
     let mut slow = TcpStream::connect(proxy.http).await?;
@@ -473,7 +455,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = single_host("shop.example", &web)?;
+    let manifests = single_host("shop", "shop.example", &web)?;
     let (_scripts, agent, http) = start_with_open_files(
         &manifests,
         "100:160",
