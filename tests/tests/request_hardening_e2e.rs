@@ -7,9 +7,6 @@
 //! `Prefix /raw` → a raw backend that records request heads and switches protocols when asked.
 //! Nothing routes `/admin`.
 
-// The proxy harness, shared with proxy_e2e; this file uses part of it.
-use xdp_ingress_tests::proxy;
-
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -21,17 +18,17 @@ use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::{
-    backends::Backend,
-    clients::{collect, raw_exchange, read_response},
-    manifests::{backend_service, ingress, our_class, rule, Manifests},
-    TestProxy,
-};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
+};
+use xdp_ingress_tests::proxy::{
+    backends::Backend,
+    clients::{collect, raw_exchange, read_response},
+    manifests::{backend_service, ingress, our_class, rule, Manifests},
+    TestProxy,
 };
 
 const HOST: &str = "h.example";

@@ -3,9 +3,6 @@
 //! and another is tried, up to 3, then 502) and `--upstream-idle-timeout` (an idle pooled
 //! connection is not reused).
 
-// The proxy harness, shared with proxy_e2e; this file uses part of it.
-use xdp_ingress_tests::proxy;
-
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -19,13 +16,13 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use proxy::{
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use xdp_ingress_tests::proxy::{
     backends::{Backend, RefusingPort},
     clients::{get, pooled},
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
 };
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 const HOST: &str = "up.example";
 
