@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, ensure as check, Context as _, Result};
+use anyhow::{anyhow, ensure, Context as _, Result};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
@@ -118,15 +118,15 @@ async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> 
         .await
         .context("an idle h2c connection outlived its 2 s idle timeout")?;
     let types = frame_types(&received);
-    check!(
+    ensure!(
         types.contains(&HEADERS),
         "the request was not answered: frames {types:?}"
     );
-    check!(
+    ensure!(
         types.last() == Some(&GOAWAY),
         "the idle connection must end with GOAWAY, frames {types:?}"
     );
-    check!(
+    ensure!(
         started.elapsed() >= Duration::from_millis(1500),
         "closed after {:?}, before the idle timeout",
         started.elapsed()
@@ -193,7 +193,7 @@ async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> 
             .await
             .with_context(|| format!("{name}: not closed 15 s after it stalled"))?;
     }
-    check!(
+    ensure!(
         started.elapsed() >= Duration::from_millis(1500),
         "closed after {:?}, before the header timeout",
         started.elapsed()
@@ -223,7 +223,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
     request.extend(h2_get(1, "shop.example", "/held/x"));
     dead.write_all(&request).await?;
     eventually("the request held at the backend", || async {
-        check!(gate.arrived() == 1, "not yet");
+        ensure!(gate.arrived() == 1, "not yet");
         Ok(())
     })
     .await?;
@@ -232,8 +232,8 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
         .context("a peer that never answers PINGs kept its connection")?;
     let types = frame_types(&received);
     gate.open();
-    check!(types.contains(&PING), "no PING sent: frames {types:?}");
-    check!(
+    ensure!(types.contains(&PING), "no PING sent: frames {types:?}");
+    ensure!(
         !types.contains(&HEADERS),
         "the held request was answered: frames {types:?}"
     );
@@ -262,7 +262,7 @@ async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     legit_request_gets_through(http, "a request with every descriptor taken")
         .await
         .with_context(|| agent.output().join("\n"))?;
-    check!(
+    ensure!(
         agent
             .output()
             .iter()
@@ -319,11 +319,11 @@ async fn legit_request_gets_through(http: std::net::SocketAddr, what: &str) -> R
             b"GET /legit HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
         )
         .await?;
-        check!(status == 200, "{status}: {text}");
+        ensure!(status == 200, "{status}: {text}");
         Ok(text)
     })
     .await?;
-    check!(reply.contains("/legit"), "{reply}");
+    ensure!(reply.contains("/legit"), "{reply}");
     Ok(())
 }
 
@@ -340,7 +340,7 @@ async fn stays_quiet_with_a_client_knocking(
     let used = cpu_ticks(pid)? - before;
     // SAFETY: sysconf without pointers.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    check!(
+    ensure!(
         used < per_second,
         "the agent used {used} ticks ({per_second}/s) in 3 s {when}"
     );
@@ -364,13 +364,13 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
         .write_all(b"GET /download/1073741824 HTTP/1.1\r\nHost: shop.example\r\n\r\n")
         .await?;
     eventually("the download reaching the backend", || async {
-        check!(web.open_connections() == 1, "not yet");
+        ensure!(web.open_connections() == 1, "not yet");
         Ok(())
     })
     .await?;
     let waited = Instant::now();
     while web.open_connections() != 0 {
-        check!(
+        ensure!(
             waited.elapsed() < Duration::from_secs(15),
             "the upstream connection of a client that reads nothing is still open after 15 s"
         );
@@ -389,12 +389,12 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
         .await
         .context("an h2c stream with a zero window held its connection for 15 s")?;
     let types = frame_types(&received);
-    check!(
+    ensure!(
         types.contains(&HEADERS),
         "the response head should have come: {types:?}"
     );
     eventually("the upstream connection closed", || async {
-        check!(
+        ensure!(
             web.open_connections() == 0,
             "{} upstream connection(s) open",
             web.open_connections()
@@ -423,8 +423,8 @@ async fn a_stalled_request_body_gets_408_after_the_body_timeout() -> Result<()> 
         tokio::time::timeout(Duration::from_secs(15), clients::read_response(&mut slow))
             .await
             .map_err(|_| anyhow!("no answer 15 s into a stalled body"))??;
-    check!(status == 408, "a stalled body must get 408, got: {text}");
-    check!(
+    ensure!(status == 408, "a stalled body must get 408, got: {text}");
+    ensure!(
         text.to_ascii_lowercase().contains("connection: close"),
         "408 must close the connection: {text}"
     );
@@ -473,11 +473,11 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
         .skip(3)
         .take(2)
         .collect::<Vec<_>>();
-    check!(
+    ensure!(
         open_files == ["160", "160"],
         "the soft open-file limit must be raised to the hard one: {open_files:?}"
     );
-    check!(
+    ensure!(
         log().contains("max_connections=24"),
         "the derived cap: {}",
         log()
@@ -518,7 +518,7 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
         }
     })
     .await;
-    check!(ended.is_err(), "the newest idle connection must stay open");
+    ensure!(ended.is_err(), "the newest idle connection must stay open");
 
     // At the cap, with a client knocking, the agent stays quiet: well under a second of CPU in
     // 3 s (a spinning accept loop burns all of it).
