@@ -454,20 +454,9 @@ fn two_agents_one_lease_and_a_takeover() -> Result<()> {
 }
 
 async fn two_agents(server: &FakeApiServer) -> Result<()> {
-    const LEASE_NS: &str = "xk-lease";
     let web = Backend::start("web").await?;
     apply_web(server, NS, web.addr)?;
-    let ours = |name: &str| {
-        objects::ingress(
-            NS,
-            name,
-            Some(OUR_CLASS),
-            &format!("{name}.example"),
-            "/",
-            "web",
-        )
-    };
-    server.apply(&ours("one"))?;
+    server.apply(&ours_for("one"))?;
     let published = Some(vec![PUBLISHED.to_string()]);
     let config = kubeconfig(server)?;
     let extra = [
@@ -479,10 +468,38 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
 
     // A starts first and leads.
     let a = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    let first = a_leads_and_writes_status(server, &published).await?;
+    // B follows. A change while both run is written once.
+    let b = start_runner(run_args(config.path(), DUMMY_IF2, &extra)?).await?;
+    a_change_while_both_run_is_written_once(server, &a, &b, &first, &published).await?;
+    // A stops and releases the Lease; a change arrives while nobody leads.
+    b_takes_over_after_a_releases(server, a, &first, &published).await?;
+    new_leader_keeps_status_right(server, &published).await?;
+    b.stop().await?;
+    ensure!(
+        lease_holder(server, LEASE_NS)?.is_none(),
+        "the last agent stopped without releasing the Lease"
+    );
+    Ok(())
+}
+
+/// Where the agents compete for the Lease.
+const LEASE_NS: &str = "xk-lease";
+
+/// An Ingress of ours for `<name>.example`.
+fn ours_for(name: &str) -> serde_json::Value {
+    ours(name, &format!("{name}.example"))
+}
+
+/// The first agent leads and writes status; returns its identity.
+async fn a_leads_and_writes_status(
+    server: &FakeApiServer,
+    published: &Option<Vec<String>>,
+) -> Result<String> {
     settle("A leads and writes status", async || {
         ensure!(lease_holder(server, LEASE_NS)?.is_some(), "no holder");
         ensure!(
-            ingress_ips(server, NS, "one")? == published,
+            ingress_ips(server, NS, "one")? == *published,
             "one has no status"
         );
         Ok(())
@@ -490,14 +507,23 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
     .await?;
     let first = lease_holder(server, LEASE_NS)?.context("no holder")?;
 
-    // B follows. A change while both run is written once.
-    let b = start_runner(run_args(config.path(), DUMMY_IF2, &extra)?).await?;
-    let (http_a, http_b) = (http_addr(&a)?, http_addr(&b)?);
+    Ok(first)
+}
+
+/// Both agents serve each new Ingress; only the leader patches its status, once.
+async fn a_change_while_both_run_is_written_once(
+    server: &FakeApiServer,
+    a: &InProcessRunner,
+    b: &InProcessRunner,
+    first: &str,
+    published: &Option<Vec<String>>,
+) -> Result<()> {
+    let (http_a, http_b) = (http_addr(a)?, http_addr(b)?);
     let client = pooled();
     for name in ["two", "three"] {
-        server.apply(&ours(name))?;
+        server.apply(&ours_for(name))?;
         let host = format!("{name}.example");
-        let (client, host, published) = (&client, &host, &published);
+        let (client, host) = (&client, &host);
         let both_serve = |proxy: SocketAddr| {
             async move || -> Result<()> {
                 ensure!(served_by(client, proxy, host).await? == "web");
@@ -524,26 +550,36 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
         "two agents, one leader: {patches_two} status PATCHes of Ingress two"
     );
     ensure!(
-        lease_holder(server, LEASE_NS)?.as_deref() == Some(first.as_str()),
+        lease_holder(server, LEASE_NS)?.as_deref() == Some(first),
         "the Lease changed hands while its holder ran"
     );
 
-    // A stops and releases the Lease; a change arrives while nobody leads.
+    Ok(())
+}
+
+/// When the leader stops it releases the Lease; the other takes it only then, and no status is
+/// written while nobody leads.
+async fn b_takes_over_after_a_releases(
+    server: &FakeApiServer,
+    a: InProcessRunner,
+    first: &str,
+    published: &Option<Vec<String>>,
+) -> Result<()> {
     let mark = server.requests().len();
     a.stop().await?;
     ensure!(
-        lease_holder(server, LEASE_NS)?.as_deref() != Some(first.as_str()),
+        lease_holder(server, LEASE_NS)?.as_deref() != Some(first),
         "A stopped but still holds the Lease"
     );
-    server.apply(&ours("four"))?;
+    server.apply(&ours_for("four"))?;
     settle("B takes over and writes status", async || {
         let holder = lease_holder(server, LEASE_NS)?;
         ensure!(
-            holder.is_some() && holder.as_deref() != Some(first.as_str()),
+            holder.is_some() && holder.as_deref() != Some(first),
             "holder {holder:?}"
         );
         ensure!(
-            ingress_ips(server, NS, "four")? == published,
+            ingress_ips(server, NS, "four")? == *published,
             "four has no status"
         );
         Ok(())
@@ -577,25 +613,27 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
         .context("no PATCH of four")?;
     ensure!(first_four > acquired, "four was patched before B led");
 
-    // The new leader keeps status right.
+    Ok(())
+}
+
+/// The new leader clears the status of an Ingress that stops being ours and writes a new one's.
+async fn new_leader_keeps_status_right(
+    server: &FakeApiServer,
+    published: &Option<Vec<String>>,
+) -> Result<()> {
     change_class(server, "one", OTHER_CLASS)?;
-    server.apply(&ours("five"))?;
+    server.apply(&ours_for("five"))?;
     settle("B clears and writes status", async || {
         ensure!(
             ingress_ips(server, NS, "one")? == Some(Vec::new()),
             "one not cleared"
         );
         ensure!(
-            ingress_ips(server, NS, "five")? == published,
+            ingress_ips(server, NS, "five")? == *published,
             "five has no status"
         );
         Ok(())
     })
     .await?;
-    b.stop().await?;
-    ensure!(
-        lease_holder(server, LEASE_NS)?.is_none(),
-        "the last agent stopped without releasing the Lease"
-    );
     Ok(())
 }

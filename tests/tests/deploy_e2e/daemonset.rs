@@ -92,8 +92,7 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         .namespace
         .clone()
         .context("the DaemonSet has no namespace")?;
-    let spec = &daemonset.spec;
-    let (pod, container) = agent_pod(&daemonset)?;
+    let (_, container) = agent_pod(&daemonset)?;
     let args = agent_args(container)?;
 
     ensure!(
@@ -102,7 +101,20 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         container.image,
         built_image()
     );
+    check_rollout_and_scheduling(&daemonset, &args)?;
+    check_listeners(&daemonset, &args)?;
+    check_security_context(&daemonset)?;
+    check_service_account_and_lease(documents, &daemonset, &namespace, &args)?;
+    check_ingress_class(documents, &args)?;
+    check_publish_service(documents, &daemonset, &args)?;
+    Ok((daemonset, args))
+}
 
+/// Rollout, termination, scheduling and resources: one node at a time loses its agent, the
+/// kubelet waits out the drain, every node runs one, requests and limits are set.
+fn check_rollout_and_scheduling(daemonset: &DaemonSet, args: &RunArgs) -> Result<()> {
+    let spec = &daemonset.spec;
+    let (pod, container) = agent_pod(daemonset)?;
     // Rollout: one node at a time loses its agent.
     let strategy = spec.update_strategy.as_ref().context("no updateStrategy")?;
     ensure!(
@@ -144,7 +156,13 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         "requests {requests:?}"
     );
     ensure!(limits.contains_key("memory"), "limits {limits:?}");
+    Ok(())
+}
 
+/// The listeners: `/debug` on loopback, Prometheus and the probes on the metrics listener, the
+/// proxy on the container's named ports.
+fn check_listeners(daemonset: &DaemonSet, args: &RunArgs) -> Result<()> {
+    let (_, container) = agent_pod(daemonset)?;
     // /debug names endpoints and Secrets: the admin listener stays on loopback (or off), where
     // only `inspect` on the node or in the pod reaches it.
     if let Some(admin) = args.admin_listen.0 {
@@ -188,7 +206,13 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
             "--{name}-listen {listen} vs the container's port {name}"
         );
     }
+    Ok(())
+}
 
+/// The container's security context: unprivileged, no escalation, read-only root, every
+/// capability dropped (the overlays add back what they need).
+fn check_security_context(daemonset: &DaemonSet) -> Result<()> {
+    let (_, container) = agent_pod(daemonset)?;
     let security = container
         .security_context
         .as_ref()
@@ -211,7 +235,17 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         dropped.iter().any(|c| c == "ALL"),
         "capabilities not dropped: {dropped:?}"
     );
+    Ok(())
+}
 
+/// The service account and the Lease's namespace are where the pod and its Role are.
+fn check_service_account_and_lease(
+    documents: &[Document],
+    daemonset: &DaemonSet,
+    namespace: &str,
+    args: &RunArgs,
+) -> Result<()> {
+    let (pod, container) = agent_pod(daemonset)?;
     // The service account exists where the pod runs.
     let account = pod
         .service_account_name
@@ -219,7 +253,7 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         .context("no serviceAccountName")?;
     let sa: ServiceAccount = manifests::one(documents, account)?;
     ensure!(
-        sa.metadata.namespace.as_deref() == Some(namespace.as_str()),
+        sa.metadata.namespace.as_deref() == Some(namespace),
         "ServiceAccount {account} is not in {namespace}"
     );
 
@@ -238,8 +272,11 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
             "POD_NAMESPACE is not the pod's metadata.namespace"
         );
     }
+    Ok(())
+}
 
-    // The IngressClass is one the agent serves.
+/// The IngressClass is one the agent serves.
+fn check_ingress_class(documents: &[Document], args: &RunArgs) -> Result<()> {
     let classes = manifests::of_kind::<IngressClass>(documents)?;
     ensure!(!classes.is_empty(), "no IngressClass");
     for (_, class) in classes {
@@ -250,7 +287,18 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
             args.controller_name
         );
     }
+    Ok(())
+}
 
+/// `--publish-service` names the LoadBalancer Service in front of these pods, and that Service
+/// selects them and reaches the proxy's ports.
+fn check_publish_service(
+    documents: &[Document],
+    daemonset: &DaemonSet,
+    args: &RunArgs,
+) -> Result<()> {
+    let spec = &daemonset.spec;
+    let (_, container) = agent_pod(daemonset)?;
     // --publish-service names the LoadBalancer Service in front of these pods, and that Service
     // selects them and reaches the proxy's ports.
     let publish = args
@@ -285,5 +333,5 @@ pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
         let target = port.target_port.as_ref().context("no targetPort")?;
         container_port(container, target)?;
     }
-    Ok((daemonset, args))
+    Ok(())
 }
