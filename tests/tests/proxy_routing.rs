@@ -14,7 +14,7 @@ use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::proxy::{
     self,
     backends::{Backend, RefusingPort},
-    clients::{self, curl, get, pooled, raw_exchange, request, send_h1},
+    clients::{self, curl, get, pooled, raw_exchange, request, send_h1, Pooled},
     ensure_served, eventually,
     manifests::{
         backend_service, endpoint_slice, ingress, ingress_class, ingress_with, our_class, rule,
@@ -58,8 +58,22 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
     )?;
     let proxy = TestProxy::start(manifests, &[])?;
     let client = pooled();
-    let http_port = proxy.http.port();
 
+    hosts_and_paths_route_over_http1(&client, &proxy, &api).await?;
+    no_rule_answers_404(&client, &proxy).await?;
+    curl_routes_over_http1_h2c_and_h2(&proxy).await?;
+    default_backend_catches_what_no_rule_matches(&client, &proxy).await?;
+    Ok(())
+}
+
+/// Exact and wildcard hosts (any case, with the port), Exact and Prefix paths, over hyper's
+/// HTTP/1.1; the path and query reach the backend unchanged.
+async fn hosts_and_paths_route_over_http1(
+    client: &Pooled,
+    proxy: &TestProxy,
+    api: &Backend,
+) -> Result<()> {
+    let http_port = proxy.http.port();
     let app_with_port = format!("APP.example:{http_port}");
     for (host, path, backend) in [
         ("app.example", "/exact", "exact"),
@@ -74,7 +88,7 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         ("a.wild.example", "/anything", "wild"),
         ("B.Wild.Example", "/", "wild"),
     ] {
-        let reply = get(&client, proxy.http, host, path).await?;
+        let reply = get(client, proxy.http, host, path).await?;
         ensure_served(&reply, backend, &format!("{host}{path}"))?;
         ensure_eq!(reply.version, Version::HTTP_11);
     }
@@ -83,13 +97,18 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         "the path and query reach the backend unchanged: {:?}",
         api.seen()
     );
+    Ok(())
+}
+
+/// Without a matching rule: 404, saying why.
+async fn no_rule_answers_404(client: &Pooled, proxy: &TestProxy) -> Result<()> {
     for (host, path) in [
         ("unknown.example", "/"),
         ("wild.example", "/"),
         ("a.b.wild.example", "/"),
         ("", "/api"),
     ] {
-        let reply = get(&client, proxy.http, host, path).await?;
+        let reply = get(client, proxy.http, host, path).await?;
         ensure_eq!(reply.status, StatusCode::NOT_FOUND, "{host}{path}");
         ensure!(
             reply.text().contains("no Ingress rule matches"),
@@ -98,6 +117,13 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         );
     }
 
+    Ok(())
+}
+
+/// curl over HTTP/1.1, h2c with prior knowledge, h2 and HTTP/1.1 over TLS: routed alike, the
+/// backend always gets HTTP/1.1 with the client's host.
+async fn curl_routes_over_http1_h2c_and_h2(proxy: &TestProxy) -> Result<()> {
+    let http_port = proxy.http.port();
     let http_url = |path: &str| format!("http://app.example:{http_port}{path}");
     let https_port = proxy.https.port();
     let https_url = |path: &str| format!("https://app.example:{https_port}{path}");
@@ -142,7 +168,14 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         ensure!(host.starts_with("app.example"), "curl {args:?}: {body}");
     }
 
-    // A default backend catches what no rule matches; rules still win.
+    Ok(())
+}
+
+/// A default backend catches what no rule matches; rules still win.
+async fn default_backend_catches_what_no_rule_matches(
+    client: &Pooled,
+    proxy: &TestProxy,
+) -> Result<()> {
     proxy.manifests.write(
         "fallback.yaml",
         &[ingress_with("fallback", Some(OUR_CLASS), &[], |i| {
@@ -150,7 +183,7 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         })],
     )?;
     eventually("the default backend serves unknown hosts", || async {
-        let reply = get(&client, proxy.http, "unknown.example", "/x").await?;
+        let reply = get(client, proxy.http, "unknown.example", "/x").await?;
         ensure!(
             reply.backend().as_deref() == Some("fallback"),
             "expected fallback, seen {} {:?}",
@@ -165,7 +198,7 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         ("app.example", "/api/x", "api"),
         ("a.wild.example", "/", "wild"),
     ] {
-        let reply = get(&client, proxy.http, host, path).await?;
+        let reply = get(client, proxy.http, host, path).await?;
         ensure_served(
             &reply,
             backend,
