@@ -16,6 +16,7 @@ use std::{
 };
 
 use crate::{
+    agent::{Agent, AgentProcess},
     netns::Netns,
     proxy::clients::{self, Pooled},
 };
@@ -151,6 +152,36 @@ pub fn kubeconfig(server: &FakeApiServer) -> Result<TempFile> {
     let file = TempFile::new("kubeconfig");
     server.write_kubeconfig(file.path())?;
     Ok(file)
+}
+
+/// The agent binary in cluster mode against `server`, in `netns`, HTTP on a loopback port and
+/// no HTTPS, with `extra` flags; the kubeconfig file lives as long as the returned handle.
+pub fn start_binary(
+    netns: &str,
+    binary: &Path,
+    server: &FakeApiServer,
+    extra: &[&str],
+) -> Result<(TempFile, AgentProcess)> {
+    let config = kubeconfig(server)?;
+    let mut args = vec!["--http-listen", "127.0.0.1:0", "--https-listen", "off"];
+    args.extend_from_slice(extra);
+    let agent = Agent::kubeconfig(config.path())
+        .binary(binary)
+        .in_netns(netns)
+        .args(&args)
+        .start()?;
+    Ok((config, agent))
+}
+
+/// The IngressClasses (ours and another's), and a Service `web` in `namespace` whose one ready
+/// endpoint is `web`: what the scenario's Ingresses route to.
+pub fn apply_web(server: &FakeApiServer, namespace: &str, web: SocketAddr) -> Result<()> {
+    for class in objects::classes() {
+        server.apply(&class)?;
+    }
+    server.apply(&objects::service(namespace, "web", None, None))?;
+    server.apply(&objects::backend_slice(namespace, "web-a", "web", web))?;
+    Ok(())
 }
 
 /// `xdp-ingress run` arguments for an in-process runner against `kubeconfig`, attached to

@@ -286,18 +286,7 @@ impl Lab {
         veth_offloads(lan, "p-node", true)?;
         for backend in &self.backends {
             let port = format!("p-{}", backend.name);
-            lan.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                backend.netns.name(),
-            ])?;
+            veth_to_pod(lan, &port, &backend.netns)?;
             backend
                 .netns
                 .ip(&["addr", "add", &cidr(backend.addr, 24), "dev", "eth0"])?;
@@ -315,18 +304,7 @@ impl Lab {
         let gateway = NODE_BACKEND_ADDR.to_string();
         for backend in &self.backends {
             let interface = format!("n-{}", backend.name);
-            node.ip(&[
-                "link",
-                "add",
-                &interface,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                backend.netns.name(),
-            ])?;
+            veth_to_pod(node, &interface, &backend.netns)?;
             // The same /32 gateway address on every pod link, as Calico does with 169.254.1.1.
             node.ip(&[
                 "addr",
@@ -563,6 +541,24 @@ fn is_fixed_lab_name(prefix: &str, name: &str) -> bool {
 
 fn cidr(addr: Ipv4Addr, prefix: u8) -> String {
     format!("{addr}/{prefix}")
+}
+
+/// A veth pair from `outer` (end `name`) to a backend's namespace, where its end is the pod's
+/// `eth0`.
+fn veth_to_pod(outer: &Netns, name: &str, pod: &Netns) -> Result<()> {
+    outer.ip(&[
+        "link",
+        "add",
+        name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        pod.name(),
+    ])?;
+    Ok(())
 }
 
 /// Every veth: no TX checksum offload, since a real wire delivers complete checksums and the

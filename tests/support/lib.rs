@@ -10,9 +10,13 @@
 //! backends, clients and manifest builders ([`proxy`]), and the cluster-mode harness running the
 //! agent's `Runner` in-process against a fake API server ([`kube`]), which links the agent crate.
 //!
+//! Every check in the tests is an `Err`, not a panic ([`ensure_eq!`], [`ensure_ne!`] and
+//! `anyhow::ensure!`).
+//!
 //! What touches namespaces, XDP or BPF needs root (CAP_NET_ADMIN, CAP_BPF) and the `ip` tool
 //! from iproute2.
 pub mod agent;
+mod ensure;
 #[cfg(feature = "e2e")]
 pub mod kube;
 pub mod lab;

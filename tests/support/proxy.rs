@@ -133,14 +133,6 @@ where
     }
 }
 
-/// `Ok` when `condition` holds, else an error saying `what` (for [`eventually`]).
-pub fn ensure(condition: bool, what: impl FnOnce() -> String) -> Result<()> {
-    if !condition {
-        bail!("{}", what());
-    }
-    Ok(())
-}
-
 /// Services for `backends`, one each, named after the backend.
 pub fn services_for(backends: &[&Backend]) -> Vec<Value> {
     backends
@@ -165,15 +157,16 @@ pub fn single_host(name: &str, host: &str, backend: &Backend) -> Result<Manifest
     Ok(manifests)
 }
 
-/// Asserts the answer came from `backend` with 200.
-pub fn assert_served(reply: &clients::Reply, backend: &str, what: &str) {
-    assert_eq!(reply.status, StatusCode::OK, "{what}: {:?}", reply.text());
-    assert_eq!(
+/// `Ok` when the answer came from `backend` with 200.
+pub fn ensure_served(reply: &clients::Reply, backend: &str, what: &str) -> Result<()> {
+    crate::ensure_eq!(reply.status, StatusCode::OK, "{what}: {:?}", reply.text());
+    crate::ensure_eq!(
         reply.backend().as_deref(),
         Some(backend),
         "{what}: {:?}",
         reply.text()
     );
+    Ok(())
 }
 
 /// Opens a WebSocket to `ws.example/echo` through the proxy's plain listener.

@@ -1,22 +1,18 @@
 //! `--access-log` against the real agent (L7-only on loopback): one valid JSON line per
 //! request on stdout, with the fields the README documents and the values of that request.
 
-// The proxy harness, shared with proxy_e2e; this file uses part of it.
-use xdp_ingress_tests::proxy;
-
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::{
+use serde_json::Value;
+use xdp_ingress_tests::ensure_eq;
+use xdp_ingress_tests::proxy::{
     backends::Backend,
     clients::{collect, get, pooled},
-    eventually,
-    manifests::{backend_service, ingress, our_class, rule, Manifests},
-    TestProxy,
+    eventually, single_host, TestProxy,
 };
-use serde_json::Value;
 
 /// The documented fields, in no particular order.
 const FIELDS: [&str; 10] = [
@@ -35,22 +31,13 @@ const FIELDS: [&str; 10] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write("services.yaml", &backend_service("web", &[web.addr]))?;
-    manifests.write(
-        "ingress.yaml",
-        &[ingress(
-            "log",
-            &[rule(Some("log.example"), &[("/", "Prefix", "web")])],
-        )],
-    )?;
+    let manifests = single_host("log", "log.example", &web)?;
     let proxy = TestProxy::start(manifests, &["--access-log"])?;
     let client = pooled();
     let routed = get(&client, proxy.http, "log.example", "/a/b?x=1").await?;
-    assert_eq!(routed.status, StatusCode::OK, "{}", routed.text());
+    ensure_eq!(routed.status, StatusCode::OK, "{}", routed.text());
     let unrouted = get(&client, proxy.http, "nowhere.example", "/missing").await?;
-    assert_eq!(unrouted.status, StatusCode::NOT_FOUND);
+    ensure_eq!(unrouted.status, StatusCode::NOT_FOUND);
     // HTTP/2 (h2c with prior knowledge).
     let stream = tokio::net::TcpStream::connect(proxy.http).await?;
     let (mut sender, connection) =
@@ -58,7 +45,7 @@ async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
     tokio::spawn(connection);
     let request = Request::head("http://log.example/h2").body(Empty::<Bytes>::new())?;
     let h2 = collect(sender.send_request(request).await?).await?;
-    assert_eq!(h2.status, StatusCode::OK);
+    ensure_eq!(h2.status, StatusCode::OK);
 
     // The lines are written off the request path: wait for all three.
     let lines = eventually("three access-log lines", || async {
@@ -74,21 +61,21 @@ async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
     })
     .await
     .with_context(|| proxy.log())?;
-    assert_eq!(lines.len(), 3, "one line per request: {lines:#?}");
+    ensure_eq!(lines.len(), 3, "one line per request: {lines:#?}");
     for line in &lines {
         let object = line.as_object().context("a JSON object")?;
         let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
         keys.sort_unstable();
         let mut expected = FIELDS.to_vec();
         expected.sort_unstable();
-        assert_eq!(keys, expected, "{line}");
-        assert_eq!(line["client"], "127.0.0.1", "{line}");
+        ensure_eq!(keys, expected, "{line}");
+        ensure_eq!(line["client"], "127.0.0.1", "{line}");
         let time = line["time"].as_str().context("time")?;
-        assert!(
+        ensure!(
             time.len() == 24 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
             "RFC 3339 UTC with milliseconds: {time}"
         );
-        assert!(
+        ensure!(
             line["duration_ms"].as_f64().is_some_and(|d| d >= 0.0),
             "{line}"
         );
@@ -100,7 +87,7 @@ async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
             .with_context(|| format!("no line for {path}: {lines:#?}"))
     };
     let line = find("/a/b?x=1")?;
-    assert_eq!(
+    ensure_eq!(
         (
             &line["method"],
             &line["host"],
@@ -115,10 +102,10 @@ async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
         ),
         "{line}"
     );
-    assert_eq!(line["bytes"], routed.body.len() as u64, "{line}");
-    assert_eq!(line["upstream"], web.addr.to_string(), "{line}");
+    ensure_eq!(line["bytes"], routed.body.len() as u64, "{line}");
+    ensure_eq!(line["upstream"], web.addr.to_string(), "{line}");
     let line = find("/missing")?;
-    assert_eq!(
+    ensure_eq!(
         (&line["status"], &line["upstream"], &line["bytes"]),
         (
             &Value::from(404),
@@ -128,7 +115,7 @@ async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
         "{line}"
     );
     let line = find("/h2")?;
-    assert_eq!(
+    ensure_eq!(
         (
             &line["method"],
             &line["protocol"],

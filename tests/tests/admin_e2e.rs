@@ -13,19 +13,17 @@
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`.
 
-use xdp_ingress_tests::proxy;
-
 use std::{net::SocketAddr, time::Duration};
 
 use anyhow::{anyhow, bail, ensure, Context as _, Result};
-use proxy::{
-    clients::{read_response, EXCHANGE_TIMEOUT},
-    manifests::{our_class, Manifests},
-    TestProxy,
-};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
+};
+use xdp_ingress_tests::proxy::{
+    clients::{read_response, EXCHANGE_TIMEOUT},
+    manifests::{our_class, Manifests},
+    TestProxy,
 };
 
 /// The agent's cap on concurrent connections per admin or metrics listener.

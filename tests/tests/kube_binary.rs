@@ -20,11 +20,11 @@ use anyhow::{bail, ensure, Context as _, Result};
 use fake_apiserver::{FakeApiServer, Options, Verb};
 use serde_json::json;
 use xdp_ingress_tests::{
-    agent::{self, Agent, AgentProcess},
+    agent::{self, Agent},
     kube::{
-        self, kubeconfig,
+        apply_web, kubeconfig,
         objects::{self, OUR_CLASS},
-        served_by, status_of, Scene,
+        served_by, start_binary, status_of, Scene,
     },
     lab::{self, BackendLink, Lab, LabConfig},
     proxy::{
@@ -82,7 +82,6 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
     if !root_or_skip("lab_binary_keeps_forwarding_through_a_relist") {
         return Ok(());
     }
-    const ANSWER: Duration = Duration::from_secs(1);
     let binary = agent::binary()?;
     let mut lab = Lab::up(&LabConfig::for_test("xk-lab", BackendLink::Shared))?;
     lab.start_servers()?;
@@ -117,6 +116,24 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
         .args(&args)
         .start()?;
     agent.wait_running(Duration::from_secs(30))?;
+    connections_spread_over_the_backends(&lab)?;
+    no_connection_fails_across_a_relist(&lab, &server)?;
+    a_backend_leaving_the_slice_gets_no_more_connections(&lab, &server)?;
+    let (status, output) = agent.terminate(Duration::from_secs(30))?;
+    ensure!(
+        status.success(),
+        "the agent exited with {status}:\n{}",
+        output.join("\n")
+    );
+    drop(lab);
+    Ok(())
+}
+
+/// How long a connection through the lab may take to answer.
+const ANSWER: Duration = Duration::from_secs(1);
+
+/// Connections from the client to the VIP are answered by the lab's backends only.
+fn connections_spread_over_the_backends(lab: &Lab) -> Result<()> {
     let names: BTreeSet<String> = lab.backends().iter().map(|b| b.name.clone()).collect();
 
     let spread = |n: usize| {
@@ -136,6 +153,12 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
         "answered by {counts:?}, backends {names:?}"
     );
 
+    Ok(())
+}
+
+/// Connections made continuously while the API server compacts, restarts and the agent relists
+/// all succeed, before, during and after the relist.
+fn no_connection_fails_across_a_relist(lab: &Lab, server: &Arc<FakeApiServer>) -> Result<()> {
     // Connect continuously while the server compacts, restarts and the agent relists.
     let stop = Arc::new(AtomicBool::new(false));
     let answered = Arc::new(AtomicUsize::new(0));
@@ -209,7 +232,15 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
     );
     println!("lab relist: {answered} connections answered, none failed");
 
-    // The agent still follows the cluster: a backend leaves the slice.
+    Ok(())
+}
+
+/// The agent still follows the cluster after the relist: a backend that leaves the slice gets
+/// no more connections.
+fn a_backend_leaving_the_slice_gets_no_more_connections(
+    lab: &Lab,
+    server: &FakeApiServer,
+) -> Result<()> {
     let removed = lab.backends().last().context("no backends")?.name.clone();
     let kept: Vec<Ipv4Addr> = lab
         .backends()
@@ -243,13 +274,6 @@ fn lab_binary_keeps_forwarding_through_a_relist() -> Result<()> {
             "{removed} still gets connections 20 s after leaving the slice: {counts:?}"
         );
     }
-    let (status, output) = agent.terminate(Duration::from_secs(30))?;
-    ensure!(
-        status.success(),
-        "the agent exited with {status}:\n{}",
-        output.join("\n")
-    );
-    drop(lab);
     Ok(())
 }
 
@@ -267,11 +291,7 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
     let netns = scene.netns().name().to_string();
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
-        for class in objects::classes() {
-            server.apply(&class)?;
-        }
-        server.apply(&objects::service(NS, "web", None, None))?;
-        server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+        apply_web(server, NS, web.addr)?;
         let (_config, mut agent) = start_binary(
             &netns,
             &binary,
@@ -335,11 +355,7 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
     let netns = scene.netns().name().to_string();
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
-        for class in objects::classes() {
-            server.apply(&class)?;
-        }
-        server.apply(&objects::service(NS, "web", None, None))?;
-        server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+        apply_web(server, NS, web.addr)?;
         server.apply(&objects::ingress(
             NS,
             "ready",
@@ -506,23 +522,4 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
         ensure!(status.success(), "exit {status}");
         Ok(())
     })
-}
-
-/// The agent binary in cluster mode against `server`, HTTP on a loopback port and no HTTPS,
-/// with `extra` flags; the kubeconfig file lives as long as the returned handle.
-fn start_binary(
-    netns: &str,
-    binary: &std::path::Path,
-    server: &FakeApiServer,
-    extra: &[&str],
-) -> Result<(kube::TempFile, AgentProcess)> {
-    let config = kubeconfig(server)?;
-    let mut args = vec!["--http-listen", "127.0.0.1:0", "--https-listen", "off"];
-    args.extend_from_slice(extra);
-    let agent = Agent::kubeconfig(config.path())
-        .binary(binary)
-        .in_netns(netns)
-        .args(&args)
-        .start()?;
-    Ok((config, agent))
 }

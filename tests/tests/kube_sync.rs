@@ -29,10 +29,13 @@ use xdp_ingress_tests::{
     kube::{
         check_view, frontend, http_addr, kernel_entries, kubeconfig,
         objects::{self, OUR_CLASS},
-        run_args, served_by, served_by_all, settle, start_runner, status_of, v4, Scene, View,
-        DUMMY_IF,
+        run_args, served_by, served_by_all, settle, start_runner, status_of, v4, InProcessRunner,
+        Scene, View, DUMMY_IF,
     },
-    proxy::{backends::Backend, clients::pooled},
+    proxy::{
+        backends::Backend,
+        clients::{pooled, Pooled},
+    },
     root::root_or_skip,
 };
 
@@ -80,7 +83,47 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     for class in objects::classes() {
         server.apply(&class)?;
     }
-    // What the maps and the proxy must show.
+    let (mut l4, mut l7) = apply_hundred_services(server, &backends, &b000b)?;
+    let config = kubeconfig(server)?;
+    let runner = start_runner(run_args(config.path(), DUMMY_IF, &[])?).await?;
+    let proxy = http_addr(&runner)?;
+    let client = pooled();
+
+    let at = Watched {
+        server,
+        runner: &runner,
+        client,
+        proxy,
+    };
+
+    everything_in_place_after_start(&at, &l4, &l7).await?;
+    endpoints_added_not_ready_and_removed(&at, &backends[0], &b000b, &b000c, &mut l4, &mut l7)
+        .await?;
+    deleted_while_the_watch_is_down(&at, &mut l4, &mut l7).await?;
+    relist_after_compaction_keeps_every_survivor(&at, &fresh, &mut l4, &l7).await?;
+
+    runner.stop().await?;
+    Ok(())
+}
+
+/// Host → the backends that may answer it.
+type Hosts = BTreeMap<String, BTreeSet<String>>;
+
+/// The running agent and how the scenario looks at it.
+struct Watched<'a> {
+    server: &'a FakeApiServer,
+    runner: &'a InProcessRunner,
+    client: Pooled,
+    proxy: SocketAddr,
+}
+
+/// The 100 Services, each with a slice and an Ingress, svc-000 with a second slice; returns
+/// what the maps (`l4`) and the proxy (`l7`) must show.
+fn apply_hundred_services(
+    server: &FakeApiServer,
+    backends: &[Backend],
+    b000b: &Backend,
+) -> Result<(View, Hosts)> {
     let mut l4 = View::new();
     let mut l7: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for (i, backend) in backends.iter().enumerate() {
@@ -115,23 +158,35 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     );
     l7.insert(host(0), names(&["b000", "b000b"]));
 
-    let config = kubeconfig(server)?;
-    let runner = start_runner(run_args(config.path(), DUMMY_IF, &[])?).await?;
-    let proxy = http_addr(&runner)?;
-    let client = pooled();
+    Ok((l4, l7))
+}
 
-    // 1. Everything is in place when start() returns (start_runner checked it is ready): no
-    // waiting.
-    check_view(&runner, &l4).context("after start()")?;
+/// Scenario 1: everything is in place when start() returns (start_runner checked it is ready): no
+/// waiting.
+async fn everything_in_place_after_start(at: &Watched<'_>, l4: &View, l7: &Hosts) -> Result<()> {
+    let (runner, client, proxy) = (at.runner, &at.client, at.proxy);
+    check_view(runner, l4).context("after start()")?;
     ensure!(l4.len() == SERVICES);
-    for (host, expected) in &l7 {
-        served_by_all(&client, proxy, host, expected)
+    for (host, expected) in l7.iter() {
+        served_by_all(client, proxy, host, expected)
             .await
             .with_context(|| format!("after start(), {host}"))?;
     }
 
-    // 2. Endpoints change: one added, one not ready, one removed.
-    let a = v4(backends[0].addr);
+    Ok(())
+}
+
+/// Scenario 2: endpoints change: one added, one not ready, one removed.
+async fn endpoints_added_not_ready_and_removed(
+    at: &Watched<'_>,
+    b000: &Backend,
+    b000b: &Backend,
+    b000c: &Backend,
+    l4: &mut View,
+    l7: &mut Hosts,
+) -> Result<()> {
+    let (server, runner, client, proxy) = (at.server, at.runner, &at.client, at.proxy);
+    let a = v4(b000.addr);
     let (b, c) = (v4(b000b.addr), v4(b000c.addr));
     server.apply(&objects::backend_slice(
         NS,
@@ -142,8 +197,8 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     l4.insert(frontend(vip(0)), BTreeSet::from([a, b, c]));
     let all3 = names(&["b000", "b000b", "b000c"]);
     settle("an endpoint added", async || {
-        check_view(&runner, &l4)?;
-        served_by_all(&client, proxy, &host(0), &all3).await
+        check_view(runner, l4)?;
+        served_by_all(client, proxy, &host(0), &all3).await
     })
     .await?;
 
@@ -157,17 +212,17 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     l4.insert(frontend(vip(0)), BTreeSet::from([b, c]));
     let ready = names(&["b000b", "b000c"]);
     settle("an endpoint not ready", async || {
-        check_view(&runner, &l4)?;
-        served_by_all(&client, proxy, &host(0), &ready).await
+        check_view(runner, l4)?;
+        served_by_all(client, proxy, &host(0), &ready).await
     })
     .await?;
 
     server.delete_as::<EndpointSlice>(NS, "svc-000-b")?;
     l4.insert(frontend(vip(0)), BTreeSet::from([c]));
     settle("an endpoint removed", async || {
-        check_view(&runner, &l4)?;
+        check_view(runner, l4)?;
         for _ in 0..20 {
-            let name = served_by(&client, proxy, &host(0)).await?;
+            let name = served_by(client, proxy, &host(0)).await?;
             ensure!(name == "b000c", "{} answered by {name}", host(0));
         }
         Ok(())
@@ -175,7 +230,16 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     .await?;
     l7.insert(host(0), names(&["b000c"]));
 
-    // 3. A Service and its Ingress deleted while the watch is down.
+    Ok(())
+}
+
+/// Scenario 3: a Service and its Ingress deleted while the watch is down.
+async fn deleted_while_the_watch_is_down(
+    at: &Watched<'_>,
+    l4: &mut View,
+    l7: &mut Hosts,
+) -> Result<()> {
+    let (server, runner, client, proxy) = (at.server, at.runner, &at.client, at.proxy);
     let lists_before = list_counts(server);
     server.stop();
     server.delete_as::<Service>(NS, &svc(99))?;
@@ -183,26 +247,26 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     server.delete_as::<Ingress>(NS, "ing-099")?;
     // Meanwhile everything keeps being served as it was.
     for i in [1, 2, 3, 50, 98, 99] {
-        let name = served_by(&client, proxy, &host(i)).await?;
+        let name = served_by(client, proxy, &host(i)).await?;
         ensure!(
             l7[&host(i)].contains(&name),
             "during the outage {} → {name}",
             host(i)
         );
     }
-    check_view(&runner, &l4).context("during the outage")?;
+    check_view(runner, l4).context("during the outage")?;
     server.restart()?;
     l4.remove(&frontend(vip(99)));
     l7.remove(&host(99));
     settle("deletions seen after the reconnect", async || {
-        check_view(&runner, &l4)?;
-        let status = status_of(&client, proxy, &host(99)).await?;
+        check_view(runner, l4)?;
+        let status = status_of(client, proxy, &host(99)).await?;
         ensure!(status == 404, "{} still answers {status}", host(99));
         Ok(())
     })
     .await?;
-    for (host, expected) in &l7 {
-        served_by_all(&client, proxy, host, expected)
+    for (host, expected) in l7.iter() {
+        served_by_all(client, proxy, host, expected)
             .await
             .with_context(|| format!("after the reconnect, {host}"))?;
     }
@@ -213,8 +277,18 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
         list_counts(server)
     );
 
-    // 4. Compaction, then a broken connection: every watcher relists. The relist replaces the
-    // store in one step: the maps never lose a survivor, requests never fail.
+    Ok(())
+}
+
+/// Scenario 4: compaction, then a broken connection: every watcher relists. The relist replaces the
+/// store in one step: the maps never lose a survivor, requests never fail.
+async fn relist_after_compaction_keeps_every_survivor(
+    at: &Watched<'_>,
+    fresh: &Backend,
+    l4: &mut View,
+    l7: &Hosts,
+) -> Result<()> {
+    let (server, runner, client, proxy) = (at.server, at.runner, &at.client, at.proxy);
     let survivors: View = l4
         .iter()
         .filter(|(f, _)| **f != frontend(vip(98)))
@@ -255,7 +329,7 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     let mut lost: Vec<String> = Vec::new();
     settle("the relist after compaction", async || {
         samples += 1;
-        let entries = kernel_entries(&runner)?;
+        let entries = kernel_entries(runner)?;
         for (frontend, backends) in &survivors {
             let got = entries.get(frontend);
             if got != Some(&Ok(backends.clone())) {
@@ -269,9 +343,9 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
         for (kind, before) in &lists_before {
             ensure!(lists[kind] > *before, "{kind} not relisted yet: {lists:?}");
         }
-        check_view(&runner, &l4)?;
-        ensure!(served_by(&client, proxy, "fresh.example").await? == "fresh");
-        let status = status_of(&client, proxy, &host(98)).await?;
+        check_view(runner, l4)?;
+        ensure!(served_by(client, proxy, "fresh.example").await? == "fresh");
+        let status = status_of(client, proxy, &host(98)).await?;
         ensure!(status == 404, "{} still answers {status}", host(98));
         Ok(())
     })
@@ -295,7 +369,6 @@ async fn hundred_services(server: &FakeApiServer) -> Result<()> {
         list_counts(server)
     );
 
-    runner.stop().await?;
     Ok(())
 }
 

@@ -7,43 +7,25 @@
 //! loopback; HTTP/2 clients are raw sockets with hand-made frames, so a test controls exactly
 //! what the client sends and withholds.
 
-use xdp_ingress_tests::proxy;
-
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use anyhow::{anyhow, ensure as check, Context as _, Result};
-use proxy::{
-    backends::{Backend, Gate},
-    clients, eventually,
-    manifests::{backend_service, ingress, our_class, rule, Manifests},
-    TestProxy,
-};
+use anyhow::{anyhow, ensure, Context as _, Result};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpStream,
 };
-use xdp_ingress_tests::agent::{self, Agent, AgentProcess};
-
-/// Our IngressClass, `backend`'s Service, and one Ingress sending everything for `host` to it.
-fn single_host(host: &str, backend: &Backend) -> Result<Manifests> {
-    let manifests = Manifests::new()?;
-    manifests.write("class.yaml", &[our_class()])?;
-    manifests.write(
-        "services.yaml",
-        &backend_service(&backend.name, &[backend.addr]),
-    )?;
-    manifests.write(
-        "shop.yaml",
-        &[ingress(
-            "shop",
-            &[rule(Some(host), &[("/", "Prefix", &backend.name)])],
-        )],
-    )?;
-    Ok(manifests)
-}
+use xdp_ingress_tests::{
+    agent::{self, Agent, AgentProcess},
+    proxy::{
+        backends::{Backend, Gate},
+        clients, eventually,
+        manifests::{Manifests, TempDir},
+        single_host, TestProxy,
+    },
+};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const SETTINGS: u8 = 0x4;
@@ -124,7 +106,7 @@ fn frame_types(bytes: &[u8]) -> Vec<u8> {
 async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-idle-timeout", "2s"],
     )?;
     let mut idle = TcpStream::connect(proxy.http).await?;
@@ -136,15 +118,15 @@ async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> 
         .await
         .context("an idle h2c connection outlived its 2 s idle timeout")?;
     let types = frame_types(&received);
-    check!(
+    ensure!(
         types.contains(&HEADERS),
         "the request was not answered: frames {types:?}"
     );
-    check!(
+    ensure!(
         types.last() == Some(&GOAWAY),
         "the idle connection must end with GOAWAY, frames {types:?}"
     );
-    check!(
+    ensure!(
         started.elapsed() >= Duration::from_millis(1500),
         "closed after {:?}, before the idle timeout",
         started.elapsed()
@@ -159,7 +141,7 @@ async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> 
 async fn connections_without_a_first_request_are_closed_after_the_header_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-header-timeout", "2s"],
     )?;
     let mut silent = TcpStream::connect(proxy.http).await?;
@@ -185,7 +167,7 @@ async fn connections_without_a_first_request_are_closed_after_the_header_timeout
 async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &[
             "--client-header-timeout",
             "2s",
@@ -211,7 +193,7 @@ async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> 
             .await
             .with_context(|| format!("{name}: not closed 15 s after it stalled"))?;
     }
-    check!(
+    ensure!(
         started.elapsed() >= Duration::from_millis(1500),
         "closed after {:?}, before the header timeout",
         started.elapsed()
@@ -228,7 +210,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
     let gate = Gate::new();
     let web = Backend::start_gated("web", gate.clone()).await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &[
             "--client-idle-timeout",
             "4s",
@@ -241,7 +223,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
     request.extend(h2_get(1, "shop.example", "/held/x"));
     dead.write_all(&request).await?;
     eventually("the request held at the backend", || async {
-        check!(gate.arrived() == 1, "not yet");
+        ensure!(gate.arrived() == 1, "not yet");
         Ok(())
     })
     .await?;
@@ -250,8 +232,8 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
         .context("a peer that never answers PINGs kept its connection")?;
     let types = frame_types(&received);
     gate.open();
-    check!(types.contains(&PING), "no PING sent: frames {types:?}");
-    check!(
+    ensure!(types.contains(&PING), "no PING sent: frames {types:?}");
+    ensure!(
         !types.contains(&HEADERS),
         "the held request was answered: frames {types:?}"
     );
@@ -265,7 +247,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = single_host("shop.example", &web)?;
+    let manifests = single_host("shop", "shop.example", &web)?;
     let (_scripts, agent, http) = start_with_open_files(
         &manifests,
         "64:64",
@@ -280,7 +262,7 @@ async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
     legit_request_gets_through(http, "a request with every descriptor taken")
         .await
         .with_context(|| agent.output().join("\n"))?;
-    check!(
+    ensure!(
         agent
             .output()
             .iter()
@@ -297,8 +279,8 @@ fn start_with_open_files(
     manifests: &Manifests,
     limits: &str,
     extra: &[&str],
-) -> Result<(proxy::manifests::TempDir, AgentProcess, SocketAddr)> {
-    let scripts = proxy::manifests::TempDir::new("xdp-ingress-prlimit")?;
+) -> Result<(TempDir, AgentProcess, SocketAddr)> {
+    let scripts = TempDir::new("xdp-ingress-prlimit")?;
     let script = scripts.path().join("agent.sh");
     std::fs::write(
         &script,
@@ -337,11 +319,11 @@ async fn legit_request_gets_through(http: std::net::SocketAddr, what: &str) -> R
             b"GET /legit HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",
         )
         .await?;
-        check!(status == 200, "{status}: {text}");
+        ensure!(status == 200, "{status}: {text}");
         Ok(text)
     })
     .await?;
-    check!(reply.contains("/legit"), "{reply}");
+    ensure!(reply.contains("/legit"), "{reply}");
     Ok(())
 }
 
@@ -358,7 +340,7 @@ async fn stays_quiet_with_a_client_knocking(
     let used = cpu_ticks(pid)? - before;
     // SAFETY: sysconf without pointers.
     let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap_or(100);
-    check!(
+    ensure!(
         used < per_second,
         "the agent used {used} ticks ({per_second}/s) in 3 s {when}"
     );
@@ -373,7 +355,7 @@ async fn stays_quiet_with_a_client_knocking(
 async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-send-timeout", "2s"],
     )?;
     // 1 GiB: far more than the sockets' buffers hold.
@@ -382,13 +364,13 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
         .write_all(b"GET /download/1073741824 HTTP/1.1\r\nHost: shop.example\r\n\r\n")
         .await?;
     eventually("the download reaching the backend", || async {
-        check!(web.open_connections() == 1, "not yet");
+        ensure!(web.open_connections() == 1, "not yet");
         Ok(())
     })
     .await?;
     let waited = Instant::now();
     while web.open_connections() != 0 {
-        check!(
+        ensure!(
             waited.elapsed() < Duration::from_secs(15),
             "the upstream connection of a client that reads nothing is still open after 15 s"
         );
@@ -407,12 +389,12 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
         .await
         .context("an h2c stream with a zero window held its connection for 15 s")?;
     let types = frame_types(&received);
-    check!(
+    ensure!(
         types.contains(&HEADERS),
         "the response head should have come: {types:?}"
     );
     eventually("the upstream connection closed", || async {
-        check!(
+        ensure!(
             web.open_connections() == 0,
             "{} upstream connection(s) open",
             web.open_connections()
@@ -429,7 +411,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
 async fn a_stalled_request_body_gets_408_after_the_body_timeout() -> Result<()> {
     let web = Backend::start("web").await?;
     let proxy = TestProxy::start(
-        single_host("shop.example", &web)?,
+        single_host("shop", "shop.example", &web)?,
         &["--client-body-timeout", "2s"],
     )?;
     let mut slow = TcpStream::connect(proxy.http).await?;
@@ -441,8 +423,8 @@ async fn a_stalled_request_body_gets_408_after_the_body_timeout() -> Result<()> 
         tokio::time::timeout(Duration::from_secs(15), clients::read_response(&mut slow))
             .await
             .map_err(|_| anyhow!("no answer 15 s into a stalled body"))??;
-    check!(status == 408, "a stalled body must get 408, got: {text}");
-    check!(
+    ensure!(status == 408, "a stalled body must get 408, got: {text}");
+    ensure!(
         text.to_ascii_lowercase().contains("connection: close"),
         "408 must close the connection: {text}"
     );
@@ -473,7 +455,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()> {
     let web = Backend::start("web").await?;
-    let manifests = single_host("shop.example", &web)?;
+    let manifests = single_host("shop", "shop.example", &web)?;
     let (_scripts, agent, http) = start_with_open_files(
         &manifests,
         "100:160",
@@ -491,11 +473,11 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
         .skip(3)
         .take(2)
         .collect::<Vec<_>>();
-    check!(
+    ensure!(
         open_files == ["160", "160"],
         "the soft open-file limit must be raised to the hard one: {open_files:?}"
     );
-    check!(
+    ensure!(
         log().contains("max_connections=24"),
         "the derived cap: {}",
         log()
@@ -536,7 +518,7 @@ async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()
         }
     })
     .await;
-    check!(ended.is_err(), "the newest idle connection must stay open");
+    ensure!(ended.is_err(), "the newest idle connection must stay open");
 
     // At the cap, with a client knocking, the agent stays quiet: well under a second of CPU in
     // 3 s (a spinning accept loop burns all of it).

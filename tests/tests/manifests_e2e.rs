@@ -16,7 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use http::StatusCode;
 use proxy::{
     backends::Backend,
@@ -27,6 +27,7 @@ use proxy::{
     },
 };
 use xdp_ingress_tests::agent::{self, Agent, AgentProcess};
+use xdp_ingress_tests::ensure_eq;
 
 /// Longest any `validate` here may take: the fixed reader takes milliseconds.
 const VALIDATE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -137,8 +138,8 @@ fn validate_reports_a_fifo_and_finishes() -> Result<()> {
     let fifo = manifests.path().join("x.yaml");
     mkfifo(&fifo)?;
     let validated = validate(manifests.path())?;
-    assert!(!validated.success, "{}", validated.stderr);
-    assert!(
+    ensure!(!validated.success, "{}", validated.stderr);
+    ensure!(
         validated
             .stderr
             .lines()
@@ -157,8 +158,8 @@ fn validate_reads_dev_zero_and_large_files_in_bounded_memory() -> Result<()> {
     let manifests = good_manifests(unused_addr())?;
     std::os::unix::fs::symlink("/dev/zero", manifests.path().join("x.yaml"))?;
     let validated = validate(manifests.path())?;
-    assert!(!validated.success, "{}", validated.stderr);
-    assert!(
+    ensure!(!validated.success, "{}", validated.stderr);
+    ensure!(
         validated
             .stderr
             .lines()
@@ -174,8 +175,8 @@ fn validate_reads_dev_zero_and_large_files_in_bounded_memory() -> Result<()> {
         "#".repeat(17 * 1024 * 1024),
     )?;
     let validated = validate(manifests.path())?;
-    assert!(!validated.success, "{}", validated.stderr);
-    assert!(
+    ensure!(!validated.success, "{}", validated.stderr);
+    ensure!(
         validated
             .stderr
             .lines()
@@ -203,12 +204,12 @@ fn validate_walks_symlink_loops_once() -> Result<()> {
     std::os::unix::fs::symlink(".", sub.join("here"))?;
     std::os::unix::fs::symlink("..", sub.join("up"))?;
     let validated = validate(manifests.path())?;
-    assert!(validated.success, "{}", validated.stderr);
+    ensure!(validated.success, "{}", validated.stderr);
 
     // One loop alone: the old reader read each file 40 times and reported the copies.
     std::fs::remove_file(sub.join("up"))?;
     let validated = validate(manifests.path())?;
-    assert!(validated.success, "{}", validated.stderr);
+    ensure!(validated.success, "{}", validated.stderr);
     Ok(())
 }
 
@@ -220,8 +221,8 @@ fn validate_refuses_deep_nesting_at_once() -> Result<()> {
     let manifests = good_manifests(unused_addr())?;
     std::fs::write(manifests.path().join("deep.yaml"), "[".repeat(400 * 1024))?;
     let validated = validate(manifests.path())?;
-    assert!(!validated.success, "{}", validated.stderr);
-    assert!(
+    ensure!(!validated.success, "{}", validated.stderr);
+    ensure!(
         validated
             .stderr
             .lines()
@@ -266,9 +267,9 @@ fn validate_refuses_certificates_the_proxy_refuses() -> Result<()> {
         ],
     )?;
     let validated = validate(manifests.path())?;
-    assert!(!validated.success, "{}", validated.stderr);
+    ensure!(!validated.success, "{}", validated.stderr);
     for secret in ["Secret default/mismatched", "Secret default/not-pem"] {
-        assert!(
+        ensure!(
             validated
                 .stderr
                 .lines()
@@ -294,7 +295,7 @@ fn validate_refuses_certificates_the_proxy_refuses() -> Result<()> {
         ],
     )?;
     let validated = validate(manifests.path())?;
-    assert!(validated.success, "{}", validated.stderr);
+    ensure!(validated.success, "{}", validated.stderr);
     Ok(())
 }
 
@@ -319,15 +320,15 @@ async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<
         Err(error) => bail!("{error:#}\nresident: {:?} KiB", rss_kib(agent.pid())),
     };
     let http = http.context("no HTTP listener")?;
-    assert!(memory.unwrap_or(0) < RSS_CAP_KIB, "{memory:?} KiB");
+    ensure!(memory.unwrap_or(0) < RSS_CAP_KIB, "{memory:?} KiB");
     let log = agent.output().join("\n");
-    assert!(log.contains("not a regular file (a FIFO)"), "{log}");
-    assert!(log.contains("a character device"), "{log}");
+    ensure!(log.contains("not a regular file (a FIFO)"), "{log}");
+    ensure!(log.contains("a character device"), "{log}");
 
     let client = pooled();
     let reply = get(&client, http, "web.example", "/").await?;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
-    assert_eq!(reply.backend().as_deref(), Some("web"));
+    ensure_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
+    ensure_eq!(reply.backend().as_deref(), Some("web"));
 
     // A reload goes through the same directory: a new Ingress is served.
     manifests.write(
@@ -339,9 +340,13 @@ async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<
     )?;
     eventually("the new Ingress is served", || async {
         let reply = get(&client, http, "more.example", "/").await?;
-        proxy::ensure(reply.status == StatusCode::OK, || {
-            format!("{:?}", reply.text())
-        })
+        ensure!(
+            reply.status == StatusCode::OK,
+            "expected 200, seen {} {:?}",
+            reply.status,
+            reply.text()
+        );
+        Ok(())
     })
     .await
     .with_context(|| agent.output().join("\n"))?;
@@ -352,8 +357,8 @@ async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<
         Duration::from_secs(20),
     )?;
     let reply = get(&client, http, "web.example", "/").await?;
-    assert_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
-    assert!(agent.is_running()?);
+    ensure_eq!(reply.status, StatusCode::OK, "{:?}", reply.text());
+    ensure!(agent.is_running()?);
     Ok(())
 }
 
@@ -381,13 +386,13 @@ fn validate_exit_status_and_messages() -> Result<()> {
         .env("RUST_BACKTRACE", "0")
         .output()?;
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    ensure_eq!(output.status.code(), Some(1), "{stderr}");
     let errors: Vec<&str> = stderr
         .lines()
         .filter(|l| l.starts_with("error: "))
         .collect();
     let dir = manifests.path().display();
-    assert_eq!(
+    ensure_eq!(
         errors,
         [
             format!(
@@ -404,7 +409,7 @@ fn validate_exit_status_and_messages() -> Result<()> {
         ],
         "{stderr}"
     );
-    assert!(stderr.contains("2 problem(s) in"), "{stderr}");
+    ensure!(stderr.contains("2 problem(s) in"), "{stderr}");
 
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let output = Command::new(agent::binary()?)
@@ -412,12 +417,12 @@ fn validate_exit_status_and_messages() -> Result<()> {
         .arg(&examples)
         .output()?;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
+    ensure!(
         output.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(stdout.contains("Ingress(es) ours"), "{stdout}");
+    ensure!(stdout.contains("Ingress(es) ours"), "{stdout}");
     Ok(())
 }
 
@@ -443,15 +448,19 @@ async fn a_burst_of_changes_is_applied_as_one_sync() -> Result<()> {
             .filter(|line| line.contains(" synced"))
             .count()
     };
-    assert_eq!(syncs(&agent), 1, "{}", agent.output().join("\n"));
+    ensure_eq!(syncs(&agent), 1, "{}", agent.output().join("\n"));
     let client = pooled();
     let served = |host: String| {
         let client = &client;
         async move {
             let reply = get(client, http, &host, "/").await?;
-            proxy::ensure(reply.status == StatusCode::OK, || {
-                format!("{host}: {} {:?}", reply.status, reply.text())
-            })
+            ensure!(
+                reply.status == StatusCode::OK,
+                "{host}: expected 200, seen {} {:?}",
+                reply.status,
+                reply.text()
+            );
+            Ok(())
         }
     };
     for i in 0..20 {
@@ -486,7 +495,7 @@ async fn a_burst_of_changes_is_applied_as_one_sync() -> Result<()> {
     })
     .await
     .with_context(|| agent.output().join("\n"))?;
-    assert_eq!(
+    ensure_eq!(
         syncs(&agent),
         3,
         "the first sync, one for the burst, one for the marker:\n{}",

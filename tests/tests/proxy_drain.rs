@@ -15,16 +15,16 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{anyhow, bail, ensure as check, Context as _, Result};
+use anyhow::{anyhow, bail, ensure, Context as _, Result};
 use http::{StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
+use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::proxy::{
-    assert_served,
     backends::{Backend, Fnv, Gate, WsBackend, CHUNK},
     clients::{self, get, pooled, request, send_h1},
-    ensure, eventually, has_exited,
+    ensure_served, eventually, has_exited,
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     read_within, services_for, sigterm, single_host, websocket, ws_round_trip, TestProxy,
 };
@@ -129,18 +129,25 @@ async fn reloads_under_load_lose_no_request() -> Result<()> {
         }
         eventually(&format!("change {change} is served"), || async {
             let reply = get(&checker, proxy.http, "load.example", &format!("/v{change}")).await?;
-            ensure(reply.backend().as_deref() == Some(target), || {
-                format!("/v{change}: {} {:?}", reply.status, reply.text())
-            })?;
+            ensure!(
+                reply.backend().as_deref() == Some(target),
+                "/v{change}: expected {target}, seen {} {:?}",
+                reply.status,
+                reply.text()
+            );
             let reply = get(&checker, proxy.http, "extra.example", "/").await?;
             let expected = if extra_present {
                 StatusCode::OK
             } else {
                 StatusCode::NOT_FOUND
             };
-            ensure(reply.status == expected, || {
-                format!("extra.example: {} {:?}", reply.status, reply.text())
-            })
+            ensure!(
+                reply.status == expected,
+                "extra.example: expected {expected}, seen {} {:?}",
+                reply.status,
+                reply.text()
+            );
+            Ok(())
         })
         .await
         .with_context(|| proxy.log())?;
@@ -149,13 +156,10 @@ async fn reloads_under_load_lose_no_request() -> Result<()> {
         let since = total.load(Ordering::Relaxed);
         eventually(&format!("requests after change {change}"), || async {
             let closed = ended.load(Ordering::Relaxed);
-            ensure(closed == 0, || {
-                format!("{closed} keep-alive connection(s) closed by change {change}")
-            })?;
+            ensure!(closed == 0, "expected none closed, seen {closed} keep-alive connection(s) closed by change {change}");
             let n = total.load(Ordering::Relaxed);
-            ensure(n >= since + MIN_REQUESTS / 10, || {
-                format!("{} requests since change {change}", n - since)
-            })
+            ensure!(n >= since + MIN_REQUESTS / 10, "{} requests since change {change}", n - since);
+            Ok(())
         })
         .await?;
     }
@@ -177,7 +181,7 @@ async fn reloads_under_load_lose_no_request() -> Result<()> {
         "{n} requests across 10 reloads on {CLIENTS} keep-alive connections, none failed or \
          reconnected (a served {served_a}, b {served_b})"
     );
-    assert!(served_a > 0 && served_b > 0, "a {served_a}, b {served_b}");
+    ensure!(served_a > 0 && served_b > 0, "a {served_a}, b {served_b}");
 
     for i in 0..5 {
         ws_round_trip(
@@ -219,8 +223,8 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
         tokio::time::timeout(clients::EXCHANGE_TIMEOUT, clients::read_response(&mut idle))
             .await
             .map_err(|_| anyhow!("no answer on the keep-alive connection"))??;
-    check!(status == 200, "keep-alive request: {text}");
-    check!(
+    ensure!(status == 200, "keep-alive request: {text}");
+    ensure!(
         !text.to_ascii_lowercase().contains("connection: close"),
         "the first answer must keep the connection open: {text}"
     );
@@ -264,16 +268,19 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
             tokio::time::timeout(clients::EXCHANGE_TIMEOUT, sender.send_request(request))
                 .await
                 .map_err(|_| anyhow!("no response head for /held-body"))??;
-        check!(response.status() == StatusCode::OK, "{response:?}");
+        ensure!(response.status() == StatusCode::OK, "{response:?}");
         tokio::spawn(clients::collect(response))
     };
     // Every held request has reached the backend (and the held body its half): all are in
     // flight in the proxy now.
     let expected_arrivals = HELD_H1 + 2;
     eventually("every held request reaches the backend", || async {
-        ensure(gate.arrived() == expected_arrivals, || {
-            format!("{} of {expected_arrivals} arrived", gate.arrived())
-        })
+        ensure!(
+            gate.arrived() == expected_arrivals,
+            "expected {expected_arrivals} arrived, seen {}",
+            gate.arrived()
+        );
+        Ok(())
     })
     .await
     .with_context(|| proxy.log())?;
@@ -304,18 +311,18 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
     let read = read_within(&mut idle, DRAIN / 2)
         .await
         .map_err(|_| anyhow!("the idle keep-alive connection is still open after SIGTERM"))?;
-    check!(
+    ensure!(
         matches!(read, Ok(0)),
         "the idle keep-alive connection must end with a FIN, got {read:?}"
     );
     let read = read_within(&mut silent, DRAIN / 2)
         .await
         .map_err(|_| anyhow!("the silent connection is still open after SIGTERM"))?;
-    check!(
+    ensure!(
         matches!(&read, Ok(0)) || read.is_err(),
         "the silent connection must be closed, got {read:?}"
     );
-    check!(
+    ensure!(
         proxy
             .agent
             .output()
@@ -324,12 +331,12 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
         "the drain timed out while the test was checking: {}",
         proxy.log()
     );
-    check!(
+    ensure!(
         !has_exited(pid)?,
         "the agent exited with requests in flight: {}",
         proxy.log()
     );
-    check!(
+    ensure!(
         held.iter().all(|(_, task)| !task.is_finished()) && !streaming.is_finished(),
         "a held request finished before the gate opened"
     );
@@ -339,24 +346,24 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
         let reply = task
             .await?
             .with_context(|| format!("{path} after SIGTERM"))?;
-        assert_served(&reply, "web", &format!("{path} in flight at SIGTERM"));
+        ensure_served(&reply, "web", &format!("{path} in flight at SIGTERM"))?;
         let json = reply.json()?;
-        assert_eq!(json["path"], path.as_str(), "{}", reply.text());
+        ensure_eq!(json["path"], path.as_str(), "{}", reply.text());
         if path.ends_with("h2c") {
-            assert_eq!(reply.version, Version::HTTP_2, "{path}");
+            ensure_eq!(reply.version, Version::HTTP_2, "{path}");
         }
     }
     let reply = streaming.await?.context("/held-body after SIGTERM")?;
-    assert_eq!(reply.status, StatusCode::OK);
-    assert_eq!(reply.body.len() as u64, BODY, "the whole held body");
+    ensure_eq!(reply.status, StatusCode::OK);
+    ensure_eq!(reply.body.len() as u64, BODY, "the whole held body");
     let mut fnv = Fnv::default();
     fnv.update(&reply.body);
-    assert_eq!(fnv.0, Fnv::of_pattern(BODY), "the held body's bytes");
+    ensure_eq!(fnv.0, Fnv::of_pattern(BODY), "the held body's bytes");
 
     // Exits on its own once the last connection closed; the bound is generous on purpose.
     let bound = DRAIN + Duration::from_secs(10);
     while !has_exited(pid)? {
-        check!(
+        ensure!(
             signalled.elapsed() < bound,
             "the agent did not exit within {bound:?} of SIGTERM: {}",
             proxy.log()
@@ -365,8 +372,8 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
     }
     let (status, output) = proxy.agent.terminate(Duration::from_secs(5))?;
     let output = output.join("\n");
-    check!(status.success(), "exit {status}: {output}");
-    check!(output.contains("proxy drained"), "{output}");
-    check!(!output.contains("drain timeout"), "{output}");
+    ensure!(status.success(), "exit {status}: {output}");
+    ensure!(output.contains("proxy drained"), "{output}");
+    ensure!(!output.contains("drain timeout"), "{output}");
     Ok(())
 }

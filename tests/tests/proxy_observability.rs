@@ -7,16 +7,16 @@
 //! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
 //! build it first with `cargo build -p ingress-userspace`.
 
-use anyhow::{anyhow, ensure as check, Context as _, Result};
+use anyhow::{anyhow, ensure, Context as _, Result};
 use http::StatusCode;
 use serde_json::Value;
+use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::{
     agent,
     proxy::{
-        assert_served,
         backends::Backend,
         clients::{self, get, pooled},
-        ensure, eventually,
+        ensure_served, eventually,
         manifests::{
             backend_service, endpoint_slice, ingress, ingress_with, our_class, rule, service,
             tls_secret, with_default_backend, with_tls, Manifests, OUR_CLASS,
@@ -51,18 +51,18 @@ async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
     let admin = proxy.admin.context("no admin listener")?;
     let client = pooled();
     for i in 0..3 {
-        assert_served(
+        ensure_served(
             &get(&client, proxy.http, "shop.example", &format!("/{i}")).await?,
             "web",
             "routed",
-        );
+        )?;
     }
     for _ in 0..2 {
         let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+        ensure_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
     }
     let reply = get(&client, proxy.http, "shop.example", "/unready").await?;
-    assert_eq!(
+    ensure_eq!(
         reply.status,
         StatusCode::SERVICE_UNAVAILABLE,
         "{}",
@@ -89,24 +89,24 @@ async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
     // A response is counted when its body is dropped, just after the client has it all.
     let text = eventually("the counts on /metrics", || async {
         let reply = get(&client, admin, "127.0.0.1", "/metrics").await?;
-        check!(reply.status == StatusCode::OK, "status {}", reply.status);
+        ensure!(reply.status == StatusCode::OK, "status {}", reply.status);
         let text = reply.text();
         let missing: Vec<&String> = expected
             .iter()
             .filter(|line| !text.lines().any(|l| l == line.as_str()))
             .collect();
-        check!(missing.is_empty(), "missing {missing:?} in:\n{text}");
+        ensure!(missing.is_empty(), "missing {missing:?} in:\n{text}");
         Ok(text)
     })
     .await
     .with_context(|| proxy.log())?;
-    assert!(
+    ensure!(
         text.contains("# TYPE xdp_ingress_request_duration_seconds histogram"),
         "{text}"
     );
-    assert!(text.ends_with("# EOF\n"), "{text}");
+    ensure!(text.ends_with("# EOF\n"), "{text}");
     // No datapath, so no L4 families.
-    assert!(!text.contains("xdp_ingress_datapath_packets"), "{text}");
+    ensure!(!text.contains("xdp_ingress_datapath_packets"), "{text}");
     Ok(())
 }
 
@@ -125,7 +125,7 @@ async fn inspect(admin: std::net::SocketAddr, what: &str, json: bool) -> Result<
     .await
     .map_err(|_| anyhow!("inspect {what} timed out"))?
     .context("running xdp-ingress inspect")?;
-    check!(
+    ensure!(
         output.status.success(),
         "inspect {what} (json: {json}): {}: {}",
         output.status,
@@ -275,7 +275,7 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
         })
     };
     let view = sorted_endpoints(inspect_json(admin, "routes").await?);
-    assert_eq!(
+    ensure_eq!(
         view,
         expected(&routes),
         "inspect routes --json:\n{}",
@@ -300,20 +300,20 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
         "problem": null,
         "not_after": NOT_AFTER,
     });
-    check!(certs.len() == 3, "three certificates: {certs:#?}");
-    assert!(certs.contains(&shop_cert), "{certs:#?}");
+    ensure!(certs.len() == 3, "three certificates: {certs:#?}");
+    ensure!(certs.contains(&shop_cert), "{certs:#?}");
     // The default certificate comes last: it is the fallback after every name.
-    assert_eq!(certs[2], default_cert, "{certs:#?}");
+    ensure_eq!(certs[2], default_cert, "{certs:#?}");
     let missing = certs
         .iter()
         .find(|c| c["secret"] == "default/missing-tls")
         .with_context(|| format!("no entry for the missing Secret: {certs:#?}"))?;
-    assert_eq!(missing["hosts"], serde_json::json!(["*.apps.example"]));
-    assert_eq!(missing["ingress"], "default/apps");
-    assert_eq!(missing["default"], false);
-    assert_eq!(missing["not_after"], Value::Null);
+    ensure_eq!(missing["hosts"], serde_json::json!(["*.apps.example"]));
+    ensure_eq!(missing["ingress"], "default/apps");
+    ensure_eq!(missing["default"], false);
+    ensure_eq!(missing["not_after"], Value::Null);
     let problem = missing["problem"].as_str().unwrap_or_default();
-    assert!(
+    ensure!(
         problem.contains("no Secret default/missing-tls"),
         "the missing Secret is reported: {missing}"
     );
@@ -321,8 +321,8 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
     // The table: a header, one line per route, one for the default backend.
     let table = inspect(admin, "routes", false).await?;
     let lines: Vec<&str> = table.lines().collect();
-    check!(lines.len() == 1 + routes.len() + 1, "{table}");
-    check!(lines[0].starts_with("HOST"), "{table}");
+    ensure!(lines.len() == 1 + routes.len() + 1, "{table}");
+    ensure!(lines[0].starts_with("HOST"), "{table}");
     for (line, route) in lines[1..].iter().zip(&routes) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let service_port = format!(
@@ -336,24 +336,24 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
             route["backend"]["ingress"].as_str().unwrap_or_default(),
             service_port.as_str(),
         ];
-        check!(words.get(..5) == Some(&want[..]), "{line:?} for {route}");
+        ensure!(words.get(..5) == Some(&want[..]), "{line:?} for {route}");
     }
     let default_line = lines[lines.len() - 1];
-    check!(
+    ensure!(
         default_line.starts_with("(default)")
             && default_line.contains("default/fallback:80")
             && default_line.contains(&fallback.addr.to_string()),
         "{table}"
     );
     let table = inspect(admin, "certs", false).await?;
-    check!(table.lines().count() == 1 + certs.len(), "{table}");
-    check!(
+    ensure!(table.lines().count() == 1 + certs.len(), "{table}");
+    ensure!(
         table.lines().any(|l| l.starts_with("(default)")
             && l.contains("default/shop-tls")
             && l.contains(&NOT_AFTER.to_string())),
         "{table}"
     );
-    check!(
+    ensure!(
         table
             .lines()
             .any(|l| l.contains("default/missing-tls") && l.contains("unusable:")),
@@ -376,9 +376,12 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
     let want = expected(&routes);
     eventually("inspect routes shows the new path", || async {
         let view = sorted_endpoints(inspect_json(admin, "routes").await?);
-        ensure(view == want, || {
+        ensure!(
+            view == want,
+            "expected the new path, seen {}",
             serde_json::to_string_pretty(&view).unwrap_or_default()
-        })
+        );
+        Ok(())
     })
     .await
     .with_context(|| proxy.log())?;

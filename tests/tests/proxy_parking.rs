@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure as check, Context as _, Result};
+use anyhow::{anyhow, ensure, Context as _, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use xdp_ingress_tests::proxy::{
     backends::{Backend, Gate},
@@ -54,13 +54,13 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
     // Quiet after one request: to be parked.
     let mut idle = tokio::net::TcpStream::connect(proxy.http).await?;
     let (status, text) = exchange(&mut idle, get_a).await?;
-    check!(
+    ensure!(
         status == 200 && text.contains("web"),
         "first request: {text}"
     );
     let (mut tls, _) = tls_connect(proxy.https, "shop.example", Tls::Any, &[b"http/1.1"]).await?;
     let (status, text) = exchange(&mut tls, get_a).await?;
-    check!(
+    ensure!(
         status == 200 && text.contains("web"),
         "first TLS request: {text}"
     );
@@ -78,7 +78,7 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
         .write_all(b"GET /held/d HTTP/1.1\r\nHost: shop.example\r\n\r\n")
         .await?;
     eventually("the held request reaching the backend", || async {
-        check!(gate.arrived() == 1, "not yet");
+        ensure!(gate.arrived() == 1, "not yet");
         Ok(())
     })
     .await?;
@@ -86,12 +86,12 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
     // The two quiet connections are parked; the three busy ones are not.
     eventually("two connections parked", || async {
         let parked = parked_total(admin).await?;
-        check!(parked == 2, "{parked} parked");
+        ensure!(parked == 2, "{parked} parked");
         Ok(())
     })
     .await?;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    check!(
+    ensure!(
         parked_total(admin).await? == 2,
         "a connection busy with a head, a body or a response was parked"
     );
@@ -104,9 +104,9 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
     )
     .await
     .map_err(|_| anyhow!("slow head: no answer"))??;
-    check!(status == 200 && text.contains("/b"), "slow head: {text}");
+    ensure!(status == 200 && text.contains("/b"), "slow head: {text}");
     let (status, text) = exchange(&mut slow_body, b"67890").await?;
-    check!(status == 200 && text.contains("/c"), "slow body: {text}");
+    ensure!(status == 200 && text.contains("/c"), "slow body: {text}");
     gate.open();
     let (status, text) = tokio::time::timeout(
         Duration::from_secs(10),
@@ -114,7 +114,7 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
     )
     .await
     .map_err(|_| anyhow!("held response: no answer"))??;
-    check!(
+    ensure!(
         status == 200 && text.contains("/d"),
         "held response: {text}"
     );
@@ -122,12 +122,12 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
     // The parked connections serve again on the same socket, one request and then two
     // pipelined in one write.
     let (status, text) = exchange(&mut idle, get_a).await?;
-    check!(
+    ensure!(
         status == 200 && text.contains("web"),
         "after parking: {text}"
     );
     let (status, text) = exchange(&mut tls, get_a).await?;
-    check!(
+    ensure!(
         status == 200 && text.contains("web"),
         "TLS after parking: {text}"
     );
@@ -140,7 +140,7 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
         let mut buffer = [0u8; 16 * 1024];
         while answers.matches("HTTP/1.1 200").count() < 2 || !answers.contains("/p2") {
             let n = idle.read(&mut buffer).await?;
-            check!(n > 0, "closed after {answers:?}");
+            ensure!(n > 0, "closed after {answers:?}");
             answers.push_str(&String::from_utf8_lossy(&buffer[..n]));
         }
         Ok::<_, anyhow::Error>(())
@@ -149,13 +149,13 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
         .await
         .map_err(|_| anyhow!("pipelined: no two answers"))??;
     let (p1, p2) = (answers.find("/p1"), answers.find("/p2"));
-    check!(
+    ensure!(
         p1.is_some() && p1 < p2,
         "pipelined answers out of order: {answers}"
     );
     eventually("a connection parked a second time", || async {
         let parked = parked_total(admin).await?;
-        check!(parked >= 3, "{parked} parked");
+        ensure!(parked >= 3, "{parked} parked");
         Ok(())
     })
     .await?;
@@ -179,27 +179,27 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<(
     let admin = proxy.admin.context("no admin listener")?;
     let mut plain = tokio::net::TcpStream::connect(proxy.http).await?;
     let (status, text) = exchange(&mut plain, get_a).await?;
-    check!(status == 200, "plain request: {text}");
+    ensure!(status == 200, "plain request: {text}");
     let (mut tls, _) = tls_connect(proxy.https, "shop.example", Tls::Any, &[b"http/1.1"]).await?;
     let (status, text) = exchange(&mut tls, get_a).await?;
-    check!(status == 200, "TLS request: {text}");
+    ensure!(status == 200, "TLS request: {text}");
     eventually("both connections parked", || async {
         let parked = parked_total(admin).await?;
-        check!(parked == 2, "{parked} parked");
+        ensure!(parked == 2, "{parked} parked");
         Ok(())
     })
     .await?;
     let read = read_within(&mut plain, Duration::from_secs(15))
         .await
         .map_err(|_| anyhow!("the parked plain connection outlived its 3 s idle timeout"))?;
-    check!(
+    ensure!(
         matches!(read, Ok(0)),
         "the parked plain connection must end with a FIN, got {read:?}"
     );
     let read = read_within(&mut tls, Duration::from_secs(15))
         .await
         .map_err(|_| anyhow!("the parked TLS connection outlived its 3 s idle timeout"))?;
-    check!(
+    ensure!(
         matches!(&read, Ok(0))
             || read
                 .as_ref()
@@ -213,16 +213,16 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<(
     let admin = proxy.admin.context("no admin listener")?;
     let mut parked = tokio::net::TcpStream::connect(proxy.http).await?;
     let (status, text) = exchange(&mut parked, get_a).await?;
-    check!(status == 200, "request before parking: {text}");
+    ensure!(status == 200, "request before parking: {text}");
     let mut held = tokio::net::TcpStream::connect(proxy.http).await?;
     held.write_all(b"GET /held/x HTTP/1.1\r\nHost: shop.example\r\n\r\n")
         .await?;
     eventually(
         "the held request at the backend and the other connection parked",
         || async {
-            check!(gate.arrived() == 1, "held request not there yet");
+            ensure!(gate.arrived() == 1, "held request not there yet");
             let parked = parked_total(admin).await?;
-            check!(parked == 1, "{parked} parked");
+            ensure!(parked == 1, "{parked} parked");
             Ok(())
         },
     )
@@ -233,11 +233,11 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<(
     let read = read_within(&mut parked, Duration::from_secs(5))
         .await
         .map_err(|_| anyhow!("the parked connection is still open after SIGTERM"))?;
-    check!(
+    ensure!(
         matches!(read, Ok(0)),
         "the parked connection must end with a FIN at the drain, got {read:?}"
     );
-    check!(
+    ensure!(
         !has_exited(pid)?,
         "the agent exited with a request in flight: {}",
         proxy.log()
@@ -247,7 +247,7 @@ async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<(
         tokio::time::timeout(Duration::from_secs(10), clients::read_response(&mut held))
             .await
             .map_err(|_| anyhow!("held request: no answer after the drain"))??;
-    check!(
+    ensure!(
         status == 200 && text.contains("/held/x"),
         "held request: {text}"
     );

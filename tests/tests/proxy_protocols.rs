@@ -9,20 +9,20 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, ensure as check, Context as _, Result};
+use anyhow::{anyhow, ensure, Context as _, Result};
 use futures_util::{SinkExt as _, StreamExt as _};
 use http::{HeaderValue, StatusCode};
 use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use xdp_ingress_tests::proxy::{
-    assert_served,
     backends::{Backend, Fnv, PatternBody, WsBackend},
     clients::{self, request, send_h1, tls_connect, Tls},
-    ensure, eventually,
+    ensure_served, eventually,
     manifests::{backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests},
     services_for, single_host, websocket, ws_round_trip, TestProxy,
 };
+use xdp_ingress_tests::{ensure_eq, ensure_ne};
 
 /// Scenario 2: the certificate presented per SNI (exact, wildcard, unknown → self-signed
 /// default), ALPN, TLS 1.2 and 1.3, a rotated Secret picked up without restart, a broken one
@@ -68,16 +68,16 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
         blog.cert.der().to_vec(),
         wild.cert.der().to_vec(),
     ];
-    assert_eq!(presented("shop.example").await?.certificate, ours[0]);
-    assert_eq!(presented("SHOP.example").await?.certificate, ours[0]);
-    assert_eq!(presented("blog.example").await?.certificate, ours[1]);
-    assert_eq!(presented("x.apps.example").await?.certificate, ours[2]);
+    ensure_eq!(presented("shop.example").await?.certificate, ours[0]);
+    ensure_eq!(presented("SHOP.example").await?.certificate, ours[0]);
+    ensure_eq!(presented("blog.example").await?.certificate, ours[1]);
+    ensure_eq!(presented("x.apps.example").await?.certificate, ours[2]);
     let default = presented("unknown.example").await?.certificate;
-    assert!(
+    ensure!(
         !ours.contains(&default),
         "an unknown name gets the default certificate"
     );
-    assert_eq!(
+    ensure_eq!(
         presented("a.b.apps.example").await?.certificate,
         default,
         "the wildcard covers one label only"
@@ -89,7 +89,7 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
         (&[&b"h2"[..]][..], &b"h2"[..]),
     ] {
         let (_, handshake) = tls_connect(proxy.https, "shop.example", Tls::Any, offered).await?;
-        assert_eq!(
+        ensure_eq!(
             handshake.alpn.as_deref(),
             Some(expected),
             "ALPN {offered:?}"
@@ -101,14 +101,14 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
     ] {
         for sni in ["shop.example", "x.apps.example", "unknown.example"] {
             let (_, handshake) = tls_connect(proxy.https, sni, versions, both).await?;
-            assert_eq!(handshake.version, Some(expected), "{sni}");
+            ensure_eq!(handshake.version, Some(expected), "{sni}");
         }
         let (_, handshake) = tls_connect(proxy.https, "blog.example", versions, both).await?;
-        assert_eq!(handshake.certificate, ours[1], "{versions:?}");
+        ensure_eq!(handshake.certificate, ours[1], "{versions:?}");
     }
     for alpn in [both, &[&b"http/1.1"[..]][..]] {
         let reply = clients::https_get(proxy.https, "shop.example", "/tls", alpn).await?;
-        assert_served(&reply, "web", &format!("HTTPS with ALPN {alpn:?}"));
+        ensure_served(&reply, "web", &format!("HTTPS with ALPN {alpn:?}"))?;
     }
 
     // Rotation: a new certificate in the Secret is served to new handshakes, no restart.
@@ -117,10 +117,14 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
     let rotated_der = rotated.cert.der().to_vec();
     eventually("the rotated certificate is presented", || async {
         let certificate = presented("shop.example").await?.certificate;
-        ensure(certificate == rotated_der, || "still the old one".into())
+        ensure!(
+            certificate == rotated_der,
+            "expected the rotated certificate, seen the old one"
+        );
+        Ok(())
     })
     .await?;
-    assert_eq!(presented("blog.example").await?.certificate, ours[1]);
+    ensure_eq!(presented("blog.example").await?.certificate, ours[1]);
 
     // A broken Secret: reported, and the previous (rotated) certificate stays.
     let mut broken = secrets(&rotated);
@@ -129,11 +133,11 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
     let refused = proxy
         .wait_for_log(&["certificate", "default/shop-tls"])
         .await?;
-    assert!(refused.contains("previous certificate stays"), "{refused}");
-    assert_eq!(presented("shop.example").await?.certificate, rotated_der);
-    assert_eq!(presented("blog.example").await?.certificate, ours[1]);
+    ensure!(refused.contains("previous certificate stays"), "{refused}");
+    ensure_eq!(presented("shop.example").await?.certificate, rotated_der);
+    ensure_eq!(presented("blog.example").await?.certificate, ours[1]);
     let reply = clients::https_get(proxy.https, "shop.example", "/after", both).await?;
-    assert_served(&reply, "web", "HTTPS after a broken Secret");
+    ensure_served(&reply, "web", "HTTPS after a broken Secret")?;
     Ok(())
 }
 
@@ -162,19 +166,19 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
             .body(clients::empty())?,
     )
     .await?;
-    assert_served(&reply, "web", "plain request");
-    assert_eq!(
+    ensure_served(&reply, "web", "plain request")?;
+    ensure_eq!(
         reply.seen_header("x-forwarded-for")?,
         one("203.0.113.9, 127.0.0.1")
     );
-    assert_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
-    assert_eq!(reply.seen_header("x-forwarded-proto")?, one("http"));
-    assert_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
-    assert_eq!(reply.seen_header("x-forwarded-port")?, one(&http_port));
-    assert_eq!(reply.seen_header("host")?, one("hdr.example"));
-    assert_eq!(reply.seen_header("x-kept")?, one("yes"));
+    ensure_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
+    ensure_eq!(reply.seen_header("x-forwarded-proto")?, one("http"));
+    ensure_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
+    ensure_eq!(reply.seen_header("x-forwarded-port")?, one(&http_port));
+    ensure_eq!(reply.seen_header("host")?, one("hdr.example"));
+    ensure_eq!(reply.seen_header("x-kept")?, one("yes"));
     let ids = reply.seen_header("x-request-id")?;
-    assert!(
+    ensure!(
         ids.len() == 1 && ids[0].len() >= 16,
         "an X-Request-ID is added: {ids:?}"
     );
@@ -186,7 +190,7 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         "trailer",
         "upgrade",
     ] {
-        assert_eq!(
+        ensure_eq!(
             reply.seen_header(hop)?,
             Vec::<String>::new(),
             "{hop} must not reach the backend: {}",
@@ -194,7 +198,7 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         );
     }
     let connection = reply.seen_header("connection")?;
-    assert!(
+    ensure!(
         connection
             .iter()
             .all(|v| !v.to_ascii_lowercase().contains("x-hop-a")),
@@ -205,7 +209,7 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         request("hdr.example", "/headers").body(clients::empty())?,
     )
     .await?;
-    assert_ne!(
+    ensure_ne!(
         second.seen_header("x-request-id")?,
         ids,
         "request ids differ per request"
@@ -220,24 +224,24 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
             .body(clients::empty())?,
     )
     .await?;
-    assert_served(&reply, "web", "request with an id");
-    assert_eq!(
+    ensure_served(&reply, "web", "request with an id")?;
+    ensure_eq!(
         reply.seen_header("x-request-id")?,
         one("client-chosen-id-42")
     );
-    assert_eq!(reply.seen_header("host")?, one(&host_with_port));
-    assert_eq!(reply.seen_header("x-forwarded-host")?, one(&host_with_port));
-    assert_eq!(reply.seen_header("x-forwarded-for")?, one("127.0.0.1"));
+    ensure_eq!(reply.seen_header("host")?, one(&host_with_port));
+    ensure_eq!(reply.seen_header("x-forwarded-host")?, one(&host_with_port));
+    ensure_eq!(reply.seen_header("x-forwarded-for")?, one("127.0.0.1"));
 
     // Over TLS: HTTP/1.1 and HTTP/2 (whose :authority becomes Host).
     for alpn in [&[&b"http/1.1"[..]][..], &[&b"h2"[..]][..]] {
         let reply = clients::https_get(proxy.https, "hdr.example", "/tls-headers", alpn).await?;
-        assert_served(&reply, "web", &format!("TLS {alpn:?}"));
-        assert_eq!(reply.seen_header("x-forwarded-proto")?, one("https"));
-        assert_eq!(reply.seen_header("x-forwarded-port")?, one(&https_port));
-        assert_eq!(reply.seen_header("host")?, one("hdr.example"), "{alpn:?}");
-        assert_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
-        assert_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
+        ensure_served(&reply, "web", &format!("TLS {alpn:?}"))?;
+        ensure_eq!(reply.seen_header("x-forwarded-proto")?, one("https"));
+        ensure_eq!(reply.seen_header("x-forwarded-port")?, one(&https_port));
+        ensure_eq!(reply.seen_header("host")?, one("hdr.example"), "{alpn:?}");
+        ensure_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
+        ensure_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
     }
 
     // Hop-by-hop headers of the backend's response do not reach the client.
@@ -246,8 +250,8 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         request("hdr.example", "/hop-response").body(clients::empty())?,
     )
     .await?;
-    assert_served(&reply, "web", "hop-by-hop response");
-    assert_eq!(
+    ensure_served(&reply, "web", "hop-by-hop response")?;
+    ensure_eq!(
         reply.headers.get("x-backend-kept"),
         Some(&HeaderValue::from_static("yes"))
     );
@@ -258,14 +262,14 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         "te",
         "trailer",
     ] {
-        assert!(
+        ensure!(
             !reply.headers.contains_key(hop),
             "{hop} must not reach the client: {:?}",
             reply.headers
         );
     }
     for value in reply.headers.get_all("connection") {
-        assert!(
+        ensure!(
             !value
                 .to_str()
                 .unwrap_or("")
@@ -317,7 +321,7 @@ async fn websocket_echo_through_the_proxy() -> Result<()> {
     }
     for i in 0..10 {
         let reply = socket.next().await.context("closed")??;
-        assert_eq!(reply, Message::text(format!("ws:burst {i}")));
+        ensure_eq!(reply, Message::text(format!("ws:burst {i}")));
     }
     socket.close(None).await?;
     Ok(())
@@ -344,7 +348,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
             let reply = tokio::time::timeout(Duration::from_secs(120), send_h1(proxy, request))
                 .await
                 .map_err(|_| anyhow!("upload of {len} bytes timed out"))??;
-            check!(reply.status == StatusCode::OK, "{:?}", reply.text());
+            ensure!(reply.status == StatusCode::OK, "{:?}", reply.text());
             let json = reply.json()?;
             Ok::<_, anyhow::Error>((json["bytes"].as_u64(), json["fnv"].as_u64()))
         }
@@ -361,7 +365,7 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
                     request("bulk.example", &format!("/download/{len}")).body(clients::empty())?,
                 )
                 .await?;
-            check!(response.status() == StatusCode::OK, "{response:?}");
+            ensure!(response.status() == StatusCode::OK, "{response:?}");
             let mut body = response.into_body();
             let mut bytes = 0u64;
             let mut fnv = Fnv::default();
@@ -384,15 +388,15 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
     let (baseline_hwm, baseline_rss) = proxy.memory_kib()?;
 
     let (bytes, fnv) = upload(SIZE).await?;
-    assert_eq!(bytes, Some(SIZE), "upload: bytes the backend received");
-    assert_eq!(fnv, Some(expected_fnv), "upload: checksum at the backend");
+    ensure_eq!(bytes, Some(SIZE), "upload: bytes the backend received");
+    ensure_eq!(fnv, Some(expected_fnv), "upload: checksum at the backend");
     let (bytes, fnv) = download(SIZE).await?;
-    assert_eq!(bytes, SIZE, "download: bytes the client received");
-    assert_eq!(fnv, expected_fnv, "download: checksum at the client");
+    ensure_eq!(bytes, SIZE, "download: bytes the client received");
+    ensure_eq!(fnv, expected_fnv, "download: checksum at the client");
 
     let (hwm, rss) = proxy.memory_kib()?;
     eprintln!("agent memory: VmHWM {baseline_hwm} → {hwm} KiB, VmRSS {baseline_rss} → {rss} KiB");
-    assert!(
+    ensure!(
         hwm < baseline_hwm + ALLOWED_GROWTH_KIB,
         "the agent's peak memory grew from {baseline_hwm} KiB to {hwm} KiB (RSS {baseline_rss} \
          → {rss} KiB) for 2 × 100 MiB: bodies are buffered, not streamed"

@@ -7,14 +7,15 @@
 //! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
 //! build it first with `cargo build -p ingress-userspace`.
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 use http::{StatusCode, Version};
 use serde_json::Value;
+use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::proxy::{
-    self, assert_served,
+    self,
     backends::{Backend, RefusingPort},
-    clients::{self, curl, get, pooled, raw_exchange, request, send_h1},
-    ensure, eventually,
+    clients::{self, curl, get, pooled, raw_exchange, request, send_h1, Pooled},
+    ensure_served, eventually,
     manifests::{
         backend_service, endpoint_slice, ingress, ingress_class, ingress_with, our_class, rule,
         service, with_annotation, with_default_backend, Manifests, OUR_CLASS,
@@ -57,8 +58,22 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
     )?;
     let proxy = TestProxy::start(manifests, &[])?;
     let client = pooled();
-    let http_port = proxy.http.port();
 
+    hosts_and_paths_route_over_http1(&client, &proxy, &api).await?;
+    no_rule_answers_404(&client, &proxy).await?;
+    curl_routes_over_http1_h2c_and_h2(&proxy).await?;
+    default_backend_catches_what_no_rule_matches(&client, &proxy).await?;
+    Ok(())
+}
+
+/// Exact and wildcard hosts (any case, with the port), Exact and Prefix paths, over hyper's
+/// HTTP/1.1; the path and query reach the backend unchanged.
+async fn hosts_and_paths_route_over_http1(
+    client: &Pooled,
+    proxy: &TestProxy,
+    api: &Backend,
+) -> Result<()> {
+    let http_port = proxy.http.port();
     let app_with_port = format!("APP.example:{http_port}");
     for (host, path, backend) in [
         ("app.example", "/exact", "exact"),
@@ -73,30 +88,42 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         ("a.wild.example", "/anything", "wild"),
         ("B.Wild.Example", "/", "wild"),
     ] {
-        let reply = get(&client, proxy.http, host, path).await?;
-        assert_served(&reply, backend, &format!("{host}{path}"));
-        assert_eq!(reply.version, Version::HTTP_11);
+        let reply = get(client, proxy.http, host, path).await?;
+        ensure_served(&reply, backend, &format!("{host}{path}"))?;
+        ensure_eq!(reply.version, Version::HTTP_11);
     }
-    assert!(
+    ensure!(
         api.saw("/api/v1/items?x=1"),
         "the path and query reach the backend unchanged: {:?}",
         api.seen()
     );
+    Ok(())
+}
+
+/// Without a matching rule: 404, saying why.
+async fn no_rule_answers_404(client: &Pooled, proxy: &TestProxy) -> Result<()> {
     for (host, path) in [
         ("unknown.example", "/"),
         ("wild.example", "/"),
         ("a.b.wild.example", "/"),
         ("", "/api"),
     ] {
-        let reply = get(&client, proxy.http, host, path).await?;
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{host}{path}");
-        assert!(
+        let reply = get(client, proxy.http, host, path).await?;
+        ensure_eq!(reply.status, StatusCode::NOT_FOUND, "{host}{path}");
+        ensure!(
             reply.text().contains("no Ingress rule matches"),
             "404 says why: {:?}",
             reply.text()
         );
     }
 
+    Ok(())
+}
+
+/// curl over HTTP/1.1, h2c with prior knowledge, h2 and HTTP/1.1 over TLS: routed alike, the
+/// backend always gets HTTP/1.1 with the client's host.
+async fn curl_routes_over_http1_h2c_and_h2(proxy: &TestProxy) -> Result<()> {
+    let http_port = proxy.http.port();
     let http_url = |path: &str| format!("http://app.example:{http_port}{path}");
     let https_port = proxy.https.port();
     let https_url = |path: &str| format!("https://app.example:{https_port}{path}");
@@ -132,16 +159,23 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         let mut args = flags.clone();
         args.push(&url);
         let (body, http_version) = curl(&args).await?;
-        assert_eq!(http_version, version, "curl {args:?}");
+        ensure_eq!(http_version, version, "curl {args:?}");
         let json: Value = serde_json::from_str(&body).with_context(|| body.clone())?;
-        assert_eq!(json["backend"], backend, "curl {args:?}: {body}");
+        ensure_eq!(json["backend"], backend, "curl {args:?}: {body}");
         // The backend always gets HTTP/1.1, with the client's host.
-        assert_eq!(json["version"], "HTTP/1.1", "curl {args:?}: {body}");
+        ensure_eq!(json["version"], "HTTP/1.1", "curl {args:?}: {body}");
         let host = json["headers"]["host"][0].as_str().unwrap_or("");
-        assert!(host.starts_with("app.example"), "curl {args:?}: {body}");
+        ensure!(host.starts_with("app.example"), "curl {args:?}: {body}");
     }
 
-    // A default backend catches what no rule matches; rules still win.
+    Ok(())
+}
+
+/// A default backend catches what no rule matches; rules still win.
+async fn default_backend_catches_what_no_rule_matches(
+    client: &Pooled,
+    proxy: &TestProxy,
+) -> Result<()> {
     proxy.manifests.write(
         "fallback.yaml",
         &[ingress_with("fallback", Some(OUR_CLASS), &[], |i| {
@@ -149,10 +183,14 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         })],
     )?;
     eventually("the default backend serves unknown hosts", || async {
-        let reply = get(&client, proxy.http, "unknown.example", "/x").await?;
-        ensure(reply.backend().as_deref() == Some("fallback"), || {
-            format!("{} {:?}", reply.status, reply.text())
-        })
+        let reply = get(client, proxy.http, "unknown.example", "/x").await?;
+        ensure!(
+            reply.backend().as_deref() == Some("fallback"),
+            "expected fallback, seen {} {:?}",
+            reply.status,
+            reply.text()
+        );
+        Ok(())
     })
     .await?;
     for (host, path, backend) in [
@@ -160,12 +198,12 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
         ("app.example", "/api/x", "api"),
         ("a.wild.example", "/", "wild"),
     ] {
-        let reply = get(&client, proxy.http, host, path).await?;
-        assert_served(
+        let reply = get(client, proxy.http, host, path).await?;
+        ensure_served(
             &reply,
             backend,
             &format!("{host}{path} with a default backend"),
-        );
+        )?;
     }
     Ok(())
 }
@@ -211,14 +249,14 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
         ],
     )?;
     let client = pooled();
-    let expect = |reply: &clients::Reply, status: u16, says: &str, what: &str| {
-        assert_eq!(reply.status.as_u16(), status, "{what}: {:?}", reply.text());
-        assert!(
+    let expect = |reply: &clients::Reply, status: u16, says: &str, what: &str| -> Result<()> {
+        ensure_eq!(reply.status.as_u16(), status, "{what}: {:?}", reply.text());
+        ensure!(
             reply.text().contains(says),
             "{what}: the body should say {says:?}: {:?}",
             reply.text()
         );
-        assert!(
+        ensure!(
             reply
                 .headers
                 .get(http::header::CONTENT_TYPE)
@@ -227,24 +265,25 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
             "{what}: plain text: {:?}",
             reply.headers
         );
+        Ok(())
     };
 
     let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
-    expect(&reply, 404, "no Ingress rule matches", "no rule");
+    expect(&reply, 404, "no Ingress rule matches", "no rule")?;
     let reply = get(&client, proxy.http, "status.example", "/dead/x").await?;
-    expect(&reply, 502, "502 Bad Gateway", "nothing listening");
-    assert!(reply.text().contains(&dead.to_string()), "{}", reply.text());
+    expect(&reply, 502, "502 Bad Gateway", "nothing listening")?;
+    ensure!(reply.text().contains(&dead.to_string()), "{}", reply.text());
     let reply = get(&client, proxy.http, "status.example", "/unready").await?;
-    expect(&reply, 503, "has no ready endpoints", "no ready endpoint");
+    expect(&reply, 503, "has no ready endpoints", "no ready endpoint")?;
     let reply = get(&client, proxy.http, "status.example", "/ghost").await?;
-    expect(&reply, 503, "does not exist", "unknown Service");
+    expect(&reply, 503, "does not exist", "unknown Service")?;
     let reply = get(&client, proxy.http, "status.example", "/sleep/3000").await?;
-    expect(&reply, 504, "did not answer in time", "slow backend");
-    assert_served(
+    expect(&reply, 504, "did not answer in time", "slow backend")?;
+    ensure_served(
         &get(&client, proxy.http, "status.example", "/after-504").await?,
         "web",
         "after a 504",
-    );
+    )?;
 
     // Body limit: by Content-Length (refused before forwarding) and by a chunked body.
     let mut over =
@@ -252,8 +291,8 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
             .to_vec();
     over.extend(std::iter::repeat_n(b'x', 2000));
     let (status, text) = raw_exchange(proxy.http, &over).await?;
-    assert_eq!(status, 413, "{text}");
-    assert!(text.contains("exceeds the limit"), "{text}");
+    ensure_eq!(status, 413, "{text}");
+    ensure!(text.contains("exceeds the limit"), "{text}");
     let chunked = |chunks: usize| {
         let mut bytes =
             b"POST /chunked-canary HTTP/1.1\r\nHost: status.example\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -267,14 +306,15 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
         bytes
     };
     let (status, text) = raw_exchange(proxy.http, &chunked(6)).await?;
-    assert_eq!(status, 413, "chunked body of 3000 bytes: {text}");
-    assert!(text.contains("exceeds the limit"), "{text}");
+    ensure_eq!(status, 413, "chunked body of 3000 bytes: {text}");
+    ensure!(text.contains("exceeds the limit"), "{text}");
     let (status, text) = raw_exchange(proxy.http, &chunked(2)).await?;
-    assert_eq!(
-        status, 200,
+    ensure_eq!(
+        status,
+        200,
         "chunked body of 1000 bytes is within the limit: {text}"
     );
-    assert!(text.contains("\"body_bytes\":1000"), "{text}");
+    ensure!(text.contains("\"body_bytes\":1000"), "{text}");
 
     // Header limit.
     let big = "a".repeat(16 * 1024);
@@ -285,7 +325,7 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
             .body(clients::empty())?,
     )
     .await?;
-    assert_eq!(reply.status.as_u16(), 431, "{:?}", reply.text());
+    ensure_eq!(reply.status.as_u16(), 431, "{:?}", reply.text());
     let fits = "a".repeat(6 * 1024);
     let reply = send_h1(
         proxy.http,
@@ -294,7 +334,7 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
             .body(clients::empty())?,
     )
     .await?;
-    assert_served(&reply, "web", "a 6 KiB header under an 8 KiB limit");
+    ensure_served(&reply, "web", "a 6 KiB header under an 8 KiB limit")?;
 
     // Content-Length and Transfer-Encoding together (a smuggling attempt), malformed requests.
     let smuggling =
@@ -302,8 +342,8 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
                       Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-canary HTTP/1.1\r\n\
                       Host: status.example\r\n\r\n";
     let (status, text) = raw_exchange(proxy.http, smuggling).await?;
-    assert_eq!(status, 400, "{text}");
-    assert!(
+    ensure_eq!(status, 400, "{text}");
+    ensure!(
         text.contains("both Content-Length and Transfer-Encoding"),
         "{text}"
     );
@@ -313,7 +353,7 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
         &b"\x01\x02 garbage that is no request\r\n\r\n"[..],
     ] {
         let (status, text) = raw_exchange(proxy.http, malformed).await?;
-        assert_eq!(
+        ensure_eq!(
             status,
             400,
             "{:?}: {text}",
@@ -323,11 +363,11 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
 
     // A last request reaches the backend after all of the above: had any refused request been
     // forwarded, the backend would have seen it before this one.
-    assert_served(
+    ensure_served(
         &get(&client, proxy.http, "status.example", "/last").await?,
         "web",
         "the last request",
-    );
+    )?;
     let seen = web.seen();
     for canary in [
         "/cl-canary",
@@ -337,7 +377,7 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
         "/malformed-canary",
         "/malformed-canary2",
     ] {
-        assert!(
+        ensure!(
             !seen.iter().any(|p| p == canary),
             "the backend saw {canary}: {seen:?}"
         );
@@ -369,7 +409,7 @@ async fn refusing_endpoint_is_passed_over() -> Result<()> {
     let client = pooled();
     for i in 0..40 {
         let reply = get(&client, proxy.http, "pair.example", &format!("/r{i}")).await?;
-        assert_served(&reply, "alive", &format!("request {i}"));
+        ensure_served(&reply, "alive", &format!("request {i}"))?;
     }
     // New client connections too (the proxy's choice does not depend on the client's).
     for i in 0..10 {
@@ -378,7 +418,7 @@ async fn refusing_endpoint_is_passed_over() -> Result<()> {
             request("pair.example", &format!("/fresh{i}")).body(clients::empty())?,
         )
         .await?;
-        assert_served(&reply, "alive", &format!("fresh connection {i}"));
+        ensure_served(&reply, "alive", &format!("fresh connection {i}"))?;
     }
     Ok(())
 }
@@ -424,9 +464,9 @@ async fn ingress_class_selection() -> Result<()> {
     ] {
         let reply = get(&client, proxy.http, host, "/").await?;
         if served {
-            assert_served(&reply, "web", host);
+            ensure_served(&reply, "web", host)?;
         } else {
-            assert_eq!(
+            ensure_eq!(
                 reply.status,
                 StatusCode::NOT_FOUND,
                 "{host}: {:?}",

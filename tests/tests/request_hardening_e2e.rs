@@ -7,32 +7,30 @@
 //! `Prefix /raw` → a raw backend that records request heads and switches protocols when asked.
 //! Nothing routes `/admin`.
 
-// The proxy harness, shared with proxy_e2e; this file uses part of it.
-use xdp_ingress_tests::proxy;
-
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use anyhow::{anyhow, Context as _, Result};
+use anyhow::{anyhow, ensure, Context as _, Result};
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use proxy::{
-    backends::Backend,
-    clients::{collect, raw_exchange, read_response},
-    manifests::{backend_service, ingress, our_class, rule, Manifests},
-    TestProxy,
-};
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
+use xdp_ingress_tests::proxy::{
+    backends::Backend,
+    clients::{collect, raw_exchange, read_response},
+    manifests::{backend_service, ingress, our_class, rule, Manifests},
+    TestProxy,
+};
+use xdp_ingress_tests::{ensure_eq, ensure_ne};
 
 const HOST: &str = "h.example";
 
@@ -154,9 +152,9 @@ async fn the_path_is_decided_once_for_routing_and_for_the_endpoint() -> Result<(
     ];
     for &(target, status, seen) in cases {
         let (code, text) = raw_exchange(proxy.http, &get(target)).await?;
-        assert_eq!(code, status, "{target}: {text}");
+        ensure_eq!(code, status, "{target}: {text}");
         if let Some(seen) = seen {
-            assert_eq!(body_json(&text)?["path"], seen, "{target}");
+            ensure_eq!(body_json(&text)?["path"], seen, "{target}");
         }
     }
     // HTTP/2: the same decision on `:path`.
@@ -171,24 +169,25 @@ async fn the_path_is_decided_once_for_routing_and_for_the_endpoint() -> Result<(
     ] {
         let request = Request::get(format!("http://{HOST}{target}")).body(Empty::<Bytes>::new())?;
         let reply = collect(sender.send_request(request).await?).await?;
-        assert_eq!(reply.status, status, "h2 {target}: {}", reply.text());
+        ensure_eq!(reply.status, status, "h2 {target}: {}", reply.text());
     }
     let seen = backend.seen();
-    assert!(
+    ensure!(
         seen.iter()
             .all(|path| !path.contains("admin") && !path.contains("..")),
         "the endpoint saw {seen:?}"
     );
-    assert!(seen.contains(&"/public/".to_string()), "{seen:?}");
+    ensure!(seen.contains(&"/public/".to_string()), "{seen:?}");
     // Opting in keeps encoded slashes, encoded, inside a segment.
     drop(proxy);
     let (proxy, backend, _raw) = start(&["--allow-encoded-slashes"]).await?;
     let (code, text) = raw_exchange(proxy.http, &get("/public/group%2fproject/./x")).await?;
-    assert_eq!(code, 200, "{text}");
-    assert_eq!(body_json(&text)?["path"], "/public/group%2Fproject/x");
+    ensure_eq!(code, 200, "{text}");
+    ensure_eq!(body_json(&text)?["path"], "/public/group%2Fproject/x");
     let (code, _) = raw_exchange(proxy.http, &get("/public%2F..%2Fadmin")).await?;
-    assert_eq!(
-        code, 404,
+    ensure_eq!(
+        code,
+        404,
         "a first segment `public%2F..%2Fadmin` is no `/public`"
     );
     drop(backend);
@@ -201,8 +200,9 @@ async fn only_allowed_upgrades_switch_and_a_refused_one_leaves_the_rules_in_char
     for protocol in ["h2c", "foo", "websocket, h2c"] {
         let mut stream = TcpStream::connect(proxy.http).await?;
         let (code, text) = ask(&mut stream, &upgrade_request(protocol)).await?;
-        assert_eq!(
-            code, 200,
+        ensure_eq!(
+            code,
+            200,
             "Upgrade: {protocol}: passed as a plain request: {text}"
         );
         let head = raw
@@ -211,15 +211,15 @@ async fn only_allowed_upgrades_switch_and_a_refused_one_leaves_the_rules_in_char
             .cloned()
             .unwrap_or_default()
             .to_lowercase();
-        assert!(
+        ensure!(
             !head.contains("upgrade") && !head.contains("http2-settings"),
             "Upgrade: {protocol}: the endpoint saw {head:?}"
         );
         // Still HTTP/1.1 under the rules: no tunnel to the endpoint.
         let (code, text) = ask(&mut stream, &get("/admin/secret")).await?;
-        assert_eq!(code, 404, "after Upgrade: {protocol}: {text}");
+        ensure_eq!(code, 404, "after Upgrade: {protocol}: {text}");
         let (code, text) = ask(&mut stream, &both_lengths("\r\n")).await?;
-        assert_eq!(code, 400, "after Upgrade: {protocol}: {text}");
+        ensure_eq!(code, 400, "after Upgrade: {protocol}: {text}");
     }
     Ok(())
 }
@@ -229,10 +229,10 @@ async fn after_a_refused_upgrade_the_header_timeout_still_applies() -> Result<()
     let (proxy, _backend, _raw) = start(&["--client-header-timeout", "1s"]).await?;
     let mut stream = TcpStream::connect(proxy.http).await?;
     let (code, _) = ask(&mut stream, &upgrade_request("h2c")).await?;
-    assert_eq!(code, 200);
+    ensure_eq!(code, 200);
     stream.write_all(b"GET /raw/slow HT").await?;
     let took = closed_within(&mut stream, PROMPT).await?;
-    assert!(took >= Duration::from_millis(900), "closed after {took:?}");
+    ensure!(took >= Duration::from_millis(900), "closed after {took:?}");
 
     Ok(())
 }
@@ -252,16 +252,16 @@ async fn websocket_switches_and_its_tunnel_outlives_the_header_timeout() -> Resu
         )
         .await?;
     let head = read_head(&mut stream).await?;
-    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    ensure!(head.starts_with("HTTP/1.1 101 "), "{head}");
     // Bytes that would be a stalled HTTP head, then a pause past the header timeout.
     stream.write_all(b"GET / HT").await?;
     let mut reply = [0u8; 64];
     let n = tokio::time::timeout(PROMPT, stream.read(&mut reply)).await??;
-    assert_eq!(&reply[..n], b"tunnel: GET / HT");
+    ensure_eq!(&reply[..n], b"tunnel: GET / HT");
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stream.write_all(b"ping").await?;
     let n = tokio::time::timeout(PROMPT, stream.read(&mut reply)).await??;
-    assert_eq!(
+    ensure_eq!(
         &reply[..n],
         b"tunnel: ping",
         "the tunnel outlived the header timeout"
@@ -275,14 +275,14 @@ async fn an_unasked_switch_is_a_bad_gateway_and_connect_is_refused() -> Result<(
     let (proxy, _backend, _raw) = start(&[]).await?;
     // A 101 nobody asked for would make the connection a tunnel.
     let (code, text) = raw_exchange(proxy.http, &get("/raw/force-101")).await?;
-    assert_eq!(code, 502, "{text}");
+    ensure_eq!(code, 502, "{text}");
     // CONNECT is not proxied.
     let (code, text) = raw_exchange(
         proxy.http,
         format!("CONNECT {HOST}:443 HTTP/1.1\r\nHost: {HOST}:443\r\n\r\n").as_bytes(),
     )
     .await?;
-    assert_eq!(code, 405, "{text}");
+    ensure_eq!(code, 405, "{text}");
     Ok(())
 }
 
@@ -299,8 +299,8 @@ async fn http2_cookie_fields_reach_the_endpoint_as_one_line() -> Result<()> {
     request.headers_mut().append(header::COOKIE, "a=1".parse()?);
     request.headers_mut().append(header::COOKIE, "b=2".parse()?);
     let reply = collect(sender.send_request(request).await?).await?;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    assert_eq!(reply.seen_header("cookie")?, ["a=1; b=2"]);
+    ensure_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    ensure_eq!(reply.seen_header("cookie")?, ["a=1; b=2"]);
 
     Ok(())
 }
@@ -317,12 +317,12 @@ async fn header_names_with_underscores_are_dropped() -> Result<()> {
         .as_bytes(),
     )
     .await?;
-    assert_eq!(code, 200, "{text}");
+    ensure_eq!(code, 200, "{text}");
     let headers = &body_json(&text)?["headers"];
-    assert!(headers.get("x_real_ip").is_none(), "{headers}");
-    assert!(headers.get("transfer_encoding").is_none(), "{headers}");
-    assert_eq!(headers["x-kept"][0], "yes");
-    assert_ne!(headers["x-real-ip"][0], "203.0.113.66");
+    ensure!(headers.get("x_real_ip").is_none(), "{headers}");
+    ensure!(headers.get("transfer_encoding").is_none(), "{headers}");
+    ensure_eq!(headers["x-kept"][0], "yes");
+    ensure_ne!(headers["x-real-ip"][0], "203.0.113.66");
 
     Ok(())
 }
@@ -339,7 +339,7 @@ async fn a_malformed_chunked_body_is_the_clients_error() -> Result<()> {
         .as_bytes(),
     )
     .await?;
-    assert_eq!(code, 400, "{text}");
+    ensure_eq!(code, 400, "{text}");
 
     Ok(())
 }
@@ -361,8 +361,8 @@ async fn bare_line_feed_heads_are_guarded_like_crlf_ones() -> Result<()> {
         .match_indices("HTTP/1.1 ")
         .map(|(at, _)| &answers[at + 9..at + 12])
         .collect();
-    assert_eq!(statuses, ["200", "400"], "{answers}");
-    assert!(
+    ensure_eq!(statuses, ["200", "400"], "{answers}");
+    ensure!(
         !backend.saw("/public/both"),
         "the request with both lengths reached the endpoint"
     );

@@ -3,9 +3,6 @@
 //! and another is tried, up to 3, then 502) and `--upstream-idle-timeout` (an idle pooled
 //! connection is not reused).
 
-// The proxy harness, shared with proxy_e2e; this file uses part of it.
-use xdp_ingress_tests::proxy;
-
 use std::{
     convert::Infallible,
     net::SocketAddr,
@@ -19,13 +16,14 @@ use http::{Response, StatusCode};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use proxy::{
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use xdp_ingress_tests::proxy::{
     backends::{Backend, RefusingPort},
     clients::{get, pooled},
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
 };
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use xdp_ingress_tests::{ensure_eq, ensure_ne};
 
 const HOST: &str = "up.example";
 
@@ -100,17 +98,17 @@ async fn an_endpoint_that_times_out_is_skipped_and_another_serves() -> Result<()
     // Two endpoints: without the skip, every other request would try the silent one again.
     for i in 0..10 {
         let reply = get(&client, proxy.http, HOST, &format!("/{i}")).await?;
-        assert_eq!(
+        ensure_eq!(
             reply.status,
             StatusCode::OK,
             "request {i}: {}",
             reply.text()
         );
-        assert_eq!(reply.backend().as_deref(), Some("good"), "request {i}");
+        ensure_eq!(reply.backend().as_deref(), Some("good"), "request {i}");
     }
     let errors = pool_counter(admin, "xdp_ingress_upstream_connect_errors_total").await?;
     let retries = pool_counter(admin, "xdp_ingress_upstream_retries_total").await?;
-    assert_eq!(
+    ensure_eq!(
         (errors, retries),
         (1, 1),
         "the silent endpoint was tried once, then skipped; its request went to the other"
@@ -127,10 +125,11 @@ async fn three_endpoints_are_tried_then_502() -> Result<()> {
     let proxy = TestProxy::start_with_admin(manifests(&addrs)?, &[])?;
     let admin = proxy.admin.context("no admin listener")?;
     let reply = get(&pooled(), proxy.http, HOST, "/").await?;
-    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
+    ensure_eq!(reply.status, StatusCode::BAD_GATEWAY, "{}", reply.text());
     let errors = pool_counter(admin, "xdp_ingress_upstream_connect_errors_total").await?;
-    assert_eq!(
-        errors, 3,
+    ensure_eq!(
+        errors,
+        3,
         "four endpoints refuse: three are tried, then 502"
     );
     Ok(())
@@ -166,7 +165,7 @@ async fn a_pooled_connection_idle_past_the_timeout_is_not_reused() -> Result<()>
     let ask = async |pause: Duration| -> Result<()> {
         tokio::time::sleep(pause).await;
         let reply = get(&client, proxy.http, HOST, "/").await?;
-        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        ensure_eq!(reply.status, StatusCode::OK, "{}", reply.text());
         ports
             .lock()
             .map_err(|_| anyhow::anyhow!("poisoned"))?
@@ -177,10 +176,11 @@ async fn a_pooled_connection_idle_past_the_timeout_is_not_reused() -> Result<()>
     ask(Duration::from_millis(100)).await?;
     ask(Duration::from_millis(1500)).await?;
     let ports = ports.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
-    assert_eq!(
-        ports[0], ports[1],
+    ensure_eq!(
+        ports[0],
+        ports[1],
         "reused within the idle timeout: {ports:?}"
     );
-    assert_ne!(ports[1], ports[2], "a new connection after it: {ports:?}");
+    ensure_ne!(ports[1], ports[2], "a new connection after it: {ports:?}");
     Ok(())
 }

@@ -14,15 +14,8 @@ pub const OTHER_CLASS: &str = "other";
 /// The port every Service exposes (named `http`).
 pub const SERVICE_PORT: u16 = 80;
 
-/// An IngressClass.
-pub fn ingress_class(name: &str, controller: &str) -> Value {
-    json!({
-        "apiVersion": "networking.k8s.io/v1",
-        "kind": "IngressClass",
-        "metadata": {"name": name},
-        "spec": {"controller": controller},
-    })
-}
+// The proxy's manifests and the cluster's objects hold the same IngressClass document.
+pub use crate::proxy::manifests::ingress_class;
 
 /// Our class and another controller's.
 pub fn classes() -> Vec<Value> {

@@ -335,26 +335,28 @@ mod tests {
     }
 
     #[test]
-    fn a_role_allows_only_in_its_namespace_and_only_its_verbs_and_resources() {
+    fn a_role_allows_only_in_its_namespace_and_only_its_verbs_and_resources() -> Result<()> {
         let role = grant("get", "leases", Some("xdp-ingress"));
-        assert!(role.allows(&lease_call("get", Some("xdp-ingress"))));
-        assert!(!role.allows(&lease_call("get", Some("default"))));
-        assert!(!role.allows(&lease_call("get", None)));
-        assert!(!role.allows(&lease_call("update", Some("xdp-ingress"))));
-        assert!(!grant("get", "leases/status", None).allows(&lease_call("get", Some("x"))));
-        assert!(grant("get", "leases", None).allows(&lease_call("get", Some("any"))));
+        ensure!(role.allows(&lease_call("get", Some("xdp-ingress"))));
+        ensure!(!role.allows(&lease_call("get", Some("default"))));
+        ensure!(!role.allows(&lease_call("get", None)));
+        ensure!(!role.allows(&lease_call("update", Some("xdp-ingress"))));
+        ensure!(!grant("get", "leases/status", None).allows(&lease_call("get", Some("x"))));
+        ensure!(grant("get", "leases", None).allows(&lease_call("get", Some("any"))));
         let named = Grant {
             names: vec!["other".into()],
             ..grant("get", "leases", None)
         };
-        assert!(!named.allows(&lease_call("get", Some("x"))));
+        ensure!(!named.allows(&lease_call("get", Some("x"))));
+        Ok(())
     }
 
     #[test]
-    fn watch_is_told_from_list_by_the_query() {
-        assert!(watching("labelSelector=a%3Db&watch=true&resourceVersion=5"));
-        assert!(watching("watch=1"));
-        assert!(!watching("watch=false&limit=500"));
-        assert!(!watching("resourceVersion=0"));
+    fn watch_is_told_from_list_by_the_query() -> Result<()> {
+        ensure!(watching("labelSelector=a%3Db&watch=true&resourceVersion=5"));
+        ensure!(watching("watch=1"));
+        ensure!(!watching("watch=false&limit=500"));
+        ensure!(!watching("resourceVersion=0"));
+        Ok(())
     }
 }

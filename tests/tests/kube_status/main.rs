@@ -13,25 +13,32 @@
 //! the API server (its request log and the stored objects). The harness is
 //! `xdp_ingress_tests::kube`. Root is needed: run as another user, the tests say so and skip.
 
+mod election;
+
 use std::{
     collections::BTreeSet,
     net::{Ipv4Addr, SocketAddr},
 };
 
 use anyhow::{ensure, Context as _, Result};
+use election::{
+    a_change_while_both_run_is_written_once, a_leads_and_writes_status,
+    b_takes_over_after_a_releases, new_leader_keeps_status_right, ours_for, LEASE_NS,
+};
 use fake_apiserver::{FakeApiServer, Verb};
 use k8s_openapi::api::{core::v1::Service, events::v1::Event};
 use serde_json::json;
 use xdp_ingress_tests::{
     kube::{
-        self, check_view, frontend, http_addr, https_addr, ingress_ips, kubeconfig, lease_holder,
+        self, apply_web, check_view, frontend, http_addr, https_addr, ingress_ips, kubeconfig,
+        lease_holder,
         objects::{self, OTHER_CLASS, OUR_CLASS},
-        run_args, served_by, service_ips, settle, start_runner, v4, Scene, View, DUMMY_IF,
-        DUMMY_IF2,
+        run_args, served_by, service_ips, settle, start_runner, v4, InProcessRunner, Scene, View,
+        DUMMY_IF, DUMMY_IF2,
     },
     proxy::{
         backends::Backend,
-        clients::{self, pooled, Tls},
+        clients::{self, pooled, Pooled, Tls},
     },
     root::root_or_skip,
 };
@@ -56,19 +63,62 @@ fn status_tls_events_and_vip_assignment() -> Result<()> {
 
 async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     let web = Backend::start("web").await?;
-    let cert = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_string()]);
-    let (secure, late, unused) = (
-        cert("secure.example")?,
-        cert("late.example")?,
-        cert("unused.example")?,
-    );
-    for class in objects::classes() {
-        server.apply(&class)?;
+    let certs = Certs::new()?;
+    apply_workload(server, &web, &certs)?;
+    let config = kubeconfig(server)?;
+    let extra = [
+        "--publish-address",
+        PUBLISHED,
+        "--assign-vips",
+        "203.0.113.0/28",
+        "--election-namespace",
+        "xk-ctl",
+    ];
+    let runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
+    let (http, https) = (http_addr(&runner)?, https_addr(&runner)?);
+    let client = pooled();
+
+    status_published_for_ours_and_cleared_when_leaving(server, &client, http).await?;
+    tls_by_sni_and_secrets_listed_by_type(server, https, &certs).await?;
+    late_secret_fetched_and_kept_when_broken(server, https, &certs.late).await?;
+    one_event_for_a_bad_path(server, &client, http).await?;
+    vip_assigned_and_programmed(server, &runner, &web).await?;
+    other_class_never_written(server)?;
+
+    runner.stop().await?;
+    Ok(())
+}
+
+/// The certificates of the scenario's TLS Secrets.
+struct Certs {
+    secure: rcgen::CertifiedKey,
+    late: rcgen::CertifiedKey,
+    unused: rcgen::CertifiedKey,
+}
+
+impl Certs {
+    fn new() -> Result<Self> {
+        let cert = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_string()]);
+        Ok(Self {
+            secure: cert("secure.example")?,
+            late: cert("late.example")?,
+            unused: cert("unused.example")?,
+        })
     }
-    server.apply(&objects::service(NS, "web", None, None))?;
-    server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
-    let ours =
-        |name: &str, host: &str| objects::ingress(NS, name, Some(OUR_CLASS), host, "/", "web");
+}
+
+/// The protocols the TLS clients offer.
+const ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// An Ingress of our class sending `host` to Service web.
+fn ours(name: &str, host: &str) -> serde_json::Value {
+    objects::ingress(NS, name, Some(OUR_CLASS), host, "/", "web")
+}
+
+/// Service web, Ingresses of ours (one with TLS), one of another class, and Secrets: three TLS
+/// ones (one named later, one never) and an Opaque one.
+fn apply_workload(server: &FakeApiServer, web: &Backend, certs: &Certs) -> Result<()> {
+    apply_web(server, NS, web.addr)?;
     server.apply(&ours("web", "web.example"))?;
     server.apply(&ours("leaving", "leaving.example"))?;
     server.apply(&objects::ingress(
@@ -84,9 +134,9 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         &["secure.example"],
         "secure-tls",
     ))?;
-    server.apply(&objects::tls_secret(NS, "secure-tls", &secure))?;
-    server.apply(&objects::tls_secret(NS, "late-tls", &late))?;
-    server.apply(&objects::tls_secret(NS, "unused-tls", &unused))?;
+    server.apply(&objects::tls_secret(NS, "secure-tls", &certs.secure))?;
+    server.apply(&objects::tls_secret(NS, "late-tls", &certs.late))?;
+    server.apply(&objects::tls_secret(NS, "unused-tls", &certs.unused))?;
     server.apply(&objects::secret(
         NS,
         "opaque",
@@ -94,21 +144,17 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         &[("password", b"hunter2")],
     ))?;
 
-    let config = kubeconfig(server)?;
-    let extra = [
-        "--publish-address",
-        PUBLISHED,
-        "--assign-vips",
-        "203.0.113.0/28",
-        "--election-namespace",
-        "xk-ctl",
-    ];
-    let runner = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
-    let (http, https) = (http_addr(&runner)?, https_addr(&runner)?);
-    let client = pooled();
-    let published = vec![PUBLISHED.to_string()];
+    Ok(())
+}
 
-    // 5. Status: ours get the published address; the other class's Ingress gets nothing.
+/// Scenario 5, status: ours get the published address; the other class's Ingress gets nothing; one
+/// that stops being ours is cleared.
+async fn status_published_for_ours_and_cleared_when_leaving(
+    server: &FakeApiServer,
+    client: &Pooled,
+    http: SocketAddr,
+) -> Result<()> {
+    let published = vec![PUBLISHED.to_string()];
     settle("status of our Ingresses", async || {
         ensure!(lease_holder(server, "xk-ctl")?.is_some(), "no Lease holder");
         for name in ["web", "leaving", "secure"] {
@@ -118,7 +164,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         Ok(())
     })
     .await?;
-    ensure!(served_by(&client, http, "web.example").await? == "web");
+    ensure!(served_by(client, http, "web.example").await? == "web");
     // One that stops being ours is cleared.
     change_class(server, "leaving", OTHER_CLASS)?;
     settle("status cleared", async || {
@@ -138,22 +184,30 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         "not a status patch clearing the addresses: {cleared:?}"
     );
 
-    // 7. TLS: the referenced Secret is served by SNI.
-    let alpn: &[&[u8]] = &[b"http/1.1"];
-    let (_, handshake) = clients::tls_connect(https, "secure.example", Tls::Any, alpn).await?;
+    Ok(())
+}
+
+/// Scenario 7, TLS: the referenced Secret is served by SNI, an unreferenced one is not; Secrets are
+/// listed and watched by type only.
+async fn tls_by_sni_and_secrets_listed_by_type(
+    server: &FakeApiServer,
+    https: SocketAddr,
+    certs: &Certs,
+) -> Result<()> {
+    let (_, handshake) = clients::tls_connect(https, "secure.example", Tls::Any, ALPN).await?;
     ensure!(
-        handshake.certificate == secure.cert.der().to_vec(),
+        handshake.certificate == certs.secure.cert.der().to_vec(),
         "secure.example did not present the certificate of secure-tls"
     );
-    let reply = clients::https_get(https, "secure.example", "/", alpn).await?;
+    let reply = clients::https_get(https, "secure.example", "/", ALPN).await?;
     ensure!(
         reply.backend().as_deref() == Some("web"),
         "{:?}",
         reply.text()
     );
-    let (_, handshake) = clients::tls_connect(https, "unused.example", Tls::Any, alpn).await?;
+    let (_, handshake) = clients::tls_connect(https, "unused.example", Tls::Any, ALPN).await?;
     ensure!(
-        handshake.certificate != unused.cert.der().to_vec(),
+        handshake.certificate != certs.unused.cert.der().to_vec(),
         "the certificate of a Secret no Ingress names was presented"
     );
     // Secrets are only ever listed and watched by type, never read one by one.
@@ -177,6 +231,16 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
             request.verb
         );
     }
+    Ok(())
+}
+
+/// A Secret first named after the first sync is fetched and served; when its PEM breaks, the
+/// previous certificate stays and a Warning Event says why.
+async fn late_secret_fetched_and_kept_when_broken(
+    server: &FakeApiServer,
+    https: SocketAddr,
+    late: &rcgen::CertifiedKey,
+) -> Result<()> {
     // A Secret first named after the first sync (it was dropped from the store then) is
     // fetched and served.
     server.apply(&objects::with_tls(
@@ -185,7 +249,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         "late-tls",
     ))?;
     settle("late-tls served", async || {
-        let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
+        let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, ALPN).await?;
         ensure!(
             handshake.certificate == late.cert.der().to_vec(),
             "late.example does not present late-tls yet"
@@ -229,13 +293,21 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         Ok(())
     })
     .await?;
-    let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, alpn).await?;
+    let (_, handshake) = clients::tls_connect(https, "late.example", Tls::Any, ALPN).await?;
     ensure!(
         handshake.certificate == late.cert.der().to_vec(),
         "the previous certificate of late-tls did not stay after its PEM broke"
     );
 
-    // 8. A bad path: one Warning Event on the Ingress, not one per sync.
+    Ok(())
+}
+
+/// Scenario 8: a bad path: one Warning Event on the Ingress, not one per sync.
+async fn one_event_for_a_bad_path(
+    server: &FakeApiServer,
+    client: &Pooled,
+    http: SocketAddr,
+) -> Result<()> {
     server.apply(&objects::ingress(
         NS,
         "bad-path",
@@ -262,7 +334,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         let host = format!("more{n}.example");
         server.apply(&ours(&format!("more{n}"), &host))?;
         settle("another change applied", async || {
-            ensure!(served_by(&client, http, &host).await? == "web");
+            ensure!(served_by(client, http, &host).await? == "web");
             Ok(())
         })
         .await?;
@@ -290,8 +362,16 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         "bad-path: {creates} Event creates and {repeats} Event patches (series) after 4 syncs"
     );
 
-    // 9. A LoadBalancer Service of our class without an address gets one from the pool, and
-    // is forwarded; one of another class is left alone.
+    Ok(())
+}
+
+/// Scenario 9: a LoadBalancer Service of our class without an address gets one from the pool, and
+/// is forwarded; one of another class is left alone.
+async fn vip_assigned_and_programmed(
+    server: &FakeApiServer,
+    runner: &InProcessRunner,
+    web: &Backend,
+) -> Result<()> {
     server.apply(&objects::service(
         NS,
         "auto",
@@ -310,7 +390,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     settle("a VIP assigned and programmed", async || {
         let ips = service_ips(server, NS, "auto")?.context("auto is gone")?;
         ensure!(ips == [assigned.to_string()], "auto's status: {ips:?}");
-        check_view(&runner, &want)
+        check_view(runner, &want)
     })
     .await?;
     let theirs = server.get_as::<Service>(NS, "theirs")?.context("theirs")?;
@@ -323,7 +403,11 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
         "a Service of another loadBalancerClass got an address"
     );
 
-    // The other class's Ingress was never written to.
+    Ok(())
+}
+
+/// The other class's Ingress was never written to, and no Service but auto was patched.
+fn other_class_never_written(server: &FakeApiServer) -> Result<()> {
     let foreign: Vec<_> = server
         .requests()
         .into_iter()
@@ -344,7 +428,6 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     let foreign_ips = ingress_ips(server, NS, "foreign")?;
     ensure!(foreign_ips == Some(Vec::new()), "foreign: {foreign_ips:?}");
 
-    runner.stop().await?;
     Ok(())
 }
 
@@ -377,24 +460,9 @@ fn two_agents_one_lease_and_a_takeover() -> Result<()> {
 }
 
 async fn two_agents(server: &FakeApiServer) -> Result<()> {
-    const LEASE_NS: &str = "xk-lease";
     let web = Backend::start("web").await?;
-    for class in objects::classes() {
-        server.apply(&class)?;
-    }
-    server.apply(&objects::service(NS, "web", None, None))?;
-    server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
-    let ours = |name: &str| {
-        objects::ingress(
-            NS,
-            name,
-            Some(OUR_CLASS),
-            &format!("{name}.example"),
-            "/",
-            "web",
-        )
-    };
-    server.apply(&ours("one"))?;
+    apply_web(server, NS, web.addr)?;
+    server.apply(&ours_for("one"))?;
     let published = Some(vec![PUBLISHED.to_string()]);
     let config = kubeconfig(server)?;
     let extra = [
@@ -406,119 +474,13 @@ async fn two_agents(server: &FakeApiServer) -> Result<()> {
 
     // A starts first and leads.
     let a = start_runner(run_args(config.path(), DUMMY_IF, &extra)?).await?;
-    settle("A leads and writes status", async || {
-        ensure!(lease_holder(server, LEASE_NS)?.is_some(), "no holder");
-        ensure!(
-            ingress_ips(server, NS, "one")? == published,
-            "one has no status"
-        );
-        Ok(())
-    })
-    .await?;
-    let first = lease_holder(server, LEASE_NS)?.context("no holder")?;
-
+    let first = a_leads_and_writes_status(server, &published).await?;
     // B follows. A change while both run is written once.
     let b = start_runner(run_args(config.path(), DUMMY_IF2, &extra)?).await?;
-    let (http_a, http_b) = (http_addr(&a)?, http_addr(&b)?);
-    let client = pooled();
-    for name in ["two", "three"] {
-        server.apply(&ours(name))?;
-        let host = format!("{name}.example");
-        let (client, host, published) = (&client, &host, &published);
-        let both_serve = |proxy: SocketAddr| {
-            async move || -> Result<()> {
-                ensure!(served_by(client, proxy, host).await? == "web");
-                ensure!(
-                    ingress_ips(server, NS, name)? == *published,
-                    "no status yet"
-                );
-                Ok(())
-            }
-        };
-        tokio::try_join!(
-            settle("A serves it", both_serve(http_a)),
-            settle("B serves it", both_serve(http_b)),
-        )?;
-    }
-    // Both agents have synced past the status of "two" (same watch, "three" came after it).
-    let patches_two = server
-        .requests_for(Verb::Patch, "ingresses")
-        .into_iter()
-        .filter(|r| r.name.as_deref() == Some("two"))
-        .count();
-    ensure!(
-        patches_two == 1,
-        "two agents, one leader: {patches_two} status PATCHes of Ingress two"
-    );
-    ensure!(
-        lease_holder(server, LEASE_NS)?.as_deref() == Some(first.as_str()),
-        "the Lease changed hands while its holder ran"
-    );
-
+    a_change_while_both_run_is_written_once(server, &a, &b, &first, &published).await?;
     // A stops and releases the Lease; a change arrives while nobody leads.
-    let mark = server.requests().len();
-    a.stop().await?;
-    ensure!(
-        lease_holder(server, LEASE_NS)?.as_deref() != Some(first.as_str()),
-        "A stopped but still holds the Lease"
-    );
-    server.apply(&ours("four"))?;
-    settle("B takes over and writes status", async || {
-        let holder = lease_holder(server, LEASE_NS)?;
-        ensure!(
-            holder.is_some() && holder.as_deref() != Some(first.as_str()),
-            "holder {holder:?}"
-        );
-        ensure!(
-            ingress_ips(server, NS, "four")? == published,
-            "four has no status"
-        );
-        Ok(())
-    })
-    .await?;
-    let second = lease_holder(server, LEASE_NS)?.context("no holder")?;
-    let log = server.requests().split_off(mark);
-    let lease_update = |needle: Option<&str>| {
-        log.iter().position(|r| {
-            r.is(Verb::Update, "leases")
-                && match needle {
-                    Some(identity) => r.body.contains(identity),
-                    None => !r.body.contains("holderIdentity"),
-                }
-        })
-    };
-    let released = lease_update(None).context("no release of the Lease in the request log")?;
-    let acquired = lease_update(Some(&second)).context("no Lease update by B")?;
-    ensure!(released < acquired, "B took the Lease before A released it");
-    let leaderless: Vec<_> = log[released..acquired]
-        .iter()
-        .filter(|r| r.is(Verb::Patch, "ingresses"))
-        .collect();
-    ensure!(
-        leaderless.is_empty(),
-        "status written while nobody held the Lease: {leaderless:?}"
-    );
-    let first_four = log
-        .iter()
-        .position(|r| r.is(Verb::Patch, "ingresses") && r.name.as_deref() == Some("four"))
-        .context("no PATCH of four")?;
-    ensure!(first_four > acquired, "four was patched before B led");
-
-    // The new leader keeps status right.
-    change_class(server, "one", OTHER_CLASS)?;
-    server.apply(&ours("five"))?;
-    settle("B clears and writes status", async || {
-        ensure!(
-            ingress_ips(server, NS, "one")? == Some(Vec::new()),
-            "one not cleared"
-        );
-        ensure!(
-            ingress_ips(server, NS, "five")? == published,
-            "five has no status"
-        );
-        Ok(())
-    })
-    .await?;
+    b_takes_over_after_a_releases(server, a, &first, &published).await?;
+    new_leader_keeps_status_right(server, &published).await?;
     b.stop().await?;
     ensure!(
         lease_holder(server, LEASE_NS)?.is_none(),
