@@ -41,7 +41,7 @@ fn ipv4_eth(ctx: &XdpContext) -> Option<*mut EthHdr> {
 }
 
 #[xdp]
-pub fn xdp_bench_floor(ctx: XdpContext) -> u32 {
+pub(crate) fn xdp_bench_floor(ctx: XdpContext) -> u32 {
     match ipv4_eth(&ctx) {
         Some(_) => xdp_action::XDP_TX,
         None => xdp_action::XDP_PASS,
@@ -49,7 +49,7 @@ pub fn xdp_bench_floor(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
-pub fn xdp_bench_redirect(ctx: XdpContext) -> u32 {
+pub(crate) fn xdp_bench_redirect(ctx: XdpContext) -> u32 {
     let Some(eth) = ipv4_eth(&ctx) else {
         return xdp_action::XDP_PASS;
     };
@@ -66,7 +66,7 @@ pub fn xdp_bench_redirect(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
-pub fn xdp_bench_sink(ctx: XdpContext) -> u32 {
+pub(crate) fn xdp_bench_sink(ctx: XdpContext) -> u32 {
     if ipv4_eth(&ctx).is_none() {
         return xdp_action::XDP_PASS;
     }

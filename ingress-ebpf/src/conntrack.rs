@@ -13,7 +13,7 @@ use crate::maps::{BACKENDS, FLOWS, FLOW_CACHE, REVERSE_FLOWS, SERVICE_STATES};
 /// The tracked flow's Service id and backend, if the id still belongs to this frontend (same
 /// epoch) and the backend is still the same live one.
 #[inline(always)]
-pub fn established(flow_key: &FlowKey, now: u64) -> Option<(u32, u32, BackendEntry)> {
+pub(crate) fn established(flow_key: &FlowKey, now: u64) -> Option<(u32, u32, BackendEntry)> {
     let flow = tracked_flow(flow_key, now)?;
     let state = SERVICE_STATES.get(flow.service_id)?;
     if state.epoch != flow.service_epoch
@@ -85,7 +85,7 @@ fn cache_flow(slot: *mut FlowCacheEntry, flow_key: &FlowKey, flow: FlowEntry, no
 
 /// Remembers a new flow both ways (and in this CPU's cache).
 #[inline(always)]
-pub fn track(
+pub(crate) fn track(
     flow_key: &FlowKey,
     flow: FlowEntry,
     reverse_key: &FlowKey,
@@ -103,7 +103,7 @@ pub fn track(
 
 /// Where a backend's reply goes back from: the VIP:port of the tracked flow it answers.
 #[inline(always)]
-pub fn reply(reverse_key: &FlowKey) -> Option<ReverseEntry> {
+pub(crate) fn reply(reverse_key: &FlowKey) -> Option<ReverseEntry> {
     // SAFETY: ReverseEntry is plain data.
     unsafe { REVERSE_FLOWS.get(reverse_key) }.copied()
 }

@@ -23,7 +23,7 @@ use crate::{maps::NEXT_HOPS, nat};
 const AF_INET: u8 = 2;
 
 /// Which direction a packet travels, and for a forward, whose next hop may be cached.
-pub enum Direction {
+pub(crate) enum Direction {
     /// To backend `id` of generation `generation`; `now` in jiffies.
     ToBackend { id: u32, generation: u32, now: u64 },
     /// A reply back to the client.
@@ -32,7 +32,7 @@ pub enum Direction {
 
 /// Sends the packet towards `dst` (its source is `src`), from the cache or the FIB.
 #[inline(always)]
-pub fn send(
+pub(crate) fn send(
     ctx: &XdpContext,
     packet: &Packet,
     src: u32,

@@ -9,7 +9,7 @@ use crate::maps::{BACKENDS, MAGLEV_SLOTS};
 
 /// Maglev: hash the 5-tuple onto the Service's lookup table.
 #[inline(always)]
-pub fn pick_backend(packet: &Packet, service: &ServiceEntry) -> Option<(u32, BackendEntry)> {
+pub(crate) fn pick_backend(packet: &Packet, service: &ServiceEntry) -> Option<(u32, BackendEntry)> {
     if service.table_size == 0 {
         return None;
     }

@@ -33,7 +33,7 @@ use crate::maps::{BACKEND_FILTER, SERVICES, VIPS, VIP_FILTER};
 
 /// Entry point: every frame on an attached interface.
 #[xdp]
-pub fn xdp_ingress(ctx: XdpContext) -> u32 {
+pub(crate) fn xdp_ingress(ctx: XdpContext) -> u32 {
     let (action, reason) = process(&ctx);
     stats::count_reason(reason);
     action

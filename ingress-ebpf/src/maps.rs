@@ -14,49 +14,52 @@ use ingress_common::{
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map(name = "SERVICES")]
-pub static SERVICES: HashMap<ServiceKey, ServiceEntry> =
+pub(crate) static SERVICES: HashMap<ServiceKey, ServiceEntry> =
     HashMap::with_max_entries(capacity::SERVICES, 0);
 
 #[map(name = "VIPS")]
-pub static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::SERVICES, 0);
+pub(crate) static VIPS: HashMap<u32, u32> = HashMap::with_max_entries(capacity::SERVICES, 0);
 
 #[map(name = "SERVICE_STATES")]
-pub static SERVICE_STATES: Array<ServiceState> = Array::with_max_entries(capacity::SERVICES, 0);
+pub(crate) static SERVICE_STATES: Array<ServiceState> =
+    Array::with_max_entries(capacity::SERVICES, 0);
 
 #[map(name = "VIP_FILTER")]
-pub static VIP_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+pub(crate) static VIP_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
 
 #[map(name = "BACKEND_FILTER")]
-pub static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
+pub(crate) static BACKEND_FILTER: Array<u64> = Array::with_max_entries(FILTER_WORDS, 0);
 
 #[map(name = "BACKENDS")]
-pub static BACKENDS: Array<BackendEntry> = Array::with_max_entries(capacity::BACKENDS, 0);
+pub(crate) static BACKENDS: Array<BackendEntry> = Array::with_max_entries(capacity::BACKENDS, 0);
 
 #[map(name = "MAGLEV_SLOTS")]
-pub static MAGLEV_SLOTS: Array<MaglevChunk> =
+pub(crate) static MAGLEV_SLOTS: Array<MaglevChunk> =
     Array::with_max_entries(capacity::MAGLEV_SLOTS / MAGLEV_CHUNK_SLOTS, BPF_F_MMAPABLE);
 
 #[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowEntry> = LruHashMap::with_max_entries(capacity::FLOWS, 0);
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
 #[map(name = "FLOW_CACHE")]
-pub static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
+pub(crate) static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
     PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 #[map(name = "REVERSE_FLOWS")]
-pub static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseEntry> =
+pub(crate) static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseEntry> =
     LruHashMap::with_max_entries(capacity::FLOWS, 0);
 
 #[map(name = "NEXT_HOPS")]
-pub static NEXT_HOPS: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(capacity::BACKENDS, 0);
+pub(crate) static NEXT_HOPS: PerCpuArray<NextHop> =
+    PerCpuArray::with_max_entries(capacity::BACKENDS, 0);
 
 #[map(name = "SERVICE_STATS")]
-pub static SERVICE_STATS: PerCpuArray<TrafficCounters> =
+pub(crate) static SERVICE_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(capacity::SERVICES, 0);
 
 #[map(name = "BACKEND_STATS")]
-pub static BACKEND_STATS: PerCpuArray<TrafficCounters> =
+pub(crate) static BACKEND_STATS: PerCpuArray<TrafficCounters> =
     PerCpuArray::with_max_entries(capacity::BACKENDS, 0);
 
 #[map(name = "REASON_STATS")]
-pub static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+pub(crate) static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);

@@ -6,7 +6,7 @@ use ingress_ebpf::parse::Packet;
 
 /// DNAT: destination becomes the backend.
 #[inline(always)]
-pub fn rewrite_destination(packet: &Packet, new_addr: u32, new_port: u16) {
+pub(crate) fn rewrite_destination(packet: &Packet, new_addr: u32, new_port: u16) {
     // SAFETY: all pointers in `packet` were bounds-checked by parse::parse and the frame has not
     // been resized since.
     unsafe {
@@ -19,7 +19,7 @@ pub fn rewrite_destination(packet: &Packet, new_addr: u32, new_port: u16) {
 
 /// Reverse NAT: source becomes the VIP again.
 #[inline(always)]
-pub fn rewrite_source(packet: &Packet, new_addr: u32, new_port: u16) {
+pub(crate) fn rewrite_source(packet: &Packet, new_addr: u32, new_port: u16) {
     // SAFETY: as in rewrite_destination.
     unsafe {
         (*packet.ip).check = csum_replace4((*packet.ip).check, packet.src_addr, new_addr);
@@ -48,7 +48,7 @@ fn update_l4_checksum(packet: &Packet, old_addr: u32, new_addr: u32, old_port: u
 
 /// Router duty once we forward ourselves: TTL down by one, header checksum adjusted.
 #[inline(always)]
-pub fn decrement_ttl(packet: &Packet) {
+pub(crate) fn decrement_ttl(packet: &Packet) {
     // SAFETY: as in rewrite_destination. TTL and protocol form one 16-bit word of the header.
     unsafe {
         let word = (&raw mut (*packet.ip).ttl).cast::<u16>();

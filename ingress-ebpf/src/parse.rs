@@ -12,8 +12,9 @@ const ETH_P_8021AD: u16 = 0x88A8;
 const IP_MF: u16 = 0x2000;
 const IP_OFFSET: u16 = 0x1FFF;
 
-/// Ethernet header.
+/// Ethernet header (fields as in the kernel's `struct ethhdr`).
 #[repr(C)]
+#[allow(missing_docs)] // the wire format's own field names
 pub struct EthHdr {
     pub dst: [u8; 6],
     pub src: [u8; 6],
@@ -27,8 +28,9 @@ struct VlanHdr {
     ether_type: u16,
 }
 
-/// IPv4 header without options.
+/// IPv4 header without options (fields as in RFC 791 and the kernel's `struct iphdr`).
 #[repr(C)]
+#[allow(missing_docs)] // the wire format's own field names
 pub struct Ipv4Hdr {
     pub version_ihl: u8,
     pub tos: u8,
@@ -45,28 +47,43 @@ pub struct Ipv4Hdr {
 /// The two ports at the start of TCP and UDP headers.
 #[repr(C)]
 pub struct Ports {
+    /// Source port.
     pub src: u16,
+    /// Destination port.
     pub dst: u16,
 }
 
 /// A parsed IPv4 TCP/UDP frame. Addresses and ports in wire byte order.
 pub struct Packet {
+    /// The Ethernet header (rewritten: MACs).
     pub eth: *mut EthHdr,
+    /// The IPv4 header (rewritten: addresses, TTL, checksum).
     pub ip: *mut Ipv4Hdr,
     /// Null for fragments.
     pub ports: *mut Ports,
     /// The L4 checksum field; null for fragments.
     pub l4_check: *mut u16,
+    /// Source address.
     pub src_addr: u32,
+    /// Destination address.
     pub dst_addr: u32,
+    /// Source port (0 for fragments).
     pub src_port: u16,
+    /// Destination port (0 for fragments).
     pub dst_port: u16,
+    /// `IPPROTO_TCP` or `IPPROTO_UDP`.
     pub proto: u8,
+    /// TTL as received.
     pub ttl: u8,
+    /// TOS as received (the FIB lookup uses it).
     pub tos: u8,
+    /// IPv4 total length (the MTU check uses it).
     pub tot_len: u16,
+    /// A fragment (first or not): no ports.
     pub is_fragment: bool,
+    /// One 802.1Q/802.1ad tag was parsed.
     pub has_vlan: bool,
+    /// The frame's length, for the byte counters.
     pub frame_len: u64,
 }
 

@@ -5,7 +5,7 @@ use ingress_common::Reason;
 use crate::maps::{BACKEND_STATS, REASON_STATS, SERVICE_STATS};
 
 #[inline(always)]
-pub fn count_reason(reason: Reason) {
+pub(crate) fn count_reason(reason: Reason) {
     if let Some(counter) = REASON_STATS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
         unsafe { *counter += 1 };
@@ -13,7 +13,7 @@ pub fn count_reason(reason: Reason) {
 }
 
 #[inline(always)]
-pub fn count_forward(service_id: u32, backend_id: u32, bytes: u64) {
+pub(crate) fn count_forward(service_id: u32, backend_id: u32, bytes: u64) {
     if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.
         unsafe {
@@ -31,7 +31,7 @@ pub fn count_forward(service_id: u32, backend_id: u32, bytes: u64) {
 }
 
 #[inline(always)]
-pub fn count_new_flow(service_id: u32) {
+pub(crate) fn count_new_flow(service_id: u32) {
     if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.
         unsafe { (*counters).new_flows += 1 };
@@ -39,7 +39,7 @@ pub fn count_new_flow(service_id: u32) {
 }
 
 #[inline(always)]
-pub fn count_no_backend(service_id: u32) {
+pub(crate) fn count_no_backend(service_id: u32) {
     if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.
         unsafe { (*counters).no_backend += 1 };

@@ -11,7 +11,7 @@ use crate::{build, cmd, setup};
 
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Suite {
+pub(crate) enum Suite {
     /// XDP forwarding: per-packet cost, 10,000 Services, forwarding cost against nftables,
     /// iptables and a bare XDP redirect.
     L4,
@@ -35,7 +35,7 @@ impl Suite {
 
 /// `cargo xtask bench` options.
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub(crate) struct BenchArgs {
     /// The benchmark to run.
     #[arg(value_enum)]
     pub suite: Suite,
@@ -48,7 +48,7 @@ pub struct BenchArgs {
 }
 
 /// Runs the suite.
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub(crate) fn run(args: &BenchArgs) -> Result<()> {
     if !cmd::is_root() {
         bail!(
             "the benchmarks install packages, load BPF programs, build namespaces and raise \

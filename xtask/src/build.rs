@@ -13,12 +13,12 @@ use anyhow::{bail, Context as _, Result};
 use crate::{cmd, setup::MUSL_TARGET};
 
 /// Builds `xdp-ingress` and returns the executable's path.
-pub fn agent() -> Result<PathBuf> {
+pub(crate) fn agent() -> Result<PathBuf> {
     agent_with(&[])
 }
 
 /// Builds `xdp-ingress` in the release profile (what the benchmarks measure).
-pub fn agent_release() -> Result<PathBuf> {
+pub(crate) fn agent_release() -> Result<PathBuf> {
     agent_with(&["--release"])
 }
 
@@ -34,7 +34,7 @@ fn agent_with(extra: &[&str]) -> Result<PathBuf> {
 /// Builds `xdp-ingress` as a static executable ([`MUSL_TARGET`], release profile) for the
 /// container image. aya-build still builds the eBPF object for bpfel-unknown-none (it derives
 /// that from the target's endianness, not from the target itself) and the binary embeds it.
-pub fn agent_static() -> Result<PathBuf> {
+pub(crate) fn agent_static() -> Result<PathBuf> {
     let mut build = Command::new("cargo");
     // ring compiles C: the musl target needs a C compiler for musl (musl-tools' musl-gcc).
     let cc = format!("CC_{}", MUSL_TARGET.replace('-', "_"));

@@ -9,14 +9,14 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 
 /// The workspace root (xtask sits one level below it).
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
 }
 
 /// A command line as a person would type it, for echoing.
-pub fn display(command: &Command) -> String {
+pub(crate) fn display(command: &Command) -> String {
     let mut line: Vec<String> = command
         .get_envs()
         .filter_map(|(key, value)| {
@@ -33,7 +33,7 @@ pub fn display(command: &Command) -> String {
 }
 
 /// Echoes and runs `command` with inherited output; fails unless it exits 0.
-pub fn run(command: &mut Command) -> Result<()> {
+pub(crate) fn run(command: &mut Command) -> Result<()> {
     let line = display(command);
     eprintln!("$ {line}");
     let status = command
@@ -46,7 +46,7 @@ pub fn run(command: &mut Command) -> Result<()> {
 }
 
 /// Runs `command` quietly and returns its stdout; fails (with its stderr) unless it exits 0.
-pub fn output(command: &mut Command) -> Result<String> {
+pub(crate) fn output(command: &mut Command) -> Result<String> {
     let line = display(command);
     let output = command
         .output()
@@ -62,7 +62,7 @@ pub fn output(command: &mut Command) -> Result<String> {
 }
 
 /// Whether `program args...` runs and exits 0 (output discarded).
-pub fn succeeds(program: &str, args: &[&str]) -> bool {
+pub(crate) fn succeeds(program: &str, args: &[&str]) -> bool {
     Command::new(program)
         .args(args)
         .output()
@@ -70,7 +70,7 @@ pub fn succeeds(program: &str, args: &[&str]) -> bool {
 }
 
 /// Whether we are root (the lab, XDP and package installs need it).
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     // SAFETY: plain FFI call without arguments.
     unsafe { libc::geteuid() == 0 }
 }

@@ -20,7 +20,7 @@ const UDP_REQUESTS: usize = 4;
 const TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Runs the demo.
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     ensure!(cmd::is_root(), "the demo needs root (namespaces, XDP)");
     setup::run(&setup::SetupArgs { dry_run: false })?;
     let binary = build::agent()?;

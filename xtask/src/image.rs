@@ -18,10 +18,10 @@ use crate::{build, cmd, setup};
 
 /// The image's repository; with the workspace version as tag, what
 /// `deploy/kubernetes/base/kustomization.yaml` sets for the DaemonSet's `xdp-ingress` image.
-pub const IMAGE_NAME: &str = "localhost/xdp-ingress";
+pub(crate) const IMAGE_NAME: &str = "localhost/xdp-ingress";
 
 /// `localhost/xdp-ingress:<workspace version>`.
-pub fn tag() -> String {
+pub(crate) fn tag() -> String {
     format!("{IMAGE_NAME}:{}", env!("CARGO_PKG_VERSION"))
 }
 
@@ -29,7 +29,7 @@ pub fn tag() -> String {
 const STORAGE: [&str; 2] = ["--storage-driver", "vfs"];
 
 /// `cargo xtask image`: setup, then [`build`].
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     ensure!(
         cmd::is_root(),
         "the image is built with buildah's root storage (/var/lib/containers): run as root"
@@ -39,7 +39,7 @@ pub fn run() -> Result<()> {
 }
 
 /// Builds the binary and the image, writes the archive, prints where it is and what it is.
-pub fn build() -> Result<()> {
+pub(crate) fn build() -> Result<()> {
     let started = Instant::now();
     let root = cmd::workspace_root();
     let binary = build::agent_static()?;

@@ -14,11 +14,11 @@ use xdp_ingress_tests::lab::{BackendLink, BackendServer, Lab, LabConfig, NODE_CL
 use crate::cmd;
 
 /// Name prefix of the lab that `lab up` leaves behind and `lab down` removes.
-pub const PREFIX: &str = "xi";
+pub(crate) const PREFIX: &str = "xi";
 
 /// `cargo xtask lab` options.
 #[derive(Debug, clap::Args)]
-pub struct LabArgs {
+pub(crate) struct LabArgs {
     #[command(subcommand)]
     action: LabAction,
 }
@@ -41,14 +41,14 @@ enum LabAction {
 
 /// `cargo xtask lab-serve` options.
 #[derive(Debug, clap::Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// The name to answer with.
     #[arg(long)]
     name: String,
 }
 
 /// The lab's configuration under fixed names.
-pub fn config(link: BackendLink, backends: usize) -> LabConfig {
+pub(crate) fn config(link: BackendLink, backends: usize) -> LabConfig {
     LabConfig {
         prefix: PREFIX.to_string(),
         backends,
@@ -58,7 +58,7 @@ pub fn config(link: BackendLink, backends: usize) -> LabConfig {
 }
 
 /// `lab up` / `lab down`.
-pub fn run(args: &LabArgs) -> Result<()> {
+pub(crate) fn run(args: &LabArgs) -> Result<()> {
     anyhow::ensure!(cmd::is_root(), "the lab needs root (network namespaces)");
     match args.action {
         LabAction::Up { link, backends } => up(link, backends),
@@ -146,7 +146,7 @@ fn print_usage(lab: &Lab, log_dir: &Path) {
 }
 
 /// `lab-serve`: one backend's server, until the process is ended.
-pub fn serve(args: &ServeArgs) -> Result<()> {
+pub(crate) fn serve(args: &ServeArgs) -> Result<()> {
     let server = BackendServer::start(&args.name)?;
     eprintln!(
         "lab-serve: {} answering on TCP 8080, UDP 8053 and HTTP 8081",

@@ -36,21 +36,21 @@ const PACKAGES: &[&str] = &[
 ];
 
 /// The Rust target of the static binary in the container image (`cargo xtask image`).
-pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+pub(crate) const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// The bpf-linker release known to build against the nightly's LLVM (docs: shared toolchain notes).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// `cargo xtask setup` options.
 #[derive(Debug, clap::Args)]
-pub struct SetupArgs {
+pub(crate) struct SetupArgs {
     /// Print what would be done (including how bpf-linker would be built) without doing it.
     #[arg(long)]
     pub dry_run: bool,
 }
 
 /// Runs every step.
-pub fn run(args: &SetupArgs) -> Result<()> {
+pub(crate) fn run(args: &SetupArgs) -> Result<()> {
     if !args.dry_run && !cmd::is_root() {
         bail!("setup installs packages and mounts bpffs: run it as root");
     }

@@ -13,7 +13,7 @@ use crate::{build, cmd, image, setup};
 
 /// `cargo xtask test` options.
 #[derive(Debug, clap::Args)]
-pub struct TestArgs {
+pub(crate) struct TestArgs {
     /// Skip the rustfmt and clippy checks.
     #[arg(long)]
     pub no_lint: bool,
@@ -26,7 +26,7 @@ pub struct TestArgs {
 }
 
 /// Runs the checks in order; the first failure stops the run.
-pub fn run(args: &TestArgs) -> Result<()> {
+pub(crate) fn run(args: &TestArgs) -> Result<()> {
     ensure!(
         cmd::is_root(),
         "the tests need root (network namespaces, XDP, BPF_PROG_TEST_RUN)"

@@ -7,14 +7,14 @@
 //! share imbalance under about 1%), capped so one huge Service cannot eat the slot space.
 
 /// Upper bound of a table's size (a prime).
-pub const MAX_TABLE_SIZE: u32 = 65_537;
+pub(crate) const MAX_TABLE_SIZE: u32 = 65_537;
 
 /// Slots per backend the table aims for.
 const SLOTS_PER_BACKEND: u64 = 100;
 
 /// The table size for `backends` backends: 0 for none, else the smallest prime
 /// ≥ 100 × backends, at most [`MAX_TABLE_SIZE`].
-pub fn table_size(backends: usize) -> u32 {
+pub(crate) fn table_size(backends: usize) -> u32 {
     if backends == 0 {
         return 0;
     }
@@ -29,7 +29,7 @@ pub fn table_size(backends: usize) -> u32 {
 /// The size to use when a table of `current` slots must now hold `backends` backends: the current
 /// size while it stays within 100× to 400× the backends (or at the cap), so that one backend coming
 /// or going moves only its own share of slots; otherwise a fresh [`table_size`].
-pub fn resize(current: u32, backends: usize) -> u32 {
+pub(crate) fn resize(current: u32, backends: usize) -> u32 {
     let wanted = table_size(backends);
     if backends == 0 || current == 0 {
         return wanted;
@@ -78,7 +78,7 @@ fn stable_hash(bytes: &[u8], seed: u64) -> u64 {
 
 /// Fills a table of `size` slots (a prime) for backends identified by `names` (their order does
 /// not matter). Each slot holds an index into `names`. Empty when there are no backends.
-pub fn populate<N: AsRef<[u8]>>(names: &[N], size: u32) -> Vec<u32> {
+pub(crate) fn populate<N: AsRef<[u8]>>(names: &[N], size: u32) -> Vec<u32> {
     if names.is_empty() || size == 0 {
         return Vec::new();
     }

@@ -60,7 +60,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
-    pub fn new(opts: Options) -> Shared {
+    pub(crate) fn new(opts: Options) -> Shared {
         let (changed, _) = watch::channel(0);
         Shared {
             store: Mutex::new(Store::new()),
@@ -72,7 +72,7 @@ impl Shared {
     }
 
     /// Run `f` on the store, then wake the watchers.
-    pub fn mutate<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
+    pub(crate) fn mutate<R>(&self, f: impl FnOnce(&mut Store) -> R) -> R {
         let (r, rv) = {
             let mut store = lock(&self.store);
             let r = f(&mut store);

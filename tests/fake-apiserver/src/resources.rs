@@ -95,14 +95,14 @@ pub const RESOURCES: &[ResourceDef] = &[
 ];
 
 /// Index of the resource `plural` in `group/version`.
-pub fn by_path(group: &str, version: &str, plural: &str) -> Option<usize> {
+pub(crate) fn by_path(group: &str, version: &str, plural: &str) -> Option<usize> {
     RESOURCES
         .iter()
         .position(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 /// Index of the resource with this `apiVersion` and `kind`.
-pub fn by_kind(api_version: &str, kind: &str) -> Option<usize> {
+pub(crate) fn by_kind(api_version: &str, kind: &str) -> Option<usize> {
     RESOURCES
         .iter()
         .position(|r| r.kind == kind && r.api_version() == api_version)
@@ -110,7 +110,7 @@ pub fn by_kind(api_version: &str, kind: &str) -> Option<usize> {
 
 /// Index of the resource named by `plural` (`services`) or `plural.group`
 /// (`ingresses.networking.k8s.io`); a bare plural picks the first match (core `events`).
-pub fn by_name(name: &str) -> Option<usize> {
+pub(crate) fn by_name(name: &str) -> Option<usize> {
     RESOURCES
         .iter()
         .position(|r| r.qualified() == name)

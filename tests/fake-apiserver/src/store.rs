@@ -16,7 +16,7 @@ use metadata::{merge_patch, meta_str, now_rfc3339, same_ignoring_rv, set_meta, s
 
 /// The type of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
+pub(crate) enum EventType {
     /// `ADDED`
     Added,
     /// `MODIFIED`
@@ -27,7 +27,7 @@ pub enum EventType {
 
 impl EventType {
     /// The wire name (`ADDED`, ...).
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             EventType::Added => "ADDED",
             EventType::Modified => "MODIFIED",
@@ -72,7 +72,7 @@ pub(crate) struct Store {
 }
 
 impl Store {
-    pub fn new() -> Store {
+    pub(crate) fn new() -> Store {
         Store {
             rv: 1,
             compacted_before: 0,
@@ -82,7 +82,7 @@ impl Store {
         }
     }
 
-    pub fn get(&self, res: usize, ns: &str, name: &str) -> Option<&Value> {
+    pub(crate) fn get(&self, res: usize, ns: &str, name: &str) -> Option<&Value> {
         self.objects
             .get(res)?
             .get(&(ns.to_string(), name.to_string()))
@@ -90,7 +90,7 @@ impl Store {
 
     /// Objects of `res` (in `ns`, or all namespaces when `None`) matching `sel`, in
     /// (namespace, name) order, with their keys.
-    pub fn list(&self, res: usize, ns: Option<&str>, sel: &Selector) -> Vec<(&Key, &Value)> {
+    pub(crate) fn list(&self, res: usize, ns: Option<&str>, sel: &Selector) -> Vec<(&Key, &Value)> {
         let Some(objs) = self.objects.get(res) else {
             return Vec::new();
         };
@@ -187,7 +187,7 @@ impl Store {
     }
 
     /// POST: create `obj` in `ns`; 409 AlreadyExists when present.
-    pub fn create(&mut self, res: usize, ns: &str, obj: Value) -> Result<Value, ApiError> {
+    pub(crate) fn create(&mut self, res: usize, ns: &str, obj: Value) -> Result<Value, ApiError> {
         let def = &RESOURCES[res];
         let mut obj = self.normalize(res, ns, obj)?;
         let name = match meta_str(&obj, "name") {
@@ -221,7 +221,7 @@ impl Store {
     }
 
     /// PUT (or the test side's replace): replace the object named `name` with `body`.
-    pub fn update(
+    pub(crate) fn update(
         &mut self,
         res: usize,
         ns: &str,
@@ -327,7 +327,7 @@ impl Store {
 
     /// PATCH with a merge-style `patch` (merge, strategic merge, or server-side apply).
     /// `create` (server-side apply on the main resource) creates a missing object.
-    pub fn patch(
+    pub(crate) fn patch(
         &mut self,
         res: usize,
         ns: &str,
@@ -409,7 +409,7 @@ impl Store {
     }
 
     /// DELETE; `precondition_rv` is DeleteOptions.preconditions.resourceVersion.
-    pub fn delete(
+    pub(crate) fn delete(
         &mut self,
         res: usize,
         ns: &str,
@@ -446,7 +446,7 @@ impl Store {
     }
 
     /// The test side's create-or-replace: no preconditions, status written as given.
-    pub fn upsert(&mut self, res: usize, obj: Value) -> Result<Value, ApiError> {
+    pub(crate) fn upsert(&mut self, res: usize, obj: Value) -> Result<Value, ApiError> {
         let def = &RESOURCES[res];
         let ns = if def.namespaced {
             meta_str(&obj, "namespace")
@@ -469,7 +469,7 @@ impl Store {
     /// Compaction: every resourceVersion handed out so far becomes too old for a new watch or
     /// a continue token. The counter moves on by one so that a fresh list returns a
     /// resourceVersion that can be watched from.
-    pub fn expire(&mut self) {
+    pub(crate) fn expire(&mut self) {
         self.rv += 1;
         self.compacted_before = self.rv;
     }

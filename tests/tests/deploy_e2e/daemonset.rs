@@ -19,8 +19,8 @@ use xdp_ingress::cli::{Cli, Command, RunArgs};
 use crate::manifests::{self, Document};
 
 /// The agent's DaemonSet and its container.
-pub const DAEMONSET: &str = "xdp-ingress";
-pub const CONTAINER: &str = "agent";
+pub(crate) const DAEMONSET: &str = "xdp-ingress";
+pub(crate) const CONTAINER: &str = "agent";
 /// What `cargo xtask image` tags (`IMAGE_NAME` in xtask/src/image.rs, with the workspace
 /// version). xtask's own test checks the base's kustomization text; this checks the image the
 /// overlays actually render, which an overlay's `images:` could change.
@@ -29,7 +29,7 @@ fn built_image() -> String {
 }
 
 /// The agent's pod spec and container in a rendered DaemonSet.
-pub fn agent_pod(daemonset: &DaemonSet) -> Result<(&PodSpec, &Container)> {
+pub(crate) fn agent_pod(daemonset: &DaemonSet) -> Result<(&PodSpec, &Container)> {
     let pod = daemonset
         .spec
         .template
@@ -46,7 +46,7 @@ pub fn agent_pod(daemonset: &DaemonSet) -> Result<(&PodSpec, &Container)> {
 
 /// The container's args as the agent parses them (the image's ENTRYPOINT is the agent, so
 /// `args` is its command line).
-pub fn agent_args(container: &Container) -> Result<RunArgs> {
+pub(crate) fn agent_args(container: &Container) -> Result<RunArgs> {
     ensure!(
         container.command.is_none(),
         "`command` would replace the image's ENTRYPOINT (the agent)"
@@ -85,7 +85,7 @@ fn named_port(container: &Container, name: &str) -> Result<u16> {
 }
 
 /// What both overlays must get right; returns the agent's parsed args.
-pub fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
+pub(crate) fn check_daemonset(documents: &[Document]) -> Result<(DaemonSet, RunArgs)> {
     let daemonset: DaemonSet = manifests::one(documents, DAEMONSET)?;
     let namespace = daemonset
         .metadata

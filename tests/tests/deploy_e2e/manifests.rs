@@ -24,18 +24,18 @@ use serde::{de::DeserializeOwned, Deserialize as _, Serialize};
 use serde_json::Value;
 
 /// The base (not meant to be installed alone, but rendered and checked all the same).
-pub const BASE: &str = "deploy/kubernetes/base";
+pub(crate) const BASE: &str = "deploy/kubernetes/base";
 /// The Ingress controller only: unprivileged, no BPF.
-pub const L7_ONLY: &str = "deploy/kubernetes/overlays/l7-only";
+pub(crate) const L7_ONLY: &str = "deploy/kubernetes/overlays/l7-only";
 /// XDP L4 forwarding plus the Ingress proxy.
-pub const KUBE_PROXY_REPLACEMENT: &str = "deploy/kubernetes/overlays/kube-proxy-replacement";
+pub(crate) const KUBE_PROXY_REPLACEMENT: &str = "deploy/kubernetes/overlays/kube-proxy-replacement";
 /// Every kustomize directory that is rendered.
-pub const KUSTOMIZATIONS: [&str; 3] = [BASE, L7_ONLY, KUBE_PROXY_REPLACEMENT];
+pub(crate) const KUSTOMIZATIONS: [&str; 3] = [BASE, L7_ONLY, KUBE_PROXY_REPLACEMENT];
 /// Plain manifests, applied with `kubectl apply -f`.
-pub const EXAMPLES: &str = "deploy/examples";
+pub(crate) const EXAMPLES: &str = "deploy/examples";
 
 /// The repository's root.
-pub fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR"));
     tests
         .parent()
@@ -44,7 +44,7 @@ pub fn workspace_root() -> PathBuf {
 
 /// One YAML document, checked against its type.
 #[derive(Debug, Clone)]
-pub struct Document {
+pub(crate) struct Document {
     /// Where it came from (file or kustomize directory, and its index there).
     pub source: String,
     /// `apiVersion`.
@@ -57,19 +57,19 @@ pub struct Document {
 
 impl Document {
     /// `metadata.name`.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.value["metadata"]["name"].as_str().unwrap_or("")
     }
 
     /// The document as `K` (the strict check already passed when it was read).
-    pub fn to<K: DeserializeOwned>(&self) -> Result<K> {
+    pub(crate) fn to<K: DeserializeOwned>(&self) -> Result<K> {
         serde_json::from_value(self.value.clone())
             .with_context(|| format!("{} {} ({})", self.kind, self.name(), self.source))
     }
 }
 
 /// `kubectl kustomize DIR`, DIR relative to the repository root.
-pub fn render(dir: &str) -> Result<String> {
+pub(crate) fn render(dir: &str) -> Result<String> {
     let path = workspace_root().join(dir);
     let output = Command::new("kubectl")
         .arg("kustomize")
@@ -89,13 +89,13 @@ pub fn render(dir: &str) -> Result<String> {
 }
 
 /// The documents of a rendered kustomize directory, each strictly checked.
-pub fn rendered(dir: &str) -> Result<Vec<Document>> {
+pub(crate) fn rendered(dir: &str) -> Result<Vec<Document>> {
     documents(&render(dir)?, dir)
 }
 
 /// Every document of a multi-document YAML text, each deserialized into its k8s-openapi type by
 /// `apiVersion`/`kind` and strictly checked. Empty documents (a stray `---`) are skipped.
-pub fn documents(text: &str, source: &str) -> Result<Vec<Document>> {
+pub(crate) fn documents(text: &str, source: &str) -> Result<Vec<Document>> {
     let mut out = Vec::new();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let source = format!("{source}#{index}");
@@ -157,7 +157,7 @@ fn check_typed(api_version: &str, kind: &str, value: &Value) -> Result<()> {
 /// `value` as `K`, failing when the typed object, serialized again, differs from `value` (nulls
 /// ignored on both sides): serde drops fields a type does not know, so a misspelled or misplaced
 /// field shows up as lost here; a value of the wrong shape fails to deserialize.
-pub fn strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K> {
+pub(crate) fn strict<K: DeserializeOwned + Serialize>(value: &Value) -> Result<K> {
     let typed: K = serde_json::from_value(value.clone())?;
     let again = serde_json::to_value(&typed)?;
     let mut problems = Vec::new();
@@ -214,7 +214,7 @@ fn differences(written: &Value, typed: &Value, path: &str, out: &mut Vec<String>
 }
 
 /// The `*.yaml`/`*.yml` files under `dir` (relative to the root), recursively, sorted.
-pub fn yaml_files(dir: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn yaml_files(dir: &str) -> Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     let mut pending = vec![workspace_root().join(dir)];
     while let Some(dir) = pending.pop() {
@@ -236,7 +236,7 @@ pub fn yaml_files(dir: &str) -> Result<Vec<PathBuf>> {
 
 /// The files a kustomization renders from its own directory: `resources` that are files, and
 /// `patches[].path` (other directories in `resources` are kustomizations of their own).
-pub fn kustomization_inputs(dir: &str) -> Result<BTreeSet<PathBuf>> {
+pub(crate) fn kustomization_inputs(dir: &str) -> Result<BTreeSet<PathBuf>> {
     let base = workspace_root().join(dir);
     let file = base.join("kustomization.yaml");
     let text = std::fs::read_to_string(&file).with_context(|| format!("{}", file.display()))?;
@@ -259,7 +259,7 @@ pub fn kustomization_inputs(dir: &str) -> Result<BTreeSet<PathBuf>> {
 }
 
 /// The one document of type `K` named `name`.
-pub fn one<K: Resource + DeserializeOwned>(documents: &[Document], name: &str) -> Result<K> {
+pub(crate) fn one<K: Resource + DeserializeOwned>(documents: &[Document], name: &str) -> Result<K> {
     let mut found = of_kind::<K>(documents)?
         .into_iter()
         .filter(|(document, _)| document.name() == name);
@@ -271,7 +271,7 @@ pub fn one<K: Resource + DeserializeOwned>(documents: &[Document], name: &str) -
 }
 
 /// Every document of type `K`, with the document.
-pub fn of_kind<K: Resource + DeserializeOwned>(
+pub(crate) fn of_kind<K: Resource + DeserializeOwned>(
     documents: &[Document],
 ) -> Result<Vec<(&Document, K)>> {
     documents

@@ -14,7 +14,7 @@ use crate::manifests::{of_kind, Document};
 
 /// A service account, the subject of the bindings.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Account {
+pub(crate) struct Account {
     /// Its namespace.
     pub namespace: String,
     /// Its name.
@@ -31,7 +31,7 @@ impl Account {
 
 /// One verb on one resource, as a rule grants it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Grant {
+pub(crate) struct Grant {
     /// API group, `""` for core.
     pub group: String,
     /// `plural` or `plural/subresource`.
@@ -49,7 +49,7 @@ pub struct Grant {
 
 impl Grant {
     /// Whether this grant authorizes `call`.
-    pub fn allows(&self, call: &Call) -> bool {
+    pub(crate) fn allows(&self, call: &Call) -> bool {
         self.group == call.group
             && self.resource == call.resource
             && self.verb == call.verb
@@ -132,7 +132,7 @@ fn rbac_ref(role_ref: &RoleRef, from: &str) -> Result<()> {
 /// Everything the manifests' RBAC grants `account`. Every ClusterRole and Role in the manifests
 /// must be bound to it (here every role exists for the agent), and every binding must name a
 /// role that exists.
-pub fn grants(documents: &[Document], account: &Account) -> Result<Vec<Grant>> {
+pub(crate) fn grants(documents: &[Document], account: &Account) -> Result<Vec<Grant>> {
     let cluster_roles = of_kind::<ClusterRole>(documents)?;
     let roles = of_kind::<Role>(documents)?;
     let mut bound_cluster_roles = Vec::new();
@@ -231,7 +231,7 @@ pub fn grants(documents: &[Document], account: &Account) -> Result<Vec<Grant>> {
 
 /// One API call, named as RBAC names it.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Call {
+pub(crate) struct Call {
     /// API group, `""` for core.
     pub group: String,
     /// `plural` or `plural/subresource`.
@@ -275,7 +275,7 @@ fn watching(query: &str) -> bool {
 /// `watch`, GET on an object `get`, POST `create`, PUT `update`, PATCH `patch`, DELETE `delete`
 /// (`deletecollection` on a collection). A request for no resource (discovery, an unknown
 /// path) fails: the RBAC here has no rule for it.
-pub fn call(record: &RequestRecord) -> Result<Call> {
+pub(crate) fn call(record: &RequestRecord) -> Result<Call> {
     let describe = || format!("{} {}?{}", record.method, record.path, record.query);
     let qualified = record
         .resource

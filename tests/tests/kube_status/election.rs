@@ -17,15 +17,15 @@ use xdp_ingress_tests::{
 use crate::{change_class, ours, NS};
 
 /// Where the agents compete for the Lease.
-pub const LEASE_NS: &str = "xk-lease";
+pub(crate) const LEASE_NS: &str = "xk-lease";
 
 /// An Ingress of ours for `<name>.example`.
-pub fn ours_for(name: &str) -> serde_json::Value {
+pub(crate) fn ours_for(name: &str) -> serde_json::Value {
     ours(name, &format!("{name}.example"))
 }
 
 /// The first agent leads and writes status; returns its identity.
-pub async fn a_leads_and_writes_status(
+pub(crate) async fn a_leads_and_writes_status(
     server: &FakeApiServer,
     published: &Option<Vec<String>>,
 ) -> Result<String> {
@@ -44,7 +44,7 @@ pub async fn a_leads_and_writes_status(
 }
 
 /// Both agents serve each new Ingress; only the leader patches its status, once.
-pub async fn a_change_while_both_run_is_written_once(
+pub(crate) async fn a_change_while_both_run_is_written_once(
     server: &FakeApiServer,
     a: &InProcessRunner,
     b: &InProcessRunner,
@@ -92,7 +92,7 @@ pub async fn a_change_while_both_run_is_written_once(
 
 /// When the leader stops it releases the Lease; the other takes it only then, and no status is
 /// written while nobody leads.
-pub async fn b_takes_over_after_a_releases(
+pub(crate) async fn b_takes_over_after_a_releases(
     server: &FakeApiServer,
     a: InProcessRunner,
     first: &str,
@@ -150,7 +150,7 @@ pub async fn b_takes_over_after_a_releases(
 }
 
 /// The new leader clears the status of an Ingress that stops being ours and writes a new one's.
-pub async fn new_leader_keeps_status_right(
+pub(crate) async fn new_leader_keeps_status_right(
     server: &FakeApiServer,
     published: &Option<Vec<String>>,
 ) -> Result<()> {
