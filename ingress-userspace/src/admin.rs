@@ -14,7 +14,7 @@
 //! the oldest one with no request in flight), and a failing accept (out of file descriptors)
 //! backs off instead of retrying at once.
 
-pub mod metrics;
+pub(crate) mod metrics;
 
 use std::{
     collections::BTreeMap,
@@ -56,7 +56,7 @@ const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0;
 /// need a handful; past the cap a newcomer closes the oldest idle connection rather than being
 /// refused, so a client holding idle connections cannot starve the probes (and get the pod
 /// restarted).
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 
 /// Largest request head (the endpoints take no parameters; hyper's smallest buffer is 8 KiB).
 const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -70,23 +70,23 @@ const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Whether the agent is ready, shared with the admin listener.
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub(crate) struct Readiness(Arc<AtomicBool>);
 
 impl Readiness {
     /// Marks the agent ready.
-    pub fn set_ready(&self) {
+    pub(crate) fn set_ready(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
 
     /// Whether the agent is ready.
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// Which endpoints a listener serves (both serve `/healthz` and `/readyz`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// `--admin-listen`: `/debug/...` to loopback clients, and `/metrics` when `metrics` is set
     /// (no `--metrics-listen`).
     Admin {
@@ -99,7 +99,7 @@ pub enum Role {
 
 /// Time limits on each admin or metrics connection: the proxy's client timeouts.
 #[derive(Clone, Copy, Debug)]
-pub struct Timeouts {
+pub(crate) struct Timeouts {
     /// A started request head must end within this (`--client-header-timeout`).
     pub header: Duration,
     /// A connection with no request for this long is closed (`--client-idle-timeout`).
@@ -108,7 +108,7 @@ pub struct Timeouts {
 
 /// What the endpoints read.
 #[derive(Clone, Debug)]
-pub struct Endpoints {
+pub(crate) struct Endpoints {
     /// `/readyz`.
     pub readiness: Readiness,
     /// `/metrics`.
@@ -118,7 +118,7 @@ pub struct Endpoints {
 }
 
 /// Binds `addr` and serves `role`'s endpoints on the current runtime; returns the bound address.
-pub async fn serve(
+pub(crate) async fn serve(
     addr: SocketAddr,
     role: Role,
     timeouts: Timeouts,

@@ -3,7 +3,7 @@
 //! problems a user must see ([`events`]). Every agent serves traffic; only the Lease holder
 //! writes status.
 
-pub mod election;
-pub mod events;
-pub mod status;
-pub mod vips;
+pub(crate) mod election;
+pub(crate) mod events;
+pub(crate) mod status;
+pub(crate) mod vips;

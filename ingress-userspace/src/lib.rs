@@ -16,14 +16,15 @@
 //! - [`inspect`]: `xdp-ingress inspect`, and the views of the plans the admin listener serves.
 #![deny(missing_docs)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod cli;
-pub mod control;
+pub(crate) mod control;
 pub mod datapath;
 pub mod inspect;
 pub mod model;
 pub mod proxy;
 pub mod runner;
-pub mod sinks;
-pub mod source;
+pub(crate) mod sinks;
+pub(crate) mod source;
 pub mod translate;
+pub mod validate;

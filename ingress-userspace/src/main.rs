@@ -8,12 +8,7 @@ use xdp_ingress::{
     cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
     datapath::PinDir,
     inspect,
-    model::Problem,
-    proxy::tls,
     runner::Runner,
-    sinks::{describe_l7_plan, describe_plan},
-    source::files::ManifestDir,
-    translate::{l4, l7},
 };
 
 fn main() -> Result<()> {
@@ -34,13 +29,13 @@ fn main() -> Result<()> {
         LogFormat::Json => subscriber.json().with_ansi(false).init(),
     }
     match cli.command {
-        Command::Validate(args) => validate(args),
+        Command::Validate(args) => validate(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Cleanup(args) => cleanup(&args),
         Command::Run(args) => {
             // Every client and upstream connection is a descriptor; the soft limit (often
             // 1,024) would run out long before the hard one.
-            match xdp_ingress::proxy::lifetime::raise_nofile_limit() {
+            match xdp_ingress::proxy::raise_nofile_limit() {
                 Ok((before, after)) if before != after => {
                     tracing::info!(before, after, "raised the open-file limit (RLIMIT_NOFILE)");
                 }
@@ -67,62 +62,20 @@ fn main() -> Result<()> {
     }
 }
 
-fn validate(args: ValidateArgs) -> Result<()> {
-    let mut source = ManifestDir::new(&args.manifests).with_max_file_bytes(args.max_manifest_bytes);
-    let snapshot = source.load()?;
-    let (plan, l4_problems) = l4::translate(&snapshot.objects, &l4::L4Plan::default());
-    let l7_options = args.ingress.options()?;
-    let (l7_plan, l7_problems) = l7::translate(&snapshot.objects, &l7_options);
-    for line in describe_plan(&plan)
-        .into_iter()
-        .chain(describe_l7_plan(&l7_plan))
-    {
+fn validate(args: &ValidateArgs) -> Result<()> {
+    let validation = xdp_ingress::validate::validate(args)?;
+    for line in &validation.lines {
         println!("{line}");
     }
-    println!(
-        "{} Service port(s), {} backend(s) from {} Service(s) and {} EndpointSlice(s); \
-         {} Ingress(es) ours, {} L7 backend(s)",
-        plan.frontends.len(),
-        plan.backend_count(),
-        snapshot.objects.services.len(),
-        snapshot.objects.endpoint_slices.len(),
-        l7_plan.ingresses.len(),
-        l7_plan.backends.len(),
-    );
-    // The certificates the proxy would refuse, parsed by the proxy's own function.
-    let certificate_problems: Vec<Problem> = tls::unusable_certificates(
-        &l7_plan.tls,
-        l7_plan.default_tls.as_ref(),
-        &tls::crypto_provider(),
-    )
-    .into_iter()
-    .map(|refused| Problem {
-        origin: snapshot
-            .objects
-            .secrets
-            .get(&refused.secret)
-            .map_or_else(String::new, |s| s.origin.to_string()),
-        object: format!("Secret {}", refused.secret),
-        field: "data".to_string(),
-        message: format!("the proxy refuses this certificate: {}", refused.message),
-    })
-    .collect();
-    let problems: Vec<_> = snapshot
-        .problems
-        .iter()
-        .chain(&l4_problems)
-        .chain(&l7_problems)
-        .chain(&certificate_problems)
-        .collect();
-    if problems.is_empty() {
+    if validation.problems.is_empty() {
         return Ok(());
     }
-    for problem in &problems {
+    for problem in &validation.problems {
         eprintln!("error: {problem}");
     }
     anyhow::bail!(
         "{} problem(s) in {}",
-        problems.len(),
+        validation.problems.len(),
         args.manifests.display()
     )
 }

@@ -21,21 +21,23 @@
 //! - [`access_log`]: the optional per-request log, written off the request path.
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
 
-pub mod access_log;
+pub(crate) mod access_log;
 mod body;
 mod connection;
 mod forward;
-pub mod head_guard;
-pub mod headers;
-pub mod lifetime;
+pub(crate) mod head_guard;
+pub(crate) mod headers;
+pub(crate) mod lifetime;
 mod listener;
-pub mod metrics;
-pub mod parking;
-pub mod path;
+pub(crate) mod metrics;
+pub(crate) mod parking;
+pub(crate) mod path;
 mod refusal;
-pub mod router;
-pub mod server;
-pub mod tls;
-pub mod upstream;
+pub(crate) mod router;
+pub(crate) mod server;
+pub(crate) mod tls;
+pub(crate) mod upstream;
 
+pub use lifetime::raise_nofile_limit;
+pub use listener::BoundListeners;
 pub use server::{ApplyReport, Proxy, ProxySettings};

@@ -23,7 +23,7 @@ use crate::{
     cli::{ObjectNameError, RunArgs},
     datapath::{Datapath, DatapathError, KernelMaps},
     inspect::{self, ViewKind, ViewRequest},
-    proxy::server::{BoundListeners, ProxyError},
+    proxy::{server::ProxyError, BoundListeners},
     sinks::{L4Sink, Sinks},
     source::{
         files::{FilesError, ManifestDir},

@@ -1,4 +1,4 @@
 //! Sources produce [`crate::model::ClusterObjects`]; they know nothing about plans or sinks.
-pub mod files;
-pub mod kube;
-pub mod yaml_depth;
+pub(crate) mod files;
+pub(crate) mod kube;
+pub(crate) mod yaml_depth;

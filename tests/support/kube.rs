@@ -28,7 +28,7 @@ use tokio::sync::oneshot;
 use xdp_ingress::{
     cli::{Cli, Command, RunArgs},
     datapath::KernelMaps,
-    proxy::server::BoundListeners,
+    proxy::BoundListeners,
     runner::Runner,
 };
 

@@ -30,7 +30,7 @@ use crate::{
 };
 
 /// How long a scrape waits for the runner to read the BPF maps.
-pub const L4_SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const L4_SCRAPE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Buckets of the sync duration histograms, in seconds: a sync takes from well under a
 /// millisecond (one endpoint change) to seconds (a cold start at 10,000 Services).
@@ -39,7 +39,7 @@ const SYNC_BUCKETS: [f64; 12] = [
 ];
 
 /// A request for the datapath's counters; the runner answers on the enclosed channel.
-pub type L4Request = oneshot::Sender<L4Snapshot>;
+pub(crate) type L4Request = oneshot::Sender<L4Snapshot>;
 
 /// Traffic counters of one Service frontend or backend, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub struct L4Snapshot {
 
 /// Reads the datapath's counters (one map lookup per frontend, per backend, per reason).
 /// Unreadable entries are left out rather than failing the scrape.
-pub fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
+pub(crate) fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
     let maps = sink.sync().maps();
     let traffic = |c: ingress_common::TrafficCounters| Traffic {
         packets: c.packets,
@@ -124,7 +124,10 @@ pub fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
 }
 
 /// Writes the datapath's metric families.
-pub fn encode_l4(snapshot: &L4Snapshot, encoder: &mut DescriptorEncoder) -> std::fmt::Result {
+pub(crate) fn encode_l4(
+    snapshot: &L4Snapshot,
+    encoder: &mut DescriptorEncoder,
+) -> std::fmt::Result {
     type Read = fn(&Traffic) -> u64;
     let frontend_families: [(&str, &str, Read); 4] = [
         (

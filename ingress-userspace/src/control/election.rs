@@ -20,7 +20,7 @@ use tokio::sync::watch;
 
 /// Lease timing.
 #[derive(Clone, Debug)]
-pub struct ElectionSettings {
+pub(crate) struct ElectionSettings {
     /// Namespace of the Lease.
     pub namespace: String,
     /// Name of the Lease.
@@ -35,7 +35,7 @@ pub struct ElectionSettings {
 
 impl ElectionSettings {
     /// Defaults as client-go's: 15 s lease, 2 s retry.
-    pub fn new(namespace: String, identity: String) -> Self {
+    pub(crate) fn new(namespace: String, identity: String) -> Self {
         Self {
             namespace,
             name: "xdp-ingress-leader".to_string(),
@@ -48,7 +48,7 @@ impl ElectionSettings {
 
 /// An identity unique to this process: `$POD_NAME` or the host name, plus a random suffix (two
 /// agents on one host, or a restarted pod, must not think they already hold the Lease).
-pub fn default_identity() -> String {
+pub(crate) fn default_identity() -> String {
     let base = std::env::var("POD_NAME")
         .ok()
         .filter(|n| !n.is_empty())
@@ -74,7 +74,7 @@ enum Attempt {
 
 /// Runs the election until `stop` fires; `leader` tells whether this agent holds the Lease.
 /// Returns after releasing the Lease if it held it.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     settings: ElectionSettings,
     leader: watch::Sender<bool>,

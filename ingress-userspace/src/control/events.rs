@@ -18,10 +18,10 @@ use tokio::sync::{mpsc, watch};
 use crate::model::Problem;
 
 /// The same problem on the same object is published again only after this.
-pub const REPEAT_AFTER: Duration = Duration::from_secs(300);
+pub(crate) const REPEAT_AFTER: Duration = Duration::from_secs(300);
 
 /// The object a problem is about, when it names one (`Kind namespace/name`).
-pub fn problem_reference(problem: &Problem) -> Option<ObjectReference> {
+pub(crate) fn problem_reference(problem: &Problem) -> Option<ObjectReference> {
     let (kind, name) = problem.object.split_once(' ')?;
     let (namespace, name) = name.split_once('/')?;
     let api_version = match kind {
@@ -41,13 +41,17 @@ pub fn problem_reference(problem: &Problem) -> Option<ObjectReference> {
 
 /// Decides which problems to publish now (the rate limit), without I/O.
 #[derive(Debug, Default)]
-pub struct EventLimiter {
+pub(crate) struct EventLimiter {
     last: HashMap<(String, String), Instant>,
 }
 
 impl EventLimiter {
     /// The problems not published within [`REPEAT_AFTER`], with their objects.
-    pub fn due(&mut self, problems: &[Problem], now: Instant) -> Vec<(ObjectReference, String)> {
+    pub(crate) fn due(
+        &mut self,
+        problems: &[Problem],
+        now: Instant,
+    ) -> Vec<(ObjectReference, String)> {
         self.last
             .retain(|_, at| now.duration_since(*at) < REPEAT_AFTER);
         problems
@@ -71,7 +75,7 @@ impl EventLimiter {
 }
 
 /// Publishes what it receives while this agent leads; drops it otherwise.
-pub async fn run_publisher(
+pub(crate) async fn run_publisher(
     client: Client,
     identity: String,
     mut events: mpsc::Receiver<(ObjectReference, String)>,

@@ -29,7 +29,7 @@ pub struct PublishSettings {
 /// One status write.
 #[derive(Clone, Debug, PartialEq)]
 
-pub struct StatusPatch {
+pub(crate) struct StatusPatch {
     /// The Ingress.
     pub ingress: ObjectName,
     /// Its new `status.loadBalancer.ingress` (empty: cleared).
@@ -38,7 +38,7 @@ pub struct StatusPatch {
 
 /// The addresses to publish, or `None` when they are not known (no flag, or the publish Service
 /// has no address yet): then nothing is written.
-pub fn publish_addresses(
+pub(crate) fn publish_addresses(
     settings: &PublishSettings,
     objects: &ClusterObjects,
 ) -> Option<Vec<IngressLoadBalancerIngress>> {
@@ -98,7 +98,7 @@ fn current_status(ingress: &Ingress) -> Vec<IngressLoadBalancerIngress> {
 
 /// The status writes that make the store's Ingresses right: ours get `addresses`; others that
 /// show exactly `addresses` (ours from before) are cleared.
-pub fn desired_patches(
+pub(crate) fn desired_patches(
     objects: &ClusterObjects,
     ours: &BTreeSet<ObjectName>,
     addresses: &[IngressLoadBalancerIngress],
@@ -125,7 +125,7 @@ pub fn desired_patches(
 
 /// Applies the latest patch list whenever it changes or this agent becomes the leader, and only
 /// while it leads.
-pub async fn run_writer(
+pub(crate) async fn run_writer(
     client: Client,
     mut patches: watch::Receiver<Vec<StatusPatch>>,
     mut leader: watch::Receiver<bool>,

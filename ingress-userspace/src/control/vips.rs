@@ -60,7 +60,7 @@ impl Pool {
 }
 
 /// Service → the address it is given.
-pub type Assignments = Vec<(ObjectName, Ipv4Addr)>;
+pub(crate) type Assignments = Vec<(ObjectName, Ipv4Addr)>;
 
 /// Which Services get addresses.
 
@@ -132,7 +132,7 @@ fn taken(objects: &ClusterObjects) -> BTreeSet<Ipv4Addr> {
 
 /// The addresses to write: Services that want one and have none, each with its address. A pool
 /// that runs out leaves the rest unassigned (reported by the caller).
-pub fn assignments(
+pub(crate) fn assignments(
     objects: &ClusterObjects,
     settings: &AssignSettings,
 ) -> (Vec<(ObjectName, Ipv4Addr)>, Vec<ObjectName>) {
@@ -180,7 +180,7 @@ pub fn assignments(
 }
 
 /// Writes the latest assignments while this agent leads.
-pub async fn run_writer(
+pub(crate) async fn run_writer(
     client: Client,
     mut assigned: watch::Receiver<Vec<(ObjectName, Ipv4Addr)>>,
     mut leader: watch::Receiver<bool>,

@@ -18,14 +18,14 @@ const QUEUE: usize = 16 * 1024;
 
 /// The sending side of the access log.
 #[derive(Debug, Clone)]
-pub struct AccessLog {
+pub(crate) struct AccessLog {
     lines: SyncSender<String>,
     dropped: Arc<AtomicU64>,
 }
 
 impl AccessLog {
     /// Starts the writer thread; lines go to `out` (stdout in the agent).
-    pub fn start(mut out: Box<dyn std::io::Write + Send>) -> std::io::Result<Self> {
+    pub(crate) fn start(mut out: Box<dyn std::io::Write + Send>) -> std::io::Result<Self> {
         let (lines, queue) = sync_channel::<String>(QUEUE);
         std::thread::Builder::new()
             .name("access-log".into())
@@ -46,7 +46,7 @@ impl AccessLog {
     }
 
     /// Lines dropped because the writer fell behind.
-    pub fn dropped(&self) -> u64 {
+    pub(crate) fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }
 
@@ -59,7 +59,7 @@ impl AccessLog {
 
 /// What is known of a request when its response ends.
 #[derive(Debug)]
-pub struct AccessRecord {
+pub(crate) struct AccessRecord {
     /// The log to write to.
     pub log: AccessLog,
     /// When the request arrived.
@@ -103,7 +103,7 @@ impl Drop for AccessRecord {
 }
 
 /// `2026-11-26T18:46:02.123Z`.
-pub fn rfc3339(time: SystemTime) -> String {
+pub(crate) fn rfc3339(time: SystemTime) -> String {
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);

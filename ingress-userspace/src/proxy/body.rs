@@ -23,7 +23,7 @@ use super::{
 
 /// A response body: the endpoint's, or one the proxy wrote; counted for the access log, and
 /// in its backend's request metrics when it drops (after its last byte, or when abandoned).
-pub struct ProxyBody {
+pub(crate) struct ProxyBody {
     kind: BodyKind,
     pub(super) record: Option<Box<AccessRecord>>,
     pub(super) tally: Option<Tally>,

@@ -29,7 +29,7 @@ use super::{
 /// How long an HTTP/1.1 connection must be quiet (nothing in flight, between messages) before it
 /// is parked. Short, so idle keep-alive connections cost little; long enough that a client
 /// sending request after request never pays for a new hyper connection.
-pub const PARK_AFTER: Duration = Duration::from_secs(1);
+pub(crate) const PARK_AFTER: Duration = Duration::from_secs(1);
 
 /// What a connection's requests need to know about it.
 pub(super) struct ConnectionInfo {
@@ -150,7 +150,7 @@ pub(super) async fn return_parked_memory(shared: Arc<Shared>) {
 
 /// A client stream that can wait for its next bytes without reading them (a parked connection
 /// holds no buffer).
-pub trait Parkable:
+pub(crate) trait Parkable:
     Sized + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static
 {
     /// Resolves when the client has sent something (or closed).

@@ -51,7 +51,7 @@ const NONE: u64 = u64::MAX;
 /// request flagged for smuggling, stepping aside), by its requests (in flight, answered) and by
 /// its connection task (parking), and read by all three to decide when to park.
 #[derive(Debug)]
-pub struct Http1State {
+pub(crate) struct Http1State {
     /// The index of the request that carried both `Content-Length` and `Transfer-Encoding`.
     flagged: AtomicU64,
     next_request: AtomicU64,
@@ -72,7 +72,7 @@ pub struct Http1State {
 
 /// What the request path learns about a request from the guard, in request order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RequestTurn {
+pub(crate) struct RequestTurn {
     /// The request's index on its connection (counted across parkings).
     pub index: u64,
     /// It carried both `Content-Length` and `Transfer-Encoding`.
@@ -95,7 +95,7 @@ impl Default for Http1State {
 }
 
 /// Milliseconds since the first call: a clock for "quiet since" that fits an atomic.
-pub fn clock_ms() -> u64 {
+pub(crate) fn clock_ms() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     START
         .get_or_init(std::time::Instant::now)
@@ -105,19 +105,19 @@ pub fn clock_ms() -> u64 {
 
 impl Http1State {
     /// A request reached the service.
-    pub fn request_started(&self) {
+    pub(crate) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A response ended (its body was dropped: sent whole, or abandoned).
-    pub fn request_done(&self) {
+    pub(crate) fn request_done(&self) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.quiet_since.store(clock_ms(), Ordering::Relaxed);
     }
 
     /// How long the connection has been between messages with nothing in flight; `None` while
     /// it is not.
-    pub fn quiet_for(&self) -> Option<Duration> {
+    pub(crate) fn quiet_for(&self) -> Option<Duration> {
         if self.in_flight.load(Ordering::Relaxed) != 0 || !self.at_boundary.load(Ordering::Relaxed)
         {
             return None;
@@ -128,7 +128,7 @@ impl Http1State {
 
     /// Asks the guard to end hyper's connection and hand the stream back (see the module
     /// documentation); `false` clears the request for the next round.
-    pub fn set_park(&self, park: bool) {
+    pub(crate) fn set_park(&self, park: bool) {
         self.park.store(park, Ordering::Relaxed);
     }
 
@@ -138,13 +138,13 @@ impl Http1State {
 
     /// Whether the guard has stepped aside for good (HTTP/2, an upgrade): such a connection is
     /// never parked.
-    pub fn is_passthrough(&self) -> bool {
+    pub(crate) fn is_passthrough(&self) -> bool {
         self.passthrough.load(Ordering::Relaxed)
     }
 
     /// Called once per request, in order: its index, and whether it carried both
     /// `Content-Length` and `Transfer-Encoding`.
-    pub fn next_request(&self) -> RequestTurn {
+    pub(crate) fn next_request(&self) -> RequestTurn {
         let index = self.next_request.fetch_add(1, Ordering::Relaxed);
         RequestTurn {
             index,
@@ -155,7 +155,7 @@ impl Http1State {
     /// The request path answered HTTP/1.1 request `index`; `switched`: with `101 Switching
     /// Protocols`. Called before the answer is written, so the guard knows before the client
     /// can send anything in the new protocol.
-    pub fn answered(&self, index: u64, switched: bool) {
+    pub(crate) fn answered(&self, index: u64, switched: bool) {
         self.answered
             .store(index << 1 | u64::from(switched), Ordering::Release);
     }
@@ -189,11 +189,11 @@ enum Framing {
 
 /// What a parked guard hands back: the stream and how many requests it has seen (the
 /// connection's [`Http1State`] counts requests across hyper connections).
-pub type Handoff<T> = tokio::sync::oneshot::Sender<(T, u64)>;
+pub(crate) type Handoff<T> = tokio::sync::oneshot::Sender<(T, u64)>;
 
 /// Wraps a client connection; see the module documentation.
 #[derive(Debug)]
-pub struct HeadGuard<T> {
+pub(crate) struct HeadGuard<T> {
     /// Always `Some` until a parked guard hands it back on drop.
     inner: Option<T>,
     handoff: Option<Handoff<T>>,
@@ -216,7 +216,7 @@ pub struct HeadGuard<T> {
 impl<T> HeadGuard<T> {
     /// Guards `inner`; heads larger than `max_head` are left to hyper (which answers 431); a
     /// started head must complete within `header_timeout`.
-    pub fn new(
+    pub(crate) fn new(
         inner: T,
         max_head: usize,
         header_timeout: Duration,
@@ -227,7 +227,7 @@ impl<T> HeadGuard<T> {
 
     /// Like [`HeadGuard::new`], for a stream that has seen `requests_seen` requests already;
     /// `handoff` receives the stream back if the guard is parked.
-    pub fn resume(
+    pub(crate) fn resume(
         inner: T,
         max_head: usize,
         header_timeout: Duration,

@@ -16,26 +16,25 @@ use http::{
 };
 
 /// `X-Forwarded-For`.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Proto`.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
-pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 /// `X-Forwarded-Port`.
-pub static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub(crate) static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 /// `X-Real-IP`.
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// `X-Request-ID`.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// What a connection adds to each of its requests, computed when it is accepted.
 #[derive(Clone, Debug)]
-pub struct ConnectionHeaders {
+pub(crate) struct ConnectionHeaders {
     /// The client's address (for `X-Real-IP` and the `X-Forwarded-For` append).
     pub client_ip: HeaderValue,
-    client_ip_text: String,
     /// `http` or `https`.
     pub proto: HeaderValue,
     /// The port the client connected to.
@@ -44,26 +43,19 @@ pub struct ConnectionHeaders {
 
 impl ConnectionHeaders {
     /// Headers for a connection from `client` to a listener on `port`.
-    pub fn new(client: IpAddr, tls: bool, port: u16) -> Self {
-        let client_ip_text = client.to_string();
+    pub(crate) fn new(client: IpAddr, tls: bool, port: u16) -> Self {
         Self {
-            client_ip: HeaderValue::from_str(&client_ip_text)
+            client_ip: HeaderValue::from_str(&client.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
-            client_ip_text,
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             port: HeaderValue::from(port),
         }
-    }
-
-    /// The client's address as text.
-    pub fn client_ip_text(&self) -> &str {
-        &self.client_ip_text
     }
 }
 
 /// Whether the request asks for a protocol upgrade (WebSocket): `Connection: upgrade` and an
 /// `Upgrade` header, on HTTP/1.1.
-pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade_request(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -74,7 +66,7 @@ pub fn is_upgrade_request(headers: &HeaderMap) -> bool {
 /// Whether every protocol the request's `Upgrade` header offers (or the one a `101` answer names)
 /// is in `allowed` (lower-case names, version suffixes such as `/13` ignored). `h2c` never is:
 /// after it the connection would be HTTP/2 that no routing rule sees.
-pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
+pub(crate) fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let mut offered = headers
         .get_all(header::UPGRADE)
         .iter()
@@ -90,7 +82,7 @@ pub fn upgrade_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
 
 /// Joins several `cookie` fields into one with `; ` (RFC 9113 §8.2.3): HTTP/2 clients may split
 /// cookies into fields, HTTP/1.1 endpoints expect one `Cookie` line.
-pub fn join_cookies(headers: &mut HeaderMap) {
+pub(crate) fn join_cookies(headers: &mut HeaderMap) {
     let mut fields = headers.get_all(header::COOKIE).iter();
     if fields.nth(1).is_none() {
         return;
@@ -112,7 +104,7 @@ pub fn join_cookies(headers: &mut HeaderMap) {
 /// (`underscores_in_headers off`): endpoints that read `_` as `-` (CGI-style frameworks) would
 /// take a client's `X_Real_IP` for the `X-Real-IP` the proxy sets. Allocates only when there is
 /// one.
-pub fn remove_underscore_headers(headers: &mut HeaderMap) {
+pub(crate) fn remove_underscore_headers(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| name.as_str().contains('_')) {
         return;
     }
@@ -139,7 +131,7 @@ fn connection_tokens(value: &HeaderValue) -> impl Iterator<Item = &str> {
 /// `Proxy-Connection`, `TE`, `Trailer`, `Transfer-Encoding` (hyper frames each hop itself) and
 /// `Upgrade`. With `upgrade`, `Upgrade` stays and `Connection: upgrade` is set, so the upgrade
 /// reaches the other side.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+pub(crate) fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     if headers.contains_key(header::CONNECTION) {
         // The listed names are borrowed from the values; take the values out first.
         let listed: Vec<HeaderValue> = headers
@@ -174,7 +166,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 /// Sets the forwarding headers on a request going upstream. `host` is the request's host as the
 /// proxy routed it (Host header, or the URI's authority: HTTP/2 `:authority`, absolute-form);
 /// it becomes `Host`, which for an ordinary HTTP/1.1 request is the Host the client sent.
-pub fn set_forwarding_headers(
+pub(crate) fn set_forwarding_headers(
     headers: &mut HeaderMap,
     connection: &ConnectionHeaders,
     host: Option<&HeaderValue>,
@@ -207,7 +199,7 @@ pub fn set_forwarding_headers(
 /// Request ids: 32 hex digits, unique per process (a random start, then a counter mixed through
 /// a bijective hash so consecutive ids do not look consecutive).
 #[derive(Debug)]
-pub struct RequestIds {
+pub(crate) struct RequestIds {
     seed: u64,
     counter: AtomicU64,
 }
@@ -231,7 +223,7 @@ impl Default for RequestIds {
 
 impl RequestIds {
     /// The next id.
-    pub fn next(&self) -> HeaderValue {
+    pub(crate) fn next(&self) -> HeaderValue {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let high = self.seed;
         let low = mix(n ^ self.seed.rotate_left(17));

@@ -33,7 +33,7 @@ use super::{head_guard::clock_ms, metrics::ProxyCounters};
 
 /// The client stream with a write-progress timeout; see the module documentation.
 #[derive(Debug)]
-pub struct SendTimeout<T> {
+pub(crate) struct SendTimeout<T> {
     inner: T,
     timeout: Duration,
     /// Runs while a write is pending; boxed and made on the first stall only (most clients
@@ -46,7 +46,7 @@ pub struct SendTimeout<T> {
 impl<T> SendTimeout<T> {
     /// Wraps `inner`; a write pending for `timeout` fails with `TimedOut` and is counted in
     /// `counters`.
-    pub fn new(inner: T, timeout: Duration, counters: Arc<ProxyCounters>) -> Self {
+    pub(crate) fn new(inner: T, timeout: Duration, counters: Arc<ProxyCounters>) -> Self {
         Self {
             inner,
             timeout,
@@ -54,11 +54,6 @@ impl<T> SendTimeout<T> {
             armed: false,
             counters,
         }
-    }
-
-    /// The wrapped stream.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
     }
 
     /// Called with the inner stream's answer: progress disarms the timer, a stall arms it (once)
@@ -146,7 +141,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for SendTimeout<T> {
 /// What a connection's requests tell its task (see the module documentation). Milliseconds
 /// are on [`clock_ms`].
 #[derive(Debug, Default)]
-pub struct ConnectionLife {
+pub(crate) struct ConnectionLife {
     /// A request reached the service on this connection.
     seen_request: AtomicBool,
     /// An HTTP/2 request did.
@@ -165,7 +160,7 @@ pub struct ConnectionLife {
 
 impl ConnectionLife {
     /// A request reached the service.
-    pub fn request_started(&self, http2: bool) {
+    pub(crate) fn request_started(&self, http2: bool) {
         if !self.seen_request.load(Ordering::Relaxed) {
             self.seen_request.store(true, Ordering::Relaxed);
         }
@@ -178,29 +173,29 @@ impl ConnectionLife {
     }
 
     /// Whether the connection is HTTP/2 (it has carried an HTTP/2 request).
-    pub fn is_http2(&self) -> bool {
+    pub(crate) fn is_http2(&self) -> bool {
         self.http2.load(Ordering::Relaxed)
     }
 
     /// An HTTP/2 response ended (its body dropped).
-    pub fn h2_stream_done(&self) {
+    pub(crate) fn h2_stream_done(&self) {
         self.h2_quiet_since.store(clock_ms(), Ordering::Relaxed);
         self.h2_streams.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// Whether any request reached the service.
-    pub fn seen_request(&self) -> bool {
+    pub(crate) fn seen_request(&self) -> bool {
         self.seen_request.load(Ordering::Relaxed)
     }
 
     /// Open HTTP/2 streams (requests whose response has not ended).
-    pub fn h2_streams(&self) -> u32 {
+    pub(crate) fn h2_streams(&self) -> u32 {
         self.h2_streams.load(Ordering::Relaxed)
     }
 
     /// How long the connection has had no open HTTP/2 stream, counted from `started_ms` when
     /// no stream has ended yet; `None` while one is open.
-    pub fn h2_quiet_for(&self, started_ms: u64) -> Option<Duration> {
+    pub(crate) fn h2_quiet_for(&self, started_ms: u64) -> Option<Duration> {
         if self.h2_streams() != 0 {
             return None;
         }
@@ -210,21 +205,21 @@ impl ConnectionLife {
 
     /// An HTTP/2 response body handed hyper a data frame: it now waits for the client's window
     /// (or for hyper to ask again at once, which [`ConnectionLife::h2_asked_again`] records).
-    pub fn h2_handed_data(&self) {
+    pub(crate) fn h2_handed_data(&self) {
         if self.h2_waiting.fetch_add(1, Ordering::Relaxed) == 0 {
             self.h2_progress.store(clock_ms(), Ordering::Relaxed);
         }
     }
 
     /// A waiting HTTP/2 response body was asked for more (or dropped): progress.
-    pub fn h2_asked_again(&self) {
+    pub(crate) fn h2_asked_again(&self) {
         self.h2_progress.store(clock_ms(), Ordering::Relaxed);
         self.h2_waiting.fetch_sub(1, Ordering::Relaxed);
     }
 
     /// How long HTTP/2 responses have waited for the client without any progress; `None` when
     /// none waits.
-    pub fn h2_stalled_for(&self) -> Option<Duration> {
+    pub(crate) fn h2_stalled_for(&self) -> Option<Duration> {
         if self.h2_waiting.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -235,7 +230,7 @@ impl ConnectionLife {
 
 /// One listener's connections against its cap, and the idle ones that can be asked to go.
 #[derive(Debug)]
-pub struct ListenerSlots {
+pub(crate) struct ListenerSlots {
     /// The listener's port.
     pub port: u16,
     max: usize,
@@ -248,7 +243,7 @@ pub struct ListenerSlots {
 
 impl ListenerSlots {
     /// A listener on `port` allowing `max` connections (at least 1).
-    pub fn new(port: u16, max: usize) -> Arc<Self> {
+    pub(crate) fn new(port: u16, max: usize) -> Arc<Self> {
         Arc::new(Self {
             port,
             max: max.max(1),
@@ -259,24 +254,24 @@ impl ListenerSlots {
     }
 
     /// Open connections (parked ones included).
-    pub fn open(&self) -> usize {
+    pub(crate) fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
     /// Whether the listener is at its cap.
-    pub fn full(&self) -> bool {
+    pub(crate) fn full(&self) -> bool {
         self.open() >= self.max
     }
 
     /// Counts a new connection until the slot drops.
-    pub fn take(self: &Arc<Self>) -> ConnectionSlot {
+    pub(crate) fn take(self: &Arc<Self>) -> ConnectionSlot {
         self.open.fetch_add(1, Ordering::Relaxed);
         ConnectionSlot(self.clone())
     }
 
     /// Asks the idle connection waiting in its task the longest to close; `false` when none
     /// waits.
-    pub fn shed_one_waiting(&self) -> bool {
+    pub(crate) fn shed_one_waiting(&self) -> bool {
         // Only with a waiter: a notification nobody takes would be kept and shed the next
         // connection to go idle, however briefly.
         if self.idle_waiters.load(Ordering::Relaxed) == 0 {
@@ -289,11 +284,11 @@ impl ListenerSlots {
 
 /// A connection's place on its listener; dropping it frees the place.
 #[derive(Debug)]
-pub struct ConnectionSlot(Arc<ListenerSlots>);
+pub(crate) struct ConnectionSlot(Arc<ListenerSlots>);
 
 impl ConnectionSlot {
     /// The listener.
-    pub fn listener(&self) -> &Arc<ListenerSlots> {
+    pub(crate) fn listener(&self) -> &Arc<ListenerSlots> {
         &self.0
     }
 }
@@ -307,7 +302,7 @@ impl Drop for ConnectionSlot {
 /// An idle connection's registration for shedding: while `enabled`, the listener's
 /// [`ListenerSlots::shed_one_waiting`] may pick it. Keeps its place in the queue across polls,
 /// so the connection idle longest goes first.
-pub struct SheddingTicket<'a> {
+pub(crate) struct SheddingTicket<'a> {
     slots: &'a ListenerSlots,
     notified: Pin<Box<tokio::sync::futures::Notified<'a>>>,
     enabled: bool,
@@ -315,7 +310,7 @@ pub struct SheddingTicket<'a> {
 
 impl<'a> SheddingTicket<'a> {
     /// Not yet in the queue.
-    pub fn new(slots: &'a ListenerSlots) -> Self {
+    pub(crate) fn new(slots: &'a ListenerSlots) -> Self {
         Self {
             slots,
             notified: Box::pin(slots.shed.notified()),
@@ -324,7 +319,7 @@ impl<'a> SheddingTicket<'a> {
     }
 
     /// Joins the queue (idle), or leaves it (busy).
-    pub fn set_idle(&mut self, idle: bool) {
+    pub(crate) fn set_idle(&mut self, idle: bool) {
         if idle == self.enabled {
             return;
         }
@@ -340,12 +335,13 @@ impl<'a> SheddingTicket<'a> {
     }
 
     /// Whether it is in the queue.
-    pub fn is_idle(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_idle(&self) -> bool {
         self.enabled
     }
 
     /// Resolves when the listener picked this connection to close (only while idle).
-    pub async fn picked(&mut self) {
+    pub(crate) async fn picked(&mut self) {
         if !self.enabled {
             return std::future::pending().await;
         }
@@ -358,7 +354,7 @@ impl<'a> SheddingTicket<'a> {
 
     /// Picked while no longer idle: hands the request on to the next idle connection (and
     /// joins the queue again at its end if idle).
-    pub fn pass_on(&self) {
+    pub(crate) fn pass_on(&self) {
         self.slots.shed.notify_one();
     }
 }
@@ -374,13 +370,13 @@ impl Drop for SheddingTicket<'_> {
 /// The default `--max-connections`: half the descriptors the process may open (the other half
 /// for upstream connections, pooled ones, and the agent's own), less a reserve, split over the
 /// listeners; at least 16.
-pub fn default_max_connections(nofile: u64, listeners: usize) -> usize {
+pub(crate) fn default_max_connections(nofile: u64, listeners: usize) -> usize {
     let budget = nofile.saturating_sub(64) / 2 / listeners.max(1) as u64;
     usize::try_from(budget).unwrap_or(usize::MAX).max(16)
 }
 
 /// The process's soft `RLIMIT_NOFILE` (`None`: unreadable or unlimited).
-pub fn nofile_limit() -> Option<u64> {
+pub(crate) fn nofile_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,

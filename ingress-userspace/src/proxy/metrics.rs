@@ -27,16 +27,16 @@ use crate::{model::ObjectName, translate::l7::BackendPlan};
 
 /// Upper bounds of the request duration histogram, in seconds: Prometheus' default buckets,
 /// which ingress-nginx's `request_duration_seconds` also uses.
-pub const DURATION_BUCKETS: [f64; 11] = [
+pub(crate) const DURATION_BUCKETS: [f64; 11] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// The `status` label of each class, index 0 = 1xx.
-pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
 /// Counters of the requests to one backend (or to none).
 #[derive(Debug, Default)]
-pub struct RequestMetrics {
+pub(crate) struct RequestMetrics {
     /// Responses by status class (1xx..5xx).
     statuses: [AtomicU64; 5],
     /// Requests per duration bucket, not cumulative; the last one is above every bound (+Inf).
@@ -52,7 +52,7 @@ pub struct RequestMetrics {
 
 /// A consistent-enough copy of [`RequestMetrics`] for one scrape.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct RequestSnapshot {
+pub(crate) struct RequestSnapshot {
     /// Responses by status class, index 0 = 1xx.
     pub statuses: [u64; 5],
     /// Requests per bucket (not cumulative), in [`DURATION_BUCKETS`] order, then above them all.
@@ -69,7 +69,7 @@ pub struct RequestSnapshot {
 
 impl RequestMetrics {
     /// Counts one answered request: its status and how long it took.
-    pub fn record(&self, status: u16, elapsed: Duration) {
+    pub(crate) fn record(&self, status: u16, elapsed: Duration) {
         // Out-of-range codes cannot come from hyper; clamp rather than index out of bounds.
         let class = usize::from((status / 100).clamp(1, 5)) - 1;
         self.statuses[class].fetch_add(1, Ordering::Relaxed);
@@ -84,18 +84,18 @@ impl RequestMetrics {
     }
 
     /// Counts a failed connect to an endpoint.
-    pub fn connect_error(&self) {
+    pub(crate) fn connect_error(&self) {
         self.connect_errors.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a request sent again.
-    pub fn retry(&self) {
+    pub(crate) fn retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Reads every counter (each atomically; the set may straddle a request, which a scrape
     /// tolerates).
-    pub fn snapshot(&self) -> RequestSnapshot {
+    pub(crate) fn snapshot(&self) -> RequestSnapshot {
         let mut snapshot = RequestSnapshot::default();
         for (out, counter) in snapshot.statuses.iter_mut().zip(&self.statuses) {
             *out = counter.load(Ordering::Relaxed);
@@ -113,7 +113,7 @@ impl RequestMetrics {
 
 /// What a backend's series are labelled with: the Ingress, the Service and its port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct BackendKey {
+pub(crate) struct BackendKey {
     /// The Ingress (its namespace is the Service's too).
     pub ingress: ObjectName,
     /// The Service's name.
@@ -124,7 +124,7 @@ pub struct BackendKey {
 
 impl BackendKey {
     /// The key of a plan backend.
-    pub fn of(plan: &BackendPlan) -> Self {
+    pub(crate) fn of(plan: &BackendPlan) -> Self {
         Self {
             ingress: plan.ingress.clone(),
             service: plan.service.name.clone(),
@@ -135,20 +135,20 @@ impl BackendKey {
 
 /// Counters by backend key, so a rebuilt router continues the old one's totals.
 #[derive(Debug, Default)]
-pub struct MetricsBook {
+pub(crate) struct MetricsBook {
     by_key: HashMap<BackendKey, Arc<RequestMetrics>>,
 }
 
 impl MetricsBook {
     /// The counters for `key`: the existing ones, or new zeroed ones.
-    pub fn get(&mut self, key: &BackendKey) -> Arc<RequestMetrics> {
+    pub(crate) fn get(&mut self, key: &BackendKey) -> Arc<RequestMetrics> {
         self.by_key.entry(key.clone()).or_default().clone()
     }
 
     /// Forgets the counters of keys the current plan no longer has: their series disappear from
     /// `/metrics` (and restart from zero if the backend comes back, which Prometheus' `rate`
     /// reads as a counter reset).
-    pub fn retain(&mut self, plan: &[BackendPlan]) {
+    pub(crate) fn retain(&mut self, plan: &[BackendPlan]) {
         let keep: std::collections::HashSet<BackendKey> = plan.iter().map(BackendKey::of).collect();
         self.by_key.retain(|key, _| keep.contains(key));
     }
@@ -156,7 +156,7 @@ impl MetricsBook {
 
 /// Proxy-wide counters that belong to no backend.
 #[derive(Debug, Default)]
-pub struct ProxyCounters {
+pub(crate) struct ProxyCounters {
     /// Requests no backend took (404 no rule, 400 bad request or no Host).
     pub unrouted: Arc<RequestMetrics>,
     /// TLS handshakes completed.
@@ -175,7 +175,7 @@ pub struct ProxyCounters {
 
 /// Client timeouts by kind (`xdp_ingress_client_timeouts_total{kind}`).
 #[derive(Debug, Default)]
-pub struct ClientTimeouts {
+pub(crate) struct ClientTimeouts {
     /// A write to the client made no progress for `--client-send-timeout`, or HTTP/2 responses
     /// waited that long for the client's flow-control window.
     pub send: AtomicU64,
@@ -190,7 +190,7 @@ pub struct ClientTimeouts {
 /// A backend as `/metrics` sees it: its labels and its counters. The upstream side implements
 /// this, so counters depend on nothing there and the dependency goes one way (upstream ->
 /// metrics).
-pub trait BackendSeries {
+pub(crate) trait BackendSeries {
     /// The labels of its series (`None`: a backend built outside a plan).
     fn series_key(&self) -> Option<&BackendKey>;
     /// Its request counters.
@@ -198,7 +198,7 @@ pub trait BackendSeries {
 }
 
 /// What the proxy collector reads at scrape time.
-pub struct ProxyScrape<'a, B> {
+pub(crate) struct ProxyScrape<'a, B> {
     /// The current router's backends.
     pub backends: &'a [Arc<B>],
     /// The proxy-wide counters.
@@ -210,7 +210,7 @@ pub struct ProxyScrape<'a, B> {
 }
 
 /// Writes the proxy's metric families (names and meanings in `docs/metrics.md`).
-pub fn encode<B: BackendSeries>(
+pub(crate) fn encode<B: BackendSeries>(
     scrape: &ProxyScrape<'_, B>,
     encoder: &mut DescriptorEncoder,
 ) -> std::fmt::Result {

@@ -24,7 +24,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 /// A connection waiting in the lot.
 #[derive(Debug)]
-pub struct Parked {
+pub(crate) struct Parked {
     /// The client socket (non-blocking, not registered with tokio).
     pub stream: std::net::TcpStream,
     /// The client's address.
@@ -41,7 +41,7 @@ pub struct Parked {
 
 /// Parked connections and the epoll set that watches them.
 #[derive(Debug)]
-pub struct ParkingLot {
+pub(crate) struct ParkingLot {
     epoll: OwnedFd,
     lot: Mutex<Lot>,
 }
@@ -60,7 +60,7 @@ const EVENTS_PER_TURN: usize = 64;
 
 impl ParkingLot {
     /// An empty lot with its own epoll set.
-    pub fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         // SAFETY: FFI call without pointers.
         let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if fd < 0 {
@@ -83,7 +83,7 @@ impl ParkingLot {
 
     /// Parks `stream` until its client sends, for at most `idle_left`. On an error the
     /// connection is closed (an idle keep-alive connection may be closed at any time).
-    pub fn park(
+    pub(crate) fn park(
         &self,
         stream: tokio::net::TcpStream,
         peer: SocketAddr,
@@ -129,17 +129,19 @@ impl ParkingLot {
     }
 
     /// Parked connections now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().parked.len()
     }
 
     /// True when nothing is parked.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Closes every connection whose idle timeout has passed; returns how many.
-    pub fn close_expired(&self, now: Instant) -> usize {
+    pub(crate) fn close_expired(&self, now: Instant) -> usize {
         let mut lot = self.lock();
         let before = lot.parked.len();
         // Dropping a stream closes its descriptor, which leaves the epoll set by itself.
@@ -150,7 +152,7 @@ impl ParkingLot {
     /// Closes the connection of listener `port` (any listener: `None`) closest to its idle
     /// timeout, i.e. the one quiet longest (to make room for a new connection); `false` when
     /// none is parked there. A scan: it runs only when a listener is full.
-    pub fn close_oldest(&self, port: Option<u16>) -> bool {
+    pub(crate) fn close_oldest(&self, port: Option<u16>) -> bool {
         let mut lot = self.lock();
         let oldest = lot
             .parked
@@ -169,7 +171,7 @@ impl ParkingLot {
     }
 
     /// Closes every parked connection, and every one parked later (the drain).
-    pub fn close_all(&self) -> usize {
+    pub(crate) fn close_all(&self) -> usize {
         let mut lot = self.lock();
         lot.closed = true;
         let closed = lot.parked.len();
@@ -179,7 +181,7 @@ impl ParkingLot {
 
     /// Takes out the connections whose client has sent something or closed, waiting for at
     /// least one. Cancel-safe: nothing is taken out before the last await.
-    pub async fn woken(
+    pub(crate) async fn woken(
         &self,
         watch: &AsyncFd<BorrowedFd<'_>>,
         out: &mut Vec<Parked>,
@@ -230,7 +232,7 @@ impl ParkingLot {
     }
 
     /// The epoll set registered with tokio's reactor, which then says when it has events.
-    pub fn watch(&self) -> io::Result<AsyncFd<BorrowedFd<'_>>> {
+    pub(crate) fn watch(&self) -> io::Result<AsyncFd<BorrowedFd<'_>>> {
         // SAFETY: the descriptor is the lot's own epoll set, open for as long as the lot, and
         // the borrow keeps the lot alive for as long as the AsyncFd.
         unsafe { AsyncFd::register_with_interest(self.epoll.as_fd(), Interest::READABLE) }

@@ -26,7 +26,7 @@ use std::borrow::Cow;
 
 /// Why a path was refused (the proxy answers 400 with this text).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum PathError {
+pub(crate) enum PathError {
     /// `%` not followed by two hex digits.
     #[error("invalid percent-encoding in the path")]
     InvalidPercentEncoding,
@@ -47,7 +47,10 @@ pub enum PathError {
 /// The path the proxy routes on and sends upstream; see the module documentation. `path` is the
 /// request target's path, without the query. Paths that do not start with `/` (`*`, an empty
 /// path) are returned as they are.
-pub fn normalize(path: &str, allow_encoded_slashes: bool) -> Result<Cow<'_, str>, PathError> {
+pub(crate) fn normalize(
+    path: &str,
+    allow_encoded_slashes: bool,
+) -> Result<Cow<'_, str>, PathError> {
     if !path.starts_with('/') || is_normal(path.as_bytes()) {
         return Ok(Cow::Borrowed(path));
     }

@@ -19,7 +19,7 @@ use super::{
 
 /// Host and path → backend, as the proxy uses it.
 #[derive(Debug)]
-pub struct Router {
+pub(crate) struct Router {
     routes: Arc<RouteTable<BackendId>>,
     backends: Vec<Arc<Backend>>,
 }
@@ -35,19 +35,19 @@ impl Default for Router {
 
 impl Router {
     /// The backend for `host` and `path`, if any rule or default backend matches.
-    pub fn route(&self, host: &str, path: &str) -> Option<&Arc<Backend>> {
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Arc<Backend>> {
         self.routes
             .route(host, path)
             .and_then(|id| self.backends.get(*id))
     }
 
     /// How many backends the table points at.
-    pub fn backend_count(&self) -> usize {
+    pub(crate) fn backend_count(&self) -> usize {
         self.backends.len()
     }
 
     /// Every backend of the table (the metrics collector walks them at scrape time).
-    pub fn backends(&self) -> &[Arc<Backend>] {
+    pub(crate) fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 }
@@ -55,7 +55,7 @@ impl Router {
 /// Endpoints by address, kept as long as some table uses them, and the request counters by
 /// backend key, kept while the plan names the key.
 #[derive(Debug, Default)]
-pub struct EndpointRegistry {
+pub(crate) struct EndpointRegistry {
     endpoints: HashMap<SocketAddr, Weak<Endpoint>>,
     metrics: MetricsBook,
 }
@@ -71,7 +71,7 @@ impl EndpointRegistry {
     }
 
     /// Builds the router for `plan`, reusing live endpoints.
-    pub fn router(&mut self, plan: &L7Plan) -> Router {
+    pub(crate) fn router(&mut self, plan: &L7Plan) -> Router {
         let backends = plan
             .backends
             .iter()
@@ -89,7 +89,7 @@ impl EndpointRegistry {
 
     /// `current` with only the backends `changed` rebuilt from `plan` (their endpoints moved):
     /// the route table and every other backend are shared, not rebuilt.
-    pub fn with_new_endpoints(
+    pub(crate) fn with_new_endpoints(
         &mut self,
         current: &Router,
         plan: &L7Plan,
@@ -125,14 +125,7 @@ impl EndpointRegistry {
         };
         let key = BackendKey::of(backend);
         let metrics = self.metrics.get(&key);
-        Arc::new(
-            Backend::new(
-                format!("{}:{}", backend.service, backend.port),
-                endpoints,
-                unavailable,
-            )
-            .with_metrics(key, metrics),
-        )
+        Arc::new(Backend::new(endpoints, unavailable).with_metrics(key, metrics))
     }
 }
 

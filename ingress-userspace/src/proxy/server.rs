@@ -36,11 +36,7 @@ use super::{
     tls::{CertBook, CertExpiry, CertProblem, TlsError},
 };
 
-pub use super::{
-    body::ProxyBody,
-    connection::{Parkable, PARK_AFTER},
-    listener::BoundListeners,
-};
+use super::listener::BoundListeners;
 
 /// Listeners, timeouts and limits (the `run` flags).
 #[derive(Clone, Debug)]

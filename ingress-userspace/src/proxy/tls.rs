@@ -43,14 +43,14 @@ pub enum TlsError {
 }
 
 /// The crypto provider the proxy serves with, and `validate` checks certificates with.
-pub fn crypto_provider() -> Arc<CryptoProvider> {
+pub(crate) fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
 /// The Secrets among a plan's TLS entries whose PEM [`certified_key`] refuses, once each, with
 /// why: what `validate` reports. The agent refuses the same ones in [`CertBook::apply`] (and
 /// keeps a previous certificate, which `validate` has not got).
-pub fn unusable_certificates(
+pub(crate) fn unusable_certificates(
     tls: &[TlsPlan],
     default: Option<&TlsPlan>,
     provider: &CryptoProvider,
@@ -74,7 +74,7 @@ pub fn unusable_certificates(
 }
 
 /// Parses a certificate chain and key, checking that they belong together.
-pub fn certified_key(
+pub(crate) fn certified_key(
     pem: &PemPair,
     provider: &CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, TlsError> {
@@ -95,7 +95,7 @@ pub fn certified_key(
 }
 
 /// A self-signed certificate for names no Secret covers.
-pub fn self_signed(provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
+pub(crate) fn self_signed(provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsError> {
     let generated = rcgen::generate_simple_self_signed(vec!["xdp-ingress-default".to_string()])?;
     let pem = PemPair {
         certificate_chain: generated.cert.pem().into_bytes(),
@@ -129,7 +129,7 @@ impl CertStore {
 }
 
 /// The SNI resolver rustls calls on every handshake; reloads swap its store.
-pub struct CertResolver {
+pub(crate) struct CertResolver {
     store: ArcSwap<CertStore>,
 }
 
@@ -160,13 +160,13 @@ pub struct CertProblem {
 
 /// The leaf certificate's notAfter (seconds since the epoch) per Secret in use, for `/metrics`;
 /// replaced whole on each reload.
-pub type CertExpiry = Arc<ArcSwap<Vec<(ObjectName, i64)>>>;
+pub(crate) type CertExpiry = Arc<ArcSwap<Vec<(ObjectName, i64)>>>;
 
 /// A Secret's last good certificate: the PEM it came from, the key, the leaf's notAfter.
 type Parsed = (PemPair, Arc<CertifiedKey>, Option<i64>);
 
 /// Builds certificate stores from plans, remembering what parsed before.
-pub struct CertBook {
+pub(crate) struct CertBook {
     provider: Arc<CryptoProvider>,
     self_signed: Arc<CertifiedKey>,
     /// Last good certificate per Secret.
@@ -177,7 +177,7 @@ pub struct CertBook {
 
 impl CertBook {
     /// A book whose resolver serves the self-signed certificate for every name.
-    pub fn new(provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
+    pub(crate) fn new(provider: Arc<CryptoProvider>) -> Result<Self, TlsError> {
         let self_signed = self_signed(&provider)?;
         let resolver = Arc::new(CertResolver {
             store: ArcSwap::from_pointee(CertStore {
@@ -196,18 +196,18 @@ impl CertBook {
     }
 
     /// The certificates' expiry, as of the last [`CertBook::apply`].
-    pub fn expiry(&self) -> CertExpiry {
+    pub(crate) fn expiry(&self) -> CertExpiry {
         self.expiry.clone()
     }
 
     /// The resolver to put in the rustls server configuration.
-    pub fn resolver(&self) -> Arc<CertResolver> {
+    pub(crate) fn resolver(&self) -> Arc<CertResolver> {
         self.resolver.clone()
     }
 
     /// Installs the plan's certificates. Entries come in precedence order: the first one naming
     /// a host wins. Returns the Secrets that could not be used (and did not replace anything).
-    pub fn apply(&mut self, tls: &[TlsPlan], default: Option<&TlsPlan>) -> Vec<CertProblem> {
+    pub(crate) fn apply(&mut self, tls: &[TlsPlan], default: Option<&TlsPlan>) -> Vec<CertProblem> {
         let mut problems = Vec::new();
         let mut store = CertStore {
             exact: HashMap::new(),
@@ -295,7 +295,7 @@ impl CertBook {
 
 /// Why a certificate's validity could not be read.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ValidityError {
+pub(crate) enum ValidityError {
     /// The DER ended early or a length is wrong.
     #[error("truncated or malformed DER")]
     Malformed,
@@ -341,7 +341,7 @@ fn expect(input: &[u8], tag: u8) -> Result<(&[u8], &[u8]), ValidityError> {
 /// The notAfter of a DER certificate, in seconds since the epoch. A few lines of DER walking
 /// (Certificate → TBSCertificate → [version], serial, signature, issuer, validity) instead of a
 /// full X.509 parser: this is the only field the agent reads, once per Secret content.
-pub fn not_after(certificate: &[u8]) -> Result<i64, ValidityError> {
+pub(crate) fn not_after(certificate: &[u8]) -> Result<i64, ValidityError> {
     const SEQUENCE: u8 = 0x30;
     let (certificate, _) = expect(certificate, SEQUENCE)?;
     let (mut tbs, _) = expect(certificate, SEQUENCE)?;

@@ -26,14 +26,14 @@ use hyper_util::rt::TokioIo;
 use super::metrics::{BackendKey, BackendSeries, RequestMetrics};
 
 /// How long an endpoint that refused a connection is skipped.
-pub const PASSIVE_HEALTH_BACKOFF: Duration = Duration::from_secs(10);
+pub(crate) const PASSIVE_HEALTH_BACKOFF: Duration = Duration::from_secs(10);
 
 /// Most idle connections kept per endpoint.
 const MAX_IDLE_PER_ENDPOINT: usize = 256;
 
 /// The request body sent upstream: the client's body, counted against the body size limit,
 /// and failing when the client sends nothing for the body timeout while we wait for it.
-pub struct UpstreamBody {
+pub(crate) struct UpstreamBody {
     inner: Option<Incoming>,
     remaining: u64,
     timeout: Duration,
@@ -46,38 +46,27 @@ pub struct UpstreamBody {
 /// The client's body exceeded `--max-body-bytes`.
 #[derive(Debug, thiserror::Error)]
 #[error("request body larger than the limit")]
-pub struct BodyTooLarge;
+pub(crate) struct BodyTooLarge;
 
 /// The client's body could not be read (malformed chunked framing, the client went away): the
 /// client's error, answered 400, not the endpoint's.
 #[derive(Debug, thiserror::Error)]
 #[error("reading the request body: {0}")]
-pub struct ClientBodyError(#[source] hyper::Error);
+pub(crate) struct ClientBodyError(#[source] hyper::Error);
 
 /// The client sent no body bytes for `--client-body-timeout` while we waited for them.
 #[derive(Debug, thiserror::Error)]
 #[error("the client sent no request body bytes within the body timeout")]
-pub struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 impl UpstreamBody {
     /// The client's body, failing once more than `limit` bytes went through, or when the
     /// client sends nothing for `timeout` while the body is waited for.
-    pub fn new(inner: Incoming, limit: u64, timeout: Duration) -> Self {
+    pub(crate) fn new(inner: Incoming, limit: u64, timeout: Duration) -> Self {
         Self {
             inner: Some(inner),
             remaining: limit,
             timeout,
-            deadline: None,
-            waiting: false,
-        }
-    }
-
-    /// No body.
-    pub fn empty() -> Self {
-        Self {
-            inner: None,
-            remaining: 0,
-            timeout: Duration::MAX,
             deadline: None,
             waiting: false,
         }
@@ -159,11 +148,11 @@ impl Body for UpstreamBody {
 }
 
 /// A connection to an endpoint, ready for a request.
-pub type Sender = http1::SendRequest<UpstreamBody>;
+pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
 
 /// One endpoint address: its idle connections, health and load.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// Where it is.
     pub addr: SocketAddr,
     idle: Mutex<Vec<(Sender, Instant)>>,
@@ -175,7 +164,7 @@ pub struct Endpoint {
 
 /// Why no connection could be had.
 #[derive(Debug, thiserror::Error)]
-pub enum ConnectError {
+pub(crate) enum ConnectError {
     /// Connecting took longer than the connect timeout.
     #[error("connecting to {0} timed out")]
     Timeout(SocketAddr),
@@ -199,7 +188,7 @@ pub enum ConnectError {
 
 impl Endpoint {
     /// A healthy endpoint with no connections.
-    pub fn new(addr: SocketAddr) -> Self {
+    pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             addr,
             idle: Mutex::new(Vec::new()),
@@ -214,13 +203,13 @@ impl Endpoint {
     }
 
     /// Whether passive health currently skips this endpoint.
-    pub fn is_down(&self) -> bool {
+    pub(crate) fn is_down(&self) -> bool {
         let until = self.down_until_ms.load(Ordering::Relaxed);
         until != 0 && self.now_ms() < until
     }
 
     /// Skip this endpoint for [`PASSIVE_HEALTH_BACKOFF`].
-    pub fn mark_down(&self) {
+    pub(crate) fn mark_down(&self) {
         let until = self.now_ms() + PASSIVE_HEALTH_BACKOFF.as_millis() as u64;
         self.down_until_ms.store(until.max(1), Ordering::Relaxed);
     }
@@ -232,12 +221,12 @@ impl Endpoint {
     }
 
     /// Requests sent and not yet answered to the end.
-    pub fn outstanding(&self) -> usize {
+    pub(crate) fn outstanding(&self) -> usize {
         self.outstanding.load(Ordering::Relaxed)
     }
 
     /// An idle pooled connection that is still open and younger than `max_idle`.
-    pub fn pooled(&self, max_idle: Duration) -> Option<Sender> {
+    pub(crate) fn pooled(&self, max_idle: Duration) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < max_idle {
@@ -248,7 +237,7 @@ impl Endpoint {
     }
 
     /// A new connection (TCP, then the HTTP/1.1 handshake), its driver spawned on the runtime.
-    pub async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let addr = self.addr;
         let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
         {
@@ -288,7 +277,7 @@ impl Endpoint {
     }
 
     /// Counts a request as outstanding until the guard drops.
-    pub fn start_request(self: &Arc<Self>) -> Outstanding {
+    pub(crate) fn start_request(self: &Arc<Self>) -> Outstanding {
         self.outstanding.fetch_add(1, Ordering::Relaxed);
         Outstanding(self.clone())
     }
@@ -296,11 +285,11 @@ impl Endpoint {
 
 /// An outstanding request on an endpoint; dropping it ends the count.
 #[derive(Debug)]
-pub struct Outstanding(Arc<Endpoint>);
+pub(crate) struct Outstanding(Arc<Endpoint>);
 
 impl Outstanding {
     /// The endpoint.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
+    pub(crate) fn endpoint(&self) -> &Arc<Endpoint> {
         &self.0
     }
 }
@@ -313,13 +302,11 @@ impl Drop for Outstanding {
 
 /// The endpoints of one backend and the balancing between them.
 #[derive(Debug)]
-pub struct Backend {
+pub(crate) struct Backend {
     /// Ready endpoints, in address order.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// The 503 body when there are none, saying why.
     pub unavailable: Option<Bytes>,
-    /// `namespace/service:port`, for logs.
-    pub name: String,
     /// The labels of its series on `/metrics` (`None`: a backend built outside a plan).
     pub key: Option<BackendKey>,
     /// Its request counters; a reload hands the same counters to the backend that replaces it.
@@ -329,11 +316,10 @@ pub struct Backend {
 
 impl Backend {
     /// A backend over `endpoints`; `unavailable` explains an empty list.
-    pub fn new(name: String, endpoints: Vec<Arc<Endpoint>>, unavailable: Option<Bytes>) -> Self {
+    pub(crate) fn new(endpoints: Vec<Arc<Endpoint>>, unavailable: Option<Bytes>) -> Self {
         Self {
             endpoints,
             unavailable,
-            name,
             key: None,
             metrics: Arc::default(),
             next: AtomicUsize::new(0),
@@ -341,7 +327,7 @@ impl Backend {
     }
 
     /// The same backend, labelled `key` on `/metrics` and counting into `metrics`.
-    pub fn with_metrics(mut self, key: BackendKey, metrics: Arc<RequestMetrics>) -> Self {
+    pub(crate) fn with_metrics(mut self, key: BackendKey, metrics: Arc<RequestMetrics>) -> Self {
         self.key = Some(key);
         self.metrics = metrics;
         self
@@ -351,7 +337,7 @@ impl Backend {
     /// (so ties spread like round-robin), the one with fewer outstanding requests wins; endpoints
     /// that recently refused connections are passed over while others are healthy. `exclude` is
     /// an endpoint that just failed for this request.
-    pub fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
+    pub(crate) fn pick(&self, exclude: Option<&Arc<Endpoint>>) -> Option<&Arc<Endpoint>> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
@@ -396,7 +382,7 @@ impl BackendSeries for Backend {
 
 /// A response body from upstream. When it has been read to the end, its connection goes back to
 /// the endpoint's pool and the request stops counting as outstanding.
-pub struct UpstreamResponseBody {
+pub(crate) struct UpstreamResponseBody {
     inner: Incoming,
     connection: Option<Sender>,
     outstanding: Option<Outstanding>,
@@ -404,7 +390,11 @@ pub struct UpstreamResponseBody {
 
 impl UpstreamResponseBody {
     /// Wraps `inner`; `connection` is pooled again at the end (`None` for upgraded connections).
-    pub fn new(inner: Incoming, connection: Option<Sender>, outstanding: Outstanding) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        connection: Option<Sender>,
+        outstanding: Outstanding,
+    ) -> Self {
         let mut body = Self {
             inner,
             connection,
@@ -469,7 +459,7 @@ mod tests {
                 ))))
             })
             .collect();
-        Backend::new("default/web:80".into(), endpoints, None)
+        Backend::new(endpoints, None)
     }
 
     #[test]

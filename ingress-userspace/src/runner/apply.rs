@@ -41,7 +41,7 @@ pub(super) async fn apply_pass(
             }
         },
         Source::Kube(kube, control) => {
-            if !kube.is_synced() {
+            if !kube.has_listed_all() {
                 return false;
             }
             let outcome = kube.with_changes(|objects, dirty| {

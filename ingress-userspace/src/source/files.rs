@@ -40,12 +40,12 @@ use walk::collect_manifest_files;
 
 /// `--max-manifest-bytes` by default: far above any manifest people write by hand or generate
 /// (the API server refuses objects over 1.5 MiB), far below what hurts the node.
-pub const DEFAULT_MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
 
 /// The deepest collection nesting a document may have. Kubernetes objects nest about 10 deep
 /// (an Ingress's `spec.rules[].http.paths[].backend.service.port.number` is 10), a
 /// CustomResourceDefinition's schema some 30; serde_yaml itself gives up at 128.
-pub const MAX_NESTING_DEPTH: usize = 100;
+pub(crate) const MAX_NESTING_DEPTH: usize = 100;
 
 /// Errors that stop reading the directory as a whole (a single bad file never does).
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +70,7 @@ pub enum FilesError {
 
 /// A manifest directory and what each file in it gave at the last read.
 #[derive(Debug)]
-pub struct ManifestDir {
+pub(crate) struct ManifestDir {
     dir: PathBuf,
     max_file_bytes: u64,
     last_read: BTreeMap<PathBuf, FileRead>,
@@ -95,7 +95,7 @@ fn fingerprint(text: &str) -> (usize, u64) {
 
 /// The result of reading the directory: the objects and every problem found.
 #[derive(Debug, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The objects, last good versions included.
     pub objects: ClusterObjects,
     /// Problems with files, documents and objects.
@@ -104,7 +104,7 @@ pub struct Snapshot {
 
 impl ManifestDir {
     /// A directory not read yet.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>) -> Self {
         Self {
             dir: dir.into(),
             max_file_bytes: DEFAULT_MAX_MANIFEST_BYTES,
@@ -113,19 +113,19 @@ impl ManifestDir {
     }
 
     /// The same, reading no file larger than `max_file_bytes` (`--max-manifest-bytes`).
-    pub fn with_max_file_bytes(mut self, max_file_bytes: u64) -> Self {
+    pub(crate) fn with_max_file_bytes(mut self, max_file_bytes: u64) -> Self {
         self.max_file_bytes = max_file_bytes;
         self
     }
 
     /// The directory.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.dir
     }
 
     /// Reads every `.yaml`/`.yml` file (recursively, in path order) and returns the objects.
     /// Blocks on file I/O and parsing: call it where that holds up no traffic.
-    pub fn load(&mut self) -> Result<Snapshot, FilesError> {
+    pub(crate) fn load(&mut self) -> Result<Snapshot, FilesError> {
         let files = collect_manifest_files(&self.dir)?;
         let mut snapshot = Snapshot::default();
         let mut next_read = BTreeMap::new();

@@ -64,7 +64,7 @@ pub enum KubeError {
 }
 
 /// A client from `kubeconfig`, or from the pod's service account when `None`.
-pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
+pub(crate) async fn client(kubeconfig: Option<&Path>) -> Result<Client, KubeError> {
     let config = match kubeconfig {
         Some(path) => {
             let kubeconfig_error = |source| KubeError::Kubeconfig {
@@ -106,7 +106,7 @@ struct Store {
 struct Shared {
     objects: Mutex<Store>,
     /// Watchers that have not completed their first list.
-    unsynced: AtomicUsize,
+    unlisted: AtomicUsize,
     /// Set until the agent has told which Secrets are referenced; until then all are kept.
     keep_all_secrets: AtomicBool,
     referenced_secrets: Mutex<BTreeSet<ObjectName>>,
@@ -202,7 +202,7 @@ impl WatchedKind for IngressClass {
 }
 
 /// The running watchers and the objects they keep.
-pub struct KubeSource {
+pub(crate) struct KubeSource {
     shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -218,10 +218,14 @@ impl Drop for KubeSource {
 impl KubeSource {
     /// Starts the watchers: cluster-wide, or one per namespace in `namespaces`. Every change
     /// sends `()` on `changes` (the caller debounces).
-    pub fn start(client: Client, namespaces: &[String], changes: UnboundedSender<()>) -> Self {
+    pub(crate) fn start(
+        client: Client,
+        namespaces: &[String],
+        changes: UnboundedSender<()>,
+    ) -> Self {
         let shared = Arc::new(Shared {
             objects: Mutex::new(Store::default()),
-            unsynced: AtomicUsize::new(0),
+            unlisted: AtomicUsize::new(0),
             keep_all_secrets: AtomicBool::new(true),
             referenced_secrets: Mutex::new(BTreeSet::new()),
             relist_secrets: watch::channel(0).0,
@@ -258,7 +262,7 @@ impl KubeSource {
                 &client, scope, tls_only, &shared,
             ));
         }
-        shared.unsynced.fetch_add(1, Ordering::SeqCst);
+        shared.unlisted.fetch_add(1, Ordering::SeqCst);
         tasks.push(tokio::spawn(watch_kind::<IngressClass>(
             Api::all(client.clone()),
             watcher::Config::default(),
@@ -269,17 +273,12 @@ impl KubeSource {
     }
 
     /// Whether every watcher has completed its first list.
-    pub fn is_synced(&self) -> bool {
-        self.shared.unsynced.load(Ordering::SeqCst) == 0
-    }
-
-    /// Runs `f` on the current objects (the watchers wait meanwhile).
-    pub fn with_objects<R>(&self, f: impl FnOnce(&ClusterObjects) -> R) -> R {
-        f(&self.shared.objects().objects)
+    pub(crate) fn has_listed_all(&self) -> bool {
+        self.shared.unlisted.load(Ordering::SeqCst) == 0
     }
 
     /// Runs `f` on the current objects and what changed since the last call (which it resets).
-    pub fn with_changes<R>(&self, f: impl FnOnce(&ClusterObjects, Dirty) -> R) -> R {
+    pub(crate) fn with_changes<R>(&self, f: impl FnOnce(&ClusterObjects, Dirty) -> R) -> R {
         let mut store = self.shared.objects();
         let dirty = std::mem::take(&mut store.dirty);
         f(&store.objects, dirty)
@@ -287,7 +286,7 @@ impl KubeSource {
 
     /// The Secrets the current Ingresses name: others are dropped from the store; a newly named
     /// Secret the store lacks makes the Secret watchers relist.
-    pub fn set_referenced_secrets(&self, referenced: BTreeSet<ObjectName>) {
+    pub(crate) fn set_referenced_secrets(&self, referenced: BTreeSet<ObjectName>) {
         let newly_named = {
             let mut current = self
                 .shared
@@ -332,7 +331,7 @@ where
         Some(ns) => Api::<K>::namespaced(client.clone(), ns),
         None => Api::<K>::all(client.clone()),
     };
-    shared.unsynced.fetch_add(1, Ordering::SeqCst);
+    shared.unlisted.fetch_add(1, Ordering::SeqCst);
     tokio::spawn(watch_kind::<K>(
         api,
         config,
@@ -388,7 +387,7 @@ async fn watch_kind<K: WatchedKind>(
                     }
                     if !first_list_done {
                         first_list_done = true;
-                        shared.unsynced.fetch_sub(1, Ordering::SeqCst);
+                        shared.unlisted.fetch_sub(1, Ordering::SeqCst);
                     }
                     true
                 }

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 
 /// The first document that nests deeper than the limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TooDeep {
+pub(crate) struct TooDeep {
     /// The document's number, from 1 (serde_yaml counts documents the same way).
     pub document: usize,
     /// The byte offset where that document starts: the text before it holds only the documents
@@ -31,7 +31,7 @@ pub struct TooDeep {
 /// costs linear time and serde_yaml's own recursion limit (128) refuses it. One byte scan, so a
 /// file of ordinary documents skips [`too_deep`]'s full parse (10,000 Services: about 0.4 s of
 /// the agent's start).
-pub fn may_nest_flows_deeper(text: &str, limit: usize) -> bool {
+pub(crate) fn may_nest_flows_deeper(text: &str, limit: usize) -> bool {
     let bytes = text.as_bytes();
     let mut openers = 0usize;
     for (at, &byte) in bytes.iter().enumerate() {
@@ -58,7 +58,7 @@ pub fn may_nest_flows_deeper(text: &str, limit: usize) -> bool {
 
 /// The first document of `text` with a collection nested more than `limit` deep, or `None`.
 /// A syntax error ends the measurement: serde_yaml stops at the same error and reports it.
-pub fn too_deep(text: &str, limit: usize) -> Option<TooDeep> {
+pub(crate) fn too_deep(text: &str, limit: usize) -> Option<TooDeep> {
     let mut parser = Parser::new(text)?;
     let mut document = 0;
     let mut document_start = 0;

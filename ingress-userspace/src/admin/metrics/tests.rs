@@ -38,7 +38,7 @@ impl Collector for Proxy {
 
 #[test]
 fn exposition_has_the_documented_names() {
-    let backend = Backend::new("shop/web:80".into(), Vec::new(), None).with_metrics(
+    let backend = Backend::new(Vec::new(), None).with_metrics(
         BackendKey {
             ingress: ObjectName {
                 namespace: "shop".into(),

@@ -6,7 +6,7 @@ use super::{FilesError, ManifestDir};
 
 impl ManifestDir {
     /// Watches the directory; every change event is sent on `changes` (the caller debounces).
-    pub fn watch(
+    pub(crate) fn watch(
         &self,
         changes: tokio::sync::mpsc::UnboundedSender<()>,
     ) -> Result<notify::RecommendedWatcher, FilesError> {
