@@ -9,6 +9,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -20,7 +21,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use fake_apiserver::{FakeApiServer, Options, Verb};
 use serde_json::json;
 use xdp_ingress_tests::{
-    agent::{self, Agent},
+    agent::{self, Agent, AgentProcess},
     kube::{
         apply_web, kubeconfig,
         objects::{self, OUR_CLASS},
@@ -36,6 +37,25 @@ use xdp_ingress_tests::{
 
 /// The namespace of the scenario objects.
 const NS: &str = "shop";
+
+/// The start of the tests that run the binary against the fake API server: `None` (skipped)
+/// when not root, else their scene, the agent binary and the scene's namespace to run it in.
+fn binary_scene(test: &str, scene: &str) -> Result<Option<(Scene, PathBuf, String)>> {
+    if !root_or_skip(test) {
+        return Ok(None);
+    }
+    let scene = Scene::new(scene)?;
+    let binary = agent::binary()?;
+    let netns = scene.netns().name().to_string();
+    Ok(Some((scene, binary, netns)))
+}
+
+/// SIGTERM; the agent must exit cleanly.
+fn stop(agent: AgentProcess) -> Result<()> {
+    let (status, _) = agent.terminate(Duration::from_secs(30))?;
+    ensure!(status.success(), "exit {status}");
+    Ok(())
+}
 
 /// The Service of deploy/examples/web.yaml, for the lab's backends: VIP 203.0.113.10,
 /// TCP 80 → 8080, UDP 53 → 8053.
@@ -283,12 +303,11 @@ fn a_backend_leaving_the_slice_gets_no_more_connections(
 /// the debounce dropped a change already taken from the channel.)
 #[test]
 fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
-    if !root_or_skip("binary_applies_every_change_with_a_long_debounce") {
+    let Some((scene, binary, netns)) =
+        binary_scene("binary_applies_every_change_with_a_long_debounce", "xk-deb")?
+    else {
         return Ok(());
-    }
-    let scene = Scene::new("xk-deb")?;
-    let binary = agent::binary()?;
-    let netns = scene.netns().name().to_string();
+    };
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
         apply_web(server, NS, web.addr)?;
@@ -335,9 +354,7 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        let (status, _) = agent.terminate(Duration::from_secs(30))?;
-        ensure!(status.success(), "exit {status}");
-        Ok(())
+        stop(agent)
     })
 }
 
@@ -347,12 +364,13 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
 /// and serves the Ingress.
 #[test]
 fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
-    if !root_or_skip("readyz_turns_ready_only_once_every_kind_is_listed") {
+    let Some((scene, binary, netns)) = binary_scene(
+        "readyz_turns_ready_only_once_every_kind_is_listed",
+        "xk-rdy",
+    )?
+    else {
         return Ok(());
-    }
-    let scene = Scene::new("xk-rdy")?;
-    let binary = agent::binary()?;
-    let netns = scene.netns().name().to_string();
+    };
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
         apply_web(server, NS, web.addr)?;
@@ -409,9 +427,7 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
             .logged_addr("HTTP listening")?
             .context("no HTTP listening line")?;
         ensure!(served_by(&client, http, "ready.example").await? == "web");
-        let (status, _) = agent.terminate(Duration::from_secs(30))?;
-        ensure!(status.success(), "exit {status}");
-        Ok(())
+        stop(agent)
     })
 }
 
@@ -419,12 +435,13 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
 /// watches namespaced kinds only there (never cluster-wide).
 #[test]
 fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
-    if !root_or_skip("watch_namespace_keeps_the_agent_to_its_namespaces") {
+    let Some((scene, binary, netns)) = binary_scene(
+        "watch_namespace_keeps_the_agent_to_its_namespaces",
+        "xk-wns",
+    )?
+    else {
         return Ok(());
-    }
-    let scene = Scene::new("xk-wns")?;
-    let binary = agent::binary()?;
-    let netns = scene.netns().name().to_string();
+    };
     scene.run(async move |server: &FakeApiServer| {
         let web = Backend::start("web").await?;
         for class in objects::classes() {
@@ -518,8 +535,6 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
             scoped >= namespaced.len(),
             "only {scoped} scoped list/watch requests"
         );
-        let (status, _) = agent.terminate(Duration::from_secs(30))?;
-        ensure!(status.success(), "exit {status}");
-        Ok(())
+        stop(agent)
     })
 }

@@ -41,6 +41,23 @@ struct Validated {
     stderr: String,
 }
 
+impl Validated {
+    /// Whether one line of stderr names both `what` and `why`.
+    fn says(&self, what: &str, why: &str) -> bool {
+        self.stderr
+            .lines()
+            .any(|line| line.contains(what) && line.contains(why))
+    }
+}
+
+/// `validate` over `dir` fails, and one line of its stderr names both `what` and `why`.
+fn validate_refuses(dir: &Path, what: &str, why: &str) -> Result<()> {
+    let validated = validate(dir)?;
+    ensure!(!validated.success, "{}", validated.stderr);
+    ensure!(validated.says(what, why), "{}", validated.stderr);
+    Ok(())
+}
+
 /// Runs `xdp-ingress validate --manifests dir`, killed (and the test failed) past
 /// [`VALIDATE_TIMEOUT`] or [`RSS_CAP_KIB`].
 fn validate(dir: &Path) -> Result<Validated> {
@@ -137,18 +154,11 @@ fn validate_reports_a_fifo_and_finishes() -> Result<()> {
     let manifests = good_manifests(unused_addr())?;
     let fifo = manifests.path().join("x.yaml");
     mkfifo(&fifo)?;
-    let validated = validate(manifests.path())?;
-    ensure!(!validated.success, "{}", validated.stderr);
-    ensure!(
-        validated
-            .stderr
-            .lines()
-            .any(|line| line.contains(&fifo.display().to_string())
-                && line.contains("not a regular file (a FIFO)")),
-        "{}",
-        validated.stderr
-    );
-    Ok(())
+    validate_refuses(
+        manifests.path(),
+        &fifo.display().to_string(),
+        "not a regular file (a FIFO)",
+    )
 }
 
 /// `x.yaml -> /dev/zero`: reported, read in bounded memory (the old reader grew by hundreds of
@@ -157,16 +167,7 @@ fn validate_reports_a_fifo_and_finishes() -> Result<()> {
 fn validate_reads_dev_zero_and_large_files_in_bounded_memory() -> Result<()> {
     let manifests = good_manifests(unused_addr())?;
     std::os::unix::fs::symlink("/dev/zero", manifests.path().join("x.yaml"))?;
-    let validated = validate(manifests.path())?;
-    ensure!(!validated.success, "{}", validated.stderr);
-    ensure!(
-        validated
-            .stderr
-            .lines()
-            .any(|line| line.contains("x.yaml") && line.contains("a character device")),
-        "{}",
-        validated.stderr
-    );
+    validate_refuses(manifests.path(), "x.yaml", "a character device")?;
 
     std::fs::remove_file(manifests.path().join("x.yaml"))?;
     // 17 MiB of comment: valid YAML, past the default limit of 16 MiB.
@@ -174,18 +175,11 @@ fn validate_reads_dev_zero_and_large_files_in_bounded_memory() -> Result<()> {
         manifests.path().join("big.yaml"),
         "#".repeat(17 * 1024 * 1024),
     )?;
-    let validated = validate(manifests.path())?;
-    ensure!(!validated.success, "{}", validated.stderr);
-    ensure!(
-        validated
-            .stderr
-            .lines()
-            .any(|line| line.contains("big.yaml")
-                && line.contains("larger than --max-manifest-bytes (16777216 bytes)")),
-        "{}",
-        validated.stderr
-    );
-    Ok(())
+    validate_refuses(
+        manifests.path(),
+        "big.yaml",
+        "larger than --max-manifest-bytes (16777216 bytes)",
+    )
 }
 
 /// Two symlink loops (to the directory itself and to its parent) in a subdirectory: walked
@@ -220,18 +214,11 @@ fn validate_walks_symlink_loops_once() -> Result<()> {
 fn validate_refuses_deep_nesting_at_once() -> Result<()> {
     let manifests = good_manifests(unused_addr())?;
     std::fs::write(manifests.path().join("deep.yaml"), "[".repeat(400 * 1024))?;
-    let validated = validate(manifests.path())?;
-    ensure!(!validated.success, "{}", validated.stderr);
-    ensure!(
-        validated
-            .stderr
-            .lines()
-            .any(|line| line.contains("deep.yaml (document 1)")
-                && line.contains("nested deeper than 100 levels")),
-        "{}",
-        validated.stderr
-    );
-    Ok(())
+    validate_refuses(
+        manifests.path(),
+        "deep.yaml (document 1)",
+        "nested deeper than 100 levels",
+    )
 }
 
 /// A TLS Secret whose key does not belong to its certificate, and one whose certificate is not
@@ -270,10 +257,7 @@ fn validate_refuses_certificates_the_proxy_refuses() -> Result<()> {
     ensure!(!validated.success, "{}", validated.stderr);
     for secret in ["Secret default/mismatched", "Secret default/not-pem"] {
         ensure!(
-            validated
-                .stderr
-                .lines()
-                .any(|line| line.contains("shop.yaml") && line.contains(secret)),
+            validated.says("shop.yaml", secret),
             "{secret}: {}",
             validated.stderr
         );

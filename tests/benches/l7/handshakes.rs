@@ -13,12 +13,8 @@ use std::{
 };
 
 use anyhow::{ensure, Context as _, Result};
-use rustls::{
-    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, ServerName, UnixTime},
-    DigitallySignedStruct, SignatureScheme,
-};
+use rustls::pki_types::{CertificateDer, ServerName};
+use xdp_ingress_tests::proxy::clients::CertVerifier;
 
 use super::{
     http_client::read_response,
@@ -28,66 +24,6 @@ use super::{
     Kind, Settings, TLS_NAME,
 };
 
-/// Accepts exactly the benchmark's certificate; handshake signatures are verified as usual.
-#[derive(Debug)]
-pub(crate) struct PinnedCert {
-    pub(crate) cert: CertificateDer<'static>,
-    pub(crate) provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for PinnedCert {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() == self.cert.as_ref() {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(
-                "not the benchmark's certificate".into(),
-            ))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// TLS 1.3, no session resumption (no cache, no tickets): every connection is a full handshake.
 pub(crate) fn handshake_client_config(
     cert: &CertificateDer<'static>,
@@ -96,10 +32,7 @@ pub(crate) fn handshake_client_config(
     let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedCert {
-            cert: cert.clone(),
-            provider,
-        }))
+        .with_custom_certificate_verifier(Arc::new(CertVerifier::pinned(cert.clone(), provider)))
         .with_no_client_auth();
     config.resumption = rustls::client::Resumption::disabled();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

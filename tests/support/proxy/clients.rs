@@ -1,5 +1,6 @@
 //! Clients: hyper (pooled, and one connection at a time with full control of the headers),
-//! raw TCP, rustls with a verifier that records the presented certificate, and curl.
+//! raw TCP, rustls with a verifier that records the presented certificate (or, for the
+//! benchmarks, accepts only a pinned one), and curl.
 
 use std::{
     net::SocketAddr,
@@ -210,15 +211,49 @@ pub struct Handshake {
     pub version: Option<ProtocolVersion>,
 }
 
-/// Accepts any certificate and records the end-entity one (signatures are still checked, so
-/// the server must hold the key).
+/// A server-certificate check that still verifies the handshake signatures (so the server must
+/// hold the key); only what it accepts as the certificate differs, see [`CertVerifier::pinned`].
 #[derive(Debug)]
-struct Recorder {
+pub struct CertVerifier {
     provider: Arc<CryptoProvider>,
-    presented: Mutex<Option<Vec<u8>>>,
+    accept: Accept,
 }
 
-impl ServerCertVerifier for Recorder {
+#[derive(Debug)]
+enum Accept {
+    /// Exactly this certificate: the benchmark's, with no lock on its handshake path.
+    Pinned(CertificateDer<'static>),
+    /// Any certificate, recording the end-entity one for the test to compare.
+    Recording(Mutex<Option<Vec<u8>>>),
+}
+
+impl CertVerifier {
+    /// Accepts exactly `cert`.
+    pub fn pinned(cert: CertificateDer<'static>, provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            provider,
+            accept: Accept::Pinned(cert),
+        }
+    }
+
+    fn recording(provider: Arc<CryptoProvider>) -> Self {
+        Self {
+            provider,
+            accept: Accept::Recording(Mutex::new(None)),
+        }
+    }
+
+    fn presented(&self) -> Result<Option<Vec<u8>>> {
+        match &self.accept {
+            Accept::Pinned(cert) => Ok(Some(cert.as_ref().to_vec())),
+            Accept::Recording(presented) => {
+                Ok(presented.lock().map_err(|_| anyhow!("poisoned"))?.clone())
+            }
+        }
+    }
+}
+
+impl ServerCertVerifier for CertVerifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -227,10 +262,18 @@ impl ServerCertVerifier for Recorder {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if let Ok(mut presented) = self.presented.lock() {
-            *presented = Some(end_entity.as_ref().to_vec());
+        match &self.accept {
+            Accept::Pinned(cert) if end_entity.as_ref() != cert.as_ref() => Err(
+                rustls::Error::General("not the benchmark's certificate".into()),
+            ),
+            Accept::Pinned(_) => Ok(ServerCertVerified::assertion()),
+            Accept::Recording(presented) => {
+                if let Ok(mut presented) = presented.lock() {
+                    *presented = Some(end_entity.as_ref().to_vec());
+                }
+                Ok(ServerCertVerified::assertion())
+            }
         }
-        Ok(ServerCertVerified::assertion())
     }
 
     fn verify_tls12_signature(
@@ -287,10 +330,7 @@ pub async fn tls_connect(
     alpn: &[&[u8]],
 ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Handshake)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let recorder = Arc::new(Recorder {
-        provider: provider.clone(),
-        presented: Mutex::new(None),
-    });
+    let recorder = Arc::new(CertVerifier::recording(provider.clone()));
     let versions: &[&rustls::SupportedProtocolVersion] = match versions {
         Tls::V12 => &[&rustls::version::TLS12],
         Tls::V13 => &[&rustls::version::TLS13],
@@ -314,12 +354,7 @@ pub async fn tls_connect(
         .with_context(|| format!("TLS handshake with {proxy} (SNI {sni})"))?;
     let (_, connection) = stream.get_ref();
     let handshake = Handshake {
-        certificate: recorder
-            .presented
-            .lock()
-            .map_err(|_| anyhow!("poisoned"))?
-            .clone()
-            .context("no certificate presented")?,
+        certificate: recorder.presented()?.context("no certificate presented")?,
         alpn: connection.alpn_protocol().map(<[u8]>::to_vec),
         version: connection.protocol_version(),
     };

@@ -12,12 +12,18 @@ use super::{
     SPREAD_CONNECTIONS,
 };
 
-#[test]
-fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
-    if !xdp_ingress_tests::root::root_or_skip("shared_link_forwards_and_follows_manifest_changes") {
-        return Ok(());
+/// The start both layouts share: `None` (skipped) when not root; else the scenario with its
+/// agent running and spreading TCP connections fairly over the backends, and their names.
+fn forwarding_fairly(
+    test: &str,
+    netns: &str,
+    link: BackendLink,
+    layout: &str,
+) -> Result<Option<(Scenario, Vec<String>)>> {
+    if !xdp_ingress_tests::root::root_or_skip(test) {
+        return Ok(None);
     }
-    let mut scenario = Scenario::new("xe-sh", BackendLink::Shared)?;
+    let mut scenario = Scenario::new(netns, link)?;
     let names = scenario.names();
 
     // Nothing on the node answers for the VIP: whatever answers later is the agent's doing.
@@ -28,8 +34,22 @@ fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
 
     scenario.start_agent()?;
     let counts = scenario.tcp_spread(SPREAD_CONNECTIONS)?;
-    println!("shared link, {SPREAD_CONNECTIONS} connections: {counts:?}");
+    println!("{layout}, {SPREAD_CONNECTIONS} connections: {counts:?}");
     assert_fair(&counts, &names)?;
+    Ok(Some((scenario, names)))
+}
+
+#[test]
+fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
+    let Some((mut scenario, names)) = forwarding_fairly(
+        "shared_link_forwards_and_follows_manifest_changes",
+        "xe-sh",
+        BackendLink::Shared,
+        "shared link",
+    )?
+    else {
+        return Ok(());
+    };
     for name in scenario.udp_answers(10)? {
         ensure!(names.contains(&name), "unexpected UDP answer {name:?}");
     }
@@ -128,19 +148,15 @@ fn shared_link_forwards_and_follows_manifest_changes() -> Result<()> {
 
 #[test]
 fn per_backend_links_forward_tcp_and_udp() -> Result<()> {
-    if !xdp_ingress_tests::root::root_or_skip("per_backend_links_forward_tcp_and_udp") {
+    let Some((mut scenario, names)) = forwarding_fairly(
+        "per_backend_links_forward_tcp_and_udp",
+        "xe-pb",
+        BackendLink::PerBackend,
+        "per-backend links",
+    )?
+    else {
         return Ok(());
-    }
-    let mut scenario = Scenario::new("xe-pb", BackendLink::PerBackend)?;
-    let names = scenario.names();
-    ensure!(
-        !scenario.vip_answers_tcp()?,
-        "the VIP answered before the agent ran"
-    );
-    scenario.start_agent()?;
-    let counts = scenario.tcp_spread(SPREAD_CONNECTIONS)?;
-    println!("per-backend links, {SPREAD_CONNECTIONS} connections: {counts:?}");
-    assert_fair(&counts, &names)?;
+    };
     // From 30 sockets held open together: 30 distinct source ports, so 30 flows (a port freed
     // and taken again would make two questions one flow).
     let answers = scenario.udp_answers_from_distinct_ports(30)?;
