@@ -17,8 +17,6 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::netns::Netns;
-
 /// The environment variable naming the agent binary (`cargo xtask test` sets it).
 pub const BIN_ENV: &str = "XDP_INGRESS_BIN";
 
@@ -226,34 +224,6 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// `Agent::manifests(manifests).in_netns(netns).interfaces(interfaces).args(["--bpffs",
-    /// "off"]).start()`: kept while the lab tests and xtask's demo move to [`Agent`].
-    pub fn start(
-        binary: &Path,
-        netns: &Netns,
-        manifests: &Path,
-        interfaces: &[String],
-    ) -> Result<Self> {
-        Self::start_with(binary, netns, manifests, interfaces, &["--bpffs", "off"])
-    }
-
-    /// Like [`AgentProcess::start`], with `extra` flags instead of `--bpffs off`; kept while
-    /// the lab tests move to [`Agent`].
-    pub fn start_with(
-        binary: &Path,
-        netns: &Netns,
-        manifests: &Path,
-        interfaces: &[String],
-        extra: &[&str],
-    ) -> Result<Self> {
-        Agent::manifests(manifests)
-            .binary(binary)
-            .in_netns(netns.name())
-            .interfaces(interfaces)
-            .args(extra)
-            .start()
-    }
-
     fn spawn(mut command: Command, command_line: String) -> Result<Self> {
         command
             .env("NO_COLOR", "1")

@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::agent::{Agent, AgentProcess};
 
-use backends::Backend;
+use backends::HttpBackend;
 use manifests::{backend_service, ingress, our_class, rule, Manifests};
 
 /// How long a change may take to show (a reload is milliseconds; this is for a loaded machine).
@@ -134,7 +134,7 @@ where
 }
 
 /// Services for `backends`, one each, named after the backend.
-pub fn services_for(backends: &[&Backend]) -> Vec<Value> {
+pub fn services_for(backends: &[&HttpBackend]) -> Vec<Value> {
     backends
         .iter()
         .flat_map(|b| backend_service(&b.name, &[b.addr]))
@@ -143,7 +143,7 @@ pub fn services_for(backends: &[&Backend]) -> Vec<Value> {
 
 /// Our IngressClass, `backend`'s Service and EndpointSlice, and one Ingress `name` sending
 /// everything for `host` to it.
-pub fn single_host(name: &str, host: &str, backend: &Backend) -> Result<Manifests> {
+pub fn single_host(name: &str, host: &str, backend: &HttpBackend) -> Result<Manifests> {
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
     manifests.write("services.yaml", &services_for(&[backend]))?;

@@ -9,7 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::proxy::{
-    backends::Backend,
+    backends::HttpBackend,
     clients::{collect, get, pooled},
     eventually, single_host, TestProxy,
 };
@@ -30,7 +30,7 @@ const FIELDS: [&str; 10] = [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_json_line_per_request_with_the_documented_fields() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = single_host("log", "log.example", &web)?;
     let proxy = TestProxy::start(manifests, &["--access-log"])?;
     let client = pooled();

@@ -29,7 +29,7 @@ use xdp_ingress_tests::{
     },
     lab::{self, BackendLink, Lab, LabConfig},
     proxy::{
-        backends::Backend,
+        backends::HttpBackend,
         clients::{self, pooled},
     },
     root::root_or_skip,
@@ -309,7 +309,7 @@ fn binary_applies_every_change_with_a_long_debounce() -> Result<()> {
         return Ok(());
     };
     scene.run(async move |server: &FakeApiServer| {
-        let web = Backend::start("web").await?;
+        let web = HttpBackend::start("web").await?;
         apply_web(server, NS, web.addr)?;
         let (_config, mut agent) = start_binary(
             &netns,
@@ -372,7 +372,7 @@ fn readyz_turns_ready_only_once_every_kind_is_listed() -> Result<()> {
         return Ok(());
     };
     scene.run(async move |server: &FakeApiServer| {
-        let web = Backend::start("web").await?;
+        let web = HttpBackend::start("web").await?;
         apply_web(server, NS, web.addr)?;
         server.apply(&objects::ingress(
             NS,
@@ -443,7 +443,7 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
         return Ok(());
     };
     scene.run(async move |server: &FakeApiServer| {
-        let web = Backend::start("web").await?;
+        let web = HttpBackend::start("web").await?;
         for class in objects::classes() {
             server.apply(&class)?;
         }

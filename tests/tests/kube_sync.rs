@@ -33,7 +33,7 @@ use xdp_ingress_tests::{
         Scene, View, DUMMY_IF,
     },
     proxy::{
-        backends::Backend,
+        backends::HttpBackend,
         clients::{pooled, Pooled},
     },
     root::root_or_skip,
@@ -75,11 +75,11 @@ fn hundred_services_follow_endpoints_outages_and_relists() -> Result<()> {
 async fn hundred_services(server: &FakeApiServer) -> Result<()> {
     let mut backends = Vec::new();
     for i in 0..SERVICES {
-        backends.push(Backend::start(&format!("b{i:03}")).await?);
+        backends.push(HttpBackend::start(&format!("b{i:03}")).await?);
     }
-    let b000b = Backend::start("b000b").await?;
-    let b000c = Backend::start("b000c").await?;
-    let fresh = Backend::start("fresh").await?;
+    let b000b = HttpBackend::start("b000b").await?;
+    let b000c = HttpBackend::start("b000c").await?;
+    let fresh = HttpBackend::start("fresh").await?;
     for class in objects::classes() {
         server.apply(&class)?;
     }
@@ -121,8 +121,8 @@ struct Watched<'a> {
 /// what the maps (`l4`) and the proxy (`l7`) must show.
 fn apply_hundred_services(
     server: &FakeApiServer,
-    backends: &[Backend],
-    b000b: &Backend,
+    backends: &[HttpBackend],
+    b000b: &HttpBackend,
 ) -> Result<(View, Hosts)> {
     let mut l4 = View::new();
     let mut l7: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -179,9 +179,9 @@ async fn everything_in_place_after_start(at: &Watched<'_>, l4: &View, l7: &Hosts
 /// Scenario 2: endpoints change: one added, one not ready, one removed.
 async fn endpoints_added_not_ready_and_removed(
     at: &Watched<'_>,
-    b000: &Backend,
-    b000b: &Backend,
-    b000c: &Backend,
+    b000: &HttpBackend,
+    b000b: &HttpBackend,
+    b000c: &HttpBackend,
     l4: &mut View,
     l7: &mut Hosts,
 ) -> Result<()> {
@@ -284,7 +284,7 @@ async fn deleted_while_the_watch_is_down(
 /// store in one step: the maps never lose a survivor, requests never fail.
 async fn relist_after_compaction_keeps_every_survivor(
     at: &Watched<'_>,
-    fresh: &Backend,
+    fresh: &HttpBackend,
     l4: &mut View,
     l7: &Hosts,
 ) -> Result<()> {

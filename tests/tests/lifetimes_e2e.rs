@@ -20,7 +20,7 @@ use tokio::{
 use xdp_ingress_tests::{
     agent::{self, Agent, AgentProcess},
     proxy::{
-        backends::{Backend, Gate},
+        backends::{Gate, HttpBackend},
         clients, eventually,
         manifests::{Manifests, TempDir},
         single_host, TestProxy,
@@ -104,7 +104,7 @@ fn frame_types(bytes: &[u8]) -> Vec<u8> {
 /// closed after `--client-idle-timeout`; one busy with a stream is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let proxy = TestProxy::start(
         single_host("shop", "shop.example", &web)?,
         &["--client-idle-timeout", "2s"],
@@ -139,7 +139,7 @@ async fn idle_h2c_connection_gets_goaway_after_the_idle_timeout() -> Result<()> 
 /// before the idle timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_without_a_first_request_are_closed_after_the_header_timeout() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let proxy = TestProxy::start(
         single_host("shop", "shop.example", &web)?,
         &["--client-header-timeout", "2s"],
@@ -165,7 +165,7 @@ async fn connections_without_a_first_request_are_closed_after_the_header_timeout
 /// much longer: a half-sent head on the plain listener, a ClientHello cut short on the TLS one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let proxy = TestProxy::start(
         single_host("shop", "shop.example", &web)?,
         &[
@@ -208,7 +208,7 @@ async fn a_started_head_or_handshake_must_finish_within_the_header_timeout() -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
     let gate = Gate::new();
-    let web = Backend::start_gated("web", gate.clone()).await?;
+    let web = HttpBackend::start_gated("web", gate.clone()).await?;
     let proxy = TestProxy::start(
         single_host("shop", "shop.example", &web)?,
         &[
@@ -246,7 +246,7 @@ async fn pings_find_a_dead_http2_peer_with_a_request_in_flight() -> Result<()> {
 /// not spin.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_an_idle_connection_makes_room() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = single_host("shop", "shop.example", &web)?;
     let (_scripts, agent, http) = start_with_open_files(
         &manifests,
@@ -353,7 +353,7 @@ async fn stays_quiet_with_a_client_knocking(
 /// h2c with a stream window of 0 (the client reads, but lets nothing through).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let proxy = TestProxy::start(
         single_host("shop", "shop.example", &web)?,
         &["--client-send-timeout", "2s"],
@@ -409,7 +409,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() -> Resul
 /// `--client-body-timeout`, not with 504 after the upstream response timeout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_request_body_gets_408_after_the_body_timeout() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let proxy = TestProxy::start(
         single_host("shop", "shop.example", &web)?,
         &["--client-body-timeout", "2s"],
@@ -454,7 +454,7 @@ fn cpu_ticks(pid: u32) -> Result<u64> {
 /// while idle h2c connections hold every place; the agent does not spin meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_the_oldest_idle_connection_is_shed() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = single_host("shop", "shop.example", &web)?;
     let (_scripts, agent, http) = start_with_open_files(
         &manifests,

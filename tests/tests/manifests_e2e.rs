@@ -19,7 +19,7 @@ use std::{
 use anyhow::{bail, ensure, Context as _, Result};
 use http::StatusCode;
 use proxy::{
-    backends::Backend,
+    backends::HttpBackend,
     clients::{get, pooled},
     eventually,
     manifests::{
@@ -288,7 +288,7 @@ fn validate_refuses_certificates_the_proxy_refuses() -> Result<()> {
 /// file is refused while the proxy keeps answering (the old agent never got past the FIFO).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_serves_beside_a_fifo_dev_zero_loops_and_deep_nesting() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = good_manifests(web.addr)?;
     // Named to be read first: the old agent blocked here.
     mkfifo(&manifests.path().join("a-fifo.yaml"))?;
@@ -415,7 +415,7 @@ fn validate_exit_status_and_messages() -> Result<()> {
 /// syncs, the first, the burst's and a later marker's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_changes_is_applied_as_one_sync() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = good_manifests(web.addr)?;
     let mut agent = Agent::manifests(manifests.path())
         .l7_on_loopback()

@@ -22,7 +22,7 @@ use tokio::io::AsyncWriteExt as _;
 use tokio_tungstenite::tungstenite::Message;
 use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::proxy::{
-    backends::{Backend, Fnv, Gate, WsBackend, CHUNK},
+    backends::{Fnv, Gate, HttpBackend, WsBackend, CHUNK},
     clients::{self, get, pooled, request, send_h1},
     ensure_served, eventually, has_exited,
     manifests::{backend_service, ingress, our_class, rule, Manifests},
@@ -36,8 +36,8 @@ use xdp_ingress_tests::proxy::{
 async fn reloads_under_load_lose_no_request() -> Result<()> {
     const CLIENTS: usize = 4;
     const MIN_REQUESTS: u64 = 2000;
-    let a = Backend::start("a").await?;
-    let b = Backend::start("b").await?;
+    let a = HttpBackend::start("a").await?;
+    let b = HttpBackend::start("b").await?;
     let ws = WsBackend::start("ws").await?;
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
@@ -211,7 +211,7 @@ async fn sigterm_drains_requests_in_flight_and_refuses_new_connections() -> Resu
     // Several chunks per half, so the held half really is a body cut in the middle.
     const BODY: u64 = 6 * CHUNK as u64;
     let gate = Gate::new();
-    let web = Backend::start_gated("web", gate.clone()).await?;
+    let web = HttpBackend::start_gated("web", gate.clone()).await?;
     let manifests = single_host("drain", "drain.example", &web)?;
     let proxy = TestProxy::start(manifests, &["--drain-timeout", "10s"])?;
 

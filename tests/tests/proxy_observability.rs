@@ -14,7 +14,7 @@ use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::{
     agent,
     proxy::{
-        backends::Backend,
+        backends::HttpBackend,
         clients::{self, get, pooled},
         ensure_served, eventually,
         manifests::{
@@ -30,7 +30,7 @@ use xdp_ingress_tests::{
 /// the duration histogram's count, and the reload counters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_by_ingress_service_and_status() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
     let mut services = services_for(&[&web]);
@@ -168,12 +168,12 @@ fn sorted_endpoints(mut view: Value) -> Value {
 async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
     // 2033-07-15T00:00:00Z.
     const NOT_AFTER: i64 = 2_004_998_400;
-    let web_a = Backend::start("web-a").await?;
-    let web_b = Backend::start("web-b").await?;
-    let api = Backend::start("api").await?;
-    let checkout = Backend::start("checkout").await?;
-    let apps = Backend::start("apps").await?;
-    let fallback = Backend::start("fallback").await?;
+    let web_a = HttpBackend::start("web-a").await?;
+    let web_b = HttpBackend::start("web-b").await?;
+    let api = HttpBackend::start("api").await?;
+    let checkout = HttpBackend::start("checkout").await?;
+    let apps = HttpBackend::start("apps").await?;
+    let fallback = HttpBackend::start("fallback").await?;
     let mut params = rcgen::CertificateParams::new(vec!["shop.example".to_string()])?;
     params.not_after = rcgen::date_time_ymd(2033, 7, 15);
     let key = rcgen::KeyPair::generate()?;
@@ -221,7 +221,7 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
         TestProxy::start_with_admin(manifests, &["--default-tls-secret", "default/shop-tls"])?;
     let admin = proxy.admin.context("no admin listener")?;
 
-    let backend = |ingress: &str, service: &str, endpoints: &[&Backend]| {
+    let backend = |ingress: &str, service: &str, endpoints: &[&HttpBackend]| {
         let mut endpoints: Vec<String> = endpoints.iter().map(|b| b.addr.to_string()).collect();
         endpoints.sort_by_key(|e| Value::from(e.as_str()).to_string());
         serde_json::json!({

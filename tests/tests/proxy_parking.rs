@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, ensure, Context as _, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use xdp_ingress_tests::proxy::{
-    backends::{Backend, Gate},
+    backends::{Gate, HttpBackend},
     clients::{self, get, pooled, tls_connect, Tls},
     eventually, has_exited, read_within, sigterm, single_host, TestProxy,
 };
@@ -45,7 +45,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()> {
     let gate = Gate::new();
-    let web = Backend::start_gated("web", gate.clone()).await?;
+    let web = HttpBackend::start_gated("web", gate.clone()).await?;
     let manifests = single_host("shop", "shop.example", &web)?;
     let proxy = TestProxy::start_with_admin(manifests, &[])?;
     let admin = proxy.admin.context("no admin listener")?;
@@ -169,7 +169,7 @@ async fn quiet_keep_alive_connections_are_parked_and_keep_serving() -> Result<()
 async fn parked_connections_close_at_the_idle_timeout_and_on_drain() -> Result<()> {
     let get_a = b"GET /a HTTP/1.1\r\nHost: shop.example\r\n\r\n";
     let gate = Gate::new();
-    let web = Backend::start_gated("web", gate.clone()).await?;
+    let web = HttpBackend::start_gated("web", gate.clone()).await?;
 
     // Idle timeout 3 s: parked after 1 s quiet, closed 3 s after the response.
     let proxy = TestProxy::start_with_admin(

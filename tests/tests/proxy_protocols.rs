@@ -16,7 +16,7 @@ use http_body_util::BodyExt as _;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::Message;
 use xdp_ingress_tests::proxy::{
-    backends::{Backend, Fnv, PatternBody, WsBackend},
+    backends::{Fnv, HttpBackend, PatternBody, WsBackend},
     clients::{self, request, send_h1, tls_connect, Tls},
     ensure_served, eventually,
     manifests::{backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests},
@@ -29,7 +29,7 @@ use xdp_ingress_tests::{ensure_eq, ensure_ne};
 /// keeping the previous certificate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let generate = |name: &str| rcgen::generate_simple_self_signed(vec![name.to_string()]);
     let shop = generate("shop.example")?;
     let blog = generate("blog.example")?;
@@ -144,7 +144,7 @@ async fn tls_certificates_by_sni_alpn_versions_and_rotation() -> Result<()> {
 /// Scenario 3: forwarding headers set, hop-by-hop headers removed both ways.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = single_host("hdr", "hdr.example", &web)?;
     let proxy = TestProxy::start(manifests, &[])?;
     let http_port = proxy.http.port().to_string();
@@ -333,7 +333,7 @@ async fn websocket_echo_through_the_proxy() -> Result<()> {
 async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
     const SIZE: u64 = 100 * 1024 * 1024;
     const ALLOWED_GROWTH_KIB: u64 = 40 * 1024;
-    let bulk = Backend::start("bulk").await?;
+    let bulk = HttpBackend::start("bulk").await?;
     let manifests = single_host("bulk", "bulk.example", &bulk)?;
     let proxy = TestProxy::start(manifests, &[])?;
     let expected_fnv = tokio::task::spawn_blocking(move || Fnv::of_pattern(SIZE)).await?;

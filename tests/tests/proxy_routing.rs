@@ -13,7 +13,7 @@ use serde_json::Value;
 use xdp_ingress_tests::ensure_eq;
 use xdp_ingress_tests::proxy::{
     self,
-    backends::{Backend, RefusingPort},
+    backends::{HttpBackend, RefusingPort},
     clients::{self, curl, get, pooled, raw_exchange, request, send_h1, Pooled},
     ensure_served, eventually,
     manifests::{
@@ -28,11 +28,11 @@ use xdp_ingress_tests::proxy::{
 /// prior knowledge, h2 and HTTP/1.1 over TLS).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
-    let exact = Backend::start("exact").await?;
-    let root = Backend::start("root").await?;
-    let api = Backend::start("api").await?;
-    let wild = Backend::start("wild").await?;
-    let fallback = Backend::start("fallback").await?;
+    let exact = HttpBackend::start("exact").await?;
+    let root = HttpBackend::start("root").await?;
+    let api = HttpBackend::start("api").await?;
+    let wild = HttpBackend::start("wild").await?;
+    let fallback = HttpBackend::start("fallback").await?;
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
     manifests.write(
@@ -71,7 +71,7 @@ async fn routes_by_host_and_path_over_http1_h2c_and_h2() -> Result<()> {
 async fn hosts_and_paths_route_over_http1(
     client: &Pooled,
     proxy: &TestProxy,
-    api: &Backend,
+    api: &HttpBackend,
 ) -> Result<()> {
     let http_port = proxy.http.port();
     let app_with_port = format!("APP.example:{http_port}");
@@ -212,7 +212,7 @@ async fn default_backend_catches_what_no_rule_matches(
 /// never sees the requests refused before forwarding.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_codes_the_proxy_answers_itself() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let refusing = RefusingPort::new()?;
     let dead = refusing.addr;
     let manifests = Manifests::new()?;
@@ -389,7 +389,7 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
 /// served by the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_endpoint_is_passed_over() -> Result<()> {
-    let alive = Backend::start("alive").await?;
+    let alive = HttpBackend::start("alive").await?;
     let refusing = RefusingPort::new()?;
     let dead = refusing.addr;
     let manifests = Manifests::new()?;
@@ -428,7 +428,7 @@ async fn refusing_endpoint_is_passed_over() -> Result<()> {
 /// not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_class_selection() -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let manifests = Manifests::new()?;
     manifests.write(
         "classes.yaml",

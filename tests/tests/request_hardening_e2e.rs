@@ -25,7 +25,7 @@ use tokio::{
     task::JoinHandle,
 };
 use xdp_ingress_tests::proxy::{
-    backends::Backend,
+    backends::HttpBackend,
     clients::{collect, raw_exchange, read_response},
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
@@ -37,8 +37,8 @@ const HOST: &str = "h.example";
 /// How long to wait for something that should happen at once (a loaded machine's bound).
 const PROMPT: Duration = Duration::from_secs(10);
 
-async fn start(extra: &[&str]) -> Result<(TestProxy, Backend, RawBackend)> {
-    let backend = Backend::start("public").await?;
+async fn start(extra: &[&str]) -> Result<(TestProxy, HttpBackend, RawBackend)> {
+    let backend = HttpBackend::start("public").await?;
     let raw = RawBackend::start().await?;
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;

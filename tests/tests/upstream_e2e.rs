@@ -18,7 +18,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use xdp_ingress_tests::proxy::{
-    backends::{Backend, RefusingPort},
+    backends::{HttpBackend, RefusingPort},
     clients::{get, pooled},
     manifests::{backend_service, ingress, our_class, rule, Manifests},
     TestProxy,
@@ -88,7 +88,7 @@ impl Blackhole {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_endpoint_that_times_out_is_skipped_and_another_serves() -> Result<()> {
     let blackhole = Blackhole::new().await?;
-    let good = Backend::start("good").await?;
+    let good = HttpBackend::start("good").await?;
     let proxy = TestProxy::start_with_admin(
         manifests(&[blackhole.addr, good.addr])?,
         &["--upstream-connect-timeout", "300ms"],

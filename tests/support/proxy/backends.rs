@@ -184,7 +184,7 @@ impl Gate {
 }
 
 /// An HTTP/1.1 backend.
-pub struct Backend {
+pub struct HttpBackend {
     /// Its name, in every answer.
     pub name: String,
     /// Where it listens.
@@ -194,13 +194,13 @@ pub struct Backend {
     accept: JoinHandle<()>,
 }
 
-impl Backend {
+impl HttpBackend {
     /// Listens on 127.0.0.1:0 and serves until dropped.
     pub async fn start(name: &str) -> Result<Self> {
         Self::start_inner(name, None).await
     }
 
-    /// Like [`Backend::start`], with `gate` holding `/held/...` and `/held-body/...` answers.
+    /// Like [`HttpBackend::start`], with `gate` holding `/held/...` and `/held-body/...` answers.
     pub async fn start_gated(name: &str, gate: Gate) -> Result<Self> {
         Self::start_inner(name, Some(gate)).await
     }
@@ -254,7 +254,7 @@ impl Backend {
     }
 }
 
-impl Drop for Backend {
+impl Drop for HttpBackend {
     fn drop(&mut self) {
         self.accept.abort();
     }

@@ -37,7 +37,7 @@ use xdp_ingress_tests::{
         DUMMY_IF, DUMMY_IF2,
     },
     proxy::{
-        backends::Backend,
+        backends::HttpBackend,
         clients::{self, pooled, Pooled, Tls},
     },
     root::root_or_skip,
@@ -62,7 +62,7 @@ fn status_tls_events_and_vip_assignment() -> Result<()> {
 }
 
 async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     let certs = Certs::new()?;
     apply_workload(server, &web, &certs)?;
     let config = kubeconfig(server)?;
@@ -117,7 +117,7 @@ fn ours(name: &str, host: &str) -> serde_json::Value {
 
 /// Service web, Ingresses of ours (one with TLS), one of another class, and Secrets: three TLS
 /// ones (one named later, one never) and an Opaque one.
-fn apply_workload(server: &FakeApiServer, web: &Backend, certs: &Certs) -> Result<()> {
+fn apply_workload(server: &FakeApiServer, web: &HttpBackend, certs: &Certs) -> Result<()> {
     apply_web(server, NS, web.addr)?;
     server.apply(&ours("web", "web.example"))?;
     server.apply(&ours("leaving", "leaving.example"))?;
@@ -370,7 +370,7 @@ async fn one_event_for_a_bad_path(
 async fn vip_assigned_and_programmed(
     server: &FakeApiServer,
     runner: &InProcessRunner,
-    web: &Backend,
+    web: &HttpBackend,
 ) -> Result<()> {
     server.apply(&objects::service(
         NS,
@@ -460,7 +460,7 @@ fn two_agents_one_lease_and_a_takeover() -> Result<()> {
 }
 
 async fn two_agents(server: &FakeApiServer) -> Result<()> {
-    let web = Backend::start("web").await?;
+    let web = HttpBackend::start("web").await?;
     apply_web(server, NS, web.addr)?;
     server.apply(&ours_for("one"))?;
     let published = Some(vec![PUBLISHED.to_string()]);

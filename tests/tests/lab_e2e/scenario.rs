@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 use xdp_ingress_tests::{
-    agent::{self, AgentProcess},
+    agent::{self, Agent, AgentProcess},
     lab::{self, BackendLink, HeldConnection, Lab, LabConfig},
 };
 
@@ -129,13 +129,17 @@ impl Scenario {
         })
     }
 
+    /// The agent on the lab's node: its manifests, in the node's namespace, XDP on the node's
+    /// interfaces.
+    fn agent_builder(&self) -> Agent {
+        Agent::manifests(self.manifests.path())
+            .binary(&self.binary)
+            .in_netns(self.lab.node().name())
+            .interfaces(&self.lab.node_interfaces())
+    }
+
     pub(crate) fn start_agent(&mut self) -> Result<()> {
-        let mut agent = AgentProcess::start(
-            &self.binary,
-            self.lab.node(),
-            self.manifests.path(),
-            &self.lab.node_interfaces(),
-        )?;
+        let mut agent = self.agent_builder().args(["--bpffs", "off"]).start()?;
         agent.wait_running(START_TIMEOUT)?;
         self.agent = Some(agent);
         Ok(())
@@ -144,14 +148,12 @@ impl Scenario {
     /// Starts the agent pinning under `pins` (a directory on a bpffs the test mounted).
     pub(crate) fn start_pinned_agent(&mut self, pins: &Path) -> Result<()> {
         let pins = pins.to_str().context("pin path")?;
-        let mut agent = AgentProcess::start_with(
-            &self.binary,
-            self.lab.node(),
-            self.manifests.path(),
-            &self.lab.node_interfaces(),
+        let mut agent = self
+            .agent_builder()
+            .args(["--bpffs", pins])
             // The admin listener on every address, as the DaemonSet has it (probes).
-            &["--bpffs", pins, "--admin-listen", "0.0.0.0:9900"],
-        )?;
+            .admin_listen("0.0.0.0:9900")
+            .start()?;
         agent.wait_running(START_TIMEOUT)?;
         self.agent = Some(agent);
         Ok(())
