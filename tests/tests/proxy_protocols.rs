@@ -147,11 +147,27 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
     let web = HttpBackend::start("web").await?;
     let manifests = single_host("hdr", "hdr.example", &web)?;
     let proxy = TestProxy::start(manifests, &[])?;
-    let http_port = proxy.http.port().to_string();
-    let https_port = proxy.https.port().to_string();
-    let one = |v: &str| vec![v.to_string()];
 
-    // Plain HTTP/1.1 with hop-by-hop headers and an existing X-Forwarded-For.
+    let ids = forwarding_set_and_hop_by_hop_removed_on_the_way_in(&proxy).await?;
+    request_ids_differ_per_request(&proxy, &ids).await?;
+    client_request_id_and_host_with_port_kept(&proxy).await?;
+    forwarding_headers_over_tls(&proxy).await?;
+    hop_by_hop_removed_on_the_way_out(&proxy).await?;
+    Ok(())
+}
+
+/// One header value, as the backend reports what it saw.
+fn one(v: &str) -> Vec<String> {
+    vec![v.to_string()]
+}
+
+/// Plain HTTP/1.1 with hop-by-hop headers and an existing X-Forwarded-For: the forwarding
+/// headers and an X-Request-ID are set, the rest kept, the hop-by-hop ones (also those the
+/// client's Connection names) removed. Returns the request id the backend saw.
+async fn forwarding_set_and_hop_by_hop_removed_on_the_way_in(
+    proxy: &TestProxy,
+) -> Result<Vec<String>> {
+    let http_port = proxy.http.port().to_string();
     let reply = send_h1(
         proxy.http,
         request("hdr.example", "/headers")
@@ -204,6 +220,11 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
             .all(|v| !v.to_ascii_lowercase().contains("x-hop-a")),
         "the client's Connection header must not reach the backend: {connection:?}"
     );
+    Ok(ids)
+}
+
+/// A second request gets an X-Request-ID other than `ids`.
+async fn request_ids_differ_per_request(proxy: &TestProxy, ids: &[String]) -> Result<()> {
     let second = send_h1(
         proxy.http,
         request("hdr.example", "/headers").body(clients::empty())?,
@@ -214,8 +235,12 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         ids,
         "request ids differ per request"
     );
+    Ok(())
+}
 
-    // An existing X-Request-ID is kept; a Host with a port reaches the backend unchanged.
+/// An existing X-Request-ID is kept; a Host with a port reaches the backend unchanged.
+async fn client_request_id_and_host_with_port_kept(proxy: &TestProxy) -> Result<()> {
+    let http_port = proxy.http.port().to_string();
     let host_with_port = format!("HDR.example:{http_port}");
     let reply = send_h1(
         proxy.http,
@@ -232,8 +257,13 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
     ensure_eq!(reply.seen_header("host")?, one(&host_with_port));
     ensure_eq!(reply.seen_header("x-forwarded-host")?, one(&host_with_port));
     ensure_eq!(reply.seen_header("x-forwarded-for")?, one("127.0.0.1"));
+    Ok(())
+}
 
-    // Over TLS: HTTP/1.1 and HTTP/2 (whose :authority becomes Host).
+/// Over TLS, HTTP/1.1 and HTTP/2 (whose :authority becomes Host): the forwarding headers say
+/// https and the HTTPS port.
+async fn forwarding_headers_over_tls(proxy: &TestProxy) -> Result<()> {
+    let https_port = proxy.https.port().to_string();
     for alpn in [&[&b"http/1.1"[..]][..], &[&b"h2"[..]][..]] {
         let reply = clients::https_get(proxy.https, "hdr.example", "/tls-headers", alpn).await?;
         ensure_served(&reply, "web", &format!("TLS {alpn:?}"))?;
@@ -243,8 +273,12 @@ async fn forwarding_and_hop_by_hop_headers() -> Result<()> {
         ensure_eq!(reply.seen_header("x-forwarded-host")?, one("hdr.example"));
         ensure_eq!(reply.seen_header("x-real-ip")?, one("127.0.0.1"));
     }
+    Ok(())
+}
 
-    // Hop-by-hop headers of the backend's response do not reach the client.
+/// Hop-by-hop headers of the backend's response (also those its Connection names) do not reach
+/// the client; the others do.
+async fn hop_by_hop_removed_on_the_way_out(proxy: &TestProxy) -> Result<()> {
     let reply = send_h1(
         proxy.http,
         request("hdr.example", "/hop-response").body(clients::empty())?,
