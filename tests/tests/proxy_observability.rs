@@ -7,6 +7,8 @@
 //! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
 //! build it first with `cargo build -p ingress-userspace`.
 
+use std::net::SocketAddr;
+
 use anyhow::{anyhow, ensure, Context as _, Result};
 use http::StatusCode;
 use serde_json::Value;
@@ -166,14 +168,132 @@ fn sorted_endpoints(mut view: Value) -> Value {
 /// manifest shows after the reload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
-    // 2033-07-15T00:00:00Z.
-    const NOT_AFTER: i64 = 2_004_998_400;
-    let web_a = HttpBackend::start("web-a").await?;
-    let web_b = HttpBackend::start("web-b").await?;
-    let api = HttpBackend::start("api").await?;
-    let checkout = HttpBackend::start("checkout").await?;
-    let apps = HttpBackend::start("apps").await?;
-    let fallback = HttpBackend::start("fallback").await?;
+    let backends = ShopBackends::start().await?;
+    let proxy = TestProxy::start_with_admin(
+        inspect_manifests(&backends)?,
+        &["--default-tls-secret", "default/shop-tls"],
+    )?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let mut routes = backends.routes();
+
+    routes_json_shows_every_rule_in_match_order(admin, &backends, &routes).await?;
+    let certs = certs_json_shows_each_certificate_and_the_missing_secret(admin).await?;
+    routes_table_has_one_line_per_route(admin, &backends, &routes).await?;
+    certs_table_has_one_line_per_certificate(admin, &certs).await?;
+    added_path_shows_after_the_reload(&proxy, admin, &backends, &mut routes).await?;
+    Ok(())
+}
+
+/// The notAfter the test puts in the certificate of shop-tls: 2033-07-15T00:00:00Z.
+const NOT_AFTER: i64 = 2_004_998_400;
+
+/// The backends of the inspect scenario (web has two endpoints).
+struct ShopBackends {
+    web_a: HttpBackend,
+    web_b: HttpBackend,
+    api: HttpBackend,
+    checkout: HttpBackend,
+    apps: HttpBackend,
+    fallback: HttpBackend,
+}
+
+impl ShopBackends {
+    async fn start() -> Result<Self> {
+        Ok(Self {
+            web_a: HttpBackend::start("web-a").await?,
+            web_b: HttpBackend::start("web-b").await?,
+            api: HttpBackend::start("api").await?,
+            checkout: HttpBackend::start("checkout").await?,
+            apps: HttpBackend::start("apps").await?,
+            fallback: HttpBackend::start("fallback").await?,
+        })
+    }
+
+    /// The routes `inspect routes --json` should show, in match order: exact hosts, then
+    /// wildcards; Exact paths by name, then Prefix longest first.
+    fn routes(&self) -> Vec<Value> {
+        let unavailable = serde_json::json!({
+            "ingress": "default/shop",
+            "service": "default/empty",
+            "port": "80",
+            "endpoints": [],
+            "unavailable": "NoReadyEndpoints",
+        });
+        vec![
+            route(
+                "shop.example",
+                "/checkout",
+                "Exact",
+                backend("shop", "checkout", &[&self.checkout]),
+            ),
+            route("shop.example", "/soon", "Exact", unavailable),
+            route(
+                "shop.example",
+                "/api",
+                "Prefix",
+                backend("shop", "api", &[&self.api]),
+            ),
+            route(
+                "shop.example",
+                "/",
+                "Prefix",
+                backend("shop", "web", &[&self.web_a, &self.web_b]),
+            ),
+            route(
+                "*.apps.example",
+                "/",
+                "Prefix",
+                backend("apps", "apps", &[&self.apps]),
+            ),
+        ]
+    }
+
+    /// The whole routes view: `routes` and the default backend.
+    fn view(&self, routes: &[Value]) -> Value {
+        serde_json::json!({
+            "routes": routes,
+            "default_backend": backend("fallback", "fallback", &[&self.fallback]),
+        })
+    }
+}
+
+/// A backend as the routes view shows it, endpoints sorted as `sorted_endpoints` sorts them.
+fn backend(ingress: &str, service: &str, endpoints: &[&HttpBackend]) -> Value {
+    let mut endpoints: Vec<String> = endpoints.iter().map(|b| b.addr.to_string()).collect();
+    endpoints.sort_by_key(|e| Value::from(e.as_str()).to_string());
+    serde_json::json!({
+        "ingress": format!("default/{ingress}"),
+        "service": format!("default/{service}"),
+        "port": "80",
+        "endpoints": endpoints,
+        "unavailable": null,
+    })
+}
+
+/// A route as the routes view shows it.
+fn route(host: &str, path: &str, path_type: &str, backend: Value) -> Value {
+    serde_json::json!({"host": host, "path": path, "path_type": path_type, "backend": backend})
+}
+
+/// Ingress shop (TLS from shop-tls; `extra` is one more path), with the paths of the expected
+/// routes.
+fn shop_ingress(extra: Option<(&'static str, &'static str, &'static str)>) -> Value {
+    let mut paths = vec![
+        ("/checkout", "Exact", "checkout"),
+        ("/", "Prefix", "web"),
+        ("/api", "Prefix", "api"),
+        ("/soon", "Exact", "empty"),
+    ];
+    paths.extend(extra);
+    let mut shop = ingress("shop", &[rule(Some("shop.example"), &paths)]);
+    with_tls(&mut shop, &["shop.example"], "shop-tls");
+    shop
+}
+
+/// The Services (empty has no endpoints), Secret shop-tls with a certificate valid until
+/// `NOT_AFTER`, Ingress shop, Ingress apps (a wildcard host whose TLS Secret is missing) and a
+/// default backend.
+fn inspect_manifests(backends: &ShopBackends) -> Result<Manifests> {
     let mut params = rcgen::CertificateParams::new(vec!["shop.example".to_string()])?;
     params.not_after = rcgen::date_time_ymd(2033, 7, 15);
     let key = rcgen::KeyPair::generate()?;
@@ -181,8 +301,13 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
 
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
-    let mut services = backend_service("web", &[web_a.addr, web_b.addr]);
-    services.extend(services_for(&[&api, &checkout, &apps, &fallback]));
+    let mut services = backend_service("web", &[backends.web_a.addr, backends.web_b.addr]);
+    services.extend(services_for(&[
+        &backends.api,
+        &backends.checkout,
+        &backends.apps,
+        &backends.fallback,
+    ]));
     // A Service without endpoints: its route is shown as unavailable.
     services.push(service("empty"));
     manifests.write("services.yaml", &services)?;
@@ -190,19 +315,7 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
         "secrets.yaml",
         &[tls_secret("shop-tls", &cert.pem(), &key.serialize_pem())],
     )?;
-    let shop = |extra: Option<(&'static str, &'static str, &'static str)>| {
-        let mut paths = vec![
-            ("/checkout", "Exact", "checkout"),
-            ("/", "Prefix", "web"),
-            ("/api", "Prefix", "api"),
-            ("/soon", "Exact", "empty"),
-        ];
-        paths.extend(extra);
-        let mut shop = ingress("shop", &[rule(Some("shop.example"), &paths)]);
-        with_tls(&mut shop, &["shop.example"], "shop-tls");
-        shop
-    };
-    manifests.write("shop.yaml", &[shop(None)])?;
+    manifests.write("shop.yaml", &[shop_ingress(None)])?;
     let mut apps_ingress = ingress(
         "apps",
         &[rule(Some("*.apps.example"), &[("/", "Prefix", "apps")])],
@@ -217,71 +330,30 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
             }),
         ],
     )?;
-    let proxy =
-        TestProxy::start_with_admin(manifests, &["--default-tls-secret", "default/shop-tls"])?;
-    let admin = proxy.admin.context("no admin listener")?;
+    Ok(manifests)
+}
 
-    let backend = |ingress: &str, service: &str, endpoints: &[&HttpBackend]| {
-        let mut endpoints: Vec<String> = endpoints.iter().map(|b| b.addr.to_string()).collect();
-        endpoints.sort_by_key(|e| Value::from(e.as_str()).to_string());
-        serde_json::json!({
-            "ingress": format!("default/{ingress}"),
-            "service": format!("default/{service}"),
-            "port": "80",
-            "endpoints": endpoints,
-            "unavailable": null,
-        })
-    };
-    let route = |host: &str, path: &str, path_type: &str, backend: Value| serde_json::json!({"host": host, "path": path, "path_type": path_type, "backend": backend});
-    let unavailable = serde_json::json!({
-        "ingress": "default/shop",
-        "service": "default/empty",
-        "port": "80",
-        "endpoints": [],
-        "unavailable": "NoReadyEndpoints",
-    });
-    // Match order: exact hosts, then wildcards; Exact paths by name, then Prefix longest first.
-    let mut routes = vec![
-        route(
-            "shop.example",
-            "/checkout",
-            "Exact",
-            backend("shop", "checkout", &[&checkout]),
-        ),
-        route("shop.example", "/soon", "Exact", unavailable),
-        route(
-            "shop.example",
-            "/api",
-            "Prefix",
-            backend("shop", "api", &[&api]),
-        ),
-        route(
-            "shop.example",
-            "/",
-            "Prefix",
-            backend("shop", "web", &[&web_a, &web_b]),
-        ),
-        route(
-            "*.apps.example",
-            "/",
-            "Prefix",
-            backend("apps", "apps", &[&apps]),
-        ),
-    ];
-    let expected = |routes: &[Value]| {
-        serde_json::json!({
-            "routes": routes,
-            "default_backend": backend("fallback", "fallback", &[&fallback]),
-        })
-    };
+/// `inspect routes --json` shows every rule in match order and the default backend.
+async fn routes_json_shows_every_rule_in_match_order(
+    admin: SocketAddr,
+    backends: &ShopBackends,
+    routes: &[Value],
+) -> Result<()> {
     let view = sorted_endpoints(inspect_json(admin, "routes").await?);
     ensure_eq!(
         view,
-        expected(&routes),
+        backends.view(routes),
         "inspect routes --json:\n{}",
         serde_json::to_string_pretty(&view)?
     );
+    Ok(())
+}
 
+/// `inspect certs --json` shows shop-tls for its host and Ingress, the default certificate last,
+/// and the missing Secret with a problem; returns the certificates.
+async fn certs_json_shows_each_certificate_and_the_missing_secret(
+    admin: SocketAddr,
+) -> Result<Vec<Value>> {
     let certs = inspect_json(admin, "certs").await?;
     let certs = certs.as_array().context("certs is not an array")?;
     let shop_cert = serde_json::json!({
@@ -317,13 +389,21 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
         problem.contains("no Secret default/missing-tls"),
         "the missing Secret is reported: {missing}"
     );
+    Ok(certs.clone())
+}
 
-    // The table: a header, one line per route, one for the default backend.
+/// The routes table: a header, one line per route (host, path, type, Ingress, Service:port),
+/// one for the default backend.
+async fn routes_table_has_one_line_per_route(
+    admin: SocketAddr,
+    backends: &ShopBackends,
+    routes: &[Value],
+) -> Result<()> {
     let table = inspect(admin, "routes", false).await?;
     let lines: Vec<&str> = table.lines().collect();
     ensure!(lines.len() == 1 + routes.len() + 1, "{table}");
     ensure!(lines[0].starts_with("HOST"), "{table}");
-    for (line, route) in lines[1..].iter().zip(&routes) {
+    for (line, route) in lines[1..].iter().zip(routes) {
         let words: Vec<&str> = line.split_whitespace().collect();
         let service_port = format!(
             "{}:80",
@@ -342,9 +422,18 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
     ensure!(
         default_line.starts_with("(default)")
             && default_line.contains("default/fallback:80")
-            && default_line.contains(&fallback.addr.to_string()),
+            && default_line.contains(&backends.fallback.addr.to_string()),
         "{table}"
     );
+    Ok(())
+}
+
+/// The certs table: a header and one line per certificate, the default one with its notAfter,
+/// the missing Secret as unusable.
+async fn certs_table_has_one_line_per_certificate(
+    admin: SocketAddr,
+    certs: &[Value],
+) -> Result<()> {
     let table = inspect(admin, "certs", false).await?;
     ensure!(table.lines().count() == 1 + certs.len(), "{table}");
     ensure!(
@@ -359,21 +448,29 @@ async fn inspect_routes_and_certs_of_a_running_agent() -> Result<()> {
             .any(|l| l.contains("default/missing-tls") && l.contains("unusable:")),
         "{table}"
     );
+    Ok(())
+}
 
-    // A path added to a manifest shows after the reload.
+/// A path added to a manifest shows in `inspect routes --json` after the reload, in match order.
+async fn added_path_shows_after_the_reload(
+    proxy: &TestProxy,
+    admin: SocketAddr,
+    backends: &ShopBackends,
+    routes: &mut Vec<Value>,
+) -> Result<()> {
     proxy
         .manifests
-        .write("shop.yaml", &[shop(Some(("/new", "Exact", "api")))])?;
+        .write("shop.yaml", &[shop_ingress(Some(("/new", "Exact", "api")))])?;
     routes.insert(
         1,
         route(
             "shop.example",
             "/new",
             "Exact",
-            backend("shop", "api", &[&api]),
+            backend("shop", "api", &[&backends.api]),
         ),
     );
-    let want = expected(&routes);
+    let want = backends.view(routes);
     eventually("inspect routes shows the new path", || async {
         let view = sorted_endpoints(inspect_json(admin, "routes").await?);
         ensure!(

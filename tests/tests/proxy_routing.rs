@@ -7,6 +7,8 @@
 //! `xdp_ingress_tests::proxy`. The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`:
 //! build it first with `cargo build -p ingress-userspace`.
 
+use std::net::SocketAddr;
+
 use anyhow::{ensure, Context as _, Result};
 use http::{StatusCode, Version};
 use serde_json::Value;
@@ -215,9 +217,34 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
     let web = HttpBackend::start("web").await?;
     let refusing = RefusingPort::new()?;
     let dead = refusing.addr;
+    let proxy = TestProxy::start(
+        status_manifests(&web, dead)?,
+        &[
+            "--max-body-bytes",
+            "1000",
+            "--max-header-bytes",
+            "8192",
+            "--upstream-response-timeout",
+            "500ms",
+        ],
+    )?;
+    let client = pooled();
+
+    no_route_and_failed_upstreams_answered_in_plain_text(&client, &proxy, dead).await?;
+    body_over_the_limit_answers_413(&proxy).await?;
+    header_over_the_limit_answers_431(&proxy).await?;
+    smuggling_and_malformed_requests_answer_400(&proxy).await?;
+    refused_requests_never_reach_the_backend(&client, &proxy, &web).await?;
+    Ok(())
+}
+
+/// Service web, Service dead (nothing listens at `dead`), Service unready (its one endpoint not
+/// ready), and an Ingress for status.example sending a path to each of them and to a Service
+/// that does not exist.
+fn status_manifests(web: &HttpBackend, dead: SocketAddr) -> Result<Manifests> {
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
-    let mut services = services_for(&[&web]);
+    let mut services = services_for(&[web]);
     services.extend(backend_service("dead", &[dead]));
     services.push(service("unready"));
     services.push(endpoint_slice("unready", &[(web.addr, false)]));
@@ -237,55 +264,58 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
             )],
         )],
     )?;
-    let proxy = TestProxy::start(
-        manifests,
-        &[
-            "--max-body-bytes",
-            "1000",
-            "--max-header-bytes",
-            "8192",
-            "--upstream-response-timeout",
-            "500ms",
-        ],
-    )?;
-    let client = pooled();
-    let expect = |reply: &clients::Reply, status: u16, says: &str, what: &str| -> Result<()> {
-        ensure_eq!(reply.status.as_u16(), status, "{what}: {:?}", reply.text());
-        ensure!(
-            reply.text().contains(says),
-            "{what}: the body should say {says:?}: {:?}",
-            reply.text()
-        );
-        ensure!(
-            reply
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/plain")),
-            "{what}: plain text: {:?}",
-            reply.headers
-        );
-        Ok(())
-    };
+    Ok(manifests)
+}
 
-    let reply = get(&client, proxy.http, "nowhere.example", "/").await?;
-    expect(&reply, 404, "no Ingress rule matches", "no rule")?;
-    let reply = get(&client, proxy.http, "status.example", "/dead/x").await?;
-    expect(&reply, 502, "502 Bad Gateway", "nothing listening")?;
+/// The proxy's own answer has `status`, says `says` and is plain text.
+fn ensure_plain_answer(reply: &clients::Reply, status: u16, says: &str, what: &str) -> Result<()> {
+    ensure_eq!(reply.status.as_u16(), status, "{what}: {:?}", reply.text());
+    ensure!(
+        reply.text().contains(says),
+        "{what}: the body should say {says:?}: {:?}",
+        reply.text()
+    );
+    ensure!(
+        reply
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{what}: plain text: {:?}",
+        reply.headers
+    );
+    Ok(())
+}
+
+/// No rule: 404; nothing listening: 502 naming the address; no ready endpoint and an unknown
+/// Service: 503; a slow backend: 504, and the next request is served again.
+async fn no_route_and_failed_upstreams_answered_in_plain_text(
+    client: &Pooled,
+    proxy: &TestProxy,
+    dead: SocketAddr,
+) -> Result<()> {
+    let reply = get(client, proxy.http, "nowhere.example", "/").await?;
+    ensure_plain_answer(&reply, 404, "no Ingress rule matches", "no rule")?;
+    let reply = get(client, proxy.http, "status.example", "/dead/x").await?;
+    ensure_plain_answer(&reply, 502, "502 Bad Gateway", "nothing listening")?;
     ensure!(reply.text().contains(&dead.to_string()), "{}", reply.text());
-    let reply = get(&client, proxy.http, "status.example", "/unready").await?;
-    expect(&reply, 503, "has no ready endpoints", "no ready endpoint")?;
-    let reply = get(&client, proxy.http, "status.example", "/ghost").await?;
-    expect(&reply, 503, "does not exist", "unknown Service")?;
-    let reply = get(&client, proxy.http, "status.example", "/sleep/3000").await?;
-    expect(&reply, 504, "did not answer in time", "slow backend")?;
+    let reply = get(client, proxy.http, "status.example", "/unready").await?;
+    ensure_plain_answer(&reply, 503, "has no ready endpoints", "no ready endpoint")?;
+    let reply = get(client, proxy.http, "status.example", "/ghost").await?;
+    ensure_plain_answer(&reply, 503, "does not exist", "unknown Service")?;
+    let reply = get(client, proxy.http, "status.example", "/sleep/3000").await?;
+    ensure_plain_answer(&reply, 504, "did not answer in time", "slow backend")?;
     ensure_served(
-        &get(&client, proxy.http, "status.example", "/after-504").await?,
+        &get(client, proxy.http, "status.example", "/after-504").await?,
         "web",
         "after a 504",
     )?;
+    Ok(())
+}
 
-    // Body limit: by Content-Length (refused before forwarding) and by a chunked body.
+/// Body limit: 413 by Content-Length (refused before forwarding) and by a chunked body; a
+/// chunked body within the limit is forwarded whole.
+async fn body_over_the_limit_answers_413(proxy: &TestProxy) -> Result<()> {
     let mut over =
         b"POST /cl-canary HTTP/1.1\r\nHost: status.example\r\nContent-Length: 2000\r\n\r\n"
             .to_vec();
@@ -293,30 +323,35 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
     let (status, text) = raw_exchange(proxy.http, &over).await?;
     ensure_eq!(status, 413, "{text}");
     ensure!(text.contains("exceeds the limit"), "{text}");
-    let chunked = |chunks: usize| {
-        let mut bytes =
-            b"POST /chunked-canary HTTP/1.1\r\nHost: status.example\r\nTransfer-Encoding: chunked\r\n\r\n"
-                .to_vec();
-        for _ in 0..chunks {
-            bytes.extend_from_slice(b"1f4\r\n");
-            bytes.extend(std::iter::repeat_n(b'y', 500));
-            bytes.extend_from_slice(b"\r\n");
-        }
-        bytes.extend_from_slice(b"0\r\n\r\n");
-        bytes
-    };
-    let (status, text) = raw_exchange(proxy.http, &chunked(6)).await?;
+    let (status, text) = raw_exchange(proxy.http, &chunked_post(6)).await?;
     ensure_eq!(status, 413, "chunked body of 3000 bytes: {text}");
     ensure!(text.contains("exceeds the limit"), "{text}");
-    let (status, text) = raw_exchange(proxy.http, &chunked(2)).await?;
+    let (status, text) = raw_exchange(proxy.http, &chunked_post(2)).await?;
     ensure_eq!(
         status,
         200,
         "chunked body of 1000 bytes is within the limit: {text}"
     );
     ensure!(text.contains("\"body_bytes\":1000"), "{text}");
+    Ok(())
+}
 
-    // Header limit.
+/// A chunked POST to status.example of `chunks` chunks of 500 bytes.
+fn chunked_post(chunks: usize) -> Vec<u8> {
+    let mut bytes =
+        b"POST /chunked-canary HTTP/1.1\r\nHost: status.example\r\nTransfer-Encoding: chunked\r\n\r\n"
+            .to_vec();
+    for _ in 0..chunks {
+        bytes.extend_from_slice(b"1f4\r\n");
+        bytes.extend(std::iter::repeat_n(b'y', 500));
+        bytes.extend_from_slice(b"\r\n");
+    }
+    bytes.extend_from_slice(b"0\r\n\r\n");
+    bytes
+}
+
+/// Header limit: a 16 KiB header answers 431, a 6 KiB one under the 8 KiB limit is served.
+async fn header_over_the_limit_answers_431(proxy: &TestProxy) -> Result<()> {
     let big = "a".repeat(16 * 1024);
     let reply = send_h1(
         proxy.http,
@@ -335,8 +370,12 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
     )
     .await?;
     ensure_served(&reply, "web", "a 6 KiB header under an 8 KiB limit")?;
+    Ok(())
+}
 
-    // Content-Length and Transfer-Encoding together (a smuggling attempt), malformed requests.
+/// Content-Length and Transfer-Encoding together (a smuggling attempt) and malformed requests
+/// answer 400.
+async fn smuggling_and_malformed_requests_answer_400(proxy: &TestProxy) -> Result<()> {
     let smuggling =
         b"POST /smuggle-canary HTTP/1.1\r\nHost: status.example\r\nContent-Length: 61\r\n\
                       Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled-canary HTTP/1.1\r\n\
@@ -360,11 +399,19 @@ async fn status_codes_the_proxy_answers_itself() -> Result<()> {
             String::from_utf8_lossy(malformed)
         );
     }
+    Ok(())
+}
 
-    // A last request reaches the backend after all of the above: had any refused request been
-    // forwarded, the backend would have seen it before this one.
+/// None of the refused requests was forwarded: a last request reaches the backend, which has
+/// seen none of the canaries before it.
+async fn refused_requests_never_reach_the_backend(
+    client: &Pooled,
+    proxy: &TestProxy,
+    web: &HttpBackend,
+) -> Result<()> {
+    // Had any refused request been forwarded, the backend would have seen it before this one.
     ensure_served(
-        &get(&client, proxy.http, "status.example", "/last").await?,
+        &get(client, proxy.http, "status.example", "/last").await?,
         "web",
         "the last request",
     )?;
