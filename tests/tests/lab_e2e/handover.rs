@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{ensure, Context as _, Result};
-use xdp_ingress_tests::lab::{self, BackendLink};
+use xdp_ingress_tests::lab::{self, BackendLink, HeldConnection};
 
 use super::{pinning::Bpffs, scenario::Scenario, ANSWER_TIMEOUT};
 
@@ -191,11 +191,9 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
     ) {
         return Ok(());
     }
-    use std::sync::atomic::{AtomicBool, Ordering};
     let mut scenario = Scenario::new("xe-rs", BackendLink::Shared)?;
     let bpffs = Bpffs::mount("xe-rs")?;
     let pins = bpffs.pins();
-    let pins_arg = pins.to_str().context("pin path")?.to_string();
     scenario.start_pinned_agent(&pins)?;
     let links_before: Vec<(u64, u64)> = scenario
         .lab
@@ -203,14 +201,31 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         .iter()
         .map(|interface| pinned_link(&pins, interface))
         .collect::<Result<_>>()?;
-
     // Established connections to every backend, held across the restart.
     let mut held = scenario.hold_connections_to_every_backend()?;
+    let (probes, restart) = kill_and_restart_while_probing(&mut scenario, &pins)?;
+    successor_adopted_the_pinned_maps(&mut scenario, restart)?;
+    links_kept_and_given_the_new_program(&scenario, &pins, &links_before)?;
+    held_connections_kept_their_backends(&mut held)?;
+    new_connections_and_the_udp_flow_never_stopped(&probes, restart)?;
+    let flows = inspect_shows_each_held_flow_and_every_backend(&scenario, &pins, &held)?;
+    counters_count_exactly_the_flows_made(&scenario, &held, &probes, flows)?;
+    probes_answer_off_the_node_debug_views_only_on_it(&scenario)?;
+    sigterm_keeps_the_datapath_and_cleanup_removes_it(&mut scenario, &pins)?;
+    drop(held);
+    Ok(())
+}
 
-    // New connections and a UDP flow keep running while the agent is killed and restarted.
+/// New TCP connections and a UDP flow keep running while the agent is killed with SIGKILL and a
+/// successor started on the same pins; returns what they saw and how long the agent was down.
+fn kill_and_restart_while_probing(
+    scenario: &mut Scenario,
+    pins: &Path,
+) -> Result<(Probes, Duration)> {
+    use std::sync::atomic::{AtomicBool, Ordering};
     let stop = AtomicBool::new(false);
     let client = scenario.lab.client().name().to_string();
-    let (probes, restart) = std::thread::scope(|scope| -> Result<_> {
+    std::thread::scope(|scope| -> Result<_> {
         let probes = scope.spawn(|| probe(&client, &stop));
         let restart = (|| -> Result<Duration> {
             std::thread::sleep(Duration::from_millis(500));
@@ -223,7 +238,7 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
                 "XDP detached when the agent was killed"
             );
             std::thread::sleep(Duration::from_secs(1));
-            scenario.start_pinned_agent(&pins)?;
+            scenario.start_pinned_agent(pins)?;
             let down = killed_at.elapsed();
             std::thread::sleep(Duration::from_millis(500));
             Ok(down)
@@ -233,7 +248,11 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
             .join()
             .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
         Ok((probes, restart?))
-    })?;
+    })
+}
+
+/// The successor adopted the pinned maps: both frontends, no orphans.
+fn successor_adopted_the_pinned_maps(scenario: &mut Scenario, restart: Duration) -> Result<()> {
     let adopted = scenario
         .agent()?
         .output()
@@ -245,10 +264,19 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         adopted.contains("frontends=2") && adopted.contains("orphans=0"),
         "{adopted}"
     );
+    Ok(())
+}
+
+/// The new program went into the pinned links (an atomic swap), not a detach and re-attach.
+fn links_kept_and_given_the_new_program(
+    scenario: &Scenario,
+    pins: &Path,
+    links_before: &[(u64, u64)],
+) -> Result<()> {
     // The new program went into the pinned links (an atomic swap), not a detach and re-attach:
     // as the kernel sees them, the same links now hold another program.
-    for (interface, (link, program)) in scenario.lab.node_interfaces().iter().zip(&links_before) {
-        let (link_now, program_now) = pinned_link(&pins, interface)?;
+    for (interface, (link, program)) in scenario.lab.node_interfaces().iter().zip(links_before) {
+        let (link_now, program_now) = pinned_link(pins, interface)?;
         ensure!(
             link_now == *link && program_now != *program,
             "{interface}: link {link} with program {program} before, link {link_now} with \
@@ -256,8 +284,13 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         );
     }
 
+    Ok(())
+}
+
+/// Zero established connections broken: each still answered by the backend it had.
+fn held_connections_kept_their_backends(held: &mut [HeldConnection]) -> Result<()> {
     // Zero established connections broken: each still answered by the backend it had.
-    for connection in &mut held {
+    for connection in held.iter_mut() {
         let greeting = connection.greeting().to_string();
         let answer = connection
             .ask()
@@ -267,6 +300,14 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
             "a connection held to {greeting} is now answered by {answer}"
         );
     }
+    Ok(())
+}
+
+/// New connections succeeded throughout, with no SYN retransmitted; the UDP flow kept its backend.
+fn new_connections_and_the_udp_flow_never_stopped(
+    probes: &Probes,
+    restart: Duration,
+) -> Result<()> {
     // New connections succeeded throughout (the datapath never stopped).
     let failed = probes.tcp.iter().filter(|(_, name)| name.is_none()).count();
     println!(
@@ -301,12 +342,23 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         "the UDP flow was answered by {udp_backends:?}"
     );
 
+    Ok(())
+}
+
+/// `inspect` reads the pinned maps: every held connection's flow names the backend answering
+/// it, and the TCP Service lists every backend. Returns the flows.
+fn inspect_shows_each_held_flow_and_every_backend(
+    scenario: &Scenario,
+    pins: &Path,
+    held: &[HeldConnection],
+) -> Result<Vec<serde_json::Value>> {
+    let pins_arg = pins.to_str().context("pin path")?;
     // inspect reads the pinned maps: every held connection's flow names its backend.
     let flows: serde_json::Value = serde_json::from_str(
-        &scenario.agent_command(&["inspect", "flows", "--json", "--bpffs", &pins_arg])?,
+        &scenario.agent_command(&["inspect", "flows", "--json", "--bpffs", pins_arg])?,
     )?;
-    let flows = flows.as_array().context("flows is not a list")?;
-    for connection in &held {
+    let flows = flows.as_array().context("flows is not a list")?.clone();
+    for connection in held {
         let client = connection.local_addr()?.to_string();
         let flow = flows
             .iter()
@@ -324,7 +376,7 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         );
     }
     let services: serde_json::Value = serde_json::from_str(
-        &scenario.agent_command(&["inspect", "services", "--json", "--bpffs", &pins_arg])?,
+        &scenario.agent_command(&["inspect", "services", "--json", "--bpffs", pins_arg])?,
     )?;
     let tcp_service = services
         .as_array()
@@ -350,6 +402,16 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         "inspect services: {programmed:?}, not {expected:?}"
     );
 
+    Ok(flows)
+}
+
+/// The counters survived the restart and count exactly the flows made.
+fn counters_count_exactly_the_flows_made(
+    scenario: &Scenario,
+    held: &[HeldConnection],
+    probes: &Probes,
+    flows: Vec<serde_json::Value>,
+) -> Result<()> {
     // The counters survived the restart and count exactly the flows made.
     let metrics = scenario
         .lab
@@ -405,6 +467,11 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         flows.len()
     );
 
+    Ok(())
+}
+
+/// The probe port answers from outside the node; the /debug views only on loopback.
+fn probes_answer_off_the_node_debug_views_only_on_it(scenario: &Scenario) -> Result<()> {
     // The probe port answers from outside the node; the /debug views only on loopback.
     let from_client = |path: &str| -> Result<String> {
         let url = format!("http://{}:9900{path}", lab::NODE_CLIENT_ADDR);
@@ -425,6 +492,15 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         "/debug/routes answered a client off the node"
     );
 
+    Ok(())
+}
+
+/// SIGTERM: the agent exits, the datapath stays; `cleanup` removes it.
+fn sigterm_keeps_the_datapath_and_cleanup_removes_it(
+    scenario: &mut Scenario,
+    pins: &Path,
+) -> Result<()> {
+    let pins_arg = pins.to_str().context("pin path")?;
     // SIGTERM: the agent exits, the datapath stays; `cleanup` removes it.
     scenario.stop_agent()?;
     ensure!(
@@ -436,7 +512,7 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         "the VIP stopped answering after SIGTERM"
     );
     let cleanup = std::process::Command::new(&scenario.binary)
-        .args(["cleanup", "--bpffs", &pins_arg])
+        .args(["cleanup", "--bpffs", pins_arg])
         .output()?;
     ensure!(cleanup.status.success(), "cleanup: {cleanup:?}");
     ensure!(
@@ -452,6 +528,5 @@ fn killed_agent_leaves_forwarding_running_and_its_successor_adopts_every_flow() 
         !scenario.vip_answers_tcp()?,
         "the VIP still answers after cleanup"
     );
-    drop(held);
     Ok(())
 }
