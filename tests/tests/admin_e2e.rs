@@ -1,6 +1,6 @@
 //! End-to-end tests of the admin listener (`--admin-listen`) and the metrics listener
 //! (`--metrics-listen`): the real `xdp-ingress` binary run L7-only on loopback ports it picks, as
-//! in `proxy_e2e.rs`, talked to with raw TCP so the tests see exactly when a connection closes.
+//! in the `proxy_*` tests, talked to with raw TCP so the tests see exactly when a connection closes.
 //!
 //! - idle connections are closed after `--client-idle-timeout`, a request head that has started
 //!   is cut after `--client-header-timeout`;
