@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 
 /// Namespace and name of an object (the namespace defaults to `default`, as kubectl does).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ObjectName {
     /// Namespace.
     pub namespace: String,

@@ -86,7 +86,11 @@ impl<M: DatapathMaps> L4Sink<M> {
         self.plan = if report.errors.is_empty() {
             plan
         } else {
-            self.programmed_plan()
+            // Health checks are not in the maps: the new plan's are the truth.
+            L4Plan {
+                health_checks: plan.health_checks,
+                ..self.programmed_plan()
+            }
         };
         report
     }
@@ -100,6 +104,7 @@ impl<M: DatapathMaps> L4Sink<M> {
                 .iter()
                 .map(|(frontend, programmed)| (*frontend, programmed.plan.clone()))
                 .collect(),
+            health_checks: Default::default(),
         }
     }
 }

@@ -83,22 +83,95 @@ impl fmt::Display for Endpoint {
     }
 }
 
-/// A Service port as programmed: whose it is and where it goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Where a frontend's address comes from (kube-proxy's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    /// A `status.loadBalancer.ingress[].ip` (or `spec.loadBalancerIP`).
+    #[default]
+    LoadBalancer,
+    /// A `spec.externalIPs[]` address, on any Service type.
+    ExternalIp,
+    /// A `nodePort` on one of this node's addresses.
+    NodePort,
+}
+
+impl fmt::Display for FrontendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::ExternalIp => "externalIP",
+            FrontendKind::NodePort => "NodePort",
+        })
+    }
+}
+
+/// An IPv4 prefix, as in `loadBalancerSourceRanges`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Prefix {
+    /// The network address (host bits zero).
+    pub addr: Ipv4Addr,
+    /// Prefix length, 0..=32.
+    pub len: u8,
+}
+
+impl fmt::Display for Ipv4Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// How a frontend treats its clients: decided by the translator, looked up by the datapath.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FrontendPolicy {
+    /// `externalTrafficPolicy: Local`: `backends` holds only this node's endpoints and the
+    /// client's address is never rewritten (no SNAT).
+    pub local_only: bool,
+    /// `sessionAffinity: ClientIP`: seconds a client keeps its backend after its last packet.
+    pub affinity_timeout: Option<u32>,
+    /// `loadBalancerSourceRanges` (LoadBalancer frontends only); empty means every client.
+    pub source_ranges: Vec<Ipv4Prefix>,
+}
+
+/// A Service port as programmed on one frontend: whose it is, how it treats clients and where it
+/// goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServicePortPlan {
     /// The Service.
     pub service: ObjectName,
     /// The Service port's name (may be empty for a single unnamed port).
     pub port_name: String,
-    /// Ready backends.
+    /// Where the frontend's address comes from.
+    pub kind: FrontendKind,
+    /// The frontend's policies.
+    pub policy: FrontendPolicy,
+    /// Endpoints new flows may pick (KEP-1669: the ready ones, or the serving terminating ones
+    /// when none is ready). Empty: new connections are refused.
     pub backends: BTreeSet<Endpoint>,
+    /// Serving, terminating endpoints not in `backends`: their established flows go on, they take
+    /// no new ones.
+    pub draining: BTreeSet<Endpoint>,
+    /// The endpoints of `backends` and `draining` that run on another node: their flows are
+    /// SNATed to this node's address, so replies come back through it.
+    pub remote: BTreeSet<Endpoint>,
+}
+
+/// `healthCheckNodePort` of an `externalTrafficPolicy: Local` Service: what the agent answers
+/// there (kube-proxy's health check server).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthCheckPlan {
+    /// The Service.
+    pub service: ObjectName,
+    /// Ready endpoints of the Service on this node (terminating ones do not count).
+    pub local_endpoints: u32,
 }
 
 /// The whole L4 plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct L4Plan {
-    /// Every forwarded VIP:port/protocol.
+    /// Every forwarded frontend address:port/protocol.
     pub frontends: BTreeMap<Frontend, ServicePortPlan>,
+    /// Health check servers by `healthCheckNodePort`.
+    pub health_checks: BTreeMap<u16, HealthCheckPlan>,
 }
 
 impl L4Plan {
@@ -388,6 +461,7 @@ fn translate_service(
                     service: name.clone(),
                     port_name: port_name.clone(),
                     backends: backends.clone(),
+                    ..ServicePortPlan::default()
                 },
             ));
         }

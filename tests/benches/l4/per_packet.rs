@@ -39,6 +39,7 @@ pub(crate) fn one_service_plan(port: u16, protocol: Protocol) -> L4Plan {
                     port: 8080,
                 })
                 .collect(),
+            ..ServicePortPlan::default()
         },
     );
     plan
@@ -170,6 +171,7 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
                 service: ObjectName { namespace: "bench".into(), name: "fixed-point".into() },
                 port_name: String::new(),
                 backends: [Endpoint { addr: fixed, port: 80 }].into_iter().collect(),
+                ..ServicePortPlan::default()
             },
         );
         let sync_report = sync.apply(&plan, Instant::now());

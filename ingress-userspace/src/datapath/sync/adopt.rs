@@ -178,6 +178,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 },
                 port_name: String::new(),
                 backends: backends.keys().copied().collect(),
+                ..ServicePortPlan::default()
             };
             report.frontends += 1;
             report.backends += backends.len();

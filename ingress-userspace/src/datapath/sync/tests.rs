@@ -105,6 +105,7 @@ fn plan_of(entries: &[(Frontend, &[u8])]) -> L4Plan {
                         port: 8080,
                     })
                     .collect::<BTreeSet<_>>(),
+                ..ServicePortPlan::default()
             },
         );
     }
