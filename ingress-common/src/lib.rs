@@ -39,6 +39,11 @@ pub mod map_names {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     /// `PerCpuArray<u64>`, indexed by [`crate::Reason`].
     pub const REASON_STATS: &str = "REASON_STATS";
+    /// `LpmTrie<SourceRangeKey, u8>`: the `loadBalancerSourceRanges` of every frontend that has
+    /// some ([`crate::SERVICE_SOURCE_RANGES`]), keyed by service id and client prefix.
+    pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
+    /// `LruHashMap<AffinityKey, AffinityEntry>`: `sessionAffinity: ClientIP`, client → backend.
+    pub const AFFINITY: &str = "AFFINITY";
 }
 
 /// Name of the XDP program in the object.
@@ -83,6 +88,10 @@ pub mod capacity {
     pub const MAGLEV_SLOTS: u32 = 12 * 1024 * 1024;
     /// Connection-tracking entries, each direction (about 90 bytes each).
     pub const FLOWS: u32 = 131_072;
+    /// Source-range prefixes over all frontends.
+    pub const SOURCE_RANGES: u32 = 65_536;
+    /// Session-affinity entries (client, frontend).
+    pub const AFFINITY: u32 = 131_072;
 }
 
 /// Slots per element of the Maglev slot array. Array values are padded to 8 bytes by the kernel, so
@@ -132,6 +141,53 @@ pub struct ServiceEntry {
     pub table_size: u32,
     /// The epoch of this service id, as in `SERVICE_STATES`; flows remember it.
     pub epoch: u32,
+    /// [`SERVICE_DROP_EMPTY`], [`SERVICE_SOURCE_RANGES`].
+    pub flags: u32,
+    /// `sessionAffinity: ClientIP` timeout in seconds; 0: no affinity.
+    pub affinity_timeout: u32,
+}
+
+/// With no backend for new flows, drop them instead of refusing them: the Service has endpoints,
+/// but none on this node and `externalTrafficPolicy: Local` (kube-proxy drops these too).
+pub const SERVICE_DROP_EMPTY: u32 = 1;
+/// New flows are allowed only from the frontend's prefixes in `SOURCE_RANGES`.
+pub const SERVICE_SOURCE_RANGES: u32 = 2;
+
+/// Key of `SOURCE_RANGES` (an LPM trie: the prefix length counts the service id's 32 bits, then
+/// the client prefix's).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceRangeKey {
+    /// Service id, network byte order (all 32 bits always match).
+    pub service_id: u32,
+    /// Client prefix, wire order.
+    pub addr: u32,
+}
+
+/// Key of `AFFINITY`: one client of one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    /// Service id of the frontend.
+    pub service_id: u32,
+    /// Client address, wire order.
+    pub client: u32,
+}
+
+/// The backend a client sticks to, and since when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityEntry {
+    /// Backend id.
+    pub backend_id: u32,
+    /// Its generation when chosen.
+    pub backend_generation: u32,
+    /// The frontend's service epoch when chosen (a reused service id forgets its clients).
+    pub service_epoch: u32,
+    /// Always zero.
+    pub pad: u32,
+    /// `bpf_ktime_get_coarse_ns` of the client's last new flow.
+    pub last_used_ns: u64,
 }
 
 /// What an established flow checks about its Service, by service id: that the id still belongs to
@@ -161,8 +217,12 @@ pub fn filter_slot(addr: u32) -> (u32, u64) {
     ((h >> 6) & (FILTER_WORDS - 1), 1u64 << (h & 63))
 }
 
-/// Backend is live: new flows may be sent to it and existing flows keep it.
+/// Backend is live: existing flows keep it (and, unless [`BACKEND_DRAINING`], new flows and
+/// affinity may pick it).
 pub const BACKEND_ACTIVE: u32 = 1;
+/// A serving, terminating endpoint (KEP-1669): it keeps its flows but takes no new ones; the
+/// Maglev table does not name it and session affinity does not return to it.
+pub const BACKEND_DRAINING: u32 = 2;
 
 /// One backend of one Service port.
 #[repr(C)]
@@ -174,11 +234,14 @@ pub struct BackendEntry {
     pub port: u16,
     /// Always zero.
     pub pad: u16,
-    /// [`BACKEND_ACTIVE`] or 0.
+    /// [`BACKEND_ACTIVE`], [`BACKEND_DRAINING`], or 0 (retired).
     pub flags: u32,
     /// Bumped every time the id is given to a new backend, so a flow remembered for an old owner
     /// of the id is re-balanced instead of being sent to a stranger.
     pub generation: u32,
+    /// The service id of the frontend the backend belongs to (a restarted agent adopts draining
+    /// backends, which no Maglev table names, by it).
+    pub service_id: u32,
 }
 
 /// A 5-tuple in one direction, as on the wire.
@@ -316,8 +379,12 @@ pub struct TrafficCounters {
     pub bytes: u64,
     /// Flows that were given a backend (new or re-balanced).
     pub new_flows: u64,
-    /// Packets dropped because the Service had no ready backend.
+    /// Packets dropped or refused because the Service had no ready backend.
     pub no_backend: u64,
+    /// New connections refused (TCP RST, ICMP port unreachable) for want of an endpoint.
+    pub rejected: u64,
+    /// New connections dropped because the client is outside `loadBalancerSourceRanges`.
+    pub denied: u64,
 }
 
 /// Why a packet was passed, dropped or how it was forwarded: index into `REASON_STATS`.
@@ -350,11 +417,19 @@ pub enum Reason {
     /// A VLAN-tagged frame whose backend lies behind another interface: rewritten, then handed to
     /// the stack, which owns the VLAN devices and forwards it.
     PassVlanOtherInterface = 11,
+    /// A TCP segment to a frontend without endpoints: answered with a RST from the frontend.
+    RejectTcpReset = 12,
+    /// A UDP datagram to a frontend without endpoints: answered with ICMP port unreachable.
+    RejectIcmpUnreachable = 13,
+    /// `externalTrafficPolicy: Local` and no endpoint on this node: dropped (as kube-proxy does).
+    DropNoLocalEndpoint = 14,
+    /// A new flow from a client outside the frontend's `loadBalancerSourceRanges`: dropped.
+    DropSourceRange = 15,
 }
 
 impl Reason {
     /// Number of reasons (size of `REASON_STATS`).
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 16;
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::PassNotOurs,
@@ -369,6 +444,10 @@ impl Reason {
         Reason::ReverseRedirect,
         Reason::DropInternal,
         Reason::PassVlanOtherInterface,
+        Reason::RejectTcpReset,
+        Reason::RejectIcmpUnreachable,
+        Reason::DropNoLocalEndpoint,
+        Reason::DropSourceRange,
     ];
 
     /// Stable snake-case name for logs, metrics and `inspect`.
@@ -386,6 +465,10 @@ impl Reason {
             Reason::ReverseRedirect => "reverse_redirect",
             Reason::DropInternal => "drop_internal",
             Reason::PassVlanOtherInterface => "pass_vlan_other_interface",
+            Reason::RejectTcpReset => "reject_tcp_reset",
+            Reason::RejectIcmpUnreachable => "reject_icmp_unreachable",
+            Reason::DropNoLocalEndpoint => "drop_no_local_endpoint",
+            Reason::DropSourceRange => "drop_source_range",
         }
     }
 }
@@ -459,6 +542,12 @@ mod pod {
     unsafe impl aya::Pod for TrafficCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for MaglevChunk {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SourceRangeKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for AffinityKey {}
+    // SAFETY: as above (4 × 4 + 8 bytes, no padding).
+    unsafe impl aya::Pod for AffinityEntry {}
     // SAFETY: as above (4 + 4 + 2 + 6 + 6 + 2 + 8 bytes, no padding).
     unsafe impl aya::Pod for NextHop {}
     // SAFETY: as above (4 + 6 + 6 bytes, no padding).

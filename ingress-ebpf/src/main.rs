@@ -4,28 +4,35 @@
 //! * client → VIP:port: parse, look the Service up, find or pick the backend (this CPU's flow
 //!   cache, then connection tracking, then Maglev), DNAT with incremental checksums, next hop
 //!   (cached FIB answer), MAC rewrite, TX or redirect;
-//! * backend → client replies of tracked flows: SNAT back to VIP:port, FIB lookup, TX or redirect.
+//! * backend → client replies of tracked flows: SNAT back to VIP:port, FIB lookup, TX or redirect;
+//! * a new flow to a frontend without endpoints: refused (TCP RST, ICMP port unreachable), or
+//!   dropped when only other nodes have endpoints (`externalTrafficPolicy: Local`).
 //!
 //! Everything else is handed to the stack untouched. The stages live in small modules: `parse`
 //! (bounds-checked header access, in the library: the bench object shares it), `maps`
-//! (definitions), `conntrack` (tracked flows and the per-CPU flow cache), `maglev` (the backend
-//! pick), `nat` (rewrites and checksums), `forward` (FIB and verdict), `stats` (per-CPU
-//! counters). No loops, no allocation, no per-packet logging (aya-log speaks only on an internal
+//! (definitions), `conntrack` (tracked flows and the per-CPU flow cache), `source_range`
+//! (`loadBalancerSourceRanges`), `affinity` (`sessionAffinity: ClientIP`), `maglev` (the backend
+//! pick), `reject` (refusals), `nat` (rewrites and checksums), `forward` (FIB and verdict),
+//! `stats` (per-CPU counters). No loops, no allocation, no per-packet logging (aya-log speaks only on an internal
 //! inconsistency that should never happen).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
 
+mod affinity;
 mod conntrack;
 mod forward;
 mod maglev;
 mod maps;
 mod nat;
+mod reject;
+mod source_range;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, macros::xdp, programs::XdpContext};
 use ingress_common::{
     filter_slot, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry, ServiceKey,
+    SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
 };
 use ingress_ebpf::parse::{self, Packet};
 
@@ -111,6 +118,12 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
             if packet.ttl <= 1 {
                 return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
             }
+            if service.flags & SERVICE_SOURCE_RANGES != 0
+                && !source_range::allowed(service.service_id, packet.src_addr)
+            {
+                stats::count_denied(service.service_id);
+                return Some((xdp_action::XDP_DROP, Reason::DropSourceRange));
+            }
             match new_flow(ctx, packet, &flow_key, &service, now) {
                 Ok((backend_id, backend)) => (service.service_id, backend_id, backend),
                 Err(verdict) => return Some(verdict),
@@ -132,7 +145,8 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
     ))
 }
 
-/// A flow without a live tracked backend: pick one with Maglev and remember it both ways.
+/// A flow without a live tracked backend: the client's sticky backend or a Maglev pick,
+/// remembered both ways. Without any backend the connection is refused (or dropped).
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
@@ -141,11 +155,29 @@ fn new_flow(
     service: &ServiceEntry,
     now: u64,
 ) -> Result<(u32, BackendEntry), (u32, Reason)> {
-    let Some((backend_id, backend)) = maglev::pick_backend(packet, service) else {
-        if service.table_size == 0 {
-            stats::count_no_backend(service.service_id);
-            return Err((xdp_action::XDP_DROP, Reason::DropNoBackend));
+    if service.table_size == 0 {
+        stats::count_no_backend(service.service_id);
+        if service.flags & SERVICE_DROP_EMPTY != 0 {
+            return Err((xdp_action::XDP_DROP, Reason::DropNoLocalEndpoint));
         }
+        let verdict = reject::refuse(ctx, packet);
+        if verdict.0 == xdp_action::XDP_TX {
+            stats::count_rejected(service.service_id);
+        }
+        return Err(verdict);
+    }
+    let affinity_now = if service.affinity_timeout != 0 {
+        affinity::now_ns()
+    } else {
+        0
+    };
+    let sticky = if service.affinity_timeout != 0 {
+        affinity::sticky_backend(service, packet.src_addr, affinity_now)
+    } else {
+        None
+    };
+    let Some((backend_id, backend)) = sticky.or_else(|| maglev::pick_backend(packet, service))
+    else {
         aya_log_ebpf::warn!(
             ctx,
             "maglev slot of service {} points at no live backend",
@@ -172,6 +204,9 @@ fn new_flow(
         pad: 0,
     };
     conntrack::track(flow_key, flow, &reverse_key, reverse, now);
+    if service.affinity_timeout != 0 {
+        affinity::remember(service, packet.src_addr, backend_id, &backend, affinity_now);
+    }
     stats::count_new_flow(service.service_id);
     Ok((backend_id, backend))
 }

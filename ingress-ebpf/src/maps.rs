@@ -2,12 +2,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use ingress_common::{
-    capacity, BackendEntry, FlowCacheEntry, FlowEntry, FlowKey, MaglevChunk, NextHop, Reason,
-    ReverseEntry, ServiceEntry, ServiceKey, ServiceState, TrafficCounters, FILTER_WORDS,
-    FLOW_CACHE_SLOTS, MAGLEV_CHUNK_SLOTS,
+    capacity, AffinityEntry, AffinityKey, BackendEntry, FlowCacheEntry, FlowEntry, FlowKey,
+    MaglevChunk, NextHop, Reason, ReverseEntry, ServiceEntry, ServiceKey, ServiceState,
+    SourceRangeKey, TrafficCounters, FILTER_WORDS, FLOW_CACHE_SLOTS, MAGLEV_CHUNK_SLOTS,
 };
 
 /// Lets the agent mmap the Maglev slots and write whole tables with a memcpy.
@@ -63,3 +63,11 @@ pub(crate) static BACKEND_STATS: PerCpuArray<TrafficCounters> =
 
 #[map(name = "REASON_STATS")]
 pub(crate) static REASON_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+#[map(name = "SOURCE_RANGES")]
+pub(crate) static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
+    LpmTrie::with_max_entries(capacity::SOURCE_RANGES, 0);
+
+#[map(name = "AFFINITY")]
+pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
+    LruHashMap::with_max_entries(capacity::AFFINITY, 0);

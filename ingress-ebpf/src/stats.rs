@@ -45,3 +45,19 @@ pub(crate) fn count_no_backend(service_id: u32) {
         unsafe { (*counters).no_backend += 1 };
     }
 }
+
+#[inline(always)]
+pub(crate) fn count_rejected(service_id: u32) {
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*counters).rejected += 1 };
+    }
+}
+
+#[inline(always)]
+pub(crate) fn count_denied(service_id: u32) {
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*counters).denied += 1 };
+    }
+}

@@ -304,6 +304,11 @@ fn services_from_maps(maps: &KernelMaps, names: &Names) -> Result<Value> {
             "bytes": counters.bytes,
             "new_flows": counters.new_flows,
             "no_backend_drops": counters.no_backend,
+            "rejected": counters.rejected,
+            "source_range_drops": counters.denied,
+            "affinity_timeout_seconds": entry.affinity_timeout,
+            "drops_when_empty": entry.flags & ingress_common::SERVICE_DROP_EMPTY != 0,
+            "source_ranges": entry.flags & ingress_common::SERVICE_SOURCE_RANGES != 0,
             "backends": backends,
         }));
     }

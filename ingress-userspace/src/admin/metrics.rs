@@ -50,8 +50,12 @@ pub struct Traffic {
     pub bytes: u64,
     /// Flows created (frontends only).
     pub new_flows: u64,
-    /// Packets dropped for want of a ready backend (frontends only).
+    /// Packets dropped or refused for want of a ready backend (frontends only).
     pub no_backend: u64,
+    /// New connections refused with a TCP RST or ICMP port unreachable (frontends only).
+    pub rejected: u64,
+    /// New connections dropped by `loadBalancerSourceRanges` (frontends only).
+    pub denied: u64,
 }
 
 /// One programmed Service frontend and its backends.
@@ -89,6 +93,8 @@ pub(crate) fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
         bytes: c.bytes,
         new_flows: c.new_flows,
         no_backend: c.no_backend,
+        rejected: c.rejected,
+        denied: c.denied,
     };
     let frontends = sink
         .sync()
@@ -129,7 +135,7 @@ pub(crate) fn encode_l4(
     encoder: &mut DescriptorEncoder,
 ) -> std::fmt::Result {
     type Read = fn(&Traffic) -> u64;
-    let frontend_families: [(&str, &str, Read); 4] = [
+    let frontend_families: [(&str, &str, Read); 6] = [
         (
             "xdp_ingress_service_packets",
             "Packets forwarded to a Service frontend's backends",
@@ -147,8 +153,18 @@ pub(crate) fn encode_l4(
         ),
         (
             "xdp_ingress_service_no_backend_drops",
-            "Packets to a Service frontend dropped because it has no ready backend",
+            "Packets to a Service frontend without a ready backend (dropped, or refused)",
             |t| t.no_backend,
+        ),
+        (
+            "xdp_ingress_service_rejected",
+            "New connections to a Service frontend without endpoints refused (TCP RST, ICMP port unreachable)",
+            |t| t.rejected,
+        ),
+        (
+            "xdp_ingress_service_source_range_drops",
+            "New connections dropped because the client is outside loadBalancerSourceRanges",
+            |t| t.denied,
         ),
     ];
     for (name, help, read) in frontend_families {

@@ -5,19 +5,38 @@
 
 use std::{os::fd::AsFd as _, ptr::NonNull};
 
+use std::net::Ipv4Addr;
+
 use aya::{
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues},
+    maps::{
+        lpm_trie::{Key, LpmTrie},
+        Array, HashMap, Map, MapData, PerCpuArray, PerCpuValues,
+    },
     Ebpf,
 };
 use ingress_common::{
     map_names, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry, ServiceKey,
-    ServiceState, TrafficCounters,
+    ServiceState, SourceRangeKey, TrafficCounters,
 };
 
-use crate::datapath::{
-    sync::{DatapathMaps, Filter, KernelState},
-    DatapathError, PinDir,
+use crate::{
+    datapath::{
+        sync::{DatapathMaps, Filter, KernelState},
+        DatapathError, PinDir,
+    },
+    translate::l4::Ipv4Prefix,
 };
+
+/// The LPM key of a frontend's prefix: the service id's 32 bits, then the prefix's.
+fn source_range_key(service_id: u32, prefix: Ipv4Prefix) -> Key<SourceRangeKey> {
+    Key::new(
+        32 + u32::from(prefix.len),
+        SourceRangeKey {
+            service_id: service_id.to_be(),
+            addr: u32::from_ne_bytes(prefix.addr.octets()),
+        },
+    )
+}
 
 /// The Maglev slot array, mapped into our address space.
 struct MappedSlots {
@@ -112,6 +131,7 @@ pub struct KernelMaps {
     service_stats: PerCpuArray<MapData, TrafficCounters>,
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     reason_stats: PerCpuArray<MapData, u64>,
+    source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
     cpus: usize,
     /// FLOWS' size: a walk of its keys never counts past it.
     flow_capacity: usize,
@@ -218,6 +238,7 @@ impl KernelMaps {
             service_stats: typed(&mut get, map_names::SERVICE_STATS)?,
             backend_stats: typed(&mut get, map_names::BACKEND_STATS)?,
             reason_stats: typed(&mut get, map_names::REASON_STATS)?,
+            source_ranges: typed(&mut get, map_names::SOURCE_RANGES)?,
             cpus,
             flow_capacity,
         })
@@ -331,11 +352,25 @@ impl KernelMaps {
             .rposition(|b| b.generation != 0 || b.flags != 0 || b.addr != 0)
             .map_or(0, |last| last + 1);
         backends.truncate(used);
+        let mut source_ranges = Vec::new();
+        for key in self.source_ranges.keys() {
+            let key = key.map_err(map_error("reading SOURCE_RANGES"))?;
+            let data = key.data();
+            let len = key.prefix_len().saturating_sub(32).min(32) as u8;
+            source_ranges.push((
+                u32::from_be(data.service_id),
+                Ipv4Prefix {
+                    addr: Ipv4Addr::from(data.addr.to_ne_bytes()),
+                    len,
+                },
+            ));
+        }
         Ok(KernelState {
             services,
             vips,
             epochs,
             backends,
+            source_ranges,
         })
     }
 }
@@ -354,6 +389,8 @@ fn sum_counters(
             sum.bytes += c.bytes;
             sum.new_flows += c.new_flows;
             sum.no_backend += c.no_backend;
+            sum.rejected += c.rejected;
+            sum.denied += c.denied;
             sum
         }))
 }
@@ -412,6 +449,24 @@ impl DatapathMaps for KernelMaps {
             id,
             map_names::SERVICE_STATS,
         )
+    }
+    fn add_source_range(
+        &mut self,
+        service_id: u32,
+        prefix: Ipv4Prefix,
+    ) -> Result<(), DatapathError> {
+        self.source_ranges
+            .insert(&source_range_key(service_id, prefix), 1, 0)
+            .map_err(map_error(format!("writing SOURCE_RANGES {prefix}")))
+    }
+    fn remove_source_range(
+        &mut self,
+        service_id: u32,
+        prefix: Ipv4Prefix,
+    ) -> Result<(), DatapathError> {
+        self.source_ranges
+            .remove(&source_range_key(service_id, prefix))
+            .map_err(map_error(format!("removing SOURCE_RANGES {prefix}")))
     }
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError> {
         Self::zero_per_cpu(

@@ -8,19 +8,20 @@
 //! old entry on another CPU may still be reading them.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, VecDeque},
     net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
 use ingress_common::{
-    filter_slot, BackendEntry, ServiceEntry, ServiceKey, ServiceState, BACKEND_ACTIVE, FILTER_WORDS,
+    filter_slot, BackendEntry, ServiceEntry, ServiceKey, ServiceState, BACKEND_ACTIVE,
+    BACKEND_DRAINING, FILTER_WORDS, SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
 };
 
 pub use crate::datapath::DatapathError;
 use crate::{
     datapath::maglev,
-    translate::l4::{Endpoint, Frontend, L4Plan, ServicePortPlan},
+    translate::l4::{Endpoint, Frontend, FrontendKind, Ipv4Prefix, L4Plan, ServicePortPlan},
 };
 
 /// How long retired ids and slots wait before reuse. XDP programs finish within microseconds; this
@@ -55,6 +56,45 @@ pub trait DatapathMaps {
     fn reset_service_counters(&mut self, id: u32) -> Result<(), DatapathError>;
     /// Zeroes a backend's counters.
     fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError>;
+    /// Allows new flows from `prefix` to frontend `service_id`.
+    fn add_source_range(
+        &mut self,
+        service_id: u32,
+        prefix: Ipv4Prefix,
+    ) -> Result<(), DatapathError>;
+    /// Takes a prefix back.
+    fn remove_source_range(
+        &mut self,
+        service_id: u32,
+        prefix: Ipv4Prefix,
+    ) -> Result<(), DatapathError>;
+}
+
+/// Whether a frontend's address counts in `VIPS` (whose fragments the datapath drops): a node
+/// address carrying nodePorts is not a VIP, its other traffic (fragments included) is the node's.
+fn counts_as_vip(kind: FrontendKind) -> bool {
+    kind != FrontendKind::NodePort
+}
+
+/// The `ServiceEntry` flags a frontend's plan asks for.
+fn service_flags(plan: &ServicePortPlan) -> u32 {
+    let mut flags = 0;
+    if plan.endpoints_elsewhere {
+        flags |= SERVICE_DROP_EMPTY;
+    }
+    if !plan.policy.source_ranges.is_empty() {
+        flags |= SERVICE_SOURCE_RANGES;
+    }
+    flags
+}
+
+/// Whether two plans of a frontend program the same maps (names and `remote` aside).
+fn same_datapath(programmed: &ServicePortPlan, wanted: &ServicePortPlan) -> bool {
+    programmed.backends == wanted.backends
+        && programmed.draining == wanted.draining
+        && programmed.policy == wanted.policy
+        && programmed.endpoints_elsewhere == wanted.endpoints_elsewhere
+        && counts_as_vip(programmed.kind) == counts_as_vip(wanted.kind)
 }
 
 /// The two address filters the XDP program tests before any hash lookup.
@@ -282,13 +322,10 @@ impl<M: DatapathMaps> DatapathSync<M> {
         now: Instant,
         report: &mut SyncReport,
     ) {
-        let unchanged = self.frontends.get(frontend).map(|programmed| {
-            programmed.backends.len() == wanted.backends.len()
-                && wanted
-                    .backends
-                    .iter()
-                    .all(|b| programmed.backends.contains_key(b))
-        });
+        let unchanged = self
+            .frontends
+            .get(frontend)
+            .map(|programmed| same_datapath(&programmed.plan, wanted));
         match unchanged {
             Some(true) => {
                 report.unchanged += 1;
@@ -348,6 +385,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
             pad: 0,
             flags: 0,
             generation: self.generations.get(id as usize).copied().unwrap_or(0),
+            service_id: 0,
         };
         self.maps.set_backend(id, &entry)?;
         self.backend_filter.remove(&mut self.maps, backend.addr)?;
@@ -371,7 +409,14 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 ..Default::default()
             },
         )?;
-        self.release_vip_port(frontend.vip)?;
+        for prefix in &programmed.plan.policy.source_ranges {
+            self.maps
+                .remove_source_range(programmed.service_id, *prefix)?;
+        }
+        if counts_as_vip(programmed.plan.kind) {
+            self.release_vip_port(frontend.vip)?;
+        }
+        self.vip_filter.remove(&mut self.maps, frontend.vip)?;
         for (backend, id) in &programmed.backends {
             self.retire_backend(*id, backend, now)?;
         }
@@ -396,7 +441,6 @@ impl<M: DatapathMaps> DatapathSync<M> {
             .saturating_sub(1);
         if remaining == 0 {
             self.vip_ports.remove(&vip);
-            self.vip_filter.remove(&mut self.maps, vip)?;
             self.maps.remove_vip(vip_key(vip))
         } else {
             self.vip_ports.insert(vip, remaining);
@@ -415,7 +459,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
         // Ids: keep those of backends that stay, allocate for newcomers.
         let mut backends = BTreeMap::new();
         let mut fresh = Vec::new();
-        for backend in &wanted.backends {
+        for backend in wanted.backends.iter().chain(&wanted.draining) {
             if let Some(id) = previous.as_ref().and_then(|p| p.backends.get(backend)) {
                 backends.insert(*backend, *id);
                 continue;
@@ -429,7 +473,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
         }
         let table_size = maglev::resize(
             previous.as_ref().map(|p| p.table_size).unwrap_or(0),
-            backends.len(),
+            wanted.backends.len(),
         );
         let Some(table_offset) = self.slots.allocate(table_size) else {
             fresh.iter().for_each(|id| self.backend_ids.release(*id));
@@ -447,32 +491,52 @@ impl<M: DatapathMaps> DatapathSync<M> {
             },
         };
 
-        // 1. Newcomers into unused backend ids.
-        for id in &fresh {
-            let index = *id as usize;
-            if self.generations.len() <= index {
-                self.generations.resize(index + 1, 0);
+        let backend_flags = |backend: &Endpoint| {
+            if wanted.backends.contains(backend) {
+                BACKEND_ACTIVE
+            } else {
+                BACKEND_ACTIVE | BACKEND_DRAINING
             }
-            self.generations[index] = self.generations[index].wrapping_add(1);
-            let Some((backend, _)) = backends.iter().find(|(_, b)| *b == id) else {
-                continue;
-            };
-            self.maps.reset_backend_counters(*id)?;
-            self.backend_filter.add(&mut self.maps, backend.addr)?;
+        };
+        // 1. Newcomers into unused backend ids; kept backends whose state changed (ready ↔
+        // draining) rewritten in place, same generation, so their flows stay.
+        for (backend, id) in &backends {
+            let index = *id as usize;
+            let is_fresh = fresh.contains(id);
+            if is_fresh {
+                if self.generations.len() <= index {
+                    self.generations.resize(index + 1, 0);
+                }
+                self.generations[index] = self.generations[index].wrapping_add(1);
+                self.maps.reset_backend_counters(*id)?;
+                self.backend_filter.add(&mut self.maps, backend.addr)?;
+            } else {
+                let was_draining = previous
+                    .as_ref()
+                    .is_some_and(|p| p.plan.draining.contains(backend));
+                if was_draining == wanted.draining.contains(backend) {
+                    continue;
+                }
+            }
             self.maps.set_backend(
                 *id,
                 &BackendEntry {
                     addr: u32::from_ne_bytes(backend.addr.octets()),
                     port: backend.port.to_be(),
                     pad: 0,
-                    flags: BACKEND_ACTIVE,
-                    generation: self.generations[index],
+                    flags: backend_flags(backend),
+                    generation: self.generations.get(index).copied().unwrap_or(0),
+                    service_id,
                 },
             )?;
         }
-        // 2. The new table into unused slots.
-        let names: Vec<String> = backends.keys().map(|b| b.to_string()).collect();
-        let ids: Vec<u32> = backends.values().copied().collect();
+        // 2. The new table into unused slots, over the backends that take new flows.
+        let serving: Vec<(&Endpoint, &u32)> = backends
+            .iter()
+            .filter(|(backend, _)| wanted.backends.contains(backend))
+            .collect();
+        let names: Vec<String> = serving.iter().map(|(b, _)| b.to_string()).collect();
+        let ids: Vec<u32> = serving.iter().map(|(_, id)| **id).collect();
         let table: Vec<u32> = maglev::populate(&names, table_size)
             .into_iter()
             .map(|index| ids[index as usize])
@@ -496,16 +560,32 @@ impl<M: DatapathMaps> DatapathSync<M> {
                         epoch,
                     },
                 )?;
-                let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
-                *ports += 1;
-                let ports = *ports;
-                if ports == 1 {
-                    self.vip_filter.add(&mut self.maps, frontend.vip)?;
-                }
-                self.maps.set_vip(vip_key(frontend.vip), ports)?;
+                self.vip_filter.add(&mut self.maps, frontend.vip)?;
                 epoch
             }
         };
+        let was_vip = previous.as_ref().map(|p| counts_as_vip(p.plan.kind));
+        let is_vip = counts_as_vip(wanted.kind);
+        if was_vip != Some(is_vip) {
+            if is_vip {
+                let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
+                *ports += 1;
+                let ports = *ports;
+                self.maps.set_vip(vip_key(frontend.vip), ports)?;
+            } else if was_vip == Some(true) {
+                self.release_vip_port(frontend.vip)?;
+            }
+        }
+        // Source ranges: the new prefixes before the switch, the old ones after it.
+        let old_ranges: BTreeSet<Ipv4Prefix> = previous
+            .as_ref()
+            .map(|p| p.plan.policy.source_ranges.iter().copied().collect())
+            .unwrap_or_default();
+        let new_ranges: BTreeSet<Ipv4Prefix> =
+            wanted.policy.source_ranges.iter().copied().collect();
+        for prefix in new_ranges.difference(&old_ranges) {
+            self.maps.add_source_range(service_id, *prefix)?;
+        }
         self.maps.set_service(
             &key,
             &ServiceEntry {
@@ -513,8 +593,13 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 table_offset,
                 table_size,
                 epoch,
+                flags: service_flags(wanted),
+                affinity_timeout: wanted.policy.affinity_timeout.unwrap_or(0),
             },
         )?;
+        for prefix in old_ranges.difference(&new_ranges) {
+            self.maps.remove_source_range(service_id, *prefix)?;
+        }
         // 4. Retire what the old table used.
         if let Some(previous) = &previous {
             for (backend, id) in &previous.backends {

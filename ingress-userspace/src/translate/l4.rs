@@ -153,6 +153,9 @@ pub struct ServicePortPlan {
     /// The endpoints of `backends` and `draining` that run on another node: their flows are
     /// SNATed to this node's address, so replies come back through it.
     pub remote: BTreeSet<Endpoint>,
+    /// `backends` is empty only because of `externalTrafficPolicy: Local`: other nodes have
+    /// endpoints. New connections are then dropped, as kube-proxy does, instead of refused.
+    pub endpoints_elsewhere: bool,
 }
 
 /// `healthCheckNodePort` of an `externalTrafficPolicy: Local` Service: what the agent answers

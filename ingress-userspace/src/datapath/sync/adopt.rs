@@ -10,15 +10,20 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
-use ingress_common::{proto, BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE, FILTER_WORDS};
+use ingress_common::{
+    proto, BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE, BACKEND_DRAINING, FILTER_WORDS,
+    SERVICE_DROP_EMPTY,
+};
 
 use super::{
-    vip_key, AddressFilter, Capacity, DatapathError, DatapathMaps, DatapathSync, Filter, IdPool,
-    ProgrammedFrontend, Retired,
+    counts_as_vip, vip_key, AddressFilter, Capacity, DatapathError, DatapathMaps, DatapathSync,
+    Filter, IdPool, ProgrammedFrontend, Retired,
 };
 use crate::{
     model::ObjectName,
-    translate::l4::{Endpoint, Frontend, Protocol, ServicePortPlan},
+    translate::l4::{
+        Endpoint, Frontend, FrontendKind, FrontendPolicy, Ipv4Prefix, Protocol, ServicePortPlan,
+    },
 };
 
 /// What pinned maps hold, read back at start (`KernelMaps::read_state`).
@@ -32,6 +37,8 @@ pub struct KernelState {
     pub epochs: Vec<u32>,
     /// BACKENDS, indexed by backend id.
     pub backends: Vec<BackendEntry>,
+    /// SOURCE_RANGES: service id and prefix.
+    pub source_ranges: Vec<(u32, Ipv4Prefix)>,
 }
 
 /// Pinned state that cannot be adopted.
@@ -105,6 +112,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
     ) -> Result<(Self, AdoptReport), AdoptError> {
         let mut sync = Self::new(maps, capacity);
         let mut report = AdoptReport::default();
+        let kernel_vips: BTreeMap<u32, u32> = state.vips.iter().copied().collect();
         let mut owner: BTreeMap<u32, Frontend> = BTreeMap::new();
         let mut service_ids = BTreeMap::new();
         for (key, entry, table) in &state.services {
@@ -119,21 +127,33 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     entry.service_id
                 )));
             }
-            if entry.table_size == 0 || table.len() != entry.table_size as usize {
+            if table.len() != entry.table_size as usize {
                 return Err(inconsistent(format!(
                     "Maglev table of {} slots, {} readable",
                     entry.table_size,
                     table.len()
                 )));
             }
-            if !sync.slots.take(entry.table_offset, entry.table_size) {
+            if entry.table_size != 0 && !sync.slots.take(entry.table_offset, entry.table_size) {
                 return Err(inconsistent(format!(
                     "Maglev slots {}+{} overlap another table or exceed {}",
                     entry.table_offset, entry.table_size, capacity.slots
                 )));
             }
             let mut backends = BTreeMap::new();
-            for &id in table {
+            // Draining backends are in no table; they name their frontend's service id.
+            let draining_ids = state.backends.iter().enumerate().filter_map(|(id, b)| {
+                (b.flags & (BACKEND_ACTIVE | BACKEND_DRAINING) == BACKEND_ACTIVE | BACKEND_DRAINING
+                    && b.service_id == entry.service_id)
+                    .then_some(id as u32)
+            });
+            let mut draining = std::collections::BTreeSet::new();
+            let table_ids: Vec<(u32, bool)> = table
+                .iter()
+                .map(|&id| (id, false))
+                .chain(draining_ids.map(|id| (id, true)))
+                .collect();
+            for (id, is_draining) in table_ids {
                 let published = state
                     .backends
                     .get(id as usize)
@@ -152,6 +172,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     addr: Ipv4Addr::from(published.addr.to_ne_bytes()),
                     port: u16::from_be(published.port),
                 };
+                if is_draining {
+                    draining.insert(backend);
+                }
                 if let Some(other) = backends.insert(backend, id) {
                     if other != id {
                         return Err(inconsistent(format!(
@@ -171,13 +194,40 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     entry.epoch
                 )));
             }
+            // The kind is not in the kernel; only whether the address is a VIP matters to the
+            // maps, and VIPS says that.
+            let kind = if kernel_vips.contains_key(&key.vip) {
+                FrontendKind::LoadBalancer
+            } else {
+                FrontendKind::NodePort
+            };
             let plan = ServicePortPlan {
                 service: ObjectName {
                     namespace: String::new(),
                     name: ADOPTED.into(),
                 },
                 port_name: String::new(),
-                backends: backends.keys().copied().collect(),
+                kind,
+                policy: FrontendPolicy {
+                    local_only: false,
+                    affinity_timeout: (entry.affinity_timeout != 0)
+                        .then_some(entry.affinity_timeout),
+                    source_ranges: state
+                        .source_ranges
+                        .iter()
+                        .filter(|(id, _)| *id == entry.service_id)
+                        .map(|(_, prefix)| *prefix)
+                        .collect::<std::collections::BTreeSet<Ipv4Prefix>>()
+                        .into_iter()
+                        .collect(),
+                },
+                backends: backends
+                    .keys()
+                    .filter(|b| !draining.contains(*b))
+                    .copied()
+                    .collect(),
+                draining,
+                endpoints_elsewhere: entry.flags & SERVICE_DROP_EMPTY != 0,
                 ..ServicePortPlan::default()
             };
             report.frontends += 1;
@@ -233,10 +283,11 @@ impl<M: DatapathMaps> DatapathSync<M> {
 
         // VIPS counts and both filters, recomputed from the adopted frontends and rewritten
         // whole: a stale bit would only cost a hash lookup, a missing one would drop traffic.
-        for frontend in sync.frontends.keys() {
-            *sync.vip_ports.entry(frontend.vip).or_insert(0) += 1;
+        for (frontend, programmed) in &sync.frontends {
+            if counts_as_vip(programmed.plan.kind) {
+                *sync.vip_ports.entry(frontend.vip).or_insert(0) += 1;
+            }
         }
-        let kernel_vips: BTreeMap<u32, u32> = state.vips.iter().copied().collect();
         for (vip, ports) in &sync.vip_ports {
             let key = vip_key(*vip);
             if kernel_vips.get(&key) != Some(ports) {
@@ -253,11 +304,11 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 report.vips_fixed += 1;
             }
         }
-        // Holders as the sync counts them: one per VIP, one per (frontend, backend).
+        // Holders as the sync counts them: one per frontend, one per (frontend, backend).
         let mut vip_filter = AddressFilter::new(Filter::Vips);
         let mut backend_filter = AddressFilter::new(Filter::Backends);
-        for vip in sync.vip_ports.keys() {
-            vip_filter.mark(*vip);
+        for frontend in sync.frontends.keys() {
+            vip_filter.mark(frontend.vip);
         }
         for programmed in sync.frontends.values() {
             for backend in programmed.backends.keys() {

@@ -21,6 +21,7 @@ struct MemoryMaps {
     slots: Vec<u32>,
     states: BTreeMap<u32, ServiceState>,
     filters: BTreeMap<(Filter, u32), u64>,
+    source_ranges: BTreeSet<(u32, Ipv4Prefix)>,
     writes: Vec<String>,
 }
 
@@ -75,6 +76,26 @@ impl DatapathMaps for MemoryMaps {
         Ok(())
     }
     fn reset_backend_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+        Ok(())
+    }
+    fn add_source_range(
+        &mut self,
+        service_id: u32,
+        prefix: Ipv4Prefix,
+    ) -> Result<(), DatapathError> {
+        self.writes
+            .push(format!("source range {service_id} {prefix}"));
+        self.source_ranges.insert((service_id, prefix));
+        Ok(())
+    }
+    fn remove_source_range(
+        &mut self,
+        service_id: u32,
+        prefix: Ipv4Prefix,
+    ) -> Result<(), DatapathError> {
+        self.writes
+            .push(format!("source range {service_id} {prefix} removed"));
+        self.source_ranges.remove(&(service_id, prefix));
         Ok(())
     }
 }
@@ -358,9 +379,11 @@ impl MemoryMaps {
                         pad: 0,
                         flags: 0,
                         generation: 0,
+                        service_id: 0,
                     })
                 })
                 .collect(),
+            source_ranges: self.source_ranges.iter().copied().collect(),
         }
     }
 
@@ -373,6 +396,7 @@ impl MemoryMaps {
             slots: self.slots.clone(),
             states: self.states.clone(),
             filters: self.filters.clone(),
+            source_ranges: self.source_ranges.clone(),
             writes: Vec::new(),
         }
     }
@@ -490,6 +514,7 @@ fn adoption_retires_orphans_and_fixes_vip_counts() {
             pad: 0,
             flags: BACKEND_ACTIVE,
             generation: 3,
+            service_id: 0,
         },
     );
     kernel.vips.insert(u32::from_ne_bytes([203, 0, 113, 77]), 1);
@@ -582,4 +607,192 @@ fn an_adopted_vip_leaves_the_filter_with_its_last_port() {
         .maps()
         .vips
         .contains_key(&u32::from_ne_bytes(vip.octets())));
+}
+
+fn endpoint(last: u8) -> Endpoint {
+    Endpoint {
+        addr: Ipv4Addr::new(198, 51, 100, last),
+        port: 8080,
+    }
+}
+
+#[test]
+fn a_terminating_endpoint_keeps_its_id_and_generation_and_leaves_the_table() {
+    let now = Instant::now();
+    let web = frontend(10, 80);
+    let mut plan = plan_of(&[(web, &[11, 12])]);
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    sync.apply(&plan, now);
+    let before = sync.frontends()[&web].clone();
+    let id_12 = before.backends[&endpoint(12)];
+    let generation = sync.maps().backends[&id_12].generation;
+
+    let entry = plan.frontends.get_mut(&web).expect("planned");
+    entry.backends.remove(&endpoint(12));
+    entry.draining.insert(endpoint(12));
+    let report = sync.apply(&plan, now);
+    assert_eq!(report.changed, 1);
+    let after = &sync.frontends()[&web];
+    assert_eq!(after.backends[&endpoint(12)], id_12, "same id");
+    let published = sync.maps().backends[&id_12];
+    assert_eq!(published.flags, BACKEND_ACTIVE | BACKEND_DRAINING);
+    assert_eq!(published.generation, generation, "its flows stay valid");
+    assert_eq!(published.service_id, after.service_id);
+    let start = after.table_offset as usize;
+    let table = &sync.maps().slots[start..start + after.table_size as usize];
+    assert!(table.iter().all(|id| *id == after.backends[&endpoint(11)]));
+
+    // Gone from the slice: retired.
+    plan.frontends
+        .get_mut(&web)
+        .expect("planned")
+        .draining
+        .clear();
+    sync.apply(&plan, now);
+    assert_eq!(sync.maps().backends[&id_12].flags, 0);
+}
+
+#[test]
+fn source_ranges_are_written_before_the_switch_and_removed_after_it() {
+    let now = Instant::now();
+    let web = frontend(10, 80);
+    let prefix = |a: u8, len: u8| Ipv4Prefix {
+        addr: Ipv4Addr::new(192, 0, 2, a),
+        len,
+    };
+    let mut plan = plan_of(&[(web, &[11])]);
+    plan.frontends
+        .get_mut(&web)
+        .expect("planned")
+        .policy
+        .source_ranges = vec![prefix(0, 25)];
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    sync.apply(&plan, now);
+    let id = sync.frontends()[&web].service_id;
+    let entry = sync
+        .maps()
+        .services
+        .values()
+        .next()
+        .copied()
+        .expect("entry");
+    assert_eq!(entry.flags, SERVICE_SOURCE_RANGES);
+    assert!(sync.maps().source_ranges.contains(&(id, prefix(0, 25))));
+
+    sync.maps.writes.clear();
+    plan.frontends
+        .get_mut(&web)
+        .expect("planned")
+        .policy
+        .source_ranges = vec![prefix(128, 25)];
+    sync.apply(&plan, now);
+    let writes = &sync.maps().writes;
+    let added = writes
+        .iter()
+        .position(|w| *w == format!("source range {id} 192.0.2.128/25"))
+        .expect("added");
+    let switched = writes
+        .iter()
+        .position(|w| *w == format!("service {id}"))
+        .expect("switched");
+    let removed = writes
+        .iter()
+        .position(|w| *w == format!("source range {id} 192.0.2.0/25 removed"))
+        .expect("removed");
+    assert!(added < switched && switched < removed, "{writes:?}");
+
+    // No ranges: everyone, and the trie holds nothing of this frontend.
+    plan.frontends
+        .get_mut(&web)
+        .expect("planned")
+        .policy
+        .source_ranges
+        .clear();
+    sync.apply(&plan, now);
+    let entry = sync
+        .maps()
+        .services
+        .values()
+        .next()
+        .copied()
+        .expect("entry");
+    assert_eq!(entry.flags, 0);
+    assert!(sync.maps().source_ranges.is_empty());
+    sync.apply(&L4Plan::default(), now);
+    assert!(sync.maps().source_ranges.is_empty());
+}
+
+#[test]
+fn node_ports_are_not_vips_and_policies_reach_the_service_entry() {
+    let now = Instant::now();
+    let node_port = frontend(66, 30080);
+    let lb = frontend(10, 80);
+    let mut plan = plan_of(&[(node_port, &[11]), (lb, &[])]);
+    {
+        let entry = plan.frontends.get_mut(&node_port).expect("planned");
+        entry.kind = FrontendKind::NodePort;
+        entry.policy.affinity_timeout = Some(10_800);
+    }
+    plan.frontends
+        .get_mut(&lb)
+        .expect("planned")
+        .endpoints_elsewhere = true;
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    sync.apply(&plan, now);
+    let maps = sync.maps();
+    assert!(!maps.vips.contains_key(&vip_key(node_port.vip)));
+    assert!(maps.vips.contains_key(&vip_key(lb.vip)));
+    assert!(passes(maps, Filter::Vips, node_port.vip), "looked up");
+    let entry_of = |f: &Frontend| maps.services[&(vip_key(f.vip), f.port.to_be(), 6)];
+    assert_eq!(entry_of(&node_port).affinity_timeout, 10_800);
+    assert_eq!(entry_of(&lb).flags, SERVICE_DROP_EMPTY);
+    assert_eq!(entry_of(&lb).table_size, 0);
+
+    // A restart adopts all of it (an empty frontend too) and the same plan writes nothing.
+    let kernel = sync.maps().reopen();
+    let state = kernel.state();
+    let (mut adopted, report) =
+        DatapathSync::adopt(kernel, capacity(), &state, now).expect("consistent state");
+    assert_eq!(report.frontends, 2);
+    adopted.maps.writes.clear();
+    let report = adopted.apply(&plan, now);
+    assert_eq!(report.unchanged, 2, "{report:?}");
+    assert!(
+        adopted.maps().writes.is_empty(),
+        "{:?}",
+        adopted.maps().writes
+    );
+}
+
+#[test]
+fn adoption_keeps_draining_endpoints_and_source_ranges() {
+    let now = Instant::now();
+    let web = frontend(10, 80);
+    let mut plan = plan_of(&[(web, &[11])]);
+    {
+        let entry = plan.frontends.get_mut(&web).expect("planned");
+        entry.draining.insert(endpoint(12));
+        entry.policy.source_ranges = vec![Ipv4Prefix {
+            addr: Ipv4Addr::new(192, 0, 2, 0),
+            len: 24,
+        }];
+    }
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    sync.apply(&plan, now);
+    let kernel = sync.maps().reopen();
+    let state = kernel.state();
+    let (mut adopted, report) =
+        DatapathSync::adopt(kernel, capacity(), &state, now).expect("consistent state");
+    assert_eq!((report.backends, report.orphans), (2, 0));
+    assert_eq!(
+        adopted.frontends()[&web].backends,
+        sync.frontends()[&web].backends
+    );
+    adopted.maps.writes.clear();
+    assert_eq!(adopted.apply(&plan, now).unchanged, 1);
+    assert!(
+        adopted.maps().writes.is_empty(),
+        "{:?}",
+        adopted.maps().writes
+    );
 }
