@@ -67,7 +67,7 @@ impl MapSizes {
                 Some(self.backends)
             }
             map_names::MAGLEV_SLOTS => Some(self.chunks()),
-            map_names::FLOWS | map_names::REVERSE_FLOWS => Some(self.flows),
+            map_names::FLOWS | map_names::REVERSE_FLOWS | map_names::AFFINITY => Some(self.flows),
             _ => None,
         }
     }

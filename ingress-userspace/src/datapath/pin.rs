@@ -20,7 +20,7 @@ pub(super) struct MapLayout {
 }
 
 /// The maps the agent pins (aya-log's ring buffer is not), the state maps first.
-pub(super) const PINNED_MAPS: [&str; 13] = [
+pub(super) const PINNED_MAPS: [&str; 15] = [
     map_names::SERVICES,
     map_names::VIPS,
     map_names::SERVICE_STATES,
@@ -28,7 +28,9 @@ pub(super) const PINNED_MAPS: [&str; 13] = [
     map_names::BACKEND_FILTER,
     map_names::BACKENDS,
     map_names::MAGLEV_SLOTS,
+    map_names::SOURCE_RANGES,
     map_names::FLOWS,
+    map_names::AFFINITY,
     map_names::REVERSE_FLOWS,
     map_names::NEXT_HOPS,
     map_names::SERVICE_STATS,
@@ -37,8 +39,9 @@ pub(super) const PINNED_MAPS: [&str; 13] = [
 ];
 
 /// The maps that hold the forwarding state and must be adopted together: a Service entry names
-/// slots, slots name backend ids. The others (flows, next hops, counters) can start empty alone.
-const STATE_MAPS: &[&str] = PINNED_MAPS.split_at(7).0;
+/// slots and source ranges, slots name backend ids. The others (flows, affinity, next hops,
+/// counters) can start empty alone.
+const STATE_MAPS: &[&str] = PINNED_MAPS.split_at(8).0;
 
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
