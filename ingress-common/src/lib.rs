@@ -112,6 +112,8 @@ pub mod proto {
     pub const TCP: u8 = 6;
     /// UDP.
     pub const UDP: u8 = 17;
+    /// ICMP (only its error messages about a forwarded flow are translated).
+    pub const ICMP: u8 = 1;
 }
 
 /// Identifies a Service port: the VIP, the port and the protocol, as on the wire.
@@ -425,11 +427,17 @@ pub enum Reason {
     DropNoLocalEndpoint = 14,
     /// A new flow from a client outside the frontend's `loadBalancerSourceRanges`: dropped.
     DropSourceRange = 15,
+    /// An ICMP error about a reply of a tracked flow (say, fragmentation needed on the client's
+    /// path), translated for the backend and forwarded to it.
+    IcmpErrorToBackend = 16,
+    /// An ICMP error about a packet forwarded to a backend (its port unreachable, fragmentation
+    /// needed on the backend's path), translated to be about the frontend and sent to the client.
+    IcmpErrorToClient = 17,
 }
 
 impl Reason {
     /// Number of reasons (size of `REASON_STATS`).
-    pub const COUNT: u32 = 16;
+    pub const COUNT: u32 = 18;
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::PassNotOurs,
@@ -448,6 +456,8 @@ impl Reason {
         Reason::RejectIcmpUnreachable,
         Reason::DropNoLocalEndpoint,
         Reason::DropSourceRange,
+        Reason::IcmpErrorToBackend,
+        Reason::IcmpErrorToClient,
     ];
 
     /// Stable snake-case name for logs, metrics and `inspect`.
@@ -469,6 +479,8 @@ impl Reason {
             Reason::RejectIcmpUnreachable => "reject_icmp_unreachable",
             Reason::DropNoLocalEndpoint => "drop_no_local_endpoint",
             Reason::DropSourceRange => "drop_source_range",
+            Reason::IcmpErrorToBackend => "icmp_error_to_backend",
+            Reason::IcmpErrorToClient => "icmp_error_to_client",
         }
     }
 }

@@ -28,6 +28,20 @@ pub(crate) enum Direction {
     ToBackend { id: u32, generation: u32, now: u64 },
     /// A reply back to the client.
     ToClient,
+    /// A translated ICMP error, counted as `reason` whether sent with TX or redirect.
+    IcmpError(Reason),
+}
+
+impl Direction {
+    /// The reasons of a transmission with XDP_TX and with a redirect.
+    #[inline(always)]
+    fn reasons(&self) -> (Reason, Reason) {
+        match self {
+            Direction::ToBackend { .. } => (Reason::ForwardTx, Reason::ForwardRedirect),
+            Direction::ToClient => (Reason::ReverseTx, Reason::ReverseRedirect),
+            Direction::IcmpError(reason) => (*reason, *reason),
+        }
+    }
 }
 
 /// Sends the packet towards `dst` (its source is `src`), from the cache or the FIB.
@@ -64,7 +78,7 @@ pub(crate) fn send(
                     cached.ifindex,
                     cached.dst_mac,
                     cached.src_mac,
-                    true,
+                    (Reason::ForwardTx, Reason::ForwardRedirect),
                 );
             }
             cache = Some((hop, generation));
@@ -74,10 +88,12 @@ pub(crate) fn send(
     let mut params = zeroed_fib_params();
     params.family = AF_INET;
     params.l4_protocol = packet.proto;
-    // SAFETY: the ports were bounds-checked by parse::parse (never null for non-fragments).
-    unsafe {
-        params.sport = (*packet.ports).src;
-        params.dport = (*packet.ports).dst;
+    if !packet.ports.is_null() {
+        // SAFETY: the ports were bounds-checked by parse::parse (null only for ICMP here).
+        unsafe {
+            params.sport = (*packet.ports).src;
+            params.dport = (*packet.ports).dst;
+        }
     }
     params.__bindgen_anon_1.tot_len = tot_len;
     params.__bindgen_anon_2.tos = packet.tos;
@@ -119,14 +135,13 @@ pub(crate) fn send(
             };
         }
     }
-    let towards_backend = matches!(direction, Direction::ToBackend { .. });
     transmit(
         packet,
         ingress_ifindex,
         params.ifindex,
         params.dmac,
         params.smac,
-        towards_backend,
+        direction.reasons(),
     )
 }
 
@@ -157,7 +172,7 @@ fn transmit(
     egress_ifindex: u32,
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
-    towards_backend: bool,
+    (tx_reason, redirect_reason): (Reason, Reason),
 ) -> (u32, Reason) {
     let same_interface = egress_ifindex == ingress_ifindex;
     if packet.has_vlan && !same_interface {
@@ -170,19 +185,9 @@ fn transmit(
         (*packet.eth).src = src_mac;
     }
     if same_interface {
-        let reason = if towards_backend {
-            Reason::ForwardTx
-        } else {
-            Reason::ReverseTx
-        };
-        return (xdp_action::XDP_TX, reason);
+        return (xdp_action::XDP_TX, tx_reason);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
     let action = unsafe { bpf_redirect(egress_ifindex, 0) } as u32;
-    let reason = if towards_backend {
-        Reason::ForwardRedirect
-    } else {
-        Reason::ReverseRedirect
-    };
-    (action, reason)
+    (action, redirect_reason)
 }

@@ -5,6 +5,7 @@
 //!   cache, then connection tracking, then Maglev), DNAT with incremental checksums, next hop
 //!   (cached FIB answer), MAC rewrite, TX or redirect;
 //! * backend → client replies of tracked flows: SNAT back to VIP:port, FIB lookup, TX or redirect;
+//! * ICMP errors about translated flows: translated and forwarded (`icmp`);
 //! * a new flow to a frontend without endpoints: refused (TCP RST, ICMP port unreachable), or
 //!   dropped when only other nodes have endpoints (`externalTrafficPolicy: Local`).
 //!
@@ -22,6 +23,7 @@
 mod affinity;
 mod conntrack;
 mod forward;
+mod icmp;
 mod maglev;
 mod maps;
 mod nat;
@@ -31,8 +33,8 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, macros::xdp, programs::XdpContext};
 use ingress_common::{
-    filter_slot, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry, ServiceKey,
-    SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
+    filter_slot, proto, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
+    ServiceKey, SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
 };
 use ingress_ebpf::parse::{self, Packet};
 
@@ -52,6 +54,12 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
         Ok(packet) => packet,
         Err(reason) => return (xdp_action::XDP_PASS, reason),
     };
+    if packet.proto == proto::ICMP {
+        if packet.is_fragment {
+            return (xdp_action::XDP_PASS, Reason::PassNotOurs);
+        }
+        return icmp::translate_error(ctx, &packet);
+    }
     if packet.is_fragment {
         // Non-first fragments carry no ports, so they can be neither hashed nor matched to a flow.
         // Rather than forward some pieces and strand others, every fragment for a VIP is dropped
@@ -78,7 +86,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
 
 /// False when `addr` is certainly not in the set the filter describes.
 #[inline(always)]
-fn maybe_in(filter: &aya_ebpf::maps::Array<u64>, addr: u32) -> bool {
+pub(crate) fn maybe_in(filter: &aya_ebpf::maps::Array<u64>, addr: u32) -> bool {
     let (word, bit) = filter_slot(addr);
     filter.get(word).is_some_and(|w| w & bit != 0)
 }

@@ -53,15 +53,15 @@ pub struct Ports {
     pub dst: u16,
 }
 
-/// A parsed IPv4 TCP/UDP frame. Addresses and ports in wire byte order.
+/// A parsed IPv4 TCP/UDP (or ICMP) frame. Addresses and ports in wire byte order.
 pub struct Packet {
     /// The Ethernet header (rewritten: MACs).
     pub eth: *mut EthHdr,
     /// The IPv4 header (rewritten: addresses, TTL, checksum).
     pub ip: *mut Ipv4Hdr,
-    /// Null for fragments.
+    /// Null for fragments and ICMP.
     pub ports: *mut Ports,
-    /// The L4 checksum field; null for fragments.
+    /// The L4 checksum field; null for fragments and ICMP.
     pub l4_check: *mut u16,
     /// Source address.
     pub src_addr: u32,
@@ -85,6 +85,8 @@ pub struct Packet {
     pub has_vlan: bool,
     /// The frame's length, for the byte counters.
     pub frame_len: u64,
+    /// Where the L4 header starts, from the start of the frame.
+    pub l4_offset: usize,
 }
 
 /// A pointer to a `T` at `offset` if the whole `T` lies inside the frame.
@@ -98,7 +100,8 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {
     Some((start + offset) as *mut T)
 }
 
-/// Parses Ethernet (with at most one VLAN tag), IPv4 (with options) and the TCP/UDP ports.
+/// Parses Ethernet (with at most one VLAN tag), IPv4 (with options) and the TCP/UDP ports (ICMP:
+/// the IP header only, `ports` null).
 /// `Err` carries why the frame goes to the stack untouched.
 #[inline(always)]
 pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
@@ -121,7 +124,7 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
     // SAFETY: the fixed 20-byte header was bounds-checked above.
     let (version_ihl, frag_off, ip_proto) =
         unsafe { ((*ip).version_ihl, (*ip).frag_off, (*ip).proto) };
-    if ip_proto != proto::TCP && ip_proto != proto::UDP {
+    if ip_proto != proto::TCP && ip_proto != proto::UDP && ip_proto != proto::ICMP {
         return Err(Reason::PassNotOurs);
     }
     let ihl = (version_ihl & 0x0F) as usize;
@@ -160,8 +163,10 @@ pub fn parse(ctx: &XdpContext) -> Result<Packet, Reason> {
         is_fragment: u16::from_be(frag_off) & (IP_MF | IP_OFFSET) != 0,
         has_vlan,
         frame_len,
+        l4_offset,
     };
-    if packet.is_fragment {
+    // ICMP has no ports; `icmp` parses what an error message quotes.
+    if packet.is_fragment || ip_proto == proto::ICMP {
         return Ok(packet);
     }
     // TCP's checksum sits at byte 16 of a 20-byte minimum header, UDP's at byte 6 of 8.

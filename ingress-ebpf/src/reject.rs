@@ -128,9 +128,10 @@ unsafe fn write_ipv4(
 #[inline(always)]
 fn tcp_reset(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
     let ip = packet.ip;
-    // parse::parse bounds-checked 20 bytes of TCP header at `ports`.
-    let tcp = packet.ports.cast::<TcpHdr>();
-    // SAFETY: the IP header and 20 bytes of TCP header were bounds-checked by parse::parse and
+    let Some(tcp) = ptr_at::<TcpHdr>(ctx, packet.l4_offset) else {
+        return DROP;
+    };
+    // SAFETY: the IP header was bounds-checked by parse::parse, the TCP header just above, and
     // the frame has not been resized.
     unsafe {
         if (*ip).version_ihl != IPV4_NO_OPTIONS {
@@ -178,7 +179,7 @@ fn tcp_reset(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
         (*tcp).check = !csum_fold(sum_words::<10>(tcp.cast::<u8>(), pseudo));
     }
     // Trim whatever followed the 20-byte TCP header (options, payload).
-    let answer_end = packet.ports as usize + 20;
+    let answer_end = tcp as usize + 20;
     let delta = answer_end as i64 - ctx.data_end() as i64;
     // SAFETY: plain helper call on this program's context; a failure leaves the frame as it was.
     if delta < 0 && unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) } != 0 {
