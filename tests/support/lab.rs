@@ -31,7 +31,7 @@ use crate::netns::Netns;
 
 mod servers;
 
-pub use servers::{tcp_ask, udp_ask, BackendServer, HeldConnection};
+pub use servers::{tcp_ask, udp_ask, udp_ask_peer, BackendServer, HeldConnection, PEER_QUESTION};
 
 /// The Service VIP of `deploy/examples/web.yaml`: routed to the node by the client, but not
 /// configured on the node, so only the agent makes it answer.
