@@ -32,11 +32,7 @@
 
 mod manifests;
 
-use std::{
-    net::{Ipv4Addr, SocketAddr},
-    path::Path,
-    time::Duration,
-};
+use std::{net::Ipv4Addr, path::Path, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 
@@ -470,14 +466,8 @@ fn offset(base: Ipv4Addr, host: u8) -> Ipv4Addr {
 /// dropped its lab), with any agent still running in them.
 fn remove_stale(prefix: &str) -> Result<()> {
     for name in Netns::list()? {
-        let stale = name
-            .strip_prefix(prefix)
-            .and_then(|rest| rest.strip_prefix('-'))
-            .and_then(|rest| rest.rsplit_once('-'))
-            .is_some_and(|(_, pid)| {
-                pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists()
-            });
-        if !stale {
+        let alive = |pid: u32| Path::new(&format!("/proc/{pid}")).exists();
+        if !is_stale(prefix, &name, alive) {
             continue;
         }
         let Ok(netns) = Netns::open(&name) else {
@@ -490,7 +480,46 @@ fn remove_stale(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// The address a client in the lab sees for `addr:port`.
-pub fn socket(addr: Ipv4Addr, port: u16) -> SocketAddr {
-    SocketAddr::from((addr, port))
+/// Whether `name` is `<prefix>-<role>-<pid>` with a pid that is not `alive`.
+fn is_stale(prefix: &str, name: &str, alive: impl Fn(u32) -> bool) -> bool {
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.rsplit_once('-'))
+        .and_then(|(role, pid)| Some((role, pid.parse::<u32>().ok()?)))
+        .is_some_and(|(role, pid)| !role.is_empty() && !alive(pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_dead_runs_of_this_prefix_are_stale() {
+        let alive = |pid: u32| pid == 7;
+        for name in ["xc-rt-node1-9", "xc-rt-a-b-9", "xc-rt-client2-12"] {
+            assert!(is_stale("xc-rt", name, alive), "{name}");
+        }
+        for name in [
+            "xc-rt-node1-7",
+            "xc-rt-node1",
+            "xc-rt-9",
+            "xc-rtx-node1-9",
+            "xc-node1-9",
+            "other-9",
+        ] {
+            assert!(!is_stale("xc-rt", name, alive), "{name}");
+        }
+    }
+
+    #[test]
+    fn pod_cidrs_and_gateways_do_not_overlap_the_other_nets() {
+        assert_eq!(NodeId::One.pod_cidr(), "198.51.100.128/27");
+        assert_eq!(NodeId::Two.pod_cidr(), "198.51.100.160/27");
+        assert_eq!(NodeId::One.pod_gateway(), Ipv4Addr::new(198, 51, 100, 129));
+        assert_eq!(NodeId::Two.pod_gateway(), Ipv4Addr::new(198, 51, 100, 161));
+        for node in NodeId::ALL {
+            assert_eq!(node.other().other(), node);
+            assert_ne!(node.addr(), ROUTER_NODE_ADDR);
+        }
+    }
 }

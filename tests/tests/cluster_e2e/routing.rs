@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use anyhow::{ensure, Context as _, Result};
 use xdp_ingress_tests::lab::{
     self,
-    cluster::{web_service, Cluster, Endpoint, NodeId, CLIENT_ADDR},
+    cluster::{self, web_service, Cluster, Endpoint, NodeId, CLIENT2_ADDR, CLIENT_ADDR},
     HeldConnection,
 };
 
@@ -19,6 +19,7 @@ use super::{Scenario, ANSWER_TIMEOUT, VIP};
 #[derive(Clone, Copy, Debug)]
 enum From<'a> {
     Client,
+    Client2,
     Pod(&'a str),
 }
 
@@ -28,6 +29,7 @@ fn check_direct(cluster: &Cluster, from: From<'_>, to: &str) -> Result<()> {
     let (name, addr) = (pod.name.clone(), pod.addr);
     let (source, netns) = match from {
         From::Client => (CLIENT_ADDR, cluster.client()),
+        From::Client2 => (CLIENT2_ADDR, cluster.client2()),
         From::Pod(source) => {
             let source = cluster.pod(source)?;
             (source.addr, &source.netns)
@@ -60,7 +62,7 @@ fn check_direct(cluster: &Cluster, from: From<'_>, to: &str) -> Result<()> {
         .with_context(|| format!("{from:?} -> pod {name} ({addr})"))
 }
 
-/// Every direct path between the client and the pods, and between pods on different nodes.
+/// Every direct path between the clients and the pods, and between pods on different nodes.
 fn check_every_direct_path(cluster: &Cluster) -> Result<()> {
     let pods: Vec<(String, NodeId)> = cluster
         .pods()
@@ -69,6 +71,7 @@ fn check_every_direct_path(cluster: &Cluster) -> Result<()> {
         .collect();
     for (to, to_node) in &pods {
         check_direct(cluster, From::Client, to)?;
+        check_direct(cluster, From::Client2, to)?;
         for (from, from_node) in &pods {
             if from_node != to_node {
                 check_direct(cluster, From::Pod(from), to)?;
@@ -103,6 +106,28 @@ fn check_pod_comes_and_goes(cluster: &mut Cluster, node: NodeId, name: &str) -> 
     Ok(())
 }
 
+/// host-gw: each node sends the other node's pods straight to that node on the shared
+/// segment, not through the router (which would also deliver them, one hop longer).
+fn check_host_gw_routes(cluster: &Cluster) -> Result<()> {
+    for pod in cluster.pods() {
+        let from = pod.node.other();
+        let output = cluster
+            .node(from)
+            .ip(&["route", "get", &pod.addr.to_string()])?;
+        let route = String::from_utf8_lossy(&output.stdout);
+        let expected = format!("via {} dev {}", pod.node.addr(), cluster::UPLINK);
+        ensure!(
+            route.contains(&expected),
+            "{} routes pod {} ({}) as {:?}, not {expected:?}",
+            from.name(),
+            pod.name,
+            pod.addr,
+            route.trim()
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn client_and_pods_reach_each_other_across_nodes() -> Result<()> {
     let Some(mut scenario) =
@@ -113,6 +138,7 @@ fn client_and_pods_reach_each_other_across_nodes() -> Result<()> {
     let cluster = &mut scenario.cluster;
     cluster.add_serving_pod(NodeId::One, "a")?;
     cluster.add_serving_pod(NodeId::Two, "b")?;
+    check_host_gw_routes(cluster)?;
     check_every_direct_path(cluster)?;
     // Routed to a node that has no agent, the VIP is nobody's: it must not answer.
     ensure!(
