@@ -29,9 +29,11 @@ use anyhow::{bail, Context as _, Result};
 
 use crate::netns::Netns;
 
+#[cfg(feature = "e2e")]
+pub mod cluster;
 mod servers;
 
-pub use servers::{tcp_ask, udp_ask, BackendServer, HeldConnection};
+pub use servers::{tcp_ask, udp_ask, udp_ask_peer, BackendServer, HeldConnection, PEER_QUESTION};
 
 /// The Service VIP of `deploy/examples/web.yaml`: routed to the node by the client, but not
 /// configured on the node, so only the agent makes it answer.
@@ -324,33 +326,12 @@ impl Lab {
         Ok(())
     }
 
-    /// Waits until the node reaches the client and every backend (a connection refused proves
-    /// the path): links and bridge ports become usable a moment after they are set up.
+    /// Waits until the node reaches the client and every backend: links and bridge ports
+    /// become usable a moment after they are set up.
     fn settle(&self, timeout: Duration) -> Result<()> {
-        let deadline = std::time::Instant::now() + timeout;
         let mut targets = vec![CLIENT_ADDR];
         targets.extend(self.backends.iter().map(|backend| backend.addr));
-        self.node.run_inside(move || {
-            for addr in targets {
-                // Port 9 (discard): nothing listens, so a reachable host answers with a reset.
-                let target = SocketAddr::from((addr, 9));
-                loop {
-                    match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
-                        Ok(_) => break,
-                        Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
-                            break
-                        }
-                        Err(error) if std::time::Instant::now() >= deadline => {
-                            return Err(error).with_context(|| {
-                                format!("{addr} not reachable from the node after {timeout:?}")
-                            })
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                    }
-                }
-            }
-            Ok(())
-        })
+        wait_reachable(&self.node, targets, timeout)
     }
 
     /// How the backends are wired.
@@ -539,7 +520,37 @@ fn is_fixed_lab_name(prefix: &str, name: &str) -> bool {
             .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
-fn cidr(addr: Ipv4Addr, prefix: u8) -> String {
+/// Waits until every address in `targets` is reachable from `from` (a connection refused
+/// proves the path), at most `timeout` in all.
+pub(crate) fn wait_reachable(
+    from: &Netns,
+    targets: Vec<Ipv4Addr>,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    let name = from.name().to_string();
+    from.run_inside(move || {
+        for addr in targets {
+            // Port 9 (discard): nothing listens, so a reachable host answers with a reset.
+            let target = SocketAddr::from((addr, 9));
+            loop {
+                match TcpStream::connect_timeout(&target, Duration::from_millis(200)) {
+                    Ok(_) => break,
+                    Err(error) if error.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                    Err(error) if std::time::Instant::now() >= deadline => {
+                        return Err(error).with_context(|| {
+                            format!("{addr} not reachable from {name} after {timeout:?}")
+                        })
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+pub(crate) fn cidr(addr: Ipv4Addr, prefix: u8) -> String {
     format!("{addr}/{prefix}")
 }
 
@@ -574,7 +585,7 @@ fn veth_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
 }
 
 /// SIGTERM, up to 2 s of grace, then SIGKILL.
-fn end_processes(pids: &[i32]) {
+pub(crate) fn end_processes(pids: &[i32]) {
     for &pid in pids {
         // SAFETY: plain FFI call; a stale pid at worst yields ESRCH.
         unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -22,7 +22,10 @@ use super::{HTTP_PORT, TCP_PORT, UDP_PORT};
 
 /// The backend's server: TCP port 8080 greets every connection with `<name>\n` and answers
 /// every line it receives with `<name>\n` (so a test can hold a connection and keep asking who
-/// answers); UDP port 8053 answers every datagram with `<name>\n`; HTTP on 8081 answers every
+/// answers), except the line [`PEER_QUESTION`], answered with `<name> <client ip:port>\n` as
+/// this end saw it (whether a load balancer kept the client's address or replaced it); UDP
+/// port 8053 answers every datagram with `<name>\n`, [`PEER_QUESTION`] with `<name> <client
+/// ip:port>\n` the same way; HTTP on 8081 answers every
 /// request with `<name> <method> <path>\n` (keep-alive). Bound in the namespace of the thread
 /// that starts it; stopped and joined on drop.
 #[derive(Debug)]
@@ -32,6 +35,9 @@ pub struct BackendServer {
     connections: Arc<Mutex<HashMap<u64, TcpStream>>>,
     threads: Vec<JoinHandle<()>>,
 }
+
+/// The question a server answers with its name and the client address it saw.
+pub const PEER_QUESTION: &str = "peer?";
 
 /// How often the accept and receive loops look at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(100);
@@ -152,6 +158,7 @@ fn serve_tcp(
 }
 
 fn serve_connection(stream: TcpStream, answer: &str) -> std::io::Result<()> {
+    let peer_answer = format!("{} {}\n", answer.trim_end(), stream.peer_addr()?);
     let mut writer = stream.try_clone()?;
     writer.write_all(answer.as_bytes())?;
     let mut reader = BufReader::new(stream);
@@ -161,7 +168,11 @@ fn serve_connection(stream: TcpStream, answer: &str) -> std::io::Result<()> {
         if reader.read_line(&mut line)? == 0 {
             return Ok(());
         }
-        writer.write_all(answer.as_bytes())?;
+        if line.trim_end() == PEER_QUESTION {
+            writer.write_all(peer_answer.as_bytes())?;
+        } else {
+            writer.write_all(answer.as_bytes())?;
+        }
     }
 }
 
@@ -211,8 +222,12 @@ fn serve_http(stream: TcpStream, name: &str) -> std::io::Result<()> {
 fn serve_udp(socket: UdpSocket, answer: &str, stop: &AtomicBool) {
     let mut buffer = [0u8; 2048];
     while !stop.load(Ordering::SeqCst) {
-        if let Ok((_, peer)) = socket.recv_from(&mut buffer) {
-            let _ = socket.send_to(answer.as_bytes(), peer);
+        if let Ok((len, peer)) = socket.recv_from(&mut buffer) {
+            if buffer[..len].trim_ascii_end() == PEER_QUESTION.as_bytes() {
+                let _ = socket.send_to(format!("{} {peer}\n", answer.trim_end()).as_bytes(), peer);
+            } else {
+                let _ = socket.send_to(answer.as_bytes(), peer);
+            }
         }
     }
 }
@@ -241,6 +256,38 @@ pub fn udp_ask(addr: SocketAddr, timeout: Duration) -> Result<(String, SocketAdd
         String::from_utf8_lossy(&buffer[..len]).trim().to_string(),
         from,
     ))
+}
+
+/// Like [`udp_ask`], but asks [`PEER_QUESTION`]: returns who answered, the client address it
+/// saw, and where the answer came from.
+pub fn udp_ask_peer(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<(String, SocketAddr, SocketAddr)> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("binding a UDP socket")?;
+    socket
+        .set_read_timeout(Some(timeout))
+        .context("setting the UDP read timeout")?;
+    socket
+        .send_to(format!("{PEER_QUESTION}\n").as_bytes(), addr)
+        .with_context(|| format!("sending to {addr}"))?;
+    let mut buffer = [0u8; 512];
+    let (len, from) = socket
+        .recv_from(&mut buffer)
+        .with_context(|| format!("no UDP answer from {addr} within {timeout:?}"))?;
+    let (name, seen) = parse_peer_answer(&String::from_utf8_lossy(&buffer[..len]))?;
+    Ok((name, seen, from))
+}
+
+/// `<name> <ip:port>` as the servers answer [`PEER_QUESTION`].
+fn parse_peer_answer(answer: &str) -> Result<(String, SocketAddr)> {
+    let Some((name, seen)) = answer.trim().split_once(' ') else {
+        bail!("{answer:?} is not `<name> <client address>`");
+    };
+    let seen = seen
+        .parse()
+        .with_context(|| format!("bad client address in {answer:?}"))?;
+    Ok((name.to_string(), seen))
 }
 
 /// A TCP connection kept open to ask the same backend again and again.
@@ -280,6 +327,16 @@ impl HeldConnection {
             .write_all(b"who?\n")
             .context("sending on a held connection")?;
         read_answer(&mut self.reader)
+    }
+
+    /// Asks [`PEER_QUESTION`]: who answers, and the client address the server sees for this
+    /// connection.
+    pub fn ask_peer(&mut self) -> Result<(String, SocketAddr)> {
+        self.reader
+            .get_mut()
+            .write_all(format!("{PEER_QUESTION}\n").as_bytes())
+            .context("sending on a held connection")?;
+        parse_peer_answer(&read_answer(&mut self.reader)?)
     }
 }
 
