@@ -44,7 +44,15 @@ pub mod map_names {
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     /// `LruHashMap<AffinityKey, AffinityEntry>`: `sessionAffinity: ClientIP`, client → backend.
     pub const AFFINITY: &str = "AFFINITY";
+    /// `HashMap<u32, u32>`: interfaces (by index) the XDP program may redirect frames into: the
+    /// agent's own `--interface`s. Anything else, a pod's veth above all (whose peer has no NAPI
+    /// and would drop a redirected frame), gets the rewritten packet through the stack.
+    pub const REDIRECT_TARGETS: &str = "REDIRECT_TARGETS";
 }
+
+/// Name of the TC egress program that restores the frontend as the source of replies from local
+/// endpoints, which reach the uplink through the stack.
+pub const TC_EGRESS_PROGRAM: &str = "tc_reverse_nat";
 
 /// Name of the XDP program in the object.
 pub const XDP_PROGRAM: &str = "xdp_ingress";
@@ -284,11 +292,17 @@ pub struct NextHop {
     pub dst_mac: [u8; 6],
     /// Source MAC.
     pub src_mac: [u8; 6],
-    /// Always zero.
-    pub pad: u16,
+    /// [`NEXT_HOP_VIA_STACK`] or 0.
+    pub flags: u16,
     /// `bpf_jiffies64` after which the FIB is asked again.
     pub expires: u64,
 }
+
+/// The next hop's interface is not a redirect target: hand the rewritten packet to the stack.
+pub const NEXT_HOP_VIA_STACK: u16 = 1;
+
+/// Most interfaces the XDP program may redirect into.
+pub const REDIRECT_TARGETS_MAX: u32 = 256;
 
 impl FlowKey {
     /// The key of a packet from `src_addr:src_port` to `dst_addr:dst_port` (wire order).
@@ -433,11 +447,20 @@ pub enum Reason {
     /// An ICMP error about a packet forwarded to a backend (its port unreachable, fragmentation
     /// needed on the backend's path), translated to be about the frontend and sent to the client.
     IcmpErrorToClient = 17,
+    /// Rewritten towards a backend whose interface XDP may not redirect into (a local pod's
+    /// veth): handed to the stack, which delivers it.
+    ForwardStack = 18,
+    /// A reply rewritten to come from the frontend, handed to the stack (its egress interface is
+    /// not a redirect target).
+    ReverseStack = 19,
+    /// A reply from a local endpoint that left through the stack: the frontend restored as its
+    /// source by the TC egress program on the uplink.
+    ReverseTcEgress = 20,
 }
 
 impl Reason {
     /// Number of reasons (size of `REASON_STATS`).
-    pub const COUNT: u32 = 18;
+    pub const COUNT: u32 = 21;
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::PassNotOurs,
@@ -458,6 +481,9 @@ impl Reason {
         Reason::DropSourceRange,
         Reason::IcmpErrorToBackend,
         Reason::IcmpErrorToClient,
+        Reason::ForwardStack,
+        Reason::ReverseStack,
+        Reason::ReverseTcEgress,
     ];
 
     /// Stable snake-case name for logs, metrics and `inspect`.
@@ -481,6 +507,9 @@ impl Reason {
             Reason::DropSourceRange => "drop_source_range",
             Reason::IcmpErrorToBackend => "icmp_error_to_backend",
             Reason::IcmpErrorToClient => "icmp_error_to_client",
+            Reason::ForwardStack => "forward_stack",
+            Reason::ReverseStack => "reverse_stack",
+            Reason::ReverseTcEgress => "reverse_tc_egress",
         }
     }
 }

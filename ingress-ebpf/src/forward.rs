@@ -14,11 +14,14 @@ use aya_ebpf::{
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_JIFFIES};
+use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_JIFFIES, NEXT_HOP_VIA_STACK};
 
 use ingress_ebpf::parse::Packet;
 
-use crate::{maps::NEXT_HOPS, nat};
+use crate::{
+    maps::{NEXT_HOPS, REDIRECT_TARGETS},
+    nat,
+};
 
 const AF_INET: u8 = 2;
 
@@ -32,17 +35,38 @@ pub(crate) enum Direction {
     IcmpError(Reason),
 }
 
+/// The reasons of one direction's transmissions: with XDP_TX, with a redirect, through the stack.
+#[derive(Clone, Copy)]
+struct Reasons {
+    tx: Reason,
+    redirect: Reason,
+    stack: Reason,
+}
+
 impl Direction {
-    /// The reasons of a transmission with XDP_TX and with a redirect.
     #[inline(always)]
-    fn reasons(&self) -> (Reason, Reason) {
+    fn reasons(&self) -> Reasons {
         match self {
-            Direction::ToBackend { .. } => (Reason::ForwardTx, Reason::ForwardRedirect),
-            Direction::ToClient => (Reason::ReverseTx, Reason::ReverseRedirect),
-            Direction::IcmpError(reason) => (*reason, *reason),
+            Direction::ToBackend { .. } => FORWARD_REASONS,
+            Direction::ToClient => Reasons {
+                tx: Reason::ReverseTx,
+                redirect: Reason::ReverseRedirect,
+                stack: Reason::ReverseStack,
+            },
+            Direction::IcmpError(reason) => Reasons {
+                tx: *reason,
+                redirect: *reason,
+                stack: *reason,
+            },
         }
     }
 }
+
+const FORWARD_REASONS: Reasons = Reasons {
+    tx: Reason::ForwardTx,
+    redirect: Reason::ForwardRedirect,
+    stack: Reason::ForwardStack,
+};
 
 /// Sends the packet towards `dst` (its source is `src`), from the cache or the FIB.
 #[inline(always)]
@@ -78,7 +102,8 @@ pub(crate) fn send(
                     cached.ifindex,
                     cached.dst_mac,
                     cached.src_mac,
-                    (Reason::ForwardTx, Reason::ForwardRedirect),
+                    cached.flags & NEXT_HOP_VIA_STACK != 0,
+                    FORWARD_REASONS,
                 );
             }
             cache = Some((hop, generation));
@@ -112,6 +137,9 @@ pub(crate) fn send(
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return (xdp_action::XDP_PASS, Reason::PassFibMiss);
     }
+    // SAFETY: the value is a plain integer.
+    let via_stack = params.ifindex != ingress_ifindex
+        && unsafe { REDIRECT_TARGETS.get(params.ifindex) }.is_none();
     if let Some((hop, generation)) = cache {
         // SAFETY: per-CPU slot, see above.
         unsafe {
@@ -130,7 +158,7 @@ pub(crate) fn send(
                 },
                 dst_mac: params.dmac,
                 src_mac: params.smac,
-                pad: 0,
+                flags: if via_stack { NEXT_HOP_VIA_STACK } else { 0 },
                 expires: now + NEXT_HOP_TTL_JIFFIES,
             };
         }
@@ -141,6 +169,7 @@ pub(crate) fn send(
         params.ifindex,
         params.dmac,
         params.smac,
+        via_stack,
         direction.reasons(),
     )
 }
@@ -164,16 +193,23 @@ fn zeroed_fib_params() -> bpf_fib_lookup {
     unsafe { params.assume_init() }
 }
 
-/// Router duty and the verdict once the next hop is known.
+/// Router duty and the verdict once the next hop is known. An egress interface XDP may not
+/// redirect into gets the rewritten packet through the stack (TTL and MACs untouched: the stack
+/// forwards it).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)] // the next hop's parts, as the FIB and the cache give them
 fn transmit(
     packet: &Packet,
     ingress_ifindex: u32,
     egress_ifindex: u32,
     dst_mac: [u8; 6],
     src_mac: [u8; 6],
-    (tx_reason, redirect_reason): (Reason, Reason),
+    via_stack: bool,
+    reasons: Reasons,
 ) -> (u32, Reason) {
+    if via_stack {
+        return (xdp_action::XDP_PASS, reasons.stack);
+    }
     let same_interface = egress_ifindex == ingress_ifindex;
     if packet.has_vlan && !same_interface {
         return (xdp_action::XDP_PASS, Reason::PassVlanOtherInterface);
@@ -185,9 +221,9 @@ fn transmit(
         (*packet.eth).src = src_mac;
     }
     if same_interface {
-        return (xdp_action::XDP_TX, tx_reason);
+        return (xdp_action::XDP_TX, reasons.tx);
     }
     // SAFETY: plain helper call with an interface index from the FIB.
     let action = unsafe { bpf_redirect(egress_ifindex, 0) } as u32;
-    (action, redirect_reason)
+    (action, reasons.redirect)
 }

@@ -22,6 +22,7 @@
 
 mod affinity;
 mod conntrack;
+mod egress;
 mod forward;
 mod icmp;
 mod maglev;

@@ -8,6 +8,7 @@ use ingress_common::{
     capacity, AffinityEntry, AffinityKey, BackendEntry, FlowCacheEntry, FlowEntry, FlowKey,
     MaglevChunk, NextHop, Reason, ReverseEntry, ServiceEntry, ServiceKey, ServiceState,
     SourceRangeKey, TrafficCounters, FILTER_WORDS, FLOW_CACHE_SLOTS, MAGLEV_CHUNK_SLOTS,
+    REDIRECT_TARGETS_MAX,
 };
 
 /// Lets the agent mmap the Maglev slots and write whole tables with a memcpy.
@@ -71,3 +72,7 @@ pub(crate) static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
 #[map(name = "AFFINITY")]
 pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
     LruHashMap::with_max_entries(capacity::AFFINITY, 0);
+
+#[map(name = "REDIRECT_TARGETS")]
+pub(crate) static REDIRECT_TARGETS: HashMap<u32, u32> =
+    HashMap::with_max_entries(REDIRECT_TARGETS_MAX, 0);

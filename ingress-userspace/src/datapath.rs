@@ -1,4 +1,5 @@
 //! The L4 sink: loads the XDP program, attaches it, and keeps its maps equal to the L4 plan.
+mod egress;
 mod error;
 mod kernel_maps;
 mod loader;

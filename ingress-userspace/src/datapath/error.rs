@@ -86,6 +86,36 @@ pub enum DatapathError {
         /// Why.
         source: ProgramError,
     },
+    /// The TC program is of another type.
+    #[error("{program} is not a TC classifier: {source}")]
+    WrongProgramType {
+        /// The program.
+        program: &'static str,
+        /// Why.
+        source: ProgramError,
+    },
+    /// No interface of that name.
+    #[error("no interface named {interface:?}")]
+    NoInterface {
+        /// The name given.
+        interface: String,
+    },
+    /// The TC egress program could not be attached.
+    #[error("attaching the TC egress program to {interface}: {source}")]
+    AttachEgress {
+        /// The interface.
+        interface: String,
+        /// Why.
+        source: ProgramError,
+    },
+    /// A pinned link holds no TCX attachment.
+    #[error("{} is not a TCX link: {source}", path.display())]
+    NotTcLink {
+        /// The pin's path.
+        path: PathBuf,
+        /// Why.
+        source: LinkError,
+    },
     /// The kernel refused the program.
     #[error("the verifier rejected {program}: {source}")]
     Verifier {

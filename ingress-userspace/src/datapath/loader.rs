@@ -16,7 +16,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use ingress_common::{capacity, map_names, MAGLEV_CHUNK_SLOTS, XDP_PROGRAM};
+use ingress_common::{capacity, map_names, MAGLEV_CHUNK_SLOTS, TC_EGRESS_PROGRAM, XDP_PROGRAM};
 
 use crate::datapath::{
     pin::{pin_file, MapLayout, PINNED_MAPS},
@@ -127,10 +127,11 @@ impl From<AttachMode> for XdpMode {
 
 /// The loaded object: program, maps and the logger that drains aya-log's ring buffer.
 pub struct Datapath {
-    ebpf: Ebpf,
+    pub(super) ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     attached: Vec<(String, aya::programs::xdp::XdpLinkId)>,
-    pins: Option<PinDir>,
+    pub(super) attached_egress: Vec<(String, aya::programs::tc::SchedClassifierLinkId)>,
+    pub(super) pins: Option<PinDir>,
 }
 
 impl Datapath {
@@ -184,15 +185,21 @@ impl Datapath {
             program: XDP_PROGRAM,
             source,
         })?;
-        Ok((
-            Self {
-                ebpf,
-                logger,
-                attached: Vec::new(),
-                pins: pins.cloned(),
-            },
-            state,
-        ))
+        let mut datapath = Self {
+            ebpf,
+            logger,
+            attached: Vec::new(),
+            attached_egress: Vec::new(),
+            pins: pins.cloned(),
+        };
+        datapath
+            .egress_program()?
+            .load()
+            .map_err(|source| DatapathError::Verifier {
+                program: TC_EGRESS_PROGRAM,
+                source,
+            })?;
+        Ok((datapath, state))
     }
 
     /// The XDP program (for attaching and for BPF_PROG_TEST_RUN).
@@ -200,10 +207,17 @@ impl Datapath {
         xdp_program(&mut self.ebpf, XDP_PROGRAM)
     }
 
-    /// Attaches the program to `interface`. When pinning and a link is pinned for it, the
-    /// program in that link is replaced atomically instead (the mode stays the link's); else a
-    /// new link is made and, when pinning, pinned.
+    /// Makes `interface` one of the datapath's: a redirect target, the TC egress program (replies
+    /// of local endpoints) and the XDP program attached. When pinning and links are pinned for
+    /// it, the programs in them are replaced atomically instead (the XDP mode stays the link's);
+    /// else new links are made and, when pinning, pinned.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
+        self.allow_redirect(interface)?;
+        self.attach_egress(interface)?;
+        self.attach_xdp(interface, mode)
+    }
+
+    fn attach_xdp(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
         let Some(pins) = self.pins.clone() else {
             let link = self
                 .program()?
@@ -307,6 +321,10 @@ impl Datapath {
             }
             let path = pins.link(&interface);
             std::fs::remove_file(&path).map_err(pin_file("removing", &path))?;
+            let egress = pins.egress_link(&interface);
+            if egress.exists() {
+                std::fs::remove_file(&egress).map_err(pin_file("removing", &egress))?;
+            }
             removed.push(interface);
         }
         Ok(removed)
@@ -324,6 +342,14 @@ impl Datapath {
             if let Ok(program) = self.program() {
                 if let Err(error) = program.detach(link) {
                     tracing::warn!(interface, %error, "detaching XDP");
+                }
+            }
+        }
+        let attached = std::mem::take(&mut self.attached_egress);
+        for (interface, link) in attached {
+            if let Ok(program) = self.egress_program() {
+                if let Err(error) = program.detach(link) {
+                    tracing::warn!(interface, %error, "detaching TC egress");
                 }
             }
         }

@@ -46,7 +46,8 @@ const STATE_MAPS: &[&str] = PINNED_MAPS.split_at(8).0;
 /// bpffs's magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
-/// Where the datapath is pinned: `ROOT/maps/<MAP>` and `ROOT/links/xdp-<interface>`. ROOT must be
+/// Where the datapath is pinned: `ROOT/maps/<MAP>`, `ROOT/links/xdp-<interface>` and
+/// `ROOT/links/tc-egress-<interface>`. ROOT must be
 /// on a bpffs (`/sys/fs/bpf/xdp-ingress` by default; the DaemonSet mounts the host's).
 #[derive(Clone, Debug)]
 pub struct PinDir {
@@ -87,6 +88,11 @@ impl PinDir {
 
     pub(super) fn link(&self, interface: &str) -> PathBuf {
         self.links().join(format!("xdp-{interface}"))
+    }
+
+    /// The pinned TCX link of the TC egress program on `interface`.
+    pub(super) fn egress_link(&self, interface: &str) -> PathBuf {
+        self.links().join(format!("tc-egress-{interface}"))
     }
 
     /// Creates the directories; fails with a hint when ROOT's parent is not a bpffs.
