@@ -305,4 +305,51 @@ mod tests {
             );
         }
     }
+
+    /// `run` and `validate` read the node flags alike; `validate` adds nothing from the host,
+    /// `run` fills the addresses from the interfaces only when no `--node-ip` is given.
+    #[test]
+    fn run_and_validate_share_the_node_flags() {
+        let flags = [
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "192.0.2.1",
+            "--node-ip",
+            "192.0.2.2",
+        ];
+        let run = Cli::try_parse_from(["xdp-ingress", "run"].into_iter().chain(flags));
+        let validate = Cli::try_parse_from(
+            ["xdp-ingress", "validate", "--manifests", "m"]
+                .into_iter()
+                .chain(flags),
+        );
+        let (
+            Ok(Cli {
+                command: Command::Run(run),
+                ..
+            }),
+            Ok(Cli {
+                command: Command::Validate(validate),
+                ..
+            }),
+        ) = (run, validate)
+        else {
+            panic!("both parse");
+        };
+        let expected = L4Options {
+            node_name: Some("n1".to_string()),
+            node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)],
+        };
+        assert_eq!(validate.node.given(), expected);
+        let from_run = run.node.options(&["lo".to_string()]).expect("options");
+        assert_eq!(from_run, expected, "--node-ip wins over the interfaces");
+        let bare = NodeArgs {
+            node_name: Some("n1".to_string()),
+            node_ips: Vec::new(),
+        };
+        let from_lo = bare.options(&["lo".to_string()]).expect("options");
+        assert!(from_lo.node_addresses.contains(&Ipv4Addr::LOCALHOST));
+        assert!(Cli::try_parse_from(["xdp-ingress", "run", "--node-ip", "2001:db8::1"]).is_err());
+    }
 }

@@ -159,7 +159,8 @@ pub(super) fn translate_service(
             Ok(SourceRanges::Ipv4(ranges)) => source_ranges_given = ranges,
             Ok(SourceRanges::OnlyIpv6(field)) if !lb_vips.is_empty() => {
                 // An empty list means "every client" to the datapath: the IPv6-only list would
-                // open the IPv4 addresses to all. Not forwarding them fails closed.
+                // open the IPv4 addresses to all (kube-proxy's IPv4 side does just that: it
+                // filters by the ranges of its own family). Not forwarding them fails closed.
                 problems.push(report(
                     field,
                     "only IPv6 source ranges, and IPv6 is not forwarded yet: the LoadBalancer \
@@ -174,7 +175,7 @@ pub(super) fn translate_service(
                 return ServiceResult::broken();
             }
         }
-        if lb_vips.is_empty() && load_balancer_vips(object).is_ok_and(|v| v.is_empty()) {
+        if lb_vips.is_empty() && !has_load_balancer_address(object) {
             problems.push(report(
                 "status.loadBalancer.ingress".into(),
                 "the Service has no IPv4 LoadBalancer address (none in \
@@ -367,27 +368,31 @@ fn parse_ips<'a>(
     Ok(ips)
 }
 
-/// The LoadBalancer Service's IPv4 addresses, as kube-proxy takes them: status, else
-/// `spec.loadBalancerIP`.
+/// The LoadBalancer Service's IPv4 addresses, as kube-proxy takes them: the status's (but not
+/// those with `ipMode: Proxy`, KEP-1860: that load balancer sends traffic to the nodes' own
+/// addresses, so the VIP never arrives here), else `spec.loadBalancerIP` (file mode, where no
+/// controller writes a status).
 fn load_balancer_vips(service: &Service) -> Result<Vec<Ipv4Addr>, (String, String)> {
     let ingress = service
         .status
         .as_ref()
         .and_then(|s| s.load_balancer.as_ref())
         .and_then(|lb| lb.ingress.as_ref());
-    let vips = parse_ips(
+    let with_ip = || {
         ingress
             .into_iter()
             .flatten()
             .enumerate()
-            .filter_map(|(i, entry)| {
-                entry
-                    .ip
-                    .as_deref()
-                    .map(|ip| (format!("status.loadBalancer.ingress[{i}].ip"), ip))
-            }),
-    )?;
-    if !vips.is_empty() {
+            .filter(|(_, entry)| entry.ip.is_some())
+    };
+    let vips = parse_ips(with_ip().filter_map(|(i, entry)| {
+        let field = format!("status.loadBalancer.ingress[{i}].ip");
+        match entry.ip_mode.as_deref() {
+            Some("Proxy") => None,
+            _ => entry.ip.as_deref().map(|ip| (field, ip)),
+        }
+    }))?;
+    if with_ip().next().is_some() {
         return Ok(vips);
     }
     let requested = service
@@ -400,6 +405,23 @@ fn load_balancer_vips(service: &Service) -> Result<Vec<Ipv4Addr>, (String, Strin
             .map(|ip| ("spec.loadBalancerIP".to_string(), ip))
             .into_iter(),
     )
+}
+
+/// Whether the Service has been given a load balancer address at all (its status, or
+/// `spec.loadBalancerIP`), IPv4 or not, proxied or not: without one it is still pending.
+fn has_load_balancer_address(service: &Service) -> bool {
+    let in_status = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .is_some_and(|ingress| ingress.iter().any(|entry| entry.ip.is_some()));
+    in_status
+        || service
+            .spec
+            .as_ref()
+            .and_then(|s| s.load_balancer_ip.as_deref())
+            .is_some_and(|ip| !ip.is_empty())
 }
 
 /// `sessionAffinity: ClientIP`'s timeout; `None` without affinity.
@@ -442,8 +464,9 @@ enum SourceRanges {
     OnlyIpv6(String),
 }
 
-/// `spec.loadBalancerSourceRanges`, else the annotation (comma-separated), as kube-proxy reads
-/// them.
+/// `spec.loadBalancerSourceRanges`, else the annotation (comma-separated). kube-proxy reads
+/// only the field; the annotation is the older form cloud providers still honour
+/// (`GetLoadBalancerSourceRanges`), and Services written for them expect it to filter.
 fn source_ranges(service: &Service) -> Result<SourceRanges, (String, String)> {
     let from_spec = service
         .spec
@@ -488,6 +511,10 @@ fn source_ranges(service: &Service) -> Result<SourceRanges, (String, String)> {
                 ))
             }
         }
+    }
+    if ranges.keys().any(|r: &Ipv4Prefix| r.len == 0) {
+        // kube-proxy: a zero-length range allows every client, as no range does.
+        return Ok(SourceRanges::Ipv4(Vec::new()));
     }
     match (ranges.is_empty(), ipv6_field) {
         (true, Some(field)) => Ok(SourceRanges::OnlyIpv6(field)),

@@ -291,3 +291,36 @@ fn a_contested_health_check_port_goes_to_the_older_service() {
     assert_eq!(problems[0].field, "spec.healthCheckNodePort");
     assert_eq!(plan.frontends.len(), 2, "both Services are forwarded");
 }
+
+/// KEP-1860: a load balancer that proxies (`ipMode: Proxy`) sends its traffic to the nodes, not
+/// to the VIP: kube-proxy does not program such a VIP, and neither does the agent (nor does it
+/// fall back to `spec.loadBalancerIP` then).
+#[test]
+fn proxy_mode_load_balancer_addresses_are_not_frontends() {
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  type: LoadBalancer\n  loadBalancerIP: 203.0.113.2\n  ports: [{port: 80, nodePort: 30080}]\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1, ipMode: Proxy}, {ip: 203.0.113.3, ipMode: VIP}]}}\n";
+    let (plan, problems) = translate(
+        &objects(vec![service(svc)], vec![]),
+        &L4Plan::default(),
+        &node("n1"),
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    assert_eq!(
+        kinds(&plan),
+        [
+            "NodePort 192.0.2.1:30080/TCP",
+            "NodePort 192.0.2.2:30080/TCP",
+            "LoadBalancer 203.0.113.3:80/TCP"
+        ]
+    );
+    let only_proxy = svc.replace(", {ip: 203.0.113.3, ipMode: VIP}", "");
+    let (plan, problems) = translate(
+        &objects(vec![service(&only_proxy)], vec![]),
+        &L4Plan::default(),
+        &node("n1"),
+    );
+    assert!(problems.is_empty(), "not pending: {problems:?}");
+    assert!(plan
+        .frontends
+        .values()
+        .all(|p| p.kind == FrontendKind::NodePort));
+}

@@ -234,3 +234,19 @@ fn affinity_switched_on_and_off_retranslates_incrementally() {
     assert_eq!(changed.len(), 4);
     assert_eq!(plan, translate(&off, &L4Plan::default(), &node("n1")).0);
 }
+
+#[test]
+fn a_zero_length_source_range_allows_everyone_as_in_kube_proxy() {
+    let (plan, problems) = translate_one(
+        svc(
+            "",
+            "  loadBalancerSourceRanges: [192.0.2.0/24, 0.0.0.0/0]\n",
+        ),
+        &L4Plan::default(),
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    assert!(plan
+        .frontends
+        .values()
+        .all(|p| p.policy.source_ranges.is_empty()));
+}
