@@ -11,7 +11,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{bail, ensure, Context as _, Result};
 use xdp_ingress_tests::{
-    agent::{Agent, AgentProcess},
+    agent::{self, Agent, AgentProcess},
     netns::Netns,
     proxy::manifests::TempDir,
 };
@@ -157,6 +157,38 @@ fn health_check_ports_answer_like_kube_proxy_and_follow_the_manifests() -> Resul
         &["{addresses: [198.51.100.13], nodeName: n1, conditions: {ready: false, serving: true, terminating: true}}"],
     );
     write(dir.path(), "draining-slice.yaml", &draining)?;
+
+    // `validate` on the same directory, as n1: the health checks it would serve, and the clash.
+    let validated = std::process::Command::new(agent::binary()?)
+        .args([
+            "validate",
+            "--node-name",
+            "n1",
+            "--node-ip",
+            NODE_IP,
+            "--manifests",
+        ])
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .context("running validate")?;
+    let stdout = String::from_utf8_lossy(&validated.stdout);
+    let stderr = String::from_utf8_lossy(&validated.stderr);
+    ensure!(
+        !validated.status.success(),
+        "the clash is a problem: {stdout}"
+    );
+    ensure!(
+        stdout.contains("health check :32100 service demo/web: 2 local endpoint(s)"),
+        "{stdout}"
+    );
+    ensure!(
+        stderr
+            .lines()
+            .any(|l| l.contains("Service demo/clash")
+                && l.contains("field spec.healthCheckNodePort")),
+        "{stderr}"
+    );
 
     let mut agent = Agent::manifests(dir.path())
         .in_netns(netns.name())
