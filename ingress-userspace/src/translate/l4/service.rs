@@ -153,6 +153,8 @@ pub(super) fn translate_service(
         }
     };
     let mut lb_vips = lb_vips;
+    // No address given yet (a cloud or `--assign-vips` still to write the status).
+    let pending = is_lb && !has_load_balancer_address(object);
     let mut source_ranges_given = Vec::new();
     if is_lb {
         match source_ranges(object) {
@@ -175,7 +177,7 @@ pub(super) fn translate_service(
                 return ServiceResult::broken();
             }
         }
-        if lb_vips.is_empty() && !has_load_balancer_address(object) {
+        if pending {
             problems.push(report(
                 "status.loadBalancer.ingress".into(),
                 "the Service has no IPv4 LoadBalancer address (none in \
@@ -279,7 +281,7 @@ pub(super) fn translate_service(
                 claims.push(Claim { key, plan, field });
             }
         };
-        for vip in &lb_vips {
+        for (vip, _) in &lb_vips {
             let frontend = Frontend {
                 vip: *vip,
                 port: service_port,
@@ -291,7 +293,7 @@ pub(super) fn translate_service(
                 format!("spec.ports[{index}].port"),
             );
         }
-        for (i, ip) in external_ips.iter().enumerate() {
+        for (ip, field) in &external_ips {
             let frontend = Frontend {
                 vip: *ip,
                 port: service_port,
@@ -300,7 +302,7 @@ pub(super) fn translate_service(
             claim(
                 ClaimKey::Address(frontend),
                 plan(FrontendKind::ExternalIp, Vec::new()),
-                format!("spec.externalIPs[{i}]"),
+                field.clone(),
             );
         }
         if let Some(node_port) = node_port {
@@ -312,8 +314,9 @@ pub(super) fn translate_service(
             );
         }
     }
-    if is_lb && lb_vips.is_empty() && external_ips.is_empty() && !any_node_port {
-        // Nothing to forward yet (its address not assigned): keep what it had.
+    if pending && external_ips.is_empty() && !any_node_port {
+        // Nothing to forward yet (its address not assigned, or its status just cleared): keep
+        // what it had.
         broken = true;
     }
 
@@ -348,17 +351,17 @@ fn valid_port(port: i32) -> Option<u16> {
     u16::try_from(port).ok().filter(|p| *p != 0)
 }
 
-/// IPv4 addresses of `items`; IPv6 ones are skipped (not forwarded yet); one that does not
-/// parse is an error naming its field.
+/// IPv4 addresses of `items`, each with the field that first gave it; IPv6 ones are skipped
+/// (not forwarded yet); one that does not parse is an error naming its field.
 fn parse_ips<'a>(
     items: impl Iterator<Item = (String, &'a str)>,
-) -> Result<Vec<Ipv4Addr>, (String, String)> {
-    let mut ips = Vec::new();
+) -> Result<Vec<(Ipv4Addr, String)>, (String, String)> {
+    let mut ips: Vec<(Ipv4Addr, String)> = Vec::new();
     for (field, text) in items {
         match text.parse::<IpAddr>() {
             Ok(IpAddr::V4(v4)) => {
-                if !ips.contains(&v4) {
-                    ips.push(v4)
+                if !ips.iter().any(|(ip, _)| *ip == v4) {
+                    ips.push((v4, field))
                 }
             }
             Ok(IpAddr::V6(_)) => {}
@@ -372,7 +375,7 @@ fn parse_ips<'a>(
 /// those with `ipMode: Proxy`, KEP-1860: that load balancer sends traffic to the nodes' own
 /// addresses, so the VIP never arrives here), else `spec.loadBalancerIP` (file mode, where no
 /// controller writes a status).
-fn load_balancer_vips(service: &Service) -> Result<Vec<Ipv4Addr>, (String, String)> {
+fn load_balancer_vips(service: &Service) -> Result<Vec<(Ipv4Addr, String)>, (String, String)> {
     let ingress = service
         .status
         .as_ref()

@@ -258,7 +258,7 @@ fn a_contested_node_port_goes_to_the_incumbent_then_the_oldest_and_names_its_fie
 #[test]
 fn a_contested_external_ip_names_its_field() {
     let a = "apiVersion: v1\nkind: Service\nmetadata: {name: a, creationTimestamp: \"2025-01-01T00:00:00Z\"}\nspec: {externalIPs: [203.0.113.60], ports: [{port: 80}]}\n";
-    let b = "apiVersion: v1\nkind: Service\nmetadata: {name: b, creationTimestamp: \"2026-01-01T00:00:00Z\"}\nspec: {externalIPs: [203.0.113.61, 203.0.113.60], ports: [{port: 80}]}\n";
+    let b = "apiVersion: v1\nkind: Service\nmetadata: {name: b, creationTimestamp: \"2026-01-01T00:00:00Z\"}\nspec: {externalIPs: [\"2001:db8::1\", 203.0.113.61, 203.0.113.60], ports: [{port: 80}]}\n";
     let (plan, problems) = translate(
         &objects(vec![service(a), service(b)], vec![]),
         &L4Plan::default(),
@@ -267,7 +267,10 @@ fn a_contested_external_ip_names_its_field() {
     assert_eq!(plan.frontends.len(), 2);
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].object, "Service default/b");
-    assert_eq!(problems[0].field, "spec.externalIPs[1]");
+    assert_eq!(
+        problems[0].field, "spec.externalIPs[2]",
+        "the index in the Service"
+    );
 }
 
 #[test]
