@@ -1,11 +1,19 @@
 //! The command line: `xdp-ingress run`, `validate`, `inspect` and `cleanup`.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand};
 
 pub use self::run::{AdminArgs, ClusterArgs, DatapathArgs, ProxyArgs, RunArgs, SourceArgs};
-use crate::{model::ObjectName, translate::l7::L7Options};
+use crate::{
+    model::ObjectName,
+    node::{self, NodeError},
+    translate::{l4::L4Options, l7::L7Options},
+};
 
 mod run;
 
@@ -147,6 +155,48 @@ pub struct ValidateArgs {
     /// Which Ingresses are ours and the default certificate, as `run` chooses them.
     #[command(flatten)]
     pub ingress: IngressArgs,
+    /// The node to translate for; without it, what needs a node (nodePort addresses, remote
+    /// endpoints) is left out, everything else is checked.
+    #[command(flatten)]
+    pub node: NodeArgs,
+}
+
+/// This node, as the L4 translation needs it: the same for `run` and `validate`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Node")]
+pub struct NodeArgs {
+    /// This node's name as EndpointSlices give it (`nodeName`): endpoints of other nodes are
+    /// reached through SNAT, and only this node's serve `externalTrafficPolicy: Local`. `run`
+    /// defaults to the host name.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// An IPv4 address of this node on which every nodePort is served; repeat for several.
+    /// `run` defaults to the IPv4 addresses of the `--interface`s.
+    #[arg(long = "node-ip", value_name = "IPV4")]
+    pub node_ips: Vec<Ipv4Addr>,
+}
+
+impl NodeArgs {
+    /// The flags as given, with no defaults from the host (`validate`).
+    pub fn given(&self) -> L4Options {
+        L4Options {
+            node_name: self.node_name.clone().filter(|n| !n.is_empty()),
+            node_addresses: self.node_ips.clone(),
+        }
+    }
+
+    /// The node `run` programs: the flags, else the host name and the IPv4 addresses of
+    /// `interfaces`.
+    pub fn options(&self, interfaces: &[String]) -> Result<L4Options, NodeError> {
+        let mut options = self.given();
+        if options.node_name.is_none() {
+            options.node_name = node::host_name();
+        }
+        if options.node_addresses.is_empty() {
+            options.node_addresses = node::interface_addresses(interfaces)?;
+        }
+        Ok(options)
+    }
 }
 
 /// Which Ingresses the agent serves and its default certificate: the L7 translation's options,
@@ -254,5 +304,52 @@ mod tests {
                 Ok(Some("a/b".to_string()))
             );
         }
+    }
+
+    /// `run` and `validate` read the node flags alike; `validate` adds nothing from the host,
+    /// `run` fills the addresses from the interfaces only when no `--node-ip` is given.
+    #[test]
+    fn run_and_validate_share_the_node_flags() {
+        let flags = [
+            "--node-name",
+            "n1",
+            "--node-ip",
+            "192.0.2.1",
+            "--node-ip",
+            "192.0.2.2",
+        ];
+        let run = Cli::try_parse_from(["xdp-ingress", "run"].into_iter().chain(flags));
+        let validate = Cli::try_parse_from(
+            ["xdp-ingress", "validate", "--manifests", "m"]
+                .into_iter()
+                .chain(flags),
+        );
+        let (
+            Ok(Cli {
+                command: Command::Run(run),
+                ..
+            }),
+            Ok(Cli {
+                command: Command::Validate(validate),
+                ..
+            }),
+        ) = (run, validate)
+        else {
+            panic!("both parse");
+        };
+        let expected = L4Options {
+            node_name: Some("n1".to_string()),
+            node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)],
+        };
+        assert_eq!(validate.node.given(), expected);
+        let from_run = run.node.options(&["lo".to_string()]).expect("options");
+        assert_eq!(from_run, expected, "--node-ip wins over the interfaces");
+        let bare = NodeArgs {
+            node_name: Some("n1".to_string()),
+            node_ips: Vec::new(),
+        };
+        let from_lo = bare.options(&["lo".to_string()]).expect("options");
+        assert!(from_lo.node_addresses.contains(&Ipv4Addr::LOCALHOST));
+        assert!(Cli::try_parse_from(["xdp-ingress", "run", "--node-ip", "2001:db8::1"]).is_err());
     }
 }

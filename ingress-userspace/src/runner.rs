@@ -22,7 +22,9 @@ use crate::{
     },
     cli::{ObjectNameError, RunArgs},
     datapath::{Datapath, DatapathError, KernelMaps},
+    health::ProxyHealth,
     inspect::{self, ViewKind, ViewRequest},
+    node::NodeError,
     proxy::{server::ProxyError, BoundListeners},
     sinks::{L4Sink, Sinks},
     source::{
@@ -43,6 +45,9 @@ pub enum RunError {
     /// No connection to the cluster.
     #[error(transparent)]
     Kube(#[from] KubeError),
+    /// The node's addresses could not be read.
+    #[error(transparent)]
+    Node(#[from] NodeError),
     /// The XDP datapath could not be loaded or attached.
     #[error(transparent)]
     Datapath(#[from] DatapathError),
@@ -94,6 +99,8 @@ pub struct Runner {
     scrapes: Option<Receiver<L4Request>>,
     /// `/debug/...` requests for the views `inspect` shows.
     views: Receiver<ViewRequest>,
+    /// Changes queued and applied, for the health servers.
+    proxy_health: Arc<ProxyHealth>,
 }
 
 impl Runner {
@@ -103,11 +110,13 @@ impl Runner {
         let (changes_tx, changes) = mpsc::unbounded_channel();
         let source = startup::open_source(&args, changes_tx).await?;
         let readiness = Readiness::default();
+        let proxy_health = Arc::new(ProxyHealth::default());
         let startup::Built {
             sinks,
             datapath,
             proxy_collector,
-        } = startup::build_sinks(&args)?;
+        } = startup::build_sinks(&args, &proxy_health)?;
+        startup::serve_node_health(&args, sinks.l4().is_some(), &proxy_health);
         // A small queue: scrapes beyond it wait, they are not lost.
         let (scrape_tx, scrapes) = match sinks.l4() {
             Some(_) => {
@@ -138,6 +147,7 @@ impl Runner {
             metrics,
             scrapes,
             views,
+            proxy_health,
         })
     }
 
@@ -150,6 +160,7 @@ impl Runner {
                 break;
             }
         }
+        self.proxy_health.updated();
         if let Some(datapath) = self.datapath.as_mut() {
             let args = &self.args.datapath;
             for interface in &args.interfaces {
@@ -209,6 +220,7 @@ impl Runner {
             scrapes,
             views,
             sinks,
+            proxy_health,
             ..
         } = self;
         loop {
@@ -219,7 +231,12 @@ impl Runner {
                 }
             };
             tokio::select! {
-                change = changes.recv() => return change.is_some(),
+                change = changes.recv() => {
+                    if change.is_some() {
+                        proxy_health.queued_update();
+                    }
+                    return change.is_some();
+                }
                 Some(reply) = scrape => {
                     if let Some(l4) = sinks.l4() {
                         // The scrape may have given up waiting; nothing to do then.
@@ -245,7 +262,9 @@ impl Runner {
                 _ => break,
             }
         }
-        apply::apply_pass(&mut self.sinks, &mut self.source, self.metrics.agent()).await;
+        if apply::apply_pass(&mut self.sinks, &mut self.source, self.metrics.agent()).await {
+            self.proxy_health.updated();
+        }
     }
 
     /// Forwards the XDP program's rare log lines (aya-log).

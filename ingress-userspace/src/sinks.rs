@@ -1,7 +1,9 @@
 //! The sinks one apply pass writes to, fed by whichever source runs (the manifest directory or
 //! the cluster). One [`Sinks::apply`] is one pass: translate the objects for each sink, apply
 //! what changed. The L4 sink (XDP maps) and the L7 sink (the proxy) are each optional: `run`
-//! without `--interface` has no L4 sink, and with both listeners off no L7 sink.
+//! without `--interface` has no L4 sink, and with both listeners off no L7 sink. With an L4
+//! sink, the health check servers ([`HealthSink`]) are fed the L4 plan's health checks after
+//! each pass.
 
 use std::{
     collections::BTreeSet,
@@ -13,11 +15,12 @@ use crate::{
         sync::{DatapathMaps, DatapathSync, SyncReport},
         KernelMaps,
     },
+    health::HealthSink,
     model::{ClusterObjects, ObjectName, Problem},
     proxy::{ApplyReport, Proxy},
     source::kube::Dirty,
     translate::{
-        l4::{self, L4Plan},
+        l4::{self, L4Options, L4Plan},
         l7::{self, L7Options, L7Plan},
     },
 };
@@ -44,15 +47,22 @@ pub struct ApplyOutcome {
 pub struct L4Sink<M = KernelMaps> {
     plan: L4Plan,
     sync: DatapathSync<M>,
+    options: L4Options,
 }
 
 impl<M: DatapathMaps> L4Sink<M> {
-    /// A sink whose maps are empty.
-    pub fn new(sync: DatapathSync<M>) -> Self {
+    /// A sink whose maps are empty, translating for the node `options` describes.
+    pub fn new(sync: DatapathSync<M>, options: L4Options) -> Self {
         Self {
             plan: L4Plan::default(),
             sync,
+            options,
         }
+    }
+
+    /// The node the plan is translated for.
+    pub fn options(&self) -> &L4Options {
+        &self.options
     }
 
     /// The plan now programmed.
@@ -72,7 +82,7 @@ impl<M: DatapathMaps> L4Sink<M> {
         objects: &ClusterObjects,
         problems: &mut Vec<Problem>,
     ) -> (SyncReport, Duration) {
-        let (plan, l4_problems) = l4::translate(objects, &self.plan);
+        let (plan, l4_problems) = l4::translate(objects, &self.plan, &self.options);
         problems.extend(l4_problems);
         let sync_started = Instant::now();
         let report = self.apply(plan);
@@ -150,12 +160,35 @@ impl L7Sink {
 pub struct Sinks<M = KernelMaps> {
     l4: Option<L4Sink<M>>,
     l7: Option<L7Sink>,
+    health: Option<HealthSink>,
 }
 
 impl<M: DatapathMaps> Sinks<M> {
     /// The given sinks, nothing applied yet.
     pub fn new(l4: Option<L4Sink<M>>, l7: Option<L7Sink>) -> Self {
-        Self { l4, l7 }
+        Self {
+            l4,
+            l7,
+            health: None,
+        }
+    }
+
+    /// Also serves the L4 plan's health checks (with an L4 sink).
+    pub fn with_health(mut self, health: HealthSink) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    /// The health check servers, if any.
+    pub fn health(&self) -> Option<&HealthSink> {
+        self.health.as_ref()
+    }
+
+    /// Opens, updates and closes the health check servers after the L4 sink's pass.
+    fn apply_health(&mut self, objects: &ClusterObjects, problems: &mut Vec<Problem>) {
+        if let (Some(health), Some(l4)) = (self.health.as_mut(), self.l4.as_ref()) {
+            problems.extend(health.apply(&l4.plan.health_checks, objects));
+        }
     }
 
     /// Translates `objects` and applies the difference to each sink. `problems` are the
@@ -169,6 +202,7 @@ impl<M: DatapathMaps> Sinks<M> {
             l4_sync = sync_time;
             report
         });
+        self.apply_health(objects, &mut problems);
         let l7_started = Instant::now();
         let l7 = self
             .l7
@@ -206,7 +240,7 @@ impl<M: DatapathMaps> Sinks<M> {
         let l4 = match self.l4.as_mut() {
             Some(sink) if !touched.is_empty() => {
                 let mut plan = std::mem::take(&mut sink.plan);
-                match l4::retranslate_services(objects, &mut plan, &touched) {
+                match l4::retranslate_services(objects, &mut plan, &touched, &sink.options) {
                     Some((changed, l4_problems)) => {
                         problems.extend(l4_problems);
                         let sync_started = Instant::now();
@@ -229,6 +263,7 @@ impl<M: DatapathMaps> Sinks<M> {
             }
             _ => None,
         };
+        self.apply_health(objects, &mut problems);
         let l7_started = Instant::now();
         let l7 = self.l7.as_mut().and_then(|sink| {
             if dirty.routing || !dirty.services.is_empty() {

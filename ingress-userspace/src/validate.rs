@@ -38,7 +38,8 @@ pub struct Validation {
 pub fn validate(args: &ValidateArgs) -> Result<Validation, ValidateError> {
     let mut source = ManifestDir::new(&args.manifests).with_max_file_bytes(args.max_manifest_bytes);
     let snapshot = source.load()?;
-    let (plan, l4_problems) = l4::translate(&snapshot.objects, &L4Plan::default());
+    let (plan, l4_problems) =
+        l4::translate(&snapshot.objects, &L4Plan::default(), &args.node.given());
     let l7_options = args.ingress.options()?;
     let (l7_plan, l7_problems) = l7::translate(&snapshot.objects, &l7_options);
     let mut lines: Vec<String> = describe_plan(&plan)
@@ -82,25 +83,61 @@ pub fn validate(args: &ValidateArgs) -> Result<Validation, ValidateError> {
     Ok(Validation { lines, problems })
 }
 
-/// Human-readable lines describing a plan, one per frontend, as `validate` prints them.
+/// Human-readable lines describing a plan, one per frontend (with its kind, its policies and
+/// its draining and remote endpoints when it has any), then one per health check port.
 fn describe_plan(plan: &L4Plan) -> Vec<String> {
-    plan.frontends
+    let list = |set: &std::collections::BTreeSet<l4::Endpoint>| {
+        set.iter()
+            .map(|b| b.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut lines: Vec<String> = plan
+        .frontends
         .iter()
         .map(|(frontend, port)| {
-            let backends: Vec<String> = port.backends.iter().map(|b| b.to_string()).collect();
             let port_name = if port.port_name.is_empty() {
                 "-"
             } else {
                 port.port_name.as_str()
             };
-            format!(
+            let mut line = format!(
                 "{frontend:<24} service {} port {port_name}: {} backend(s) [{}]",
                 port.service,
-                backends.len(),
-                backends.join(", ")
-            )
+                port.backends.len(),
+                list(&port.backends)
+            );
+            if port.kind != l4::FrontendKind::LoadBalancer {
+                line.push_str(&format!(" kind {}", port.kind));
+            }
+            if !port.draining.is_empty() {
+                line.push_str(&format!(" draining [{}]", list(&port.draining)));
+            }
+            if !port.remote.is_empty() {
+                line.push_str(&format!(" remote [{}]", list(&port.remote)));
+            }
+            let policy = &port.policy;
+            if policy.local_only {
+                line.push_str(" trafficPolicy Local");
+            }
+            if let Some(timeout) = policy.affinity_timeout {
+                line.push_str(&format!(" affinity {timeout}s"));
+            }
+            if !policy.source_ranges.is_empty() {
+                let ranges: Vec<String> =
+                    policy.source_ranges.iter().map(|r| r.to_string()).collect();
+                line.push_str(&format!(" sourceRanges [{}]", ranges.join(", ")));
+            }
+            line
         })
-        .collect()
+        .collect();
+    for (port, check) in &plan.health_checks {
+        lines.push(format!(
+            "health check :{port} service {}: {} local endpoint(s)",
+            check.service, check.local_endpoints
+        ));
+    }
+    lines
 }
 
 /// Human-readable lines describing an L7 plan: one per backend, then the certificates.

@@ -6,7 +6,9 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{parse_duration, parse_listen, parse_object_name, parse_pin_path, IngressArgs};
+use super::{
+    parse_duration, parse_listen, parse_object_name, parse_pin_path, IngressArgs, NodeArgs,
+};
 use super::{Listen, ObjectNameError, PinPath, DEFAULT_BPFFS};
 use crate::{
     control::{status::PublishSettings, vips::AssignSettings},
@@ -35,6 +37,9 @@ pub struct RunArgs {
     /// The XDP load balancer.
     #[command(flatten)]
     pub datapath: DatapathArgs,
+    /// This node: its name and nodePort addresses (shared with `validate`).
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 /// Where the objects come from: a manifest directory or the cluster.
@@ -151,6 +156,11 @@ pub struct AdminArgs {
     /// when set, the admin listener no longer serves `/metrics`.
     #[arg(long, default_value = "off", value_parser = parse_listen)]
     pub metrics_listen: Listen,
+    /// kube-proxy's node health server (`/healthz`, `/livez`: 200 while the datapath is
+    /// programmed and up to date), for cloud load balancers that probe it; or `off`. Served
+    /// with the XDP datapath only, like the Services' `healthCheckNodePort`s.
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_listen)]
+    pub healthz_listen: Listen,
 }
 
 /// The proxy's listeners, timeouts and limits.

@@ -3,7 +3,11 @@
 //! the admin and metrics listeners, which answer (not ready) from here on. A pinned datapath
 //! left by an earlier agent is adopted here.
 
-use std::{net::SocketAddr, sync::Arc, time::Instant};
+use std::{
+    net::{Ipv4Addr, SocketAddr},
+    sync::Arc,
+    time::Instant,
+};
 
 use prometheus_client::collector::Collector;
 use tokio::sync::mpsc::UnboundedSender;
@@ -13,6 +17,7 @@ use crate::{
     admin,
     cli::RunArgs,
     datapath::{sync::DatapathSync, Datapath, KernelMaps, MapSizes, PinDir, PinnedState},
+    health::{self, HealthSink, ProxyHealth},
     proxy::Proxy,
     sinks::{L4Sink, L7Sink, Sinks},
     source::{
@@ -53,18 +58,32 @@ pub(super) struct Built {
 }
 
 /// The sinks the flags ask for, with the loaded datapath (when there is an L4 sink) and the
-/// proxy's metrics (when there is a proxy).
-pub(super) fn build_sinks(args: &RunArgs) -> Result<Built, RunError> {
+/// proxy's metrics (when there is a proxy). With an L4 sink, the Services' health checks are
+/// served too, healthy while `proxy_health` says so.
+pub(super) fn build_sinks(
+    args: &RunArgs,
+    proxy_health: &Arc<ProxyHealth>,
+) -> Result<Built, RunError> {
     let mut datapath = None;
     let l4 = if args.datapath.interfaces.is_empty() {
         None
     } else {
+        let options = args.node.options(&args.datapath.interfaces)?;
+        if options.node_addresses.is_empty() {
+            tracing::warn!("no IPv4 address on the interfaces and no --node-ip: no nodePorts");
+        }
+        tracing::info!(
+            node = options.node_name.as_deref().unwrap_or("-"),
+            addresses = ?options.node_addresses,
+            "node"
+        );
         let sizes = args.datapath.map_sizes();
         let pins = args.datapath.pins();
         let (loaded, sync) = load_datapath(&sizes, pins.as_ref())?;
         datapath = Some(loaded);
-        Some(L4Sink::new(sync))
+        Some(L4Sink::new(sync, options))
     };
+    let with_l4 = l4.is_some();
     // Read after main raised the open-file limit to the hard one (the default connection cap).
     let settings = args.proxy.settings();
     tracing::info!(
@@ -80,8 +99,12 @@ pub(super) fn build_sinks(args: &RunArgs) -> Result<Built, RunError> {
         proxy_collector = Some(Box::new(proxy.collector()) as _);
         Some(L7Sink::new(proxy, options))
     };
+    let mut sinks = Sinks::new(l4, l7);
+    if with_l4 {
+        sinks = sinks.with_health(HealthSink::new(proxy_health.clone(), Ipv4Addr::UNSPECIFIED));
+    }
     Ok(Built {
-        sinks: Sinks::new(l4, l7),
+        sinks,
         datapath,
         proxy_collector,
     })
@@ -159,4 +182,16 @@ pub(super) async fn serve_admin(
         tracing::info!(addr = %bound, "metrics listening");
     }
     Ok(admin)
+}
+
+/// Starts kube-proxy's node health server (`--healthz-listen`) when there is a datapath to
+/// report on. A port in use is logged: the load balancer and the proxy go on without it.
+pub(super) fn serve_node_health(args: &RunArgs, with_l4: bool, proxy_health: &Arc<ProxyHealth>) {
+    let Some(addr) = args.admin.healthz_listen.0.filter(|_| with_l4) else {
+        return;
+    };
+    match health::serve_node_health(addr, proxy_health.clone()) {
+        Ok(bound) => tracing::info!(addr = %bound, "node health listening (/healthz, /livez)"),
+        Err(error) => tracing::error!(%addr, %error, "node health server not started"),
+    }
 }

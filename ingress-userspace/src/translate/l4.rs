@@ -1,11 +1,18 @@
-//! L4 plan: which VIP:port/protocol goes to which backends, from Services of type LoadBalancer and
-//! their EndpointSlices, with the meaning a real cluster gives them (kube-proxy's rules).
+//! L4 plan: which frontend address:port/protocol goes to which backends on this node, from
+//! Services and their EndpointSlices, with the meaning a real cluster gives them (kube-proxy's
+//! rules). A Service becomes frontends of three kinds: its LoadBalancer addresses (status, else
+//! `spec.loadBalancerIP`), its `externalIPs` (on any type) and each nodePort (NodePort and
+//! LoadBalancer types) on every node address ([`L4Options`]); ClusterIP alone makes none, and
+//! Services labelled for another proxy or headless are left alone. Each frontend carries its
+//! policies and its endpoints' roles (`l4/service.rs`, `l4/endpoints.rs`); an
+//! `externalTrafficPolicy: Local` Service's `healthCheckNodePort` gets a [`HealthCheckPlan`].
 //!
-//! A Service with a problem (no VIP, an unparsable address, an unknown protocol, a port name that
-//! no EndpointSlice offers) keeps what the previous plan had for it: one bad edit never takes a
-//! working Service down. Two Services claiming the same VIP:port/protocol: the one that already
-//! had it keeps it, else the older one (creationTimestamp, then namespace/name); the other is
-//! reported.
+//! A Service with a problem (an unparsable address or source range, an unknown protocol, a port
+//! name that no EndpointSlice offers, an affinity timeout out of range) keeps what the previous
+//! plan had for it: one bad edit never takes a working Service down. Two Services claiming the
+//! same address:port/protocol, the same nodePort/protocol or the same health check port: the
+//! one that already had it keeps it, else the older one (creationTimestamp, then
+//! namespace/name); the other is reported with the field that made the claim.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,12 +20,17 @@ use std::{
     net::Ipv4Addr,
 };
 
-use k8s_openapi::{
-    api::{core::v1::Service, discovery::v1::EndpointSlice},
-    apimachinery::pkg::apis::meta::v1::Time,
-};
+use k8s_openapi::{api::discovery::v1::EndpointSlice, apimachinery::pkg::apis::meta::v1::Time};
 
-use crate::model::{ClusterObjects, ObjectName, Problem, Sourced};
+use self::service::{is_programmed, translate_service, Claim, ClaimKey};
+pub use self::service::{
+    DEFAULT_AFFINITY_TIMEOUT, HEADLESS_LABEL, MAX_AFFINITY_TIMEOUT, SERVICE_PROXY_NAME_LABEL,
+    SOURCE_RANGES_ANNOTATION,
+};
+use crate::model::{ClusterObjects, ObjectName, Problem};
+
+mod endpoints;
+mod service;
 
 /// Label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -185,16 +197,23 @@ impl L4Plan {
     }
 }
 
-/// What the translator made of one Service.
-struct ServiceResult {
-    frontends: Vec<(Frontend, ServicePortPlan)>,
-    /// Problems that make the Service's new state untrustworthy: keep the previous one.
-    broken: bool,
+/// What the translator knows about the node it programs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct L4Options {
+    /// This node's name (`--node-name`): endpoints whose `nodeName` names another node are
+    /// remote. `None` (no node, as in `validate`): every endpoint counts as local.
+    pub node_name: Option<String>,
+    /// This node's IPv4 addresses: every nodePort is a frontend on each of them.
+    pub node_addresses: Vec<Ipv4Addr>,
 }
 
 /// Objects in, plan out. `previous` is the plan now programmed: broken Services keep their
-/// entries from it, and it decides who keeps a contested frontend.
-pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Problem>) {
+/// entries from it, and it decides who keeps a contested frontend or health check port.
+pub fn translate(
+    objects: &ClusterObjects,
+    previous: &L4Plan,
+    options: &L4Options,
+) -> (L4Plan, Vec<Problem>) {
     let mut problems = Vec::new();
     let slices_by_service = group_slices(objects);
     let mut previous_by_service: BTreeMap<&ObjectName, Vec<(&Frontend, &ServicePortPlan)>> =
@@ -205,81 +224,195 @@ pub fn translate(objects: &ClusterObjects, previous: &L4Plan) -> (L4Plan, Vec<Pr
             .or_default()
             .push((frontend, plan));
     }
+    // Who holds each claim now: frontends by address, nodePorts by port and protocol.
+    let mut incumbents: BTreeMap<ClaimKey, &ObjectName> = BTreeMap::new();
+    for (frontend, plan) in &previous.frontends {
+        incumbents.insert(claim_key(frontend, plan), &plan.service);
+    }
 
-    // Every candidate claim on a frontend, with what decides conflicts.
-    struct Claim<'a> {
+    // Every candidate claim, with what decides conflicts.
+    struct Contender<'a> {
         plan: ServicePortPlan,
+        field: String,
         created: Option<&'a Time>,
         origin: String,
     }
-    let mut claims: BTreeMap<Frontend, Vec<Claim<'_>>> = BTreeMap::new();
+    struct HealthContender<'a> {
+        plan: HealthCheckPlan,
+        created: Option<&'a Time>,
+        origin: String,
+    }
+    let mut claims: BTreeMap<ClaimKey, Vec<Contender<'_>>> = BTreeMap::new();
+    let mut health_claims: BTreeMap<u16, Vec<HealthContender<'_>>> = BTreeMap::new();
     for (name, service) in &objects.services {
-        if !is_load_balancer(&service.object) {
+        if !is_programmed(&service.object) {
             continue;
         }
         let slices = slices_by_service
             .get(name)
             .map(Vec::as_slice)
             .unwrap_or(&[]);
-        let result = translate_service(name, service, slices, &mut problems);
-        let frontends = if result.broken {
-            previous_by_service
+        let created = service.object.metadata.creation_timestamp.as_ref();
+        let origin = service.origin.to_string();
+        let result = translate_service(name, service, slices, options, &mut problems);
+        let (service_claims, health_check) = if result.broken {
+            let kept: BTreeMap<ClaimKey, Claim> = previous_by_service
                 .get(name)
-                .map(|entries| entries.iter().map(|(f, p)| (**f, (*p).clone())).collect())
-                .unwrap_or_default()
+                .into_iter()
+                .flatten()
+                .map(|(f, p)| {
+                    let key = claim_key(f, p);
+                    let claim = Claim {
+                        key,
+                        plan: (*p).clone(),
+                        field: "spec.ports".to_string(),
+                    };
+                    (key, claim)
+                })
+                .collect();
+            let health = previous
+                .health_checks
+                .iter()
+                .find(|(_, h)| &h.service == name)
+                .map(|(port, h)| (*port, h.clone()));
+            (kept.into_values().collect(), health)
         } else {
-            result.frontends
+            (result.claims, result.health_check)
         };
-        for (frontend, plan) in frontends {
-            claims.entry(frontend).or_default().push(Claim {
-                plan,
-                created: service.object.metadata.creation_timestamp.as_ref(),
-                origin: service.origin.to_string(),
+        for claim in service_claims {
+            claims.entry(claim.key).or_default().push(Contender {
+                plan: claim.plan,
+                field: claim.field,
+                created,
+                origin: origin.clone(),
             });
+        }
+        if let Some((port, plan)) = health_check {
+            health_claims
+                .entry(port)
+                .or_default()
+                .push(HealthContender {
+                    plan,
+                    created,
+                    origin: origin.clone(),
+                });
         }
     }
 
     let mut plan = L4Plan::default();
-    for (frontend, mut contenders) in claims {
-        let incumbent = previous.frontends.get(&frontend).map(|p| &p.service);
-        contenders.sort_by(|a, b| {
-            let a_incumbent = Some(&a.plan.service) == incumbent;
-            let b_incumbent = Some(&b.plan.service) == incumbent;
-            b_incumbent
-                .cmp(&a_incumbent)
-                .then_with(|| compare_created(a.created, b.created))
-                .then_with(|| a.plan.service.cmp(&b.plan.service))
-        });
-        let mut contenders = contenders.into_iter();
-        let Some(winner) = contenders.next() else {
-            continue;
+    for (key, contenders) in claims {
+        let incumbent = incumbents.get(&key).copied();
+        let (winner, losers) = decide(contenders, incumbent, |c| (&c.plan.service, c.created));
+        let what = match key {
+            ClaimKey::Address(frontend) => frontend.to_string(),
+            ClaimKey::NodePort(port, protocol) => format!("nodePort {port}/{protocol}"),
         };
-        for loser in contenders {
+        for loser in losers {
             problems.push(Problem {
                 origin: loser.origin,
                 object: format!("Service {}", loser.plan.service),
-                field: "spec.ports".to_string(),
+                field: loser.field,
                 message: format!(
-                    "{frontend} is already used by Service {}; this port is not forwarded",
+                    "{what} is already used by Service {}; this port is not forwarded",
                     winner.plan.service
                 ),
             });
         }
-        plan.frontends.insert(frontend, winner.plan);
+        let frontends: Vec<Frontend> = match key {
+            ClaimKey::Address(frontend) => vec![frontend],
+            ClaimKey::NodePort(port, protocol) => options
+                .node_addresses
+                .iter()
+                .map(|vip| Frontend {
+                    vip: *vip,
+                    port,
+                    protocol,
+                })
+                .collect(),
+        };
+        for frontend in frontends {
+            // A nodePort on a node address that is also some Service's external address and
+            // port: the address claim (decided first, in key order) keeps it.
+            match plan.frontends.get(&frontend) {
+                Some(holder) if holder.service != winner.plan.service => {
+                    problems.push(Problem {
+                        origin: winner.origin.clone(),
+                        object: format!("Service {}", winner.plan.service),
+                        field: winner.field.clone(),
+                        message: format!(
+                            "{frontend} is already used by Service {}; not forwarded there",
+                            holder.service
+                        ),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    plan.frontends.insert(frontend, winner.plan.clone());
+                }
+            }
+        }
+    }
+    for (port, contenders) in health_claims {
+        let incumbent = previous.health_checks.get(&port).map(|h| &h.service);
+        let (winner, losers) = decide(contenders, incumbent, |c| (&c.plan.service, c.created));
+        for loser in losers {
+            problems.push(Problem {
+                origin: loser.origin,
+                object: format!("Service {}", loser.plan.service),
+                field: "spec.healthCheckNodePort".to_string(),
+                message: format!(
+                    "health check port {port} is already used by Service {}; not served",
+                    winner.plan.service
+                ),
+            });
+        }
+        plan.health_checks.insert(port, winner.plan);
     }
     (plan, problems)
+}
+
+/// The contested-claim rule: the incumbent keeps it, else the oldest (creationTimestamp, then
+/// namespace/name). Returns the winner and the losers.
+fn decide<'a, C>(
+    mut contenders: Vec<C>,
+    incumbent: Option<&ObjectName>,
+    key: impl Fn(&C) -> (&ObjectName, Option<&'a Time>),
+) -> (C, Vec<C>) {
+    contenders.sort_by(|a, b| {
+        let (a_name, a_created) = key(a);
+        let (b_name, b_created) = key(b);
+        let a_incumbent = Some(a_name) == incumbent;
+        let b_incumbent = Some(b_name) == incumbent;
+        b_incumbent
+            .cmp(&a_incumbent)
+            .then_with(|| compare_created(a_created, b_created))
+            .then_with(|| a_name.cmp(b_name))
+    });
+    let losers = contenders.split_off(1);
+    // `claims` and `health_claims` entries are made with one contender at least.
+    let winner = contenders.remove(0);
+    (winner, losers)
+}
+
+/// The claim a programmed frontend was made for.
+fn claim_key(frontend: &Frontend, plan: &ServicePortPlan) -> ClaimKey {
+    match plan.kind {
+        FrontendKind::NodePort => ClaimKey::NodePort(frontend.port, frontend.protocol),
+        FrontendKind::LoadBalancer | FrontendKind::ExternalIp => ClaimKey::Address(*frontend),
+    }
 }
 
 /// Incremental: re-translates only the Services in `services` (changed, or whose EndpointSlices
 /// changed) into `plan`, which holds the plan now programmed. Returns the frontends whose plan
 /// changed and the problems of those Services, or `None` when the change is structural (a Service
-/// gone, or one whose set of frontends changes, which may hand a contested frontend to another
-/// Service): then `plan` is left as it was and the caller translates everything with
-/// [`translate`].
+/// gone, or one whose set of frontends or health check port changes, which may hand a contested
+/// one to another Service): then `plan` is left as it was and the caller translates everything
+/// with [`translate`]. Health check counts are updated in `plan` (they are not frontends).
 pub fn retranslate_services(
     objects: &ClusterObjects,
     plan: &mut L4Plan,
     services: &BTreeSet<ObjectName>,
+    options: &L4Options,
 ) -> Option<(Vec<Frontend>, Vec<Problem>)> {
     let mut current: BTreeMap<&ObjectName, BTreeSet<Frontend>> = BTreeMap::new();
     for (frontend, port) in &plan.frontends {
@@ -287,6 +420,12 @@ pub fn retranslate_services(
             current.entry(&port.service).or_default().insert(*frontend);
         }
     }
+    let current_health: BTreeMap<&ObjectName, u16> = plan
+        .health_checks
+        .iter()
+        .filter(|(_, h)| services.contains(&h.service))
+        .map(|(port, h)| (&h.service, *port))
+        .collect();
     // The slices of the named Services only, in one pass.
     let mut slices: BTreeMap<ObjectName, Vec<&EndpointSlice>> = BTreeMap::new();
     for (name, slice) in &objects.endpoint_slices {
@@ -303,32 +442,54 @@ pub fn retranslate_services(
     }
     let mut problems = Vec::new();
     let mut updates = Vec::new();
+    let mut health_updates = Vec::new();
     for name in services {
         let had = current.get(name);
-        let Some(service) = objects.services.get(name) else {
-            // Gone: structural if it had frontends, nothing to do if it never had any.
-            if had.is_some() {
+        let had_health = current_health.get(name).copied();
+        let programmed = objects
+            .services
+            .get(name)
+            .filter(|service| is_programmed(&service.object));
+        let Some(service) = programmed else {
+            // Gone (or no longer ours): structural if it had anything, else nothing to do.
+            if had.is_some() || had_health.is_some() {
                 return None;
             }
             continue;
         };
-        if !is_load_balancer(&service.object) {
-            if had.is_some() {
-                return None;
-            }
-            continue;
-        }
         let service_slices = slices.get(name).map(Vec::as_slice).unwrap_or(&[]);
-        let result = translate_service(name, service, service_slices, &mut problems);
+        let result = translate_service(name, service, service_slices, options, &mut problems);
         if result.broken {
             // The previous state stays, as in a full translation.
             continue;
         }
-        let wanted: BTreeSet<Frontend> = result.frontends.iter().map(|(f, _)| *f).collect();
-        if had.map_or(!wanted.is_empty(), |had| *had != wanted) {
+        let mut wanted = BTreeMap::new();
+        for claim in result.claims {
+            match claim.key {
+                ClaimKey::Address(frontend) => {
+                    wanted.insert(frontend, claim.plan);
+                }
+                ClaimKey::NodePort(port, protocol) => {
+                    for vip in &options.node_addresses {
+                        let frontend = Frontend {
+                            vip: *vip,
+                            port,
+                            protocol,
+                        };
+                        wanted.entry(frontend).or_insert_with(|| claim.plan.clone());
+                    }
+                }
+            }
+        }
+        let wanted_set: BTreeSet<Frontend> = wanted.keys().copied().collect();
+        if had.map_or(!wanted_set.is_empty(), |had| *had != wanted_set) {
             return None;
         }
-        updates.extend(result.frontends);
+        if had_health != result.health_check.as_ref().map(|(port, _)| *port) {
+            return None;
+        }
+        updates.extend(wanted);
+        health_updates.extend(result.health_check);
     }
     let mut changed = Vec::new();
     for (frontend, port) in updates {
@@ -337,6 +498,7 @@ pub fn retranslate_services(
             changed.push(frontend);
         }
     }
+    plan.health_checks.extend(health_updates);
     Some((changed, problems))
 }
 
@@ -348,10 +510,6 @@ pub(crate) fn compare_created(a: Option<&Time>, b: Option<&Time>) -> std::cmp::O
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => std::cmp::Ordering::Equal,
     }
-}
-
-fn is_load_balancer(service: &Service) -> bool {
-    service.spec.as_ref().and_then(|s| s.type_.as_deref()) == Some("LoadBalancer")
 }
 
 pub(crate) fn group_slices(objects: &ClusterObjects) -> BTreeMap<ObjectName, Vec<&EndpointSlice>> {
@@ -372,219 +530,28 @@ pub(crate) fn group_slices(objects: &ClusterObjects) -> BTreeMap<ObjectName, Vec
     by_service
 }
 
-fn translate_service(
-    name: &ObjectName,
-    service: &Sourced<Service>,
-    slices: &[&EndpointSlice],
-    problems: &mut Vec<Problem>,
-) -> ServiceResult {
-    let mut broken = false;
-    let report = |field: String, message: String| Problem {
-        origin: service.origin.to_string(),
-        object: format!("Service {name}"),
-        field,
-        message,
-    };
-    let vips = match service_vips(&service.object) {
-        Ok(vips) if vips.is_empty() => {
-            problems.push(report(
-                "status.loadBalancer.ingress".into(),
-                "the Service has no IPv4 VIP (none in status.loadBalancer.ingress[].ip, \
-                 spec.loadBalancerIP or spec.externalIPs)"
-                    .into(),
-            ));
-            return ServiceResult {
-                frontends: Vec::new(),
-                broken: true,
-            };
-        }
-        Ok(vips) => vips,
-        Err((field, message)) => {
-            problems.push(report(field, message));
-            return ServiceResult {
-                frontends: Vec::new(),
-                broken: true,
-            };
-        }
-    };
-    let ports = service.object.spec.as_ref().and_then(|s| s.ports.as_ref());
-    let mut frontends = Vec::new();
-    for (index, port) in ports.into_iter().flatten().enumerate() {
-        let protocol = match port.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::Tcp,
-            "UDP" => Protocol::Udp,
-            "SCTP" => {
-                // Valid Kubernetes, not forwarded by this datapath: skip the port, keep the rest.
-                problems.push(report(
-                    format!("spec.ports[{index}].protocol"),
-                    "SCTP is not supported; this port is not forwarded".into(),
-                ));
-                continue;
-            }
-            other => {
-                problems.push(report(
-                    format!("spec.ports[{index}].protocol"),
-                    format!("unknown protocol {other:?} (expected TCP, UDP or SCTP)"),
-                ));
-                broken = true;
-                continue;
-            }
-        };
-        let service_port = match u16::try_from(port.port) {
-            Ok(p) if p != 0 => p,
-            _ => {
-                problems.push(report(
-                    format!("spec.ports[{index}].port"),
-                    format!("{} is not a valid port (1-65535)", port.port),
-                ));
-                broken = true;
-                continue;
-            }
-        };
-        let port_name = port.name.clone().unwrap_or_default();
-        let (backends, resolved) = resolve_backends(slices, &port_name, protocol);
-        if !resolved {
-            problems.push(report(
-                format!("spec.ports[{index}].name"),
-                format!(
-                    "no EndpointSlice of this Service has a {protocol} port named {port_name:?}"
-                ),
-            ));
-            broken = true;
-            continue;
-        }
-        for vip in &vips {
-            frontends.push((
-                Frontend {
-                    vip: *vip,
-                    port: service_port,
-                    protocol,
-                },
-                ServicePortPlan {
-                    service: name.clone(),
-                    port_name: port_name.clone(),
-                    backends: backends.clone(),
-                    ..ServicePortPlan::default()
-                },
-            ));
-        }
-    }
-    ServiceResult { frontends, broken }
-}
-
-/// The Service's IPv4 VIPs, in kube-proxy's order of preference: status, then loadBalancerIP, then
-/// externalIPs. IPv6 addresses are skipped (not forwarded yet); an unparsable one is an error.
-fn service_vips(service: &Service) -> Result<Vec<Ipv4Addr>, (String, String)> {
-    fn parse_all<'a>(
-        items: impl Iterator<Item = (String, &'a str)>,
-    ) -> Result<Vec<Ipv4Addr>, (String, String)> {
-        let mut vips = Vec::new();
-        for (field, text) in items {
-            match text.parse::<std::net::IpAddr>() {
-                Ok(std::net::IpAddr::V4(v4)) => {
-                    if !vips.contains(&v4) {
-                        vips.push(v4)
-                    }
-                }
-                Ok(std::net::IpAddr::V6(_)) => {}
-                Err(_) => return Err((field, format!("{text:?} is not an IP address"))),
-            }
-        }
-        Ok(vips)
-    }
-    let from_status = service
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref())
-        .map(|ingress| {
-            ingress
-                .iter()
-                .enumerate()
-                .filter_map(|(i, entry)| {
-                    entry
-                        .ip
-                        .as_deref()
-                        .map(|ip| (format!("status.loadBalancer.ingress[{i}].ip"), ip))
-                })
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let vips = parse_all(from_status.into_iter())?;
-    if !vips.is_empty() {
-        return Ok(vips);
-    }
-    let spec = service.spec.as_ref();
-    if let Some(ip) = spec
-        .and_then(|s| s.load_balancer_ip.as_deref())
-        .filter(|ip| !ip.is_empty())
-    {
-        let vips = parse_all(std::iter::once(("spec.loadBalancerIP".to_string(), ip)))?;
-        if !vips.is_empty() {
-            return Ok(vips);
-        }
-    }
-    let external = spec.and_then(|s| s.external_ips.as_ref());
-    parse_all(
-        external
-            .into_iter()
-            .flatten()
-            .enumerate()
-            .map(|(i, ip)| (format!("spec.externalIPs[{i}]"), ip.as_str())),
-    )
-}
-
 /// Ready endpoints for the Service port named `port_name`, summed over all the Service's
-/// EndpointSlices. `resolved` is false when slices list ports but none has this name and
-/// protocol (a Service with no slices, or slices without ports, simply has no backends yet).
+/// EndpointSlices (the proxy's backends). `resolved` is false when slices list ports but none
+/// has this name and protocol (a Service with no slices, or slices without ports, simply has
+/// no backends yet).
 pub(crate) fn resolve_backends(
     slices: &[&EndpointSlice],
     port_name: &str,
     protocol: Protocol,
 ) -> (BTreeSet<Endpoint>, bool) {
-    let mut backends = BTreeSet::new();
-    let mut any_ports = false;
-    let mut resolved = false;
-    for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let Some(ports) = slice.ports.as_ref() else {
-            continue;
-        };
-        any_ports |= !ports.is_empty();
-        let matching = ports.iter().find(|p| {
-            p.name.as_deref().unwrap_or("") == port_name
-                && p.protocol.as_deref().unwrap_or("TCP") == protocol.to_string()
-        });
-        let Some(target_port) = matching
-            .and_then(|p| p.port)
-            .and_then(|p| u16::try_from(p).ok())
-        else {
-            continue;
-        };
-        resolved = true;
-        for endpoint in slice.endpoints.iter().flatten() {
-            // kube-proxy: a missing `ready` means ready; only an explicit false excludes.
-            let ready = endpoint
-                .conditions
-                .as_ref()
-                .and_then(|c| c.ready)
-                .unwrap_or(true);
-            if !ready {
-                continue;
-            }
-            for address in &endpoint.addresses {
-                if let Ok(addr) = address.parse::<Ipv4Addr>() {
-                    backends.insert(Endpoint {
-                        addr,
-                        port: target_port,
-                    });
-                }
-            }
-        }
-    }
-    (backends, resolved || !any_ports)
+    let (endpoints, resolved) = endpoints::port_endpoints(
+        slices,
+        port_name,
+        protocol,
+        false,
+        endpoints::Locality { node_name: None },
+    );
+    let ready = endpoints
+        .into_iter()
+        .filter(|(_, state)| state.ready)
+        .map(|(endpoint, _)| endpoint)
+        .collect();
+    (ready, resolved)
 }
 
 #[cfg(test)]

@@ -12,6 +12,19 @@ use k8s_openapi::{api::core::v1::Service, api::discovery::v1::EndpointSlice};
 use super::*;
 use crate::model::{object_name, Origin, Sourced};
 
+const NO_NODE: L4Options = L4Options {
+    node_name: None,
+    node_addresses: Vec::new(),
+};
+
+/// A node named `name` with two addresses.
+fn node(name: &str) -> L4Options {
+    L4Options {
+        node_name: Some(name.to_string()),
+        node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)],
+    }
+}
+
 fn origin() -> Origin {
     Origin::File {
         path: Arc::from("/m/test.yaml"),
@@ -103,7 +116,7 @@ fn slices_add_up_and_not_ready_endpoints_are_left_out() {
         vec![service(WEB)],
         vec![slice(WEB_SLICE_A), slice(WEB_SLICE_B)],
     );
-    let (plan, problems) = translate(&objects, &L4Plan::default());
+    let (plan, problems) = translate(&objects, &L4Plan::default(), &L4Options::default());
     assert!(problems.is_empty(), "{problems:?}");
     assert_eq!(
         backends(&plan, vip(80, Protocol::Tcp)),
@@ -123,40 +136,80 @@ fn slices_add_up_and_not_ready_endpoints_are_left_out() {
     );
 }
 
+/// The LoadBalancer address comes from the status, else `spec.loadBalancerIP`; externalIPs
+/// are frontends of their own beside it, never a fallback for it.
 #[test]
-fn vip_comes_from_status_then_load_balancer_ip_then_external_ips() {
+fn vip_comes_from_status_then_load_balancer_ip_and_external_ips_are_their_own_frontends() {
     let with = |extra: &str| {
         service(&format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  type: LoadBalancer\n  ports: [{{port: 80}}]\n{extra}"
         ))
     };
     let cases = [
-        ("  loadBalancerIP: 203.0.113.2\n  externalIPs: [203.0.113.3]\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}]}}\n", "203.0.113.1"),
-        ("  loadBalancerIP: 203.0.113.2\n  externalIPs: [203.0.113.3]\n", "203.0.113.2"),
-        ("  externalIPs: [203.0.113.3]\n", "203.0.113.3"),
-        ("  externalIPs: [\"2001:db8::1\", 203.0.113.4]\n", "203.0.113.4"),
+        ("  loadBalancerIP: 203.0.113.2\n  externalIPs: [203.0.113.3]\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}]}}\n", vec!["LoadBalancer 203.0.113.1", "externalIP 203.0.113.3"], 0),
+        ("  loadBalancerIP: 203.0.113.2\n  externalIPs: [203.0.113.3]\n", vec!["LoadBalancer 203.0.113.2", "externalIP 203.0.113.3"], 0),
+        // No LoadBalancer address yet: reported, the externalIP is still forwarded.
+        ("  externalIPs: [203.0.113.3]\n", vec!["externalIP 203.0.113.3"], 1),
+        ("  externalIPs: [\"2001:db8::1\", 203.0.113.4]\n", vec!["externalIP 203.0.113.4"], 1),
+        // The same address as both: one frontend, the LoadBalancer one.
+        ("  externalIPs: [203.0.113.1]\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.1}]}}\n", vec!["LoadBalancer 203.0.113.1"], 0),
     ];
-    for (extra, expected) in cases {
-        let (plan, problems) = translate(&objects(vec![with(extra)], vec![]), &L4Plan::default());
-        assert!(problems.is_empty(), "{problems:?}");
-        let vips: Vec<String> = plan.frontends.keys().map(|f| f.vip.to_string()).collect();
-        assert_eq!(vips, [expected], "{extra}");
+    for (extra, expected, problem_count) in cases {
+        let (plan, problems) = translate(
+            &objects(vec![with(extra)], vec![]),
+            &L4Plan::default(),
+            &NO_NODE,
+        );
+        assert_eq!(problems.len(), problem_count, "{extra}: {problems:?}");
+        if problem_count > 0 {
+            assert_eq!(problems[0].field, "status.loadBalancer.ingress");
+        }
+        let vips: Vec<String> = plan
+            .frontends
+            .iter()
+            .map(|(f, p)| format!("{} {}", p.kind, f.vip))
+            .collect();
+        assert_eq!(vips, expected, "{extra}");
     }
 }
 
 #[test]
-fn only_load_balancer_services_are_forwarded() {
-    let cluster_ip = "apiVersion: v1\nkind: Service\nmetadata: {name: c}\nspec:\n  type: ClusterIP\n  externalIPs: [203.0.113.9]\n  ports: [{port: 80}]\n";
+fn cluster_ip_services_are_forwarded_on_their_external_ips_only() {
+    let cluster_ip = "apiVersion: v1\nkind: Service\nmetadata: {name: c}\nspec:\n  type: ClusterIP\n  ports: [{port: 80, nodePort: 30080}]\n";
     let (plan, problems) = translate(
         &objects(vec![service(cluster_ip)], vec![]),
         &L4Plan::default(),
+        &node("n1"),
     );
     assert!(plan.frontends.is_empty() && problems.is_empty());
+    let with_external = cluster_ip.replace(
+        "type: ClusterIP",
+        "type: ClusterIP\n  externalIPs: [203.0.113.9]",
+    );
+    let (plan, problems) = translate(
+        &objects(vec![service(&with_external)], vec![]),
+        &L4Plan::default(),
+        &node("n1"),
+    );
+    assert!(problems.is_empty(), "{problems:?}");
+    let got: Vec<(String, FrontendKind)> = plan
+        .frontends
+        .iter()
+        .map(|(f, p)| (f.to_string(), p.kind))
+        .collect();
+    assert_eq!(
+        got,
+        [("203.0.113.9:80/TCP".to_string(), FrontendKind::ExternalIp)]
+    );
 }
 
 #[test]
 fn service_without_endpoint_slices_has_no_backends_and_no_problem() {
-    let (plan, problems) = translate(&objects(vec![service(WEB)], vec![]), &L4Plan::default());
+    let (plan, problems) = translate(
+        &objects(vec![service(WEB)], vec![]),
+        &L4Plan::default(),
+        &L4Options::default(),
+    );
     assert!(problems.is_empty(), "{problems:?}");
     assert!(plan.frontends[&vip(80, Protocol::Tcp)].backends.is_empty());
 }
@@ -170,6 +223,7 @@ fn port_name_is_resolved_like_kube_proxy() {
     let (plan, problems) = translate(
         &objects(vec![service(svc)], vec![slice(sl)]),
         &L4Plan::default(),
+        &NO_NODE,
     );
     assert!(problems.is_empty(), "{problems:?}");
     let got: Vec<(u16, Vec<String>)> = plan
@@ -196,7 +250,7 @@ fn slices_of_other_services_and_namespaces_do_not_count() {
         vec![service(WEB)],
         vec![slice(WEB_SLICE_A), slice(&other_ns), slice(&other_service)],
     );
-    let (plan, _) = translate(&objects, &L4Plan::default());
+    let (plan, _) = translate(&objects, &L4Plan::default(), &L4Options::default());
     assert_eq!(
         backends(&plan, vip(80, Protocol::Tcp)),
         ["198.51.100.11:8080", "198.51.100.12:8080"]
@@ -206,7 +260,7 @@ fn slices_of_other_services_and_namespaces_do_not_count() {
 #[test]
 fn problems_name_the_field_and_keep_the_last_good_state() {
     let good = objects(vec![service(WEB)], vec![slice(WEB_SLICE_A)]);
-    let (previous, _) = translate(&good, &L4Plan::default());
+    let (previous, _) = translate(&good, &L4Plan::default(), &L4Options::default());
     let broken_variants = [
         (
             WEB.replace(
@@ -234,14 +288,14 @@ fn problems_name_the_field_and_keep_the_last_good_state() {
     ];
     for (yaml, field) in broken_variants {
         let broken = objects(vec![service(&yaml)], vec![slice(WEB_SLICE_A)]);
-        let (plan, problems) = translate(&broken, &previous);
+        let (plan, problems) = translate(&broken, &previous, &L4Options::default());
         assert_eq!(problems.len(), 1, "{field}: {problems:?}");
         assert_eq!(problems[0].field, field);
         assert_eq!(problems[0].object, "Service demo/web");
         assert_eq!(problems[0].origin, "/m/test.yaml (document 1)");
         assert_eq!(plan, previous, "{field}: last good state kept");
         // The same broken Service with nothing programmed before is simply not forwarded.
-        let (fresh, _) = translate(&broken, &L4Plan::default());
+        let (fresh, _) = translate(&broken, &L4Plan::default(), &L4Options::default());
         assert!(fresh.frontends.is_empty(), "{field}");
     }
 }
@@ -252,6 +306,7 @@ fn sctp_ports_are_skipped_but_the_rest_is_forwarded() {
     let (plan, problems) = translate(
         &objects(vec![service(&yaml)], vec![slice(WEB_SLICE_A)]),
         &L4Plan::default(),
+        &NO_NODE,
     );
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].field, "spec.ports[1].protocol");
@@ -271,7 +326,7 @@ fn conflicting_claims_go_to_the_incumbent_then_the_oldest() {
         protocol: Protocol::Tcp,
     };
     let both = objects(vec![service(older), service(newer)], vec![]);
-    let (plan, problems) = translate(&both, &L4Plan::default());
+    let (plan, problems) = translate(&both, &L4Plan::default(), &L4Options::default());
     assert_eq!(
         plan.frontends[&contested].service.name, "b-old",
         "older wins"
@@ -279,8 +334,12 @@ fn conflicting_claims_go_to_the_incumbent_then_the_oldest() {
     assert_eq!(problems.len(), 1);
     assert_eq!(problems[0].object, "Service x/a-new");
     // Whoever already holds the frontend keeps it, even if younger.
-    let (only_newer, _) = translate(&objects(vec![service(newer)], vec![]), &L4Plan::default());
-    let (plan, problems) = translate(&both, &only_newer);
+    let (only_newer, _) = translate(
+        &objects(vec![service(newer)], vec![]),
+        &L4Plan::default(),
+        &L4Options::default(),
+    );
+    let (plan, problems) = translate(&both, &only_newer, &L4Options::default());
     assert_eq!(
         plan.frontends[&contested].service.name, "a-new",
         "incumbent keeps it"
@@ -291,6 +350,7 @@ fn conflicting_claims_go_to_the_incumbent_then_the_oldest() {
     let (plan, _) = translate(
         &objects(vec![service(&same), service(newer)], vec![]),
         &L4Plan::default(),
+        &NO_NODE,
     );
     assert_eq!(plan.frontends[&contested].service.name, "a-new");
 }
@@ -300,8 +360,13 @@ fn removed_service_disappears_from_the_plan() {
     let (previous, _) = translate(
         &objects(vec![service(WEB)], vec![slice(WEB_SLICE_A)]),
         &L4Plan::default(),
+        &NO_NODE,
     );
-    let (plan, problems) = translate(&objects(vec![], vec![slice(WEB_SLICE_A)]), &previous);
+    let (plan, problems) = translate(
+        &objects(vec![], vec![slice(WEB_SLICE_A)]),
+        &previous,
+        &L4Options::default(),
+    );
     assert!(plan.frontends.is_empty() && problems.is_empty());
 }
 
@@ -328,7 +393,7 @@ endpoints: [{addresses: [198.51.100.31]}]
         vec![service(WEB), service(api)],
         vec![slice(WEB_SLICE_A), slice(WEB_SLICE_B), slice(api_slice)],
     );
-    let (mut plan, _) = translate(&before, &L4Plan::default());
+    let (mut plan, _) = translate(&before, &L4Plan::default(), &L4Options::default());
     let web = ObjectName {
         namespace: "demo".into(),
         name: "web".into(),
@@ -344,16 +409,17 @@ endpoints: [{addresses: [198.51.100.31]}]
         slice(&WEB_SLICE_B.replace("198.51.100.13", "198.51.100.14")),
     );
     let (changed, problems) =
-        retranslate_services(&after, &mut plan, &BTreeSet::from([web.clone()]))
+        retranslate_services(&after, &mut plan, &BTreeSet::from([web.clone()]), &NO_NODE)
             .expect("incremental");
     assert!(problems.is_empty());
     assert_eq!(changed.len(), 2, "web's TCP and UDP frontends");
-    let (full, _) = translate(&after, &L4Plan::default());
+    let (full, _) = translate(&after, &L4Plan::default(), &L4Options::default());
     assert_eq!(plan, full);
 
     // Nothing changed: nothing to write.
-    let (changed, _) = retranslate_services(&after, &mut plan, &BTreeSet::from([web.clone()]))
-        .expect("incremental");
+    let (changed, _) =
+        retranslate_services(&after, &mut plan, &BTreeSet::from([web.clone()]), &NO_NODE)
+            .expect("incremental");
     assert!(changed.is_empty());
 
     // Structural: web loses its UDP port, or goes away.
@@ -365,10 +431,17 @@ endpoints: [{addresses: [198.51.100.31]}]
     assert!(retranslate_services(
         &fewer_ports,
         &mut plan.clone(),
-        &BTreeSet::from([web.clone()])
+        &BTreeSet::from([web.clone()]),
+        &NO_NODE
     )
     .is_none());
     let mut gone = after.clone();
     gone.services.remove(&web);
-    assert!(retranslate_services(&gone, &mut plan.clone(), &BTreeSet::from([web])).is_none());
+    assert!(
+        retranslate_services(&gone, &mut plan.clone(), &BTreeSet::from([web]), &NO_NODE).is_none()
+    );
 }
+
+mod endpoints;
+mod frontends;
+mod policies;
