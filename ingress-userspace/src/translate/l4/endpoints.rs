@@ -121,6 +121,9 @@ pub(crate) struct Selection {
     pub(crate) draining: BTreeSet<Endpoint>,
     /// Endpoints of `backends` and `draining` on another node.
     pub(crate) remote: BTreeSet<Endpoint>,
+    /// `backends` is empty only because of `local_only`: another node has a usable endpoint
+    /// (kube-proxy drops such traffic; with no endpoint anywhere it refuses it).
+    pub(crate) endpoints_elsewhere: bool,
 }
 
 /// kube-proxy's rule: ready endpoints take new flows; when none is ready, the serving
@@ -149,10 +152,16 @@ pub(crate) fn select(endpoints: &BTreeMap<Endpoint, EndpointState>, local_only: 
         .filter(|e| endpoints.get(e).is_some_and(|s| !s.local))
         .copied()
         .collect();
+    let endpoints_elsewhere = local_only
+        && backends.is_empty()
+        && endpoints
+            .values()
+            .any(|s| s.ready || (s.serving && s.terminating));
     Selection {
         backends,
         draining,
         remote,
+        endpoints_elsewhere,
     }
 }
 

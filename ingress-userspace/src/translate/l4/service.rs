@@ -273,6 +273,7 @@ pub(super) fn translate_service(
             backends: selection.backends.clone(),
             draining: selection.draining.clone(),
             remote: selection.remote.clone(),
+            endpoints_elsewhere: selection.endpoints_elsewhere,
         };
         let mut claim = |key: ClaimKey, plan: ServicePortPlan, field: String| {
             // A Service naming one address twice (its LoadBalancer IP also among its

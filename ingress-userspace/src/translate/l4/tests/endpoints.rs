@@ -150,6 +150,28 @@ fn external_traffic_policy_local_uses_this_nodes_endpoints_only() {
         roles(local.clone(), &endpoints, &node("n3")),
         (vec![], vec![], vec![])
     );
+    // ... so its datapath drops new connections instead of refusing them (kube-proxy's rule).
+    let (plan, _) = translate(
+        &objects(vec![local.clone()], vec![eps(&endpoints)]),
+        &L4Plan::default(),
+        &node("n3"),
+    );
+    assert!(plan.frontends[&frontend()].endpoints_elsewhere);
+    let (plan, _) = translate(
+        &objects(vec![local.clone()], vec![eps(&[])]),
+        &L4Plan::default(),
+        &node("n3"),
+    );
+    assert!(
+        !plan.frontends[&frontend()].endpoints_elsewhere,
+        "no endpoint anywhere: refused"
+    );
+    let (plan, _) = translate(
+        &objects(vec![local.clone()], vec![eps(&endpoints)]),
+        &L4Plan::default(),
+        &node("n1"),
+    );
+    assert!(!plan.frontends[&frontend()].endpoints_elsewhere);
     // Only a local terminating one: it takes new flows (kube-proxy's local fallback).
     let only_terminating = [
         "{addresses: [198.51.100.2], nodeName: n2}",
