@@ -44,10 +44,12 @@ pub mod map_names {
     pub const SOURCE_RANGES: &str = "SOURCE_RANGES";
     /// `LruHashMap<AffinityKey, AffinityEntry>`: `sessionAffinity: ClientIP`, client → backend.
     pub const AFFINITY: &str = "AFFINITY";
-    /// `HashMap<u32, u32>`: interfaces (by index) the XDP program may redirect frames into: the
-    /// agent's own `--interface`s. Anything else, a pod's veth above all (whose peer has no NAPI
-    /// and would drop a redirected frame), gets the rewritten packet through the stack.
-    pub const REDIRECT_TARGETS: &str = "REDIRECT_TARGETS";
+    /// `HashMap<u32, u32>`: the agent's own `--interface`s by index → the node's IPv4 address on
+    /// each (wire order, 0 if none): the only interfaces the XDP program redirects frames into
+    /// (anything else, a pod's veth above all, whose peer has no NAPI and would drop a redirected
+    /// frame, gets the rewritten packet through the stack), and the SNAT source of flows to
+    /// remote endpoints that leave by them.
+    pub const NODE_INTERFACES: &str = "NODE_INTERFACES";
 }
 
 /// Name of the TC egress program that restores the frontend as the source of replies from local
@@ -233,6 +235,27 @@ pub const BACKEND_ACTIVE: u32 = 1;
 /// A serving, terminating endpoint (KEP-1669): it keeps its flows but takes no new ones; the
 /// Maglev table does not name it and session affinity does not return to it.
 pub const BACKEND_DRAINING: u32 = 2;
+/// The endpoint runs on another node: its flows are SNATed to this node's address, so its
+/// replies come back here to be translated.
+pub const BACKEND_SNAT: u32 = 4;
+
+/// SNAT source ports: 61000–65535, above Linux's ephemeral range (32768–60999, so no local
+/// socket's connection can share a SNAT 5-tuple) and the nodePort range (30000–32767).
+pub const SNAT_PORT_MIN: u16 = 61_000;
+/// Number of SNAT ports (per backend address:port and node address: a 5-tuple, not a port, must
+/// be unique).
+pub const SNAT_PORT_COUNT: u32 = 4_536;
+/// Ports tried per new SNAT flow before it is dropped and counted.
+pub const SNAT_TRIES: u32 = 8;
+/// How long an idle SNAT mapping holds its port (Cilium's defaults): TCP six hours, after a FIN
+/// or RST ten seconds, UDP one minute.
+pub const SNAT_TCP_IDLE_NS: u64 = 6 * 3600 * 1_000_000_000;
+/// See [`SNAT_TCP_IDLE_NS`].
+pub const SNAT_CLOSING_NS: u64 = 10 * 1_000_000_000;
+/// See [`SNAT_TCP_IDLE_NS`].
+pub const SNAT_UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
+/// A SNAT mapping whose flow saw a FIN or RST.
+pub const REVERSE_CLOSING: u32 = 1;
 
 /// One backend of one Service port.
 #[repr(C)]
@@ -301,8 +324,8 @@ pub struct NextHop {
 /// The next hop's interface is not a redirect target: hand the rewritten packet to the stack.
 pub const NEXT_HOP_VIA_STACK: u16 = 1;
 
-/// Most interfaces the XDP program may redirect into.
-pub const REDIRECT_TARGETS_MAX: u32 = 256;
+/// Most node interfaces the agent attaches to.
+pub const NODE_INTERFACES_MAX: u32 = 256;
 
 impl FlowKey {
     /// The key of a packet from `src_addr:src_port` to `dst_addr:dst_port` (wire order).
@@ -336,6 +359,12 @@ pub struct FlowEntry {
     pub service_id: u32,
     /// The service id's epoch when the flow was made.
     pub service_epoch: u32,
+    /// The node address the flow's source is rewritten to (remote endpoint), or 0.
+    pub snat_addr: u32,
+    /// The SNAT source port, network byte order.
+    pub snat_port: u16,
+    /// Always zero.
+    pub pad: u16,
 }
 
 /// Slots of the per-CPU flow cache (a power of two), 40 bytes each per CPU.
@@ -373,7 +402,10 @@ pub fn flow_cache_slot(key: &FlowKey) -> u32 {
     ) & (FLOW_CACHE_SLOTS - 1)
 }
 
-/// A tracked backend → client flow: what to put back as the source.
+/// A tracked backend → client flow: what to put back as the source, and for a SNATed flow (its
+/// key's destination is this node's address and SNAT port) the client to send it to. For SNATed
+/// flows this map is the SNAT table: an entry is written before its flow, with `BPF_NOEXIST`, so
+/// a port is never given twice and no reply can arrive before its mapping.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReverseEntry {
@@ -381,8 +413,14 @@ pub struct ReverseEntry {
     pub vip: u32,
     /// Service port, network byte order.
     pub port: u16,
-    /// Always zero.
-    pub pad: u16,
+    /// The client's port (SNAT only), network byte order.
+    pub client_port: u16,
+    /// The client's address (SNAT only), or 0: the reply's destination stays.
+    pub client_addr: u32,
+    /// [`REVERSE_CLOSING`] or 0.
+    pub flags: u32,
+    /// `bpf_ktime_get_coarse_ns` when the mapping was last used (SNAT only).
+    pub last_seen_ns: u64,
 }
 
 /// Packet and byte counters, per CPU.
@@ -401,6 +439,9 @@ pub struct TrafficCounters {
     pub rejected: u64,
     /// New connections dropped because the client is outside `loadBalancerSourceRanges`.
     pub denied: u64,
+    /// New connections to a remote endpoint dropped because no SNAT port was free (or the egress
+    /// interface has no address).
+    pub snat_failures: u64,
 }
 
 /// Why a packet was passed, dropped or how it was forwarded: index into `REASON_STATS`.
@@ -456,11 +497,14 @@ pub enum Reason {
     /// A reply from a local endpoint that left through the stack: the frontend restored as its
     /// source by the TC egress program on the uplink.
     ReverseTcEgress = 20,
+    /// A new flow to a remote endpoint found no free SNAT port (or its egress interface has no
+    /// address): dropped and counted.
+    DropSnatFailed = 21,
 }
 
 impl Reason {
     /// Number of reasons (size of `REASON_STATS`).
-    pub const COUNT: u32 = 21;
+    pub const COUNT: u32 = 22;
     /// Every reason, in index order.
     pub const ALL: [Reason; Reason::COUNT as usize] = [
         Reason::PassNotOurs,
@@ -484,6 +528,7 @@ impl Reason {
         Reason::ForwardStack,
         Reason::ReverseStack,
         Reason::ReverseTcEgress,
+        Reason::DropSnatFailed,
     ];
 
     /// Stable snake-case name for logs, metrics and `inspect`.
@@ -510,6 +555,7 @@ impl Reason {
             Reason::ForwardStack => "forward_stack",
             Reason::ReverseStack => "reverse_stack",
             Reason::ReverseTcEgress => "reverse_tc_egress",
+            Reason::DropSnatFailed => "drop_snat_failed",
         }
     }
 }

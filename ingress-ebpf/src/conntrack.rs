@@ -10,10 +10,10 @@ use ingress_common::{
 
 use crate::maps::{BACKENDS, FLOWS, FLOW_CACHE, REVERSE_FLOWS, SERVICE_STATES};
 
-/// The tracked flow's Service id and backend, if the id still belongs to this frontend (same
+/// The tracked flow and its backend, if its service id still belongs to this frontend (same
 /// epoch) and the backend is still the same live one.
 #[inline(always)]
-pub(crate) fn established(flow_key: &FlowKey, now: u64) -> Option<(u32, u32, BackendEntry)> {
+pub(crate) fn established(flow_key: &FlowKey, now: u64) -> Option<(FlowEntry, BackendEntry)> {
     let flow = tracked_flow(flow_key, now)?;
     let state = SERVICE_STATES.get(flow.service_id)?;
     if state.epoch != flow.service_epoch
@@ -28,7 +28,7 @@ pub(crate) fn established(flow_key: &FlowKey, now: u64) -> Option<(u32, u32, Bac
         // The backend left (or its id was reused): re-balance this flow instead of black-holing it.
         return None;
     }
-    Some((flow.service_id, flow.backend_id, *backend))
+    Some((flow, *backend))
 }
 
 /// The flow's conntrack entry: from this CPU's flow cache when the slot holds this flow, else
@@ -83,27 +83,29 @@ fn cache_flow(slot: *mut FlowCacheEntry, flow_key: &FlowKey, flow: FlowEntry, no
     }
 }
 
-/// Remembers a new flow both ways (and in this CPU's cache).
+/// Remembers a new flow (and in this CPU's cache), and its way back unless that is in place
+/// already (a SNAT mapping).
 #[inline(always)]
 pub(crate) fn track(
     flow_key: &FlowKey,
     flow: FlowEntry,
-    reverse_key: &FlowKey,
-    reverse: ReverseEntry,
+    reverse: Option<(&FlowKey, ReverseEntry)>,
     now: u64,
 ) {
     // A full LRU evicts the oldest flow; a failed insert only means the next packet of this flow
     // hashes again (to the same backend while the table is unchanged).
     let _ = FLOWS.insert(flow_key, flow, 0);
-    let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
+    if let Some((reverse_key, reverse)) = reverse {
+        let _ = REVERSE_FLOWS.insert(reverse_key, reverse, 0);
+    }
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(flow_key)) {
         cache_flow(slot, flow_key, flow, now);
     }
 }
 
-/// Where a backend's reply goes back from: the VIP:port of the tracked flow it answers.
+/// Where a backend's reply goes back from: the entry of the tracked flow it answers (the
+/// VIP:port, and for a SNATed flow the client), to read and to keep in use.
 #[inline(always)]
-pub(crate) fn reply(reverse_key: &FlowKey) -> Option<ReverseEntry> {
-    // SAFETY: ReverseEntry is plain data.
-    unsafe { REVERSE_FLOWS.get(reverse_key) }.copied()
+pub(crate) fn reply(reverse_key: &FlowKey) -> Option<*mut ReverseEntry> {
+    REVERSE_FLOWS.get_ptr_mut(reverse_key)
 }

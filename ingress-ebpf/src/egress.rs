@@ -59,6 +59,10 @@ fn restore_frontend(ctx: &TcContext) -> Option<Reason> {
     let key = FlowKey::new(src, dst, src_port, dst_port, protocol);
     // SAFETY: ReverseEntry is plain data.
     let reverse = *unsafe { REVERSE_FLOWS.get(key) }?;
+    if reverse.client_addr != 0 {
+        // A SNAT mapping: its replies arrive at XDP, never leave from here.
+        return None;
+    }
     let (check, mangled) = if protocol == proto::TCP {
         (l4 + 16, 0)
     } else {

@@ -10,7 +10,7 @@
 //! packet longer than any the FIB accepted for that next hop always asks the FIB (MTU).
 
 use aya_ebpf::{
-    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_SUCCESS},
+    bindings::{bpf_fib_lookup, xdp_action, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS},
     helpers::{bpf_fib_lookup as fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
@@ -19,7 +19,7 @@ use ingress_common::{NextHop, Reason, NEXT_HOP_TTL_JIFFIES, NEXT_HOP_VIA_STACK};
 use ingress_ebpf::parse::Packet;
 
 use crate::{
-    maps::{NEXT_HOPS, REDIRECT_TARGETS},
+    maps::{NEXT_HOPS, NODE_INTERFACES},
     nat,
 };
 
@@ -139,7 +139,7 @@ pub(crate) fn send(
     }
     // SAFETY: the value is a plain integer.
     let via_stack = params.ifindex != ingress_ifindex
-        && unsafe { REDIRECT_TARGETS.get(params.ifindex) }.is_none();
+        && unsafe { NODE_INTERFACES.get(params.ifindex) }.is_none();
     if let Some((hop, generation)) = cache {
         // SAFETY: per-CPU slot, see above.
         unsafe {
@@ -172,6 +172,36 @@ pub(crate) fn send(
         via_stack,
         direction.reasons(),
     )
+}
+
+/// The node's address on the interface the FIB sends `dst` out of, for a SNAT source: `None`
+/// when that is not one of the node's interfaces (or it has no address).
+#[inline(always)]
+pub(crate) fn egress_address(ctx: &XdpContext, packet: &Packet, dst: u32) -> Option<u32> {
+    let mut params = zeroed_fib_params();
+    params.family = AF_INET;
+    params.l4_protocol = packet.proto;
+    params.__bindgen_anon_1.tot_len = u16::from_be(packet.tot_len);
+    params.__bindgen_anon_2.tos = packet.tos;
+    params.__bindgen_anon_3.ipv4_src = packet.src_addr;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: params is a valid, fully initialised struct of the size passed.
+    let rc = unsafe {
+        fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            core::mem::size_of::<bpf_fib_lookup>() as i32,
+            0,
+        )
+    };
+    // Without a neighbour entry yet the FIB still names the interface.
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    // SAFETY: the value is a plain integer.
+    let addr = *unsafe { NODE_INTERFACES.get(params.ifindex) }?;
+    (addr != 0).then_some(addr)
 }
 
 /// An all-zero `bpf_fib_lookup`, written as eight word stores: `mem::zeroed` compiles to a call

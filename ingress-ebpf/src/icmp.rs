@@ -12,7 +12,8 @@
 //! The quoted header and ports are rewritten with the inner IPv4 checksum, the quoted UDP
 //! checksum (when it is quoted and not 0) and the ICMP checksum updated incrementally. A quoted
 //! TCP checksum lies beyond the 8 bytes every error carries and is left alone, as netfilter does.
-//! Errors with a quoted IP header carrying options, and every other ICMP, go to the stack.
+//! Errors with a quoted IP header carrying options, errors about SNATed flows (not translated
+//! yet), and every other ICMP, go to the stack.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, programs::XdpContext};
 use ingress_common::{csum_replace2, csum_replace4, proto, FlowKey, Reason};
@@ -81,7 +82,9 @@ pub(crate) fn translate_error(ctx: &XdpContext, packet: &Packet) -> (u32, Reason
         );
         // SAFETY: reads the jiffies counter.
         let now = unsafe { bpf_jiffies64() };
-        if let Some((_, _, backend)) = conntrack::established(&flow_key, now) {
+        let tracked =
+            conntrack::established(&flow_key, now).filter(|(flow, _)| flow.snat_addr == 0);
+        if let Some((_, backend)) = tracked {
             // SAFETY: `icmp` and the quoted headers were bounds-checked; the frame is unchanged.
             unsafe {
                 if packet.dst_addr == quoted.src {
@@ -107,7 +110,10 @@ pub(crate) fn translate_error(ctx: &XdpContext, packet: &Packet) -> (u32, Reason
             quoted.src_port,
             quoted.proto,
         );
-        if let Some(reverse) = conntrack::reply(&reverse_key) {
+        // SAFETY: a map value pointer from the lookup; plain data.
+        let reverse = conntrack::reply(&reverse_key).map(|entry| unsafe { *entry });
+        // SNATed flows' errors are not translated (yet): their quote names this node.
+        if let Some(reverse) = reverse.filter(|r| r.client_addr == 0) {
             // SAFETY: as above.
             unsafe {
                 if packet.src_addr == quoted.dst {

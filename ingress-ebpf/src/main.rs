@@ -29,13 +29,14 @@ mod maglev;
 mod maps;
 mod nat;
 mod reject;
+mod snat;
 mod source_range;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, macros::xdp, programs::XdpContext};
 use ingress_common::{
     filter_slot, proto, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry,
-    ServiceKey, SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
+    ServiceKey, BACKEND_SNAT, SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
 };
 use ingress_ebpf::parse::{self, Packet};
 
@@ -92,7 +93,8 @@ pub(crate) fn maybe_in(filter: &aya_ebpf::maps::Array<u64>, addr: u32) -> bool {
     filter.get(word).is_some_and(|w| w & bit != 0)
 }
 
-/// Client → VIP: find or pick the backend and DNAT. `None` when the packet is not for a Service.
+/// Client → VIP: find or pick the backend, DNAT (and SNAT for a remote endpoint). `None` when
+/// the packet is not for a Service.
 #[inline(always)]
 fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)> {
     let flow_key = FlowKey::new(
@@ -108,7 +110,7 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
     // TTL is checked once on either path; on the new-flow path before any state is created.
     // SAFETY: reads the jiffies counter (the verifier inlines it).
     let now = unsafe { bpf_jiffies64() };
-    let (service_id, backend_id, backend) = match conntrack::established(&flow_key, now) {
+    let (flow, backend) = match conntrack::established(&flow_key, now) {
         Some(found) => {
             if packet.ttl <= 1 {
                 return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
@@ -134,20 +136,28 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
                 return Some((xdp_action::XDP_DROP, Reason::DropSourceRange));
             }
             match new_flow(ctx, packet, &flow_key, &service, now) {
-                Ok((backend_id, backend)) => (service.service_id, backend_id, backend),
+                Ok(found) => found,
                 Err(verdict) => return Some(verdict),
             }
         }
     };
     nat::rewrite_destination(packet, backend.addr, backend.port);
-    stats::count_forward(service_id, backend_id, packet.frame_len);
+    let mut source = packet.src_addr;
+    if flow.snat_addr != 0 {
+        nat::rewrite_source(packet, flow.snat_addr, flow.snat_port);
+        source = flow.snat_addr;
+        if parse::tcp_flags(ctx, packet) & (parse::TCP_FIN | parse::TCP_RST) != 0 {
+            snat::note_closing(backend.addr, backend.port, flow.snat_addr, flow.snat_port);
+        }
+    }
+    stats::count_forward(flow.service_id, flow.backend_id, packet.frame_len);
     Some(forward::send(
         ctx,
         packet,
-        packet.src_addr,
+        source,
         backend.addr,
         forward::Direction::ToBackend {
-            id: backend_id,
+            id: flow.backend_id,
             generation: backend.generation,
             now,
         },
@@ -155,7 +165,8 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
 }
 
 /// A flow without a live tracked backend: the client's sticky backend or a Maglev pick,
-/// remembered both ways. Without any backend the connection is refused (or dropped).
+/// remembered both ways (for a remote endpoint, with a SNAT port taken first). Without any
+/// backend the connection is refused (or dropped).
 #[inline(always)]
 fn new_flow(
     ctx: &XdpContext,
@@ -163,7 +174,7 @@ fn new_flow(
     flow_key: &FlowKey,
     service: &ServiceEntry,
     now: u64,
-) -> Result<(u32, BackendEntry), (u32, Reason)> {
+) -> Result<(FlowEntry, BackendEntry), (u32, Reason)> {
     if service.table_size == 0 {
         stats::count_no_backend(service.service_id);
         if service.flags & SERVICE_DROP_EMPTY != 0 {
@@ -194,33 +205,55 @@ fn new_flow(
         );
         return Err((xdp_action::XDP_DROP, Reason::DropInternal));
     };
-    let flow = FlowEntry {
+    let mut flow = FlowEntry {
         backend_id,
         backend_generation: backend.generation,
         service_id: service.service_id,
         service_epoch: service.epoch,
-    };
-    let reverse_key = FlowKey::new(
-        backend.addr,
-        packet.src_addr,
-        backend.port,
-        packet.src_port,
-        packet.proto,
-    );
-    let reverse = ReverseEntry {
-        vip: packet.dst_addr,
-        port: packet.dst_port,
+        snat_addr: 0,
+        snat_port: 0,
         pad: 0,
     };
-    conntrack::track(flow_key, flow, &reverse_key, reverse, now);
+    if backend.flags & BACKEND_SNAT != 0 {
+        let snat = forward::egress_address(ctx, packet, backend.addr).and_then(|addr| {
+            snat::allocate(packet, backend.addr, backend.port, addr, snat::now_ns())
+                .map(|port| (addr, port))
+        });
+        let Some((snat_addr, snat_port)) = snat else {
+            stats::count_snat_failure(service.service_id);
+            return Err((xdp_action::XDP_DROP, Reason::DropSnatFailed));
+        };
+        flow.snat_addr = snat_addr;
+        flow.snat_port = snat_port;
+        // The mapping (the reverse entry) is in place: now the flow.
+        conntrack::track(flow_key, flow, None, now);
+    } else {
+        let reverse_key = FlowKey::new(
+            backend.addr,
+            packet.src_addr,
+            backend.port,
+            packet.src_port,
+            packet.proto,
+        );
+        let reverse = ReverseEntry {
+            vip: packet.dst_addr,
+            port: packet.dst_port,
+            client_port: 0,
+            client_addr: 0,
+            flags: 0,
+            last_seen_ns: 0,
+        };
+        conntrack::track(flow_key, flow, Some((&reverse_key, reverse)), now);
+    }
     if service.affinity_timeout != 0 {
         affinity::remember(service, packet.src_addr, backend_id, &backend, affinity_now);
     }
     stats::count_new_flow(service.service_id);
-    Ok((backend_id, backend))
+    Ok((flow, backend))
 }
 
-/// Backend → client: if this is a reply of a tracked flow, make it come from the VIP again.
+/// Backend → client: if this is a reply of a tracked flow, make it come from the VIP again (and,
+/// for a SNATed flow, go to the client again).
 #[inline(always)]
 fn reply_to_client(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
     let reverse_key = FlowKey::new(
@@ -230,18 +263,27 @@ fn reply_to_client(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
         packet.dst_port,
         packet.proto,
     );
-    let Some(reverse) = conntrack::reply(&reverse_key) else {
+    let Some(entry) = conntrack::reply(&reverse_key) else {
         return (xdp_action::XDP_PASS, Reason::PassNotOurs);
     };
+    // SAFETY: a map value pointer from the lookup; plain data.
+    let reverse = unsafe { *entry };
     if packet.ttl <= 1 {
         return (xdp_action::XDP_PASS, Reason::PassTtlExpired);
     }
     nat::rewrite_source(packet, reverse.vip, reverse.port);
+    let mut client = packet.dst_addr;
+    if reverse.client_addr != 0 {
+        nat::rewrite_destination(packet, reverse.client_addr, reverse.client_port);
+        client = reverse.client_addr;
+        let closing = parse::tcp_flags(ctx, packet) & (parse::TCP_FIN | parse::TCP_RST) != 0;
+        snat::touch(entry, closing, snat::now_ns());
+    }
     forward::send(
         ctx,
         packet,
         reverse.vip,
-        packet.dst_addr,
+        client,
         forward::Direction::ToClient,
     )
 }

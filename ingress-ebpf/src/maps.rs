@@ -8,7 +8,7 @@ use ingress_common::{
     capacity, AffinityEntry, AffinityKey, BackendEntry, FlowCacheEntry, FlowEntry, FlowKey,
     MaglevChunk, NextHop, Reason, ReverseEntry, ServiceEntry, ServiceKey, ServiceState,
     SourceRangeKey, TrafficCounters, FILTER_WORDS, FLOW_CACHE_SLOTS, MAGLEV_CHUNK_SLOTS,
-    REDIRECT_TARGETS_MAX,
+    NODE_INTERFACES_MAX,
 };
 
 /// Lets the agent mmap the Maglev slots and write whole tables with a memcpy.
@@ -73,6 +73,6 @@ pub(crate) static SOURCE_RANGES: LpmTrie<SourceRangeKey, u8> =
 pub(crate) static AFFINITY: LruHashMap<AffinityKey, AffinityEntry> =
     LruHashMap::with_max_entries(capacity::AFFINITY, 0);
 
-#[map(name = "REDIRECT_TARGETS")]
-pub(crate) static REDIRECT_TARGETS: HashMap<u32, u32> =
-    HashMap::with_max_entries(REDIRECT_TARGETS_MAX, 0);
+#[map(name = "NODE_INTERFACES")]
+pub(crate) static NODE_INTERFACES: HashMap<u32, u32> =
+    HashMap::with_max_entries(NODE_INTERFACES_MAX, 0);

@@ -89,6 +89,24 @@ pub struct Packet {
     pub l4_offset: usize,
 }
 
+/// TCP flags: FIN.
+pub const TCP_FIN: u8 = 0x01;
+/// TCP flags: RST.
+pub const TCP_RST: u8 = 0x04;
+
+/// The TCP flags of a TCP packet (0 for anything else or a truncated header).
+#[inline(always)]
+pub fn tcp_flags(ctx: &XdpContext, packet: &Packet) -> u8 {
+    if packet.proto != proto::TCP || packet.is_fragment {
+        return 0;
+    }
+    match ptr_at::<[u8; 14]>(ctx, packet.l4_offset) {
+        // SAFETY: bounds-checked by ptr_at.
+        Some(header) => unsafe { (*header)[13] },
+        None => 0,
+    }
+}
+
 /// A pointer to a `T` at `offset` if the whole `T` lies inside the frame.
 #[inline(always)]
 pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*mut T> {

@@ -55,6 +55,14 @@ pub(crate) fn count_rejected(service_id: u32) {
 }
 
 #[inline(always)]
+pub(crate) fn count_snat_failure(service_id: u32) {
+    if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
+        // SAFETY: per-CPU slot.
+        unsafe { (*counters).snat_failures += 1 };
+    }
+}
+
+#[inline(always)]
 pub(crate) fn count_denied(service_id: u32) {
     if let Some(counters) = SERVICE_STATS.get_ptr_mut(service_id) {
         // SAFETY: per-CPU slot.

@@ -1,9 +1,9 @@
 //! The uplinks' second hook: the TC egress program (`tc_reverse_nat`, attached as a TCX link
 //! beside each XDP link, pinned as `links/tc-egress-<interface>` and replaced in place on a
-//! restart like the XDP link) and the list of interfaces XDP may redirect into
-//! (`REDIRECT_TARGETS`: the agent's own `--interface`s). Everything else, a local pod's veth
-//! above all, is reached through the stack, and the pod's replies get their frontend back at
-//! the uplink's TC egress.
+//! restart like the XDP link) and the node's interfaces (`NODE_INTERFACES`: the agent's own
+//! `--interface`s and the node's address on each, the SNAT source), the only ones XDP redirects
+//! into. Everything else, a local pod's veth above all, is reached through the stack, and the
+//! pod's replies get their frontend back at the uplink's TC egress.
 
 use std::{ffi::CString, path::Path};
 
@@ -47,23 +47,28 @@ impl Datapath {
             })
     }
 
-    /// Lets the XDP program redirect frames into `interface` (the agent's own interfaces, and
-    /// the test rigs'). Called before the program is attached there.
-    pub fn allow_redirect(&mut self, interface: &str) -> Result<(), DatapathError> {
+    /// Makes `interface` one of the node's in `NODE_INTERFACES`: XDP may redirect frames into it,
+    /// and flows to remote endpoints that leave by it are SNATed to its first IPv4 address.
+    /// Called before the programs are attached there (the agent's interfaces; the test rigs').
+    pub fn add_interface(&mut self, interface: &str) -> Result<(), DatapathError> {
         let index = ifindex(interface)?;
+        let address = crate::node::interface_addresses(&[interface.to_string()])
+            .ok()
+            .and_then(|addresses| addresses.first().copied())
+            .map_or(0, |addr| u32::from_ne_bytes(addr.octets()));
         let map = self
             .ebpf
-            .map_mut(map_names::REDIRECT_TARGETS)
-            .ok_or(DatapathError::MapMissing(map_names::REDIRECT_TARGETS))?;
-        let mut targets: HashMap<_, u32, u32> =
+            .map_mut(map_names::NODE_INTERFACES)
+            .ok_or(DatapathError::MapMissing(map_names::NODE_INTERFACES))?;
+        let mut interfaces: HashMap<_, u32, u32> =
             HashMap::try_from(map).map_err(|source| DatapathError::Map {
-                operation: format!("opening {}", map_names::REDIRECT_TARGETS),
+                operation: format!("opening {}", map_names::NODE_INTERFACES),
                 source,
             })?;
-        targets
-            .insert(index, 1, 0)
+        interfaces
+            .insert(index, address, 0)
             .map_err(|source| DatapathError::Map {
-                operation: format!("adding {interface} to {}", map_names::REDIRECT_TARGETS),
+                operation: format!("adding {interface} to {}", map_names::NODE_INTERFACES),
                 source,
             })
     }

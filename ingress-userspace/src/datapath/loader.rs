@@ -212,7 +212,7 @@ impl Datapath {
     /// it, the programs in them are replaced atomically instead (the XDP mode stays the link's);
     /// else new links are made and, when pinning, pinned.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<(), DatapathError> {
-        self.allow_redirect(interface)?;
+        self.add_interface(interface)?;
         self.attach_egress(interface)?;
         self.attach_xdp(interface, mode)
     }

@@ -15,7 +15,7 @@ use std::{
 
 use ingress_common::{
     filter_slot, BackendEntry, ServiceEntry, ServiceKey, ServiceState, BACKEND_ACTIVE,
-    BACKEND_DRAINING, FILTER_WORDS, SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
+    BACKEND_DRAINING, BACKEND_SNAT, FILTER_WORDS, SERVICE_DROP_EMPTY, SERVICE_SOURCE_RANGES,
 };
 
 pub use crate::datapath::DatapathError;
@@ -88,10 +88,23 @@ fn service_flags(plan: &ServicePortPlan) -> u32 {
     flags
 }
 
-/// Whether two plans of a frontend program the same maps (names and `remote` aside).
+/// The `BackendEntry` flags of a live endpoint of a frontend's plan.
+fn backend_flags(plan: &ServicePortPlan, endpoint: &Endpoint) -> u32 {
+    let mut flags = BACKEND_ACTIVE;
+    if !plan.backends.contains(endpoint) {
+        flags |= BACKEND_DRAINING;
+    }
+    if plan.remote.contains(endpoint) {
+        flags |= BACKEND_SNAT;
+    }
+    flags
+}
+
+/// Whether two plans of a frontend program the same maps (names aside).
 fn same_datapath(programmed: &ServicePortPlan, wanted: &ServicePortPlan) -> bool {
     programmed.backends == wanted.backends
         && programmed.draining == wanted.draining
+        && programmed.remote == wanted.remote
         && programmed.policy == wanted.policy
         && programmed.endpoints_elsewhere == wanted.endpoints_elsewhere
         && counts_as_vip(programmed.kind) == counts_as_vip(wanted.kind)
@@ -491,15 +504,8 @@ impl<M: DatapathMaps> DatapathSync<M> {
             },
         };
 
-        let backend_flags = |backend: &Endpoint| {
-            if wanted.backends.contains(backend) {
-                BACKEND_ACTIVE
-            } else {
-                BACKEND_ACTIVE | BACKEND_DRAINING
-            }
-        };
         // 1. Newcomers into unused backend ids; kept backends whose state changed (ready ↔
-        // draining) rewritten in place, same generation, so their flows stay.
+        // draining, local ↔ remote) rewritten in place, same generation, so their flows stay.
         for (backend, id) in &backends {
             let index = *id as usize;
             let is_fresh = fresh.contains(id);
@@ -510,13 +516,11 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 self.generations[index] = self.generations[index].wrapping_add(1);
                 self.maps.reset_backend_counters(*id)?;
                 self.backend_filter.add(&mut self.maps, backend.addr)?;
-            } else {
-                let was_draining = previous
-                    .as_ref()
-                    .is_some_and(|p| p.plan.draining.contains(backend));
-                if was_draining == wanted.draining.contains(backend) {
-                    continue;
-                }
+            } else if previous
+                .as_ref()
+                .is_some_and(|p| backend_flags(&p.plan, backend) == backend_flags(wanted, backend))
+            {
+                continue;
             }
             self.maps.set_backend(
                 *id,
@@ -524,7 +528,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     addr: u32::from_ne_bytes(backend.addr.octets()),
                     port: backend.port.to_be(),
                     pad: 0,
-                    flags: backend_flags(backend),
+                    flags: backend_flags(wanted, backend),
                     generation: self.generations.get(index).copied().unwrap_or(0),
                     service_id,
                 },

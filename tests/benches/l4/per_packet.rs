@@ -157,8 +157,8 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
         let sizes = MapSizes { services: 64, backends: 1024, maglev_slots: 1 << 16, flows: 262_144 };
         let mut datapath = Datapath::load(&sizes)?;
         // The node's interfaces, as the agent's `--interface`s: redirect targets.
-        datapath.allow_redirect("rc")?;
-        datapath.allow_redirect("rb")?;
+        datapath.add_interface("rc")?;
+        datapath.add_interface("rb")?;
         let maps = datapath.take_maps()?;
         let mut sync = DatapathSync::new(maps, sizes.capacity());
         let mut plan = one_service_plan(80, Protocol::Tcp);

@@ -11,8 +11,8 @@
 use std::{collections::BTreeMap, net::Ipv4Addr, time::Instant};
 
 use ingress_common::{
-    proto, BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE, BACKEND_DRAINING, FILTER_WORDS,
-    SERVICE_DROP_EMPTY,
+    proto, BackendEntry, ServiceEntry, ServiceKey, BACKEND_ACTIVE, BACKEND_DRAINING, BACKEND_SNAT,
+    FILTER_WORDS, SERVICE_DROP_EMPTY,
 };
 
 use super::{
@@ -148,6 +148,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     .then_some(id as u32)
             });
             let mut draining = std::collections::BTreeSet::new();
+            let mut remote = std::collections::BTreeSet::new();
             let table_ids: Vec<(u32, bool)> = table
                 .iter()
                 .map(|&id| (id, false))
@@ -174,6 +175,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
                 };
                 if is_draining {
                     draining.insert(backend);
+                }
+                if published.flags & BACKEND_SNAT != 0 {
+                    remote.insert(backend);
                 }
                 if let Some(other) = backends.insert(backend, id) {
                     if other != id {
@@ -227,8 +231,8 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     .copied()
                     .collect(),
                 draining,
+                remote,
                 endpoints_elsewhere: entry.flags & SERVICE_DROP_EMPTY != 0,
-                ..ServicePortPlan::default()
             };
             report.frontends += 1;
             report.backends += backends.len();
