@@ -32,7 +32,7 @@ use super::{
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
-    upstream::{Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
+    upstream::{grpc, Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
 };
 
 /// One request's way through the proxy, filled in as it goes and read when the answer is
@@ -89,9 +89,14 @@ pub(super) async fn handle(
             upstream: None,
         })
     });
+    // A gRPC client reads refusals as gRPC statuses (see `refusal`).
+    let grpc = !http1 && grpc::is_grpc(request.headers());
     let mut response = proxy_request(&shared, &connection, request, &mut context)
         .await
-        .unwrap_or_else(Refusal::into_response);
+        .unwrap_or_else(|refusal| match grpc {
+            true => refusal.into_grpc_response(),
+            false => refusal.into_response(),
+        });
     if http1 {
         // Before hyper writes the answer: the head guard learns whether the connection switched
         // protocols before any byte of the new protocol can arrive.
@@ -181,6 +186,10 @@ async fn proxy_request(
             None => return Err(Refusal::NoRoute),
         }
     };
+    let http2_upstream = backend.transport.is_http2();
+    if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
+        return Err(Refusal::GrpcOverHttp1);
+    }
     if backend.endpoints.is_empty() {
         return Err(Refusal::NoEndpoints(backend.unavailable.clone()));
     }
@@ -234,6 +243,13 @@ async fn proxy_request(
         }
     };
     parts.version = Version::HTTP_11;
+    // gRPC calls end at their deadline, wherever they are (connecting, waiting, streaming).
+    let deadline = grpc::grpc_timeout(&parts.headers)
+        .filter(|_| http2_upstream)
+        .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+    if http2_upstream {
+        grpc::http2_request(&mut parts, backend.transport.scheme(), host.as_ref());
+    }
     let mut upstream_request = Request::from_parts(
         parts,
         UpstreamBody::new(body, limit, settings.client_body_timeout),
@@ -250,7 +266,15 @@ async fn proxy_request(
             backend.metrics.retry();
         }
         let outstanding = endpoint.start_request();
-        match send(&endpoint, upstream_request, settings, &backend.metrics).await {
+        let sent = send(&endpoint, upstream_request, settings, &backend.metrics);
+        let sent = match deadline {
+            None => sent.await,
+            // Boxed: only calls with a deadline carry the timer.
+            Some(at) => Box::pin(tokio::time::timeout_at(at, sent))
+                .await
+                .unwrap_or(Sent::Failed(Refusal::DeadlineExceeded)),
+        };
+        match sent {
             Sent::Unsent(unsent, why) => {
                 upstream_request = unsent;
                 last_error = why;
@@ -262,7 +286,14 @@ async fn proxy_request(
             }
             Sent::Answered(response, sender) => {
                 context.endpoint = Some(endpoint);
-                return relay_response(response, sender, outstanding, client_upgrade, settings);
+                return relay_response(
+                    response,
+                    sender,
+                    outstanding,
+                    client_upgrade,
+                    settings,
+                    deadline,
+                );
             }
         }
     }
@@ -341,6 +372,7 @@ fn relay_response(
     outstanding: Outstanding,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     settings: &ProxySettings,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade
@@ -370,6 +402,8 @@ fn relay_response(
     headers::remove_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(UpstreamResponseBody::new(body, Some(sender), outstanding)),
+        ProxyBody::upstream(
+            UpstreamResponseBody::new(body, Some(sender), outstanding).with_deadline(deadline),
+        ),
     ))
 }
