@@ -205,6 +205,7 @@ mod tests {
                     port: ServicePortRef::Number(80),
                     endpoints: Err(Unavailable::NoReadyEndpoints),
                     upstream: Ok(Default::default()),
+                    upstream_secret: None,
                 })
                 .collect(),
             ..L7Plan::default()

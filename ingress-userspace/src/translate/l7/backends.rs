@@ -15,7 +15,7 @@ use super::{
     class::OurIngress, rules::ServiceRef, BackendId, BackendPlan, L7Plan, ServicePortRef,
     Unavailable,
 };
-use upstream::{upstream_settings, UpstreamSettings};
+use upstream::{upstream_secret, upstream_settings, UpstreamSettings};
 
 use crate::{
     model::{ClusterObjects, ObjectName, Problem},
@@ -82,6 +82,7 @@ impl<'a> Backends<'a> {
             port,
             endpoints,
             upstream,
+            upstream_secret: upstream_secret(ingress),
         });
         self.ids.insert(key, id);
         id

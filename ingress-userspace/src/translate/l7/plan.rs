@@ -75,6 +75,8 @@ pub struct BackendPlan {
     /// `proxy-ssl-*` annotations), or why those annotations cannot be used: then the backend
     /// answers 503 saying so, whatever its endpoints.
     pub upstream: Result<UpstreamPlan, String>,
+    /// The Secret `proxy-ssl-secret` names, read or not: the Kubernetes source keeps it.
+    pub upstream_secret: Option<ObjectName>,
 }
 
 /// The protocol spoken to a backend's endpoints (`backend-protocol`).

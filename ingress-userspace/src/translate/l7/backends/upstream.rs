@@ -70,6 +70,24 @@ fn field(key: &str) -> String {
     format!("metadata.annotations[{PREFIX}{key}]")
 }
 
+/// The Secret `proxy-ssl-secret` names (`namespace/name`, or `name` in the Ingress's
+/// namespace), if the value has that shape.
+pub(super) fn upstream_secret(ingress: &OurIngress<'_>) -> Option<ObjectName> {
+    let annotations = ingress.ingress.object.metadata.annotations.as_ref()?;
+    let value = annotations.get(&format!("{PREFIX}{SSL_SECRET}"))?.trim();
+    let (namespace, name) = match value.split_once('/') {
+        Some((namespace, name)) => (namespace, name),
+        None => (ingress.name.namespace.as_str(), value),
+    };
+    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+        return None;
+    }
+    Some(ObjectName {
+        namespace: namespace.to_string(),
+        name: name.to_string(),
+    })
+}
+
 /// Parses `ingress`'s upstream annotations; each value that does not parse is pushed to
 /// `problems` (field: the annotation key), and the result is then why its backends answer 503.
 pub(super) fn upstream_settings(
@@ -125,7 +143,7 @@ pub(super) fn upstream_settings(
     };
     let mut trusted_ca = None;
     let mut client_certificate = None;
-    match get(SSL_SECRET).map(|value| secret_keys(value, ingress, objects)) {
+    match get(SSL_SECRET).map(|value| secret_keys(value, upstream_secret(ingress), objects)) {
         None if verify && protocol.is_tls() => report(
             SSL_VERIFY,
             format!("\"on\" needs {PREFIX}{SSL_SECRET} with the ca.crt to verify against"),
@@ -208,24 +226,17 @@ fn parse_protocols(value: &str) -> Result<(bool, bool), String> {
     Ok((tls12, tls13))
 }
 
-/// `proxy-ssl-secret` (`namespace/name`, or `name` in the Ingress's namespace): its `ca.crt`,
-/// and its `tls.crt` + `tls.key` when it has them.
+/// `proxy-ssl-secret` (`secret_name`, parsed from `value`): its `ca.crt`, and its `tls.crt` +
+/// `tls.key` when it has them. The sources keep Secrets of type `kubernetes.io/tls` only (as
+/// cert-manager makes them, with `ca.crt`); another type reads as missing.
 #[allow(clippy::type_complexity)]
 fn secret_keys(
     value: &str,
-    ingress: &OurIngress<'_>,
+    secret_name: Option<ObjectName>,
     objects: &ClusterObjects,
 ) -> Result<(Option<Vec<u8>>, Option<PemPair>), String> {
-    let (namespace, name) = match value.split_once('/') {
-        Some((namespace, name)) => (namespace, name),
-        None => (ingress.name.namespace.as_str(), value),
-    };
-    if namespace.is_empty() || name.is_empty() || name.contains('/') {
+    let Some(secret_name) = secret_name else {
         return Err(format!("{value:?} is not \"namespace/name\""));
-    }
-    let secret_name = ObjectName {
-        namespace: namespace.to_string(),
-        name: name.to_string(),
     };
     let secret = objects
         .secrets

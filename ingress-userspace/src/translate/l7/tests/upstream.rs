@@ -7,21 +7,25 @@ const SECRETS: &str = r#"
 ---
 apiVersion: v1
 kind: Secret
+type: kubernetes.io/tls
 metadata: {name: upstream-ca, namespace: demo}
 stringData: {ca.crt: "CA PEM"}
 ---
 apiVersion: v1
 kind: Secret
+type: kubernetes.io/tls
 metadata: {name: mtls, namespace: other}
 stringData: {ca.crt: "CA PEM", tls.crt: "CERT PEM", tls.key: "KEY PEM"}
 ---
 apiVersion: v1
 kind: Secret
+type: kubernetes.io/tls
 metadata: {name: half, namespace: demo}
 stringData: {tls.crt: "CERT PEM"}
 ---
 apiVersion: v1
 kind: Secret
+type: kubernetes.io/tls
 metadata: {name: client-only, namespace: demo}
 stringData: {tls.crt: "CERT PEM", tls.key: "KEY PEM"}
 "#;

@@ -1,0 +1,254 @@
+//! `backend-protocol: GRPC`: every call shape through the proxy with a real tonic client and
+//! server, trailers, multiplexing on one pooled HTTP/2 connection, the proxy's own errors as gRPC
+//! statuses (no endpoints: UNAVAILABLE; `grpc-timeout` passed: DEADLINE_EXCEEDED), and gRPC from
+//! an HTTP/1.1 client refused with 505.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use anyhow::{Context as _, Result};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request};
+use xdp_ingress_tests::{
+    ensure_eq,
+    proxy::{
+        clients::send_h1,
+        manifests::{backend_service, our_class, Manifests},
+        TestProxy,
+    },
+};
+
+use super::{
+    annotated_ingress,
+    echo::{client, codec, echo, method, Echo, GrpcBackend, SilentBackend},
+};
+
+const HOST: &str = "grpc.example";
+const EMPTY: &str = "empty-grpc.example";
+const SILENT: &str = "silent-grpc.example";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_calls_of_every_shape_pass_through_with_trailers_and_deadlines() -> Result<()> {
+    let backend = GrpcBackend::start("echo-1", None).await?;
+    let silent = SilentBackend::start().await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    let mut services = backend_service("echo", &[backend.addr]);
+    services.extend(backend_service("silent", &[silent.addr]));
+    services.extend(backend_service("nobody", &[]));
+    manifests.write("services.yaml", &services)?;
+    let grpc = [("backend-protocol", "GRPC")];
+    manifests.write(
+        "ingress.yaml",
+        &[
+            annotated_ingress("echo", HOST, "echo", &grpc),
+            annotated_ingress("silent", SILENT, "silent", &grpc),
+            annotated_ingress("nobody", EMPTY, "nobody", &grpc),
+        ],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let mut client = client(proxy.http, HOST).await?;
+
+    // Unary.
+    client.ready().await?;
+    let reply = client
+        .unary(Request::new(echo("hello")), method("Unary"), codec())
+        .await
+        .context("unary call")?;
+    ensure_eq!(reply.into_inner().text, "echo-1:hello", "unary reply");
+
+    // Server streaming, ending OK; then one ending ABORTED with a trailer of the backend's.
+    client.ready().await?;
+    let request = Echo {
+        text: "s".into(),
+        count: 3,
+        fail: false,
+    };
+    let mut stream = client
+        .server_streaming(Request::new(request), method("ServerStream"), codec())
+        .await?
+        .into_inner();
+    let mut texts = Vec::new();
+    while let Some(message) = stream.message().await? {
+        texts.push(message.text);
+    }
+    ensure_eq!(texts, ["s#0", "s#1", "s#2"], "server-streamed replies");
+
+    client.ready().await?;
+    let request = Echo {
+        text: "f".into(),
+        count: 1,
+        fail: true,
+    };
+    let mut stream = client
+        .server_streaming(Request::new(request), method("ServerStream"), codec())
+        .await?
+        .into_inner();
+    ensure_eq!(
+        stream.message().await?.map(|m| m.text),
+        Some("f#0".to_string()),
+        "the message before the failure"
+    );
+    let status = stream
+        .message()
+        .await
+        .err()
+        .context("the stream should end with the backend's status")?;
+    ensure_eq!(status.code(), Code::Aborted, "status from the trailers");
+    ensure_eq!(
+        status
+            .metadata()
+            .get("x-echo-trailer")
+            .and_then(|v| v.to_str().ok()),
+        Some("from-the-backend"),
+        "the backend's trailer reaches the client"
+    );
+
+    // Client streaming.
+    client.ready().await?;
+    let outbound = futures_util::stream::iter(["a", "b", "c"].map(echo));
+    let reply = client
+        .client_streaming(Request::new(outbound), method("ClientStream"), codec())
+        .await?;
+    ensure_eq!(reply.into_inner().text, "a,b,c", "client-streamed request");
+
+    // Bidi, in lock step: each reply arrives before the next message is sent, so neither
+    // direction is buffered whole on the way.
+    client.ready().await?;
+    let (to_server, outbound) = tokio::sync::mpsc::channel::<Echo>(1);
+    to_server.send(echo("1")).await?;
+    let mut replies = client
+        .streaming(
+            Request::new(ReceiverStream::new(outbound)),
+            method("Bidi"),
+            codec(),
+        )
+        .await?
+        .into_inner();
+    for i in 1..=3 {
+        let reply = tokio::time::timeout(Duration::from_secs(10), replies.message())
+            .await
+            .with_context(|| format!("bidi reply {i} did not arrive while the call is open"))??;
+        ensure_eq!(reply.map(|m| m.text), Some(format!("re:{i}")), "bidi reply");
+        if i < 3 {
+            to_server.send(echo(&(i + 1).to_string())).await?;
+        }
+    }
+    drop(to_server);
+    ensure_eq!(
+        replies.message().await?,
+        None,
+        "bidi ends when the client does"
+    );
+
+    // Multiplexing: 20 concurrent calls share the one pooled HTTP/2 connection.
+    let before = backend.connections.load(Ordering::SeqCst);
+    let calls = (0..20).map(|i| {
+        let mut client = client.clone();
+        async move {
+            client.ready().await?;
+            let reply = client
+                .unary(Request::new(echo(&i.to_string())), method("Unary"), codec())
+                .await?;
+            anyhow::Ok(reply.into_inner().text)
+        }
+    });
+    for (i, reply) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        ensure_eq!(reply?, format!("echo-1:{i}"), "concurrent call");
+    }
+    ensure_eq!(before, 1, "one connection so far");
+    ensure_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        1,
+        "concurrent calls are streams on the pooled connection"
+    );
+
+    // No endpoints: UNAVAILABLE from the proxy, trailers-only.
+    let mut nobody = super::echo::client(proxy.http, EMPTY).await?;
+    nobody.ready().await?;
+    let status = nobody
+        .unary(Request::new(echo("x")), method("Unary"), codec())
+        .await
+        .err()
+        .context("a call to a backend without endpoints should fail")?;
+    ensure_eq!(status.code(), Code::Unavailable, "no endpoints: {status:?}");
+    anyhow::ensure!(
+        status.message().contains("no ready endpoints"),
+        "the reason is in grpc-message: {status:?}"
+    );
+
+    // A deadline shorter than the backend takes: DEADLINE_EXCEEDED from the proxy. This backend
+    // never answers, so only the proxy can end the call; the client is hyper's HTTP/2 client
+    // (tonic's would give up at the deadline itself, before the proxy's answer arrives).
+    let reply = tokio::time::timeout(Duration::from_secs(10), call_with_deadline(proxy.http))
+        .await
+        .context("the proxy did not end the call at its deadline")??;
+    ensure_eq!(reply.0, 200, "trailers-only answer");
+    ensure_eq!(
+        reply.1.as_deref(),
+        Some("4"),
+        "grpc-status DEADLINE_EXCEEDED"
+    );
+    anyhow::ensure!(
+        reply
+            .2
+            .as_deref()
+            .is_some_and(|m| m.contains("grpc-timeout")),
+        "the proxy says why: {reply:?}"
+    );
+
+    // gRPC from an HTTP/1.1 client: refused with 505, the backend never sees it.
+    let before = backend.connections.load(Ordering::SeqCst);
+    let request = http::Request::post("/test.Echo/Unary")
+        .header(http::header::HOST, HOST)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))?;
+    let reply = send_h1(proxy.http, request).await?;
+    ensure_eq!(reply.status, 505, "HTTP/1.1 gRPC: {}", reply.text());
+    anyhow::ensure!(
+        reply.text().contains("gRPC needs HTTP/2"),
+        "{}",
+        reply.text()
+    );
+    ensure_eq!(
+        backend.connections.load(Ordering::SeqCst),
+        before,
+        "the refused call reached no backend"
+    );
+    Ok(())
+}
+
+/// One unary call to [`SILENT`] with `grpc-timeout: 300m` on its own HTTP/2 connection: the
+/// HTTP status, `grpc-status` and `grpc-message` of the answer.
+async fn call_with_deadline(
+    proxy: std::net::SocketAddr,
+) -> Result<(u16, Option<String>, Option<String>)> {
+    let stream = tokio::net::TcpStream::connect(proxy).await?;
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = http::Request::post(format!("http://{SILENT}/test.Echo/Unary"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "300m")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))?;
+    let response = sender.send_request(request).await?;
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    Ok((
+        response.status().as_u16(),
+        header("grpc-status"),
+        header("grpc-message"),
+    ))
+}
