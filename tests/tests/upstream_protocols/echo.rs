@@ -71,6 +71,8 @@ impl ServerStreamingService<Echo> for EchoService {
     type Response = Echo;
     type ResponseStream = EchoStream;
     type Future = Boxed<EchoStream>;
+    // The stream's items are tonic's: `Result<_, Status>`, large or not.
+    #[allow(clippy::result_large_err)]
     fn call(&mut self, request: Request<Echo>) -> Self::Future {
         Box::pin(async move {
             let Echo { text, count, fail } = request.into_inner();
@@ -157,12 +159,15 @@ async fn dispatch(
     })
 }
 
+/// What one TLS handshake of a backend saw: the SNI name and the ALPN protocol.
+pub(crate) type Handshake = (Option<String>, Option<Vec<u8>>);
+
 /// A running gRPC backend: its address, the connections it accepted, the SNI names and ALPN
 /// protocols its TLS handshakes saw.
 pub(crate) struct GrpcBackend {
     pub(crate) addr: SocketAddr,
     pub(crate) connections: Arc<AtomicUsize>,
-    pub(crate) handshakes: Arc<Mutex<Vec<(Option<String>, Option<Vec<u8>>)>>>,
+    pub(crate) handshakes: Arc<Mutex<Vec<Handshake>>>,
     task: tokio::task::JoinHandle<()>,
 }
 

@@ -226,15 +226,17 @@ fn parse_protocols(value: &str) -> Result<(bool, bool), String> {
     Ok((tls12, tls13))
 }
 
+/// `ca.crt`, and the client certificate, of a `proxy-ssl-secret`.
+type SecretKeys = (Option<Vec<u8>>, Option<PemPair>);
+
 /// `proxy-ssl-secret` (`secret_name`, parsed from `value`): its `ca.crt`, and its `tls.crt` +
 /// `tls.key` when it has them. The sources keep Secrets of type `kubernetes.io/tls` only (as
 /// cert-manager makes them, with `ca.crt`); another type reads as missing.
-#[allow(clippy::type_complexity)]
 fn secret_keys(
     value: &str,
     secret_name: Option<ObjectName>,
     objects: &ClusterObjects,
-) -> Result<(Option<Vec<u8>>, Option<PemPair>), String> {
+) -> Result<SecretKeys, String> {
     let Some(secret_name) = secret_name else {
         return Err(format!("{value:?} is not \"namespace/name\""));
     };

@@ -134,7 +134,9 @@ fn proxy_ssl_annotations_are_read() {
 fn bad_values_are_reported_under_their_key_and_the_route_answers_503() {
     let key =
         |k: &str| format!("Ingress demo/ing metadata.annotations[nginx.ingress.kubernetes.io/{k}]");
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    // (annotations, the key reported, a part of the message)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
         (
             &[("backend-protocol", "FCGI")],
             "backend-protocol",
