@@ -10,7 +10,7 @@
 pub(crate) mod grpc;
 mod transport;
 
-pub(crate) use transport::{Sender, Transport};
+pub(crate) use transport::{unusable_upstream_tls, Sender, Transport};
 
 use std::{
     future::Future as _,

@@ -22,7 +22,10 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 use super::{ConnectError, UpstreamBody};
-use crate::translate::l7::{BackendProtocol, UpstreamPlan, UpstreamTlsPlan};
+use crate::{
+    model::ObjectName,
+    translate::l7::{BackendPlan, BackendProtocol, UpstreamPlan, UpstreamTlsPlan},
+};
 
 /// A connection to an endpoint, ready for requests: HTTP/1.1 carries one request at a time and
 /// goes back to the pool after it; an HTTP/2 one is shared by every request to its endpoint.
@@ -195,6 +198,30 @@ impl Transport {
     }
 }
 
+/// The backends whose TLS settings the proxy would refuse (a `ca.crt` or client certificate
+/// that does not parse), once per Ingress, with why: what `validate` reports. The router
+/// refuses the same ones when it applies the plan (those backends answer 503).
+pub(crate) fn unusable_upstream_tls(
+    backends: &[BackendPlan],
+    provider: &Arc<CryptoProvider>,
+) -> Vec<(ObjectName, String)> {
+    let mut checked = std::collections::HashSet::new();
+    let mut refused = Vec::new();
+    for backend in backends {
+        let Ok(plan) = &backend.upstream else {
+            continue;
+        };
+        if plan.tls.is_none() || !checked.insert((&backend.ingress, plan)) {
+            continue;
+        }
+        if let Err(error) = Transport::new(plan, provider) {
+            refused.push((backend.ingress.clone(), error.to_string()));
+        }
+    }
+    refused.dedup();
+    refused
+}
+
 /// The rustls client configuration for one backend's TLS settings.
 fn client_config(
     tls: &UpstreamTlsPlan,
@@ -298,5 +325,77 @@ impl ServerCertVerifier for AcceptAnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::translate::l7::{PemPair, ServicePortRef, Unavailable};
+
+    fn backend(ingress: &str, tls: UpstreamTlsPlan) -> BackendPlan {
+        let name = |name: &str| ObjectName {
+            namespace: "demo".into(),
+            name: name.into(),
+        };
+        BackendPlan {
+            ingress: name(ingress),
+            service: name("web"),
+            port: ServicePortRef::Number(443),
+            endpoints: Err(Unavailable::NoReadyEndpoints),
+            upstream: Ok(UpstreamPlan {
+                protocol: BackendProtocol::Https,
+                tls: Some(tls),
+            }),
+            upstream_secret: None,
+        }
+    }
+
+    fn tls(trusted_ca: Option<&[u8]>, client: Option<PemPair>) -> UpstreamTlsPlan {
+        UpstreamTlsPlan {
+            server_name: "web.demo.svc".into(),
+            send_sni: false,
+            verify: trusted_ca.is_some(),
+            trusted_ca: trusted_ca.map(<[u8]>::to_vec),
+            client_certificate: client,
+            tls12: true,
+            tls13: true,
+        }
+    }
+
+    #[test]
+    fn pem_the_proxy_cannot_use_is_refused_once_per_ingress() {
+        let provider = crate::proxy::tls::crypto_provider();
+        let generated = rcgen::generate_simple_self_signed(vec!["ca.example".to_string()]).unwrap();
+        let ca = generated.cert.pem();
+        let client = PemPair {
+            certificate_chain: ca.clone().into_bytes(),
+            private_key: generated.key_pair.serialize_pem().into_bytes(),
+        };
+        let backends = [
+            backend("good", tls(Some(ca.as_bytes()), Some(client))),
+            backend("unverified", tls(None, None)),
+            backend("bad-ca", tls(Some(b"not PEM"), None)),
+            backend("bad-ca", tls(Some(b"not PEM"), None)),
+            backend(
+                "bad-client",
+                tls(
+                    None,
+                    Some(PemPair {
+                        certificate_chain: ca.into_bytes(),
+                        private_key: b"no key".to_vec(),
+                    }),
+                ),
+            ),
+        ];
+        let refused: Vec<(String, String)> = unusable_upstream_tls(&backends, &provider)
+            .into_iter()
+            .map(|(ingress, why)| (ingress.name, why))
+            .collect();
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert_eq!(refused[0].0, "bad-ca");
+        assert!(refused[0].1.contains("ca.crt"), "{refused:?}");
+        assert_eq!(refused[1].0, "bad-client");
+        assert!(refused[1].1.contains("client certificate"), "{refused:?}");
     }
 }
