@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::Result;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt as _};
 use http::uri::PathAndQuery;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -288,5 +288,73 @@ pub(crate) fn echo(text: &str) -> Echo {
     Echo {
         text: text.into(),
         ..Echo::default()
+    }
+}
+
+/// A hand-written HTTP/2 gRPC-shaped backend for what tonic does not expose: on
+/// `/raw/trailers` it reads the request to its end and answers one data frame and trailers that
+/// echo the request's `x-request-trailer` (as `x-echoed-trailer`) with `grpc-status: 0`; on
+/// `/raw/hang` it answers one data frame and then never ends the response.
+pub(crate) struct RawBackend {
+    pub(crate) addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type RawBody = http_body_util::StreamBody<
+    Pin<Box<dyn Stream<Item = Result<hyper::body::Frame<bytes::Bytes>, Infallible>> + Send>>,
+>;
+
+async fn raw(request: http::Request<Incoming>) -> Result<http::Response<RawBody>, Infallible> {
+    use http_body_util::BodyExt as _;
+    let hang = request.uri().path() == "/raw/hang";
+    let mut echoed = http::HeaderMap::new();
+    if !hang {
+        if let Ok(collected) = request.into_body().collect().await {
+            if let Some(value) = collected
+                .trailers()
+                .and_then(|t| t.get("x-request-trailer"))
+            {
+                echoed.insert("x-echoed-trailer", value.clone());
+            }
+        }
+    }
+    echoed.insert("grpc-status", http::HeaderValue::from_static("0"));
+    let data = hyper::body::Frame::data(bytes::Bytes::from_static(b"\0\0\0\0\0"));
+    let frames: Pin<Box<dyn Stream<Item = _> + Send>> = if hang {
+        Box::pin(futures_util::stream::iter([Ok(data)]).chain(futures_util::stream::pending()))
+    } else {
+        Box::pin(futures_util::stream::iter([
+            Ok(data),
+            Ok(hyper::body::Frame::trailers(echoed)),
+        ]))
+    };
+    let mut response = http::Response::new(http_body_util::StreamBody::new(frames));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    );
+    Ok(response)
+}
+
+impl RawBackend {
+    pub(crate) async fn start() -> Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service_fn(raw))
+                        .await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
     }
 }

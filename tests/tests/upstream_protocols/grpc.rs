@@ -22,7 +22,7 @@ use xdp_ingress_tests::{
 
 use super::{
     annotated_ingress,
-    echo::{client, codec, echo, method, Echo, GrpcBackend, SilentBackend},
+    echo::{client, codec, echo, method, Echo, GrpcBackend, RawBackend, SilentBackend},
 };
 
 const HOST: &str = "grpc.example";
@@ -251,4 +251,127 @@ async fn call_with_deadline(
         header("grpc-status"),
         header("grpc-message"),
     ))
+}
+
+/// An HTTP/2 connection to the proxy's plain listener (h2c with prior knowledge).
+async fn h2_to(
+    proxy: std::net::SocketAddr,
+) -> Result<hyper::client::conn::http2::SendRequest<RawRequestBody>> {
+    let stream = tokio::net::TcpStream::connect(proxy).await?;
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
+}
+
+type RawRequestBody = http_body_util::StreamBody<
+    futures_util::stream::Iter<
+        std::vec::IntoIter<Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+    >,
+>;
+
+/// A gRPC-shaped POST for `path` on [`RAW`]: one empty message, then `trailers` if any.
+fn raw_call(
+    path: &str,
+    trailers: Option<http::HeaderMap>,
+    timeout: Option<&'static str>,
+) -> Result<http::Request<RawRequestBody>> {
+    let mut frames = vec![Ok(hyper::body::Frame::data(Bytes::from_static(
+        b"\0\0\0\0\0",
+    )))];
+    frames.extend(trailers.map(|t| Ok(hyper::body::Frame::trailers(t))));
+    let mut request = http::Request::post(format!("http://{RAW}{path}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers");
+    if let Some(timeout) = timeout {
+        request = request.header("grpc-timeout", timeout);
+    }
+    Ok(
+        request.body(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))?,
+    )
+}
+
+const RAW: &str = "raw-grpc.example";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trailers_pass_both_ways_and_a_deadline_cuts_a_streaming_response() -> Result<()> {
+    use http_body_util::BodyExt as _;
+    let backend = RawBackend::start().await?;
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &backend_service("raw", &[backend.addr]))?;
+    manifests.write(
+        "ingress.yaml",
+        &[annotated_ingress(
+            "raw",
+            RAW,
+            "raw",
+            &[("backend-protocol", "GRPC")],
+        )],
+    )?;
+    let proxy = TestProxy::start(manifests, &[])?;
+    let mut sender = h2_to(proxy.http).await?;
+
+    // The client's trailers reach the backend; the backend's reach the client.
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert(
+        "x-request-trailer",
+        http::HeaderValue::from_static("from-the-client"),
+    );
+    let response = sender
+        .send_request(raw_call("/raw/trailers", Some(trailers), None)?)
+        .await?;
+    ensure_eq!(response.status(), 200, "raw call");
+    let collected = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
+        .await
+        .context("the response did not end")??;
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    ensure_eq!(
+        trailers
+            .get("x-echoed-trailer")
+            .and_then(|v| v.to_str().ok()),
+        Some("from-the-client"),
+        "request trailer echoed in the response trailers: {trailers:?}"
+    );
+    ensure_eq!(
+        trailers.get("grpc-status").and_then(|v| v.to_str().ok()),
+        Some("0"),
+        "the backend's grpc-status"
+    );
+
+    // The response started, then stalls: at the deadline the proxy ends it with status 4 in
+    // trailers, after the data already relayed.
+    let response = sender
+        .send_request(raw_call("/raw/hang", None, Some("300m"))?)
+        .await?;
+    ensure_eq!(
+        response.status(),
+        200,
+        "the head is relayed before the deadline"
+    );
+    let mut body = response.into_body();
+    let mut data = 0;
+    let trailers = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+            .await
+            .context("the proxy did not cut the response at the deadline")?
+            .context("the response ended without trailers")??;
+        match frame.into_data() {
+            Ok(bytes) => data += bytes.len(),
+            Err(frame) => break frame.into_trailers().unwrap_or_default(),
+        }
+    };
+    ensure_eq!(
+        data,
+        5,
+        "the message sent before the stall reached the client"
+    );
+    ensure_eq!(
+        trailers.get("grpc-status").and_then(|v| v.to_str().ok()),
+        Some("4"),
+        "DEADLINE_EXCEEDED in the trailers: {trailers:?}"
+    );
+    Ok(())
 }
