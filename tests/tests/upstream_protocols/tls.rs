@@ -54,6 +54,16 @@ impl TestCa {
 
     /// A server configuration for a certificate this CA signs for `name`, offering `alpn`.
     fn server(&self, name: &str, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
+        self.server_config(name, alpn, false)
+    }
+
+    /// Like [`TestCa::server`], requiring a client certificate this CA signed.
+    fn server_config(
+        &self,
+        name: &str,
+        alpn: &[&[u8]],
+        client_auth: bool,
+    ) -> Result<Arc<rustls::ServerConfig>> {
         let key = KeyPair::generate()?;
         let certificate = CertificateParams::new(vec![name.to_string()])?.signed_by(
             &key,
@@ -64,12 +74,22 @@ impl TestCa {
             certificate.pem().as_bytes(),
         )?];
         let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())?;
-        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
+        let builder = if client_auth {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.certificate.der().clone())?;
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()?;
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut config = builder.with_single_cert(chain, key)?;
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Arc::new(config))
     }
@@ -149,12 +169,14 @@ async fn tls_to_backends_verifies_names_and_cas_and_sends_the_expected_sni() -> 
     let other_ca = TestCa::new()?;
     let https = HttpsBackend::start(ca.server(BACKEND_NAME, &[b"http/1.1"])?).await?;
     let grpcs = GrpcBackend::start("grpcs", Some(ca.server(BACKEND_NAME, &[b"h2"])?)).await?;
+    let mtls = HttpsBackend::start(ca.server_config(BACKEND_NAME, &[b"http/1.1"], true)?).await?;
 
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
     let mut objects = vec![ca.secret("backend-ca")?, other_ca.secret("other-ca")?];
     objects.extend(backend_service("secure", &[https.addr]));
     objects.extend(backend_service("secure-grpc", &[grpcs.addr]));
+    objects.extend(backend_service("mutual", &[mtls.addr]));
     manifests.write("objects.yaml", &objects)?;
     let verified: [(&str, &str); 5] = [
         ("backend-protocol", "HTTPS"),
@@ -212,6 +234,16 @@ async fn tls_to_backends_verifies_names_and_cas_and_sends_the_expected_sni() -> 
                     ("proxy-ssl-server-name", "on"),
                 ],
             ),
+            annotated_ingress("mtls", "mtls.example", "mutual", &verified),
+            annotated_ingress(
+                "mtls-other-client",
+                "mtls-other-client.example",
+                "mutual",
+                &with(&[
+                    ("proxy-ssl-secret", "default/other-ca"),
+                    ("proxy-ssl-verify", "off"),
+                ]),
+            ),
             annotated_ingress(
                 "grpcs",
                 "grpcs.example",
@@ -266,6 +298,23 @@ async fn tls_to_backends_verifies_names_and_cas_and_sends_the_expected_sni() -> 
         reply.text(),
         "sni=secure.default.svc",
         "SNI defaults to the Service's name"
+    );
+
+    // Client certificates: the one from proxy-ssl-secret is presented; one the backend's CA did
+    // not sign is refused by the backend.
+    let reply = get(&client, proxy.http, "mtls.example", "/").await?;
+    ensure_eq!(
+        reply.status,
+        200,
+        "client certificate accepted: {}",
+        reply.text()
+    );
+    let reply = get(&client, proxy.http, "mtls-other-client.example", "/").await?;
+    ensure_eq!(
+        reply.status,
+        502,
+        "foreign client certificate: {}",
+        reply.text()
     );
 
     // GRPCS: verified, ALPN h2, SNI.
