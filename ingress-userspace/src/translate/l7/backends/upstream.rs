@@ -2,14 +2,18 @@
 //! `backend-protocol` and `proxy-ssl-*`, parsed once per Ingress into an [`UpstreamPlan`].
 //!
 //! Semantics and defaults are ingress-nginx's (and nginx's `proxy_ssl_*`): `HTTP` by default,
-//! `AUTO_HTTP` as `HTTP`; verification off by default (the endpoint's certificate is then not
+//! the value trimmed and case-insensitive; verification off by default (the endpoint's certificate is then not
 //! checked at all); no SNI unless `proxy-ssl-server-name: on`. Where nginx verifies against the
 //! host of `proxy_pass` (ingress-nginx's internal `upstream_balancer`, which no certificate
 //! names), the name verified without `proxy-ssl-name` is the Service's DNS name
 //! `<service>.<namespace>.svc`, the name a certificate for a Service carries. rustls speaks
-//! TLS 1.2 and 1.3 only: older versions listed in `proxy-ssl-protocols` are skipped. A value
-//! that does not parse is reported under its annotation key and the Ingress's backends answer
-//! 503 saying why; nothing else is affected.
+//! TLS 1.2 and 1.3 only: older versions listed in `proxy-ssl-protocols` are skipped.
+//!
+//! Two deliberate differences from ingress-nginx, which a migration report should name:
+//! `AUTO_HTTP` is plain `HTTP` (nginx proxies with the client's scheme, so HTTPS clients get
+//! HTTPS to the backend), and a value that does not parse is reported under its annotation key
+//! with the Ingress's backends answering 503 saying why (nginx logs a warning and falls back to
+//! `HTTP`, which silently sends clear text to a TLS backend). Nothing else is affected.
 
 use rustls::pki_types::ServerName;
 
