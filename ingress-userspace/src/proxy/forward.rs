@@ -244,8 +244,9 @@ async fn proxy_request(
     };
     parts.version = Version::HTTP_11;
     // gRPC calls end at their deadline, wherever they are (connecting, waiting, streaming).
-    let deadline = grpc::grpc_timeout(&parts.headers)
-        .filter(|_| http2_upstream)
+    let deadline = http2_upstream
+        .then(|| grpc::grpc_timeout(&parts.headers))
+        .flatten()
         .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
     if http2_upstream {
         grpc::http2_request(&mut parts, backend.transport.scheme(), host.as_ref());

@@ -58,19 +58,16 @@ impl Router {
 /// counters by backend key, kept while the plan names the key.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointRegistry {
-    endpoints: HashMap<(SocketAddr, UpstreamPlan), Weak<Endpoint>>,
+    /// Keyed by the transport's address: transports are one per distinct plan, and live as
+    /// long as an endpoint that uses them, so the address names one way of connecting.
+    endpoints: HashMap<(SocketAddr, usize), Weak<Endpoint>>,
     transports: HashMap<UpstreamPlan, Weak<Transport>>,
     metrics: MetricsBook,
 }
 
 impl EndpointRegistry {
-    fn get(
-        &mut self,
-        addr: SocketAddr,
-        plan: &UpstreamPlan,
-        transport: &Arc<Transport>,
-    ) -> Arc<Endpoint> {
-        let key = (addr, plan.clone());
+    fn get(&mut self, addr: SocketAddr, transport: &Arc<Transport>) -> Arc<Endpoint> {
+        let key = (addr, Arc::as_ptr(transport) as usize);
         if let Some(live) = self.endpoints.get(&key).and_then(Weak::upgrade) {
             return live;
         }
@@ -132,20 +129,20 @@ impl EndpointRegistry {
 
     fn backend(&mut self, backend: &BackendPlan) -> Arc<Backend> {
         let transport = match &backend.upstream {
-            Ok(plan) => self.transport(plan).map(|transport| (plan, transport)),
+            Ok(plan) => self.transport(plan),
             // Answered 503 with the translator's reason (`unavailable_message`).
             Err(why) => Err(why.clone()),
         };
         let (endpoints, transport, broken) = match (&backend.endpoints, transport) {
-            (Ok(addrs), Ok((plan, transport))) => (
+            (Ok(addrs), Ok(transport)) => (
                 addrs
                     .iter()
-                    .map(|addr| self.get(*addr, plan, &transport))
+                    .map(|addr| self.get(*addr, &transport))
                     .collect(),
                 transport,
                 None,
             ),
-            (_, Ok((_, transport))) => (Vec::new(), transport, None),
+            (_, Ok(transport)) => (Vec::new(), transport, None),
             (_, Err(why)) => (Vec::new(), Arc::default(), Some(why)),
         };
         let unavailable = match (backend.unavailable_message(), broken) {

@@ -22,16 +22,13 @@ use crate::{
     translate::l7::{class::OurIngress, BackendProtocol, PemPair, UpstreamPlan, UpstreamTlsPlan},
 };
 
-/// The prefix of ingress-nginx's annotations.
-const PREFIX: &str = "nginx.ingress.kubernetes.io/";
-
-/// The annotations this module reads (without the prefix).
-const BACKEND_PROTOCOL: &str = "backend-protocol";
-const SSL_SECRET: &str = "proxy-ssl-secret";
-const SSL_VERIFY: &str = "proxy-ssl-verify";
-const SSL_NAME: &str = "proxy-ssl-name";
-const SSL_SERVER_NAME: &str = "proxy-ssl-server-name";
-const SSL_PROTOCOLS: &str = "proxy-ssl-protocols";
+/// The annotations this module reads.
+const BACKEND_PROTOCOL: &str = "nginx.ingress.kubernetes.io/backend-protocol";
+const SSL_SECRET: &str = "nginx.ingress.kubernetes.io/proxy-ssl-secret";
+const SSL_VERIFY: &str = "nginx.ingress.kubernetes.io/proxy-ssl-verify";
+const SSL_NAME: &str = "nginx.ingress.kubernetes.io/proxy-ssl-name";
+const SSL_SERVER_NAME: &str = "nginx.ingress.kubernetes.io/proxy-ssl-server-name";
+const SSL_PROTOCOLS: &str = "nginx.ingress.kubernetes.io/proxy-ssl-protocols";
 
 /// An Ingress's upstream annotations, parsed; the TLS name default still depends on the
 /// Service (see [`UpstreamSettings::plan_for`]).
@@ -71,14 +68,14 @@ impl UpstreamSettings {
 
 /// The field a problem with annotation `key` names.
 fn field(key: &str) -> String {
-    format!("metadata.annotations[{PREFIX}{key}]")
+    format!("metadata.annotations[{key}]")
 }
 
 /// The Secret `proxy-ssl-secret` names (`namespace/name`, or `name` in the Ingress's
 /// namespace), if the value has that shape.
 pub(super) fn upstream_secret(ingress: &OurIngress<'_>) -> Option<ObjectName> {
     let annotations = ingress.ingress.object.metadata.annotations.as_ref()?;
-    let value = annotations.get(&format!("{PREFIX}{SSL_SECRET}"))?.trim();
+    let value = annotations.get(SSL_SECRET)?.trim();
     let (namespace, name) = match value.split_once('/') {
         Some((namespace, name)) => (namespace, name),
         None => (ingress.name.namespace.as_str(), value),
@@ -100,15 +97,11 @@ pub(super) fn upstream_settings(
     problems: &mut Vec<Problem>,
 ) -> Result<UpstreamSettings, String> {
     let annotations = ingress.ingress.object.metadata.annotations.as_ref();
-    let get = |key: &str| {
-        annotations
-            .and_then(|a| a.get(&format!("{PREFIX}{key}")))
-            .map(|v| v.trim())
-    };
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim());
     let mut errors: Vec<String> = Vec::new();
     let mut report = |key: &str, message: String| {
         problems.push(ingress.problem(field(key), message.clone()));
-        errors.push(format!("annotation {PREFIX}{key}: {message}"));
+        errors.push(format!("annotation {key}: {message}"));
     };
 
     let protocol = match get(BACKEND_PROTOCOL).map(parse_protocol) {
@@ -150,14 +143,14 @@ pub(super) fn upstream_settings(
     match get(SSL_SECRET).map(|value| secret_keys(value, upstream_secret(ingress), objects)) {
         None if verify && protocol.is_tls() => report(
             SSL_VERIFY,
-            format!("\"on\" needs {PREFIX}{SSL_SECRET} with the ca.crt to verify against"),
+            format!("\"on\" needs {SSL_SECRET} with the ca.crt to verify against"),
         ),
         None => {}
         Some(Ok((ca, certificate))) => {
             if verify && ca.is_none() && protocol.is_tls() {
                 report(
                     SSL_SECRET,
-                    format!("the Secret has no ca.crt, which {PREFIX}{SSL_VERIFY}: on needs"),
+                    format!("the Secret has no ca.crt, which {SSL_VERIFY}: on needs"),
                 );
             }
             trusted_ca = ca;
