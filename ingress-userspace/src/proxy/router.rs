@@ -246,4 +246,45 @@ mod tests {
         assert_eq!(by_service(&fifth, "web").count, 0);
         assert_eq!(by_service(&fifth, "api").statuses, [0, 0, 0, 0, 1]);
     }
+
+    #[test]
+    fn endpoints_are_shared_per_address_and_way_of_connecting() {
+        use crate::translate::l7::{BackendProtocol, UpstreamPlan};
+        let addr: SocketAddr = "192.0.2.10:8080".parse().unwrap();
+        let backend = |service: &str, protocol| BackendPlan {
+            ingress: name("shop", service),
+            service: name("shop", service),
+            port: ServicePortRef::Number(80),
+            endpoints: Ok(vec![addr]),
+            upstream: Ok(UpstreamPlan {
+                protocol,
+                tls: None,
+            }),
+            upstream_secret: None,
+        };
+        let plan = |backends| L7Plan {
+            backends,
+            ..L7Plan::default()
+        };
+        let mut registry = EndpointRegistry::default();
+        let first = registry.router(&plan(vec![
+            backend("web", BackendProtocol::Http),
+            backend("grpc", BackendProtocol::Grpc),
+            backend("web-too", BackendProtocol::Http),
+        ]));
+        let endpoint = |router: &Router, i: usize| router.backends()[i].endpoints[0].clone();
+        // One address, two ways of connecting: two endpoints (an HTTP/1.1 pool and an HTTP/2
+        // connection); the same way twice: one.
+        assert!(!Arc::ptr_eq(&endpoint(&first, 0), &endpoint(&first, 1)));
+        assert!(Arc::ptr_eq(&endpoint(&first, 0), &endpoint(&first, 2)));
+        assert!(first.backends()[1].transport.is_http2());
+        // A reload keeps both; a protocol change gets a new endpoint.
+        let second = registry.router(&plan(vec![
+            backend("grpc", BackendProtocol::Grpc),
+            backend("web", BackendProtocol::Grpc),
+        ]));
+        assert!(Arc::ptr_eq(&endpoint(&first, 1), &endpoint(&second, 0)));
+        assert!(Arc::ptr_eq(&endpoint(&second, 0), &endpoint(&second, 1)));
+        assert!(!Arc::ptr_eq(&endpoint(&first, 0), &endpoint(&second, 1)));
+    }
 }

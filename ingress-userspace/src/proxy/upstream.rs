@@ -26,7 +26,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
+use hyper::{body::Incoming, client::conn::http2};
 
 use super::metrics::{BackendKey, BackendSeries, RequestMetrics};
 
@@ -161,8 +161,8 @@ pub(crate) struct Endpoint {
     transport: Arc<Transport>,
     /// HTTP/1.1: idle connections, with when they went idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
-    /// HTTP/2: the connection every request shares.
-    shared: Mutex<Option<Sender>>,
+    /// HTTP/2: the connection every request shares, and when a request last took it.
+    shared: Mutex<Option<(http2::SendRequest<UpstreamBody>, Instant)>>,
     /// Milliseconds since `epoch` until which the endpoint is skipped (0: healthy).
     down_until_ms: AtomicU64,
     epoch: Instant,
@@ -249,16 +249,18 @@ impl Endpoint {
     }
 
     /// An idle pooled connection that is still open and younger than `max_idle`; for HTTP/2,
-    /// the shared connection while it is open.
+    /// the shared connection while it is open and was used within `max_idle` (one left idle
+    /// longer is let go, as an idle HTTP/1.1 one would be: it closes when its streams end).
     pub(crate) fn pooled(&self, max_idle: Duration) -> Option<Sender> {
         if self.transport.is_http2() {
-            let shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
-            return match &*shared {
-                Some(Sender::Http2(sender)) if !sender.is_closed() => {
-                    Some(Sender::Http2(sender.clone()))
-                }
-                _ => None,
-            };
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let (sender, used) = shared.as_mut()?;
+            if sender.is_closed() || used.elapsed() >= max_idle {
+                *shared = None;
+                return None;
+            }
+            *used = Instant::now();
+            return Some(Sender::Http2(sender.clone()));
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
@@ -291,7 +293,7 @@ impl Endpoint {
         let sender = self.transport.handshake(stream, addr).await?;
         if let Sender::Http2(shared) = &sender {
             *self.shared.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some(Sender::Http2(shared.clone()));
+                Some((shared.clone(), Instant::now()));
         }
         Ok(sender)
     }
