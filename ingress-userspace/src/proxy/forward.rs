@@ -89,14 +89,18 @@ pub(super) async fn handle(
             upstream: None,
         })
     });
-    // A gRPC client reads refusals as gRPC statuses (see `refusal`).
+    // A gRPC client reads refusals as gRPC statuses (see `refusal`); metrics and the access
+    // log count them with the HTTP status they stand for, not the 200 that carries them.
     let grpc = !http1 && grpc::is_grpc(request.headers());
-    let mut response = proxy_request(&shared, &connection, request, &mut context)
-        .await
-        .unwrap_or_else(|refusal| match grpc {
-            true => refusal.into_grpc_response(),
-            false => refusal.into_response(),
-        });
+    let (mut response, status) =
+        match proxy_request(&shared, &connection, request, &mut context).await {
+            Err(refusal) if grpc => refusal.into_grpc_response(),
+            answer => {
+                let response = answer.unwrap_or_else(Refusal::into_response);
+                let status = response.status();
+                (response, status)
+            }
+        };
     if http1 {
         // Before hyper writes the answer: the head guard learns whether the connection switched
         // protocols before any byte of the new protocol can arrive.
@@ -111,15 +115,15 @@ pub(super) async fn handle(
     };
     response.body_mut().tally = Some(Tally {
         counter,
-        status: response.status().as_u16(),
+        status: status.as_u16(),
         started: context.started,
     });
     if let Some(mut record) = record {
-        record.status = response.status().as_u16();
+        record.status = status.as_u16();
         record.upstream = context.endpoint.map(|endpoint| endpoint.addr);
         response.body_mut().record = Some(record);
     }
-    if response.status() == StatusCode::REQUEST_TIMEOUT {
+    if status == StatusCode::REQUEST_TIMEOUT {
         // Only the body timeout answers 408.
         shared
             .counters

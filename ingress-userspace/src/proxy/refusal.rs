@@ -188,14 +188,15 @@ impl Refusal {
 impl Refusal {
     /// The answer to a gRPC request: a trailers-only response (HTTP 200, no body) whose
     /// `grpc-status` follows gRPC's mapping of the HTTP status we would have answered, and
-    /// whose `grpc-message` is the same text.
-    pub(super) fn into_grpc_response(self) -> Response<ProxyBody> {
+    /// whose `grpc-message` is the same text; with that HTTP status, which metrics and the
+    /// access log count.
+    pub(super) fn into_grpc_response(self) -> (Response<ProxyBody>, StatusCode) {
         let deadline = matches!(
             self,
             Self::UpstreamTimeout | Self::DeadlineExceeded | Self::BodyTimeout
         );
-        let (status, text) = self.answer();
-        let status = match status {
+        let (http_status, text) = self.answer();
+        let status = match http_status {
             _ if deadline => GrpcStatus::DeadlineExceeded,
             StatusCode::SERVICE_UNAVAILABLE
             | StatusCode::BAD_GATEWAY
@@ -215,7 +216,7 @@ impl Refusal {
         );
         headers.insert(grpc::GRPC_STATUS, HeaderValue::from(status as u16));
         headers.insert(grpc::GRPC_MESSAGE, message);
-        response
+        (response, http_status)
     }
 }
 
@@ -287,7 +288,11 @@ mod tests {
             (Refusal::InvalidHost, "13"),
         ] {
             let name = format!("{refusal:?}");
-            let response = refusal.into_grpc_response();
+            let (response, counted_as) = refusal.into_grpc_response();
+            assert!(
+                counted_as.as_u16() >= 400,
+                "{name}: counted as {counted_as}"
+            );
             assert_eq!(response.status(), StatusCode::OK, "{name}");
             let headers = response.headers();
             assert_eq!(headers[header::CONTENT_TYPE], "application/grpc", "{name}");

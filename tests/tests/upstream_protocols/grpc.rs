@@ -14,7 +14,8 @@ use tonic::{Code, Request};
 use xdp_ingress_tests::{
     ensure_eq,
     proxy::{
-        clients::send_h1,
+        clients::{get, pooled, send_h1},
+        eventually,
         manifests::{backend_service, our_class, Manifests},
         TestProxy,
     },
@@ -48,7 +49,7 @@ async fn grpc_calls_of_every_shape_pass_through_with_trailers_and_deadlines() ->
             annotated_ingress("nobody", EMPTY, "nobody", &grpc),
         ],
     )?;
-    let proxy = TestProxy::start(manifests, &[])?;
+    let proxy = TestProxy::start_with_admin(manifests, &[])?;
     let mut client = client(proxy.http, HOST).await?;
 
     // Unary.
@@ -182,6 +183,24 @@ async fn grpc_calls_of_every_shape_pass_through_with_trailers_and_deadlines() ->
         status.message().contains("no ready endpoints"),
         "the reason is in grpc-message: {status:?}"
     );
+    // Counted as the 503 it stands for, not as the 200 that carries it.
+    let admin = proxy.admin.context("admin listener")?;
+    eventually("the refused call is counted as 5xx", || async {
+        let text = get(&pooled(), admin, "admin", "/metrics").await?.text();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("xdp_ingress_requests_total") && l.contains(r#"service="nobody""#)
+            })
+            .collect();
+        ensure_eq!(lines.len(), 1, "one series for the refused call: {lines:?}");
+        anyhow::ensure!(
+            lines[0].contains(r#"status="5xx""#) && lines[0].ends_with(" 1"),
+            "{lines:?}"
+        );
+        Ok(())
+    })
+    .await?;
 
     // A deadline shorter than the backend takes: DEADLINE_EXCEEDED from the proxy. This backend
     // never answers, so only the proxy can end the call; the client is hyper's HTTP/2 client
