@@ -133,8 +133,14 @@ fn describe_l7_plan(plan: &L7Plan) -> Vec<String> {
                     .join(", "),
                 Err(why) => format!("unavailable: {why:?}"),
             };
+            // Plain HTTP, the default, says nothing.
+            let upstream = match &backend.upstream {
+                Ok(plan) if *plan == l7::UpstreamPlan::default() => String::new(),
+                Ok(plan) => format!(" ({})", plan.describe()),
+                Err(why) => format!(" (503: {why})"),
+            };
             format!(
-                "ingress {} -> service {} port {}: [{endpoints}]",
+                "ingress {} -> service {} port {}: [{endpoints}]{upstream}",
                 backend.ingress, backend.service, backend.port
             )
         })

@@ -2,6 +2,7 @@
 //! `backend-protocol: GRPC` (h2c) with a real tonic service and client, and `HTTPS` / `GRPCS`
 //! with `proxy-ssl-*` (verification, names, SNI, ALPN) against rustls backends.
 
+mod annotations;
 mod echo;
 mod grpc;
 mod tls;

@@ -103,6 +103,42 @@ impl BackendProtocol {
     pub fn is_tls(self) -> bool {
         matches!(self, Self::Https | Self::Grpcs)
     }
+
+    /// Its `backend-protocol` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS",
+            Self::Grpc => "GRPC",
+            Self::Grpcs => "GRPCS",
+        }
+    }
+}
+
+impl UpstreamPlan {
+    /// How `validate` shows it: the protocol, and for TLS the name checked (or that nothing
+    /// is) and whether SNI is sent.
+    pub fn describe(&self) -> String {
+        let protocol = self.protocol.as_str();
+        match &self.tls {
+            None => protocol.to_string(),
+            Some(tls) => format!(
+                "{protocol}, {} {}, SNI {}{}",
+                if tls.verify {
+                    "verify"
+                } else {
+                    "no verification, name"
+                },
+                tls.server_name,
+                if tls.send_sni { "on" } else { "off" },
+                if tls.client_certificate.is_some() {
+                    ", client certificate"
+                } else {
+                    ""
+                },
+            ),
+        }
+    }
 }
 
 /// How the proxy connects to a backend's endpoints.

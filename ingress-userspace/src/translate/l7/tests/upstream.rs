@@ -248,3 +248,25 @@ fn each_ingress_reports_once_and_keeps_its_own_settings() {
         assert!(bad.upstream.is_err());
     }
 }
+
+#[test]
+fn plans_describe_themselves_for_validate() {
+    let describe = |annotations: &[(&str, &str)]| {
+        let (plan, _) = annotated(annotations);
+        upstream(&plan).unwrap().describe()
+    };
+    assert_eq!(describe(&[("backend-protocol", "GRPC")]), "GRPC");
+    assert_eq!(
+        describe(&[("backend-protocol", "HTTPS")]),
+        "HTTPS, no verification, name web.demo.svc, SNI off"
+    );
+    assert_eq!(
+        describe(&[
+            ("backend-protocol", "GRPCS"),
+            ("proxy-ssl-secret", "other/mtls"),
+            ("proxy-ssl-verify", "on"),
+            ("proxy-ssl-server-name", "on"),
+        ]),
+        "GRPCS, verify web.demo.svc, SNI on, client certificate"
+    );
+}
