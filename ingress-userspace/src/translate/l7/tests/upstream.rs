@@ -270,3 +270,22 @@ fn plans_describe_themselves_for_validate() {
         "GRPCS, verify web.demo.svc, SNI on, client certificate"
     );
 }
+
+#[test]
+fn the_named_secret_is_in_the_plan_even_when_missing_so_the_source_keeps_it() {
+    let secret = |annotations: &[(&str, &str)]| {
+        let (plan, _) = annotated(annotations);
+        let id = *plan.routes.route("h.example", "/").unwrap();
+        plan.backends[id].upstream_secret.clone()
+    };
+    assert_eq!(secret(&[]), None);
+    assert_eq!(
+        secret(&[("proxy-ssl-secret", "demo/missing")]),
+        Some(name("demo", "missing"))
+    );
+    assert_eq!(
+        secret(&[("proxy-ssl-secret", "upstream-ca")]),
+        Some(name("demo", "upstream-ca"))
+    );
+    assert_eq!(secret(&[("proxy-ssl-secret", "a/b/c")]), None);
+}
