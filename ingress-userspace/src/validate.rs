@@ -5,7 +5,7 @@
 use crate::{
     cli::ValidateArgs,
     model::Problem,
-    proxy::tls,
+    proxy::{tls, upstream},
     source::files::{FilesError, ManifestDir},
     translate::{
         l4::{self, L4Plan},
@@ -73,12 +73,28 @@ pub fn validate(args: &ValidateArgs) -> Result<Validation, ValidateError> {
         field: "data".to_string(),
         message: format!("the proxy refuses this certificate: {}", refused.message),
     });
+    // The TLS settings towards backends the proxy would refuse, by the proxy's own function.
+    let upstream_tls_problems =
+        upstream::unusable_upstream_tls(&l7_plan.backends, &tls::crypto_provider())
+            .into_iter()
+            .map(|(ingress, message)| Problem {
+                origin: snapshot
+                    .objects
+                    .ingresses
+                    .get(&ingress)
+                    .map_or_else(String::new, |i| i.origin.to_string()),
+                object: format!("Ingress {ingress}"),
+                field: "metadata.annotations[nginx.ingress.kubernetes.io/proxy-ssl-secret]"
+                    .to_string(),
+                message: format!("the proxy refuses this TLS setting: {message}"),
+            });
     let problems = snapshot
         .problems
         .into_iter()
         .chain(l4_problems)
         .chain(l7_problems)
         .chain(certificate_problems)
+        .chain(upstream_tls_problems)
         .collect();
     Ok(Validation { lines, problems })
 }
@@ -154,8 +170,14 @@ fn describe_l7_plan(plan: &L7Plan) -> Vec<String> {
                     .join(", "),
                 Err(why) => format!("unavailable: {why:?}"),
             };
+            // Plain HTTP, the default, says nothing.
+            let upstream = match &backend.upstream {
+                Ok(plan) if *plan == l7::UpstreamPlan::default() => String::new(),
+                Ok(plan) => format!(" ({})", plan.describe()),
+                Err(why) => format!(" (503: {why})"),
+            };
             format!(
-                "ingress {} -> service {} port {}: [{endpoints}]",
+                "ingress {} -> service {} port {}: [{endpoints}]{upstream}",
                 backend.ingress, backend.service, backend.port
             )
         })

@@ -32,7 +32,7 @@ use super::{
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
-    upstream::{Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
+    upstream::{grpc, Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
 };
 
 /// One request's way through the proxy, filled in as it goes and read when the answer is
@@ -89,9 +89,18 @@ pub(super) async fn handle(
             upstream: None,
         })
     });
-    let mut response = proxy_request(&shared, &connection, request, &mut context)
-        .await
-        .unwrap_or_else(Refusal::into_response);
+    // A gRPC client reads refusals as gRPC statuses (see `refusal`); metrics and the access
+    // log count them with the HTTP status they stand for, not the 200 that carries them.
+    let grpc = !http1 && grpc::is_grpc(request.headers());
+    let (mut response, status) =
+        match proxy_request(&shared, &connection, request, &mut context).await {
+            Err(refusal) if grpc => refusal.into_grpc_response(),
+            answer => {
+                let response = answer.unwrap_or_else(Refusal::into_response);
+                let status = response.status();
+                (response, status)
+            }
+        };
     if http1 {
         // Before hyper writes the answer: the head guard learns whether the connection switched
         // protocols before any byte of the new protocol can arrive.
@@ -106,15 +115,15 @@ pub(super) async fn handle(
     };
     response.body_mut().tally = Some(Tally {
         counter,
-        status: response.status().as_u16(),
+        status: status.as_u16(),
         started: context.started,
     });
     if let Some(mut record) = record {
-        record.status = response.status().as_u16();
+        record.status = status.as_u16();
         record.upstream = context.endpoint.map(|endpoint| endpoint.addr);
         response.body_mut().record = Some(record);
     }
-    if response.status() == StatusCode::REQUEST_TIMEOUT {
+    if status == StatusCode::REQUEST_TIMEOUT {
         // Only the body timeout answers 408.
         shared
             .counters
@@ -181,6 +190,10 @@ async fn proxy_request(
             None => return Err(Refusal::NoRoute),
         }
     };
+    let http2_upstream = backend.transport.is_http2();
+    if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
+        return Err(Refusal::GrpcOverHttp1);
+    }
     if backend.endpoints.is_empty() {
         return Err(Refusal::NoEndpoints(backend.unavailable.clone()));
     }
@@ -234,6 +247,14 @@ async fn proxy_request(
         }
     };
     parts.version = Version::HTTP_11;
+    // gRPC calls end at their deadline, wherever they are (connecting, waiting, streaming).
+    let deadline = http2_upstream
+        .then(|| grpc::grpc_timeout(&parts.headers))
+        .flatten()
+        .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
+    if http2_upstream {
+        grpc::http2_request(&mut parts, backend.transport.scheme(), host.as_ref());
+    }
     let mut upstream_request = Request::from_parts(
         parts,
         UpstreamBody::new(body, limit, settings.client_body_timeout),
@@ -250,7 +271,15 @@ async fn proxy_request(
             backend.metrics.retry();
         }
         let outstanding = endpoint.start_request();
-        match send(&endpoint, upstream_request, settings, &backend.metrics).await {
+        let sent = send(&endpoint, upstream_request, settings, &backend.metrics);
+        let sent = match deadline {
+            None => sent.await,
+            // Boxed: only calls with a deadline carry the timer.
+            Some(at) => Box::pin(tokio::time::timeout_at(at, sent))
+                .await
+                .unwrap_or(Sent::Failed(Refusal::DeadlineExceeded)),
+        };
+        match sent {
             Sent::Unsent(unsent, why) => {
                 upstream_request = unsent;
                 last_error = why;
@@ -262,7 +291,14 @@ async fn proxy_request(
             }
             Sent::Answered(response, sender) => {
                 context.endpoint = Some(endpoint);
-                return relay_response(response, sender, outstanding, client_upgrade, settings);
+                return relay_response(
+                    response,
+                    sender,
+                    outstanding,
+                    client_upgrade,
+                    settings,
+                    deadline,
+                );
             }
         }
     }
@@ -341,6 +377,7 @@ fn relay_response(
     outstanding: Outstanding,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     settings: &ProxySettings,
+    deadline: Option<tokio::time::Instant>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade
@@ -370,6 +407,8 @@ fn relay_response(
     headers::remove_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(
         parts,
-        ProxyBody::upstream(UpstreamResponseBody::new(body, Some(sender), outstanding)),
+        ProxyBody::upstream(
+            UpstreamResponseBody::new(body, Some(sender), outstanding).with_deadline(deadline),
+        ),
     ))
 }

@@ -4,6 +4,12 @@
 //! wrong. The texts are part of the proxy's behaviour (clients, operators and tests read them).
 //! hyper answers two cases itself, before a request reaches us: 400 for a malformed request and
 //! 431 for a head above `--max-header-bytes`.
+//!
+//! A gRPC client reads no HTTP status or body: for gRPC requests (HTTP/2, `application/grpc`)
+//! [`Refusal::into_grpc_response`] gives the same refusal as a trailers-only gRPC response
+//! (HTTP 200, `grpc-status` and `grpc-message` in the only HEADERS frame), with the codes of
+//! gRPC's HTTP-to-gRPC mapping (503/502 → 14 UNAVAILABLE, 404 → 12 UNIMPLEMENTED, 400 → 13
+//! INTERNAL) and 4 DEADLINE_EXCEEDED for both timeouts, as Envoy answers.
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -11,7 +17,10 @@ use http::{header, HeaderValue, Response, StatusCode};
 use super::{
     body::ProxyBody,
     path::PathError,
-    upstream::{BodyTimeout, BodyTooLarge, ClientBodyError},
+    upstream::{
+        grpc::{self, GrpcStatus},
+        BodyTimeout, BodyTooLarge, ClientBodyError,
+    },
 };
 
 /// Why the proxy answers a request itself.
@@ -46,6 +55,12 @@ pub(super) enum Refusal {
     UpstreamFailed(String),
     /// A `101` to a request we did not upgrade, or naming a protocol that is not allowed.
     UnaskedSwitch,
+    /// gRPC over HTTP/1.x to a gRPC backend: gRPC needs HTTP/2 end to end (its status travels in
+    /// trailers, which HTTP/1.1 clients do not read). 505: the server refuses the request's
+    /// major HTTP version (RFC 9110 §15.6.6); 426 would need an `Upgrade` we do not offer.
+    GrpcOverHttp1,
+    /// The call's `grpc-timeout` passed before the upstream answered.
+    DeadlineExceeded,
 }
 
 impl Refusal {
@@ -86,7 +101,23 @@ impl Refusal {
     /// `Connection: close` where the connection cannot go on.
     pub(super) fn into_response(self) -> Response<ProxyBody> {
         let close = self.closes_connection();
-        let (status, text) = match self {
+        let (status, text) = self.answer();
+        let mut response = Response::new(ProxyBody::full(text));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if close {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+
+    /// The status and the text.
+    fn answer(self) -> (StatusCode, Bytes) {
+        match self {
             Self::Smuggling => (
                 StatusCode::BAD_REQUEST,
                 fixed("400 Bad Request: both Content-Length and Transfer-Encoding\n"),
@@ -142,18 +173,50 @@ impl Refusal {
                     "502 Bad Gateway: the upstream switched to a protocol that was not asked for\n",
                 ),
             ),
+            Self::GrpcOverHttp1 => (
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                fixed("505 HTTP Version Not Supported: gRPC needs HTTP/2 to this backend\n"),
+            ),
+            Self::DeadlineExceeded => (
+                StatusCode::GATEWAY_TIMEOUT,
+                fixed("504 Gateway Timeout: the call's deadline (grpc-timeout) passed before the upstream answered\n"),
+            ),
+        }
+    }
+}
+
+impl Refusal {
+    /// The answer to a gRPC request: a trailers-only response (HTTP 200, no body) whose
+    /// `grpc-status` follows gRPC's mapping of the HTTP status we would have answered, and
+    /// whose `grpc-message` is the same text; with that HTTP status, which metrics and the
+    /// access log count.
+    pub(super) fn into_grpc_response(self) -> (Response<ProxyBody>, StatusCode) {
+        let deadline = matches!(
+            self,
+            Self::UpstreamTimeout | Self::DeadlineExceeded | Self::BodyTimeout
+        );
+        let (http_status, text) = self.answer();
+        let status = match http_status {
+            _ if deadline => GrpcStatus::DeadlineExceeded,
+            StatusCode::SERVICE_UNAVAILABLE
+            | StatusCode::BAD_GATEWAY
+            | StatusCode::GATEWAY_TIMEOUT
+            | StatusCode::TOO_MANY_REQUESTS => GrpcStatus::Unavailable,
+            StatusCode::NOT_FOUND => GrpcStatus::Unimplemented,
+            StatusCode::PAYLOAD_TOO_LARGE => GrpcStatus::ResourceExhausted,
+            StatusCode::BAD_REQUEST => GrpcStatus::Internal,
+            _ => GrpcStatus::Unknown,
         };
-        let mut response = Response::new(ProxyBody::full(text));
-        *response.status_mut() = status;
+        let message = grpc::grpc_message(&String::from_utf8_lossy(&text));
+        let mut response = Response::new(ProxyBody::empty());
         let headers = response.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
+            HeaderValue::from_static("application/grpc"),
         );
-        if close {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
-        response
+        headers.insert(grpc::GRPC_STATUS, HeaderValue::from(status as u16));
+        headers.insert(grpc::GRPC_MESSAGE, message);
+        (response, http_status)
     }
 }
 
@@ -163,6 +226,7 @@ fn fixed(text: &'static str) -> Bytes {
 
 #[cfg(test)]
 mod tests {
+    use http_body::Body as _;
     use http_body_util::BodyExt;
 
     use super::*;
@@ -184,6 +248,8 @@ mod tests {
             Refusal::BodyTimeout,
             Refusal::UpstreamFailed("connection reset".into()),
             Refusal::UnaskedSwitch,
+            Refusal::GrpcOverHttp1,
+            Refusal::DeadlineExceeded,
         ];
         for refusal in refusals {
             let name = format!("{refusal:?}");
@@ -206,6 +272,37 @@ mod tests {
                 text.starts_with(status.as_str().as_bytes()) && text.ends_with(b"\n"),
                 "{name}: {text:?}"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_refusals_are_trailers_only_with_the_mapped_status() {
+        for (refusal, code) in [
+            (Refusal::NoEndpoints(None), "14"),
+            (Refusal::Unreachable("connection refused".into()), "14"),
+            (Refusal::UpstreamFailed("reset".into()), "14"),
+            (Refusal::UpstreamTimeout, "4"),
+            (Refusal::DeadlineExceeded, "4"),
+            (Refusal::NoRoute, "12"),
+            (Refusal::TooLarge, "8"),
+            (Refusal::InvalidHost, "13"),
+        ] {
+            let name = format!("{refusal:?}");
+            let (response, counted_as) = refusal.into_grpc_response();
+            assert!(
+                counted_as.as_u16() >= 400,
+                "{name}: counted as {counted_as}"
+            );
+            assert_eq!(response.status(), StatusCode::OK, "{name}");
+            let headers = response.headers();
+            assert_eq!(headers[header::CONTENT_TYPE], "application/grpc", "{name}");
+            assert_eq!(headers["grpc-status"], code, "{name}");
+            let message = headers["grpc-message"].to_str().unwrap().to_string();
+            assert!(
+                !message.is_empty() && !message.ends_with('\n'),
+                "{name}: {message}"
+            );
+            assert!(response.body().is_end_stream(), "{name}: no body");
         }
     }
 }

@@ -10,11 +10,12 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::translate::l7::{BackendId, BackendPlan, L7Plan, RouteTable};
+use crate::translate::l7::{BackendId, BackendPlan, L7Plan, RouteTable, UpstreamPlan};
 
 use super::{
     metrics::{BackendKey, MetricsBook},
-    upstream::{Backend, Endpoint},
+    tls::crypto_provider,
+    upstream::{Backend, Endpoint, Transport},
 };
 
 /// Host and path → backend, as the proxy uses it.
@@ -52,22 +53,39 @@ impl Router {
     }
 }
 
-/// Endpoints by address, kept as long as some table uses them, and the request counters by
-/// backend key, kept while the plan names the key.
+/// Endpoints by address and way of connecting, kept as long as some table uses them; the
+/// transports (rustls client configurations) by upstream plan, likewise; and the request
+/// counters by backend key, kept while the plan names the key.
 #[derive(Debug, Default)]
 pub(crate) struct EndpointRegistry {
-    endpoints: HashMap<SocketAddr, Weak<Endpoint>>,
+    /// Keyed by the transport's address: transports are one per distinct plan, and live as
+    /// long as an endpoint that uses them, so the address names one way of connecting.
+    endpoints: HashMap<(SocketAddr, usize), Weak<Endpoint>>,
+    transports: HashMap<UpstreamPlan, Weak<Transport>>,
     metrics: MetricsBook,
 }
 
 impl EndpointRegistry {
-    fn get(&mut self, addr: SocketAddr) -> Arc<Endpoint> {
-        if let Some(live) = self.endpoints.get(&addr).and_then(Weak::upgrade) {
+    fn get(&mut self, addr: SocketAddr, transport: &Arc<Transport>) -> Arc<Endpoint> {
+        let key = (addr, Arc::as_ptr(transport) as usize);
+        if let Some(live) = self.endpoints.get(&key).and_then(Weak::upgrade) {
             return live;
         }
-        let endpoint = Arc::new(Endpoint::new(addr));
-        self.endpoints.insert(addr, Arc::downgrade(&endpoint));
+        let endpoint = Arc::new(Endpoint::with_transport(addr, transport.clone()));
+        self.endpoints.insert(key, Arc::downgrade(&endpoint));
         endpoint
+    }
+
+    /// The transport for `plan`, built once per distinct plan while a table uses it.
+    fn transport(&mut self, plan: &UpstreamPlan) -> Result<Arc<Transport>, String> {
+        if let Some(live) = self.transports.get(plan).and_then(Weak::upgrade) {
+            return Ok(live);
+        }
+        let transport =
+            Arc::new(Transport::new(plan, &crypto_provider()).map_err(|e| e.to_string())?);
+        self.transports
+            .insert(plan.clone(), Arc::downgrade(&transport));
+        Ok(transport)
     }
 
     /// Builds the router for `plan`, reusing live endpoints.
@@ -80,6 +98,7 @@ impl EndpointRegistry {
         // Forget addresses no table holds any more (the old table's references go when it drops;
         // those are collected on a later reload).
         self.endpoints.retain(|_, weak| weak.strong_count() > 0);
+        self.transports.retain(|_, weak| weak.strong_count() > 0);
         self.metrics.retain(&plan.backends);
         Router {
             routes: plan.routes.clone(),
@@ -109,23 +128,50 @@ impl EndpointRegistry {
     }
 
     fn backend(&mut self, backend: &BackendPlan) -> Arc<Backend> {
-        let endpoints = match &backend.endpoints {
-            Ok(addrs) => addrs.iter().map(|addr| self.get(*addr)).collect(),
-            Err(_) => Vec::new(),
+        let transport = match &backend.upstream {
+            Ok(plan) => self.transport(plan),
+            // Answered 503 with the translator's reason (`unavailable_message`).
+            Err(why) => Err(why.clone()),
         };
-        let unavailable = match backend.unavailable_message() {
-            Some(message) => Some(Bytes::from(message)),
-            None if backend.endpoints.as_ref().is_ok_and(Vec::is_empty) => {
+        let (endpoints, transport, broken) = match (&backend.endpoints, transport) {
+            (Ok(addrs), Ok(transport)) => (
+                addrs
+                    .iter()
+                    .map(|addr| self.get(*addr, &transport))
+                    .collect(),
+                transport,
+                None,
+            ),
+            (_, Ok(transport)) => (Vec::new(), transport, None),
+            (_, Err(why)) => (Vec::new(), Arc::default(), Some(why)),
+        };
+        let unavailable = match (backend.unavailable_message(), broken) {
+            (Some(message), _) => Some(Bytes::from(message)),
+            (None, Some(why)) => {
+                // The PEM of proxy-ssl-secret did not make a TLS client: the translator could
+                // not know (it does not parse PEM).
+                tracing::warn!(
+                    ingress = %backend.ingress,
+                    service = %backend.service,
+                    "{why}; requests routed there get 503"
+                );
+                Some(Bytes::from(format!("503 Service Unavailable: {why}\n")))
+            }
+            (None, None) if backend.endpoints.as_ref().is_ok_and(Vec::is_empty) => {
                 Some(Bytes::from(format!(
                     "503 Service Unavailable: service {} port {} has no ready endpoints\n",
                     backend.service, backend.port
                 )))
             }
-            None => None,
+            (None, None) => None,
         };
         let key = BackendKey::of(backend);
         let metrics = self.metrics.get(&key);
-        Arc::new(Backend::new(endpoints, unavailable).with_metrics(key, metrics))
+        Arc::new(
+            Backend::new(endpoints, unavailable)
+                .with_metrics(key, metrics)
+                .with_transport(transport),
+        )
     }
 }
 
@@ -155,6 +201,8 @@ mod tests {
                     service: name("shop", service),
                     port: ServicePortRef::Number(80),
                     endpoints: Err(Unavailable::NoReadyEndpoints),
+                    upstream: Ok(Default::default()),
+                    upstream_secret: None,
                 })
                 .collect(),
             ..L7Plan::default()
@@ -197,5 +245,46 @@ mod tests {
         let fifth = registry.router(&plan(&["api", "web"]));
         assert_eq!(by_service(&fifth, "web").count, 0);
         assert_eq!(by_service(&fifth, "api").statuses, [0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn endpoints_are_shared_per_address_and_way_of_connecting() {
+        use crate::translate::l7::{BackendProtocol, UpstreamPlan};
+        let addr: SocketAddr = "192.0.2.10:8080".parse().unwrap();
+        let backend = |service: &str, protocol| BackendPlan {
+            ingress: name("shop", service),
+            service: name("shop", service),
+            port: ServicePortRef::Number(80),
+            endpoints: Ok(vec![addr]),
+            upstream: Ok(UpstreamPlan {
+                protocol,
+                tls: None,
+            }),
+            upstream_secret: None,
+        };
+        let plan = |backends| L7Plan {
+            backends,
+            ..L7Plan::default()
+        };
+        let mut registry = EndpointRegistry::default();
+        let first = registry.router(&plan(vec![
+            backend("web", BackendProtocol::Http),
+            backend("grpc", BackendProtocol::Grpc),
+            backend("web-too", BackendProtocol::Http),
+        ]));
+        let endpoint = |router: &Router, i: usize| router.backends()[i].endpoints[0].clone();
+        // One address, two ways of connecting: two endpoints (an HTTP/1.1 pool and an HTTP/2
+        // connection); the same way twice: one.
+        assert!(!Arc::ptr_eq(&endpoint(&first, 0), &endpoint(&first, 1)));
+        assert!(Arc::ptr_eq(&endpoint(&first, 0), &endpoint(&first, 2)));
+        assert!(first.backends()[1].transport.is_http2());
+        // A reload keeps both; a protocol change gets a new endpoint.
+        let second = registry.router(&plan(vec![
+            backend("grpc", BackendProtocol::Grpc),
+            backend("web", BackendProtocol::Grpc),
+        ]));
+        assert!(Arc::ptr_eq(&endpoint(&first, 1), &endpoint(&second, 0)));
+        assert!(Arc::ptr_eq(&endpoint(&second, 0), &endpoint(&second, 1)));
+        assert!(!Arc::ptr_eq(&endpoint(&first, 0), &endpoint(&second, 1)));
     }
 }

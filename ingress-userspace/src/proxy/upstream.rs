@@ -1,10 +1,16 @@
 //! Upstream side: one [`Endpoint`] per backend address with its keep-alive pool, passive health
 //! and outstanding-request count, and the [`Backend`] that balances over endpoints.
 //!
-//! Endpoints are shared by every routing table that names their address, so a new table keeps
-//! the pools (and their open connections) of the old one. Connections are HTTP/1.1 (hyper's
-//! low-level client): a connection goes back to its pool when the response body has been read to
-//! the end; a response dropped half-read closes it.
+//! Endpoints are shared by every routing table that names their address (and the same way of
+//! connecting, see `transport`), so a new table keeps the pools (and their open connections) of
+//! the old one. An HTTP/1.1 connection (hyper's low-level client) goes back to its pool when the
+//! response body has been read to the end; a response dropped half-read closes it. An HTTP/2
+//! connection (gRPC backends) is one per endpoint, shared by all its requests as streams.
+
+pub(crate) mod grpc;
+mod transport;
+
+pub(crate) use transport::{unusable_upstream_tls, Sender, Transport};
 
 use std::{
     future::Future as _,
@@ -20,8 +26,7 @@ use std::{
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::{body::Incoming, client::conn::http1};
-use hyper_util::rt::TokioIo;
+use hyper::{body::Incoming, client::conn::http2};
 
 use super::metrics::{BackendKey, BackendSeries, RequestMetrics};
 
@@ -147,15 +152,17 @@ impl Body for UpstreamBody {
     }
 }
 
-/// A connection to an endpoint, ready for a request.
-pub(crate) type Sender = http1::SendRequest<UpstreamBody>;
-
-/// One endpoint address: its idle connections, health and load.
+/// One endpoint address, reached one way: its idle connections, health and load.
 #[derive(Debug)]
 pub(crate) struct Endpoint {
     /// Where it is.
     pub addr: SocketAddr,
+    /// How connections to it are made.
+    transport: Arc<Transport>,
+    /// HTTP/1.1: idle connections, with when they went idle.
     idle: Mutex<Vec<(Sender, Instant)>>,
+    /// HTTP/2: the connection every request shares, and when a request last took it.
+    shared: Mutex<Option<(http2::SendRequest<UpstreamBody>, Instant)>>,
     /// Milliseconds since `epoch` until which the endpoint is skipped (0: healthy).
     down_until_ms: AtomicU64,
     epoch: Instant,
@@ -176,7 +183,15 @@ pub(crate) enum ConnectError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP/1.1 handshake failed.
+    /// The TLS handshake failed (the certificate did not verify, no common version...).
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        /// The endpoint.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP handshake failed.
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
         /// The endpoint.
@@ -187,11 +202,19 @@ pub(crate) enum ConnectError {
 }
 
 impl Endpoint {
-    /// A healthy endpoint with no connections.
+    /// A healthy HTTP/1.1 endpoint with no connections.
+    #[cfg(test)]
     pub(crate) fn new(addr: SocketAddr) -> Self {
+        Self::with_transport(addr, Arc::default())
+    }
+
+    /// A healthy endpoint with no connections, reached through `transport`.
+    pub(crate) fn with_transport(addr: SocketAddr, transport: Arc<Transport>) -> Self {
         Self {
             addr,
+            transport,
             idle: Mutex::new(Vec::new()),
+            shared: Mutex::new(None),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             outstanding: AtomicUsize::new(0),
@@ -225,8 +248,20 @@ impl Endpoint {
         self.outstanding.load(Ordering::Relaxed)
     }
 
-    /// An idle pooled connection that is still open and younger than `max_idle`.
+    /// An idle pooled connection that is still open and younger than `max_idle`; for HTTP/2,
+    /// the shared connection while it is open and was used within `max_idle` (one left idle
+    /// longer is let go, as an idle HTTP/1.1 one would be: it closes when its streams end).
     pub(crate) fn pooled(&self, max_idle: Duration) -> Option<Sender> {
+        if self.transport.is_http2() {
+            let mut shared = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+            let (sender, used) = shared.as_mut()?;
+            if sender.is_closed() || used.elapsed() >= max_idle {
+                *shared = None;
+                return None;
+            }
+            *used = Instant::now();
+            return Some(Sender::Http2(sender.clone()));
+        }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         while let Some((sender, since)) = idle.pop() {
             if !sender.is_closed() && since.elapsed() < max_idle {
@@ -236,7 +271,8 @@ impl Endpoint {
         None
     }
 
-    /// A new connection (TCP, then the HTTP/1.1 handshake), its driver spawned on the runtime.
+    /// A new connection (TCP, TLS if the transport has it, then the HTTP handshake), its driver
+    /// spawned on the runtime. An HTTP/2 one becomes the endpoint's shared connection.
     pub(crate) async fn connect(&self, timeout: Duration) -> Result<Sender, ConnectError> {
         let addr = self.addr;
         let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
@@ -254,20 +290,17 @@ impl Endpoint {
         self.mark_up();
         // Small requests and responses must not wait for Nagle.
         let _ = stream.set_nodelay(true);
-        let (sender, connection) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| ConnectError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            // Errors end the connection; the request that saw them reports them.
-            let _ = connection.with_upgrades().await;
-        });
+        let sender = self.transport.handshake(stream, addr).await?;
+        if let Sender::Http2(shared) = &sender {
+            *self.shared.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((shared.clone(), Instant::now()));
+        }
         Ok(sender)
     }
 
-    /// Returns a connection whose response was read to the end.
+    /// Returns a connection whose response was read to the end (HTTP/2 ones stay shared).
     fn release(&self, sender: Sender) {
-        if sender.is_closed() {
+        if sender.is_closed() || matches!(sender, Sender::Http2(_)) {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -311,6 +344,8 @@ pub(crate) struct Backend {
     pub key: Option<BackendKey>,
     /// Its request counters; a reload hands the same counters to the backend that replaces it.
     pub metrics: Arc<RequestMetrics>,
+    /// How its endpoints are reached (all of them the same way).
+    pub transport: Arc<Transport>,
     next: AtomicUsize,
 }
 
@@ -322,8 +357,15 @@ impl Backend {
             unavailable,
             key: None,
             metrics: Arc::default(),
+            transport: Arc::default(),
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same backend, its endpoints reached through `transport`.
+    pub(crate) fn with_transport(mut self, transport: Arc<Transport>) -> Self {
+        self.transport = transport;
+        self
     }
 
     /// The same backend, labelled `key` on `/metrics` and counting into `metrics`.
@@ -386,6 +428,11 @@ pub(crate) struct UpstreamResponseBody {
     inner: Incoming,
     connection: Option<Sender>,
     outstanding: Option<Outstanding>,
+    /// A gRPC call's deadline (`grpc-timeout`): when it passes before the body ends, the body
+    /// ends there with `grpc-status: 4` in trailers.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The deadline passed: nothing more is read.
+    cut: bool,
 }
 
 impl UpstreamResponseBody {
@@ -399,11 +446,21 @@ impl UpstreamResponseBody {
             inner,
             connection,
             outstanding: Some(outstanding),
+            deadline: None,
+            cut: false,
         };
         if body.inner.is_end_stream() {
             body.finish();
         }
         body
+    }
+
+    /// The same body, cut at `deadline` with `grpc-status: 4` (a gRPC call's `grpc-timeout`).
+    pub(crate) fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
+        if let Some(at) = deadline.filter(|_| !self.inner.is_end_stream()) {
+            self.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
+        }
+        self
     }
 
     fn finish(&mut self) {
@@ -423,7 +480,26 @@ impl Body for UpstreamResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.cut {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if polled.is_pending() {
+            let expired = self
+                .deadline
+                .as_mut()
+                .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
+            if expired {
+                // The stream is reset when the body drops; the connection is not reused.
+                self.cut = true;
+                self.connection = None;
+                self.outstanding = None;
+                return Poll::Ready(Some(Ok(Frame::trailers(grpc::status_trailers(
+                    grpc::GrpcStatus::DeadlineExceeded,
+                    "xdp-ingress: the call's deadline (grpc-timeout) passed before the upstream finished",
+                )))));
+            }
+        }
         match &polled {
             Poll::Ready(None) => self.finish(),
             Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
@@ -438,7 +514,7 @@ impl Body for UpstreamResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.cut || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {

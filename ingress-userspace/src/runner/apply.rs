@@ -143,6 +143,11 @@ fn referenced_secrets(plan: &L7Plan) -> BTreeSet<ObjectName> {
         .iter()
         .chain(&plan.default_tls)
         .map(|tls| tls.secret.clone())
+        .chain(
+            plan.backends
+                .iter()
+                .filter_map(|b| b.upstream_secret.clone()),
+        )
         .collect()
 }
 

@@ -35,7 +35,10 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
-pub use plan::{BackendId, BackendPlan, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable};
+pub use plan::{
+    BackendId, BackendPlan, BackendProtocol, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable,
+    UpstreamPlan, UpstreamTlsPlan,
+};
 pub use routes::{PathRule, PathType, RouteTable};
 
 pub use backends::refresh_endpoints;

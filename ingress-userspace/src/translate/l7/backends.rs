@@ -1,6 +1,8 @@
 //! The backends routes point at, one per (Ingress, Service, port), resolved to ready IPv4
 //! endpoints with the L4 rules; why one cannot be resolved, and re-resolving only the Services
-//! whose endpoints changed.
+//! whose endpoints changed. How the proxy speaks to them (protocol, TLS) is in `upstream`.
+
+mod upstream;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -13,6 +15,8 @@ use super::{
     class::OurIngress, rules::ServiceRef, BackendId, BackendPlan, L7Plan, ServicePortRef,
     Unavailable,
 };
+use upstream::{upstream_secret, upstream_settings, UpstreamSettings};
+
 use crate::{
     model::{ClusterObjects, ObjectName, Problem},
     translate::l4::{group_slices, resolve_backends, Protocol, SERVICE_NAME_LABEL},
@@ -23,6 +27,8 @@ pub(super) struct Backends<'a> {
     objects: &'a ClusterObjects,
     slices: BTreeMap<ObjectName, Vec<&'a EndpointSlice>>,
     ids: BTreeMap<(ObjectName, ObjectName, ServicePortRef), BackendId>,
+    /// Each Ingress's upstream annotations, parsed (and reported) once.
+    upstream: BTreeMap<ObjectName, Result<UpstreamSettings, String>>,
     pub(super) plans: Vec<BackendPlan>,
 }
 
@@ -32,6 +38,7 @@ impl<'a> Backends<'a> {
             objects,
             slices: group_slices(objects),
             ids: BTreeMap::new(),
+            upstream: BTreeMap::new(),
             plans: Vec::new(),
         }
     }
@@ -60,12 +67,22 @@ impl<'a> Backends<'a> {
                 problems.push(ingress.problem(format!("{field}.{subfield}"), message));
             }
         }
+        let settings = self
+            .upstream
+            .entry(ingress_name.clone())
+            .or_insert_with(|| upstream_settings(ingress, self.objects, problems));
+        let upstream = match settings {
+            Ok(settings) => Ok(settings.plan_for(&service_name)),
+            Err(why) => Err(why.clone()),
+        };
         let id = self.plans.len();
         self.plans.push(BackendPlan {
             ingress: ingress_name,
             service: service_name,
             port,
             endpoints,
+            upstream,
+            upstream_secret: upstream_secret(ingress),
         });
         self.ids.insert(key, id);
         id
@@ -158,6 +175,7 @@ pub fn refresh_endpoints(
         objects,
         slices,
         ids: BTreeMap::new(),
+        upstream: BTreeMap::new(),
         plans: Vec::new(),
     };
     let mut changed = Vec::new();

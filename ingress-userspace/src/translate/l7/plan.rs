@@ -71,6 +71,105 @@ pub struct BackendPlan {
     pub port: ServicePortRef,
     /// Ready endpoints (address and target port), or why there are none.
     pub endpoints: Result<Vec<SocketAddr>, Unavailable>,
+    /// How the proxy speaks to the endpoints (the Ingress's `backend-protocol` and
+    /// `proxy-ssl-*` annotations), or why those annotations cannot be used: then the backend
+    /// answers 503 saying so, whatever its endpoints.
+    pub upstream: Result<UpstreamPlan, String>,
+    /// The Secret `proxy-ssl-secret` names, read or not: the Kubernetes source keeps it.
+    pub upstream_secret: Option<ObjectName>,
+}
+
+/// The protocol spoken to a backend's endpoints (`backend-protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendProtocol {
+    /// HTTP/1.1 in clear (`HTTP`, `AUTO_HTTP`; the default).
+    #[default]
+    Http,
+    /// HTTP/1.1 over TLS, ALPN `http/1.1` (`HTTPS`).
+    Https,
+    /// HTTP/2 in clear with prior knowledge, h2c (`GRPC`).
+    Grpc,
+    /// HTTP/2 over TLS, ALPN `h2` (`GRPCS`).
+    Grpcs,
+}
+
+impl BackendProtocol {
+    /// Whether the endpoints speak HTTP/2 (gRPC).
+    pub fn is_http2(self) -> bool {
+        matches!(self, Self::Grpc | Self::Grpcs)
+    }
+
+    /// Whether the connection is TLS.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Self::Https | Self::Grpcs)
+    }
+
+    /// Its `backend-protocol` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "HTTP",
+            Self::Https => "HTTPS",
+            Self::Grpc => "GRPC",
+            Self::Grpcs => "GRPCS",
+        }
+    }
+}
+
+impl UpstreamPlan {
+    /// How `validate` shows it: the protocol, and for TLS the name checked (or that nothing
+    /// is) and whether SNI is sent.
+    pub fn describe(&self) -> String {
+        let protocol = self.protocol.as_str();
+        match &self.tls {
+            None => protocol.to_string(),
+            Some(tls) => format!(
+                "{protocol}, {} {}, SNI {}{}",
+                if tls.verify {
+                    "verify"
+                } else {
+                    "no verification, name"
+                },
+                tls.server_name,
+                if tls.send_sni { "on" } else { "off" },
+                if tls.client_certificate.is_some() {
+                    ", client certificate"
+                } else {
+                    ""
+                },
+            ),
+        }
+    }
+}
+
+/// How the proxy connects to a backend's endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamPlan {
+    /// The protocol.
+    pub protocol: BackendProtocol,
+    /// The TLS client settings, for the TLS protocols only.
+    pub tls: Option<UpstreamTlsPlan>,
+}
+
+/// TLS client settings towards a backend (`proxy-ssl-*`). The proxy builds one rustls client
+/// configuration per distinct value when it applies a plan, never per request.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct UpstreamTlsPlan {
+    /// The name the certificate is verified against and, when `send_sni`, sent as SNI:
+    /// `proxy-ssl-name`, else the Service's DNS name `<service>.<namespace>.svc`.
+    pub server_name: String,
+    /// `proxy-ssl-server-name: on` (nginx's default is off: no SNI).
+    pub send_sni: bool,
+    /// `proxy-ssl-verify: on`: the chain must lead to `trusted_ca` and name `server_name`. Off
+    /// (nginx's default): the endpoint's certificate is not checked at all.
+    pub verify: bool,
+    /// PEM of `ca.crt` from `proxy-ssl-secret`, the roots verification trusts.
+    pub trusted_ca: Option<Vec<u8>>,
+    /// `tls.crt`/`tls.key` from `proxy-ssl-secret`: the client certificate, if it has one.
+    pub client_certificate: Option<PemPair>,
+    /// TLS 1.2 allowed (`proxy-ssl-protocols`).
+    pub tls12: bool,
+    /// TLS 1.3 allowed (`proxy-ssl-protocols`).
+    pub tls13: bool,
 }
 
 /// Why a backend has no endpoint to send to; the proxy answers 503 saying so.
@@ -89,6 +188,9 @@ pub enum Unavailable {
 impl BackendPlan {
     /// The plain-text body of the 503 answer when this backend has no endpoint.
     pub fn unavailable_message(&self) -> Option<String> {
+        if let Err(why) = &self.upstream {
+            return Some(format!("503 Service Unavailable: {why}\n"));
+        }
         let why = match self.endpoints.as_ref().err()? {
             Unavailable::UnknownService => format!("service {} does not exist", self.service),
             Unavailable::UnknownPort => {
@@ -120,7 +222,7 @@ pub struct TlsPlan {
 }
 
 /// PEM text of a certificate chain and its private key.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PemPair {
     /// `tls.crt`: the certificate chain, leaf first.
     pub certificate_chain: Vec<u8>,

@@ -20,6 +20,7 @@ mod backends;
 mod class;
 mod rules;
 mod tls;
+mod upstream;
 
 fn origin() -> Origin {
     Origin::File {
