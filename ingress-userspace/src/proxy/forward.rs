@@ -26,6 +26,7 @@ use super::{
     access_log::AccessRecord,
     body::{Counted, ProxyBody, Tally},
     connection::ConnectionInfo,
+    filters::{self, Decision, RequestView},
     head_guard::RequestTurn,
     headers,
     metrics::RequestMetrics,
@@ -172,13 +173,36 @@ async fn proxy_request(
     };
 
     // The context holds the request's one reference to the backend; the response is counted in
-    // its metrics.
-    let backend: &Arc<Backend> = {
+    // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
+    // the target or set headers.
+    let (backend, rewritten_target): (&Arc<Backend>, Option<String>) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
-        match router.route(host_text, path) {
-            Some(backend) => context.backend.insert(backend.clone()),
-            None => return Err(Refusal::NoRoute),
+        let Some((route, backend)) = router.route(host_text, path) else {
+            return Err(Refusal::NoRoute);
+        };
+        if let Some(backend) = backend {
+            context.backend = Some(backend.clone());
+        }
+        let decision = if route.filters.is_empty() {
+            Decision::Forward(None)
+        } else {
+            // The filters read the target while they may set headers: a copy of the target
+            // (reference counts, no allocation), for routes with filters only.
+            let uri = request.uri().clone();
+            let view = RequestView {
+                https: connection.headers.proto == "https",
+                host: host_text,
+                path: rewritten_path.as_deref().unwrap_or(uri.path()),
+                uri: &uri,
+            };
+            filters::run(route, &view, request.headers_mut())
+        };
+        match (decision, context.backend.as_ref()) {
+            (Decision::Answer(answer), _) => return Ok(answer),
+            (Decision::Forward(target), Some(backend)) => (backend, target),
+            // A route without backends always answers; never forward nowhere.
+            (Decision::Forward(_), None) => return Err(Refusal::NoRoute),
         }
     };
     if backend.endpoints.is_empty() {
@@ -233,6 +257,12 @@ async fn proxy_request(
             }
         }
     };
+    if let Some(target) = rewritten_target {
+        match PathAndQuery::try_from(target) {
+            Ok(path_and_query) => parts.uri = Uri::from(path_and_query),
+            Err(_) => return Err(Refusal::InvalidPath),
+        }
+    }
     parts.version = Version::HTTP_11;
     let mut upstream_request = Request::from_parts(
         parts,

@@ -25,6 +25,7 @@
 //!   without `secretName` gets no plan (those hosts get the default certificate). A missing or
 //!   unusable Secret is reported and the plan carries the reason.
 
+pub mod annotations;
 mod backends;
 mod class;
 pub mod plan;
@@ -36,7 +37,7 @@ mod tls;
 mod tests;
 
 pub use plan::{BackendId, BackendPlan, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable};
-pub use routes::{PathRule, PathType, RouteTable};
+pub use routes::{Filter, PathRule, PathType, Route, RouteTable, WeightedBackend};
 
 pub use backends::refresh_endpoints;
 
@@ -46,7 +47,7 @@ use crate::model::{ClusterObjects, ObjectName, Problem};
 
 use backends::Backends;
 use class::our_ingresses;
-use rules::{default_backend, path_rules};
+use rules::{default_backend, path_rules, Context};
 use tls::{default_tls, tls_plans};
 
 /// The controller name our IngressClasses carry in `spec.controller`, unless configured.
@@ -79,7 +80,17 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
     let mut problems = Vec::new();
     let ours = our_ingresses(objects, &options.controller_name);
     let mut backends = Backends::new(objects);
-    let rules = path_rules(&ours, &mut backends, &mut problems);
+    // Certificates first: `ssl-redirect` applies to hosts that have one.
+    let tls: Vec<TlsPlan> = ours
+        .iter()
+        .flat_map(|ingress| tls_plans(ingress, objects, &mut problems))
+        .collect();
+    let mut context = Context {
+        objects,
+        backends: &mut backends,
+        tls: &tls,
+    };
+    let rules = path_rules(&ours, &mut context, &mut problems);
     let default_backend = default_backend(&ours, &mut backends, &mut problems);
     let routes = Arc::new(RouteTable::new(
         rules
@@ -87,10 +98,6 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
             .map(|(host, rule)| (host.as_deref(), rule.clone())),
         default_backend,
     ));
-    let tls = ours
-        .iter()
-        .flat_map(|ingress| tls_plans(ingress, objects, &mut problems))
-        .collect();
     let default_tls = options
         .default_tls_secret
         .as_ref()
