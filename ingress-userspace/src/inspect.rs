@@ -102,7 +102,6 @@ pub fn routes_view(plan: &L7Plan) -> Value {
                 "path": entry.path,
                 "path_type": format!("{:?}", entry.path_type),
                 "backend": entry.backend.backend().as_ref().map_or(Value::Null, backend),
-                "filters": entry.backend.filters.iter().map(|f| f.name()).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -43,8 +43,8 @@ impl RequestView<'_> {
 pub(super) enum Decision {
     /// Forward; `Some`: the new request target (path and query) for the backend.
     Forward(Option<String>),
-    /// Answer this instead.
-    Answer(Response<ProxyBody>),
+    /// Answer this instead (boxed: answering is the rare case, and the decision stays small).
+    Answer(Box<Response<ProxyBody>>),
 }
 
 /// Runs `route`'s filters on the request; header changes go into `headers`.
@@ -52,9 +52,9 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
     let mut target = None;
     for filter in &route.filters {
         match filter {
-            Filter::Fail(why) => return Decision::Answer(unavailable(why.clone())),
+            Filter::Fail(why) => return Decision::Answer(Box::new(unavailable(why.clone()))),
             Filter::Redirect { status, location } => {
-                return Decision::Answer(redirect(*status, location.clone()));
+                return Decision::Answer(Box::new(redirect(*status, location.clone())));
             }
             Filter::AppRoot { path } => {
                 let location = format!("{}://{}{path}", request.scheme(), request.host);
@@ -132,13 +132,13 @@ fn port_of(host: &str) -> Option<&str> {
 
 fn answer_redirect(status: StatusCode, location: String) -> Decision {
     match HeaderValue::try_from(location) {
-        Ok(location) => Decision::Answer(redirect(status, location)),
+        Ok(location) => Decision::Answer(Box::new(redirect(status, location))),
         // Only a Host that is no valid header value could make it fail, and hyper refuses
         // those before they reach us; answer rather than forward unredirected.
-        Err(_) => Decision::Answer(text(
+        Err(_) => Decision::Answer(Box::new(text(
             StatusCode::BAD_REQUEST,
             Bytes::from_static(b"400 Bad Request: invalid Host\n"),
-        )),
+        ))),
     }
 }
 

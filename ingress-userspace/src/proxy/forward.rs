@@ -199,7 +199,7 @@ async fn proxy_request(
             filters::run(route, &view, request.headers_mut())
         };
         match (decision, context.backend.as_ref()) {
-            (Decision::Answer(answer), _) => return Ok(answer),
+            (Decision::Answer(answer), _) => return Ok(*answer),
             (Decision::Forward(target), Some(backend)) => (backend, target),
             // A route without backends always answers; never forward nowhere.
             (Decision::Forward(_), None) => return Err(Refusal::NoRoute),

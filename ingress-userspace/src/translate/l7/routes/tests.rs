@@ -145,3 +145,54 @@ fn first_rule_wins_for_the_same_host_path_and_type() {
     );
     assert_eq!(table.route("h", "/api/v1"), Some(&"older"));
 }
+
+#[test]
+fn regex_mode_exact_first_then_longest_text_first_case_insensitive_and_anchored() {
+    use PathType::{Exact, Regex};
+    let table = RouteTable::new(
+        [
+            (Some("r.example"), rule("/", Regex, "root")),
+            (Some("r.example"), rule("/a.*", Regex, "a-any")),
+            (Some("r.example"), rule("/ab", Regex, "ab")),
+            (Some("r.example"), rule("/a/b/c", Regex, "abc")),
+            (Some("r.example"), rule("/", Exact, "app-root")),
+            (Some("r.example"), rule("/ab", Regex, "ab-again")),
+        ],
+        None,
+    );
+    assert_eq!(table.route("r.example", "/"), Some(&"app-root"));
+    assert_eq!(table.route("r.example", "/A/B/C/d"), Some(&"abc"));
+    assert_eq!(
+        table.route("r.example", "/abc"),
+        Some(&"a-any"),
+        "4 characters before 3"
+    );
+    assert_eq!(
+        table.route("r.example", "/x/a/b/c"),
+        Some(&"root"),
+        "anchored at the start"
+    );
+    let entries: Vec<_> = table
+        .entries()
+        .into_iter()
+        .map(|e| (e.path, e.path_type, *e.backend))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            ("/".to_string(), Exact, "app-root"),
+            ("/a/b/c".to_string(), Regex, "abc"),
+            ("/a.*".to_string(), Regex, "a-any"),
+            ("/ab".to_string(), Regex, "ab"),
+            ("/".to_string(), Regex, "root"),
+        ],
+        "the first of two equal regex paths is kept"
+    );
+}
+
+#[test]
+fn a_regex_path_that_does_not_compile_matches_as_literal_text() {
+    let table = RouteTable::new([(None, rule("/(x", PathType::Regex, "literal"))], None);
+    assert_eq!(table.route("h", "/(x/more"), Some(&"literal"));
+    assert_eq!(table.route("h", "/x"), None);
+}
