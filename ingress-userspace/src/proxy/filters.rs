@@ -3,12 +3,15 @@
 //! backend gets (the path, a header) and lets the next one run. Everything fixed was prepared
 //! with the plan (compiled regexes, header values, status codes); only what depends on the
 //! request is built here, and only by the filter that needs it: a redirect's `Location`, a
-//! rewritten path. A route without filters costs one empty loop.
+//! rewritten path. A route without filters costs one empty loop. What a filter adds to the
+//! response (CORS headers) is carried to the response as a [`ResponseEdit`].
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 
-use crate::translate::l7::{Filter, Route};
+use crate::translate::l7::{CorsPolicy, Filter, Route};
 
 use super::body::ProxyBody;
 
@@ -22,6 +25,8 @@ pub(super) struct RequestView<'a> {
     pub(super) path: &'a str,
     /// The request target as sent (for nginx's `$request_uri`: path and query).
     pub(super) uri: &'a Uri,
+    /// Its method.
+    pub(super) method: &'a Method,
 }
 
 impl RequestView<'_> {
@@ -41,8 +46,8 @@ impl RequestView<'_> {
 
 /// What the filters decided.
 pub(super) enum Decision {
-    /// Forward; `Some`: the new request target (path and query) for the backend.
-    Forward(Option<String>),
+    /// Forward; `Some` target: the new request target (path and query) for the backend.
+    Forward(Option<String>, Option<ResponseEdit>),
     /// Answer this instead (boxed: answering is the rare case, and the decision stays small).
     Answer(Box<Response<ProxyBody>>),
 }
@@ -50,8 +55,21 @@ pub(super) enum Decision {
 /// Runs `route`'s filters on the request; header changes go into `headers`.
 pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut HeaderMap) -> Decision {
     let mut target = None;
+    let mut edit = None;
     for filter in &route.filters {
         match filter {
+            Filter::Cors(policy) => {
+                let Some(origin) = allowed_origin(policy, headers) else {
+                    continue;
+                };
+                if request.method == Method::OPTIONS {
+                    return Decision::Answer(Box::new(preflight(policy, origin)));
+                }
+                edit = Some(ResponseEdit {
+                    cors: policy.clone(),
+                    origin,
+                });
+            }
             Filter::Fail(why) => return Decision::Answer(Box::new(unavailable(why.clone()))),
             Filter::Redirect { status, location } => {
                 return Decision::Answer(Box::new(redirect(*status, location.clone())));
@@ -95,7 +113,55 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
             }
         }
     }
-    Decision::Forward(target)
+    Decision::Forward(target, edit)
+}
+
+/// Headers a filter adds to the backend's response.
+pub(super) struct ResponseEdit {
+    cors: Arc<CorsPolicy>,
+    /// The `Access-Control-Allow-Origin` value.
+    origin: HeaderValue,
+}
+
+impl ResponseEdit {
+    /// Sets the headers on `response`, replacing the backend's (nginx's `more_set_headers`).
+    pub(super) fn apply<B>(self, response: &mut Response<B>) {
+        set_cors(response.headers_mut(), &self.cors, self.origin);
+    }
+}
+
+/// The `Access-Control-Allow-Origin` value for this request, if its origin is allowed: `*`
+/// for a policy allowing any, else the request's `Origin` when it matches.
+fn allowed_origin(policy: &CorsPolicy, headers: &HeaderMap) -> Option<HeaderValue> {
+    match &policy.origins {
+        None => Some(HeaderValue::from_static("*")),
+        Some(allowed) => headers
+            .get(header::ORIGIN)
+            .filter(|origin| origin.to_str().is_ok_and(|o| allowed.is_match(o)))
+            .cloned(),
+    }
+}
+
+fn set_cors(headers: &mut HeaderMap, policy: &CorsPolicy, origin: HeaderValue) {
+    headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    for (name, value) in &policy.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+/// ingress-nginx's answer to an allowed preflight: 204, the CORS headers, an empty body.
+fn preflight(policy: &CorsPolicy, origin: HeaderValue) -> Response<ProxyBody> {
+    let mut response = Response::new(ProxyBody::empty());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let headers = response.headers_mut();
+    set_cors(headers, policy, origin);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain charset=UTF-8"),
+    );
+    // nginx also sets `Content-Length: 0`; a 204 must not carry one (RFC 9110 §8.6), and
+    // hyper drops it anyway.
+    response
 }
 
 /// nginx's `rewrite`: the original query follows the new one, or becomes the query.

@@ -175,7 +175,7 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
-    let (backend, rewritten_target): (&Arc<Backend>, Option<String>) = {
+    let (backend, rewritten_target, response_edit) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
         let Some((route, backend)) = router.route(host_text, path) else {
@@ -185,24 +185,26 @@ async fn proxy_request(
             context.backend = Some(backend.clone());
         }
         let decision = if route.filters.is_empty() {
-            Decision::Forward(None)
+            Decision::Forward(None, None)
         } else {
-            // The filters read the target while they may set headers: a copy of the target
-            // (reference counts, no allocation), for routes with filters only.
+            // The filters read the target and method while they may set headers: copies
+            // (reference counts; standard methods are inline), for routes with filters only.
             let uri = request.uri().clone();
+            let method = request.method().clone();
             let view = RequestView {
                 https: connection.headers.proto == "https",
                 host: host_text,
                 path: rewritten_path.as_deref().unwrap_or(uri.path()),
                 uri: &uri,
+                method: &method,
             };
             filters::run(route, &view, request.headers_mut())
         };
         match (decision, context.backend.as_ref()) {
             (Decision::Answer(answer), _) => return Ok(*answer),
-            (Decision::Forward(target), Some(backend)) => (backend, target),
+            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
             // A route without backends always answers; never forward nowhere.
-            (Decision::Forward(_), None) => return Err(Refusal::NoRoute),
+            (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
         }
     };
     if backend.endpoints.is_empty() {
@@ -292,7 +294,12 @@ async fn proxy_request(
             }
             Sent::Answered(response, sender) => {
                 context.endpoint = Some(endpoint);
-                return relay_response(response, sender, outstanding, client_upgrade, settings);
+                let mut relayed =
+                    relay_response(response, sender, outstanding, client_upgrade, settings);
+                if let (Ok(response), Some(edit)) = (relayed.as_mut(), response_edit) {
+                    edit.apply(response);
+                }
+                return relayed;
             }
         }
     }

@@ -37,7 +37,7 @@ mod tls;
 mod tests;
 
 pub use plan::{BackendId, BackendPlan, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable};
-pub use routes::{Filter, PathRule, PathType, Route, RouteTable, WeightedBackend};
+pub use routes::{CorsPolicy, Filter, PathRule, PathType, Route, RouteTable, WeightedBackend};
 
 pub use backends::refresh_endpoints;
 

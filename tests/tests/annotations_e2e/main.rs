@@ -1,15 +1,16 @@
 //! ingress-nginx annotations end to end: the real `xdp-ingress` binary run L7-only on loopback
 //! (the `xdp_ingress_tests::proxy` harness), Ingresses carrying `nginx.ingress.kubernetes.io/*`
 //! annotations written to its manifest directory, in-process backends that echo what they saw,
-//! and real clients (hyper, rustls, curl). Each test asserts what the client gets (status,
+//! and real clients (hyper, rustls). Each test asserts what the client gets (status,
 //! `Location`, body) and what the backend saw (path, headers), for the annotation's default and
 //! a non-default value, as ingress-nginx behaves. Groups: path matching and rewriting
-//! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), and how bad or unsupported
-//! annotations are reported (`reports`).
+//! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), and how
+//! bad or unsupported annotations are reported (`reports`).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
 
+mod cors;
 mod hosts;
 mod paths;
 mod redirects;

@@ -10,13 +10,14 @@
 //! falls back to a default (a redirect code outside 300–308), so do we, and say so.
 
 pub mod catalogue;
+mod cors;
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, Uri};
 
-use super::{class::OurIngress, rules::check_host};
+use super::{class::OurIngress, routes::CorsPolicy, rules::check_host};
 use crate::model::Problem;
 
 use catalogue::{lookup, Support};
@@ -25,7 +26,7 @@ use catalogue::{lookup, Support};
 pub const PREFIX: &str = "nginx.ingress.kubernetes.io/";
 
 /// The annotations of one Ingress that shape its routes, with ingress-nginx's defaults.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(super) struct IngressAnnotations {
     /// `use-regex`: every path of this Ingress's hosts is a regex.
     pub(super) use_regex: bool,
@@ -51,6 +52,8 @@ pub(super) struct IngressAnnotations {
     pub(super) server_aliases: Vec<String>,
     /// `default-backend`: a Service of the Ingress's namespace.
     pub(super) default_backend: Option<String>,
+    /// `enable-cors` and its settings.
+    pub(super) cors: Option<Arc<CorsPolicy>>,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
 }
@@ -70,6 +73,7 @@ impl Default for IngressAnnotations {
             from_to_www: false,
             server_aliases: Vec::new(),
             default_backend: None,
+            cors: None,
             invalid: None,
         }
     }
@@ -289,6 +293,7 @@ impl<'a> Reader<'a, '_> {
                 );
             }
         }
+        out.cors = self.cors();
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

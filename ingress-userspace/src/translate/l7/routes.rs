@@ -20,7 +20,7 @@
 
 mod route;
 
-pub use route::{Filter, Route, WeightedBackend};
+pub use route::{CorsPolicy, Filter, Route, WeightedBackend};
 
 use std::collections::HashMap;
 

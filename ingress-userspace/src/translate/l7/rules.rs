@@ -266,6 +266,11 @@ fn filters(
         return vec![Filter::Fail(why.clone())];
     }
     let mut filters = Vec::new();
+    // nginx: the CORS `if`s come first in the location, so a preflight is answered even where
+    // a redirect would follow.
+    if let Some(cors) = &annotations.cors {
+        filters.push(Filter::Cors(cors.clone()));
+    }
     if let Some((status, location)) = &annotations.redirect {
         filters.push(Filter::Redirect {
             status: *status,

@@ -4,6 +4,8 @@
 //! plan: compiled regexes, rendered header values and status codes, the fixed parts of
 //! redirect targets. The proxy interprets the list in order; it parses nothing.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 use regex::Regex;
@@ -73,6 +75,7 @@ impl Filter {
             Filter::HostRedirect { .. } => "host-redirect",
             Filter::Rewrite { .. } => "rewrite",
             Filter::SetHeader { .. } => "set-header",
+            Filter::Cors(_) => "cors",
         }
     }
 }
@@ -120,6 +123,9 @@ pub enum Filter {
         /// The target with nginx's `$n` written for the regex crate (`${n}`).
         target: String,
     },
+    /// `enable-cors`: for an allowed `Origin`, a preflight (`OPTIONS`) is answered 204 with the
+    /// CORS headers, and other responses get them; other origins pass untouched.
+    Cors(Arc<CorsPolicy>),
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.
@@ -127,4 +133,15 @@ pub enum Filter {
         /// Its value.
         value: HeaderValue,
     },
+}
+
+/// ingress-nginx's CORS settings, rendered.
+#[derive(Clone, Debug)]
+pub struct CorsPolicy {
+    /// `None`: any origin (`*`, sent as `Access-Control-Allow-Origin: *`); else the allowed
+    /// origins as one case-insensitive, anchored regex (the request's `Origin` is echoed).
+    pub origins: Option<Regex>,
+    /// Every other header of the answer, in order (credentials, methods, headers, exposed
+    /// headers, max age).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
 }
