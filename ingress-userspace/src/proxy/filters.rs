@@ -6,7 +6,7 @@
 //! rewritten path. A route without filters costs one empty loop. What a filter adds to the
 //! response (CORS headers) is carried to the response as a [`ResponseEdit`].
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
@@ -27,6 +27,8 @@ pub(super) struct RequestView<'a> {
     pub(super) uri: &'a Uri,
     /// Its method.
     pub(super) method: &'a Method,
+    /// The client's address.
+    pub(super) client: IpAddr,
 }
 
 impl RequestView<'_> {
@@ -106,6 +108,17 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                     }
                     captures.expand(with, &mut path);
                     target = Some(with_query(path, request.uri.query()));
+                }
+            }
+            Filter::SourceRange { deny, allow } => {
+                let client = request.client;
+                let denied = deny.iter().any(|range| range.contains(client))
+                    || (!allow.is_empty() && !allow.iter().any(|range| range.contains(client)));
+                if denied {
+                    return Decision::Answer(Box::new(text(
+                        StatusCode::FORBIDDEN,
+                        Bytes::from_static(b"403 Forbidden: the client address is not allowed\n"),
+                    )));
                 }
             }
             Filter::SetHeader { name, value } => {

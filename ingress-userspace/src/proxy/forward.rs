@@ -197,6 +197,7 @@ async fn proxy_request(
                 path: rewritten_path.as_deref().unwrap_or(uri.path()),
                 uri: &uri,
                 method: &method,
+                client: connection.peer.ip(),
             };
             filters::run(route, &view, request.headers_mut())
         };

@@ -37,7 +37,9 @@ mod tls;
 mod tests;
 
 pub use plan::{BackendId, BackendPlan, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable};
-pub use routes::{CorsPolicy, Filter, PathRule, PathType, Route, RouteTable, WeightedBackend};
+pub use routes::{
+    Cidr, CorsPolicy, Filter, PathRule, PathType, Route, RouteTable, WeightedBackend,
+};
 
 pub use backends::refresh_endpoints;
 

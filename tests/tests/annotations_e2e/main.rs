@@ -4,12 +4,13 @@
 //! and real clients (hyper, rustls). Each test asserts what the client gets (status,
 //! `Location`, body) and what the backend saw (path, headers), for the annotation's default and
 //! a non-default value, as ingress-nginx behaves. Groups: path matching and rewriting
-//! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), and how
-//! bad or unsupported annotations are reported (`reports`).
+//! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), source
+//! ranges (`access`), and how bad or unsupported annotations are reported (`reports`).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
 
+mod access;
 mod cors;
 mod hosts;
 mod paths;

@@ -17,7 +17,11 @@ use std::{collections::BTreeMap, sync::Arc};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, Uri};
 
-use super::{class::OurIngress, routes::CorsPolicy, rules::check_host};
+use super::{
+    class::OurIngress,
+    routes::{Cidr, CorsPolicy},
+    rules::check_host,
+};
 use crate::model::Problem;
 
 use catalogue::{lookup, Support};
@@ -54,6 +58,10 @@ pub(super) struct IngressAnnotations {
     pub(super) default_backend: Option<String>,
     /// `enable-cors` and its settings.
     pub(super) cors: Option<Arc<CorsPolicy>>,
+    /// `allowlist-source-range` (or its older name `whitelist-source-range`).
+    pub(super) allow: Vec<Cidr>,
+    /// `denylist-source-range`.
+    pub(super) deny: Vec<Cidr>,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
 }
@@ -74,6 +82,8 @@ impl Default for IngressAnnotations {
             server_aliases: Vec::new(),
             default_backend: None,
             cors: None,
+            allow: Vec::new(),
+            deny: Vec::new(),
             invalid: None,
         }
     }
@@ -226,6 +236,24 @@ impl<'a> Reader<'a, '_> {
         }
     }
 
+    /// A comma-separated list of addresses and CIDR ranges; empty when absent.
+    fn ranges(&mut self, key: &str) -> Vec<Cidr> {
+        let Some(value) = self.get(key) else {
+            return Vec::new();
+        };
+        let mut ranges = Vec::new();
+        for item in value.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            match item.parse::<Cidr>() {
+                Ok(range) => ranges.push(range),
+                Err(error) => {
+                    self.fail(key, error.to_string());
+                    return Vec::new();
+                }
+            }
+        }
+        ranges
+    }
+
     /// An absolute path (`app-root`, `x-forwarded-prefix`).
     fn path(&mut self, key: &str) -> Option<String> {
         let value = self.get(key)?.trim();
@@ -294,6 +322,12 @@ impl<'a> Reader<'a, '_> {
             }
         }
         out.cors = self.cors();
+        // ingress-nginx reads the new name first, the old one as its alias.
+        out.allow = match self.get("allowlist-source-range") {
+            Some(_) => self.ranges("allowlist-source-range"),
+            None => self.ranges("whitelist-source-range"),
+        };
+        out.deny = self.ranges("denylist-source-range");
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

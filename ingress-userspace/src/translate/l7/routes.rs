@@ -18,8 +18,10 @@
 //! Lookups allocate nothing: hosts are hashed as given when already lower-case, path rules are
 //! pre-split and sorted, and regexes compiled, when the table is built.
 
+mod cidr;
 mod route;
 
+pub use cidr::{Cidr, CidrError};
 pub use route::{CorsPolicy, Filter, Route, WeightedBackend};
 
 use std::collections::HashMap;

@@ -254,8 +254,9 @@ fn regex_error(path: &str, error: &regex::Error) -> String {
 }
 
 /// The request filters of a rule of `host` and `path` whose Ingress has `annotations`, in the
-/// order nginx runs them: a fixed redirect (`return` in the location), the HTTPS redirect (Lua,
-/// end of the rewrite phase), then the rewrite and the header for the backend.
+/// order nginx runs them: CORS and a fixed redirect (`if` and `return` in the location), the
+/// HTTPS redirect (Lua, end of the rewrite phase), the source ranges (access phase), then the
+/// rewrite and the header for the backend.
 fn filters(
     annotations: &IngressAnnotations,
     host: Option<&str>,
@@ -282,6 +283,13 @@ fn filters(
         filters.push(Filter::HttpsRedirect {
             status: http::StatusCode::PERMANENT_REDIRECT,
             strip_trailing_slash: !annotations.preserve_trailing_slash,
+        });
+    }
+    // nginx's access phase (allow/deny) follows the rewrite phase (the redirects above).
+    if !annotations.deny.is_empty() || !annotations.allow.is_empty() {
+        filters.push(Filter::SourceRange {
+            deny: annotations.deny.clone(),
+            allow: annotations.allow.clone(),
         });
     }
     // ingress-nginx does not rewrite a path equal to the target.

@@ -150,9 +150,9 @@ pub const CATALOGUE: &[Entry] = &[
     ),
     e("custom-headers", Ignored, LATER),
     // Access.
-    e("whitelist-source-range", Ignored, LATER),
-    e("allowlist-source-range", Ignored, LATER),
-    e("denylist-source-range", Ignored, LATER),
+    e("whitelist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
+    e("allowlist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
+    e("denylist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
     e("limit-connections", Ignored, LATER),
     e("limit-rps", Ignored, LATER),
     e("limit-rpm", Ignored, LATER),

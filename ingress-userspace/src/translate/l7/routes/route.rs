@@ -12,7 +12,7 @@ use regex::Regex;
 
 use crate::model::ObjectName;
 
-use super::super::BackendId;
+use super::{super::BackendId, Cidr};
 
 /// A backend of a route and its share of the route's requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +76,7 @@ impl Filter {
             Filter::Rewrite { .. } => "rewrite",
             Filter::SetHeader { .. } => "set-header",
             Filter::Cors(_) => "cors",
+            Filter::SourceRange { .. } => "source-range",
         }
     }
 }
@@ -126,6 +127,14 @@ pub enum Filter {
     /// `enable-cors`: for an allowed `Origin`, a preflight (`OPTIONS`) is answered 204 with the
     /// CORS headers, and other responses get them; other origins pass untouched.
     Cors(Arc<CorsPolicy>),
+    /// `denylist-source-range`, then `whitelist-source-range` (`allowlist-source-range`):
+    /// a client address in `deny`, or outside a non-empty `allow`, is answered 403.
+    SourceRange {
+        /// Refused ranges.
+        deny: Vec<Cidr>,
+        /// Allowed ranges; empty: every address not denied.
+        allow: Vec<Cidr>,
+    },
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.

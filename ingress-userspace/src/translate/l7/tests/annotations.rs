@@ -567,3 +567,56 @@ fn cors_defaults_custom_values_and_bad_values() {
     assert!(problems.is_empty(), "{problems:?}");
     assert!(route(&plan, "h.example", "/").filters.is_empty());
 }
+
+#[test]
+fn source_ranges_allow_deny_the_old_name_and_bad_ranges() {
+    let ranges = |annotations: &[(&str, &str)]| {
+        let (plan, problems) = translate_docs(&[annotated(
+            "x",
+            annotations,
+            &one_path("h.example", "/", "Prefix", "web"),
+        )]);
+        let filters = match &route(&plan, "h.example", "/").filters[..] {
+            [Filter::SourceRange { deny, allow }] => {
+                let show = |r: &[crate::translate::l7::Cidr]| {
+                    r.iter().map(ToString::to_string).collect::<Vec<_>>()
+                };
+                format!("deny {:?} allow {:?}", show(deny), show(allow))
+            }
+            [] => "none".to_string(),
+            [Filter::Fail(_)] => "fail".to_string(),
+            other => panic!("{other:?}"),
+        };
+        (filters, fields(&problems))
+    };
+    assert_eq!(ranges(&[]), ("none".into(), vec![]));
+    assert_eq!(
+        ranges(&[("whitelist-source-range", "192.0.2.0/24, 198.51.100.7")]),
+        (
+            r#"deny [] allow ["192.0.2.0/24", "198.51.100.7/32"]"#.into(),
+            vec![]
+        )
+    );
+    assert_eq!(
+        ranges(&[
+            ("whitelist-source-range", "192.0.2.0/24"),
+            ("allowlist-source-range", "203.0.113.0/24"),
+            ("denylist-source-range", "2001:db8::/32"),
+        ]),
+        (
+            r#"deny ["2001:db8::/32"] allow ["203.0.113.0/24"]"#.into(),
+            vec![]
+        ),
+        "the new name wins over the old"
+    );
+    assert_eq!(
+        ranges(&[("denylist-source-range", "192.0.2.0/33")]),
+        (
+            "fail".into(),
+            vec![
+                "Ingress demo/x metadata.annotations[\"nginx.ingress.kubernetes.io/denylist-source-range\"]"
+                    .to_string()
+            ]
+        )
+    );
+}
