@@ -1,6 +1,7 @@
 //! Bad and unsupported annotations: a value that does not parse makes that Ingress's routes
 //! answer 503 with the reason (other Ingresses of the same host and of other hosts untouched)
-//! and is logged; `validate` names every ignored, never-executed or bad annotation at its field.
+//! and is logged; `validate` names every ignored, never-executed or bad annotation at its field;
+//! `migrate-report` lists what each annotation of an ingress-nginx class will do.
 
 use std::process::Command;
 
@@ -138,5 +139,91 @@ fn validate_names_ignored_never_executed_unknown_and_bad_annotations() -> Result
         !stderr.contains("nginx.ingress.kubernetes.io/rewrite-target\"]"),
         "a supported, valid annotation is not reported: {stderr}"
     );
+    Ok(())
+}
+
+/// `migrate-report` over a directory: Ingresses of the `nginx` class only (by
+/// `ingressClassName` or the old annotation), each annotation with its verdict (identical,
+/// differs, ignored, never executed, unknown, invalid) and the counts at the end; `--json`
+/// says the same.
+#[test]
+fn migrate_report_lists_each_annotation_of_the_class_with_counts() -> Result<()> {
+    let manifests = Manifests::new()?;
+    let mut shop = annotated(
+        "shop",
+        &[rule(Some("shop.example"), &[("/", "Prefix", "web")])],
+        &[
+            ("use-regex", "true"),
+            ("rewrite-target", "/$1"),
+            ("limit-rps", "10"),
+            ("server-snippet", "return 200;"),
+            ("no-such-key", "x"),
+            ("ssl-redirect", "maybe"),
+        ],
+    );
+    shop["spec"]["ingressClassName"] = serde_json::json!("nginx");
+    let mut legacy = annotated(
+        "legacy",
+        &[rule(Some("legacy.example"), &[("/", "Prefix", "web")])],
+        &[("permanent-redirect", "https://example.org/")],
+    );
+    legacy["spec"]
+        .as_object_mut()
+        .context("spec")?
+        .remove("ingressClassName");
+    legacy["metadata"]["annotations"]["kubernetes.io/ingress.class"] = serde_json::json!("nginx");
+    let ours = annotated(
+        "ours",
+        &[rule(Some("ours.example"), &[("/", "Prefix", "web")])],
+        &[("limit-rps", "10")],
+    );
+    manifests.write("ingresses.yaml", &[shop, legacy, ours])?;
+    let run = |json: bool| -> Result<String> {
+        let mut command = Command::new(agent::binary()?);
+        command
+            .arg("migrate-report")
+            .arg("--manifests")
+            .arg(manifests.path());
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().context("running migrate-report")?;
+        ensure!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok(String::from_utf8(output.stdout)?)
+    };
+    let text = run(false)?;
+    for line in [
+        "Ingress default/legacy",
+        "  identical       permanent-redirect",
+        "Ingress default/shop",
+        "  identical       use-regex",
+        "  differs         rewrite-target: captures $1..$9",
+        "  ignored         limit-rps: not implemented yet",
+        "  never executed  server-snippet: nginx configuration is never executed",
+        "  unknown         no-such-key",
+        "  invalid         ssl-redirect: \"maybe\" is not a boolean",
+        "2 Ingress(es) of class nginx, 7 annotation(s): 2 identical, 1 differs, 1 ignored, \
+         1 never executed, 1 unknown, 1 invalid",
+    ] {
+        ensure!(
+            text.lines().any(|l| l.starts_with(line)),
+            "report has {line:?}:\n{text}"
+        );
+    }
+    ensure!(
+        !text.contains("default/ours"),
+        "other classes are not reported:\n{text}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(true)?)?;
+    ensure_eq!(
+        json["counts"],
+        serde_json::json!({"identical": 2, "differs": 1, "ignored": 1, "never executed": 1,
+                           "unknown": 1, "invalid": 1})
+    );
+    ensure_eq!(json["ingresses"].as_array().map(Vec::len), Some(2));
     Ok(())
 }

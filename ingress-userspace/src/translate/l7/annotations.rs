@@ -98,8 +98,19 @@ impl IngressAnnotations {
 }
 
 /// The field of annotation `key` (without the prefix), as problems name it.
-pub(super) fn field(key: &str) -> String {
+pub fn field(key: &str) -> String {
     format!("metadata.annotations[\"{PREFIX}{key}\"]")
+}
+
+/// The problems of `ingress`'s annotations as the translator reports them (ignored, never
+/// executed, unknown and bad ones), for `migrate-report`.
+pub fn problems_of(
+    name: &crate::model::ObjectName,
+    ingress: &crate::model::Sourced<k8s_openapi::api::networking::v1::Ingress>,
+) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    parse(&OurIngress { name, ingress }, &mut problems);
+    problems
 }
 
 /// Reads `ingress`'s annotations; every ignored, unknown or bad one is reported.
