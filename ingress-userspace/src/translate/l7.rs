@@ -19,6 +19,13 @@
 //!   backend keeps its route, so the proxy answers 503 saying why; an unknown Service or port, or a
 //!   Service the proxy cannot reach (ExternalName, a non-TCP port), is also reported. No ready
 //!   endpoint is a normal state: no problem.
+//! - **Annotations**: ingress-nginx's `nginx.ingress.kubernetes.io/*` keys are read per Ingress
+//!   with nginx's defaults (see `annotations` and its catalogue) into the filters of its routes
+//!   ([`Route`]: redirects, CORS, source ranges, rewrite) and into rules of their own
+//!   (`app-root`, `server-alias`, `from-to-www-redirect`, `default-backend`). `use-regex` or
+//!   `rewrite-target` on any Ingress of a host makes every path of that host a regex. A value
+//!   that does not parse makes that Ingress's routes answer 503 with the reason; ignored,
+//!   never-executed and unknown keys are reported and the Ingress is served without them.
 //! - **TLS**: one [`TlsPlan`] per `spec.tls[]` entry with a `secretName`, in precedence order. An
 //!   entry without `hosts` covers the hosts of the Ingress's own rules (as ingress-nginx does); if
 //!   the rules name no host either, its host list stays empty and it covers no name. An entry

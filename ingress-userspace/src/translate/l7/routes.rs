@@ -1,5 +1,6 @@
 //! The L7 routing table: host and path matching exactly as the Kubernetes Ingress API documentation
-//! specifies. The translator builds it; the proxy looks requests up in it.
+//! specifies. The translator builds it; the proxy looks requests up in it. A match leads to a
+//! [`Route`] (filters, then weighted backends; see `route`).
 //!
 //! - Hosts: exact names, or a single-label wildcard `*.example.com` (matches `a.example.com`, not
 //!   `example.com` nor `a.b.example.com`); compared without case and without a `:port` suffix.

@@ -239,6 +239,9 @@ impl Rules {
     }
 }
 
+/// Rule paths under this prefix are never redirected to HTTPS.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge";
+
 /// Why `path` is no regex, in a line.
 fn regex_error(path: &str, error: &regex::Error) -> String {
     match error {
@@ -279,7 +282,10 @@ fn filters(
         });
     }
     let has_certificate = host.is_some_and(|host| has_certificate(tls, host));
-    if annotations.force_ssl_redirect || (annotations.ssl_redirect && has_certificate) {
+    // ingress-nginx's `no-tls-redirect-locations` default: ACME HTTP-01 challenges (cert-manager's
+    // solver Ingresses) must be answered over plain HTTP, whatever the annotations say.
+    let acme = path.starts_with(ACME_CHALLENGE);
+    if !acme && (annotations.force_ssl_redirect || (annotations.ssl_redirect && has_certificate)) {
         filters.push(Filter::HttpsRedirect {
             status: http::StatusCode::PERMANENT_REDIRECT,
             strip_trailing_slash: !annotations.preserve_trailing_slash,

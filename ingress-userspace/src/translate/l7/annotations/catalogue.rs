@@ -59,7 +59,8 @@ pub const CATALOGUE: &[Entry] = &[
     e(
         "ssl-redirect",
         Supported,
-        "on by default for hosts with a usable certificate (308)",
+        "on by default for hosts with a usable certificate (308); never for rule paths under \
+         /.well-known/acme-challenge",
     ),
     e("force-ssl-redirect", Supported, ""),
     e("preserve-trailing-slash", Supported, ""),

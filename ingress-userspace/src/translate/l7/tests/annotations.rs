@@ -402,6 +402,25 @@ stringData: {tls.crt: "x", tls.key: "y"}
     assert_eq!(https("plain.example", "/"), None);
     assert_eq!(https("tls.example", "/off"), None);
     assert_eq!(https("forced.example", "/"), Some((308, false)));
+    // cert-manager's HTTP-01 solver: never redirected, even when forced.
+    let (plan, _) = translate_docs(&[
+        secret.to_string(),
+        annotated(
+            "solver",
+            &[("force-ssl-redirect", "true")],
+            &format!(
+                "{tls}{}",
+                one_path(
+                    "tls.example",
+                    "/.well-known/acme-challenge/token",
+                    "Exact",
+                    "solver"
+                )
+            ),
+        ),
+    ]);
+    let solver = route(&plan, "tls.example", "/.well-known/acme-challenge/token");
+    assert!(solver.filters.is_empty(), "{:?}", solver.filters);
 }
 
 #[test]
