@@ -238,7 +238,7 @@ pub struct RouteEntry<'a, B> {
     pub host: Option<String>,
     /// The path (a Prefix rule's elements joined again, so `/a/` shows as `/a`).
     pub path: String,
-    /// Exact or Prefix (ImplementationSpecific is stored as Prefix).
+    /// Exact, Prefix (ImplementationSpecific is stored as Prefix) or Regex.
     pub path_type: PathType,
     /// Where it sends.
     pub backend: &'a B,
