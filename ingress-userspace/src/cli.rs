@@ -1,4 +1,4 @@
-//! The command line: `xdp-ingress run`, `validate`, `inspect` and `cleanup`.
+//! The command line: `xdp-ingress run`, `validate`, `inspect`, `cleanup` and `migrate-report`.
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
@@ -53,6 +53,25 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Remove everything `run` pinned: detaches XDP from every interface and frees the maps.
     Cleanup(CleanupArgs),
+    /// Report what the ingress-nginx annotations of a class's Ingresses will do here.
+    MigrateReport(MigrateReportArgs),
+}
+
+/// `xdp-ingress migrate-report`.
+#[derive(Debug, Args)]
+pub struct MigrateReportArgs {
+    /// Directory of Kubernetes manifests.
+    #[arg(long)]
+    pub manifests: PathBuf,
+    /// The IngressClass (`spec.ingressClassName` or `kubernetes.io/ingress.class`) reported on.
+    #[arg(long, default_value = "nginx")]
+    pub class: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Largest manifest file read, in bytes (as `run`'s flag).
+    #[arg(long, default_value_t = crate::source::files::DEFAULT_MAX_MANIFEST_BYTES)]
+    pub max_manifest_bytes: u64,
 }
 
 /// Default pin directory (the DaemonSet mounts the host's bpffs at /sys/fs/bpf).

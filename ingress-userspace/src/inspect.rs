@@ -101,13 +101,13 @@ pub fn routes_view(plan: &L7Plan) -> Value {
                 "host": entry.host,
                 "path": entry.path,
                 "path_type": format!("{:?}", entry.path_type),
-                "backend": backend(entry.backend),
+                "backend": entry.backend.backend().as_ref().map_or(Value::Null, backend),
             })
         })
         .collect();
     json!({
         "routes": routes,
-        "default_backend": plan.routes.default_backend().map(backend),
+        "default_backend": plan.routes.default_backend().and_then(|r| r.backend()).as_ref().map(backend),
     })
 }
 

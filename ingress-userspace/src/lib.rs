@@ -16,7 +16,8 @@
 //! - [`control`]: what the agent writes back to a cluster (Lease, status, Events);
 //! - [`admin`]: the admin and metrics listeners (`/healthz`, `/readyz`, `/metrics`, `/debug`);
 //! - [`cli`]: the command line, its `run` flags in groups that become each part's settings;
-//! - [`inspect`]: `xdp-ingress inspect`, and the views of the plans the admin listener serves.
+//! - [`inspect`]: `xdp-ingress inspect`, and the views of the plans the admin listener serves;
+//! - [`migrate_report`]: `xdp-ingress migrate-report`, what ingress-nginx annotations will do.
 #![deny(missing_docs)]
 
 pub(crate) mod admin;
@@ -25,6 +26,7 @@ pub(crate) mod control;
 pub mod datapath;
 pub mod health;
 pub mod inspect;
+pub mod migrate_report;
 pub mod model;
 pub mod node;
 pub mod proxy;

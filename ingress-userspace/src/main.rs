@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser as _;
 use tokio::signal::unix::{signal, SignalKind};
 use xdp_ingress::{
-    cli::{CleanupArgs, Cli, Command, LogFormat, RunArgs, ValidateArgs},
+    cli::{CleanupArgs, Cli, Command, LogFormat, MigrateReportArgs, RunArgs, ValidateArgs},
     datapath::PinDir,
     inspect,
     runner::Runner,
@@ -32,6 +32,7 @@ fn main() -> Result<()> {
         Command::Validate(args) => validate(&args),
         Command::Inspect(args) => inspect::run(&args),
         Command::Cleanup(args) => cleanup(&args),
+        Command::MigrateReport(args) => migrate_report(&args),
         Command::Run(args) => {
             // Every client and upstream connection is a descriptor; the soft limit (often
             // 1,024) would run out long before the hard one.
@@ -78,6 +79,20 @@ fn validate(args: &ValidateArgs) -> Result<()> {
         validation.problems.len(),
         args.manifests.display()
     )
+}
+
+fn migrate_report(args: &MigrateReportArgs) -> Result<()> {
+    let report = xdp_ingress::migrate_report::report_dir(
+        &args.manifests,
+        &args.class,
+        args.max_manifest_bytes,
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report.json())?);
+    } else {
+        print!("{}", report.text());
+    }
+    Ok(())
 }
 
 fn cleanup(args: &CleanupArgs) -> Result<()> {

@@ -24,6 +24,7 @@
 pub(crate) mod access_log;
 mod body;
 mod connection;
+mod filters;
 mod forward;
 pub(crate) mod head_guard;
 pub(crate) mod headers;

@@ -1,7 +1,7 @@
 //! The request path, from hyper's service call to the response head.
 //!
-//! Per request: one atomic load of the routing table, a lookup that allocates nothing, header
-//! rewriting, an endpoint chosen by two random choices, a pooled (or new) connection, and the
+//! Per request: one atomic load of the routing table, a lookup that allocates nothing, the
+//! route's filters (see `filters`; a route without annotations has none), header rewriting, an endpoint chosen by two random choices, a pooled (or new) connection, and the
 //! response streamed back. What a request learns on its way (its turn on the connection, the
 //! backend its route chose, the endpoint that answered) is kept in one [`RequestContext`]. It
 //! holds values the request path owns anyway, moved in rather than cloned: the one reference to
@@ -26,6 +26,7 @@ use super::{
     access_log::AccessRecord,
     body::{Counted, ProxyBody, Tally},
     connection::ConnectionInfo,
+    filters::{self, Decision, RequestView},
     head_guard::RequestTurn,
     headers,
     metrics::RequestMetrics,
@@ -181,13 +182,39 @@ async fn proxy_request(
     };
 
     // The context holds the request's one reference to the backend; the response is counted in
-    // its metrics.
-    let backend: &Arc<Backend> = {
+    // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
+    // the target or set headers.
+    let (backend, rewritten_target, response_edit) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
-        match router.route(host_text, path) {
-            Some(backend) => context.backend.insert(backend.clone()),
-            None => return Err(Refusal::NoRoute),
+        let Some((route, backend)) = router.route(host_text, path) else {
+            return Err(Refusal::NoRoute);
+        };
+        if let Some(backend) = backend {
+            context.backend = Some(backend.clone());
+        }
+        let decision = if route.filters.is_empty() {
+            Decision::Forward(None, None)
+        } else {
+            // The filters read the target and method while they may set headers: copies
+            // (reference counts; standard methods are inline), for routes with filters only.
+            let uri = request.uri().clone();
+            let method = request.method().clone();
+            let view = RequestView {
+                https: connection.headers.proto == "https",
+                host: host_text,
+                path: rewritten_path.as_deref().unwrap_or(uri.path()),
+                uri: &uri,
+                method: &method,
+                client: connection.peer.ip(),
+            };
+            filters::run(route, &view, request.headers_mut())
+        };
+        match (decision, context.backend.as_ref()) {
+            (Decision::Answer(answer), _) => return Ok(*answer),
+            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
+            // A route without backends always answers; never forward nowhere.
+            (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
         }
     };
     let http2_upstream = backend.transport.is_http2();
@@ -246,6 +273,12 @@ async fn proxy_request(
             }
         }
     };
+    if let Some(target) = rewritten_target {
+        match PathAndQuery::try_from(target) {
+            Ok(path_and_query) => parts.uri = Uri::from(path_and_query),
+            Err(_) => return Err(Refusal::InvalidPath),
+        }
+    }
     parts.version = Version::HTTP_11;
     // gRPC calls end at their deadline, wherever they are (connecting, waiting, streaming).
     let deadline = http2_upstream
@@ -291,7 +324,7 @@ async fn proxy_request(
             }
             Sent::Answered(response, sender) => {
                 context.endpoint = Some(endpoint);
-                return relay_response(
+                let mut relayed = relay_response(
                     response,
                     sender,
                     outstanding,
@@ -299,6 +332,10 @@ async fn proxy_request(
                     settings,
                     deadline,
                 );
+                if let (Ok(response), Some(edit)) = (relayed.as_mut(), response_edit) {
+                    edit.apply(response);
+                }
+                return relayed;
             }
         }
     }

@@ -1,6 +1,6 @@
-//! The proxy's routing table: the plan's [`RouteTable`] with each backend id bound to a live
-//! [`Backend`]. A reload builds a new one and swaps it in; endpoints (and their connection pools)
-//! that both tables name are shared, not reconnected.
+//! The proxy's routing table: the plan's [`RouteTable`] of [`Route`]s (filters, then backends)
+//! with each backend id bound to a live [`Backend`]. A reload builds a new one and swaps it in;
+//! endpoints (and their connection pools) that both tables name are shared, not reconnected.
 
 use std::{
     collections::HashMap,
@@ -10,7 +10,7 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::translate::l7::{BackendId, BackendPlan, L7Plan, RouteTable, UpstreamPlan};
+use crate::translate::l7::{BackendId, BackendPlan, L7Plan, Route, RouteTable, UpstreamPlan};
 
 use super::{
     metrics::{BackendKey, MetricsBook},
@@ -18,10 +18,10 @@ use super::{
     upstream::{Backend, Endpoint, Transport},
 };
 
-/// Host and path → backend, as the proxy uses it.
+/// Host and path → route and backend, as the proxy uses it.
 #[derive(Debug)]
 pub(crate) struct Router {
-    routes: Arc<RouteTable<BackendId>>,
+    routes: Arc<RouteTable<Route>>,
     backends: Vec<Arc<Backend>>,
 }
 
@@ -35,11 +35,21 @@ impl Default for Router {
 }
 
 impl Router {
-    /// The backend for `host` and `path`, if any rule or default backend matches.
-    pub(crate) fn route(&self, host: &str, path: &str) -> Option<&Arc<Backend>> {
-        self.routes
-            .route(host, path)
-            .and_then(|id| self.backends.get(*id))
+    /// The route for `host` and `path`, if any rule or default backend matches, and the
+    /// backend it sends to now: its first backend, or its fallback (`default-backend`) when
+    /// that one has no endpoint and the fallback has. `None` backend: the route only answers.
+    pub(crate) fn route(&self, host: &str, path: &str) -> Option<(&Route, Option<&Arc<Backend>>)> {
+        let route = self.routes.route(host, path)?;
+        let primary = route.backend().and_then(|id| self.backends.get(id));
+        let backend = match (primary, route.fallback) {
+            (Some(primary), Some(fallback)) if primary.endpoints.is_empty() => self
+                .backends
+                .get(fallback)
+                .filter(|f| !f.endpoints.is_empty())
+                .or(Some(primary)),
+            (primary, _) => primary,
+        };
+        Some((route, backend))
     }
 
     /// How many backends the table points at.

@@ -19,12 +19,20 @@
 //!   backend keeps its route, so the proxy answers 503 saying why; an unknown Service or port, or a
 //!   Service the proxy cannot reach (ExternalName, a non-TCP port), is also reported. No ready
 //!   endpoint is a normal state: no problem.
+//! - **Annotations**: ingress-nginx's `nginx.ingress.kubernetes.io/*` keys are read per Ingress
+//!   with nginx's defaults (see `annotations` and its catalogue) into the filters of its routes
+//!   ([`Route`]: redirects, CORS, source ranges, rewrite) and into rules of their own
+//!   (`app-root`, `server-alias`, `from-to-www-redirect`, `default-backend`). `use-regex` or
+//!   `rewrite-target` on any Ingress of a host makes every path of that host a regex. A value
+//!   that does not parse makes that Ingress's routes answer 503 with the reason; ignored,
+//!   never-executed and unknown keys are reported and the Ingress is served without them.
 //! - **TLS**: one [`TlsPlan`] per `spec.tls[]` entry with a `secretName`, in precedence order. An
 //!   entry without `hosts` covers the hosts of the Ingress's own rules (as ingress-nginx does); if
 //!   the rules name no host either, its host list stays empty and it covers no name. An entry
 //!   without `secretName` gets no plan (those hosts get the default certificate). A missing or
 //!   unusable Secret is reported and the plan carries the reason.
 
+pub mod annotations;
 mod backends;
 mod class;
 pub mod plan;
@@ -39,7 +47,9 @@ pub use plan::{
     BackendId, BackendPlan, BackendProtocol, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable,
     UpstreamPlan, UpstreamTlsPlan,
 };
-pub use routes::{PathRule, PathType, RouteTable};
+pub use routes::{
+    Cidr, CorsPolicy, Filter, PathRule, PathType, Route, RouteTable, WeightedBackend,
+};
 
 pub use backends::refresh_endpoints;
 
@@ -49,7 +59,7 @@ use crate::model::{ClusterObjects, ObjectName, Problem};
 
 use backends::Backends;
 use class::our_ingresses;
-use rules::{default_backend, path_rules};
+use rules::{default_backend, path_rules, Context};
 use tls::{default_tls, tls_plans};
 
 /// The controller name our IngressClasses carry in `spec.controller`, unless configured.
@@ -82,7 +92,17 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
     let mut problems = Vec::new();
     let ours = our_ingresses(objects, &options.controller_name);
     let mut backends = Backends::new(objects);
-    let rules = path_rules(&ours, &mut backends, &mut problems);
+    // Certificates first: `ssl-redirect` applies to hosts that have one.
+    let tls: Vec<TlsPlan> = ours
+        .iter()
+        .flat_map(|ingress| tls_plans(ingress, objects, &mut problems))
+        .collect();
+    let mut context = Context {
+        objects,
+        backends: &mut backends,
+        tls: &tls,
+    };
+    let rules = path_rules(&ours, &mut context, &mut problems);
     let default_backend = default_backend(&ours, &mut backends, &mut problems);
     let routes = Arc::new(RouteTable::new(
         rules
@@ -90,10 +110,6 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
             .map(|(host, rule)| (host.as_deref(), rule.clone())),
         default_backend,
     ));
-    let tls = ours
-        .iter()
-        .flat_map(|ingress| tls_plans(ingress, objects, &mut problems))
-        .collect();
     let default_tls = options
         .default_tls_secret
         .as_ref()

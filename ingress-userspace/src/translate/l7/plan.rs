@@ -8,7 +8,7 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::model::ObjectName;
 
-use super::routes::RouteTable;
+use super::routes::{Route, RouteTable};
 
 /// Index of a backend in [`L7Plan::backends`].
 pub type BackendId = usize;
@@ -16,9 +16,9 @@ pub type BackendId = usize;
 /// The routing table and everything it refers to.
 #[derive(Clone, Debug)]
 pub struct L7Plan {
-    /// Host and path → backend. Requests that match nothing get 404. Shared: an endpoint-only
+    /// Host and path → route (filters, then backends). Requests that match nothing get 404. Shared: an endpoint-only
     /// change reuses the table as it is.
-    pub routes: Arc<RouteTable<BackendId>>,
+    pub routes: Arc<RouteTable<Route>>,
     /// Every backend a route points at.
     pub backends: Vec<BackendPlan>,
     /// Certificates by host, in precedence order (the first entry naming a host wins).

@@ -1,5 +1,6 @@
 //! The L7 routing table: host and path matching exactly as the Kubernetes Ingress API documentation
-//! specifies. The translator builds it; the proxy looks requests up in it.
+//! specifies. The translator builds it; the proxy looks requests up in it. A match leads to a
+//! [`Route`] (filters, then weighted backends; see `route`).
 //!
 //! - Hosts: exact names, or a single-label wildcard `*.example.com` (matches `a.example.com`, not
 //!   `example.com` nor `a.b.example.com`); compared without case and without a `:port` suffix.
@@ -8,12 +9,37 @@
 //!   element by element on `/`, ignoring a trailing slash; `ImplementationSpecific` is treated as
 //!   `Prefix`. The longest match wins, `Exact` before `Prefix` at equal length. The query string
 //!   plays no part.
+//! - **Regex mode** (ingress-nginx's `use-regex`, see `ingress-path-matching.md`): the translator
+//!   turns every path of a host into [`PathType::Regex`] when any Ingress of that host asks for
+//!   it. A regex path matches case-insensitively from the start of the path (nginx `~* "^path"`);
+//!   they are tried longest path text first, and the first match wins. Exact rules the
+//!   translator still adds to such a host (an `app-root` redirect of `/`) are tried before.
 //! - No path matches: the default backend if there is one, else none (the proxy answers 404).
 //!
-//! Lookups allocate nothing: hosts are hashed as given when already lower-case, and path rules are
-//! pre-split and sorted when the table is built.
+//! Lookups allocate nothing: hosts are hashed as given when already lower-case, path rules are
+//! pre-split and sorted, and regexes compiled, when the table is built.
+
+mod cidr;
+mod route;
+
+pub use cidr::{Cidr, CidrError};
+pub use route::{CorsPolicy, Filter, Route, WeightedBackend};
 
 use std::collections::HashMap;
+
+use regex::{Regex, RegexBuilder};
+
+/// The most memory one compiled path regex may take: a user's pattern cannot make the table
+/// large (the engine is linear-time, so it cannot make matching slow).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// `path` as a regex path: case-insensitive, anchored at the start only (nginx `~* "^path"`).
+pub fn path_regex(path: &str) -> Result<Regex, regex::Error> {
+    RegexBuilder::new(&format!("^(?:{path})"))
+        .case_insensitive(true)
+        .size_limit(REGEX_SIZE_LIMIT)
+        .build()
+}
 
 /// How a rule's path is compared.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -24,6 +50,8 @@ pub enum PathType {
     Prefix,
     /// Treated as `Prefix` (documented choice).
     ImplementationSpecific,
+    /// A case-insensitive regex anchored at the start of the path (regex mode).
+    Regex,
 }
 
 /// One path rule of a host.
@@ -43,6 +71,8 @@ struct HostRoutes<B> {
     exact: HashMap<String, B>,
     /// Prefix rules as path elements, longest first.
     prefixes: Vec<(Vec<String>, B)>,
+    /// Regex rules: the path as written, its compiled form; longest text first.
+    regexes: Vec<(String, Option<Regex>, B)>,
 }
 
 impl<B> Default for HostRoutes<B> {
@@ -50,6 +80,7 @@ impl<B> Default for HostRoutes<B> {
         Self {
             exact: HashMap::new(),
             prefixes: Vec::new(),
+            regexes: Vec::new(),
         }
     }
 }
@@ -73,6 +104,19 @@ impl<B: Clone> HostRoutes<B> {
                     self.prefixes.push((parts, rule.backend.clone()));
                 }
             }
+            PathType::Regex => {
+                if self.regexes.iter().any(|(p, _, _)| *p == rule.path) {
+                    return;
+                }
+                // The translator reports a path that does not compile and makes its route fail;
+                // it still matches, as the literal text, so that it answers saying why.
+                // (`None`, matching nothing, only if even the literal exceeds the size limit.)
+                let regex = path_regex(&rule.path)
+                    .or_else(|_| path_regex(&regex::escape(&rule.path)))
+                    .ok();
+                self.regexes
+                    .push((rule.path.clone(), regex, rule.backend.clone()));
+            }
         }
     }
 
@@ -80,6 +124,9 @@ impl<B: Clone> HostRoutes<B> {
         // Longest first; a stable sort keeps the first-added rule first among equals.
         self.prefixes
             .sort_by_key(|(parts, _)| std::cmp::Reverse(parts.len()));
+        // ingress-nginx orders a server's locations by path length, longest first.
+        self.regexes
+            .sort_by_key(|(path, _, _)| std::cmp::Reverse(path.len()));
     }
 
     fn route(&self, path: &str) -> Option<&B> {
@@ -87,6 +134,13 @@ impl<B: Clone> HostRoutes<B> {
         // at equal length, as the specification asks, and is never beaten.
         if let Some(exact) = self.exact.get(path) {
             return Some(exact);
+        }
+        if let Some((_, _, backend)) = self
+            .regexes
+            .iter()
+            .find(|(_, re, _)| re.as_ref().is_some_and(|re| re.is_match(path)))
+        {
+            return Some(backend);
         }
         let request_len = elements(path).count();
         self.prefixes
@@ -184,7 +238,7 @@ pub struct RouteEntry<'a, B> {
     pub host: Option<String>,
     /// The path (a Prefix rule's elements joined again, so `/a/` shows as `/a`).
     pub path: String,
-    /// Exact or Prefix (ImplementationSpecific is stored as Prefix).
+    /// Exact, Prefix (ImplementationSpecific is stored as Prefix) or Regex.
     pub path_type: PathType,
     /// Where it sends.
     pub backend: &'a B,
@@ -192,7 +246,8 @@ pub struct RouteEntry<'a, B> {
 
 impl<B> RouteTable<B> {
     /// Every rule in match order per host: exact hosts, then wildcards, then rules without a
-    /// host; within a host, Exact paths, then Prefix paths longest first.
+    /// host; within a host, Exact paths, then Regex paths longest first, then Prefix paths
+    /// longest first.
     pub fn entries(&self) -> Vec<RouteEntry<'_, B>> {
         let mut hosts: Vec<(Option<String>, &HostRoutes<B>)> = Vec::new();
         let mut exact: Vec<_> = self.exact_hosts.iter().collect();
@@ -215,6 +270,14 @@ impl<B> RouteTable<B> {
                     host: host.clone(),
                     path: path.clone(),
                     path_type: PathType::Exact,
+                    backend,
+                });
+            }
+            for (path, _, backend) in &routes.regexes {
+                entries.push(RouteEntry {
+                    host: host.clone(),
+                    path: path.clone(),
+                    path_type: PathType::Regex,
                     backend,
                 });
             }
@@ -248,149 +311,4 @@ fn strip_port(host: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rule(path: &str, path_type: PathType, backend: &'static str) -> PathRule<&'static str> {
-        PathRule {
-            path: path.to_string(),
-            path_type,
-            backend,
-        }
-    }
-
-    /// Every row of the path-matching examples table of the Ingress documentation.
-    #[test]
-    fn ingress_documentation_examples() {
-        use PathType::{Exact, Prefix};
-        // (rules as (path, type), request path, whether any rule matches)
-        type Case = (&'static [(&'static str, PathType)], &'static str, bool);
-        let cases: &[Case] = &[
-            (&[("/", Prefix)], "/anything/at/all", true),
-            (&[("/foo", Exact)], "/foo", true),
-            (&[("/foo", Exact)], "/bar", false),
-            (&[("/foo", Exact)], "/foo/", false),
-            (&[("/foo/", Exact)], "/foo", false),
-            (&[("/foo", Prefix)], "/foo", true),
-            (&[("/foo", Prefix)], "/foo/", true),
-            (&[("/foo/", Prefix)], "/foo", true),
-            (&[("/foo/", Prefix)], "/foo/", true),
-            (&[("/aaa/bb", Prefix)], "/aaa/bbb", false),
-            (&[("/aaa/bbb", Prefix)], "/aaa/bbb", true),
-            (&[("/aaa/bbb/", Prefix)], "/aaa/bbb", true),
-            (&[("/aaa/bbb", Prefix)], "/aaa/bbb/", true),
-            (&[("/aaa/bbb", Prefix)], "/aaa/bbb/ccc", true),
-            (&[("/aaa/bbb", Prefix)], "/aaa/bbbxyz", false),
-            (&[("/", Prefix), ("/aaa", Prefix)], "/aaa/ccc", true),
-            (
-                &[("/", Prefix), ("/aaa", Prefix), ("/aaa/bbb", Prefix)],
-                "/aaa/bbb",
-                true,
-            ),
-            (
-                &[("/", Prefix), ("/aaa", Prefix), ("/aaa/bbb", Prefix)],
-                "/ccc",
-                true,
-            ),
-            (&[("/aaa", Prefix)], "/ccc", false),
-            (&[("/foo", Prefix), ("/foo", Exact)], "/foo", true),
-        ];
-        for (rules, request, matches) in cases {
-            let table = RouteTable::new(
-                rules
-                    .iter()
-                    .map(|(path, path_type)| (None, rule(path, *path_type, path))),
-                None,
-            );
-            assert_eq!(
-                table.route("example.com", request).is_some(),
-                *matches,
-                "{rules:?} {request}"
-            );
-        }
-    }
-
-    #[test]
-    fn longest_match_wins_and_exact_beats_prefix_at_equal_length() {
-        use PathType::{Exact, ImplementationSpecific, Prefix};
-        let table = RouteTable::new(
-            [
-                (None, rule("/", Prefix, "root")),
-                (None, rule("/aaa", Prefix, "aaa")),
-                (None, rule("/aaa/bbb", ImplementationSpecific, "bbb")),
-                (None, rule("/foo", Prefix, "foo-prefix")),
-                (None, rule("/foo", Exact, "foo-exact")),
-                (None, rule("/aaa/bbb/ccc", Exact, "ccc-exact")),
-            ],
-            None,
-        );
-        assert_eq!(table.route("h", "/aaa/ccc"), Some(&"aaa"));
-        assert_eq!(table.route("h", "/aaa/bbb/x"), Some(&"bbb"));
-        assert_eq!(table.route("h", "/ccc"), Some(&"root"));
-        assert_eq!(table.route("h", "/foo"), Some(&"foo-exact"));
-        assert_eq!(table.route("h", "/foo/x"), Some(&"foo-prefix"));
-        assert_eq!(table.route("h", "/aaa/bbb/ccc"), Some(&"ccc-exact"));
-        assert_eq!(
-            table.route("h", "/aaa/bbb/ccc?x=1"),
-            Some(&"ccc-exact"),
-            "query ignored"
-        );
-    }
-
-    #[test]
-    fn hosts_exact_then_single_label_wildcard_then_any() {
-        use PathType::Prefix;
-        let table = RouteTable::new(
-            [
-                (Some("foo.bar.com"), rule("/", Prefix, "exact")),
-                (Some("*.bar.com"), rule("/", Prefix, "wildcard")),
-                (None, rule("/", Prefix, "any")),
-            ],
-            Some("default"),
-        );
-        assert_eq!(table.route("foo.bar.com", "/"), Some(&"exact"));
-        assert_eq!(
-            table.route("FOO.Bar.com:8443", "/"),
-            Some(&"exact"),
-            "case and port ignored"
-        );
-        assert_eq!(table.route("baz.bar.com", "/"), Some(&"wildcard"));
-        assert_eq!(
-            table.route("bar.com", "/"),
-            Some(&"any"),
-            "wildcard needs one label"
-        );
-        assert_eq!(
-            table.route("a.baz.bar.com", "/"),
-            Some(&"any"),
-            "only a single label"
-        );
-        assert_eq!(table.route("[2001:db8::1]:80", "/"), Some(&"any"));
-    }
-
-    #[test]
-    fn default_backend_then_nothing() {
-        use PathType::Exact;
-        let with_default = RouteTable::new(
-            [(Some("a.example"), rule("/x", Exact, "x"))],
-            Some("default"),
-        );
-        assert_eq!(with_default.route("a.example", "/y"), Some(&"default"));
-        assert_eq!(with_default.route("other.example", "/x"), Some(&"default"));
-        let without = RouteTable::new([(Some("a.example"), rule("/x", Exact, "x"))], None);
-        assert_eq!(without.route("a.example", "/y"), None);
-    }
-
-    #[test]
-    fn first_rule_wins_for_the_same_host_path_and_type() {
-        use PathType::Prefix;
-        let table = RouteTable::new(
-            [
-                (None, rule("/api", Prefix, "older")),
-                (None, rule("/api/", Prefix, "newer")),
-            ],
-            None,
-        );
-        assert_eq!(table.route("h", "/api/v1"), Some(&"older"));
-    }
-}
+mod tests;

@@ -1,13 +1,26 @@
 //! Ingress rules into path rules: every host, path, path type and backend checked, each bad one
 //! skipped with a problem naming its field, and conflicts settled by precedence, with the route
-//! table's own notion of "the same rule".
+//! table's own notion of "the same rule". Each rule's [`Route`] carries the filters its
+//! Ingress's annotations ask for (see `annotations` and `rules/extra` for the rules the
+//! annotations add: `app-root`, `server-alias`, `from-to-www-redirect`, `default-backend`).
 
-use std::{collections::BTreeMap, net::IpAddr};
+mod extra;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
 
 use k8s_openapi::api::networking::v1::{HTTPIngressPath, IngressBackend, IngressRule};
 
-use super::{backends::Backends, class::OurIngress, BackendId, PathRule, PathType, ServicePortRef};
-use crate::model::{ObjectName, Problem};
+use super::{
+    annotations::{self, IngressAnnotations},
+    backends::Backends,
+    class::OurIngress,
+    routes::{path_regex, Filter, Route, REGEX_SIZE_LIMIT},
+    BackendId, PathRule, PathType, ServicePortRef, TlsPlan,
+};
+use crate::model::{ClusterObjects, ObjectName, Problem};
 
 /// A Service backend as an Ingress names it.
 pub(super) struct ServiceRef {
@@ -28,12 +41,15 @@ enum MatchKey {
     Exact(String),
     /// Path elements: the table drops empty ones, so `/foo` and `/foo/` are one rule.
     Prefix(Vec<String>),
+    /// The regex as written.
+    Regex(String),
 }
 
 impl MatchKey {
     fn of(path: &str, path_type: PathType) -> Self {
         match path_type {
             PathType::Exact => MatchKey::Exact(path.to_string()),
+            PathType::Regex => MatchKey::Regex(path.to_string()),
             PathType::Prefix | PathType::ImplementationSpecific => MatchKey::Prefix(
                 path.split('/')
                     .filter(|e| !e.is_empty())
@@ -50,43 +66,103 @@ struct Claim {
     field: String,
 }
 
-/// Every valid path of our Ingresses, in precedence order, conflicts removed and reported.
+/// What the rules of our Ingresses are translated with.
+pub(super) struct Context<'a, 'b> {
+    pub(super) objects: &'a ClusterObjects,
+    pub(super) backends: &'b mut Backends<'a>,
+    /// Certificates (for `ssl-redirect`: only hosts with one redirect).
+    pub(super) tls: &'b [TlsPlan],
+}
+
+/// One Ingress and what its annotations say.
+struct Annotated<'a, 'b> {
+    ingress: &'b OurIngress<'a>,
+    annotations: IngressAnnotations,
+    /// Its `default-backend`, resolved.
+    fallback: Option<BackendId>,
+}
+
+/// Every valid path of our Ingresses, in precedence order, conflicts removed and reported,
+/// with the rules the annotations add.
 pub(super) fn path_rules(
     ours: &[OurIngress<'_>],
-    backends: &mut Backends<'_>,
+    context: &mut Context<'_, '_>,
     problems: &mut Vec<Problem>,
-) -> Vec<(Option<String>, PathRule<BackendId>)> {
-    let mut rules = Rules::default();
-    for ingress in ours {
-        let ingress_rules = ingress.spec().and_then(|s| s.rules.as_ref());
+) -> Vec<(Option<String>, PathRule<Route>)> {
+    let annotated: Vec<Annotated<'_, '_>> = ours
+        .iter()
+        .map(|ingress| {
+            let annotations = annotations::parse(ingress, problems);
+            let fallback = extra::default_backend(ingress, &annotations, context, problems);
+            Annotated {
+                ingress,
+                annotations,
+                fallback,
+            }
+        })
+        .collect();
+    let mut rules = Rules {
+        regex_hosts: regex_hosts(&annotated),
+        ..Rules::default()
+    };
+    for ingress in &annotated {
+        let ingress_rules = ingress.ingress.spec().and_then(|s| s.rules.as_ref());
         for (i, rule) in ingress_rules.into_iter().flatten().enumerate() {
             match check_host(rule.host.as_deref()) {
-                Ok(host) => rules.add_rule(ingress, i, &host, rule, backends, problems),
-                Err(message) => {
-                    problems.push(ingress.problem(format!("spec.rules[{i}].host"), message))
-                }
+                Ok(host) => rules.add_rule(ingress, i, &host, rule, context, problems),
+                Err(message) => problems.push(
+                    ingress
+                        .ingress
+                        .problem(format!("spec.rules[{i}].host"), message),
+                ),
             }
         }
     }
-    rules.rules
+    extra::add(&annotated, &rules.regex_hosts, rules.rules, problems)
+}
+
+/// The hosts (`""`: rules without one) where some Ingress asks for regex paths: there, every
+/// path of every Ingress is a regex, as in ingress-nginx.
+fn regex_hosts(annotated: &[Annotated<'_, '_>]) -> BTreeSet<String> {
+    annotated
+        .iter()
+        .filter(|a| a.annotations.wants_regex())
+        .flat_map(|a| hosts_of(a.ingress))
+        .map(Option::unwrap_or_default)
+        .collect()
+}
+
+/// The valid hosts of an Ingress's rules, in order, without repeats.
+fn hosts_of(ingress: &OurIngress<'_>) -> Vec<Option<String>> {
+    let mut hosts = Vec::new();
+    let rules = ingress.spec().and_then(|s| s.rules.as_ref());
+    for rule in rules.into_iter().flatten() {
+        if let Ok(host) = check_host(rule.host.as_deref()) {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+    }
+    hosts
 }
 
 /// The path rules accepted so far, and who claimed each host+path.
 #[derive(Default)]
 struct Rules {
     claimed: BTreeMap<(String, MatchKey), Claim>,
-    rules: Vec<(Option<String>, PathRule<BackendId>)>,
+    rules: Vec<(Option<String>, PathRule<Route>)>,
+    regex_hosts: BTreeSet<String>,
 }
 
 impl Rules {
     /// The paths of `spec.rules[i]`, whose host is valid.
     fn add_rule(
         &mut self,
-        ingress: &OurIngress<'_>,
+        ingress: &Annotated<'_, '_>,
         i: usize,
         host: &Option<String>,
         rule: &IngressRule,
-        backends: &mut Backends<'_>,
+        context: &mut Context<'_, '_>,
         problems: &mut Vec<Problem>,
     ) {
         // `http: None` is valid: a rule with no paths (used for TLS hosts, say).
@@ -94,8 +170,8 @@ impl Rules {
         for (j, path) in paths.into_iter().flatten().enumerate() {
             let field = format!("spec.rules[{i}].http.paths[{j}]");
             match check_path(path, &field) {
-                Ok(checked) => self.add_path(ingress, field, host, checked, backends, problems),
-                Err((field, message)) => problems.push(ingress.problem(field, message)),
+                Ok(checked) => self.add_path(ingress, field, host, checked, context, problems),
+                Err((field, message)) => problems.push(ingress.ingress.problem(field, message)),
             }
         }
     }
@@ -103,35 +179,163 @@ impl Rules {
     /// One valid path (at `field`), unless an earlier rule already has its host and path.
     fn add_path(
         &mut self,
-        ingress: &OurIngress<'_>,
+        annotated: &Annotated<'_, '_>,
         field: String,
         host: &Option<String>,
-        checked: CheckedPath,
-        backends: &mut Backends<'_>,
+        mut checked: CheckedPath,
+        context: &mut Context<'_, '_>,
         problems: &mut Vec<Problem>,
     ) {
-        let key = (
-            host.clone().unwrap_or_default(),
-            MatchKey::of(&checked.path, checked.path_type),
-        );
+        let ingress = annotated.ingress;
+        let host_key = host.clone().unwrap_or_default();
+        let mut broken_regex = None;
+        if self.regex_hosts.contains(&host_key) {
+            checked.path_type = PathType::Regex;
+            if let Err(error) = path_regex(&checked.path) {
+                let why = regex_error(&checked.path, &error);
+                problems.push(ingress.problem(
+                    format!("{field}.path"),
+                    format!(
+                        "{why} (the paths of this host are regexes: an Ingress of it sets \
+                         use-regex or rewrite-target); this path answers 503"
+                    ),
+                ));
+                broken_regex = Some(why);
+            }
+        }
+        let key = (host_key, MatchKey::of(&checked.path, checked.path_type));
         if let Some(winner) = self.claimed.get(&key) {
             problems.push(conflict(ingress, &field, host, &checked, winner));
             return;
         }
         let backend_field = format!("{field}.backend");
-        let backend = backends.intern(ingress, &checked.service, &backend_field, problems);
+        let backend = context
+            .backends
+            .intern(ingress, &checked.service, &backend_field, problems);
         let claim = Claim {
             ingress: ingress.name.clone(),
             field,
         };
         self.claimed.insert(key, claim);
+        let mut route = Route::to(backend, Some(ingress.name.clone()));
+        route.fallback = annotated.fallback;
+        route.filters = match broken_regex {
+            Some(why) => vec![Filter::Fail(
+                format!("503 Service Unavailable: Ingress {}: {why}\n", ingress.name).into(),
+            )],
+            None => filters(
+                &annotated.annotations,
+                host.as_deref(),
+                &checked.path,
+                context.tls,
+            ),
+        };
         let rule = PathRule {
             path: checked.path,
             path_type: checked.path_type,
-            backend,
+            backend: route,
         };
         self.rules.push((host.clone(), rule));
     }
+}
+
+/// Rule paths under this prefix are never redirected to HTTPS.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge";
+
+/// Why `path` is no regex, in a line.
+fn regex_error(path: &str, error: &regex::Error) -> String {
+    match error {
+        regex::Error::CompiledTooBig(_) => format!(
+            "path {path:?} is a regex larger than the limit ({REGEX_SIZE_LIMIT} bytes compiled)"
+        ),
+        other => {
+            let detail = other.to_string();
+            let last = detail.lines().last().unwrap_or_default().trim();
+            format!("path {path:?} is not a valid regex: {last}")
+        }
+    }
+}
+
+/// The request filters of a rule of `host` and `path` whose Ingress has `annotations`, in the
+/// order nginx runs them: CORS and a fixed redirect (`if` and `return` in the location), the
+/// HTTPS redirect (Lua, end of the rewrite phase), the source ranges (access phase), then the
+/// rewrite and the header for the backend.
+fn filters(
+    annotations: &IngressAnnotations,
+    host: Option<&str>,
+    path: &str,
+    tls: &[TlsPlan],
+) -> Vec<Filter> {
+    if let Some(why) = &annotations.invalid {
+        return vec![Filter::Fail(why.clone())];
+    }
+    let mut filters = Vec::new();
+    // nginx: the CORS `if`s come first in the location, so a preflight is answered even where
+    // a redirect would follow.
+    if let Some(cors) = &annotations.cors {
+        filters.push(Filter::Cors(cors.clone()));
+    }
+    if let Some((status, location)) = &annotations.redirect {
+        filters.push(Filter::Redirect {
+            status: *status,
+            location: location.clone(),
+        });
+    }
+    let has_certificate = host.is_some_and(|host| has_certificate(tls, host));
+    // ingress-nginx's `no-tls-redirect-locations` default: ACME HTTP-01 challenges (cert-manager's
+    // solver Ingresses) must be answered over plain HTTP, whatever the annotations say.
+    let acme = path.starts_with(ACME_CHALLENGE);
+    if !acme && (annotations.force_ssl_redirect || (annotations.ssl_redirect && has_certificate)) {
+        filters.push(Filter::HttpsRedirect {
+            status: http::StatusCode::PERMANENT_REDIRECT,
+            strip_trailing_slash: !annotations.preserve_trailing_slash,
+        });
+    }
+    // nginx's access phase (allow/deny) follows the rewrite phase (the redirects above).
+    if !annotations.deny.is_empty() || !annotations.allow.is_empty() {
+        filters.push(Filter::SourceRange {
+            deny: annotations.deny.clone(),
+            allow: annotations.allow.clone(),
+        });
+    }
+    // ingress-nginx does not rewrite a path equal to the target.
+    let rewrite = annotations
+        .rewrite_target
+        .as_ref()
+        .filter(|_| annotations.rewrite_target_text.as_deref() != Some(path));
+    if let Some(target) = rewrite {
+        // nginx: `rewrite "(?i)<path>" <target> break;`, unanchored.
+        let regex = regex::RegexBuilder::new(path)
+            .case_insensitive(true)
+            .size_limit(REGEX_SIZE_LIMIT)
+            .build();
+        if let Ok(regex) = regex {
+            filters.push(Filter::Rewrite {
+                regex,
+                target: target.clone(),
+            });
+            if let Some(prefix) = &annotations.x_forwarded_prefix {
+                filters.push(Filter::SetHeader {
+                    name: http::HeaderName::from_static("x-forwarded-prefix"),
+                    value: prefix.clone(),
+                });
+            }
+        }
+    }
+    filters
+}
+
+/// Whether a usable certificate covers `host` (a rule's host: a name or `*.suffix`).
+fn has_certificate(tls: &[TlsPlan], host: &str) -> bool {
+    let covers = |name: &str| {
+        name == host
+            || name.strip_prefix("*.").is_some_and(|suffix| {
+                host.split_once('.')
+                    .is_some_and(|(label, rest)| rest == suffix && label != "*")
+            })
+    };
+    tls.iter()
+        .any(|plan| plan.pem.is_ok() && plan.hosts.iter().any(|name| covers(name)))
 }
 
 fn conflict(
@@ -291,7 +495,7 @@ pub(super) fn default_backend(
     ours: &[OurIngress<'_>],
     backends: &mut Backends<'_>,
     problems: &mut Vec<Problem>,
-) -> Option<BackendId> {
+) -> Option<Route> {
     const FIELD: &str = "spec.defaultBackend";
     let mut chosen: Option<(&ObjectName, BackendId)> = None;
     for ingress in ours {
@@ -316,5 +520,5 @@ pub(super) fn default_backend(
             Err((field, message)) => problems.push(ingress.problem(field, message)),
         }
     }
-    chosen.map(|(_, id)| id)
+    chosen.map(|(ingress, id)| Route::to(id, Some(ingress.clone())))
 }

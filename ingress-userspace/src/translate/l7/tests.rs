@@ -16,6 +16,7 @@ use k8s_openapi::{
 use super::*;
 use crate::model::{object_name, Origin, Sourced};
 
+mod annotations;
 mod backends;
 mod class;
 mod rules;
@@ -90,7 +91,7 @@ fn run(yaml: &str) -> (L7Plan, Vec<Problem>) {
 
 /// `ingress>service:port` of the backend a request is routed to.
 fn target(plan: &L7Plan, host: &str, path: &str) -> Option<String> {
-    let id = *plan.routes.route(host, path)?;
+    let id = plan.routes.route(host, path)?.backend()?;
     let b = &plan.backends[id];
     Some(format!("{}>{}:{}", b.ingress.name, b.service.name, b.port))
 }

@@ -10,7 +10,11 @@ fn named_port_path(path: &str, service: &str, port: &str) -> String {
 }
 
 fn endpoints(plan: &L7Plan, host: &str, path: &str) -> Result<Vec<SocketAddr>, Unavailable> {
-    let id = *plan.routes.route(host, path).expect("routed");
+    let id = plan
+        .routes
+        .route(host, path)
+        .and_then(Route::backend)
+        .expect("routed");
     plan.backends[id].endpoints.clone()
 }
 
@@ -74,7 +78,11 @@ fn backends_resolve_to_ready_endpoints_or_say_why_not() {
         ],
         "no ready endpoints is not a problem: {problems:#?}"
     );
-    let unavailable = &plan.backends[*plan.routes.route("h.example", "/no-port").unwrap()];
+    let unavailable = &plan.backends[plan
+        .routes
+        .route("h.example", "/no-port")
+        .and_then(Route::backend)
+        .unwrap()];
     assert_eq!(
         unavailable.unavailable_message().unwrap(),
         "503 Service Unavailable: service demo/web has no port 81\n"
@@ -102,7 +110,9 @@ fn one_backend_per_ingress_service_and_port() {
     .concat();
     let (plan, problems) = run(&yaml);
     assert!(problems.is_empty(), "{problems:?}");
-    let ids = |host: &str| ["/a", "/b", "/c"].map(|p| *plan.routes.route(host, p).unwrap());
+    let ids = |host: &str| {
+        ["/a", "/b", "/c"].map(|p| plan.routes.route(host, p).and_then(Route::backend).unwrap())
+    };
     assert_eq!(ids("one.example"), [0, 0, 1]);
     assert_eq!(ids("two.example"), [2, 2, 3]);
     assert_eq!(plan.backends.len(), 4);

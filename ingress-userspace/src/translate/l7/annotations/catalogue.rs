@@ -1,0 +1,349 @@
+//! Every `nginx.ingress.kubernetes.io/*` key ingress-nginx documents (its
+//! `docs/user-guide/nginx-configuration/annotations.md`, plus the keys its code reads that the
+//! table omits), with what xdp-ingress does with it. Data, not code: the translator reports from
+//! it, and `migrate-report` will read it as it is.
+
+/// What xdp-ingress does with an annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// Behaves as in ingress-nginx, with its defaults.
+    Supported,
+    /// Works, with the difference the note says.
+    Partly,
+    /// Not implemented: listed, reported, and the Ingress is served without it.
+    Ignored,
+    /// A snippet of nginx configuration or a Lua hook: never executed, reported.
+    NeverExecuted,
+}
+
+/// One annotation key and its status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The key without the `nginx.ingress.kubernetes.io/` prefix.
+    pub key: &'static str,
+    /// What xdp-ingress does with it.
+    pub support: Support,
+    /// How it differs, or why it is ignored; empty when it behaves as in ingress-nginx.
+    pub note: &'static str,
+}
+
+const fn e(key: &'static str, support: Support, note: &'static str) -> Entry {
+    Entry { key, support, note }
+}
+
+use Support::{Ignored, NeverExecuted, Partly, Supported};
+
+const LATER: &str = "not implemented yet (planned, issue 14)";
+const SNIPPET: &str = "nginx configuration is never executed";
+
+/// The catalogue, grouped as ingress-nginx's documentation groups them.
+pub const CATALOGUE: &[Entry] = &[
+    // Paths, rewrites and redirects.
+    e("use-regex", Supported, ""),
+    e(
+        "rewrite-target",
+        Partly,
+        "captures $1..$9 as nginx; other nginx variables ($scheme, $host...) are taken literally",
+    ),
+    e(
+        "x-forwarded-prefix",
+        Supported,
+        "as in ingress-nginx, sent only when rewrite-target rewrites the path",
+    ),
+    e("app-root", Supported, ""),
+    e("permanent-redirect", Supported, ""),
+    e("permanent-redirect-code", Supported, ""),
+    e("temporal-redirect", Supported, ""),
+    e("temporal-redirect-code", Supported, ""),
+    e("relative-redirects", Ignored, LATER),
+    e(
+        "ssl-redirect",
+        Supported,
+        "on by default for hosts with a usable certificate (308); never for rule paths under \
+         /.well-known/acme-challenge",
+    ),
+    e("force-ssl-redirect", Supported, ""),
+    e("preserve-trailing-slash", Supported, ""),
+    e(
+        "from-to-www-redirect",
+        Partly,
+        "keeps the port the client sent instead of nginx's HTTPS listen port",
+    ),
+    e("server-alias", Supported, ""),
+    e(
+        "default-backend",
+        Partly,
+        "used when the rule's Service has no ready endpoint and for unmatched paths of the \
+         Ingress's hosts; custom-http-errors is not supported",
+    ),
+    e("custom-http-errors", Ignored, LATER),
+    e(
+        "enable-rewrite-log",
+        Ignored,
+        "nginx's rewrite log has no equivalent",
+    ),
+    // Backends (helper C's part of issue 14).
+    e(
+        "backend-protocol",
+        Supported,
+        "HTTP, HTTPS, GRPC, GRPCS; AUTO_HTTP as HTTP",
+    ),
+    e("proxy-ssl-secret", Supported, ""),
+    e("proxy-ssl-verify", Supported, ""),
+    e("proxy-ssl-name", Supported, ""),
+    e("proxy-ssl-server-name", Supported, ""),
+    e(
+        "proxy-ssl-ciphers",
+        Ignored,
+        "rustls chooses its cipher suites",
+    ),
+    e(
+        "proxy-ssl-protocols",
+        Ignored,
+        "rustls speaks TLS 1.2 and 1.3",
+    ),
+    e(
+        "proxy-ssl-verify-depth",
+        Ignored,
+        "rustls verifies the whole chain",
+    ),
+    e("service-upstream", Ignored, LATER),
+    e("upstream-vhost", Ignored, LATER),
+    e("upstream-hash-by", Ignored, LATER),
+    e("upstream-hash-by-subset", Ignored, LATER),
+    e("upstream-hash-by-subset-size", Ignored, LATER),
+    e(
+        "load-balance",
+        Ignored,
+        "the proxy balances by two random choices",
+    ),
+    e(
+        "proxy-http-version",
+        Ignored,
+        "the proxy speaks HTTP/1.1 to backends",
+    ),
+    // Limits and timeouts.
+    e("proxy-body-size", Ignored, LATER),
+    e("client-body-buffer-size", Ignored, LATER),
+    e("proxy-connect-timeout", Ignored, LATER),
+    e("proxy-send-timeout", Ignored, LATER),
+    e("proxy-read-timeout", Ignored, LATER),
+    e("proxy-next-upstream", Ignored, LATER),
+    e("proxy-next-upstream-timeout", Ignored, LATER),
+    e("proxy-next-upstream-tries", Ignored, LATER),
+    e("proxy-request-buffering", Ignored, "requests are streamed"),
+    e("proxy-buffering", Ignored, "responses are streamed"),
+    e("proxy-buffers-number", Ignored, "responses are streamed"),
+    e("proxy-buffer-size", Ignored, "responses are streamed"),
+    e(
+        "proxy-max-temp-file-size",
+        Ignored,
+        "responses are streamed",
+    ),
+    e("proxy-cookie-domain", Ignored, LATER),
+    e("proxy-cookie-path", Ignored, LATER),
+    e("proxy-redirect-from", Ignored, LATER),
+    e("proxy-redirect-to", Ignored, LATER),
+    e(
+        "connection-proxy-header",
+        Ignored,
+        "hop-by-hop headers are the proxy's own",
+    ),
+    e("custom-headers", Ignored, LATER),
+    // Access.
+    e("whitelist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
+    e("allowlist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
+    e("denylist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
+    e("limit-connections", Ignored, LATER),
+    e("limit-rps", Ignored, LATER),
+    e("limit-rpm", Ignored, LATER),
+    e("limit-burst-multiplier", Ignored, LATER),
+    e(
+        "limit-rate",
+        Ignored,
+        "response bandwidth limits are not implemented",
+    ),
+    e(
+        "limit-rate-after",
+        Ignored,
+        "response bandwidth limits are not implemented",
+    ),
+    e("limit-whitelist", Ignored, LATER),
+    e("limit-allowlist", Ignored, LATER),
+    e(
+        "global-rate-limit",
+        Ignored,
+        "needs memcached; not implemented",
+    ),
+    e(
+        "global-rate-limit-window",
+        Ignored,
+        "needs memcached; not implemented",
+    ),
+    e(
+        "global-rate-limit-key",
+        Ignored,
+        "needs memcached; not implemented",
+    ),
+    e(
+        "global-rate-limit-ignored-cidrs",
+        Ignored,
+        "needs memcached; not implemented",
+    ),
+    e("auth-type", Ignored, LATER),
+    e("auth-secret", Ignored, LATER),
+    e("auth-secret-type", Ignored, LATER),
+    e("auth-realm", Ignored, LATER),
+    e("auth-url", Ignored, LATER),
+    e("auth-method", Ignored, LATER),
+    e("auth-signin", Ignored, LATER),
+    e("auth-signin-redirect-param", Ignored, LATER),
+    e("auth-response-headers", Ignored, LATER),
+    e("auth-request-redirect", Ignored, LATER),
+    e("auth-proxy-set-headers", Ignored, LATER),
+    e("auth-cache-key", Ignored, LATER),
+    e("auth-cache-duration", Ignored, LATER),
+    e("auth-always-set-cookie", Ignored, LATER),
+    e("auth-keepalive", Ignored, LATER),
+    e("auth-keepalive-requests", Ignored, LATER),
+    e("auth-keepalive-timeout", Ignored, LATER),
+    e("auth-keepalive-share-vars", Ignored, LATER),
+    e("enable-global-auth", Ignored, LATER),
+    e(
+        "auth-tls-secret",
+        Ignored,
+        "client certificates are not implemented",
+    ),
+    e(
+        "auth-tls-verify-depth",
+        Ignored,
+        "client certificates are not implemented",
+    ),
+    e(
+        "auth-tls-verify-client",
+        Ignored,
+        "client certificates are not implemented",
+    ),
+    e(
+        "auth-tls-error-page",
+        Ignored,
+        "client certificates are not implemented",
+    ),
+    e(
+        "auth-tls-pass-certificate-to-upstream",
+        Ignored,
+        "client certificates are not implemented",
+    ),
+    e(
+        "auth-tls-match-cn",
+        Ignored,
+        "client certificates are not implemented",
+    ),
+    e("satisfy", Ignored, LATER),
+    // Traffic.
+    e("canary", Ignored, LATER),
+    e("canary-by-header", Ignored, LATER),
+    e("canary-by-header-value", Ignored, LATER),
+    e("canary-by-header-pattern", Ignored, LATER),
+    e("canary-by-cookie", Ignored, LATER),
+    e("canary-weight", Ignored, LATER),
+    e("canary-weight-total", Ignored, LATER),
+    e("affinity", Ignored, LATER),
+    e("affinity-mode", Ignored, LATER),
+    e("affinity-canary-behavior", Ignored, LATER),
+    e("session-cookie-name", Ignored, LATER),
+    e("session-cookie-path", Ignored, LATER),
+    e("session-cookie-domain", Ignored, LATER),
+    e("session-cookie-max-age", Ignored, LATER),
+    e("session-cookie-expires", Ignored, LATER),
+    e("session-cookie-secure", Ignored, LATER),
+    e("session-cookie-samesite", Ignored, LATER),
+    e("session-cookie-conditional-samesite-none", Ignored, LATER),
+    e("session-cookie-change-on-failure", Ignored, LATER),
+    e("mirror-target", Ignored, LATER),
+    e("mirror-host", Ignored, LATER),
+    e("mirror-request-body", Ignored, LATER),
+    // CORS.
+    e("enable-cors", Supported, ""),
+    e("cors-allow-origin", Supported, ""),
+    e("cors-allow-methods", Supported, ""),
+    e("cors-allow-headers", Supported, ""),
+    e("cors-expose-headers", Supported, ""),
+    e("cors-allow-credentials", Supported, ""),
+    e("cors-max-age", Supported, ""),
+    // TLS.
+    e("ssl-passthrough", Ignored, LATER),
+    e("ssl-ciphers", Ignored, "rustls chooses its cipher suites"),
+    e(
+        "ssl-prefer-server-ciphers",
+        Ignored,
+        "rustls chooses its cipher suites",
+    ),
+    e(
+        "http2-push-preload",
+        Ignored,
+        "HTTP/2 server push is obsolete",
+    ),
+    // Observability and modules nginx has and the proxy does not.
+    e(
+        "enable-access-log",
+        Ignored,
+        "the access log is global (--access-log)",
+    ),
+    e("enable-opentracing", Ignored, "tracing is not implemented"),
+    e(
+        "opentracing-trust-incoming-span",
+        Ignored,
+        "tracing is not implemented",
+    ),
+    e(
+        "enable-opentelemetry",
+        Ignored,
+        "tracing is not implemented",
+    ),
+    e(
+        "opentelemetry-trust-incoming-span",
+        Ignored,
+        "tracing is not implemented",
+    ),
+    e(
+        "opentelemetry-operation-name",
+        Ignored,
+        "tracing is not implemented",
+    ),
+    e("enable-influxdb", Ignored, "nginx module; no equivalent"),
+    e(
+        "influxdb-measurement",
+        Ignored,
+        "nginx module; no equivalent",
+    ),
+    e("influxdb-port", Ignored, "nginx module; no equivalent"),
+    e("influxdb-host", Ignored, "nginx module; no equivalent"),
+    e(
+        "influxdb-server-name",
+        Ignored,
+        "nginx module; no equivalent",
+    ),
+    e("enable-modsecurity", Ignored, "no web application firewall"),
+    e(
+        "enable-owasp-core-rules",
+        Ignored,
+        "no web application firewall",
+    ),
+    e(
+        "modsecurity-transaction-id",
+        Ignored,
+        "no web application firewall",
+    ),
+    // Snippets: never executed.
+    e("configuration-snippet", NeverExecuted, SNIPPET),
+    e("server-snippet", NeverExecuted, SNIPPET),
+    e("auth-snippet", NeverExecuted, SNIPPET),
+    e("stream-snippet", NeverExecuted, SNIPPET),
+    e("modsecurity-snippet", NeverExecuted, SNIPPET),
+];
+
+/// The catalogue's entry for `key` (without the prefix).
+pub fn lookup(key: &str) -> Option<&'static Entry> {
+    CATALOGUE.iter().find(|entry| entry.key == key)
+}
