@@ -84,7 +84,7 @@ pub fn validate(args: &ValidateArgs) -> Result<Validation, ValidateError> {
                     .get(&ingress)
                     .map_or_else(String::new, |i| i.origin.to_string()),
                 object: format!("Ingress {ingress}"),
-                field: "metadata.annotations[nginx.ingress.kubernetes.io/proxy-ssl-secret]"
+                field: "metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-ssl-secret\"]"
                     .to_string(),
                 message: format!("the proxy refuses this TLS setting: {message}"),
             });

@@ -82,7 +82,7 @@ async fn bad_values_are_reported_and_only_their_routes_answer_503() -> Result<()
     anyhow::ensure!(
         says(&[
             "Ingress default/fcgi",
-            "metadata.annotations[nginx.ingress.kubernetes.io/backend-protocol]",
+            "metadata.annotations[\"nginx.ingress.kubernetes.io/backend-protocol\"]",
             "not supported",
         ]),
         "{stderr}"
@@ -90,7 +90,7 @@ async fn bad_values_are_reported_and_only_their_routes_answer_503() -> Result<()
     anyhow::ensure!(
         says(&[
             "Ingress default/bad-pem",
-            "metadata.annotations[nginx.ingress.kubernetes.io/proxy-ssl-secret]",
+            "metadata.annotations[\"nginx.ingress.kubernetes.io/proxy-ssl-secret\"]",
             "ca.crt",
         ]),
         "{stderr}"

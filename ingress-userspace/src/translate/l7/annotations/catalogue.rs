@@ -85,12 +85,23 @@ pub const CATALOGUE: &[Entry] = &[
     // Backends (helper C's part of issue 14).
     e(
         "backend-protocol",
-        Supported,
-        "HTTP, HTTPS, GRPC, GRPCS; AUTO_HTTP as HTTP",
+        Partly,
+        "HTTP, HTTPS, GRPC, GRPCS as nginx; AUTO_HTTP is always HTTP (nginx follows the \
+         client's scheme); FCGI and AJP are refused (503) where nginx falls back to HTTP",
     ),
-    e("proxy-ssl-secret", Supported, ""),
+    e(
+        "proxy-ssl-secret",
+        Partly,
+        "the Secret must be of type kubernetes.io/tls (ca.crt, tls.crt, tls.key); Opaque \
+         Secrets are not read yet",
+    ),
     e("proxy-ssl-verify", Supported, ""),
-    e("proxy-ssl-name", Supported, ""),
+    e(
+        "proxy-ssl-name",
+        Partly,
+        "without it the name checked is <service>.<namespace>.svc, where nginx checks \
+         upstream_balancer",
+    ),
     e("proxy-ssl-server-name", Supported, ""),
     e(
         "proxy-ssl-ciphers",
@@ -99,8 +110,9 @@ pub const CATALOGUE: &[Entry] = &[
     ),
     e(
         "proxy-ssl-protocols",
-        Ignored,
-        "rustls speaks TLS 1.2 and 1.3",
+        Partly,
+        "TLSv1.2 and TLSv1.3 are honoured; older versions are skipped (rustls does not speak \
+         them)",
     ),
     e(
         "proxy-ssl-verify-depth",

@@ -68,7 +68,7 @@ impl UpstreamSettings {
 
 /// The field a problem with annotation `key` names.
 fn field(key: &str) -> String {
-    format!("metadata.annotations[{key}]")
+    format!("metadata.annotations[\"{key}\"]")
 }
 
 /// The Secret `proxy-ssl-secret` names (`namespace/name`, or `name` in the Ingress's

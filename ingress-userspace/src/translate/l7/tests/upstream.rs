@@ -44,7 +44,11 @@ fn annotated(annotations: &[(&str, &str)]) -> (L7Plan, Vec<Problem>) {
 }
 
 fn upstream(plan: &L7Plan) -> Result<UpstreamPlan, String> {
-    let id = *plan.routes.route("h.example", "/").expect("routed");
+    let id = plan
+        .routes
+        .route("h.example", "/")
+        .and_then(Route::backend)
+        .expect("routed");
     plan.backends[id].upstream.clone()
 }
 
@@ -132,8 +136,9 @@ fn proxy_ssl_annotations_are_read() {
 
 #[test]
 fn bad_values_are_reported_under_their_key_and_the_route_answers_503() {
-    let key =
-        |k: &str| format!("Ingress demo/ing metadata.annotations[nginx.ingress.kubernetes.io/{k}]");
+    let key = |k: &str| {
+        format!("Ingress demo/ing metadata.annotations[\"nginx.ingress.kubernetes.io/{k}\"]")
+    };
     // (annotations, the key reported, a part of the message)
     type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
     let cases: &[Case<'_>] = &[
@@ -206,7 +211,11 @@ fn bad_values_are_reported_under_their_key_and_the_route_answers_503() {
         let (plan, problems) = annotated(annotations);
         assert_eq!(fields(&problems), [key(bad)], "{annotations:?}");
         assert!(problems[0].message.contains(message), "{problems:?}");
-        let id = *plan.routes.route("h.example", "/").unwrap();
+        let id = plan
+            .routes
+            .route("h.example", "/")
+            .and_then(Route::backend)
+            .unwrap();
         let backend = &plan.backends[id];
         let answer = backend.unavailable_message().expect("503");
         assert!(
@@ -242,9 +251,17 @@ fn each_ingress_reports_once_and_keeps_its_own_settings() {
     let (plan, problems) = run(&yaml);
     assert_eq!(problems.len(), 1, "{problems:#?}");
     for path in ["/", "/idle"] {
-        let good = &plan.backends[*plan.routes.route("h.example", path).unwrap()];
+        let good = &plan.backends[plan
+            .routes
+            .route("h.example", path)
+            .and_then(Route::backend)
+            .unwrap()];
         assert_eq!(good.upstream, Ok(UpstreamPlan::default()));
-        let bad = &plan.backends[*plan.routes.route("b.example", path).unwrap()];
+        let bad = &plan.backends[plan
+            .routes
+            .route("b.example", path)
+            .and_then(Route::backend)
+            .unwrap()];
         assert!(bad.upstream.is_err());
     }
 }
@@ -275,7 +292,11 @@ fn plans_describe_themselves_for_validate() {
 fn the_named_secret_is_in_the_plan_even_when_missing_so_the_source_keeps_it() {
     let secret = |annotations: &[(&str, &str)]| {
         let (plan, _) = annotated(annotations);
-        let id = *plan.routes.route("h.example", "/").unwrap();
+        let id = plan
+            .routes
+            .route("h.example", "/")
+            .and_then(Route::backend)
+            .unwrap();
         plan.backends[id].upstream_secret.clone()
     };
     assert_eq!(secret(&[]), None);
