@@ -67,6 +67,8 @@ pub mod bench {
     pub const REDIRECT: &str = "xdp_bench_redirect";
     /// Counts and drops IPv4 frames at the receiving end.
     pub const SINK: &str = "xdp_bench_sink";
+    /// Passes every frame: on a lab's wire-side veth end, so XDP_TX from its peer is received.
+    pub const PASS: &str = "xdp_bench_pass";
     /// `Array<RedirectTarget>` with one entry, read by [`REDIRECT`].
     pub const REDIRECT_MAP: &str = "BENCH_REDIRECT";
     /// `PerCpuArray<u64>` with one entry, written by [`SINK`].

@@ -5,7 +5,11 @@
 //! - `xdp_bench_redirect`: rewrites both MACs and redirects every IPv4 frame to one interface, the
 //!   ceiling of what an XDP forwarder can do on the rig;
 //! - `xdp_bench_sink`: counts IPv4 frames per CPU and drops them (other frames, ARP among them,
-//!   go to the stack), so the receiving end counts delivered packets cheaply.
+//!   go to the stack), so the receiving end counts delivered packets cheaply;
+//! - `xdp_bench_pass`: passes every frame; on the far end of a veth that stands for a wire (a
+//!   lab router's port) it makes that end receive what XDP_TX sends from the near end, as a NIC
+//!   would: the kernel wakes a veth peer for XDP_TX only when the peer has an XDP program (GRO
+//!   alone is enough for redirects, not for XDP_TX).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(not(target_arch = "bpf"), allow(dead_code, unused_imports))]
@@ -75,6 +79,11 @@ pub(crate) fn xdp_bench_sink(ctx: XdpContext) -> u32 {
         unsafe { *count += 1 };
     }
     xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub(crate) fn xdp_bench_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
 }
 
 #[cfg(target_arch = "bpf")]

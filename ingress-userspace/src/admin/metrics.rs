@@ -56,6 +56,8 @@ pub struct Traffic {
     pub rejected: u64,
     /// New connections dropped by `loadBalancerSourceRanges` (frontends only).
     pub denied: u64,
+    /// New connections to remote endpoints dropped for want of a SNAT port (frontends only).
+    pub snat_failures: u64,
 }
 
 /// One programmed Service frontend and its backends.
@@ -95,6 +97,7 @@ pub(crate) fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
         no_backend: c.no_backend,
         rejected: c.rejected,
         denied: c.denied,
+        snat_failures: c.snat_failures,
     };
     let frontends = sink
         .sync()
@@ -135,7 +138,7 @@ pub(crate) fn encode_l4(
     encoder: &mut DescriptorEncoder,
 ) -> std::fmt::Result {
     type Read = fn(&Traffic) -> u64;
-    let frontend_families: [(&str, &str, Read); 6] = [
+    let frontend_families: [(&str, &str, Read); 7] = [
         (
             "xdp_ingress_service_packets",
             "Packets forwarded to a Service frontend's backends",
@@ -165,6 +168,11 @@ pub(crate) fn encode_l4(
             "xdp_ingress_service_source_range_drops",
             "New connections dropped because the client is outside loadBalancerSourceRanges",
             |t| t.denied,
+        ),
+        (
+            "xdp_ingress_service_snat_failures",
+            "New connections to a remote endpoint dropped because no SNAT port was free",
+            |t| t.snat_failures,
         ),
     ];
     for (name, help, read) in frontend_families {

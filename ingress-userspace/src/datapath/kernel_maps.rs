@@ -391,6 +391,7 @@ fn sum_counters(
             sum.no_backend += c.no_backend;
             sum.rejected += c.rejected;
             sum.denied += c.denied;
+            sum.snat_failures += c.snat_failures;
             sum
         }))
 }

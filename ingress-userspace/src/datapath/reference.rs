@@ -16,6 +16,12 @@ pub struct ReferencePrograms {
     ebpf: Ebpf,
 }
 
+impl std::fmt::Debug for ReferencePrograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReferencePrograms").finish_non_exhaustive()
+    }
+}
+
 impl ReferencePrograms {
     /// Loads the object (its maps; no program yet). Needs CAP_BPF (root here).
     pub fn load() -> Result<Self, DatapathError> {

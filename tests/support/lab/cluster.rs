@@ -42,6 +42,8 @@ pub use manifests::{
 
 use super::{cidr, wait_reachable, BackendServer};
 use crate::{agent::Agent, netns::Netns};
+use ingress_common::bench;
+use xdp_ingress::datapath::{reference::ReferencePrograms, AttachMode};
 
 /// The router's address on the node network (every node's default gateway).
 pub const ROUTER_NODE_ADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 65);
@@ -153,6 +155,8 @@ pub struct Pod {
 pub struct Cluster {
     // Declared first so they are dropped first: server threads keep their namespace alive.
     servers: Vec<(String, BackendServer)>,
+    /// The pass program on the router's node ports (detached when dropped).
+    _wire_programs: Option<ReferencePrograms>,
     pods: Vec<Pod>,
     /// Next host number per node's pod CIDR; addresses are not reused, so a flow to a removed
     /// pod can never be answered by a new one.
@@ -169,8 +173,9 @@ impl Cluster {
     pub fn up(prefix: &str) -> Result<Self> {
         remove_stale(prefix)?;
         let make = |role: &str| Netns::new(&format!("{prefix}-{role}"));
-        let cluster = Self {
+        let mut cluster = Self {
             servers: Vec::new(),
+            _wire_programs: None,
             pods: Vec::new(),
             next_host: [2, 2],
             prefix: prefix.to_string(),
@@ -179,6 +184,20 @@ impl Cluster {
             router: make("router")?,
         };
         cluster.wire().context("wiring the cluster lab")?;
+        cluster._wire_programs = Some(
+            cluster
+                .router
+                .run_inside(|| {
+                    let mut programs = ReferencePrograms::load()?;
+                    for node in NodeId::ALL {
+                        programs
+                            .program(bench::PASS)?
+                            .attach(node.router_port(), AttachMode::Native.into())?;
+                    }
+                    Ok(programs)
+                })
+                .context("the router ports' pass program")?,
+        );
         cluster.route_vips_via(NodeId::One)?;
         let targets = vec![
             CLIENT_ADDR,
@@ -446,8 +465,10 @@ fn veth(outer: &Netns, name: &str, inner: &Netns, peer: &str) -> Result<()> {
 }
 
 /// Tunes a link that stands for a wire, never a pod's: TX checksum offload off (a real wire
-/// carries complete checksums); `gro` on where frames an XDP program transmits out of the
-/// peer arrive (veth drops them unless the receiving end runs NAPI; a NIC always transmits).
+/// carries complete checksums); `gro` on where frames an XDP program redirects out of the peer
+/// arrive (veth drops them unless the receiving end runs NAPI; a NIC always transmits). XDP_TX
+/// needs more: the kernel wakes the peer for it only when the peer has an XDP program, so the
+/// router's node ports also get a pass program (`Cluster::up`).
 fn wire_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
     let mut argv = vec!["ethtool", "-K", interface, "tx", "off"];
     if gro {

@@ -14,10 +14,6 @@ use super::{vip_answers, vip_silent, Scenario, VIP};
 const PER_CHECK: usize = 20;
 
 #[test]
-#[ignore = "issue 13, open: local pods work (stack delivery, TC egress reverse NAT) and SNAT \
-            passes its packet fixtures, but in this lab node-1's XDP_TX of translated replies \
-            towards the router is lost intermittently (xdp_bulk_tx reports sent, no drops; the \
-            router's port never shows the frame), so flows to remote pods stall"]
 fn basic_endpoints_0_1_2_1_0_on_both_nodes() -> Result<()> {
     let Some(mut scenario) = Scenario::new("basic_endpoints_0_1_2_1_0_on_both_nodes", "xc-basic")?
     else {

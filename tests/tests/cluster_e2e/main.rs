@@ -2,9 +2,10 @@
 //! nodes with pods behind veths at the kernel's defaults, external clients; one real
 //! `xdp-ingress` per node, both reading one manifest directory, XDP on each node's uplink only.
 //!
-//! `routing` checks the lab itself and that agents leave traffic that is not theirs alone; it
-//! holds today. The other files are issue 13's targets, ignored until the datapath handles pods
-//! behind default veths and backends on other nodes (each `#[ignore]` says what is missing).
+//! `routing` checks the lab itself and that agents leave traffic that is not theirs alone;
+//! `basic`, `remote` and `new_pods` check the Service datapath across nodes: local pods reached
+//! through the stack with their replies restored at TC egress, remote pods through SNAT, pods
+//! created after the agents started.
 //! Each test builds its own lab under unique names and removes it also when it fails.
 
 use std::{

@@ -16,10 +16,6 @@ use super::{vip_answers, Scenario, ANSWER_TIMEOUT, VIP};
 const PER_CHECK: usize = 30;
 
 #[test]
-#[ignore = "issue 13, open: local pods work (stack delivery, TC egress reverse NAT) and SNAT \
-            passes its packet fixtures, but in this lab node-1's XDP_TX of translated replies \
-            towards the router is lost intermittently (xdp_bulk_tx reports sent, no drops; the \
-            router's port never shows the frame), so flows to remote pods stall"]
 fn a_pod_created_after_the_agents_started_gets_new_flows() -> Result<()> {
     let Some(mut scenario) = Scenario::new(
         "a_pod_created_after_the_agents_started_gets_new_flows",

@@ -15,10 +15,6 @@ use xdp_ingress_tests::lab::{
 use super::{vip_answers, Scenario, ANSWER_TIMEOUT, VIP};
 
 #[test]
-#[ignore = "issue 13, open: local pods work (stack delivery, TC egress reverse NAT) and SNAT \
-            passes its packet fixtures, but in this lab node-1's XDP_TX of translated replies \
-            towards the router is lost intermittently (xdp_bulk_tx reports sent, no drops; the \
-            router's port never shows the frame), so flows to remote pods stall"]
 fn cluster_policy_reaches_a_remote_pod_and_back() -> Result<()> {
     let Some(mut scenario) =
         Scenario::new("cluster_policy_reaches_a_remote_pod_and_back", "xc-remote")?

@@ -86,6 +86,7 @@ fn exposition_has_the_documented_names() {
                 no_backend: 1,
                 rejected: 3,
                 denied: 4,
+                snat_failures: 5,
             },
             backends: vec![(
                 "10.0.0.1:8080".into(),
@@ -131,6 +132,7 @@ fn exposition_has_the_documented_names() {
             r#"xdp_ingress_service_no_backend_drops_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 1"#.into(),
             r#"xdp_ingress_service_rejected_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 3"#.into(),
             r#"xdp_ingress_service_source_range_drops_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 4"#.into(),
+            r#"xdp_ingress_service_snat_failures_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 5"#.into(),
             r#"xdp_ingress_backend_packets_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP",backend="10.0.0.1:8080"} 10"#.into(),
             r#"xdp_ingress_backend_bytes_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP",backend="10.0.0.1:8080"} 1000"#.into(),
             r#"xdp_ingress_datapath_packets_total{reason="forward_tx"} 10"#.into(),
