@@ -110,7 +110,11 @@ fn cleanup(args: &CleanupArgs) -> Result<()> {
     Ok(())
 }
 
-async fn run(args: RunArgs) -> Result<()> {
+async fn run(mut args: RunArgs) -> Result<()> {
+    args.datapath.interfaces = xdp_ingress::node::resolve_interfaces(&args.datapath.interfaces)?;
+    if !args.datapath.interfaces.is_empty() {
+        tracing::info!(interfaces = ?args.datapath.interfaces, "XDP interfaces");
+    }
     let mut terminate = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("SIGINT handler")?;
     let mut runner = Runner::new(args).await?;

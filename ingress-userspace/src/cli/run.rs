@@ -277,8 +277,10 @@ impl ProxyArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "XDP datapath")]
 pub struct DatapathArgs {
-    /// Interface to attach the XDP load balancer to (clients and backends alike); repeat for
-    /// several. Without any, the agent is an L7-only Ingress controller and loads no BPF.
+    /// Interface to attach the XDP load balancer to: the node's uplink(s), where clients'
+    /// packets arrive (pods' veths need not be named); repeat for several. `auto`: the
+    /// interfaces of the node's IPv4 default routes. Without any, the agent is an L7-only
+    /// Ingress controller and loads no BPF.
     #[arg(long = "interface")]
     pub interfaces: Vec<String>,
     /// XDP attach mode.

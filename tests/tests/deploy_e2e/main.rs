@@ -113,11 +113,37 @@ fn kube_proxy_replacement_daemonset_is_production_ready() -> Result<()> {
     let documents = manifests::rendered(KUBE_PROXY_REPLACEMENT)?;
     let (daemonset, args) = check_daemonset(&documents)?;
     let (pod, container) = agent_pod(&daemonset)?;
+    // Every node's own uplinks (its default routes), not one NIC name for all nodes.
     ensure!(
-        !args.datapath.interfaces.is_empty(),
-        "no --interface: this would be L7 only"
+        args.datapath.interfaces == [xdp_ingress::node::AUTO_INTERFACE],
+        "--interface {:?}, want auto",
+        args.datapath.interfaces
     );
     ensure!(pod.host_network == Some(true), "not on the host network");
+    // As kube-proxy: scheduled first and evicted last, on every node whatever its taints.
+    ensure!(
+        pod.priority_class_name.as_deref() == Some("system-node-critical"),
+        "priorityClassName {:?}",
+        pod.priority_class_name
+    );
+    let tolerates_all =
+        pod.tolerations.iter().flatten().any(|t| {
+            t.operator.as_deref() == Some("Exists") && t.key.is_none() && t.effect.is_none()
+        });
+    ensure!(tolerates_all, "tolerations {:?}", pod.tolerations);
+    // Which endpoints are local: --node-name's default comes from the downward API.
+    let node_name = container
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "NODE_NAME")
+        .and_then(|e| e.value_from.as_ref())
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    ensure!(
+        node_name == Some("spec.nodeName"),
+        "NODE_NAME from {node_name:?}, want spec.nodeName"
+    );
     // Cluster DNS stays reachable from the host network.
     ensure!(
         pod.dns_policy.as_deref() == Some("ClusterFirstWithHostNet"),
