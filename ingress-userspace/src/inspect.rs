@@ -55,8 +55,12 @@ pub type ViewRequest = (ViewKind, oneshot::Sender<Value>);
 /// How long `inspect` waits for the agent's admin listener.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Which Service (and port name) each programmed frontend belongs to.
+/// Which Service (and port name) each programmed frontend belongs to, its kind and policies,
+/// and which of its endpoints are remote (SNAT) or draining.
 pub fn services_view(plan: &L4Plan) -> Value {
+    let endpoints = |set: &std::collections::BTreeSet<crate::translate::l4::Endpoint>| {
+        set.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
     Value::Array(
         plan.frontends
             .iter()
@@ -66,6 +70,12 @@ pub fn services_view(plan: &L4Plan) -> Value {
                     "namespace": port.service.namespace,
                     "service": port.service.name,
                     "port_name": port.port_name,
+                    "kind": port.kind.to_string(),
+                    "external_traffic_policy": if port.policy.local_only { "Local" } else { "Cluster" },
+                    "affinity_timeout_seconds": port.policy.affinity_timeout,
+                    "source_ranges": port.policy.source_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "remote": endpoints(&port.remote),
+                    "draining": endpoints(&port.draining),
                 })
             })
             .collect(),
@@ -226,30 +236,30 @@ async fn get(admin: SocketAddr, path: &str) -> Result<Value> {
     serde_json::from_str(&body).with_context(|| format!("{path} from {admin}: not JSON"))
 }
 
-/// Frontend (`vip:port/PROTO`) → (`namespace/service`, port name), from `/debug/services`.
-type Names = BTreeMap<String, (String, String)>;
+/// Frontend (`vip:port/PROTO`) → its entry of `/debug/services` (Service, port name, kind,
+/// policies).
+type Names = BTreeMap<String, Value>;
 
 fn names_from(view: &Value) -> Names {
     view.as_array()
         .into_iter()
         .flatten()
-        .filter_map(|n| {
-            let service = format!(
-                "{}/{}",
-                n["namespace"].as_str().unwrap_or_default(),
-                n["service"].as_str().unwrap_or_default()
-            );
-            let port_name = n["port_name"].as_str().unwrap_or_default().to_string();
-            Some((n["frontend"].as_str()?.to_string(), (service, port_name)))
-        })
+        .filter_map(|n| Some((n["frontend"].as_str()?.to_string(), n.clone())))
         .collect()
 }
 
 fn name_of(names: &Names, frontend: &str) -> (String, String) {
-    names
-        .get(frontend)
-        .cloned()
-        .unwrap_or_else(|| ("-".into(), String::new()))
+    match names.get(frontend) {
+        Some(n) => (
+            format!(
+                "{}/{}",
+                n["namespace"].as_str().unwrap_or_default(),
+                n["service"].as_str().unwrap_or_default()
+            ),
+            n["port_name"].as_str().unwrap_or_default().to_string(),
+        ),
+        None => ("-".into(), String::new()),
+    }
 }
 
 fn addr(network_order: u32) -> Ipv4Addr {
@@ -280,24 +290,42 @@ fn services_from_maps(maps: &KernelMaps, names: &Names) -> Result<Value> {
         for id in table {
             *slots.entry(*id).or_insert(0) += 1;
         }
+        // Draining backends are in no table; they name their frontend.
+        for (id, backend) in state.backends.iter().enumerate() {
+            if backend.service_id == entry.service_id
+                && backend.flags & ingress_common::BACKEND_DRAINING != 0
+                && backend.flags & ingress_common::BACKEND_ACTIVE != 0
+            {
+                slots.entry(id as u32).or_insert(0);
+            }
+        }
         let backends: Vec<Value> = slots
             .iter()
             .map(|(id, slots)| {
                 let backend = maps.backend(*id);
                 let counters = maps.backend_counters(*id).unwrap_or_default();
+                let flags = backend.map_or(0, |b| b.flags);
                 json!({
                     "id": id,
                     "address": backend.map(|b| format!("{}:{}", addr(b.addr), u16::from_be(b.port))),
                     "maglev_slots": slots,
+                    "remote": flags & ingress_common::BACKEND_SNAT != 0,
+                    "draining": flags & ingress_common::BACKEND_DRAINING != 0,
                     "packets": counters.packets,
                     "bytes": counters.bytes,
                 })
             })
             .collect();
+        let view = names.get(&frontend);
+        let from_view = |field: &str| view.map_or(Value::Null, |v| v[field].clone());
         services.push(json!({
             "frontend": frontend,
             "service": service,
             "port_name": port_name,
+            "kind": from_view("kind"),
+            "external_traffic_policy": from_view("external_traffic_policy"),
+            "source_range_list": from_view("source_ranges"),
+            "snat_failures": counters.snat_failures,
             "service_id": entry.service_id,
             "maglev_table_size": entry.table_size,
             "packets": counters.packets,
@@ -387,15 +415,22 @@ fn table(what: InspectWhat, view: &Value) -> Vec<String> {
     match what {
         InspectWhat::Services => {
             lines.push(format!(
-                "{:<24} {:<28} {:>5} {:>7} {:>12} {:>10}  BACKENDS (id addr slots packets)",
-                "FRONTEND", "SERVICE", "ID", "SLOTS", "PACKETS", "NEW FLOWS"
+                "{:<24} {:<12} {:<7} {:<28} {:>5} {:>7} {:>12} {:>10}  BACKENDS (id addr slots packets; remote, draining marked)",
+                "FRONTEND", "KIND", "POLICY", "SERVICE", "ID", "SLOTS", "PACKETS", "NEW FLOWS"
             ));
             for s in rows(view) {
                 let backends: Vec<String> = rows(&s["backends"])
                     .iter()
                     .map(|b| {
+                        let mut marks = String::new();
+                        if b["remote"] == true {
+                            marks.push_str(" remote");
+                        }
+                        if b["draining"] == true {
+                            marks.push_str(" draining");
+                        }
                         format!(
-                            "{} {} {} {}",
+                            "{} {} {} {}{marks}",
                             b["id"],
                             text(&b["address"]),
                             b["maglev_slots"],
@@ -404,8 +439,10 @@ fn table(what: InspectWhat, view: &Value) -> Vec<String> {
                     })
                     .collect();
                 lines.push(format!(
-                    "{:<24} {:<28} {:>5} {:>7} {:>12} {:>10}  {}",
+                    "{:<24} {:<12} {:<7} {:<28} {:>5} {:>7} {:>12} {:>10}  {}",
                     text(&s["frontend"]),
+                    text(&s["kind"]),
+                    text(&s["external_traffic_policy"]),
                     text(&s["service"]),
                     s["service_id"],
                     s["maglev_table_size"],

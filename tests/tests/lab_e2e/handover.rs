@@ -383,6 +383,14 @@ fn inspect_shows_each_held_flow_and_every_backend(
         .and_then(|s| s.iter().find(|s| s["frontend"] == "203.0.113.10:80/TCP"))
         .context("inspect services has no 203.0.113.10:80/TCP")?;
     ensure!(tcp_service["service"] == "demo/web", "{tcp_service}");
+    ensure!(
+        tcp_service["kind"] == "LoadBalancer"
+            && tcp_service["external_traffic_policy"] == "Cluster"
+            && tcp_service["backends"].as_array().is_some_and(|b| b
+                .iter()
+                .all(|b| b["remote"] == false && b["draining"] == false)),
+        "kind, policy and endpoint states: {tcp_service}"
+    );
     let mut programmed: Vec<String> = tcp_service["backends"]
         .as_array()
         .into_iter()
