@@ -12,7 +12,9 @@
 //!  backends bN: 198.51.100.1N, default route via 198.51.100.1
 //! ```
 //!
-//! Addresses come from the documentation ranges; traffic never leaves the namespaces made here.
+//! Backends' veths are at the kernel's defaults, as CNI plugins leave pods' veths; only the
+//! links standing for wires are tuned ([`veth_offloads`]). Addresses come from the
+//! documentation ranges; traffic never leaves the namespaces made here.
 //! Used by the end-to-end tests (unique names, removed on drop) and by `cargo xtask lab` /
 //! `cargo xtask demo` (fixed names, so `lab down` finds them later).
 
@@ -254,7 +256,6 @@ impl Lab {
                 "via",
                 &NODE_BACKEND_ADDR.to_string(),
             ])?;
-            veth_offloads(ns, "eth0", true)?;
         }
         Ok(())
     }
@@ -296,7 +297,6 @@ impl Lab {
             // one that gains carrier later waits for linkwatch (up to a second).
             backend.netns.ip(&["link", "set", "eth0", "up"])?;
             lan.ip(&["link", "set", &port, "master", "br0", "up"])?;
-            veth_offloads(lan, &port, true)?;
         }
         Ok(())
     }
@@ -317,7 +317,6 @@ impl Lab {
             ])?;
             node.ip(&["link", "set", &interface, "up"])?;
             node.ip(&["route", "add", &cidr(backend.addr, 32), "dev", &interface])?;
-            veth_offloads(node, &interface, false)?;
             let ns = &backend.netns;
             ns.ip(&["addr", "add", &cidr(backend.addr, 32), "dev", "eth0"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
@@ -349,16 +348,14 @@ impl Lab {
         &self.node
     }
 
-    /// The node's interfaces, to pass to the agent as `--interface`.
+    /// The node's interfaces, to pass to the agent as `--interface`: its links to wires (the
+    /// client's, and the shared LAN's), never the backends' own veths, which a node's agent is
+    /// not told about (pods come and go; the stack delivers to them and their replies get the
+    /// frontend back at the uplink's TC egress).
     pub fn node_interfaces(&self) -> Vec<String> {
         let mut interfaces = vec![NODE_CLIENT_IF.to_string()];
-        match self.link {
-            BackendLink::Shared => interfaces.push(NODE_LAN_IF.to_string()),
-            BackendLink::PerBackend => interfaces.extend(
-                self.backends
-                    .iter()
-                    .map(|backend| format!("n-{}", backend.name)),
-            ),
+        if self.link == BackendLink::Shared {
+            interfaces.push(NODE_LAN_IF.to_string());
         }
         interfaces
     }
@@ -572,9 +569,12 @@ fn veth_to_pod(outer: &Netns, name: &str, pod: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// Every veth: no TX checksum offload, since a real wire delivers complete checksums and the
-/// XDP program's incremental updates need them. `gro` on the peers of the node's interfaces:
-/// native XDP redirect into a veth drops frames unless the receiving end runs NAPI.
+/// The links that stand for wires (client <-> node, node <-> the shared LAN), never a pod's:
+/// no TX checksum offload, since a real wire delivers complete checksums; `gro` on the peers of
+/// the node's interfaces, since native XDP redirect into a veth drops frames unless the
+/// receiving end runs NAPI, where a NIC always transmits. Backends' veths stay at the kernel's
+/// defaults (checksum offload on, GRO off), as CNI plugins leave pods' veths: handling them is
+/// the datapath's job (issue 13).
 fn veth_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
     let mut argv = vec!["ethtool", "-K", interface, "tx", "off"];
     if gro {
