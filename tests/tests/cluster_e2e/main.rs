@@ -6,11 +6,17 @@
 //! `basic`, `remote` and `new_pods` check the Service datapath across nodes: local pods reached
 //! through the stack with their replies restored at TC egress, remote pods through SNAT, pods
 //! created after the agents started.
+//! `node_port`, `reject`, `source_ranges`, `affinity`, `local_policy` and `labels` check the
+//! Service features of issue 13 end to end, as kube-proxy's e2e suite checks them: nodePorts
+//! and externalIPs, REJECT without endpoints, loadBalancerSourceRanges, ClientIP affinity,
+//! externalTrafficPolicy Local with its health check, and the labels that leave a Service to
+//! another proxy.
 //! Each test builds its own lab under unique names and removes it also when it fails.
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr},
+    io::{self, BufRead as _, BufReader},
+    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     time::Duration,
 };
 
@@ -20,15 +26,22 @@ use xdp_ingress_tests::{
     agent::{self, AgentProcess},
     lab::{
         self,
-        cluster::{Cluster, NodeId},
+        cluster::{web_service, Cluster, Endpoint, NodeId},
     },
+    netns::Netns,
     proxy::manifests::Manifests,
 };
 
+mod affinity;
 mod basic;
+mod labels;
+mod local_policy;
 mod new_pods;
+mod node_port;
+mod reject;
 mod remote;
 mod routing;
+mod source_ranges;
 
 /// For every single connect or request: a few hops in one machine, so anything slower fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,6 +53,10 @@ const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 const VIP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The manifest file of the tests' Service and its slice.
 const SERVICE_FILE: &str = "web.yaml";
+/// The nodePort the tests give the Service's TCP port (80).
+const NODE_PORT_TCP: u16 = 30080;
+/// The nodePort the tests give the Service's UDP port (53).
+const NODE_PORT_UDP: u16 = 30053;
 
 /// A cluster lab, its manifest directory and the agents running on its nodes.
 struct Scenario {
@@ -152,4 +169,125 @@ fn vip_silent(cluster: &Cluster) -> Result<bool> {
         let udp = lab::udp_ask(SocketAddr::from((VIP, 53)), ANSWER_TIMEOUT);
         Ok(tcp.is_err() && udp.is_err())
     })
+}
+
+/// Service `web` on [`VIP`] (LoadBalancer, TCP 80 and UDP 53) and its slice with `endpoints`;
+/// the fields of `spec` replace the Service's (a `null` removes one).
+fn web_with(endpoints: &[Endpoint], spec: Value) -> Vec<Value> {
+    let mut documents = web_service("web", VIP, endpoints);
+    merge(&mut documents[0]["spec"], spec);
+    documents
+}
+
+/// Puts the fields of `extra` into the object `target`, removing those that are `null`.
+fn merge(target: &mut Value, extra: Value) {
+    if let (Some(target), Value::Object(extra)) = (target.as_object_mut(), extra) {
+        for (key, value) in extra {
+            if value.is_null() {
+                target.remove(&key);
+            } else {
+                target.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Gives the first document's (a Service from [`web_service`]) ports the tests' nodePorts.
+fn with_node_ports(mut documents: Vec<Value>) -> Vec<Value> {
+    let ports = &mut documents[0]["spec"]["ports"];
+    ports[0]["nodePort"] = NODE_PORT_TCP.into();
+    ports[1]["nodePort"] = NODE_PORT_UDP.into();
+    documents
+}
+
+/// What became of one connect or question.
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Answered by this server.
+    Answered(String),
+    /// Refused (a TCP RST or an ICMP port unreachable came back).
+    Refused,
+    /// Nothing came back within [`ANSWER_TIMEOUT`].
+    Silent,
+}
+
+impl Outcome {
+    /// `Refused` or `Silent` for these errors, else the error.
+    fn of_error(error: io::Error) -> io::Result<Self> {
+        match error.kind() {
+            io::ErrorKind::ConnectionRefused => Ok(Self::Refused),
+            io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Ok(Self::Silent),
+            _ => Err(error),
+        }
+    }
+}
+
+/// Connects to `addr` (inside the current thread's namespace) and reads the greeting.
+fn tcp_outcome(addr: SocketAddr) -> Result<Outcome> {
+    let stream = match TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT) {
+        Ok(stream) => stream,
+        Err(error) => {
+            return Outcome::of_error(error).with_context(|| format!("connecting to {addr}"))
+        }
+    };
+    stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    let mut greeting = String::new();
+    BufReader::new(stream)
+        .read_line(&mut greeting)
+        .with_context(|| format!("the greeting from {addr}"))?;
+    Ok(Outcome::Answered(greeting.trim().to_string()))
+}
+
+/// Sends a question to `addr` from a connected UDP socket (so only an answer from `addr`
+/// itself counts, and an ICMP error is reported) and waits for the answer.
+fn udp_outcome(addr: SocketAddr) -> Result<Outcome> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+    socket.connect(addr)?;
+    socket.set_read_timeout(Some(ANSWER_TIMEOUT))?;
+    socket.send(b"who?\n")?;
+    let mut buffer = [0u8; 512];
+    match socket.recv(&mut buffer) {
+        Ok(len) => Ok(Outcome::Answered(
+            String::from_utf8_lossy(&buffer[..len]).trim().to_string(),
+        )),
+        Err(error) => Outcome::of_error(error).with_context(|| format!("asking {addr}")),
+    }
+}
+
+/// `n` TCP connections and `n` UDP questions from `client` (the lab's first or second client)
+/// to `tcp` and `udp`: who answered; every one must be answered.
+fn answers(client: &Netns, tcp: SocketAddr, udp: SocketAddr, n: usize) -> Result<BTreeSet<String>> {
+    client.run_inside(move || {
+        let mut names = BTreeSet::new();
+        for i in 0..n {
+            for (protocol, outcome) in [("TCP", tcp_outcome(tcp)?), ("UDP", udp_outcome(udp)?)] {
+                let Outcome::Answered(name) = outcome else {
+                    anyhow::bail!("{protocol} attempt {i} of {n} (to {tcp}/{udp}): {outcome:?}");
+                };
+                names.insert(name);
+            }
+        }
+        Ok(names)
+    })
+}
+
+/// Whether neither a TCP connect to `tcp` nor a UDP question to `udp` from `client` gets any
+/// answer, not even a refusal.
+fn silent(client: &Netns, tcp: SocketAddr, udp: SocketAddr) -> Result<bool> {
+    client.run_inside(move || {
+        Ok(tcp_outcome(tcp)? == Outcome::Silent && udp_outcome(udp)? == Outcome::Silent)
+    })
+}
+
+/// The VIP's TCP and UDP frontends.
+fn vip_ports() -> (SocketAddr, SocketAddr) {
+    (SocketAddr::from((VIP, 80)), SocketAddr::from((VIP, 53)))
+}
+
+/// `node`'s address with the tests' TCP and UDP nodePorts.
+fn node_ports(node: NodeId) -> (SocketAddr, SocketAddr) {
+    (
+        SocketAddr::from((node.addr(), NODE_PORT_TCP)),
+        SocketAddr::from((node.addr(), NODE_PORT_UDP)),
+    )
 }
