@@ -106,9 +106,6 @@ fn local_policy_keeps_the_client_address_and_only_local_nodes_forward() -> Resul
 }
 
 #[test]
-#[ignore = "node-1's health check answers 200 with \"localEndpoints\": 2 for one local pod behind \
-            the Service's two ports: the translator counts address:port pairs, kube-proxy \
-            counts addresses"]
 fn health_check_node_port_reports_local_endpoints_per_node() -> Result<()> {
     let Some(mut scenario) = Scenario::new(
         "health_check_node_port_reports_local_endpoints_per_node",

@@ -165,13 +165,14 @@ pub(crate) fn select(endpoints: &BTreeMap<Endpoint, EndpointState>, local_only: 
     }
 }
 
-/// kube-proxy's health check count: ready endpoints on this node (terminating ones do not
-/// count, even while they take flows as a fallback).
+/// kube-proxy's health check count: the addresses of ready endpoints on this node, a pod
+/// serving several ports counting once (kube-proxy's `LocalReadyEndpoints` squashes by IP);
+/// terminating ones do not count, even while they take flows as a fallback.
 pub(crate) fn local_ready(
     endpoints: &BTreeMap<Endpoint, EndpointState>,
-) -> impl Iterator<Item = Endpoint> + '_ {
+) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
     endpoints
         .iter()
         .filter(|(_, s)| s.ready && s.local)
-        .map(|(e, _)| *e)
+        .map(|(e, _)| e.addr)
 }

@@ -207,8 +207,8 @@ fn health_check_counts_ready_local_endpoints_of_every_port() {
     assert!(problems.is_empty(), "{problems:?}");
     let check = &plan.health_checks[&32000];
     assert_eq!(check.service.to_string(), "demo/s");
-    // kube-proxy counts endpoints per address and port: one pod with two ports counts twice.
-    assert_eq!(check.local_endpoints, 2);
+    // kube-proxy counts local ready endpoints by address: one pod with two ports counts once.
+    assert_eq!(check.local_endpoints, 1);
     // eTP Cluster: no health check even with the port set.
     let cluster = service(
         &serde_yaml::to_string(&two_ports.object)
