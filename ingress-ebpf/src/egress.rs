@@ -11,6 +11,7 @@
 
 use aya_ebpf::{macros::classifier, programs::TcContext};
 use ingress_common::{proto, FlowKey, Reason};
+use ingress_ebpf::parse::{ETH_HLEN, ETH_P_IP, IP_MF, IP_OFFSET};
 
 use crate::{
     maps::{BACKEND_FILTER, REVERSE_FLOWS},
@@ -19,9 +20,6 @@ use crate::{
 
 /// `TCX_NEXT` / `TC_ACT_UNSPEC`: let the next program (another agent's, a CNI's) decide.
 const TC_NEXT: i32 = -1;
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const IP_MF_OFFSET: u16 = 0x3FFF;
 /// `bpf_l4_csum_replace` flags: the field is in the pseudo-header; a UDP checksum of 0 stays 0.
 const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
 const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
@@ -45,7 +43,7 @@ fn restore_frontend(ctx: &TcContext) -> Option<Reason> {
     if version_ihl >> 4 != 4 || (protocol != proto::TCP && protocol != proto::UDP) {
         return None;
     }
-    if u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?) & IP_MF_OFFSET != 0 {
+    if u16::from_be(ctx.load::<u16>(ETH_HLEN + 6).ok()?) & (IP_MF | IP_OFFSET) != 0 {
         return None;
     }
     let src = ctx.load::<u32>(ETH_HLEN + 12).ok()?;

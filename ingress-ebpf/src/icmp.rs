@@ -17,13 +17,11 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, programs::XdpContext};
 use ingress_common::{csum_replace2, csum_replace4, proto, FlowKey, Reason};
-use ingress_ebpf::parse::{ptr_at, Ipv4Hdr, Packet, Ports};
+use ingress_ebpf::parse::{ptr_at, Ipv4Hdr, Packet, Ports, ICMP_DEST_UNREACH, IPV4_NO_OPTIONS};
 
 use crate::{conntrack, forward, maps::BACKEND_FILTER, maps::VIP_FILTER, maybe_in};
 
-const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_TIME_EXCEEDED: u8 = 11;
-const IPV4_NO_OPTIONS: u8 = 0x45;
 const ICMP_HLEN: usize = 8;
 /// What an error must quote for us: the IP header without options and 8 bytes of TCP or UDP.
 const QUOTED_LEN: usize = 28;

@@ -4,13 +4,23 @@
 use aya_ebpf::programs::XdpContext;
 use ingress_common::{proto, Reason};
 
-const ETH_HLEN: usize = 14;
+/// Ethernet header length.
+pub const ETH_HLEN: usize = 14;
 const VLAN_HLEN: usize = 4;
-const ETH_P_IP: u16 = 0x0800;
+/// EtherType IPv4.
+pub const ETH_P_IP: u16 = 0x0800;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88A8;
-const IP_MF: u16 = 0x2000;
-const IP_OFFSET: u16 = 0x1FFF;
+/// IPv4 flags and fragment offset: more fragments.
+pub const IP_MF: u16 = 0x2000;
+/// IPv4 fragment offset mask.
+pub const IP_OFFSET: u16 = 0x1FFF;
+/// IPv4 don't-fragment flag.
+pub const IP_DF: u16 = 0x4000;
+/// The first byte of an IPv4 header without options (version 4, IHL 5).
+pub const IPV4_NO_OPTIONS: u8 = 0x45;
+/// ICMP type destination unreachable.
+pub const ICMP_DEST_UNREACH: u8 = 3;
 
 /// Ethernet header (fields as in the kernel's `struct ethhdr`).
 #[repr(C)]
@@ -91,8 +101,12 @@ pub struct Packet {
 
 /// TCP flags: FIN.
 pub const TCP_FIN: u8 = 0x01;
+/// TCP flags: SYN.
+pub const TCP_SYN: u8 = 0x02;
 /// TCP flags: RST.
 pub const TCP_RST: u8 = 0x04;
+/// TCP flags: ACK.
+pub const TCP_ACK: u8 = 0x10;
 
 /// The TCP flags of a TCP packet (0 for anything else or a truncated header).
 #[inline(always)]

@@ -15,19 +15,12 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use ingress_common::{csum_fold, proto, Reason};
-use ingress_ebpf::parse::{ptr_at, EthHdr, Ipv4Hdr, Packet};
+use ingress_ebpf::parse::{
+    ptr_at, EthHdr, Ipv4Hdr, Packet, ETH_HLEN, ETH_P_IP, ICMP_DEST_UNREACH, IPV4_NO_OPTIONS, IP_DF,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
-const TCP_FIN: u8 = 0x01;
-const TCP_SYN: u8 = 0x02;
-const TCP_RST: u8 = 0x04;
-const TCP_ACK: u8 = 0x10;
-const IPV4_NO_OPTIONS: u8 = 0x45;
-const IP_DF: u16 = 0x4000;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_HLEN: usize = 14;
-const IPPROTO_ICMP: u8 = 1;
-/// ICMP destination unreachable, code port unreachable.
-const ICMP_DEST_UNREACH: u8 = 3;
+/// ICMP destination unreachable's code port unreachable.
 const ICMP_PORT_UNREACH: u8 = 3;
 /// What an ICMP error adds in front of the original IP header: its own IP header and ICMP header.
 const ICMP_GROWTH: usize = 28;
@@ -219,7 +212,7 @@ fn icmp_port_unreachable(ctx: &XdpContext, packet: &Packet) -> (u32, Reason) {
             0xc0,
             (ICMP_FRAME_LEN - ETH_HLEN) as u16,
             0,
-            IPPROTO_ICMP,
+            proto::ICMP,
             packet.dst_addr,
             packet.src_addr,
         );

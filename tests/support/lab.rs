@@ -569,13 +569,13 @@ fn veth_to_pod(outer: &Netns, name: &str, pod: &Netns) -> Result<()> {
     Ok(())
 }
 
-/// The links that stand for wires (client <-> node, node <-> the shared LAN), never a pod's:
-/// no TX checksum offload, since a real wire delivers complete checksums; `gro` on the peers of
-/// the node's interfaces, since native XDP redirect into a veth drops frames unless the
-/// receiving end runs NAPI, where a NIC always transmits. Backends' veths stay at the kernel's
-/// defaults (checksum offload on, GRO off), as CNI plugins leave pods' veths: handling them is
-/// the datapath's job (issue 13).
-fn veth_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
+/// Tunes a link that stands for a wire (client <-> node, node <-> a LAN or router), never a
+/// pod's: no TX checksum offload, since a real wire delivers complete checksums; `gro` on the
+/// peers of the node's interfaces, since native XDP redirect into a veth drops frames unless
+/// the receiving end runs NAPI, where a NIC always transmits (XDP_TX needs more: an XDP program
+/// on the peer, see `cluster`). Pods' veths stay at the kernel's defaults (checksum offload on,
+/// GRO off), as CNI plugins leave them: handling those is the datapath's job.
+pub(crate) fn veth_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
     let mut argv = vec!["ethtool", "-K", interface, "tx", "off"];
     if gro {
         argv.extend(["gro", "on"]);

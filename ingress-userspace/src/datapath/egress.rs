@@ -17,7 +17,7 @@ use aya::{
 };
 use ingress_common::{map_names, TC_EGRESS_PROGRAM};
 
-use crate::datapath::{pin::pin_file, Datapath, DatapathError};
+use crate::datapath::{loader::pin_link, pin::pin_file, Datapath, DatapathError};
 
 /// The interface's index, or an error naming it.
 pub(super) fn ifindex(interface: &str) -> Result<u32, DatapathError> {
@@ -104,20 +104,7 @@ impl Datapath {
             return Ok(());
         };
         let link = program.take_link(id).map_err(attach_error)?;
-        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::NotBpfLink {
-            interface: interface.to_string(),
-            source,
-        })?;
-        // As for XDP: the pin alone keeps the program attached.
-        drop(
-            fd_link
-                .pin(&path)
-                .map_err(|source| DatapathError::PinLink {
-                    path: path.clone(),
-                    source,
-                })?,
-        );
-        Ok(())
+        pin_link(interface, link, &path)
     }
 
     fn replace_in_pinned_egress_link(&mut self, path: &Path) -> Result<(), DatapathError> {

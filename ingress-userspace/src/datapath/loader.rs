@@ -260,21 +260,7 @@ impl Datapath {
                 interface: interface.to_string(),
                 source,
             })?;
-        let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::NotBpfLink {
-            interface: interface.to_string(),
-            source,
-        })?;
-        // Our fd closes here; the pin alone keeps the program attached, as for an updated link,
-        // so `cleanup` detaches every interface at once, agent running or not.
-        drop(
-            fd_link
-                .pin(&path)
-                .map_err(|source| DatapathError::PinLink {
-                    path: path.clone(),
-                    source,
-                })?,
-        );
-        Ok(())
+        pin_link(interface, link, &path)
     }
 
     fn replace_in_pinned_link(&mut self, path: &Path) -> Result<(), DatapathError> {
@@ -366,6 +352,24 @@ impl Datapath {
             logger.flush();
         }
     }
+}
+
+/// Pins a new attachment's link at `path`. Our fd closes here; the pin alone keeps the program
+/// attached, as for an updated link, so `cleanup` detaches every interface at once, agent
+/// running or not.
+pub(super) fn pin_link<L>(interface: &str, link: L, path: &Path) -> Result<(), DatapathError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let fd_link = FdLink::try_from(link).map_err(|source| DatapathError::NotBpfLink {
+        interface: interface.to_string(),
+        source,
+    })?;
+    drop(fd_link.pin(path).map_err(|source| DatapathError::PinLink {
+        path: path.to_path_buf(),
+        source,
+    })?);
+    Ok(())
 }
 
 /// The object's XDP program `name`.

@@ -40,7 +40,7 @@ pub use manifests::{
     endpoint_slice, load_balancer_service, web_service, Endpoint, ServicePort, WEB_PORTS,
 };
 
-use super::{cidr, wait_reachable, BackendServer};
+use super::{cidr, veth_offloads, wait_reachable, BackendServer};
 use crate::{agent::Agent, netns::Netns};
 use ingress_common::bench;
 use xdp_ingress::datapath::{reference::ReferencePrograms, AttachMode};
@@ -241,8 +241,8 @@ impl Cluster {
             client.ip(&["addr", "add", &cidr(addr, CLIENT_NET_PREFIX), "dev", "eth0"])?;
             client.ip(&["link", "set", "eth0", "up"])?;
             client.ip(&["route", "add", "default", "via", &gateway.to_string()])?;
-            wire_offloads(router, port, false)?;
-            wire_offloads(client, "eth0", false)?;
+            veth_offloads(router, port, false)?;
+            veth_offloads(client, "eth0", false)?;
         }
         for node in NodeId::ALL {
             let ns = self.node(node);
@@ -259,8 +259,8 @@ impl Cluster {
             // The node's end first: a bridge port that comes up with carrier forwards at once.
             ns.ip(&["link", "set", UPLINK, "up"])?;
             router.ip(&["link", "set", port, "master", "br0", "up"])?;
-            wire_offloads(ns, UPLINK, false)?;
-            wire_offloads(router, port, true)?;
+            veth_offloads(ns, UPLINK, false)?;
+            veth_offloads(router, port, true)?;
             ns.ip(&[
                 "route",
                 "add",
@@ -461,20 +461,6 @@ fn veth(outer: &Netns, name: &str, inner: &Netns, peer: &str) -> Result<()> {
         "netns",
         inner.name(),
     ])?;
-    Ok(())
-}
-
-/// Tunes a link that stands for a wire, never a pod's: TX checksum offload off (a real wire
-/// carries complete checksums); `gro` on where frames an XDP program redirects out of the peer
-/// arrive (veth drops them unless the receiving end runs NAPI; a NIC always transmits). XDP_TX
-/// needs more: the kernel wakes the peer for it only when the peer has an XDP program, so the
-/// router's node ports also get a pass program (`Cluster::up`).
-fn wire_offloads(netns: &Netns, interface: &str, gro: bool) -> Result<()> {
-    let mut argv = vec!["ethtool", "-K", interface, "tx", "off"];
-    if gro {
-        argv.extend(["gro", "on"]);
-    }
-    netns.exec(&argv)?;
     Ok(())
 }
 
