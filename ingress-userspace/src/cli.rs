@@ -284,19 +284,12 @@ mod tests {
         Cli::command().debug_assert();
     }
 
-    /// `run` and `validate` read the L7 group alike, so both choose the same Ingresses.
-    #[test]
-    fn run_and_validate_share_the_ingress_flags() {
-        let flags = [
-            "--controller-name",
-            "example.dev/c",
-            "--default-tls-secret",
-            "a/b",
-        ];
-        let run = Cli::try_parse_from(["xdp-ingress", "run"].into_iter().chain(flags));
+    /// `run` and `validate` with the same flags.
+    fn run_and_validate(flags: &[&str]) -> (RunArgs, ValidateArgs) {
+        let run = Cli::try_parse_from(["xdp-ingress", "run"].iter().chain(flags));
         let validate = Cli::try_parse_from(
             ["xdp-ingress", "validate", "--manifests", "m"]
-                .into_iter()
+                .iter()
                 .chain(flags),
         );
         let (
@@ -312,6 +305,19 @@ mod tests {
         else {
             panic!("both parse");
         };
+        (*run, validate)
+    }
+
+    /// `run` and `validate` read the L7 group alike, so both choose the same Ingresses.
+    #[test]
+    fn run_and_validate_share_the_ingress_flags() {
+        let flags = [
+            "--controller-name",
+            "example.dev/c",
+            "--default-tls-secret",
+            "a/b",
+        ];
+        let (run, validate) = run_and_validate(&flags);
         for ingress in [&run.ingress, &validate.ingress] {
             let options = ingress.options().map_err(|e| e.to_string());
             assert_eq!(
@@ -337,25 +343,7 @@ mod tests {
             "--node-ip",
             "192.0.2.2",
         ];
-        let run = Cli::try_parse_from(["xdp-ingress", "run"].into_iter().chain(flags));
-        let validate = Cli::try_parse_from(
-            ["xdp-ingress", "validate", "--manifests", "m"]
-                .into_iter()
-                .chain(flags),
-        );
-        let (
-            Ok(Cli {
-                command: Command::Run(run),
-                ..
-            }),
-            Ok(Cli {
-                command: Command::Validate(validate),
-                ..
-            }),
-        ) = (run, validate)
-        else {
-            panic!("both parse");
-        };
+        let (run, validate) = run_and_validate(&flags);
         let expected = L4Options {
             node_name: Some("n1".to_string()),
             node_addresses: vec![Ipv4Addr::new(192, 0, 2, 1), Ipv4Addr::new(192, 0, 2, 2)],

@@ -289,7 +289,7 @@ impl Lab {
         veth_offloads(lan, "p-node", true)?;
         for backend in &self.backends {
             let port = format!("p-{}", backend.name);
-            veth_to_pod(lan, &port, &backend.netns)?;
+            veth(lan, &port, &backend.netns, "eth0")?;
             backend
                 .netns
                 .ip(&["addr", "add", &cidr(backend.addr, 24), "dev", "eth0"])?;
@@ -306,7 +306,7 @@ impl Lab {
         let gateway = NODE_BACKEND_ADDR.to_string();
         for backend in &self.backends {
             let interface = format!("n-{}", backend.name);
-            veth_to_pod(node, &interface, &backend.netns)?;
+            veth(node, &interface, &backend.netns, "eth0")?;
             // The same /32 gateway address on every pod link, as Calico does with 169.254.1.1.
             node.ip(&[
                 "addr",
@@ -551,9 +551,8 @@ pub(crate) fn cidr(addr: Ipv4Addr, prefix: u8) -> String {
     format!("{addr}/{prefix}")
 }
 
-/// A veth pair from `outer` (end `name`) to a backend's namespace, where its end is the pod's
-/// `eth0`.
-fn veth_to_pod(outer: &Netns, name: &str, pod: &Netns) -> Result<()> {
+/// A veth pair: `name` in `outer`, its peer `peer` in `inner` (a pod's end is its `eth0`).
+pub(crate) fn veth(outer: &Netns, name: &str, inner: &Netns, peer: &str) -> Result<()> {
     outer.ip(&[
         "link",
         "add",
@@ -562,9 +561,9 @@ fn veth_to_pod(outer: &Netns, name: &str, pod: &Netns) -> Result<()> {
         "veth",
         "peer",
         "name",
-        "eth0",
+        peer,
         "netns",
-        pod.name(),
+        inner.name(),
     ])?;
     Ok(())
 }

@@ -40,7 +40,7 @@ pub use manifests::{
     endpoint_slice, load_balancer_service, web_service, Endpoint, ServicePort, WEB_PORTS,
 };
 
-use super::{cidr, veth_offloads, wait_reachable, BackendServer};
+use super::{cidr, veth, veth_offloads, wait_reachable, BackendServer};
 use crate::{agent::Agent, netns::Netns};
 use ingress_common::bench;
 use xdp_ingress::datapath::{reference::ReferencePrograms, AttachMode};
@@ -445,23 +445,6 @@ impl Cluster {
     ) -> Result<T> {
         self.pod(name)?.netns.run_inside(f)
     }
-}
-
-/// A veth pair: `name` in `outer`, its peer `peer` in `inner`.
-fn veth(outer: &Netns, name: &str, inner: &Netns, peer: &str) -> Result<()> {
-    outer.ip(&[
-        "link",
-        "add",
-        name,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        peer,
-        "netns",
-        inner.name(),
-    ])?;
-    Ok(())
 }
 
 fn offset(base: Ipv4Addr, host: u8) -> Ipv4Addr {
