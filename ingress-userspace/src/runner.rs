@@ -84,6 +84,9 @@ enum Source {
     Kube(KubeSource, Box<Control>),
 }
 
+/// How often the runner looks for SNAT exhaustion to log.
+const SNAT_REPORT_PERIOD: Duration = Duration::from_secs(10);
+
 /// What `run` drives: the source, the sinks (with the loaded datapath) and the listeners.
 pub struct Runner {
     args: RunArgs,
@@ -101,6 +104,8 @@ pub struct Runner {
     views: Receiver<ViewRequest>,
     /// Changes queued and applied, for the health servers.
     proxy_health: Arc<ProxyHealth>,
+    /// New connections dropped for want of a SNAT port, as last logged.
+    snat_failures_logged: u64,
 }
 
 impl Runner {
@@ -148,6 +153,7 @@ impl Runner {
             scrapes,
             views,
             proxy_health,
+            snat_failures_logged: 0,
         })
     }
 
@@ -194,6 +200,7 @@ impl Runner {
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
         let mut log_tick = tokio::time::interval(Duration::from_millis(500));
+        let mut snat_tick = tokio::time::interval(SNAT_REPORT_PERIOD);
         loop {
             tokio::select! {
                 // Only the wait races the other events; the burst is applied whole once it
@@ -205,6 +212,7 @@ impl Runner {
                     self.apply_burst().await;
                 }
                 _ = log_tick.tick() => self.flush_logs(),
+                _ = snat_tick.tick() => self.report_snat_failures(),
                 () = &mut shutdown => break,
             }
         }
@@ -265,6 +273,31 @@ impl Runner {
         if apply::apply_pass(&mut self.sinks, &mut self.source, self.metrics.agent()).await {
             self.proxy_health.updated();
         }
+    }
+
+    /// Logs new connections the datapath dropped for want of a SNAT port since the last look:
+    /// the metric counts them per Service, the log says that it happens (one read of the
+    /// per-CPU reason counters a period).
+    fn report_snat_failures(&mut self) {
+        let Some(l4) = self.sinks.l4() else {
+            return;
+        };
+        let Ok(reasons) = l4.sync().maps().reason_counters() else {
+            return;
+        };
+        let total = reasons
+            .iter()
+            .find(|(reason, _)| *reason == ingress_common::Reason::DropSnatFailed)
+            .map_or(0, |(_, count)| *count);
+        if total > self.snat_failures_logged {
+            tracing::warn!(
+                dropped = total - self.snat_failures_logged,
+                total,
+                "new connections to endpoints on other nodes dropped: no SNAT port free (per \
+                 Service: xdp_ingress_service_snat_failures_total)"
+            );
+        }
+        self.snat_failures_logged = total;
     }
 
     /// Forwards the XDP program's rare log lines (aya-log).
