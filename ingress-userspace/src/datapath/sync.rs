@@ -105,7 +105,10 @@ fn same_datapath(programmed: &ServicePortPlan, wanted: &ServicePortPlan) -> bool
     programmed.backends == wanted.backends
         && programmed.draining == wanted.draining
         && programmed.remote == wanted.remote
-        && programmed.policy == wanted.policy
+        // `local_only` shaped `backends` in the translator; the maps do not hold it (an adopted
+        // plan cannot know it).
+        && programmed.policy.affinity_timeout == wanted.policy.affinity_timeout
+        && programmed.policy.source_ranges == wanted.policy.source_ranges
         && programmed.endpoints_elsewhere == wanted.endpoints_elsewhere
         && counts_as_vip(programmed.kind) == counts_as_vip(wanted.kind)
 }

@@ -732,6 +732,8 @@ fn node_ports_are_not_vips_and_policies_reach_the_service_entry() {
         let entry = plan.frontends.get_mut(&node_port).expect("planned");
         entry.kind = FrontendKind::NodePort;
         entry.policy.affinity_timeout = Some(10_800);
+        // Not in the maps: an adopted plan cannot know it, and it must not make a rewrite.
+        entry.policy.local_only = true;
     }
     plan.frontends
         .get_mut(&lb)
