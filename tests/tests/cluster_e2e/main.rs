@@ -42,6 +42,7 @@ mod reject;
 mod remote;
 mod routing;
 mod source_ranges;
+mod terminating;
 
 /// For every single connect or request: a few hops in one machine, so anything slower fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
