@@ -69,15 +69,17 @@ pub(crate) fn translate_error(ctx: &XdpContext, packet: &Packet) -> (u32, Reason
     if packet.ttl <= 1 {
         return (xdp_action::XDP_PASS, Reason::PassTtlExpired);
     }
+    // The quoted packet's 5-tuple turned round: the key of the flow it belongs to in either
+    // case below (client → frontend, or backend → client).
+    let flow_key = FlowKey::new(
+        quoted.dst,
+        quoted.src,
+        quoted.dst_port,
+        quoted.src_port,
+        quoted.proto,
+    );
     if maybe_in(&VIP_FILTER, quoted.src) {
         // Quotes `frontend → client`: a reply of a flow, if its client → frontend key is tracked.
-        let flow_key = FlowKey::new(
-            quoted.dst,
-            quoted.src,
-            quoted.dst_port,
-            quoted.src_port,
-            quoted.proto,
-        );
         // SAFETY: reads the jiffies counter.
         let now = unsafe { bpf_jiffies64() };
         let tracked =
@@ -101,15 +103,8 @@ pub(crate) fn translate_error(ctx: &XdpContext, packet: &Packet) -> (u32, Reason
     }
     if maybe_in(&BACKEND_FILTER, quoted.dst) {
         // Quotes `client → backend`: a packet we forwarded, if its reply key is tracked.
-        let reverse_key = FlowKey::new(
-            quoted.dst,
-            quoted.src,
-            quoted.dst_port,
-            quoted.src_port,
-            quoted.proto,
-        );
         // SAFETY: a map value pointer from the lookup; plain data.
-        let reverse = conntrack::reply(&reverse_key).map(|entry| unsafe { *entry });
+        let reverse = conntrack::reply(&flow_key).map(|entry| unsafe { *entry });
         // SNATed flows' errors are not translated (yet): their quote names this node.
         if let Some(reverse) = reverse.filter(|r| r.client_addr == 0) {
             // SAFETY: as above.
