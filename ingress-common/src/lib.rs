@@ -204,6 +204,15 @@ pub struct AffinityEntry {
     pub last_used_ns: u64,
 }
 
+impl AffinityEntry {
+    /// Whether the client's affinity has lapsed at `now_ns` (the coarse monotonic clock) for a
+    /// frontend with this timeout in seconds.
+    #[inline(always)]
+    pub fn expired(&self, timeout_seconds: u32, now_ns: u64) -> bool {
+        now_ns.saturating_sub(self.last_used_ns) > timeout_seconds as u64 * 1_000_000_000
+    }
+}
+
 /// What an established flow checks about its Service, by service id: that the id still belongs to
 /// the frontend the flow was made for (same VIP, port, protocol and epoch).
 #[repr(C)]
@@ -258,6 +267,23 @@ pub const SNAT_CLOSING_NS: u64 = 10 * 1_000_000_000;
 pub const SNAT_UDP_IDLE_NS: u64 = 60 * 1_000_000_000;
 /// A SNAT mapping whose flow saw a FIN or RST.
 pub const REVERSE_CLOSING: u32 = 1;
+
+impl ReverseEntry {
+    /// Whether a SNAT mapping of a `protocol` flow no longer holds its port at `now_ns` (the
+    /// coarse monotonic clock): idle past [`SNAT_TCP_IDLE_NS`], [`SNAT_CLOSING_NS`] or
+    /// [`SNAT_UDP_IDLE_NS`].
+    #[inline(always)]
+    pub fn snat_expired(&self, protocol: u8, now_ns: u64) -> bool {
+        let idle = if self.flags & REVERSE_CLOSING != 0 {
+            SNAT_CLOSING_NS
+        } else if protocol == proto::TCP {
+            SNAT_TCP_IDLE_NS
+        } else {
+            SNAT_UDP_IDLE_NS
+        };
+        now_ns.saturating_sub(self.last_seen_ns) > idle
+    }
+}
 
 /// One backend of one Service port.
 #[repr(C)]

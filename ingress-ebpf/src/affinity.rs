@@ -10,8 +10,6 @@ use ingress_common::{
 
 use crate::maps::{AFFINITY, BACKENDS};
 
-const NS_PER_SECOND: u64 = 1_000_000_000;
-
 /// Now, for affinity timestamps (the coarse clock: a tick's precision is plenty for timeouts in
 /// seconds, and it is cheaper).
 #[inline(always)]
@@ -33,10 +31,7 @@ pub(crate) fn sticky_backend(
     };
     // SAFETY: AffinityEntry is plain data.
     let entry = *unsafe { AFFINITY.get(key) }?;
-    if entry.service_epoch != service.epoch
-        || now_ns.saturating_sub(entry.last_used_ns)
-            > service.affinity_timeout as u64 * NS_PER_SECOND
-    {
+    if entry.service_epoch != service.epoch || entry.expired(service.affinity_timeout, now_ns) {
         return None;
     }
     let backend = BACKENDS.get(entry.backend_id)?;

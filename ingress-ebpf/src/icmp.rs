@@ -12,8 +12,15 @@
 //! The quoted header and ports are rewritten with the inner IPv4 checksum, the quoted UDP
 //! checksum (when it is quoted and not 0) and the ICMP checksum updated incrementally. A quoted
 //! TCP checksum lies beyond the 8 bytes every error carries and is left alone, as netfilter does.
-//! Errors with a quoted IP header carrying options, errors about SNATed flows (not translated
-//! yet), and every other ICMP, go to the stack.
+//!
+//! For a flow to a remote endpoint (SNAT) both ends of the quote move: an error about a
+//! forwarded packet quotes `node:snat port → backend`, is addressed to this node and goes to the
+//! client quoting `client → frontend`; an error about a reply quotes `frontend → client` and goes
+//! to the backend quoting `backend → node:snat port`. In both, an outer address that is the
+//! quote's peer (the client, the backend) is translated like the quote, so each end sees the
+//! error come from the peer it knows.
+//!
+//! Errors with a quoted IP header carrying options, and every other ICMP, go to the stack.
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_jiffies64, programs::XdpContext};
 use ingress_common::{csum_replace2, csum_replace4, proto, FlowKey, Reason};
@@ -82,40 +89,25 @@ pub(crate) fn translate_error(ctx: &XdpContext, packet: &Packet) -> (u32, Reason
         // Quotes `frontend → client`: a reply of a flow, if its client → frontend key is tracked.
         // SAFETY: reads the jiffies counter.
         let now = unsafe { bpf_jiffies64() };
-        let tracked =
-            conntrack::established(&flow_key, now).filter(|(flow, _)| flow.snat_addr == 0);
-        if let Some((_, backend)) = tracked {
-            // SAFETY: `icmp` and the quoted headers were bounds-checked; the frame is unchanged.
+        if let Some((flow, backend)) = conntrack::established(&flow_key, now) {
+            let snat = flow.snat_addr != 0;
+            let from_client = snat && packet.src_addr == quoted.dst;
+            // SAFETY: `icmp` and the quoted headers were bounds-checked; the frame is unchanged
+            // but for the fields each call rewrites (each reads the old value it replaces).
             unsafe {
                 if packet.dst_addr == quoted.src {
                     rewrite_outer_destination(packet, backend.addr);
                 }
+                if from_client {
+                    rewrite_outer_source(packet, flow.snat_addr);
+                }
+                if snat {
+                    rewrite_quoted(icmp, &quoted, false, flow.snat_addr, flow.snat_port);
+                }
                 rewrite_quoted(icmp, &quoted, true, backend.addr, backend.port);
             }
-            return forward::send(
-                ctx,
-                packet,
-                packet.src_addr,
-                backend.addr,
-                forward::Direction::IcmpError(Reason::IcmpErrorToBackend),
-            );
-        }
-    }
-    if maybe_in(&BACKEND_FILTER, quoted.dst) {
-        // Quotes `client → backend`: a packet we forwarded, if its reply key is tracked.
-        // SAFETY: a map value pointer from the lookup; plain data.
-        let reverse = conntrack::reply(&flow_key).map(|entry| unsafe { *entry });
-        // SNATed flows' errors are not translated (yet): their quote names this node.
-        if let Some(reverse) = reverse.filter(|r| r.client_addr == 0) {
-            // SAFETY: as above.
-            unsafe {
-                if packet.src_addr == quoted.dst {
-                    rewrite_outer_source(packet, reverse.vip);
-                }
-                rewrite_quoted(icmp, &quoted, false, reverse.vip, reverse.port);
-            }
-            let src = if packet.src_addr == quoted.dst {
-                reverse.vip
+            let src = if from_client {
+                flow.snat_addr
             } else {
                 packet.src_addr
             };
@@ -123,7 +115,54 @@ pub(crate) fn translate_error(ctx: &XdpContext, packet: &Packet) -> (u32, Reason
                 ctx,
                 packet,
                 src,
-                packet.dst_addr,
+                backend.addr,
+                forward::Direction::IcmpError(Reason::IcmpErrorToBackend),
+            );
+        }
+    }
+    if maybe_in(&BACKEND_FILTER, quoted.dst) {
+        // Quotes `client → backend` (or `node:snat port → backend`): a packet we forwarded, if
+        // its reply key is tracked.
+        // SAFETY: a map value pointer from the lookup; plain data.
+        let reverse = conntrack::reply(&flow_key).map(|entry| unsafe { *entry });
+        if let Some(reverse) = reverse {
+            let from_backend = packet.src_addr == quoted.dst;
+            // A SNAT mapping names the client; the error is addressed to this node.
+            let to_node = reverse.client_addr != 0 && packet.dst_addr == quoted.src;
+            // SAFETY: as above.
+            unsafe {
+                if from_backend {
+                    rewrite_outer_source(packet, reverse.vip);
+                }
+                if to_node {
+                    rewrite_outer_destination(packet, reverse.client_addr);
+                }
+                if reverse.client_addr != 0 {
+                    rewrite_quoted(
+                        icmp,
+                        &quoted,
+                        true,
+                        reverse.client_addr,
+                        reverse.client_port,
+                    );
+                }
+                rewrite_quoted(icmp, &quoted, false, reverse.vip, reverse.port);
+            }
+            let src = if from_backend {
+                reverse.vip
+            } else {
+                packet.src_addr
+            };
+            let dst = if to_node {
+                reverse.client_addr
+            } else {
+                packet.dst_addr
+            };
+            return forward::send(
+                ctx,
+                packet,
+                src,
+                dst,
                 forward::Direction::IcmpError(Reason::IcmpErrorToClient),
             );
         }
@@ -163,7 +202,9 @@ fn quoted(at: *mut u8) -> Option<Quoted> {
 /// The quoted packet's source (`source` true) or destination becomes `addr:port`.
 ///
 /// # Safety
-/// `icmp` and the quoted headers must be bounds-checked pointers into the unchanged frame.
+/// `icmp` and the quoted headers must be bounds-checked pointers into the frame, whose quoted
+/// side being rewritten still holds the values `quoted` read (the other side may have moved:
+/// the checksums are read afresh).
 #[inline(always)]
 unsafe fn rewrite_quoted(icmp: *mut IcmpHdr, quoted: &Quoted, source: bool, addr: u32, port: u16) {
     // SAFETY: guaranteed by the caller.

@@ -12,8 +12,8 @@
 
 use aya_ebpf::helpers::generated::bpf_ktime_get_coarse_ns;
 use ingress_common::{
-    flow_hash, proto, FlowKey, ReverseEntry, REVERSE_CLOSING, SNAT_CLOSING_NS, SNAT_PORT_COUNT,
-    SNAT_PORT_MIN, SNAT_TCP_IDLE_NS, SNAT_TRIES, SNAT_UDP_IDLE_NS,
+    flow_hash, proto, FlowKey, ReverseEntry, REVERSE_CLOSING, SNAT_PORT_COUNT, SNAT_PORT_MIN,
+    SNAT_TRIES,
 };
 use ingress_ebpf::parse::Packet;
 
@@ -31,19 +31,6 @@ const REFRESH_NS: u64 = 1_000_000_000;
 pub(crate) fn now_ns() -> u64 {
     // SAFETY: plain helper call without arguments.
     unsafe { bpf_ktime_get_coarse_ns() }
-}
-
-/// Whether a mapping no longer holds its port.
-#[inline(always)]
-fn expired(entry: &ReverseEntry, protocol: u8, now: u64) -> bool {
-    let idle = if entry.flags & REVERSE_CLOSING != 0 {
-        SNAT_CLOSING_NS
-    } else if protocol == proto::TCP {
-        SNAT_TCP_IDLE_NS
-    } else {
-        SNAT_UDP_IDLE_NS
-    };
-    now.saturating_sub(entry.last_seen_ns) > idle
 }
 
 /// Takes a SNAT port for the packet's flow to `backend_addr:backend_port` from `snat_addr`,
@@ -89,7 +76,7 @@ pub(crate) fn allocate(
             // SAFETY: a map value; a concurrent writer on another CPU can only be taking the
             // same expired port, and then one of the two flows re-balances on its next packet.
             unsafe {
-                if expired(&*existing, packet.proto, now) {
+                if (*existing).snat_expired(packet.proto, now) {
                     *existing = mapping;
                     return Some(port.to_be());
                 }

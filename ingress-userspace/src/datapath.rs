@@ -9,6 +9,6 @@ pub mod reference;
 pub mod sync;
 
 pub use error::DatapathError;
-pub use kernel_maps::KernelMaps;
+pub use kernel_maps::{datapath_now_ns, KernelMaps};
 pub use loader::{AttachMode, Datapath, MapSizes};
 pub use pin::{PinDir, PinnedState};

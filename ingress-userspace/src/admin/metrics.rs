@@ -73,6 +73,8 @@ pub struct FrontendTraffic {
     pub traffic: Traffic,
     /// `addr:port` of each backend, and its counters.
     pub backends: Vec<(String, Traffic)>,
+    /// Clients with a live `sessionAffinity: ClientIP` entry; `None` without affinity.
+    pub affinity_entries: Option<u64>,
 }
 
 /// The datapath's counters at one instant.
@@ -84,6 +86,8 @@ pub struct L4Snapshot {
     pub reasons: Vec<(&'static str, u64)>,
     /// Entries in the connection-tracking map (client → VIP flows).
     pub conntrack_entries: u64,
+    /// SNAT mappings holding a port (flows to endpoints on other nodes).
+    pub snat_mappings: u64,
 }
 
 /// Reads the datapath's counters (one map lookup per frontend, per backend, per reason).
@@ -99,9 +103,24 @@ pub(crate) fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
         denied: c.denied,
         snat_failures: c.snat_failures,
     };
-    let frontends = sink
-        .sync()
-        .frontends()
+    let now = crate::datapath::datapath_now_ns();
+    let programmed = sink.sync().frontends();
+    // Affinity entries count while their frontend's epoch and timeout say the datapath would
+    // honour them.
+    let policies: std::collections::BTreeMap<u32, (u32, u32)> = programmed
+        .values()
+        .filter_map(|p| Some((p.service_id, (p.epoch, p.plan.policy.affinity_timeout?))))
+        .collect();
+    let affinity = if policies.is_empty() {
+        Default::default()
+    } else {
+        maps.affinity_entries(|service_id, entry| {
+            policies.get(&service_id).is_some_and(|(epoch, timeout)| {
+                entry.service_epoch == *epoch && !entry.expired(*timeout, now)
+            })
+        })
+    };
+    let frontends = programmed
         .iter()
         .filter_map(|(frontend, programmed)| {
             let counters = maps.service_counters(programmed.service_id).ok()?;
@@ -118,6 +137,11 @@ pub(crate) fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
                         Some((backend.to_string(), traffic(counters)))
                     })
                     .collect(),
+                affinity_entries: programmed
+                    .plan
+                    .policy
+                    .affinity_timeout
+                    .map(|_| affinity.get(&programmed.service_id).copied().unwrap_or(0)),
             })
         })
         .collect();
@@ -129,6 +153,7 @@ pub(crate) fn l4_snapshot(sink: &L4Sink<KernelMaps>) -> L4Snapshot {
         frontends,
         reasons,
         conntrack_entries: maps.flow_count() as u64,
+        snat_mappings: maps.snat_mappings(now) as u64,
     }
 }
 
@@ -235,6 +260,32 @@ pub(crate) fn encode_l4(
         MetricType::Gauge,
     )?;
     family.encode_gauge(&(snapshot.conntrack_entries as i64))?;
+    let mut family = encoder.encode_descriptor(
+        "xdp_ingress_snat_mappings",
+        "SNAT mappings holding a port (flows to endpoints on other nodes, not idle past their \
+         timeout); each node address has 4536 ports per endpoint address and port",
+        None,
+        MetricType::Gauge,
+    )?;
+    family.encode_gauge(&(snapshot.snat_mappings as i64))?;
+    let mut family = encoder.encode_descriptor(
+        "xdp_ingress_service_affinity_entries",
+        "Clients with a live sessionAffinity ClientIP entry, per frontend",
+        None,
+        MetricType::Gauge,
+    )?;
+    for f in &snapshot.frontends {
+        if let Some(entries) = f.affinity_entries {
+            let labels = [
+                ("namespace", f.namespace.as_str()),
+                ("service", f.service.as_str()),
+                ("frontend", f.frontend.as_str()),
+            ];
+            family
+                .encode_family(&labels)?
+                .encode_gauge(&(entries as i64))?;
+        }
+    }
     Ok(())
 }
 

@@ -15,8 +15,8 @@ use aya::{
     Ebpf,
 };
 use ingress_common::{
-    map_names, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry, ServiceEntry, ServiceKey,
-    ServiceState, SourceRangeKey, TrafficCounters,
+    map_names, AffinityEntry, AffinityKey, BackendEntry, FlowEntry, FlowKey, Reason, ReverseEntry,
+    ServiceEntry, ServiceKey, ServiceState, SourceRangeKey, TrafficCounters,
 };
 
 use crate::{
@@ -132,13 +132,47 @@ pub struct KernelMaps {
     backend_stats: PerCpuArray<MapData, TrafficCounters>,
     reason_stats: PerCpuArray<MapData, u64>,
     source_ranges: LpmTrie<MapData, SourceRangeKey, u8>,
+    affinity: HashMap<MapData, AffinityKey, AffinityEntry>,
     cpus: usize,
-    /// FLOWS' size: a walk of its keys never counts past it.
+    /// The sizes of FLOWS, REVERSE_FLOWS and AFFINITY: a walk never counts past them.
     flow_capacity: usize,
+    reverse_capacity: usize,
+    affinity_capacity: usize,
 }
 
 fn take(ebpf: &mut Ebpf, name: &'static str) -> Result<Map, DatapathError> {
     ebpf.take_map(name).ok_or(DatapathError::MapMissing(name))
+}
+
+/// A hash map (plain or LRU) and its size.
+fn hash_map<K: aya::Pod, V: aya::Pod>(
+    get: &mut impl FnMut(&'static str) -> Result<Map, DatapathError>,
+    name: &'static str,
+) -> Result<(HashMap<MapData, K, V>, usize), DatapathError> {
+    let map = get(name)?;
+    let capacity = match &map {
+        Map::LruHashMap(data) | Map::HashMap(data) => data
+            .info()
+            .map(|info| info.max_entries() as usize)
+            .map_err(map_error(format!("reading {name} info")))?,
+        _ => 0,
+    };
+    let map = HashMap::try_from(map).map_err(map_error(format!("opening {name}")))?;
+    Ok((map, capacity))
+}
+
+/// Now on the clock the datapath stamps SNAT mappings and affinity entries with
+/// (`bpf_ktime_get_coarse_ns` reads `CLOCK_MONOTONIC_COARSE`).
+pub fn datapath_now_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: FFI call writing one timespec we own; the clock id is a constant the kernel has.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut now);
+    }
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 fn map_error(operation: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -203,7 +237,6 @@ impl KernelMaps {
         }
         let cpus =
             aya::util::nr_cpus().map_err(|(what, source)| DatapathError::Cpus { what, source })?;
-        let mut flow_capacity = 0;
         let slot_map = get(map_names::MAGLEV_SLOTS)?;
         let Map::Array(slot_data) = slot_map else {
             return Err(DatapathError::MapType {
@@ -216,6 +249,9 @@ impl KernelMaps {
             .map(|info| info.max_entries())
             .map_err(map_error("reading MAGLEV_SLOTS info"))?;
         let slots = MappedSlots::map(&slot_data, chunks)?;
+        let (flows, flow_capacity) = hash_map(&mut get, map_names::FLOWS)?;
+        let (reverse_flows, reverse_capacity) = hash_map(&mut get, map_names::REVERSE_FLOWS)?;
+        let (affinity, affinity_capacity) = hash_map(&mut get, map_names::AFFINITY)?;
         Ok(Self {
             services: typed(&mut get, map_names::SERVICES)?,
             vips: typed(&mut get, map_names::VIPS)?,
@@ -224,23 +260,17 @@ impl KernelMaps {
             vip_filter: typed(&mut get, map_names::VIP_FILTER)?,
             backend_filter: typed(&mut get, map_names::BACKEND_FILTER)?,
             slots,
-            flows: {
-                let map = get(map_names::FLOWS)?;
-                if let Map::LruHashMap(data) | Map::HashMap(data) = &map {
-                    flow_capacity = data
-                        .info()
-                        .map(|info| info.max_entries() as usize)
-                        .map_err(map_error("reading FLOWS info"))?;
-                }
-                HashMap::try_from(map).map_err(map_error("opening FLOWS"))?
-            },
-            reverse_flows: typed(&mut get, map_names::REVERSE_FLOWS)?,
+            flows,
+            reverse_flows,
             service_stats: typed(&mut get, map_names::SERVICE_STATS)?,
             backend_stats: typed(&mut get, map_names::BACKEND_STATS)?,
             reason_stats: typed(&mut get, map_names::REASON_STATS)?,
             source_ranges: typed(&mut get, map_names::SOURCE_RANGES)?,
+            affinity,
             cpus,
             flow_capacity,
+            reverse_capacity,
+            affinity_capacity,
         })
     }
 
@@ -320,6 +350,40 @@ impl KernelMaps {
             .take(self.flow_capacity)
             .filter(Result::is_ok)
             .count()
+    }
+
+    /// SNAT mappings that hold their port at `now_ns` ([`datapath_now_ns`]): entries of
+    /// `REVERSE_FLOWS` that name a client and are not past their idle timeout. A walk, bounded
+    /// like [`Self::flow_count`].
+    pub fn snat_mappings(&self, now_ns: u64) -> usize {
+        self.reverse_flows
+            .iter()
+            .take(self.reverse_capacity)
+            .filter_map(Result::ok)
+            .filter(|(key, entry)| {
+                entry.client_addr != 0 && !entry.snat_expired(key.proto as u8, now_ns)
+            })
+            .count()
+    }
+
+    /// Clients with a live session affinity, by service id: `live(service_id, entry)` says
+    /// whether an entry still counts (its frontend's epoch and timeout). A bounded walk.
+    pub fn affinity_entries(
+        &self,
+        live: impl Fn(u32, &AffinityEntry) -> bool,
+    ) -> std::collections::BTreeMap<u32, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for (key, entry) in self
+            .affinity
+            .iter()
+            .take(self.affinity_capacity)
+            .filter_map(Result::ok)
+        {
+            if live(key.service_id, &entry) {
+                *counts.entry(key.service_id).or_insert(0) += 1;
+            }
+        }
+        counts
     }
 
     /// Everything adoption needs, read from the maps (pinned ones after a restart).

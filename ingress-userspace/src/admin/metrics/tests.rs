@@ -96,9 +96,11 @@ fn exposition_has_the_documented_names() {
                     ..Traffic::default()
                 },
             )],
+            affinity_entries: Some(3),
         }],
         reasons: vec![("forward_tx", 10), ("pass_not_ours", 3)],
         conntrack_entries: 7,
+        snat_mappings: 2,
     };
     let text = metrics.encode(Some(snapshot));
     let web = r#"namespace="shop",ingress="front",service="web",port="80""#;
@@ -126,6 +128,8 @@ fn exposition_has_the_documented_names() {
             "xdp_ingress_ingresses 1".into(),
             "xdp_ingress_l7_backends 1".into(),
             "xdp_ingress_conntrack_entries 7".into(),
+            "xdp_ingress_snat_mappings 2".into(),
+            r#"xdp_ingress_service_affinity_entries{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 3"#.into(),
             r#"xdp_ingress_service_packets_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 10"#.into(),
             r#"xdp_ingress_service_bytes_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 1000"#.into(),
             r#"xdp_ingress_service_new_flows_total{namespace="demo",service="web",frontend="203.0.113.10:80/TCP"} 2"#.into(),
