@@ -178,6 +178,27 @@ pub(crate) fn send(
 /// when that is not one of the node's interfaces (or it has no address).
 #[inline(always)]
 pub(crate) fn egress_address(ctx: &XdpContext, packet: &Packet, dst: u32) -> Option<u32> {
+    let (rc, params) = route(ctx, packet, dst);
+    // Without a neighbour entry yet the FIB still names the interface.
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        return None;
+    }
+    // SAFETY: the value is a plain integer.
+    let addr = *unsafe { NODE_INTERFACES.get(params.ifindex) }?;
+    (addr != 0).then_some(addr)
+}
+
+/// Whether the FIB would forward the packet as it is (a unicast route out of the node), not
+/// deliver it locally or drop it.
+#[inline(always)]
+pub(crate) fn routed_onwards(ctx: &XdpContext, packet: &Packet) -> bool {
+    let rc = route(ctx, packet, packet.dst_addr).0;
+    rc == BPF_FIB_LKUP_RET_SUCCESS as i64 || rc == BPF_FIB_LKUP_RET_NO_NEIGH as i64
+}
+
+/// The FIB's answer for the packet sent to `dst` (without ports: only the route matters here).
+#[inline(always)]
+fn route(ctx: &XdpContext, packet: &Packet, dst: u32) -> (i64, bpf_fib_lookup) {
     let mut params = zeroed_fib_params();
     params.family = AF_INET;
     params.l4_protocol = packet.proto;
@@ -195,13 +216,7 @@ pub(crate) fn egress_address(ctx: &XdpContext, packet: &Packet, dst: u32) -> Opt
             0,
         )
     };
-    // Without a neighbour entry yet the FIB still names the interface.
-    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 && rc != BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
-        return None;
-    }
-    // SAFETY: the value is a plain integer.
-    let addr = *unsafe { NODE_INTERFACES.get(params.ifindex) }?;
-    (addr != 0).then_some(addr)
+    (rc, params)
 }
 
 /// An all-zero `bpf_fib_lookup`, written as eight word stores: `mem::zeroed` compiles to a call

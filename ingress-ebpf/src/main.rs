@@ -125,7 +125,9 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
                 pad: 0,
             };
             // SAFETY: ServiceEntry is plain data; user space replaces entries whole.
-            let service = *unsafe { SERVICES.get(service_key) }?;
+            let Some(service) = (unsafe { SERVICES.get(service_key) }).copied() else {
+                return unserved_port(ctx, packet);
+            };
             if packet.ttl <= 1 {
                 return Some((xdp_action::XDP_PASS, Reason::PassTtlExpired));
             }
@@ -162,6 +164,22 @@ fn forward_to_backend(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)
             now,
         },
     ))
+}
+
+/// A packet to a frontend address on a port (or protocol) no Service serves: refused like a
+/// closed port of a host (RST, ICMP port unreachable) when the stack would route it onwards:
+/// the node routes an address it does not own to its gateway, which routes it to the node
+/// again, until its TTL runs out. An address of the node's own (its stack and listeners answer
+/// for it), or one without a route, is the stack's. `None`: the stack's, or not a frontend
+/// address at all.
+#[inline(always)]
+fn unserved_port(ctx: &XdpContext, packet: &Packet) -> Option<(u32, Reason)> {
+    // SAFETY: the value is a plain integer.
+    unsafe { VIPS.get(packet.dst_addr) }?;
+    if !forward::routed_onwards(ctx, packet) {
+        return None;
+    }
+    Some(reject::refuse(ctx, packet))
 }
 
 /// A flow without a live tracked backend: the client's sticky backend or a Maglev pick,
