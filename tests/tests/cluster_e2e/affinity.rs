@@ -2,8 +2,9 @@
 //! ESIPP on/off", "should be able to switch session affinity" and "should have session
 //! affinity timeout work" (test/e2e/network/service.go, loadbalancer.go): with
 //! `sessionAffinity: ClientIP` every new connection of one client reaches one pod; switched
-//! off, connections spread; on again, they stick; with `timeoutSeconds: 1`, after the timeout
-//! has passed the client may move, but sticks again to whichever pod it got.
+//! off, connections spread; on again, they stick; with `timeoutSeconds: 1`, each time the
+//! timeout has passed the client's next connection is picked afresh and sticks again to
+//! whichever pod it got, so within a few expiries the client moves to another pod.
 
 use std::{collections::BTreeSet, net::SocketAddr, thread, time::Duration};
 
@@ -18,6 +19,11 @@ const STICKY: usize = 15;
 /// Connections among which, without affinity, more than one of three pods must answer
 /// (all reach one with odds of 3·3^-30).
 const SPREAD: usize = 30;
+/// Longer than the 1 s affinity timeout with room for its granularity.
+const EXPIRY_WAIT: Duration = Duration::from_millis(1500);
+/// Expiries after which the client must have moved at least once: it stays with odds of 1/3
+/// per expiry, so of 3^-10 in all; it moves after 1.5 expiries on average.
+const EXPIRY_ROUNDS: usize = 10;
 
 /// Who answered each of `n` new TCP connections from the first client to the VIP.
 fn tcp_answers(scenario: &Scenario, n: usize) -> Result<BTreeSet<String>> {
@@ -83,8 +89,29 @@ fn client_ip_affinity_sticks_switches_and_expires() -> Result<()> {
     sticks(&scenario, "affinity on again")?;
 
     scenario.write_service(&web_with(&endpoints, affinity(Some(1))))?;
-    sticks(&scenario, "timeoutSeconds 1")?;
-    // The affinity timeout is the event waited for: nothing else signals its expiry.
-    thread::sleep(Duration::from_secs(2));
-    sticks(&scenario, "timeoutSeconds 1, after the timeout")
+    let mut pinned = tcp_answers(&scenario, STICKY).context("timeoutSeconds 1")?;
+    anyhow::ensure!(
+        pinned.len() == 1,
+        "timeoutSeconds 1: {STICKY} connections of one client answered by {pinned:?}"
+    );
+    // Once the timeout has passed, the next connection is picked afresh (by its own 5-tuple,
+    // so by one of three pods) and sticks again: some round sees the client move. The timeout
+    // is the event waited for, nothing else signals its expiry.
+    for round in 1..=EXPIRY_ROUNDS {
+        thread::sleep(EXPIRY_WAIT);
+        let now = tcp_answers(&scenario, STICKY)
+            .with_context(|| format!("timeoutSeconds 1, round {round} after the timeout"))?;
+        anyhow::ensure!(
+            now.len() == 1,
+            "round {round} after the timeout: {STICKY} connections answered by {now:?}"
+        );
+        if now != pinned {
+            return Ok(());
+        }
+        pinned = now;
+    }
+    anyhow::bail!(
+        "after {EXPIRY_ROUNDS} expiries of a 1 s affinity the client is still on {pinned:?} \
+         (odds 3^-{EXPIRY_ROUNDS} if the entries expired)"
+    )
 }

@@ -10,7 +10,12 @@
 //! Service features of issue 13 end to end, as kube-proxy's e2e suite checks them: nodePorts
 //! and externalIPs, REJECT without endpoints, loadBalancerSourceRanges, ClientIP affinity,
 //! externalTrafficPolicy Local with its health check, and the labels that leave a Service to
-//! another proxy.
+//! another proxy. `multiport`, `same_port`, `udp_replacement` and `rolling` check how Service
+//! and endpoint changes land: named targetPorts resolved per slice, one protocol of a port
+//! removed while the other keeps its connections, a fixed-port UDP client following its
+//! replaced backend, and a rolling update under a stream of new connections without a failure.
+//! `bad_input` checks that bad Services are named (`validate`, the agents' log) and skipped
+//! while everything else forwards.
 //! Each test builds its own lab under unique names and removes it also when it fails.
 
 use std::{
@@ -33,16 +38,21 @@ use xdp_ingress_tests::{
 };
 
 mod affinity;
+mod bad_input;
 mod basic;
 mod labels;
 mod local_policy;
+mod multiport;
 mod new_pods;
 mod node_port;
 mod reject;
 mod remote;
+mod rolling;
 mod routing;
+mod same_port;
 mod source_ranges;
 mod terminating;
+mod udp_replacement;
 
 /// For every single connect or request: a few hops in one machine, so anything slower fails.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);

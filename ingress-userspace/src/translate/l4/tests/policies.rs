@@ -250,3 +250,48 @@ fn a_zero_length_source_range_allows_everyone_as_in_kube_proxy() {
         .values()
         .all(|p| p.policy.source_ranges.is_empty()));
 }
+
+#[test]
+fn services_with_bad_policies_seen_first_are_skipped_and_the_others_kept() {
+    let named = |name: &str, vip: &str, extra: &str| {
+        service(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  type: LoadBalancer\n  loadBalancerIP: {vip}\n  ports: [{{port: 80}}]\n{extra}"
+        ))
+    };
+    let services = vec![
+        named("good", "203.0.113.5", "  loadBalancerSourceRanges: [192.0.2.0/24]\n"),
+        named(
+            "ranges",
+            "203.0.113.6",
+            "  loadBalancerSourceRanges: [192.0.2.0/24, not-a-range]\n",
+        ),
+        named(
+            "timeout",
+            "203.0.113.7",
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}\n",
+        ),
+    ];
+    let (plan, mut problems) =
+        translate(&objects(services, vec![]), &L4Plan::default(), &node("n1"));
+    let served: BTreeSet<String> = plan
+        .frontends
+        .values()
+        .map(|p| p.service.name.clone())
+        .collect();
+    assert_eq!(served, BTreeSet::from(["good".to_string()]), "{plan:?}");
+    problems.sort_by(|a, b| a.object.cmp(&b.object));
+    let named_fields: Vec<(&str, &str)> = problems
+        .iter()
+        .map(|p| (p.object.as_str(), p.field.as_str()))
+        .collect();
+    assert_eq!(
+        named_fields,
+        [
+            ("Service demo/ranges", "spec.loadBalancerSourceRanges[1]"),
+            (
+                "Service demo/timeout",
+                "spec.sessionAffinityConfig.clientIP.timeoutSeconds"
+            ),
+        ]
+    );
+}
