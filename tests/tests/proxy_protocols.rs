@@ -20,8 +20,7 @@ use xdp_ingress_tests::proxy::{
     clients::{self, request, send_h1, tls_connect, Tls},
     ensure_served, eventually,
     manifests::{
-        backend_service, ingress, our_class, rule, tls_secret, with_annotation, with_tls,
-        Manifests,
+        backend_service, ingress, our_class, rule, tls_secret, with_annotation, with_tls, Manifests,
     },
     services_for, single_host, websocket, ws_round_trip, TestProxy,
 };

@@ -343,10 +343,13 @@ async fn proxy_request(
     let mut failed: Option<Arc<Endpoint>> = None;
     let mut last_refusal = Refusal::Unreachable(String::new());
     for try_index in 0..tries {
-        let may_try_again = try_index + 1 < tries
-            && policy
-                .next_upstream_timeout
-                .is_none_or(|budget| first_try.elapsed() < budget);
+        // Asked when this try has failed: the time budget counts until then.
+        let may_try_again = || {
+            try_index + 1 < tries
+                && policy
+                    .next_upstream_timeout
+                    .is_none_or(|budget| first_try.elapsed() < budget)
+        };
         let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
             break;
         };
@@ -371,7 +374,7 @@ async fn proxy_request(
         match sent {
             // Never sent: any method may go to the next endpoint.
             Sent::Unsent(unsent, refusal, condition) => {
-                if !(may_try_again && next_upstream.has(condition)) {
+                if !(next_upstream.has(condition) && may_try_again()) {
                     return Err(refusal);
                 }
                 upstream_request = unsent;
@@ -379,9 +382,9 @@ async fn proxy_request(
                 failed = Some(endpoint);
             }
             Sent::Failed(refusal, condition) => {
-                let again = replay.as_ref().filter(|_| {
-                    may_try_again && condition.is_some_and(|c| next_upstream.has(c))
-                });
+                let again = replay
+                    .as_ref()
+                    .filter(|_| condition.is_some_and(|c| next_upstream.has(c)) && may_try_again());
                 let Some(replay) = again else {
                     context.endpoint = Some(endpoint);
                     return Err(refusal);
@@ -393,7 +396,7 @@ async fn proxy_request(
             Sent::Answered(response, sender) => {
                 let again = replay
                     .as_ref()
-                    .filter(|_| may_try_again && next_upstream.on_status(response.status()));
+                    .filter(|_| next_upstream.on_status(response.status()) && may_try_again());
                 if let Some(replay) = again {
                     // The answer is dropped unread: its connection closes, not pooled.
                     upstream_request = replay.request();

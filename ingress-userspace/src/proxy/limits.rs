@@ -167,10 +167,9 @@ mod tests {
         let third = acquire(&limiter, CLIENT).unwrap();
         assert!(third.is_some());
         drop((second, third));
-        assert!(limiter.clients.iter().all(|shard| shard
-            .lock()
-            .unwrap()
-            .get(&CLIENT)
-            .is_none()));
+        assert!(limiter
+            .clients
+            .iter()
+            .all(|shard| shard.lock().unwrap().get(&CLIENT).is_none()));
     }
 }

@@ -42,6 +42,15 @@ struct StatusBackend {
 
 impl StatusBackend {
     async fn start(name: &'static str, status: StatusCode) -> Result<Self> {
+        Self::slow(name, status, std::time::Duration::ZERO).await
+    }
+
+    /// Like [`StatusBackend::start`], answering after `delay`.
+    async fn slow(
+        name: &'static str,
+        status: StatusCode,
+        delay: std::time::Duration,
+    ) -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let hits = Arc::new(AtomicUsize::new(0));
@@ -55,6 +64,7 @@ impl StatusBackend {
                         async move {
                             hits.fetch_add(1, Ordering::SeqCst);
                             let _ = request.into_body().collect().await;
+                            tokio::time::sleep(delay).await;
                             let mut response = Response::new(Full::new(Bytes::from(name)));
                             *response.status_mut() = status;
                             response
@@ -131,18 +141,29 @@ async fn proxy_body_size_limits_declared_and_chunked_bodies() -> Result<()> {
                 &host("small.example"),
                 &[("proxy-body-size", "8k"), ("client-body-buffer-size", "1k")],
             ),
-            annotated("unlimited", &host("unlimited.example"), &[("proxy-body-size", "0")]),
+            annotated(
+                "unlimited",
+                &host("unlimited.example"),
+                &[("proxy-body-size", "0")],
+            ),
         ],
     )?;
     const MIB: usize = 1024 * 1024;
 
     // Declared over the limit: 413 from the head alone; the backend never sees the request.
-    for (host, len) in [("default.example", MIB + 1), ("small.example", 8 * 1024 + 1)] {
+    for (host, len) in [
+        ("default.example", MIB + 1),
+        ("small.example", 8 * 1024 + 1),
+    ] {
         let (status, text) = raw_exchange(proxy.http, &post_with_length(host, len, true)).await?;
         ensure_eq!(status, 413, "{host}, Content-Length {len}: {text}");
         ensure!(text.contains("exceeds the limit"), "{text}");
     }
-    ensure!(web.seen().is_empty(), "refused before the backend: {:?}", web.seen());
+    ensure!(
+        web.seen().is_empty(),
+        "refused before the backend: {:?}",
+        web.seen()
+    );
 
     // At the limit, and without one: the whole body reaches the backend.
     for (host, len) in [
@@ -152,7 +173,11 @@ async fn proxy_body_size_limits_declared_and_chunked_bodies() -> Result<()> {
     ] {
         let (status, text) = raw_exchange(proxy.http, &post_with_length(host, len, false)).await?;
         ensure_eq!(status, 200, "{host}, Content-Length {len}");
-        ensure_eq!(uploaded(&text), Some(len as u64), "{host}: bytes the backend got");
+        ensure_eq!(
+            uploaded(&text),
+            Some(len as u64),
+            "{host}: bytes the backend got"
+        );
     }
 
     // Chunked: 10 000 bytes pass the 8k limit while streaming (413); 8 000 bytes go through.
@@ -180,13 +205,26 @@ async fn proxy_read_timeout_answers_504_and_cuts_stalled_bodies() -> Result<()> 
         &[],
         &[
             annotated("default", &host("default.example"), &[]),
-            annotated("quick", &host("quick.example"), &[("proxy-read-timeout", "1")]),
+            annotated(
+                "quick",
+                &host("quick.example"),
+                &[("proxy-read-timeout", "1")],
+            ),
         ],
     )?;
     let client = pooled();
     let reply = get(&client, proxy.http, "quick.example", "/sleep/3000").await?;
-    ensure_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", reply.text());
-    ensure!(reply.text().contains("did not answer in time"), "{:?}", reply.text());
+    ensure_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        reply.text()
+    );
+    ensure!(
+        reply.text().contains("did not answer in time"),
+        "{:?}",
+        reply.text()
+    );
     ensure_served(
         &get(&client, proxy.http, "quick.example", "/sleep/100").await?,
         "web",
@@ -257,7 +295,12 @@ async fn proxy_send_timeout_answers_504_when_the_endpoint_stops_reading() -> Res
             .body(body)?,
     )
     .await?;
-    ensure_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT, "{:?}", reply.text());
+    ensure_eq!(
+        reply.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        reply.text()
+    );
     holder.abort();
     Ok(())
 }
@@ -275,10 +318,12 @@ async fn proxy_next_upstream_tries_the_next_endpoint_as_nginx() -> Result<()> {
     let (refusing, refusing_too) = (RefusingPort::new()?, RefusingPort::new()?);
     let mut services = backend_service("pair", &[failing.addr, good.addr]);
     services.extend(backend_service("half-dead", &[refusing.addr, good.addr]));
-    services.extend(backend_service("half-dead-too", &[refusing_too.addr, good.addr]));
-    let host = |name: &'static str, service: &'static str| {
-        [rule(Some(name), &[("/", "Prefix", service)])]
-    };
+    services.extend(backend_service(
+        "half-dead-too",
+        &[refusing_too.addr, good.addr],
+    ));
+    let host =
+        |name: &'static str, service: &'static str| [rule(Some(name), &[("/", "Prefix", service)])];
     let proxy = start(
         &[],
         &services,
@@ -302,7 +347,11 @@ async fn proxy_next_upstream_tries_the_next_endpoint_as_nginx() -> Result<()> {
                     ("proxy-next-upstream-tries", "1"),
                 ],
             ),
-            annotated("dead-default", &host("dead-default.example", "half-dead"), &[]),
+            annotated(
+                "dead-default",
+                &host("dead-default.example", "half-dead"),
+                &[],
+            ),
             annotated(
                 "dead-off",
                 &host("dead-off.example", "half-dead-too"),
@@ -320,7 +369,11 @@ async fn proxy_next_upstream_tries_the_next_endpoint_as_nginx() -> Result<()> {
                 .uri("/x")
                 .header(http::header::HOST, host);
             let reply = if body {
-                send_h1(proxy.http, builder.body(Full::new(Bytes::from_static(b"data")))?).await?
+                send_h1(
+                    proxy.http,
+                    builder.body(Full::new(Bytes::from_static(b"data")))?,
+                )
+                .await?
             } else {
                 send_h1(proxy.http, builder.body(empty())?).await?
             };
@@ -345,24 +398,177 @@ async fn proxy_next_upstream_tries_the_next_endpoint_as_nginx() -> Result<()> {
         (N, 0, 0),
         "http_503: every GET ends at the good endpoint"
     );
-    ensure!(failing.hits() > before, "the failing endpoint was tried first at times");
+    ensure!(
+        failing.hits() > before,
+        "the failing endpoint was tried first at times"
+    );
     let (_, unavailable, _) = send("retry.example", "POST", false).await?;
-    ensure!(unavailable > 0, "a POST is not sent again without non_idempotent");
+    ensure!(
+        unavailable > 0,
+        "a POST is not sent again without non_idempotent"
+    );
     ensure_eq!(
         send("retry-all.example", "POST", false).await?,
         (N, 0, 0),
         "non_idempotent: POSTs are sent again too"
     );
     let (_, unavailable, _) = send("retry-all.example", "PUT", true).await?;
-    ensure!(unavailable > 0, "a request whose body was streamed is never sent again");
+    ensure!(
+        unavailable > 0,
+        "a request whose body was streamed is never sent again"
+    );
     let (_, unavailable, _) = send("one-try.example", "GET", false).await?;
-    ensure!(unavailable > 0, "proxy-next-upstream-tries 1: no second try");
+    ensure!(
+        unavailable > 0,
+        "proxy-next-upstream-tries 1: no second try"
+    );
     ensure_eq!(
         send("dead-default.example", "GET", false).await?,
         (N, 0, 0),
         "error (default): a refused connection goes to the next endpoint"
     );
     let (_, _, bad_gateway) = send("dead-off.example", "GET", false).await?;
-    ensure!(bad_gateway > 0, "off: a refused connection is the client's 502");
+    ensure!(
+        bad_gateway > 0,
+        "off: a refused connection is the client's 502"
+    );
+    Ok(())
+}
+
+/// A port whose accept queue is full with a connection nobody accepts: the kernel drops every
+/// new SYN, so connecting to it times out.
+struct Blackhole {
+    addr: SocketAddr,
+    _listener: TcpListener,
+    _queued: tokio::net::TcpStream,
+}
+
+impl Blackhole {
+    async fn new() -> Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket.listen(0)?;
+        let addr = listener.local_addr()?;
+        let queued = tokio::net::TcpStream::connect(addr).await?;
+        let probe = tokio::time::timeout(
+            std::time::Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        );
+        ensure!(
+            probe.await.is_err(),
+            "the backlog trick does not hold SYNs here"
+        );
+        Ok(Self {
+            addr,
+            _listener: listener,
+            _queued: queued,
+        })
+    }
+}
+
+/// `proxy-connect-timeout`: an endpoint that never completes the handshake answers 504 (nginx's
+/// answer to an upstream timeout) after the route's timeout; with the default (5 s) it answers
+/// 504 too, after the annotated one (both sent at once: an order, with 4 s between them, not a
+/// measured time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_connect_timeout_answers_504_per_route() -> Result<()> {
+    let (quick, patient) = (Blackhole::new().await?, Blackhole::new().await?);
+    let mut services = backend_service("quick", &[quick.addr]);
+    services.extend(backend_service("patient", &[patient.addr]));
+    let proxy = start(
+        &[],
+        &services,
+        &[
+            annotated(
+                "quick",
+                &[rule(Some("quick.example"), &[("/", "Prefix", "quick")])],
+                &[("proxy-connect-timeout", "1")],
+            ),
+            annotated(
+                "patient",
+                &[rule(Some("patient.example"), &[("/", "Prefix", "patient")])],
+                &[],
+            ),
+        ],
+    )?;
+    let addr = proxy.http;
+    let patient = tokio::spawn(async move { get(&pooled(), addr, "patient.example", "/").await });
+    let quick = get(&pooled(), addr, "quick.example", "/").await?;
+    ensure_eq!(
+        quick.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        quick.text()
+    );
+    ensure!(
+        !patient.is_finished(),
+        "the default connect timeout (5 s) is longer than the annotated 1 s"
+    );
+    let patient = patient.await??;
+    ensure_eq!(
+        patient.status,
+        StatusCode::GATEWAY_TIMEOUT,
+        "{:?}",
+        patient.text()
+    );
+    Ok(())
+}
+
+/// `timeout` (in the default `error timeout`) sends a GET whose endpoint did not answer within
+/// the read timeout to the next endpoint; `proxy-next-upstream-timeout` stops that once its
+/// budget is spent (here by the first try's own 1 s timeout), and the client gets the 504.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_next_upstream_timeout_bounds_the_tries() -> Result<()> {
+    let slow =
+        StatusBackend::slow("slow", StatusCode::OK, std::time::Duration::from_secs(4)).await?;
+    let good = StatusBackend::start("good", StatusCode::OK).await?;
+    let services = backend_service("pair", &[slow.addr, good.addr]);
+    let host = |name: &'static str| [rule(Some(name), &[("/", "Prefix", "pair")])];
+    let proxy = start(
+        &[],
+        &services,
+        &[
+            annotated(
+                "retry",
+                &host("retry.example"),
+                &[("proxy-read-timeout", "1")],
+            ),
+            annotated(
+                "budget",
+                &host("budget.example"),
+                &[
+                    ("proxy-read-timeout", "1"),
+                    ("proxy-next-upstream-timeout", "1"),
+                ],
+            ),
+        ],
+    )?;
+    const N: usize = 4;
+    let mut timed_out = 0;
+    for i in 0..N {
+        let reply = get(&pooled(), proxy.http, "retry.example", &format!("/{i}")).await?;
+        ensure_eq!(
+            reply.status,
+            StatusCode::OK,
+            "retry {i}: {:?}",
+            reply.text()
+        );
+        ensure_eq!(reply.text(), "good", "retry {i}");
+        let reply = get(&pooled(), proxy.http, "budget.example", &format!("/{i}")).await?;
+        match reply.status {
+            StatusCode::OK => ensure_eq!(reply.text(), "good"),
+            StatusCode::GATEWAY_TIMEOUT => timed_out += 1,
+            other => anyhow::bail!("budget {i}: {other}"),
+        }
+    }
+    ensure!(
+        slow.hits() >= 2,
+        "the slow endpoint was tried ({})",
+        slow.hits()
+    );
+    ensure!(
+        timed_out > 0,
+        "the spent budget leaves the 504 to the client"
+    );
     Ok(())
 }

@@ -90,9 +90,16 @@ async fn rate_limits_allow_the_burst_then_answer_503_except_exempt_clients() -> 
     );
 
     let (ok, limited, _) = burst(proxy.http, "exempt.example", N).await?;
-    ensure_eq!((ok, limited), (N, 0), "an allowlisted client is never limited");
+    ensure_eq!(
+        (ok, limited),
+        (N, 0),
+        "an allowlisted client is never limited"
+    );
     let (_, limited, _) = burst(proxy.http, "elsewhere.example", N).await?;
-    ensure!(limited > 0, "an allowlist that does not hold the client exempts nothing");
+    ensure!(
+        limited > 0,
+        "an allowlist that does not hold the client exempts nothing"
+    );
     let (ok, limited, _) = burst(proxy.http, "open.example", N).await?;
     ensure_eq!((ok, limited), (N, 0), "no limit without the annotations");
     Ok(())
@@ -111,13 +118,17 @@ async fn limit_connections_refuses_requests_beyond_those_in_progress() -> Result
             annotated(
                 "exempt",
                 &host("exempt.example"),
-                &[("limit-connections", "1"), ("limit-whitelist", "127.0.0.1/32")],
+                &[
+                    ("limit-connections", "1"),
+                    ("limit-whitelist", "127.0.0.1/32"),
+                ],
             ),
         ],
     )?;
     let addr = proxy.http;
     // One request of the client held at the backend, then a second one.
-    let held = tokio::spawn(async move { get(&pooled(), addr, "one.example", "/held/first").await });
+    let held =
+        tokio::spawn(async move { get(&pooled(), addr, "one.example", "/held/first").await });
     let exempt_held =
         tokio::spawn(async move { get(&pooled(), addr, "exempt.example", "/held/first").await });
     let watched = gate.clone();
@@ -130,7 +141,12 @@ async fn limit_connections_refuses_requests_beyond_those_in_progress() -> Result
     })
     .await?;
     let second = get(&pooled(), addr, "one.example", "/second").await?;
-    ensure_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", second.text());
+    ensure_eq!(
+        second.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{:?}",
+        second.text()
+    );
     ensure!(
         second.text().contains("over its connection limit"),
         "{:?}",

@@ -155,11 +155,9 @@ pub(super) async fn send(
 /// A connection that could not be had: 504 for a connect timeout (nginx's answer), else 502.
 fn unsent(request: Request<UpstreamBody>, error: &ConnectError) -> Sent {
     match error {
-        ConnectError::Timeout(_) => Sent::Unsent(
-            request,
-            Refusal::UpstreamTimeout,
-            NextUpstream::TIMEOUT,
-        ),
+        ConnectError::Timeout(_) => {
+            Sent::Unsent(request, Refusal::UpstreamTimeout, NextUpstream::TIMEOUT)
+        }
         other => Sent::Unsent(
             request,
             Refusal::Unreachable(other.to_string()),

@@ -151,7 +151,8 @@ impl NextUpstream {
 
     /// Whether any response status is a reason to try another endpoint.
     pub fn any_status(self) -> bool {
-        self.0 & !(Self::ERROR.0 | Self::TIMEOUT.0 | Self::INVALID_HEADER.0 | Self::NON_IDEMPOTENT.0)
+        self.0
+            & !(Self::ERROR.0 | Self::TIMEOUT.0 | Self::INVALID_HEADER.0 | Self::NON_IDEMPOTENT.0)
             != 0
     }
 }
@@ -245,7 +246,8 @@ pub(crate) fn shard_of(client: IpAddr) -> usize {
         IpAddr::V4(v4) => u32::from(v4),
         IpAddr::V6(v6) => {
             let o = v6.octets();
-            u32::from_be_bytes([o[12], o[13], o[14], o[15]]) ^ u32::from_be_bytes([o[4], o[5], o[6], o[7]])
+            u32::from_be_bytes([o[12], o[13], o[14], o[15]])
+                ^ u32::from_be_bytes([o[4], o[5], o[6], o[7]])
         }
     };
     (low as usize ^ (low >> 8) as usize) % SHARDS

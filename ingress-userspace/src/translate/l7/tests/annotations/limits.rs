@@ -35,7 +35,16 @@ fn nginx_sizes() {
     ] {
         assert_eq!(parse_size(text), Ok(bytes), "{text}");
     }
-    for bad in ["", "m", "1.5m", "10mb", "-1", "1t", "ten", "99999999999999999999g"] {
+    for bad in [
+        "",
+        "m",
+        "1.5m",
+        "10mb",
+        "-1",
+        "1t",
+        "ten",
+        "99999999999999999999g",
+    ] {
         assert!(parse_size(bad).is_err(), "{bad}");
     }
 }
@@ -68,7 +77,10 @@ fn proxy_annotations_set_the_policy_of_every_route_of_the_ingress() {
         ("proxy-connect-timeout", "2"),
         ("proxy-send-timeout", "3"),
         ("proxy-read-timeout", "4"),
-        ("proxy-next-upstream", "error timeout http_503 non_idempotent"),
+        (
+            "proxy-next-upstream",
+            "error timeout http_503 non_idempotent",
+        ),
         ("proxy-next-upstream-tries", "5"),
         ("proxy-next-upstream-timeout", "7"),
     ]);
@@ -138,13 +150,19 @@ fn rate_limits_are_one_limiter_per_ingress_before_the_source_ranges() {
             .collect()
     };
     let (la, lb) = (limiters(a), limiters(b));
-    assert!(Arc::ptr_eq(&la[0], &lb[0]), "the Ingress's routes share a zone");
+    assert!(
+        Arc::ptr_eq(&la[0], &lb[0]),
+        "the Ingress's routes share a zone"
+    );
     assert_eq!(la[0].rate, Rate::PerSecond(10));
     assert_eq!(la[1].rate, Rate::PerMinute(300));
     assert_eq!(la[0].status, http::StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(la[0].exempt.len(), 1);
     let connections = a.connection_limit.as_ref().expect("limit-connections");
-    assert!(Arc::ptr_eq(connections, b.connection_limit.as_ref().unwrap()));
+    assert!(Arc::ptr_eq(
+        connections,
+        b.connection_limit.as_ref().unwrap()
+    ));
     assert_eq!(connections.limit, 4);
     assert_eq!(connections.exempt.len(), 1);
 
