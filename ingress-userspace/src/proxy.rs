@@ -16,6 +16,7 @@
 //! - [`tls`]: certificates by SNI, swapped on reload.
 //! - [`headers`]: hop-by-hop and forwarding header rules.
 //! - [`path`]: the request path, normalised once for routing and for the endpoint.
+//! - `limits`: per-client state of the rate and connection limits (`limit-*` annotations).
 //! - [`lifetime`]: send, HTTP/2 idle and first-request timeouts; the per-listener connection cap.
 //! - [`parking`]: quiet plain HTTP/1.1 connections, each a descriptor in one epoll set.
 //! - [`access_log`]: the optional per-request log, written off the request path.
@@ -29,6 +30,7 @@ mod forward;
 pub(crate) mod head_guard;
 pub(crate) mod headers;
 pub(crate) mod lifetime;
+mod limits;
 mod listener;
 pub(crate) mod metrics;
 pub(crate) mod parking;

@@ -19,7 +19,9 @@ use xdp_ingress_tests::proxy::{
     backends::{Fnv, HttpBackend, PatternBody, WsBackend},
     clients::{self, request, send_h1, tls_connect, Tls},
     ensure_served, eventually,
-    manifests::{backend_service, ingress, our_class, rule, tls_secret, with_tls, Manifests},
+    manifests::{
+        backend_service, ingress, our_class, rule, tls_secret, with_annotation, with_tls, Manifests,
+    },
     services_for, single_host, websocket, ws_round_trip, TestProxy,
 };
 use xdp_ingress_tests::{ensure_eq, ensure_ne};
@@ -369,6 +371,17 @@ async fn large_bodies_stream_both_ways_in_bounded_memory() -> Result<()> {
     const ALLOWED_GROWTH_KIB: u64 = 40 * 1024;
     let bulk = HttpBackend::start("bulk").await?;
     let manifests = single_host("bulk", "bulk.example", &bulk)?;
+    // Without ingress-nginx's default body limit (1m): the point here is streaming.
+    let mut unlimited = ingress(
+        "bulk",
+        &[rule(Some("bulk.example"), &[("/", "Prefix", "bulk")])],
+    );
+    with_annotation(
+        &mut unlimited,
+        "nginx.ingress.kubernetes.io/proxy-body-size",
+        "0",
+    );
+    manifests.write("bulk.yaml", &[unlimited])?;
     let proxy = TestProxy::start(manifests, &[])?;
     let expected_fnv = tokio::task::spawn_blocking(move || Fnv::of_pattern(SIZE)).await?;
 

@@ -173,10 +173,12 @@ pub struct ProxyArgs {
     /// The proxy's HTTPS listener, or `off`.
     #[arg(long, default_value = "0.0.0.0:443", value_parser = parse_listen)]
     pub https_listen: Listen,
-    /// Connecting to an endpoint; after this, 502 (e.g. `5s`, `500ms`).
+    /// Connecting to an endpoint; after this, the next endpoint, else 504 (e.g. `5s`, `500ms`).
+    /// The default of the `proxy-connect-timeout` annotation.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub upstream_connect_timeout: Duration,
-    /// From the request sent to the response head; after this, 504.
+    /// From the request sent to the response head, and between two reads of the response body;
+    /// after this, 504 (or the body cut). The default of the `proxy-read-timeout` annotation.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub upstream_response_timeout: Duration,
     /// Idle pooled connections to endpoints are closed after this.
@@ -207,7 +209,9 @@ pub struct ProxyArgs {
     /// Largest request head in bytes (larger: 431).
     #[arg(long, default_value_t = 32 * 1024)]
     pub max_header_bytes: usize,
-    /// Largest request body in bytes (larger: 413); default unlimited.
+    /// Largest request body in bytes (larger: 413), over every route; default no ceiling.
+    /// Ingress routes have their own limit too: `proxy-body-size`, by default 1m as in
+    /// ingress-nginx.
     #[arg(long)]
     pub max_body_bytes: Option<u64>,
     /// Keep `%2F` and `%5C` in request paths, as ordinary characters of a path segment, instead

@@ -17,6 +17,7 @@ use http_body::{Body, Frame, SizeHint};
 use super::{
     access_log::AccessRecord,
     connection::ConnectionInfo,
+    limits::ConnectionSlot,
     metrics::RequestMetrics,
     upstream::{Backend, UpstreamResponseBody},
 };
@@ -27,6 +28,8 @@ pub(crate) struct ProxyBody {
     kind: BodyKind,
     pub(super) record: Option<Box<AccessRecord>>,
     pub(super) tally: Option<Tally>,
+    /// The request's place in its client's `limit-connections`, freed when the body drops.
+    pub(super) slot: Option<ConnectionSlot>,
     /// The client connection the response goes to: its request ends when this body drops.
     connection: Option<Arc<ConnectionInfo>>,
     /// An HTTP/2 response (its stream is counted in the connection's `life`).
@@ -60,6 +63,7 @@ impl ProxyBody {
             kind,
             record: None,
             tally: None,
+            slot: None,
             connection: None,
             http2: false,
             h2_waiting: false,
@@ -119,7 +123,7 @@ impl Drop for ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

@@ -121,6 +121,11 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                     )));
                 }
             }
+            Filter::RateLimit(limiter) => {
+                if !limiter.admit(request.client) {
+                    return Decision::Answer(Box::new(limited(limiter.status, "request rate")));
+                }
+            }
             Filter::SetHeader { name, value } => {
                 headers.insert(name.clone(), value.clone());
             }
@@ -230,6 +235,16 @@ fn redirect(status: StatusCode, location: HeaderValue) -> Response<ProxyBody> {
     let mut response = text(status, Bytes::from(body));
     response.headers_mut().insert(header::LOCATION, location);
     response
+}
+
+/// The answer of a client over one of its limits (`what`: "request rate", "connection").
+pub(super) fn limited(status: StatusCode, what: &str) -> Response<ProxyBody> {
+    let body = format!(
+        "{} {}: the client address is over its {what} limit\n",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Refused")
+    );
+    text(status, Bytes::from(body))
 }
 
 fn unavailable(why: Bytes) -> Response<ProxyBody> {

@@ -29,12 +29,17 @@ use super::{
     filters::{self, Decision, RequestView},
     head_guard::RequestTurn,
     headers,
-    metrics::RequestMetrics,
+    limits::{self, ConnectionSlot},
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
     upstream::{grpc, Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
 };
+use crate::translate::l7::routes::limits::NextUpstream;
+
+use attempt::{Replay, Sent, Timeouts};
+
+mod attempt;
 
 /// One request's way through the proxy, filled in as it goes and read when the answer is
 /// known: for the head guard, the metrics and the access log.
@@ -48,6 +53,8 @@ pub(super) struct RequestContext {
     /// The endpoint that answered, or failed after the request was sent (the request's own
     /// reference, moved here, not cloned).
     endpoint: Option<Arc<Endpoint>>,
+    /// Its place in its client's `limit-connections`, given up when the response ends.
+    slot: Option<ConnectionSlot>,
 }
 
 /// hyper's service: one request, start to answer. Always answers; what goes wrong becomes a
@@ -69,6 +76,7 @@ pub(super) async fn handle(
         turn: connection.http1_state.next_request(),
         backend: None,
         endpoint: None,
+        slot: None,
     };
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
@@ -114,6 +122,7 @@ pub(super) async fn handle(
         Some(backend) => Counted::Backend(backend),
         None => Counted::Unrouted(shared.counters.unrouted.clone()),
     };
+    response.body_mut().slot = context.slot;
     response.body_mut().tally = Some(Tally {
         counter,
         status: status.as_u16(),
@@ -184,7 +193,7 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
-    let (backend, rewritten_target, response_edit) = {
+    let (backend, rewritten_target, response_edit, policy) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
         let Some((route, backend)) = router.route(host_text, path) else {
@@ -210,12 +219,21 @@ async fn proxy_request(
             };
             filters::run(route, &view, request.headers_mut())
         };
-        match (decision, context.backend.as_ref()) {
+        let forward = match (decision, context.backend.as_ref()) {
             (Decision::Answer(answer), _) => return Ok(*answer),
             (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
             // A route without backends always answers; never forward nowhere.
             (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
+        };
+        // `limit-connections`: the slot is held until the response has ended.
+        if let Some(limiter) = &route.connection_limit {
+            match limits::acquire(limiter, connection.peer.ip()) {
+                Ok(slot) => context.slot = slot,
+                Err(()) => return Ok(filters::limited(limiter.status, "connection")),
+            }
         }
+        let (backend, target, edit) = forward;
+        (backend, target, edit, *route.policy)
     };
     let http2_upstream = backend.transport.is_http2();
     if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
@@ -224,7 +242,12 @@ async fn proxy_request(
     if backend.endpoints.is_empty() {
         return Err(Refusal::NoEndpoints(backend.unavailable.clone()));
     }
-    let limit = settings.max_body_bytes.unwrap_or(u64::MAX);
+    // The route's limit (`proxy-body-size`) under the proxy's ceiling (`--max-body-bytes`).
+    let limit = match (policy.max_body_bytes, settings.max_body_bytes) {
+        (Some(route), Some(ceiling)) => route.min(ceiling),
+        (Some(limit), None) | (None, Some(limit)) => limit,
+        (None, None) => u64::MAX,
+    };
     if let Some(length) = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -293,10 +316,40 @@ async fn proxy_request(
         UpstreamBody::new(body, limit, settings.client_body_timeout),
     );
 
+    let timeouts = Timeouts {
+        connect: policy
+            .connect_timeout
+            .unwrap_or(settings.upstream_connect_timeout),
+        send: policy.send_timeout,
+        read: policy
+            .read_timeout
+            .unwrap_or(settings.upstream_response_timeout),
+        idle: settings.upstream_idle_timeout,
+    };
+    let progress = upstream_request.body_mut().track();
+    // nginx's `proxy_next_upstream_tries`, each endpoint at most once (0: every endpoint).
+    let endpoints = backend.endpoints.len();
+    let tries = match policy.next_upstream_tries {
+        0 => endpoints,
+        n => endpoints.min(n as usize),
+    }
+    .max(1);
+    let next_upstream = policy.next_upstream;
+    // Kept only where a try that reached an endpoint may be followed by another.
+    let replay = (tries > 1 && next_upstream != NextUpstream::OFF)
+        .then(|| Replay::of(&upstream_request, next_upstream, client_upgrade.is_some()))
+        .flatten();
+    let first_try = tokio::time::Instant::now();
     let mut failed: Option<Arc<Endpoint>> = None;
-    let mut last_error = String::new();
-    // A request whose connection fails goes to another endpoint: it has not been sent yet.
-    for _ in 0..backend.endpoints.len().clamp(1, 3) {
+    let mut last_refusal = Refusal::Unreachable(String::new());
+    for try_index in 0..tries {
+        // Asked when this try has failed: the time budget counts until then.
+        let may_try_again = || {
+            try_index + 1 < tries
+                && policy
+                    .next_upstream_timeout
+                    .is_none_or(|budget| first_try.elapsed() < budget)
+        };
         let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
             break;
         };
@@ -304,25 +357,52 @@ async fn proxy_request(
             backend.metrics.retry();
         }
         let outstanding = endpoint.start_request();
-        let sent = send(&endpoint, upstream_request, settings, &backend.metrics);
+        let sent = attempt::send(
+            &endpoint,
+            upstream_request,
+            timeouts,
+            progress.as_deref(),
+            &backend.metrics,
+        );
         let sent = match deadline {
             None => sent.await,
             // Boxed: only calls with a deadline carry the timer.
             Some(at) => Box::pin(tokio::time::timeout_at(at, sent))
                 .await
-                .unwrap_or(Sent::Failed(Refusal::DeadlineExceeded)),
+                .unwrap_or(Sent::Failed(Refusal::DeadlineExceeded, None)),
         };
         match sent {
-            Sent::Unsent(unsent, why) => {
+            // Never sent: any method may go to the next endpoint.
+            Sent::Unsent(unsent, refusal, condition) => {
+                if !(next_upstream.has(condition) && may_try_again()) {
+                    return Err(refusal);
+                }
                 upstream_request = unsent;
-                last_error = why;
+                last_refusal = refusal;
                 failed = Some(endpoint);
             }
-            Sent::Failed(refusal) => {
-                context.endpoint = Some(endpoint);
-                return Err(refusal);
+            Sent::Failed(refusal, condition) => {
+                let again = replay
+                    .as_ref()
+                    .filter(|_| condition.is_some_and(|c| next_upstream.has(c)) && may_try_again());
+                let Some(replay) = again else {
+                    context.endpoint = Some(endpoint);
+                    return Err(refusal);
+                };
+                upstream_request = replay.request();
+                last_refusal = refusal;
+                failed = Some(endpoint);
             }
             Sent::Answered(response, sender) => {
+                let again = replay
+                    .as_ref()
+                    .filter(|_| next_upstream.on_status(response.status()) && may_try_again());
+                if let Some(replay) = again {
+                    // The answer is dropped unread: its connection closes, not pooled.
+                    upstream_request = replay.request();
+                    failed = Some(endpoint);
+                    continue;
+                }
                 context.endpoint = Some(endpoint);
                 let mut relayed = relay_response(
                     response,
@@ -331,6 +411,7 @@ async fn proxy_request(
                     client_upgrade,
                     settings,
                     deadline,
+                    timeouts.read,
                 );
                 if let (Ok(response), Some(edit)) = (relayed.as_mut(), response_edit) {
                     edit.apply(response);
@@ -339,68 +420,7 @@ async fn proxy_request(
             }
         }
     }
-    Err(Refusal::Unreachable(last_error))
-}
-
-/// What sending a request to one endpoint came to.
-enum Sent {
-    /// The endpoint answered (the connection comes along, to be pooled again).
-    Answered(Response<Incoming>, Sender),
-    /// No connection could carry it; the request comes back unsent, with why.
-    Unsent(Request<UpstreamBody>, String),
-    /// Sent, then failed: what to tell the client.
-    Failed(Refusal),
-}
-
-async fn send(
-    endpoint: &Endpoint,
-    request: Request<UpstreamBody>,
-    settings: &ProxySettings,
-    metrics: &RequestMetrics,
-) -> Sent {
-    // Boxed: connecting is rare (most requests take a pooled connection), and inline its state
-    // would add about 350 bytes to every request's future, which is moved and copied whole.
-    let connect = || async {
-        let connected = Box::pin(endpoint.connect(settings.upstream_connect_timeout)).await;
-        if connected.is_err() {
-            metrics.connect_error();
-        }
-        connected
-    };
-    let (mut sender, mut fresh) = match endpoint.pooled(settings.upstream_idle_timeout) {
-        Some(sender) => (sender, false),
-        None => match connect().await {
-            Ok(sender) => (sender, true),
-            Err(error) => return Sent::Unsent(request, error.to_string()),
-        },
-    };
-    let mut request = request;
-    loop {
-        let attempt = sender.try_send_request(request);
-        let error = match tokio::time::timeout(settings.upstream_response_timeout, attempt).await {
-            Err(_) => return Sent::Failed(Refusal::UpstreamTimeout),
-            Ok(Ok(response)) => return Sent::Answered(response, sender),
-            Ok(Err(error)) => error,
-        };
-        let mut error = error;
-        match error.take_message() {
-            // A pooled connection closed before the request went out (the endpoint's keep-alive
-            // timeout raced us): same endpoint, new connection.
-            Some(unsent) if !fresh => {
-                metrics.retry();
-                match connect().await {
-                    Ok(new_sender) => {
-                        sender = new_sender;
-                        fresh = true;
-                        request = unsent;
-                    }
-                    Err(connect_error) => return Sent::Unsent(unsent, connect_error.to_string()),
-                }
-            }
-            Some(unsent) => return Sent::Unsent(unsent, error.into_error().to_string()),
-            None => return Sent::Failed(Refusal::from_send_error(&error.into_error())),
-        }
-    }
+    Err(last_refusal)
 }
 
 /// The endpoint's response on its way to the client: hop-by-hop headers out, the body streamed
@@ -415,6 +435,7 @@ fn relay_response(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     settings: &ProxySettings,
     deadline: Option<tokio::time::Instant>,
+    read_timeout: std::time::Duration,
 ) -> Result<Response<ProxyBody>, Refusal> {
     if response.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client_upgrade) = client_upgrade
@@ -445,7 +466,9 @@ fn relay_response(
     Ok(Response::from_parts(
         parts,
         ProxyBody::upstream(
-            UpstreamResponseBody::new(body, Some(sender), outstanding).with_deadline(deadline),
+            UpstreamResponseBody::new(body, Some(sender), outstanding)
+                .with_deadline(deadline)
+                .with_read_timeout(read_timeout),
         ),
     ))
 }

@@ -44,7 +44,8 @@ pub(super) enum Refusal {
     InvalidPath,
     /// No endpoint could be connected: the last error.
     Unreachable(String),
-    /// No response head within `--upstream-response-timeout`.
+    /// The endpoint took too long: connecting, taking the request body (`proxy-send-timeout`)
+    /// or answering (`proxy-read-timeout`, `--upstream-response-timeout`).
     UpstreamTimeout,
     /// The client's body could not be read (broken chunked framing, the client gone): the
     /// client's error, not the endpoint's.

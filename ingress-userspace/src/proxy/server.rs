@@ -45,9 +45,11 @@ pub struct ProxySettings {
     pub http_listen: Option<SocketAddr>,
     /// HTTPS listener (`None`: off).
     pub https_listen: Option<SocketAddr>,
-    /// Connecting to an endpoint; then 502.
+    /// Connecting to an endpoint; then the next endpoint, else 504 (a route's
+    /// `proxy-connect-timeout` replaces it).
     pub upstream_connect_timeout: Duration,
-    /// From the request sent to the response head; then 504.
+    /// From the request sent to the response head, and between two body reads; then 504 (a
+    /// route's `proxy-read-timeout` replaces it).
     pub upstream_response_timeout: Duration,
     /// Pooled upstream connections idle longer are closed.
     pub upstream_idle_timeout: Duration,
@@ -68,7 +70,8 @@ pub struct ProxySettings {
     pub max_connections: usize,
     /// Largest request head, in bytes; larger gets 431.
     pub max_header_bytes: usize,
-    /// Largest request body, in bytes; larger gets 413. `None`: unlimited.
+    /// Largest request body, in bytes, over every route's own limit; larger gets 413. `None`:
+    /// no ceiling.
     pub max_body_bytes: Option<u64>,
     /// Write one access-log line per request.
     pub access_log: bool,

@@ -8,7 +8,12 @@
 //! connection (gRPC backends) is one per endpoint, shared by all its requests as streams.
 
 pub(crate) mod grpc;
+mod progress;
+mod response_body;
 mod transport;
+
+pub(crate) use progress::SendProgress;
+pub(crate) use response_body::UpstreamResponseBody;
 
 pub(crate) use transport::{unusable_upstream_tls, Sender, Transport};
 
@@ -46,6 +51,8 @@ pub(crate) struct UpstreamBody {
     /// arrive with their head), then reused.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     waiting: bool,
+    /// Where the body is, for the send and read timeouts (requests with a body only).
+    progress: Option<Arc<SendProgress>>,
 }
 
 /// The client's body exceeded `--max-body-bytes`.
@@ -74,7 +81,30 @@ impl UpstreamBody {
             timeout,
             deadline: None,
             waiting: false,
+            progress: None,
         }
+    }
+
+    /// No body: a request sent again to another endpoint (only those without one are).
+    pub(crate) fn empty() -> Self {
+        Self {
+            inner: None,
+            remaining: 0,
+            timeout: Duration::ZERO,
+            deadline: None,
+            waiting: false,
+            progress: None,
+        }
+    }
+
+    /// Tracks how far the body has gone (see [`SendProgress`]); `None` without a body.
+    pub(crate) fn track(&mut self) -> Option<Arc<SendProgress>> {
+        if self.is_end_stream() {
+            return None;
+        }
+        let progress = Arc::new(SendProgress::new());
+        self.progress = Some(progress.clone());
+        Some(progress)
     }
 
     /// Nothing came: starts the timer on the first wait, fails when it runs out. The timer
@@ -131,13 +161,30 @@ impl Body for UpstreamBody {
                     }
                     self.remaining -= len;
                 }
+                if let Some(progress) = &self.progress {
+                    if self.inner.as_ref().is_none_or(Body::is_end_stream) {
+                        progress.done();
+                    } else {
+                        progress.sent_frame();
+                    }
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
                 Poll::Ready(Some(Err(Box::new(ClientBodyError(error)))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => self.wait_for_client(cx),
+            Poll::Ready(None) => {
+                if let Some(progress) = &self.progress {
+                    progress.done();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(progress) = &self.progress {
+                    progress.waiting_for_client();
+                }
+                self.wait_for_client(cx)
+            }
         }
     }
 
@@ -422,160 +469,5 @@ impl BackendSeries for Backend {
     }
 }
 
-/// A response body from upstream. When it has been read to the end, its connection goes back to
-/// the endpoint's pool and the request stops counting as outstanding.
-pub(crate) struct UpstreamResponseBody {
-    inner: Incoming,
-    connection: Option<Sender>,
-    outstanding: Option<Outstanding>,
-    /// A gRPC call's deadline (`grpc-timeout`): when it passes before the body ends, the body
-    /// ends there with `grpc-status: 4` in trailers.
-    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The deadline passed: nothing more is read.
-    cut: bool,
-}
-
-impl UpstreamResponseBody {
-    /// Wraps `inner`; `connection` is pooled again at the end (`None` for upgraded connections).
-    pub(crate) fn new(
-        inner: Incoming,
-        connection: Option<Sender>,
-        outstanding: Outstanding,
-    ) -> Self {
-        let mut body = Self {
-            inner,
-            connection,
-            outstanding: Some(outstanding),
-            deadline: None,
-            cut: false,
-        };
-        if body.inner.is_end_stream() {
-            body.finish();
-        }
-        body
-    }
-
-    /// The same body, cut at `deadline` with `grpc-status: 4` (a gRPC call's `grpc-timeout`).
-    pub(crate) fn with_deadline(mut self, deadline: Option<tokio::time::Instant>) -> Self {
-        if let Some(at) = deadline.filter(|_| !self.inner.is_end_stream()) {
-            self.deadline = Some(Box::pin(tokio::time::sleep_until(at)));
-        }
-        self
-    }
-
-    fn finish(&mut self) {
-        if let Some(outstanding) = self.outstanding.take() {
-            if let Some(connection) = self.connection.take() {
-                outstanding.endpoint().release(connection);
-            }
-        }
-    }
-}
-
-impl Body for UpstreamResponseBody {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if self.cut {
-            return Poll::Ready(None);
-        }
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        if polled.is_pending() {
-            let expired = self
-                .deadline
-                .as_mut()
-                .is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-            if expired {
-                // The stream is reset when the body drops; the connection is not reused.
-                self.cut = true;
-                self.connection = None;
-                self.outstanding = None;
-                return Poll::Ready(Some(Ok(Frame::trailers(grpc::status_trailers(
-                    grpc::GrpcStatus::DeadlineExceeded,
-                    "xdp-ingress: the call's deadline (grpc-timeout) passed before the upstream finished",
-                )))));
-            }
-        }
-        match &polled {
-            Poll::Ready(None) => self.finish(),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.finish(),
-            Poll::Ready(Some(Err(_))) => {
-                // A broken response: the connection is not reused.
-                self.connection = None;
-                self.outstanding = None;
-            }
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.cut || self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn backend(n: usize) -> Backend {
-        let endpoints = (0..n)
-            .map(|i| {
-                Arc::new(Endpoint::new(SocketAddr::from((
-                    [192, 0, 2, i as u8 + 1],
-                    80,
-                ))))
-            })
-            .collect();
-        Backend::new(endpoints, None)
-    }
-
-    #[test]
-    fn spreads_over_endpoints_and_prefers_fewer_outstanding() {
-        let b = backend(3);
-        let mut seen = [0usize; 3];
-        for _ in 0..30 {
-            let e = b.pick(None).unwrap();
-            seen[b.endpoints.iter().position(|x| Arc::ptr_eq(x, e)).unwrap()] += 1;
-        }
-        assert!(seen.iter().all(|&n| n > 0), "{seen:?}");
-        // Load endpoint 1 and 2: endpoint 3 (idle) wins every comparison it is part of.
-        let _busy: Vec<Outstanding> = (0..5)
-            .flat_map(|_| {
-                [
-                    b.endpoints[0].start_request(),
-                    b.endpoints[1].start_request(),
-                ]
-            })
-            .collect();
-        let idle_wins = (0..30)
-            .filter(|_| Arc::ptr_eq(b.pick(None).unwrap(), &b.endpoints[2]))
-            .count();
-        assert!(idle_wins >= 20, "{idle_wins}");
-    }
-
-    #[test]
-    fn skips_endpoints_marked_down_and_the_excluded_one() {
-        let b = backend(3);
-        b.endpoints[0].mark_down();
-        b.endpoints[1].mark_down();
-        for _ in 0..10 {
-            assert!(Arc::ptr_eq(b.pick(None).unwrap(), &b.endpoints[2]));
-        }
-        let third = b.endpoints[2].clone();
-        let picked = b.pick(Some(&third)).unwrap();
-        assert!(
-            !Arc::ptr_eq(picked, &third),
-            "all down: try another, not the one that failed"
-        );
-        assert!(backend(0).pick(None).is_none());
-    }
-}
+mod tests;

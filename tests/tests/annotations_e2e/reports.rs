@@ -99,7 +99,7 @@ fn validate_names_ignored_never_executed_unknown_and_bad_annotations() -> Result
             "legacy",
             &[rule(Some("legacy.example"), &[("/", "Prefix", "web")])],
             &[
-                ("limit-rps", "10"),
+                ("limit-rate", "10"),
                 ("configuration-snippet", "more_set_headers \"X: y\";"),
                 ("not-a-real-annotation", "1"),
                 ("use-regex", "sometimes"),
@@ -120,7 +120,7 @@ fn validate_names_ignored_never_executed_unknown_and_bad_annotations() -> Result
         "validate reports problems: {stderr}"
     );
     for (key, why) in [
-        ("limit-rps", "not supported by xdp-ingress, ignored"),
+        ("limit-rate", "not supported by xdp-ingress, ignored"),
         ("configuration-snippet", "never executed"),
         ("not-a-real-annotation", "unknown ingress-nginx annotation"),
         ("use-regex", "\"sometimes\" is not a boolean"),
@@ -155,7 +155,7 @@ fn migrate_report_lists_each_annotation_of_the_class_with_counts() -> Result<()>
         &[
             ("use-regex", "true"),
             ("rewrite-target", "/$1"),
-            ("limit-rps", "10"),
+            ("limit-rate", "10"),
             ("server-snippet", "return 200;"),
             ("no-such-key", "x"),
             ("ssl-redirect", "maybe"),
@@ -202,7 +202,7 @@ fn migrate_report_lists_each_annotation_of_the_class_with_counts() -> Result<()>
         "Ingress default/shop",
         "  identical       use-regex",
         "  differs         rewrite-target: captures $1..$9",
-        "  ignored         limit-rps: not implemented yet",
+        "  ignored         limit-rate: response bandwidth limits are not implemented",
         "  never executed  server-snippet: nginx configuration is never executed",
         "  unknown         no-such-key",
         "  invalid         ssl-redirect: \"maybe\" is not a boolean",

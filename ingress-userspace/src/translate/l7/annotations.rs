@@ -11,6 +11,10 @@
 
 pub mod catalogue;
 mod cors;
+mod limits;
+
+#[cfg(test)]
+pub(super) use limits::parse_size;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -62,6 +66,8 @@ pub(super) struct IngressAnnotations {
     pub(super) allow: Vec<Cidr>,
     /// `denylist-source-range`.
     pub(super) deny: Vec<Cidr>,
+    /// Body size, timeouts, retries, rate and connection limits.
+    pub(super) limits: limits::Limits,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
 }
@@ -84,6 +90,7 @@ impl Default for IngressAnnotations {
             cors: None,
             allow: Vec::new(),
             deny: Vec::new(),
+            limits: limits::Limits::default(),
             invalid: None,
         }
     }
@@ -339,6 +346,7 @@ impl<'a> Reader<'a, '_> {
             None => self.ranges("whitelist-source-range"),
         };
         out.deny = self.ranges("denylist-source-range");
+        out.limits = self.limits();
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

@@ -20,6 +20,7 @@
 //! pre-split and sorted, and regexes compiled, when the table is built.
 
 mod cidr;
+pub mod limits;
 mod route;
 
 pub use cidr::{Cidr, CidrError};

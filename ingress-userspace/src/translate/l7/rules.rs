@@ -219,6 +219,11 @@ impl Rules {
         self.claimed.insert(key, claim);
         let mut route = Route::to(backend, Some(ingress.name.clone()));
         route.fallback = annotated.fallback;
+        let limits = &annotated.annotations.limits;
+        if let Some(policy) = &limits.policy {
+            route.policy = policy.clone();
+        }
+        route.connection_limit = limits.connections.clone();
         route.filters = match broken_regex {
             Some(why) => vec![Filter::Fail(
                 format!("503 Service Unavailable: Ingress {}: {why}\n", ingress.name).into(),
@@ -258,8 +263,8 @@ fn regex_error(path: &str, error: &regex::Error) -> String {
 
 /// The request filters of a rule of `host` and `path` whose Ingress has `annotations`, in the
 /// order nginx runs them: CORS and a fixed redirect (`if` and `return` in the location), the
-/// HTTPS redirect (Lua, end of the rewrite phase), the source ranges (access phase), then the
-/// rewrite and the header for the backend.
+/// HTTPS redirect (Lua, end of the rewrite phase), the rate limits (preaccess phase), the
+/// source ranges (access phase), then the rewrite and the header for the backend.
 fn filters(
     annotations: &IngressAnnotations,
     host: Option<&str>,
@@ -292,6 +297,10 @@ fn filters(
         });
     }
     // nginx's access phase (allow/deny) follows the rewrite phase (the redirects above).
+    // nginx's preaccess phase (limit_req) runs before its access phase (allow / deny).
+    for limiter in &annotations.limits.rates {
+        filters.push(Filter::RateLimit(limiter.clone()));
+    }
     if !annotations.deny.is_empty() || !annotations.allow.is_empty() {
         filters.push(Filter::SourceRange {
             deny: annotations.deny.clone(),

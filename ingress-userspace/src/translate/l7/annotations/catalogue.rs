@@ -135,14 +135,41 @@ pub const CATALOGUE: &[Entry] = &[
         "the proxy speaks HTTP/1.1 to backends",
     ),
     // Limits and timeouts.
-    e("proxy-body-size", Ignored, LATER),
-    e("client-body-buffer-size", Ignored, LATER),
-    e("proxy-connect-timeout", Ignored, LATER),
-    e("proxy-send-timeout", Ignored, LATER),
-    e("proxy-read-timeout", Ignored, LATER),
-    e("proxy-next-upstream", Ignored, LATER),
-    e("proxy-next-upstream-timeout", Ignored, LATER),
-    e("proxy-next-upstream-tries", Ignored, LATER),
+    e(
+        "proxy-body-size",
+        Supported,
+        "413 before the backend gets more than the limit, with or without Content-Length; \
+         --max-body-bytes, when set, is a ceiling over every route",
+    ),
+    e(
+        "client-body-buffer-size",
+        Partly,
+        "the size is checked, and changes nothing: bodies are streamed to the backend, never \
+         buffered in memory or spooled to disk",
+    ),
+    e("proxy-connect-timeout", Supported, ""),
+    e(
+        "proxy-send-timeout",
+        Supported,
+        "measured between the backend's reads of successive body chunks, until the response head",
+    ),
+    e(
+        "proxy-read-timeout",
+        Supported,
+        "a timeout after the response head started aborts the response (the client sees it cut)",
+    ),
+    e(
+        "proxy-next-upstream",
+        Partly,
+        "a request whose body has started streaming is never sent again (nginx buffers bodies \
+         and can); a retry avoids the endpoint that just failed, not all earlier ones",
+    ),
+    e("proxy-next-upstream-timeout", Supported, ""),
+    e(
+        "proxy-next-upstream-tries",
+        Supported,
+        "0 (no limit) tries each endpoint at most once",
+    ),
     e("proxy-request-buffering", Ignored, "requests are streamed"),
     e("proxy-buffering", Ignored, "responses are streamed"),
     e("proxy-buffers-number", Ignored, "responses are streamed"),
@@ -166,10 +193,24 @@ pub const CATALOGUE: &[Entry] = &[
     e("whitelist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
     e("allowlist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
     e("denylist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
-    e("limit-connections", Ignored, LATER),
-    e("limit-rps", Ignored, LATER),
-    e("limit-rpm", Ignored, LATER),
-    e("limit-burst-multiplier", Ignored, LATER),
+    e(
+        "limit-connections",
+        Supported,
+        "counts requests in progress per client address (what nginx's limit_conn counts for \
+         HTTP); 503",
+    ),
+    e(
+        "limit-rps",
+        Partly,
+        "nginx's limit_req per client address (burst = rate x multiplier, nodelay, 503); the \
+         counts restart when the routing table is rebuilt",
+    ),
+    e(
+        "limit-rpm",
+        Partly,
+        "as limit-rps, per minute; the counts restart when the routing table is rebuilt",
+    ),
+    e("limit-burst-multiplier", Supported, ""),
     e(
         "limit-rate",
         Ignored,
@@ -180,8 +221,8 @@ pub const CATALOGUE: &[Entry] = &[
         Ignored,
         "response bandwidth limits are not implemented",
     ),
-    e("limit-whitelist", Ignored, LATER),
-    e("limit-allowlist", Ignored, LATER),
+    e("limit-whitelist", Supported, ""),
+    e("limit-allowlist", Supported, ""),
     e(
         "global-rate-limit",
         Ignored,

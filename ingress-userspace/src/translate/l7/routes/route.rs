@@ -12,7 +12,11 @@ use regex::Regex;
 
 use crate::model::ObjectName;
 
-use super::{super::BackendId, Cidr};
+use super::{
+    super::BackendId,
+    limits::{ConnectionLimiter, RateLimiter, UpstreamPolicy},
+    Cidr,
+};
 
 /// A backend of a route and its share of the route's requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +39,10 @@ pub struct Route {
     pub backends: Vec<WeightedBackend>,
     /// Used instead when the backends have no endpoint (`default-backend` annotation).
     pub fallback: Option<BackendId>,
+    /// Body size, upstream timeouts and retries (`proxy-*` annotations).
+    pub policy: Arc<UpstreamPolicy>,
+    /// `limit-connections`: requests in progress per client address.
+    pub connection_limit: Option<Arc<ConnectionLimiter>>,
 }
 
 impl Route {
@@ -45,6 +53,8 @@ impl Route {
             filters: Vec::new(),
             backends: vec![WeightedBackend { backend, weight: 1 }],
             fallback: None,
+            policy: UpstreamPolicy::shared_default(),
+            connection_limit: None,
         }
     }
 
@@ -55,6 +65,8 @@ impl Route {
             filters: vec![filter],
             backends: Vec::new(),
             fallback: None,
+            policy: UpstreamPolicy::shared_default(),
+            connection_limit: None,
         }
     }
 
@@ -77,6 +89,7 @@ impl Filter {
             Filter::SetHeader { .. } => "set-header",
             Filter::Cors(_) => "cors",
             Filter::SourceRange { .. } => "source-range",
+            Filter::RateLimit(_) => "rate-limit",
         }
     }
 }
@@ -135,6 +148,9 @@ pub enum Filter {
         /// Allowed ranges; empty: every address not denied.
         allow: Vec<Cidr>,
     },
+    /// `limit-rps` / `limit-rpm`: a client address over its rate (and burst) is answered the
+    /// limiter's status (503); exempt ranges pass.
+    RateLimit(Arc<RateLimiter>),
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.

@@ -195,6 +195,11 @@ fn default_backends(
         let Some(fallback) = a.fallback else {
             continue;
         };
+        // The Ingress's body size, timeouts and retries apply to its fallback too.
+        let mut route = Route::to(fallback, Some(a.ingress.name.clone()));
+        if let Some(policy) = &a.annotations.limits.policy {
+            route.policy = policy.clone();
+        }
         for host in hosts_of(a.ingress) {
             let regex = regex_hosts.contains(host.as_deref().unwrap_or_default());
             let rule = PathRule {
@@ -204,7 +209,7 @@ fn default_backends(
                 } else {
                     PathType::Prefix
                 },
-                backend: Route::to(fallback, Some(a.ingress.name.clone())),
+                backend: route.clone(),
             };
             rules.push((host, rule));
         }

@@ -1,12 +1,13 @@
 //! ingress-nginx annotations through the translator: each supported key with its default, a
 //! non-default value and a bad value (a problem at its field, and the Ingress's routes failing
 //! with the reason), the keys reported as ignored or never executed, and the rules they add;
-//! CORS and source ranges in `access`.
+//! CORS and source ranges in `access`; body size, timeouts, retries and rate limits in `limits`.
 
 use super::*;
 use crate::translate::l7::{annotations::catalogue, Filter};
 
 mod access;
+mod limits;
 
 /// An Ingress of our default class with `annotations` (keys without the prefix).
 fn annotated(name: &str, annotations: &[(&str, &str)], spec: &str) -> String {
@@ -197,7 +198,7 @@ fn unsupported_snippets_and_unknown_keys_are_reported_and_routes_stay() {
         &[
             ("configuration-snippet", "more_set_headers \"A: b\";"),
             ("lua-resty-waf-snippet", "x"),
-            ("limit-rps", "5"),
+            ("limit-rate", "100"),
             ("no-such-annotation", "1"),
         ],
         &one_path("h.example", "/", "Prefix", "web"),
@@ -217,7 +218,7 @@ fn unsupported_snippets_and_unknown_keys_are_reported_and_routes_stay() {
     };
     assert!(about("configuration-snippet").starts_with("never executed"));
     assert!(about("lua-resty-waf-snippet").starts_with("never executed"));
-    assert!(about("limit-rps").starts_with("not supported by xdp-ingress, ignored"));
+    assert!(about("limit-rate").starts_with("not supported by xdp-ingress, ignored"));
     assert!(about("no-such-annotation").starts_with("unknown ingress-nginx annotation"));
 }
 
