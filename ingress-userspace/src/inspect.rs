@@ -115,9 +115,22 @@ pub fn routes_view(plan: &L7Plan) -> Value {
             })
         })
         .collect();
+    let passthrough: Vec<Value> = plan
+        .passthrough
+        .entries()
+        .into_iter()
+        .map(|(host, entry)| {
+            json!({
+                "host": host,
+                "ingress": entry.ingress.to_string(),
+                "backend": backend(&entry.backend),
+            })
+        })
+        .collect();
     json!({
         "routes": routes,
         "default_backend": plan.routes.default_backend().and_then(|r| r.backend()).as_ref().map(backend),
+        "passthrough": passthrough,
     })
 }
 
@@ -493,6 +506,13 @@ fn table(what: InspectWhat, view: &Value) -> Vec<String> {
             if !view["default_backend"].is_null() {
                 routes.push(json!({"host": "(default)", "path": "", "path_type": "",
                     "backend": view["default_backend"]}));
+            }
+            // TLS connections of these hosts never reach the rules above.
+            for p in rows(&view["passthrough"]) {
+                routes.push(
+                    json!({"host": p["host"], "path": "(TLS)", "path_type": "PASSTHROUGH",
+                    "backend": p["backend"]}),
+                );
             }
             for r in routes {
                 let backend = &r["backend"];

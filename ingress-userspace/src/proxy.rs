@@ -18,6 +18,7 @@
 //! - [`path`]: the request path, normalised once for routing and for the endpoint.
 //! - [`lifetime`]: send, HTTP/2 idle and first-request timeouts; the per-listener connection cap.
 //! - [`parking`]: quiet plain HTTP/1.1 connections, each a descriptor in one epoll set.
+//! - `passthrough`: `ssl-passthrough` hosts' TLS connections, routed by SNI and spliced.
 //! - [`access_log`]: the optional per-request log, written off the request path.
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
 
@@ -32,6 +33,7 @@ pub(crate) mod lifetime;
 mod listener;
 pub(crate) mod metrics;
 pub(crate) mod parking;
+mod passthrough;
 pub(crate) mod path;
 mod refusal;
 pub(crate) mod router;

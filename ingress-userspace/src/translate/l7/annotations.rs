@@ -62,6 +62,8 @@ pub(super) struct IngressAnnotations {
     pub(super) allow: Vec<Cidr>,
     /// `denylist-source-range`.
     pub(super) deny: Vec<Cidr>,
+    /// `ssl-passthrough` (default false; see `passthrough`).
+    pub(super) ssl_passthrough: bool,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
 }
@@ -84,6 +86,7 @@ impl Default for IngressAnnotations {
             cors: None,
             allow: Vec::new(),
             deny: Vec::new(),
+            ssl_passthrough: false,
             invalid: None,
         }
     }
@@ -288,6 +291,7 @@ impl<'a> Reader<'a, '_> {
             force_ssl_redirect: self.bool("force-ssl-redirect", false),
             preserve_trailing_slash: self.bool("preserve-trailing-slash", false),
             from_to_www: self.bool("from-to-www-redirect", false),
+            ssl_passthrough: self.bool(super::passthrough::KEY, false),
             ..IngressAnnotations::default()
         };
         if let Some(target) = self.get("rewrite-target").map(str::trim) {
