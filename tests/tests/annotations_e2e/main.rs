@@ -13,6 +13,7 @@
 mod access;
 mod cors;
 mod hosts;
+mod passthrough;
 mod paths;
 mod redirects;
 mod reports;
