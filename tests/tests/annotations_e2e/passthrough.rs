@@ -34,9 +34,9 @@ use xdp_ingress_tests::{
         clients::{
             collect, curl, empty, get, https_get, pooled, request, tls_connect, CertVerifier, Tls,
         },
-        ensure_served, eventually,
+        ensure_served, eventually, has_exited,
         manifests::{backend_service, our_class, rule, Manifests, TempDir},
-        services_for, TestProxy,
+        read_within, services_for, sigterm, TestProxy, SETTLE,
     },
 };
 
@@ -334,5 +334,95 @@ async fn tls_to_a_passthrough_host_reaches_the_backends_certificate() -> Result<
     )
     .await?;
     ensure_eq!(reply.text(), "vault-tls /after");
+    Ok(())
+}
+
+/// The passthrough Ingress of `vault.example` alone, served with `--enable-ssl-passthrough`,
+/// the admin listener and `extra` flags.
+fn vault_proxy(vault: &TlsBackend, extra: &[&str]) -> Result<TestProxy> {
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    manifests.write("services.yaml", &backend_service("vault", &[vault.addr]))?;
+    manifests.write(
+        "ingresses.yaml",
+        &[annotated(
+            "vault",
+            &[rule(Some(HOST), &[("/", "Prefix", "vault")])],
+            &[("ssl-passthrough", "true")],
+        )],
+    )?;
+    let flags = [&["--enable-ssl-passthrough"], extra].concat();
+    TestProxy::start_with_admin(manifests, &flags)
+}
+
+/// A passthrough connection to `https` answered by the backend whose leaf is `leaf`, after one
+/// request for `path` (the backend, hyper without timers, then keeps it open as long as we do).
+async fn exchange(
+    https: SocketAddr,
+    leaf: &CertificateDer<'static>,
+    path: &str,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let (mut stream, handshake) = tls_connect(https, HOST, Tls::Any, &[b"http/1.1"]).await?;
+    ensure!(handshake.certificate == leaf.as_ref(), "not passed through");
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, head.as_bytes()).await?;
+    let expected = format!("vault-tls {path}");
+    let mut answer = Vec::new();
+    let mut buf = [0; 1024];
+    while !String::from_utf8_lossy(&answer).ends_with(&expected) {
+        let n = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await?;
+        ensure!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+        answer.extend_from_slice(&buf[..n]);
+    }
+    Ok(stream)
+}
+
+/// A passthrough connection idle for `--client-idle-timeout` is closed, and counted as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_passthrough_connection_is_closed() -> Result<()> {
+    let vault = TlsBackend::start().await?;
+    let proxy = vault_proxy(&vault, &["--client-idle-timeout", "1s"])?;
+    let admin = proxy.admin.context("no admin listener")?;
+    let mut idle = exchange(proxy.https, &vault.leaf, "/idle").await?;
+    // Only the proxy's idle timeout can end it (the backend keeps it).
+    let closed = read_within(&mut idle, SETTLE)
+        .await
+        .context("the idle passthrough connection stayed open")?;
+    ensure!(!matches!(closed, Ok(n) if n > 0), "unexpected bytes");
+    let client = pooled();
+    eventually("the idle close on /metrics", || async {
+        let text = get(&client, admin, "127.0.0.1", "/metrics").await?.text();
+        let line = "xdp_ingress_passthrough_idle_closed_total 1";
+        ensure!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
+        Ok(())
+    })
+    .await
+    .with_context(|| proxy.log())?;
+    Ok(())
+}
+
+/// On SIGTERM a quiet passthrough connection is closed after a second, so the agent exits long
+/// before its drain deadline (60 s here; the idle timeout, 60 s by default, plays no part).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_passthrough_connection_does_not_hold_the_drain() -> Result<()> {
+    let vault = TlsBackend::start().await?;
+    let proxy = vault_proxy(&vault, &["--drain-timeout", "60s"])?;
+    let mut quiet = exchange(proxy.https, &vault.leaf, "/quiet").await?;
+    let pid = proxy.agent.pid();
+    sigterm(pid)?;
+    let closed = read_within(&mut quiet, SETTLE)
+        .await
+        .context("the quiet passthrough connection held the drain")?;
+    ensure!(!matches!(closed, Ok(n) if n > 0), "unexpected bytes");
+    eventually("the agent's exit", || async {
+        ensure!(has_exited(pid)?, "still running");
+        Ok(())
+    })
+    .await
+    .with_context(|| proxy.log())?;
     Ok(())
 }
