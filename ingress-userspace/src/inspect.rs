@@ -99,7 +99,8 @@ fn backend_json(backend: &BackendPlan) -> Value {
     })
 }
 
-/// The proxy's routing table, rule by rule in match order, and the default backend.
+/// The proxy's routing table, rule by rule in match order, the default backend, and the
+/// `ssl-passthrough` hosts (whose TLS connections never reach the rules).
 pub fn routes_view(plan: &L7Plan) -> Value {
     let backend = |id: &usize| plan.backends.get(*id).map_or(Value::Null, backend_json);
     let routes: Vec<Value> = plan
@@ -127,11 +128,15 @@ pub fn routes_view(plan: &L7Plan) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut view = json!({
         "routes": routes,
         "default_backend": plan.routes.default_backend().and_then(|r| r.backend()).as_ref().map(backend),
-        "passthrough": passthrough,
-    })
+    });
+    // Only where some host passes through: the view is otherwise what it always was.
+    if !passthrough.is_empty() {
+        view["passthrough"] = Value::Array(passthrough);
+    }
+    view
 }
 
 /// Certificates by host in precedence order, with the leaf's expiry where it parsed.
