@@ -229,6 +229,11 @@ pub struct IngressArgs {
     /// TLS Secret (`namespace/name`) for names no Ingress covers; default: a self-signed one.
     #[arg(long)]
     pub default_tls_secret: Option<String>,
+    /// Honour `nginx.ingress.kubernetes.io/ssl-passthrough`: TLS connections whose SNI names such
+    /// a host go unterminated to its backend. Off by default, as in ingress-nginx, so Ingresses
+    /// that carry the annotation on a controller without the flag keep being terminated.
+    #[arg(long)]
+    pub enable_ssl_passthrough: bool,
 }
 
 impl IngressArgs {
@@ -242,6 +247,7 @@ impl IngressArgs {
         Ok(L7Options {
             controller_name: self.controller_name.clone(),
             default_tls_secret,
+            ssl_passthrough: self.enable_ssl_passthrough,
         })
     }
 }

@@ -99,7 +99,8 @@ fn backend_json(backend: &BackendPlan) -> Value {
     })
 }
 
-/// The proxy's routing table, rule by rule in match order, and the default backend.
+/// The proxy's routing table, rule by rule in match order, the default backend, and the
+/// `ssl-passthrough` hosts (whose TLS connections never reach the rules).
 pub fn routes_view(plan: &L7Plan) -> Value {
     let backend = |id: &usize| plan.backends.get(*id).map_or(Value::Null, backend_json);
     let routes: Vec<Value> = plan
@@ -115,10 +116,27 @@ pub fn routes_view(plan: &L7Plan) -> Value {
             })
         })
         .collect();
-    json!({
+    let passthrough: Vec<Value> = plan
+        .passthrough
+        .entries()
+        .into_iter()
+        .map(|(host, entry)| {
+            json!({
+                "host": host,
+                "ingress": entry.ingress.to_string(),
+                "backend": backend(&entry.backend),
+            })
+        })
+        .collect();
+    let mut view = json!({
         "routes": routes,
         "default_backend": plan.routes.default_backend().and_then(|r| r.backend()).as_ref().map(backend),
-    })
+    });
+    // Only where some host passes through: the view is otherwise what it always was.
+    if !passthrough.is_empty() {
+        view["passthrough"] = Value::Array(passthrough);
+    }
+    view
 }
 
 /// Certificates by host in precedence order, with the leaf's expiry where it parsed.
@@ -493,6 +511,13 @@ fn table(what: InspectWhat, view: &Value) -> Vec<String> {
             if !view["default_backend"].is_null() {
                 routes.push(json!({"host": "(default)", "path": "", "path_type": "",
                     "backend": view["default_backend"]}));
+            }
+            // TLS connections of these hosts never reach the rules above.
+            for p in rows(&view["passthrough"]) {
+                routes.push(
+                    json!({"host": p["host"], "path": "(TLS)", "path_type": "PASSTHROUGH",
+                    "backend": p["backend"]}),
+                );
             }
             for r in routes {
                 let backend = &r["backend"];

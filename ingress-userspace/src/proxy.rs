@@ -19,6 +19,7 @@
 //! - `limits`: per-client state of the rate and connection limits (`limit-*` annotations).
 //! - [`lifetime`]: send, HTTP/2 idle and first-request timeouts; the per-listener connection cap.
 //! - [`parking`]: quiet plain HTTP/1.1 connections, each a descriptor in one epoll set.
+//! - `passthrough`: `ssl-passthrough` hosts' TLS connections, routed by SNI and spliced.
 //! - [`access_log`]: the optional per-request log, written off the request path.
 //! - [`metrics`]: per-backend request counters (atomics) and their `/metrics` encoding.
 
@@ -34,6 +35,7 @@ mod limits;
 mod listener;
 pub(crate) mod metrics;
 pub(crate) mod parking;
+mod passthrough;
 pub(crate) mod path;
 mod refusal;
 pub(crate) mod router;

@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{
     connection::{connection_context, serve_http},
     lifetime::{ConnectionSlot, ListenerSlots},
+    passthrough,
     server::Shared,
 };
 
@@ -108,11 +109,29 @@ async fn serve_plain(
 
 async fn serve_tls(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, slot: ConnectionSlot) {
     let _ = stream.set_nodelay(true);
-    let (info, http1_state) = connection_context(peer, slot.listener().port, true);
-    let settings = &shared.settings;
-    let handshake = shared.tls.accept(stream);
     let counters = &shared.counters;
-    let stream = match tokio::time::timeout(settings.client_header_timeout, handshake).await {
+    // One deadline for the ClientHello and the whole handshake, as for the handshake alone.
+    let deadline = tokio::time::Instant::now() + shared.settings.client_header_timeout;
+    if shared.router.load().has_passthrough() {
+        let route = tokio::time::timeout_at(deadline, passthrough::route(&shared, &stream)).await;
+        match route {
+            Ok(passthrough::Route::Pass(backend)) => {
+                passthrough::serve(shared, stream, backend, slot).await;
+                return;
+            }
+            Ok(passthrough::Route::Terminate) => {}
+            // What a handshake that failed or timed out was before: the client's problem.
+            Ok(passthrough::Route::Closed) | Err(_) => {
+                counters
+                    .tls_handshake_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+    let (info, http1_state) = connection_context(peer, slot.listener().port, true);
+    let handshake = shared.tls.accept(stream);
+    let stream = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(stream)) => {
             counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
             stream

@@ -171,6 +171,8 @@ pub(crate) struct ProxyCounters {
     pub shed_idle: AtomicU64,
     /// New connections closed at once: the listener was full and no connection was idle.
     pub refused: AtomicU64,
+    /// TLS passthrough connections.
+    pub passthrough: super::passthrough::PassthroughCounters,
 }
 
 /// Client timeouts by kind (`xdp_ingress_client_timeouts_total{kind}`).
@@ -382,6 +384,8 @@ pub(crate) fn encode<B: BackendSeries>(
             ])?
             .encode_gauge(not_after)?;
     }
+
+    super::passthrough::encode(&scrape.counters.passthrough, encoder)?;
 
     if let Some(dropped) = scrape.access_log_dropped {
         encoder

@@ -10,7 +10,9 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::translate::l7::{BackendId, BackendPlan, L7Plan, Route, RouteTable, UpstreamPlan};
+use crate::translate::l7::{
+    BackendId, BackendPlan, L7Plan, PassthroughTable, Route, RouteTable, UpstreamPlan,
+};
 
 use super::{
     metrics::{BackendKey, MetricsBook},
@@ -23,6 +25,8 @@ use super::{
 pub(crate) struct Router {
     routes: Arc<RouteTable<Route>>,
     backends: Vec<Arc<Backend>>,
+    /// `ssl-passthrough` hosts → index in `backends`.
+    passthrough: Arc<PassthroughTable>,
 }
 
 impl Default for Router {
@@ -30,6 +34,7 @@ impl Default for Router {
         Self {
             routes: Arc::new(RouteTable::new(std::iter::empty(), None)),
             backends: Vec::new(),
+            passthrough: Arc::default(),
         }
     }
 }
@@ -50,6 +55,16 @@ impl Router {
             (primary, _) => primary,
         };
         Some((route, backend))
+    }
+
+    /// The backend an `ssl-passthrough` host's TLS connections go to (`host` lower-case).
+    pub(crate) fn passthrough(&self, host: &str) -> Option<&Arc<Backend>> {
+        self.backends.get(self.passthrough.get(host)?.backend)
+    }
+
+    /// Whether some host passes TLS through (else the listener reads no ClientHello itself).
+    pub(crate) fn has_passthrough(&self) -> bool {
+        !self.passthrough.is_empty()
     }
 
     /// How many backends the table points at.
@@ -113,6 +128,7 @@ impl EndpointRegistry {
         Router {
             routes: plan.routes.clone(),
             backends,
+            passthrough: plan.passthrough.clone(),
         }
     }
 
@@ -134,6 +150,7 @@ impl EndpointRegistry {
         Router {
             routes: current.routes.clone(),
             backends,
+            passthrough: current.passthrough.clone(),
         }
     }
 

@@ -284,7 +284,8 @@ impl Endpoint {
         self.down_until_ms.store(until.max(1), Ordering::Relaxed);
     }
 
-    fn mark_up(&self) {
+    /// A connection succeeded: no longer skipped.
+    pub(crate) fn mark_up(&self) {
         if self.down_until_ms.load(Ordering::Relaxed) != 0 {
             self.down_until_ms.store(0, Ordering::Relaxed);
         }

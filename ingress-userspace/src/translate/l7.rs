@@ -35,6 +35,7 @@
 pub mod annotations;
 mod backends;
 mod class;
+pub mod passthrough;
 pub mod plan;
 pub mod routes;
 mod rules;
@@ -52,6 +53,7 @@ pub use routes::{
 };
 
 pub use backends::refresh_endpoints;
+pub use passthrough::{PassthroughHost, PassthroughTable};
 
 use std::sync::Arc;
 
@@ -76,6 +78,8 @@ pub struct L7Options {
     pub controller_name: String,
     /// The certificate for names no Ingress covers (`--default-tls-secret`).
     pub default_tls_secret: Option<ObjectName>,
+    /// `--enable-ssl-passthrough`: honour `ssl-passthrough` (off, as in ingress-nginx).
+    pub ssl_passthrough: bool,
 }
 
 impl Default for L7Options {
@@ -83,6 +87,7 @@ impl Default for L7Options {
         Self {
             controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
             default_tls_secret: None,
+            ssl_passthrough: false,
         }
     }
 }
@@ -101,8 +106,11 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         objects,
         backends: &mut backends,
         tls: &tls,
+        ssl_passthrough: options.ssl_passthrough,
+        passthrough: PassthroughTable::default(),
     };
     let rules = path_rules(&ours, &mut context, &mut problems);
+    let passthrough = Arc::new(std::mem::take(&mut context.passthrough));
     let default_backend = default_backend(&ours, &mut backends, &mut problems);
     let routes = Arc::new(RouteTable::new(
         rules
@@ -122,6 +130,7 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         tls,
         default_tls,
         ingresses,
+        passthrough,
     };
     (plan, problems)
 }

@@ -6,7 +6,8 @@
 //! a non-default value, as ingress-nginx behaves. Groups: path matching and rewriting
 //! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), source
 //! ranges (`access`), body size, timeouts and retries (`limits`), rate and connection limits
-//! (`rate_limits`), and how bad or unsupported annotations are reported (`reports`).
+//! (`rate_limits`), TLS passthrough by SNI (`passthrough`), and how bad or unsupported
+//! annotations are reported (`reports`).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
@@ -15,6 +16,7 @@ mod access;
 mod cors;
 mod hosts;
 mod limits;
+mod passthrough;
 mod paths;
 mod rate_limits;
 mod redirects;

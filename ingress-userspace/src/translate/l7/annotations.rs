@@ -68,6 +68,8 @@ pub(super) struct IngressAnnotations {
     pub(super) deny: Vec<Cidr>,
     /// Body size, timeouts, retries, rate and connection limits.
     pub(super) limits: limits::Limits,
+    /// `ssl-passthrough` (default false; see `passthrough`).
+    pub(super) ssl_passthrough: bool,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
 }
@@ -91,6 +93,7 @@ impl Default for IngressAnnotations {
             allow: Vec::new(),
             deny: Vec::new(),
             limits: limits::Limits::default(),
+            ssl_passthrough: false,
             invalid: None,
         }
     }
@@ -295,6 +298,7 @@ impl<'a> Reader<'a, '_> {
             force_ssl_redirect: self.bool("force-ssl-redirect", false),
             preserve_trailing_slash: self.bool("preserve-trailing-slash", false),
             from_to_www: self.bool("from-to-www-redirect", false),
+            ssl_passthrough: self.bool(super::passthrough::KEY, false),
             ..IngressAnnotations::default()
         };
         if let Some(target) = self.get("rewrite-target").map(str::trim) {

@@ -8,7 +8,10 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::model::ObjectName;
 
-use super::routes::{Route, RouteTable};
+use super::{
+    passthrough::PassthroughTable,
+    routes::{Route, RouteTable},
+};
 
 /// Index of a backend in [`L7Plan::backends`].
 pub type BackendId = usize;
@@ -28,6 +31,9 @@ pub struct L7Plan {
     pub default_tls: Option<TlsPlan>,
     /// The Ingresses this controller owns, sorted.
     pub ingresses: Vec<ObjectName>,
+    /// `ssl-passthrough` hosts: their TLS connections go unterminated to a backend. Shared, like
+    /// the routes.
+    pub passthrough: Arc<PassthroughTable>,
 }
 
 impl Default for L7Plan {
@@ -38,6 +44,7 @@ impl Default for L7Plan {
             tls: Vec::new(),
             default_tls: None,
             ingresses: Vec::new(),
+            passthrough: Arc::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use super::{
     annotations::{self, IngressAnnotations},
     backends::Backends,
     class::OurIngress,
+    passthrough::{passthrough_table, PassthroughInput, PassthroughTable},
     routes::{path_regex, Filter, Route, REGEX_SIZE_LIMIT},
     BackendId, PathRule, PathType, ServicePortRef, TlsPlan,
 };
@@ -72,6 +73,10 @@ pub(super) struct Context<'a, 'b> {
     pub(super) backends: &'b mut Backends<'a>,
     /// Certificates (for `ssl-redirect`: only hosts with one redirect).
     pub(super) tls: &'b [TlsPlan],
+    /// `--enable-ssl-passthrough`.
+    pub(super) ssl_passthrough: bool,
+    /// Out: the `ssl-passthrough` hosts, chosen with the rules.
+    pub(super) passthrough: PassthroughTable,
 }
 
 /// One Ingress and what its annotations say.
@@ -118,7 +123,28 @@ pub(super) fn path_rules(
             }
         }
     }
+    let inputs: Vec<PassthroughInput<'_, '_>> = annotated
+        .iter()
+        .map(|a| PassthroughInput {
+            ingress: a.ingress,
+            wanted: a.annotations.ssl_passthrough,
+            hosts: rule_hosts(a.ingress),
+        })
+        .collect();
+    context.passthrough =
+        passthrough_table(&inputs, &rules.rules, context.ssl_passthrough, problems);
     extra::add(&annotated, &rules.regex_hosts, rules.rules, problems)
+}
+
+/// The valid host of each rule of an Ingress, with the rule's index.
+fn rule_hosts(ingress: &OurIngress<'_>) -> Vec<(usize, Option<String>)> {
+    let rules = ingress.spec().and_then(|s| s.rules.as_ref());
+    rules
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, rule)| Some((i, check_host(rule.host.as_deref()).ok()?)))
+        .collect()
 }
 
 /// The hosts (`""`: rules without one) where some Ingress asks for regex paths: there, every

@@ -19,6 +19,7 @@ use crate::model::{object_name, Origin, Sourced};
 mod annotations;
 mod backends;
 mod class;
+mod passthrough;
 mod rules;
 mod tls;
 mod upstream;

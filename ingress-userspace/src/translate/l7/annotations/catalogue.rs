@@ -325,7 +325,13 @@ pub const CATALOGUE: &[Entry] = &[
     e("cors-allow-credentials", Supported, ""),
     e("cors-max-age", Supported, ""),
     // TLS.
-    e("ssl-passthrough", Ignored, LATER),
+    e(
+        "ssl-passthrough",
+        Partly,
+        "with --enable-ssl-passthrough, as nginx: TLS connections whose SNI names the host go \
+         unterminated to the backend of its path /, but to the Service's ready endpoints (nginx: \
+         its ClusterIP); only with a path /",
+    ),
     e("ssl-ciphers", Ignored, "rustls chooses its cipher suites"),
     e(
         "ssl-prefer-server-ciphers",

@@ -108,6 +108,7 @@ fn default_class_of_another_controller_does_not_make_classless_ingresses_ours() 
     let options = L7Options {
         controller_name: "k8s.io/ingress-nginx".into(),
         default_tls_secret: None,
+        ..L7Options::default()
     };
     let (plan, _) = translate(&objects(&yaml), &options);
     assert_eq!(plan.ingresses, vec![name("demo", "no-class")]);
