@@ -3,7 +3,8 @@
 //!
 //! Choices, and why:
 //! - **Ours**: `spec.ingressClassName`, else the deprecated `kubernetes.io/ingress.class`
-//!   annotation, names an IngressClass whose `spec.controller` is ours; an Ingress naming no class
+//!   annotation, names an IngressClass whose `spec.controller` is one of ours (several may be
+//!   configured: `k8s.io/ingress-nginx` takes over the `nginx` class); an Ingress naming no class
 //!   is ours when one of our classes is annotated `ingressclass.kubernetes.io/is-default-class:
 //!   "true"`. Other Ingresses are another controller's business: ignored without a problem.
 //! - **Precedence**: oldest `creationTimestamp` first (missing last), then namespace/name. The
@@ -72,8 +73,8 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 /// What the L7 translation needs besides the objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L7Options {
-    /// IngressClasses with this `spec.controller` are ours.
-    pub controller_name: String,
+    /// IngressClasses with one of these `spec.controller` values are ours (`--controller-name`).
+    pub controller_names: Vec<String>,
     /// The certificate for names no Ingress covers (`--default-tls-secret`).
     pub default_tls_secret: Option<ObjectName>,
 }
@@ -81,7 +82,7 @@ pub struct L7Options {
 impl Default for L7Options {
     fn default() -> Self {
         Self {
-            controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
+            controller_names: vec![DEFAULT_CONTROLLER_NAME.to_string()],
             default_tls_secret: None,
         }
     }
@@ -90,7 +91,7 @@ impl Default for L7Options {
 /// Objects in, plan out, with every problem found in our Ingresses.
 pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<Problem>) {
     let mut problems = Vec::new();
-    let ours = our_ingresses(objects, &options.controller_name);
+    let ours = our_ingresses(objects, &options.controller_names);
     let mut backends = Backends::new(objects);
     // Certificates first: `ssl-redirect` applies to hosts that have one.
     let tls: Vec<TlsPlan> = ours

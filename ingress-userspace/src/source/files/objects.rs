@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::model::{ObjectKind, ObjectName, Origin, Problem, Sourced, TLS_SECRET_TYPE};
+use crate::model::{is_kept_secret, ObjectKind, ObjectName, Origin, Problem, Sourced};
 
 use super::Snapshot;
 
@@ -94,11 +94,12 @@ macro_rules! for_each_kind {
 }
 pub(super) use for_each_kind;
 
-/// Keeps TLS Secrets only (others hold things we must not read), with `stringData` merged into
-/// `data` as the API server does on write (`stringData` wins on a shared key).
+/// Keeps TLS Secrets and Opaque ones with a CA bundle only (others hold things we must not
+/// read), with `stringData` merged into `data` as the API server does on write (`stringData`
+/// wins on a shared key).
 fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
-    if secret.type_.as_deref() != Some(TLS_SECRET_TYPE) {
-        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is not of type kubernetes.io/tls");
+    if !is_kept_secret(&secret) {
+        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is neither of type kubernetes.io/tls nor Opaque with a ca.crt");
         return None;
     }
     if let Some(string_data) = secret.string_data.take() {
@@ -146,6 +147,7 @@ fn insert_unique<K: Ord + Clone + fmt::Display, T: Clone>(
 ) {
     if let Some(first) = map.get(name) {
         problems.push(Problem {
+            severity: crate::model::Severity::Error,
             origin: object.origin.to_string(),
             object: format!("{kind} {name}"),
             field: "metadata.name".to_string(),

@@ -167,7 +167,7 @@ impl<'a> Reader<'a, '_> {
             None => "unknown ingress-nginx annotation, ignored".to_string(),
         };
         self.problems
-            .push(self.ingress.problem(field(key), message));
+            .push(self.ingress.warning(field(key), message));
     }
 
     fn get(&self, key: &str) -> Option<&'a str> {
@@ -208,7 +208,7 @@ impl<'a> Reader<'a, '_> {
         match value.trim().parse::<u16>() {
             Ok(code @ 300..=308) => StatusCode::from_u16(code).unwrap_or(default),
             Ok(code) => {
-                self.problems.push(self.ingress.problem(
+                self.problems.push(self.ingress.warning(
                     field(key),
                     format!(
                         "{code} is not a redirect code (300-308); {} is used, as ingress-nginx does",

@@ -11,7 +11,7 @@ use k8s_openapi::{
 
 use super::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS_ANNOTATION};
 use crate::{
-    model::{ClusterObjects, ObjectName, Problem, Sourced},
+    model::{ClusterObjects, ObjectName, Problem, Severity, Sourced},
     translate::l4::compare_created,
 };
 
@@ -30,12 +30,23 @@ impl OurIngress<'_> {
         self.ingress.object.spec.as_ref()
     }
 
+    /// An error: something of this Ingress is not served as written.
     pub(super) fn problem(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.problem_of(Severity::Error, field.into(), message.into())
+    }
+
+    /// A warning: served, with a setting ignored or only partly honoured.
+    pub(super) fn warning(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.problem_of(Severity::Warning, field.into(), message.into())
+    }
+
+    fn problem_of(&self, severity: Severity, field: String, message: String) -> Problem {
         Problem {
+            severity,
             origin: self.ingress.origin.to_string(),
             object: format!("Ingress {}", self.name),
-            field: field.into(),
-            message: message.into(),
+            field,
+            message,
         }
     }
 }
@@ -43,13 +54,14 @@ impl OurIngress<'_> {
 /// Our Ingresses, in precedence order.
 pub(super) fn our_ingresses<'a>(
     objects: &'a ClusterObjects,
-    controller: &str,
+    controllers: &[String],
 ) -> Vec<OurIngress<'a>> {
     let mut our_classes = BTreeSet::new();
     let mut default_is_ours = false;
     for (name, class) in &objects.ingress_classes {
         let class = &class.object;
-        if class.spec.as_ref().and_then(|s| s.controller.as_deref()) != Some(controller) {
+        let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
+        if !controller.is_some_and(|c| controllers.iter().any(|ours| ours == c)) {
             continue;
         }
         our_classes.insert(name.as_str());
