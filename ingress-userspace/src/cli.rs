@@ -234,6 +234,10 @@ pub struct IngressArgs {
     /// TLS Secret (`namespace/name`) for names no Ingress covers; default: a self-signed one.
     #[arg(long)]
     pub default_tls_secret: Option<String>,
+    /// ingress-nginx's global ConfigMap (`namespace/name`): its `ssl-redirect`, `hsts*`,
+    /// `use-forwarded-headers`, `whitelist-source-range`... become the annotation defaults.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub nginx_configmap: Option<String>,
 }
 
 impl IngressArgs {
@@ -244,9 +248,15 @@ impl IngressArgs {
             .as_deref()
             .map(|text| parse_object_name(text, "--default-tls-secret"))
             .transpose()?;
+        let nginx_configmap = self
+            .nginx_configmap
+            .as_deref()
+            .map(|text| parse_object_name(text, "--nginx-configmap"))
+            .transpose()?;
         Ok(L7Options {
             controller_names: self.controller_names.clone(),
             default_tls_secret,
+            nginx_configmap,
         })
     }
 }
@@ -323,6 +333,8 @@ mod tests {
             "k8s.io/ingress-nginx",
             "--default-tls-secret",
             "a/b",
+            "--nginx-configmap",
+            "ingress-nginx/ingress-nginx-controller",
         ];
         let (run, validate) = run_and_validate(&flags);
         for ingress in [&run.ingress, &validate.ingress] {
@@ -332,8 +344,14 @@ mod tests {
                 Ok(vec!["example.dev/c".to_string(), "k8s.io/ingress-nginx".to_string()])
             );
             assert_eq!(
-                options.map(|o| o.default_tls_secret.map(|s| s.to_string())),
+                options
+                    .as_ref()
+                    .map(|o| o.default_tls_secret.as_ref().map(|s| s.to_string())),
                 Ok(Some("a/b".to_string()))
+            );
+            assert_eq!(
+                options.map(|o| o.nginx_configmap.map(|s| s.to_string())),
+                Ok(Some("ingress-nginx/ingress-nginx-controller".to_string()))
             );
         }
     }

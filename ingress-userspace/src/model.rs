@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -100,6 +100,9 @@ pub struct ClusterObjects {
     /// with a `ca.crt` ([`is_kept_secret`]), with `stringData` already merged into `data`, as
     /// the API server stores them.
     pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
+    /// ConfigMaps by namespace/name: from files, all of them; from a cluster, only the one
+    /// `--nginx-configmap` names.
+    pub config_maps: BTreeMap<ObjectName, Sourced<ConfigMap>>,
 }
 
 /// A kind of object in [`ClusterObjects`]: how it is keyed and which map holds it. Both sources
@@ -140,6 +143,7 @@ namespaced_kind!(Service, services);
 namespaced_kind!(EndpointSlice, endpoint_slices);
 namespaced_kind!(Ingress, ingresses);
 namespaced_kind!(Secret, secrets);
+namespaced_kind!(ConfigMap, config_maps);
 
 impl ObjectKind for IngressClass {
     type Key = String;

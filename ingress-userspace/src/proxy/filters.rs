@@ -67,10 +67,7 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 if request.method == Method::OPTIONS {
                     return Decision::Answer(Box::new(preflight(policy, origin)));
                 }
-                edit = Some(ResponseEdit {
-                    cors: policy.clone(),
-                    origin,
-                });
+                edit.get_or_insert_with(ResponseEdit::default).cors = Some((policy.clone(), origin));
             }
             Filter::Fail(why) => return Decision::Answer(Box::new(unavailable(why.clone()))),
             Filter::Redirect { status, location } => {
@@ -124,22 +121,36 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
             Filter::SetHeader { name, value } => {
                 headers.insert(name.clone(), value.clone());
             }
+            Filter::Hsts(value) => {
+                if request.https {
+                    edit.get_or_insert_with(ResponseEdit::default).hsts = Some(value.clone());
+                }
+            }
         }
     }
     Decision::Forward(target, edit)
 }
 
-/// Headers a filter adds to the backend's response.
+/// Headers filters add to the backend's response.
+#[derive(Default)]
 pub(super) struct ResponseEdit {
-    cors: Arc<CorsPolicy>,
-    /// The `Access-Control-Allow-Origin` value.
-    origin: HeaderValue,
+    /// The CORS policy and the `Access-Control-Allow-Origin` value.
+    cors: Option<(Arc<CorsPolicy>, HeaderValue)>,
+    /// `Strict-Transport-Security`.
+    hsts: Option<HeaderValue>,
 }
 
 impl ResponseEdit {
     /// Sets the headers on `response`, replacing the backend's (nginx's `more_set_headers`).
     pub(super) fn apply<B>(self, response: &mut Response<B>) {
-        set_cors(response.headers_mut(), &self.cors, self.origin);
+        if let Some((cors, origin)) = self.cors {
+            set_cors(response.headers_mut(), &cors, origin);
+        }
+        if let Some(value) = self.hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, value);
+        }
     }
 }
 

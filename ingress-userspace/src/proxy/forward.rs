@@ -184,8 +184,9 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
-    let (backend, rewritten_target, response_edit) = {
+    let (backend, rewritten_target, response_edit, trust_forwarded) = {
         let router = shared.router.load();
+        let trust_forwarded = router.trust_forwarded;
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
         let Some((route, backend)) = router.route(host_text, path) else {
             return Err(Refusal::NoRoute);
@@ -200,19 +201,31 @@ async fn proxy_request(
             // (reference counts; standard methods are inline), for routes with filters only.
             let uri = request.uri().clone();
             let method = request.method().clone();
+            let mut https = connection.headers.proto == "https";
+            let mut client = connection.peer.ip();
+            if trust_forwarded {
+                let headers = request.headers();
+                https = headers::forwarded_https(headers).unwrap_or(https);
+                client = headers
+                    .get(&headers::X_FORWARDED_FOR)
+                    .and_then(headers::forwarded_client)
+                    .unwrap_or(client);
+            }
             let view = RequestView {
-                https: connection.headers.proto == "https",
+                https,
                 host: host_text,
                 path: rewritten_path.as_deref().unwrap_or(uri.path()),
                 uri: &uri,
                 method: &method,
-                client: connection.peer.ip(),
+                client,
             };
             filters::run(route, &view, request.headers_mut())
         };
         match (decision, context.backend.as_ref()) {
             (Decision::Answer(answer), _) => return Ok(*answer),
-            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
+            (Decision::Forward(target, edit), Some(backend)) => {
+                (backend, target, edit, trust_forwarded)
+            }
             // A route without backends always answers; never forward nowhere.
             (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
         }
@@ -251,12 +264,16 @@ async fn proxy_request(
     if http2 {
         headers::join_cookies(&mut parts.headers);
     }
+    let trusted = trust_forwarded.then(|| headers::TrustedForwarded::read(&parts.headers));
     headers::set_forwarding_headers(
         &mut parts.headers,
         &connection.headers,
         host.as_ref(),
         &shared.request_ids,
     );
+    if let Some(trusted) = trusted {
+        trusted.apply(&mut parts.headers);
+    }
     // Endpoints get origin-form (`/path?query`) with the path routing used, whatever form the
     // client used.
     parts.uri = match (rewritten_path, parts.uri.path_and_query()) {

@@ -23,6 +23,8 @@ use super::{
 pub(crate) struct Router {
     routes: Arc<RouteTable<Route>>,
     backends: Vec<Arc<Backend>>,
+    /// ingress-nginx's `use-forwarded-headers`: the client's `X-Forwarded-*` are trusted.
+    pub(crate) trust_forwarded: bool,
 }
 
 impl Default for Router {
@@ -30,6 +32,7 @@ impl Default for Router {
         Self {
             routes: Arc::new(RouteTable::new(std::iter::empty(), None)),
             backends: Vec::new(),
+            trust_forwarded: false,
         }
     }
 }
@@ -113,6 +116,7 @@ impl EndpointRegistry {
         Router {
             routes: plan.routes.clone(),
             backends,
+            trust_forwarded: plan.nginx.use_forwarded_headers,
         }
     }
 
@@ -134,6 +138,7 @@ impl EndpointRegistry {
         Router {
             routes: current.routes.clone(),
             backends,
+            trust_forwarded: current.trust_forwarded,
         }
     }
 

@@ -26,7 +26,7 @@ use std::{
 use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -209,6 +209,12 @@ impl WatchedKind for Secret {
     }
 }
 
+impl WatchedKind for ConfigMap {
+    fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+        namespaced_in_scope(key, namespace)
+    }
+}
+
 impl WatchedKind for IngressClass {
     fn in_scope(_: &String, _: Option<&str>) -> bool {
         true
@@ -230,11 +236,12 @@ impl Drop for KubeSource {
 }
 
 impl KubeSource {
-    /// Starts the watchers: cluster-wide, or one per namespace in `namespaces`. Every change
-    /// sends `()` on `changes` (the caller debounces).
+    /// Starts the watchers: cluster-wide, or one per namespace in `namespaces`, and one for
+    /// the `nginx_configmap` alone. Every change sends `()` on `changes` (the caller debounces).
     pub(crate) fn start(
         client: Client,
         namespaces: &[String],
+        nginx_configmap: Option<&ObjectName>,
         changes: UnboundedSender<()>,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -279,6 +286,16 @@ impl KubeSource {
                     &client, scope, of_type, &shared,
                 ));
             }
+        }
+        if let Some(name) = nginx_configmap {
+            // That one object only: ConfigMaps are many and none other is ours to read.
+            let one = watcher::Config::default().fields(&format!("metadata.name={}", name.name));
+            tasks.push(spawn_namespaced::<ConfigMap>(
+                &client,
+                &Some(name.namespace.clone()),
+                one,
+                &shared,
+            ));
         }
         shared.unlisted.fetch_add(1, Ordering::SeqCst);
         tasks.push(tokio::spawn(watch_kind::<IngressClass>(

@@ -36,6 +36,7 @@
 pub mod annotations;
 mod backends;
 mod class;
+pub mod nginx_config;
 pub mod plan;
 pub mod routes;
 mod rules;
@@ -53,6 +54,7 @@ pub use routes::{
 };
 
 pub use backends::refresh_endpoints;
+pub use nginx_config::NginxDefaults;
 
 use std::sync::Arc;
 
@@ -77,6 +79,9 @@ pub struct L7Options {
     pub controller_names: Vec<String>,
     /// The certificate for names no Ingress covers (`--default-tls-secret`).
     pub default_tls_secret: Option<ObjectName>,
+    /// ingress-nginx's global ConfigMap (`--nginx-configmap`): its keys change the annotation
+    /// defaults ([`NginxDefaults`]).
+    pub nginx_configmap: Option<ObjectName>,
 }
 
 impl Default for L7Options {
@@ -84,6 +89,7 @@ impl Default for L7Options {
         Self {
             controller_names: vec![DEFAULT_CONTROLLER_NAME.to_string()],
             default_tls_secret: None,
+            nginx_configmap: None,
         }
     }
 }
@@ -91,7 +97,8 @@ impl Default for L7Options {
 /// Objects in, plan out, with every problem found in our Ingresses.
 pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<Problem>) {
     let mut problems = Vec::new();
-    let ours = our_ingresses(objects, &options.controller_names);
+    let nginx = nginx_config::read(objects, options.nginx_configmap.as_ref(), &mut problems);
+    let ours = our_ingresses(objects, &options.controller_names, &nginx);
     let mut backends = Backends::new(objects);
     // Certificates first: `ssl-redirect` applies to hosts that have one.
     let tls: Vec<TlsPlan> = ours
@@ -123,6 +130,7 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         tls,
         default_tls,
         ingresses,
+        nginx,
     };
     (plan, problems)
 }

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -27,6 +27,7 @@ pub(super) struct FileObjects {
     pub(super) ingresses: Vec<(ObjectName, Sourced<Ingress>)>,
     pub(super) ingress_classes: Vec<(String, Sourced<IngressClass>)>,
     pub(super) secrets: Vec<(ObjectName, Sourced<Secret>)>,
+    pub(super) config_maps: Vec<(ObjectName, Sourced<ConfigMap>)>,
 }
 
 /// A kind of object this source reads, as a file holds it: where [`FileObjects`] keeps it and
@@ -64,6 +65,7 @@ impl_kind!(EndpointSlice, endpoint_slices);
 impl_kind!(Ingress, ingresses);
 impl_kind!(IngressClass, ingress_classes);
 impl_kind!(Secret, secrets, admit: admit_secret);
+impl_kind!(ConfigMap, config_maps);
 
 /// Runs `$body` once per kind this source reads, with `$kind` naming the type: the one list of
 /// kinds that parsing, keeping last good objects and merging all follow. Full paths: it expands
@@ -88,6 +90,10 @@ macro_rules! for_each_kind {
         }
         {
             type $kind = k8s_openapi::api::core::v1::Secret;
+            $body
+        }
+        {
+            type $kind = k8s_openapi::api::core::v1::ConfigMap;
             $body
         }
     }};

@@ -9,7 +9,7 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 
-use super::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS_ANNOTATION};
+use super::{nginx_config::NginxDefaults, DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS_ANNOTATION};
 use crate::{
     model::{ClusterObjects, ObjectName, Problem, Severity, Sourced},
     translate::l4::compare_created,
@@ -19,6 +19,8 @@ use crate::{
 pub(super) struct OurIngress<'a> {
     pub(super) name: &'a ObjectName,
     pub(super) ingress: &'a Sourced<Ingress>,
+    /// What its annotations default to (ingress-nginx's ConfigMap).
+    pub(super) defaults: &'a NginxDefaults,
 }
 
 impl OurIngress<'_> {
@@ -55,6 +57,7 @@ impl OurIngress<'_> {
 pub(super) fn our_ingresses<'a>(
     objects: &'a ClusterObjects,
     controllers: &[String],
+    defaults: &'a NginxDefaults,
 ) -> Vec<OurIngress<'a>> {
     let mut our_classes = BTreeSet::new();
     let mut default_is_ours = false;
@@ -77,7 +80,11 @@ pub(super) fn our_ingresses<'a>(
             Some(class) => our_classes.contains(class),
             None => default_is_ours,
         })
-        .map(|(name, ingress)| OurIngress { name, ingress })
+        .map(|(name, ingress)| OurIngress {
+            name,
+            ingress,
+            defaults,
+        })
         .collect();
     tracing::debug!(
         ours = ours.len(),

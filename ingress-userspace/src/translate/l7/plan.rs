@@ -8,7 +8,10 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::model::ObjectName;
 
-use super::routes::{Route, RouteTable};
+use super::{
+    nginx_config::NginxDefaults,
+    routes::{Route, RouteTable},
+};
 
 /// Index of a backend in [`L7Plan::backends`].
 pub type BackendId = usize;
@@ -28,6 +31,9 @@ pub struct L7Plan {
     pub default_tls: Option<TlsPlan>,
     /// The Ingresses this controller owns, sorted.
     pub ingresses: Vec<ObjectName>,
+    /// The defaults from ingress-nginx's ConfigMap (or its own): what the routes were built
+    /// with, and what the proxy applies to every request (`use-forwarded-headers`).
+    pub nginx: NginxDefaults,
 }
 
 impl Default for L7Plan {
@@ -38,6 +44,7 @@ impl Default for L7Plan {
             tls: Vec::new(),
             default_tls: None,
             ingresses: Vec::new(),
+            nginx: NginxDefaults::default(),
         }
     }
 }

@@ -77,6 +77,7 @@ impl Filter {
             Filter::SetHeader { .. } => "set-header",
             Filter::Cors(_) => "cors",
             Filter::SourceRange { .. } => "source-range",
+            Filter::Hsts(_) => "hsts",
         }
     }
 }
@@ -135,6 +136,9 @@ pub enum Filter {
         /// Allowed ranges; empty: every address not denied.
         allow: Vec<Cidr>,
     },
+    /// `Strict-Transport-Security: <value>` on the backend's responses to HTTPS requests,
+    /// replacing the backend's (ingress-nginx's `hsts` settings, `more_set_headers`).
+    Hsts(HeaderValue),
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.
