@@ -341,7 +341,10 @@ mod tests {
             let options = ingress.options().map_err(|e| e.to_string());
             assert_eq!(
                 options.as_ref().map(|o| o.controller_names.clone()),
-                Ok(vec!["example.dev/c".to_string(), "k8s.io/ingress-nginx".to_string()])
+                Ok(vec![
+                    "example.dev/c".to_string(),
+                    "k8s.io/ingress-nginx".to_string()
+                ])
             );
             assert_eq!(
                 options

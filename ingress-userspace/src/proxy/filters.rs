@@ -19,6 +19,9 @@ use super::body::ProxyBody;
 pub(super) struct RequestView<'a> {
     /// Whether it came over TLS.
     pub(super) https: bool,
+    /// Whether the client used HTTPS as far as redirects go (ingress-nginx's
+    /// `$pass_access_scheme`): `https`, or a trusted `X-Forwarded-Proto`.
+    pub(super) access_https: bool,
     /// The host as the client sent it (port included, if any).
     pub(super) host: &'a str,
     /// The normalised path routing used.
@@ -67,7 +70,8 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 if request.method == Method::OPTIONS {
                     return Decision::Answer(Box::new(preflight(policy, origin)));
                 }
-                edit.get_or_insert_with(ResponseEdit::default).cors = Some((policy.clone(), origin));
+                edit.get_or_insert_with(ResponseEdit::default).cors =
+                    Some((policy.clone(), origin));
             }
             Filter::Fail(why) => return Decision::Answer(Box::new(unavailable(why.clone()))),
             Filter::Redirect { status, location } => {
@@ -81,7 +85,7 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 status,
                 strip_trailing_slash,
             } => {
-                if request.https || request.host.is_empty() {
+                if request.access_https || request.host.is_empty() {
                     continue;
                 }
                 let uri = trimmed(request.request_uri(), *strip_trailing_slash);
@@ -122,6 +126,7 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 headers.insert(name.clone(), value.clone());
             }
             Filter::Hsts(value) => {
+                // ingress-nginx: the connection's scheme, whatever `X-Forwarded-Proto` says.
                 if request.https {
                     edit.get_or_insert_with(ResponseEdit::default).hsts = Some(value.clone());
                 }

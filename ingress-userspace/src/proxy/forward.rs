@@ -201,11 +201,12 @@ async fn proxy_request(
             // (reference counts; standard methods are inline), for routes with filters only.
             let uri = request.uri().clone();
             let method = request.method().clone();
-            let mut https = connection.headers.proto == "https";
+            let https = connection.headers.proto == "https";
+            let mut access_https = https;
             let mut client = connection.peer.ip();
             if trust_forwarded {
                 let headers = request.headers();
-                https = headers::forwarded_https(headers).unwrap_or(https);
+                access_https = headers::forwarded_https(headers).unwrap_or(https);
                 client = headers
                     .get(&headers::X_FORWARDED_FOR)
                     .and_then(headers::forwarded_client)
@@ -213,6 +214,7 @@ async fn proxy_request(
             }
             let view = RequestView {
                 https,
+                access_https,
                 host: host_text,
                 path: rewritten_path.as_deref().unwrap_or(uri.path()),
                 uri: &uri,

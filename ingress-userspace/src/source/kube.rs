@@ -282,9 +282,7 @@ impl KubeSource {
             // ones are kept only with a ca.crt (a `proxy-ssl-secret`), and only when named.
             for secret_type in [TLS_SECRET_TYPE, OPAQUE_SECRET_TYPE] {
                 let of_type = config().fields(&format!("type={secret_type}"));
-                tasks.push(spawn_namespaced::<Secret>(
-                    &client, scope, of_type, &shared,
-                ));
+                tasks.push(spawn_namespaced::<Secret>(&client, scope, of_type, &shared));
             }
         }
         if let Some(name) = nginx_configmap {

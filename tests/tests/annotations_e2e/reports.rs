@@ -249,7 +249,10 @@ fn validate_fails_on_errors_and_on_warnings_only_when_strict() -> Result<()> {
     manifests.write("ingress.yaml", std::slice::from_ref(&served))?;
     let validate = |strict: bool| -> Result<(bool, String)> {
         let mut command = Command::new(agent::binary()?);
-        command.arg("validate").arg("--manifests").arg(manifests.path());
+        command
+            .arg("validate")
+            .arg("--manifests")
+            .arg(manifests.path());
         if strict {
             command.arg("--strict");
         }

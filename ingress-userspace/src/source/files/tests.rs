@@ -119,7 +119,11 @@ fn duplicate_names_and_last_good_state_for_the_new_kinds() {
         1,
         "last good Ingress kept"
     );
-    assert_eq!(snapshot.objects.secrets.len(), 2, "the TLS and the CA Secret");
+    assert_eq!(
+        snapshot.objects.secrets.len(),
+        2,
+        "the TLS and the CA Secret"
+    );
     assert!(snapshot
         .problems
         .iter()

@@ -272,13 +272,16 @@ impl Reader<'_> {
 
     /// A boolean as Go's `strconv.ParseBool` reads it.
     fn bool(&mut self, key: &str, default: bool) -> bool {
-        self.parsed(key, default, "a boolean (\"true\" or \"false\")", |v| {
-            match v {
+        self.parsed(
+            key,
+            default,
+            "a boolean (\"true\" or \"false\")",
+            |v| match v {
                 "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
                 "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
                 _ => None,
-            }
-        })
+            },
+        )
     }
 }
 

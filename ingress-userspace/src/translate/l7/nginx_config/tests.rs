@@ -54,7 +54,10 @@ fn ingress_nginx_defaults_without_the_configmap() {
         Some("max-age=31536000; includeSubDomains")
     );
     assert_eq!(defaults.proxy_body_size, 1 << 20);
-    assert_eq!(defaults.limit_req_status_code, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        defaults.limit_req_status_code,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(defaults.proxy_connect_timeout, Duration::from_secs(5));
     assert_eq!(defaults.proxy_read_timeout, Duration::from_secs(60));
     assert_eq!(defaults.proxy_send_timeout, Duration::from_secs(60));
@@ -62,7 +65,10 @@ fn ingress_nginx_defaults_without_the_configmap() {
     let defaults = read(&ClusterObjects::default(), Some(&name()), &mut problems);
     assert_eq!(defaults, NginxDefaults::default());
     assert_eq!(problems.len(), 1);
-    assert_eq!(problems[0].object, "ConfigMap ingress-nginx/ingress-nginx-controller");
+    assert_eq!(
+        problems[0].object,
+        "ConfigMap ingress-nginx/ingress-nginx-controller"
+    );
     assert_eq!(problems[0].origin, "--nginx-configmap");
 }
 
@@ -93,7 +99,10 @@ fn every_key_is_read() {
     );
     assert_eq!(defaults.allow_source_ranges.len(), 2);
     assert_eq!(defaults.proxy_body_size, 8 << 20);
-    assert_eq!(defaults.limit_req_status_code, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        defaults.limit_req_status_code,
+        StatusCode::TOO_MANY_REQUESTS
+    );
     assert_eq!(defaults.proxy_connect_timeout, Duration::from_secs(10));
     assert_eq!(defaults.proxy_read_timeout, Duration::from_secs(120));
     assert_eq!(defaults.proxy_send_timeout, Duration::from_secs(30));

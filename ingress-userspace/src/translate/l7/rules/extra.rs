@@ -7,7 +7,6 @@
 
 use std::collections::BTreeSet;
 
-
 use super::{hosts_of, Annotated, Context, ServiceRef};
 use crate::{
     model::{ObjectName, Problem},

@@ -68,7 +68,10 @@ fn configmap_keys_are_the_annotation_defaults() {
     let (plan, _) = run(&yaml);
     assert_eq!(
         filters_of(&plan, "plain.example"),
-        ["https-redirect 308", "hsts max-age=31536000; includeSubDomains"]
+        [
+            "https-redirect 308",
+            "hsts max-age=31536000; includeSubDomains"
+        ]
     );
     let options = L7Options {
         nginx_configmap: Some(name("ingress-nginx", "ingress-nginx-controller")),
@@ -77,14 +80,21 @@ fn configmap_keys_are_the_annotation_defaults() {
     let (plan, problems) = translate(&objects(&yaml), &options);
     let problems = without_unknown_services(problems);
     assert!(problems.is_empty(), "{problems:?}");
-    assert_eq!(plan.nginx.hsts.as_ref().map(|v| v.to_str().unwrap()), Some("max-age=600; includeSubDomains"));
+    assert_eq!(
+        plan.nginx.hsts.as_ref().map(|v| v.to_str().unwrap()),
+        Some("max-age=600; includeSubDomains")
+    );
     assert_eq!(
         filters_of(&plan, "plain.example"),
         ["hsts max-age=600; includeSubDomains", "allow 1"]
     );
     assert_eq!(
         filters_of(&plan, "own.example"),
-        ["https-redirect 301", "hsts max-age=600; includeSubDomains", "allow 2"],
+        [
+            "https-redirect 301",
+            "hsts max-age=600; includeSubDomains",
+            "allow 2"
+        ],
         "the annotations win over the ConfigMap"
     );
 }
