@@ -121,7 +121,7 @@ fn a_bad_value_keeps_its_default_and_the_rest_applies() {
         ("worker-processes", "4"),
         ("enable-brotli", "true"),
     ]);
-    assert_eq!(defaults.ssl_redirect, true, "bad: default");
+    assert!(defaults.ssl_redirect, "bad: default");
     assert_eq!(defaults.http_redirect_code, StatusCode::PERMANENT_REDIRECT);
     assert!(defaults.allow_source_ranges.is_empty());
     assert_eq!(defaults.proxy_body_size, 1 << 20);
