@@ -168,6 +168,10 @@ pub struct ValidateArgs {
     /// Directory of Kubernetes manifests.
     #[arg(long)]
     pub manifests: PathBuf,
+    /// Fail on warnings too (an ignored or partly supported annotation), not only on errors
+    /// (an object not served, or served with a 503).
+    #[arg(long)]
+    pub strict: bool,
     /// Largest manifest file read, in bytes (as `run`'s flag).
     #[arg(long, default_value_t = crate::source::files::DEFAULT_MAX_MANIFEST_BYTES)]
     pub max_manifest_bytes: u64,
@@ -223,9 +227,10 @@ impl NodeArgs {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Ingress")]
 pub struct IngressArgs {
-    /// IngressClass `spec.controller` value this agent serves.
-    #[arg(long, default_value = "xdp-ingress.dev/controller")]
-    pub controller_name: String,
+    /// IngressClass `spec.controller` value this agent serves; repeat for several (e.g.
+    /// `k8s.io/ingress-nginx` as well, to take over ingress-nginx's classes as they stand).
+    #[arg(long = "controller-name", default_value = crate::translate::l7::DEFAULT_CONTROLLER_NAME)]
+    pub controller_names: Vec<String>,
     /// TLS Secret (`namespace/name`) for names no Ingress covers; default: a self-signed one.
     #[arg(long)]
     pub default_tls_secret: Option<String>,
@@ -234,6 +239,10 @@ pub struct IngressArgs {
     /// that carry the annotation on a controller without the flag keep being terminated.
     #[arg(long)]
     pub enable_ssl_passthrough: bool,
+    /// ingress-nginx's global ConfigMap (`namespace/name`): its `ssl-redirect`, `hsts*`,
+    /// `use-forwarded-headers`, `whitelist-source-range`... become the annotation defaults.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    pub nginx_configmap: Option<String>,
 }
 
 impl IngressArgs {
@@ -244,10 +253,16 @@ impl IngressArgs {
             .as_deref()
             .map(|text| parse_object_name(text, "--default-tls-secret"))
             .transpose()?;
+        let nginx_configmap = self
+            .nginx_configmap
+            .as_deref()
+            .map(|text| parse_object_name(text, "--nginx-configmap"))
+            .transpose()?;
         Ok(L7Options {
-            controller_name: self.controller_name.clone(),
+            controller_names: self.controller_names.clone(),
             default_tls_secret,
             ssl_passthrough: self.enable_ssl_passthrough,
+            nginx_configmap,
         })
     }
 }
@@ -320,19 +335,32 @@ mod tests {
         let flags = [
             "--controller-name",
             "example.dev/c",
+            "--controller-name",
+            "k8s.io/ingress-nginx",
             "--default-tls-secret",
             "a/b",
+            "--nginx-configmap",
+            "ingress-nginx/ingress-nginx-controller",
         ];
         let (run, validate) = run_and_validate(&flags);
         for ingress in [&run.ingress, &validate.ingress] {
             let options = ingress.options().map_err(|e| e.to_string());
             assert_eq!(
-                options.as_ref().map(|o| o.controller_name.as_str()),
-                Ok("example.dev/c")
+                options.as_ref().map(|o| o.controller_names.clone()),
+                Ok(vec![
+                    "example.dev/c".to_string(),
+                    "k8s.io/ingress-nginx".to_string()
+                ])
             );
             assert_eq!(
-                options.map(|o| o.default_tls_secret.map(|s| s.to_string())),
+                options
+                    .as_ref()
+                    .map(|o| o.default_tls_secret.as_ref().map(|s| s.to_string())),
                 Ok(Some("a/b".to_string()))
+            );
+            assert_eq!(
+                options.map(|o| o.nginx_configmap.map(|s| s.to_string())),
+                Ok(Some("ingress-nginx/ingress-nginx-controller".to_string()))
             );
         }
     }

@@ -163,6 +163,7 @@ impl HealthSink {
                 Err(error) => {
                     tracing::error!(%addr, service = %check.service, %error, "health check port");
                     problems.push(Problem {
+                        severity: crate::model::Severity::Error,
                         origin: objects
                             .services
                             .get(&check.service)

@@ -68,15 +68,20 @@ fn validate(args: &ValidateArgs) -> Result<()> {
     for line in &validation.lines {
         println!("{line}");
     }
-    if validation.problems.is_empty() {
+    for problem in &validation.problems {
+        eprintln!("{}: {problem}", problem.severity);
+    }
+    let failing = validation.failing(args.strict);
+    if failing == 0 {
         return Ok(());
     }
-    for problem in &validation.problems {
-        eprintln!("error: {problem}");
-    }
     anyhow::bail!(
-        "{} problem(s) in {}",
-        validation.problems.len(),
+        "{failing} {} in {}",
+        if args.strict {
+            "problem(s)"
+        } else {
+            "error(s)"
+        },
         args.manifests.display()
     )
 }

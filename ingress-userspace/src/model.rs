@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -60,8 +60,30 @@ pub struct Sourced<T> {
     pub origin: Origin,
 }
 
-/// The Secret type TLS certificates live in; sources keep only these Secrets.
+/// The Secret type TLS certificates live in; sources keep these Secrets, and
+/// [`OPAQUE_SECRET_TYPE`] ones that hold a [`CA_KEY`].
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+/// The generic Secret type, which ingress-nginx accepts for `proxy-ssl-secret` (a CA bundle).
+pub const OPAQUE_SECRET_TYPE: &str = "Opaque";
+/// The key of a CA bundle in a Secret.
+pub const CA_KEY: &str = "ca.crt";
+
+/// Whether a source keeps this Secret: a TLS one, or an Opaque one holding a CA bundle (for
+/// `proxy-ssl-secret`); any other holds things the agent must not read. `stringData` counts, as
+/// the sources merge it into `data`.
+pub fn is_kept_secret(secret: &Secret) -> bool {
+    match secret.type_.as_deref().unwrap_or(OPAQUE_SECRET_TYPE) {
+        TLS_SECRET_TYPE => true,
+        OPAQUE_SECRET_TYPE => {
+            secret.data.as_ref().is_some_and(|d| d.contains_key(CA_KEY))
+                || secret
+                    .string_data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(CA_KEY))
+        }
+        _ => false,
+    }
+}
 
 /// Everything the translator needs to know about the cluster (or the manifest directory).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -74,9 +96,13 @@ pub struct ClusterObjects {
     pub ingresses: BTreeMap<ObjectName, Sourced<Ingress>>,
     /// IngressClasses by name (they are cluster-scoped, so there is no namespace).
     pub ingress_classes: BTreeMap<String, Sourced<IngressClass>>,
-    /// Secrets by namespace/name. Sources keep only `kubernetes.io/tls` Secrets, with
-    /// `stringData` already merged into `data`, as the API server stores them.
+    /// Secrets by namespace/name. Sources keep only `kubernetes.io/tls` Secrets and Opaque ones
+    /// with a `ca.crt` ([`is_kept_secret`]), with `stringData` already merged into `data`, as
+    /// the API server stores them.
     pub secrets: BTreeMap<ObjectName, Sourced<Secret>>,
+    /// ConfigMaps by namespace/name: from files, all of them; from a cluster, only the one
+    /// `--nginx-configmap` names.
+    pub config_maps: BTreeMap<ObjectName, Sourced<ConfigMap>>,
 }
 
 /// A kind of object in [`ClusterObjects`]: how it is keyed and which map holds it. Both sources
@@ -117,6 +143,7 @@ namespaced_kind!(Service, services);
 namespaced_kind!(EndpointSlice, endpoint_slices);
 namespaced_kind!(Ingress, ingresses);
 namespaced_kind!(Secret, secrets);
+namespaced_kind!(ConfigMap, config_maps);
 
 impl ObjectKind for IngressClass {
     type Key = String;
@@ -129,10 +156,32 @@ impl ObjectKind for IngressClass {
     }
 }
 
+/// How bad a [`Problem`] is: `validate` fails on errors (and on warnings with `--strict`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    /// Something is not served as written, or is served with a 503 (a bad field, a missing
+    /// Service, an annotation value that does not parse).
+    Error,
+    /// Served, with a setting ignored or only partly honoured (an unsupported, never-executed
+    /// or unknown annotation; a value replaced by its default as ingress-nginx would).
+    Warning,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        })
+    }
+}
+
 /// A problem with one object: which object, which field, what is wrong. Problems never stop the
 /// agent; they are reported and the object's last good state stays programmed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
+    /// Error or warning.
+    pub severity: Severity,
     /// Where the object came from.
     pub origin: String,
     /// `Kind namespace/name`, or empty when the document could not be read as an object.

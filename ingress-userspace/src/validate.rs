@@ -4,7 +4,7 @@
 
 use crate::{
     cli::ValidateArgs,
-    model::Problem,
+    model::{Problem, Severity},
     proxy::{tls, upstream},
     source::files::{FilesError, ManifestDir},
     translate::{
@@ -32,6 +32,16 @@ pub struct Validation {
     pub lines: Vec<String>,
     /// Every problem: the reader's, both translators', and the certificates the proxy refuses.
     pub problems: Vec<Problem>,
+}
+
+impl Validation {
+    /// How many problems make `validate` fail: its errors, and with `strict` its warnings too.
+    pub fn failing(&self, strict: bool) -> usize {
+        self.problems
+            .iter()
+            .filter(|p| strict || p.severity == Severity::Error)
+            .count()
+    }
 }
 
 /// Reads `args.manifests` as `run` would and translates it for both sinks.
@@ -64,6 +74,7 @@ pub fn validate(args: &ValidateArgs) -> Result<Validation, ValidateError> {
     )
     .into_iter()
     .map(|refused| Problem {
+        severity: crate::model::Severity::Error,
         origin: snapshot
             .objects
             .secrets
@@ -78,6 +89,7 @@ pub fn validate(args: &ValidateArgs) -> Result<Validation, ValidateError> {
         upstream::unusable_upstream_tls(&l7_plan.backends, &tls::crypto_provider())
             .into_iter()
             .map(|(ingress, message)| Problem {
+                severity: crate::model::Severity::Error,
                 origin: snapshot
                     .objects
                     .ingresses

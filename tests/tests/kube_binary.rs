@@ -538,3 +538,95 @@ fn watch_namespace_keeps_the_agent_to_its_namespaces() -> Result<()> {
         stop(agent)
     })
 }
+
+/// `--nginx-configmap` in a cluster: the agent lists and watches that one ConfigMap (by name,
+/// in its namespace), its `whitelist-source-range` refuses the client (127.0.0.1) on an
+/// Ingress without its own, and a change to it applies without a restart; a second ConfigMap
+/// of the namespace is never read.
+#[test]
+fn nginx_configmap_is_watched_alone_and_applies_live() -> Result<()> {
+    let Some((scene, binary, netns)) = binary_scene(
+        "nginx_configmap_is_watched_alone_and_applies_live",
+        "xk-ncm",
+    )?
+    else {
+        return Ok(());
+    };
+    scene.run(async move |server: &FakeApiServer| {
+        let web = HttpBackend::start("web").await?;
+        for class in objects::classes() {
+            server.apply(&class)?;
+        }
+        server.apply(&objects::service(NS, "web", None, None))?;
+        server.apply(&objects::backend_slice(NS, "web-a", "web", web.addr))?;
+        server.apply(&objects::ingress(
+            NS,
+            "site",
+            Some(OUR_CLASS),
+            "site.example",
+            "/",
+            "web",
+        ))?;
+        let config_map = |name: &str, range: &str| {
+            json!({
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": name, "namespace": "ingress-nginx"},
+                "data": {"whitelist-source-range": range},
+            })
+        };
+        server.apply(&config_map("ingress-nginx-controller", "192.0.2.0/24"))?;
+        server.apply(&config_map("unrelated", "198.51.100.0/24"))?;
+        let (_config, mut agent) = start_binary(
+            &netns,
+            &binary,
+            server,
+            &[
+                "--admin-listen",
+                "off",
+                "--nginx-configmap",
+                "ingress-nginx/ingress-nginx-controller",
+            ],
+        )?;
+        agent.wait_running(Duration::from_secs(30))?;
+        let http = agent
+            .logged_addr("HTTP listening")?
+            .context("no HTTP listening line")?;
+        let client = pooled();
+        let status = status_of(&client, http, "site.example").await?;
+        ensure!(status == 403, "outside the ConfigMap's range: {status}");
+        server.apply(&config_map("ingress-nginx-controller", "127.0.0.0/8"))?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while served_by(&client, http, "site.example")
+            .await
+            .ok()
+            .as_deref()
+            != Some("web")
+        {
+            ensure!(
+                tokio::time::Instant::now() < deadline,
+                "the ConfigMap's change not applied"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut config_map_calls = 0;
+        for record in server.requests() {
+            if record.resource.as_deref() != Some("configmaps") {
+                continue;
+            }
+            ensure!(
+                record.namespace.as_deref() == Some("ingress-nginx")
+                    && record
+                        .query
+                        .contains("fieldSelector=metadata.name%3Dingress-nginx-controller"),
+                "a ConfigMap request beyond the one named: {} {}?{}",
+                record.method,
+                record.path,
+                record.query
+            );
+            config_map_calls += 1;
+        }
+        ensure!(config_map_calls >= 2, "the ConfigMap is listed and watched");
+        stop(agent)
+    })
+}

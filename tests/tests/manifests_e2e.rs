@@ -393,7 +393,7 @@ fn validate_exit_status_and_messages() -> Result<()> {
         ],
         "{stderr}"
     );
-    ensure!(stderr.contains("2 problem(s) in"), "{stderr}");
+    ensure!(stderr.contains("2 error(s) in"), "{stderr}");
 
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples");
     let output = Command::new(agent::binary()?)

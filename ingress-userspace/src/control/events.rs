@@ -112,6 +112,7 @@ mod tests {
 
     fn problem(object: &str, message: &str) -> Problem {
         Problem {
+            severity: crate::model::Severity::Error,
             origin: "the Kubernetes API".into(),
             object: object.into(),
             field: "spec.rules[0].http.paths[0].path".into(),

@@ -19,6 +19,9 @@ use super::body::ProxyBody;
 pub(super) struct RequestView<'a> {
     /// Whether it came over TLS.
     pub(super) https: bool,
+    /// Whether the client used HTTPS as far as redirects go (ingress-nginx's
+    /// `$pass_access_scheme`): `https`, or a trusted `X-Forwarded-Proto`.
+    pub(super) access_https: bool,
     /// The host as the client sent it (port included, if any).
     pub(super) host: &'a str,
     /// The normalised path routing used.
@@ -67,10 +70,8 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 if request.method == Method::OPTIONS {
                     return Decision::Answer(Box::new(preflight(policy, origin)));
                 }
-                edit = Some(ResponseEdit {
-                    cors: policy.clone(),
-                    origin,
-                });
+                edit.get_or_insert_with(ResponseEdit::default).cors =
+                    Some((policy.clone(), origin));
             }
             Filter::Fail(why) => return Decision::Answer(Box::new(unavailable(why.clone()))),
             Filter::Redirect { status, location } => {
@@ -84,7 +85,7 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 status,
                 strip_trailing_slash,
             } => {
-                if request.https || request.host.is_empty() {
+                if request.access_https || request.host.is_empty() {
                     continue;
                 }
                 let uri = trimmed(request.request_uri(), *strip_trailing_slash);
@@ -129,22 +130,37 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
             Filter::SetHeader { name, value } => {
                 headers.insert(name.clone(), value.clone());
             }
+            Filter::Hsts(value) => {
+                // ingress-nginx: the connection's scheme, whatever `X-Forwarded-Proto` says.
+                if request.https {
+                    edit.get_or_insert_with(ResponseEdit::default).hsts = Some(value.clone());
+                }
+            }
         }
     }
     Decision::Forward(target, edit)
 }
 
-/// Headers a filter adds to the backend's response.
+/// Headers filters add to the backend's response.
+#[derive(Default)]
 pub(super) struct ResponseEdit {
-    cors: Arc<CorsPolicy>,
-    /// The `Access-Control-Allow-Origin` value.
-    origin: HeaderValue,
+    /// The CORS policy and the `Access-Control-Allow-Origin` value.
+    cors: Option<(Arc<CorsPolicy>, HeaderValue)>,
+    /// `Strict-Transport-Security`.
+    hsts: Option<HeaderValue>,
 }
 
 impl ResponseEdit {
     /// Sets the headers on `response`, replacing the backend's (nginx's `more_set_headers`).
     pub(super) fn apply<B>(self, response: &mut Response<B>) {
-        set_cors(response.headers_mut(), &self.cors, self.origin);
+        if let Some((cors, origin)) = self.cors {
+            set_cors(response.headers_mut(), &cors, origin);
+        }
+        if let Some(value) = self.hsts {
+            response
+                .headers_mut()
+                .insert(header::STRICT_TRANSPORT_SECURITY, value);
+        }
     }
 }
 

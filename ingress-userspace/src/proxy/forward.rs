@@ -193,8 +193,9 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
-    let (backend, rewritten_target, response_edit, policy) = {
+    let (backend, rewritten_target, response_edit, policy, trust_forwarded) = {
         let router = shared.router.load();
+        let trust_forwarded = router.trust_forwarded;
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
         let Some((route, backend)) = router.route(host_text, path) else {
             return Err(Refusal::NoRoute);
@@ -209,13 +210,25 @@ async fn proxy_request(
             // (reference counts; standard methods are inline), for routes with filters only.
             let uri = request.uri().clone();
             let method = request.method().clone();
+            let https = connection.headers.proto == "https";
+            let mut access_https = https;
+            let mut client = connection.peer.ip();
+            if trust_forwarded {
+                let headers = request.headers();
+                access_https = headers::forwarded_https(headers).unwrap_or(https);
+                client = headers
+                    .get(&headers::X_FORWARDED_FOR)
+                    .and_then(headers::forwarded_client)
+                    .unwrap_or(client);
+            }
             let view = RequestView {
-                https: connection.headers.proto == "https",
+                https,
+                access_https,
                 host: host_text,
                 path: rewritten_path.as_deref().unwrap_or(uri.path()),
                 uri: &uri,
                 method: &method,
-                client: connection.peer.ip(),
+                client,
             };
             filters::run(route, &view, request.headers_mut())
         };
@@ -233,7 +246,7 @@ async fn proxy_request(
             }
         }
         let (backend, target, edit) = forward;
-        (backend, target, edit, *route.policy)
+        (backend, target, edit, *route.policy, trust_forwarded)
     };
     let http2_upstream = backend.transport.is_http2();
     if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
@@ -274,12 +287,16 @@ async fn proxy_request(
     if http2 {
         headers::join_cookies(&mut parts.headers);
     }
+    let trusted = trust_forwarded.then(|| headers::TrustedForwarded::read(&parts.headers));
     headers::set_forwarding_headers(
         &mut parts.headers,
         &connection.headers,
         host.as_ref(),
         &shared.request_ids,
     );
+    if let Some(trusted) = trusted {
+        trusted.apply(&mut parts.headers);
+    }
     // Endpoints get origin-form (`/path?query`) with the path routing used, whatever form the
     // client used.
     parts.uri = match (rewritten_path, parts.uri.path_and_query()) {

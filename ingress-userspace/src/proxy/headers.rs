@@ -196,6 +196,61 @@ pub(crate) fn set_forwarding_headers(
     }
 }
 
+/// What a client behind a trusted L7 load balancer sent (ingress-nginx's
+/// `use-forwarded-headers: true`): its `X-Forwarded-Proto`, `-Host` and `-Port` reach the
+/// backend as sent, and the client is the first address of `X-Forwarded-For` (nginx's realip
+/// module with every address trusted and `real_ip_recursive on`).
+pub(crate) struct TrustedForwarded {
+    proto: Option<HeaderValue>,
+    host: Option<HeaderValue>,
+    port: Option<HeaderValue>,
+    client: Option<HeaderValue>,
+}
+
+impl TrustedForwarded {
+    /// Reads them from the client's request (reference-counted copies, no allocation).
+    pub(crate) fn read(headers: &HeaderMap) -> Self {
+        // `X-Real-IP` as nginx renders `$remote_addr` (one small allocation, only when trusted).
+        let client = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(forwarded_client)
+            .and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok());
+        Self {
+            proto: headers.get(&X_FORWARDED_PROTO).cloned(),
+            host: headers.get(&X_FORWARDED_HOST).cloned(),
+            port: headers.get(&X_FORWARDED_PORT).cloned(),
+            client,
+        }
+    }
+
+    /// Puts them back over what [`set_forwarding_headers`] set.
+    pub(crate) fn apply(self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            (&X_FORWARDED_PROTO, self.proto),
+            (&X_FORWARDED_HOST, self.host),
+            (&X_FORWARDED_PORT, self.port),
+            (&X_REAL_IP, self.client),
+        ] {
+            if let Some(value) = value {
+                headers.insert(name.clone(), value);
+            }
+        }
+    }
+}
+
+/// The client a trusted `X-Forwarded-For` names: its first address.
+pub(crate) fn forwarded_client(value: &HeaderValue) -> Option<IpAddr> {
+    let first = value.to_str().ok()?.split(',').next()?.trim();
+    first.parse().ok()
+}
+
+/// Whether a trusted `X-Forwarded-Proto` says HTTPS; `None` when absent.
+pub(crate) fn forwarded_https(headers: &HeaderMap) -> Option<bool> {
+    headers
+        .get(&X_FORWARDED_PROTO)
+        .map(|proto| proto.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
 /// Request ids: 32 hex digits, unique per process (a random start, then a counter mixed through
 /// a bijective hash so consecutive ids do not look consecutive).
 #[derive(Debug)]

@@ -27,6 +27,8 @@ pub(crate) struct Router {
     backends: Vec<Arc<Backend>>,
     /// `ssl-passthrough` hosts → index in `backends`.
     passthrough: Arc<PassthroughTable>,
+    /// ingress-nginx's `use-forwarded-headers`: the client's `X-Forwarded-*` are trusted.
+    pub(crate) trust_forwarded: bool,
 }
 
 impl Default for Router {
@@ -35,6 +37,7 @@ impl Default for Router {
             routes: Arc::new(RouteTable::new(std::iter::empty(), None)),
             backends: Vec::new(),
             passthrough: Arc::default(),
+            trust_forwarded: false,
         }
     }
 }
@@ -129,6 +132,7 @@ impl EndpointRegistry {
             routes: plan.routes.clone(),
             backends,
             passthrough: plan.passthrough.clone(),
+            trust_forwarded: plan.nginx.use_forwarded_headers,
         }
     }
 
@@ -151,6 +155,7 @@ impl EndpointRegistry {
             routes: current.routes.clone(),
             backends,
             passthrough: current.passthrough.clone(),
+            trust_forwarded: current.trust_forwarded,
         }
     }
 

@@ -66,6 +66,7 @@ pub(super) async fn apply_pass(
                     .filter(|p| !unusable.contains(&p.secret));
                 for broken in unparsable {
                     problems.push(Problem {
+                        severity: crate::model::Severity::Error,
                         origin: Origin::Api.to_string(),
                         object: format!("Secret {}", broken.secret),
                         field: "data".to_string(),

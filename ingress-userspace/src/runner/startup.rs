@@ -41,7 +41,13 @@ pub(super) async fn open_source(
         }
         None => {
             let client = kube::client(source.kubeconfig.as_deref()).await?;
-            let kube = KubeSource::start(client.clone(), &source.watch_namespaces, changes);
+            let nginx_configmap = args.ingress.options()?.nginx_configmap;
+            let kube = KubeSource::start(
+                client.clone(),
+                &source.watch_namespaces,
+                nginx_configmap.as_ref(),
+                changes,
+            );
             let control = Control::start(client, &args.cluster)?;
             Source::Kube(kube, Box::new(control))
         }

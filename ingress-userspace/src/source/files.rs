@@ -170,6 +170,7 @@ impl ManifestDir {
                         fingerprint: (usize::MAX, 0),
                         objects,
                         problems: vec![Problem {
+                            severity: crate::model::Severity::Error,
                             origin: path.display().to_string(),
                             object: String::new(),
                             field: String::new(),

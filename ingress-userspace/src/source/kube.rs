@@ -26,7 +26,7 @@ use std::{
 use futures::StreamExt as _;
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -40,7 +40,10 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 
 use crate::{
-    model::{ClusterObjects, ObjectKind, ObjectName, Origin, Sourced, TLS_SECRET_TYPE},
+    model::{
+        is_kept_secret, ClusterObjects, ObjectKind, ObjectName, Origin, Sourced,
+        OPAQUE_SECRET_TYPE, TLS_SECRET_TYPE,
+    },
     translate::l4::SERVICE_NAME_LABEL,
 };
 
@@ -142,6 +145,11 @@ trait WatchedKind:
     fn keep(&self, _shared: &Shared) -> bool {
         true
     }
+    /// Whether a watcher listing with `field_selector` would list this object: a (re)list
+    /// replaces only that share of the store (two Secret watchers, by type, share a namespace).
+    fn selected_by(&self, _field_selector: Option<&str>) -> bool {
+        true
+    }
     /// Records that `key` changed from `old` to `new` (either absent: created or deleted).
     fn mark(dirty: &mut Dirty, _key: &Self::Key, _old: Option<&Self>, _new: Option<&Self>) {
         dirty.routing = true;
@@ -190,8 +198,20 @@ impl WatchedKind for Secret {
         namespaced_in_scope(key, namespace)
     }
     fn keep(&self, shared: &Shared) -> bool {
-        self.type_.as_deref() == Some(TLS_SECRET_TYPE)
+        is_kept_secret(self)
             && Self::key(&self.metadata).is_some_and(|name| shared.keeps_secret(&name))
+    }
+    fn selected_by(&self, field_selector: Option<&str>) -> bool {
+        let type_ = self.type_.as_deref().unwrap_or(OPAQUE_SECRET_TYPE);
+        field_selector
+            .and_then(|s| s.strip_prefix("type="))
+            .is_none_or(|wanted| wanted == type_)
+    }
+}
+
+impl WatchedKind for ConfigMap {
+    fn in_scope(key: &ObjectName, namespace: Option<&str>) -> bool {
+        namespaced_in_scope(key, namespace)
     }
 }
 
@@ -216,11 +236,12 @@ impl Drop for KubeSource {
 }
 
 impl KubeSource {
-    /// Starts the watchers: cluster-wide, or one per namespace in `namespaces`. Every change
-    /// sends `()` on `changes` (the caller debounces).
+    /// Starts the watchers: cluster-wide, or one per namespace in `namespaces`, and one for
+    /// the `nginx_configmap` alone. Every change sends `()` on `changes` (the caller debounces).
     pub(crate) fn start(
         client: Client,
         namespaces: &[String],
+        nginx_configmap: Option<&ObjectName>,
         changes: UnboundedSender<()>,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -257,9 +278,21 @@ impl KubeSource {
                 config(),
                 &shared,
             ));
-            let tls_only = config().fields(&format!("type={TLS_SECRET_TYPE}"));
-            tasks.push(spawn_namespaced::<Secret>(
-                &client, scope, tls_only, &shared,
+            // By type, so the API server never sends us the other kinds of Secret; the Opaque
+            // ones are kept only with a ca.crt (a `proxy-ssl-secret`), and only when named.
+            for secret_type in [TLS_SECRET_TYPE, OPAQUE_SECRET_TYPE] {
+                let of_type = config().fields(&format!("type={secret_type}"));
+                tasks.push(spawn_namespaced::<Secret>(&client, scope, of_type, &shared));
+            }
+        }
+        if let Some(name) = nginx_configmap {
+            // That one object only: ConfigMaps are many and none other is ours to read.
+            let one = watcher::Config::default().fields(&format!("metadata.name={}", name.name));
+            tasks.push(spawn_namespaced::<ConfigMap>(
+                &client,
+                &Some(name.namespace.clone()),
+                one,
+                &shared,
             ));
         }
         shared.unlisted.fetch_add(1, Ordering::SeqCst);
@@ -382,7 +415,10 @@ async fn watch_kind<K: WatchedKind>(
                         let mut store = shared.objects();
                         store.dirty.everything = true;
                         let slot = K::in_cluster(&mut store.objects);
-                        slot.retain(|key, _| !K::in_scope(key, namespace.as_deref()));
+                        slot.retain(|key, kept| {
+                            !K::in_scope(key, namespace.as_deref())
+                                || !kept.object.selected_by(config.field_selector.as_deref())
+                        });
                         slot.extend(listed);
                     }
                     if !first_list_done {

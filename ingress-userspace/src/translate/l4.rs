@@ -309,6 +309,7 @@ pub fn translate(
         };
         for loser in losers {
             problems.push(Problem {
+                severity: crate::model::Severity::Error,
                 origin: loser.origin,
                 object: format!("Service {}", loser.plan.service),
                 field: loser.field,
@@ -336,6 +337,7 @@ pub fn translate(
             match plan.frontends.get(&frontend) {
                 Some(holder) if holder.service != winner.plan.service => {
                     problems.push(Problem {
+                        severity: crate::model::Severity::Error,
                         origin: winner.origin.clone(),
                         object: format!("Service {}", winner.plan.service),
                         field: winner.field.clone(),
@@ -357,6 +359,7 @@ pub fn translate(
         let (winner, losers) = decide(contenders, incumbent, |c| (&c.plan.service, c.created));
         for loser in losers {
             problems.push(Problem {
+                severity: crate::model::Severity::Error,
                 origin: loser.origin,
                 object: format!("Service {}", loser.plan.service),
                 field: "spec.healthCheckNodePort".to_string(),

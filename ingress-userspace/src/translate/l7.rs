@@ -3,7 +3,8 @@
 //!
 //! Choices, and why:
 //! - **Ours**: `spec.ingressClassName`, else the deprecated `kubernetes.io/ingress.class`
-//!   annotation, names an IngressClass whose `spec.controller` is ours; an Ingress naming no class
+//!   annotation, names an IngressClass whose `spec.controller` is one of ours (several may be
+//!   configured: `k8s.io/ingress-nginx` takes over the `nginx` class); an Ingress naming no class
 //!   is ours when one of our classes is annotated `ingressclass.kubernetes.io/is-default-class:
 //!   "true"`. Other Ingresses are another controller's business: ignored without a problem.
 //! - **Precedence**: oldest `creationTimestamp` first (missing last), then namespace/name. The
@@ -35,6 +36,7 @@
 pub mod annotations;
 mod backends;
 mod class;
+pub mod nginx_config;
 pub mod passthrough;
 pub mod plan;
 pub mod routes;
@@ -53,6 +55,7 @@ pub use routes::{
 };
 
 pub use backends::refresh_endpoints;
+pub use nginx_config::NginxDefaults;
 pub use passthrough::{PassthroughHost, PassthroughTable};
 
 use std::sync::Arc;
@@ -74,20 +77,24 @@ pub const DEFAULT_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-defaul
 /// What the L7 translation needs besides the objects.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct L7Options {
-    /// IngressClasses with this `spec.controller` are ours.
-    pub controller_name: String,
+    /// IngressClasses with one of these `spec.controller` values are ours (`--controller-name`).
+    pub controller_names: Vec<String>,
     /// The certificate for names no Ingress covers (`--default-tls-secret`).
     pub default_tls_secret: Option<ObjectName>,
     /// `--enable-ssl-passthrough`: honour `ssl-passthrough` (off, as in ingress-nginx).
     pub ssl_passthrough: bool,
+    /// ingress-nginx's global ConfigMap (`--nginx-configmap`): its keys change the annotation
+    /// defaults ([`NginxDefaults`]).
+    pub nginx_configmap: Option<ObjectName>,
 }
 
 impl Default for L7Options {
     fn default() -> Self {
         Self {
-            controller_name: DEFAULT_CONTROLLER_NAME.to_string(),
+            controller_names: vec![DEFAULT_CONTROLLER_NAME.to_string()],
             default_tls_secret: None,
             ssl_passthrough: false,
+            nginx_configmap: None,
         }
     }
 }
@@ -95,7 +102,8 @@ impl Default for L7Options {
 /// Objects in, plan out, with every problem found in our Ingresses.
 pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<Problem>) {
     let mut problems = Vec::new();
-    let ours = our_ingresses(objects, &options.controller_name);
+    let nginx = nginx_config::read(objects, options.nginx_configmap.as_ref(), &mut problems);
+    let ours = our_ingresses(objects, &options.controller_names, &nginx);
     let mut backends = Backends::new(objects);
     // Certificates first: `ssl-redirect` applies to hosts that have one.
     let tls: Vec<TlsPlan> = ours
@@ -131,6 +139,7 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         default_tls,
         ingresses,
         passthrough,
+        nginx,
     };
     (plan, problems)
 }

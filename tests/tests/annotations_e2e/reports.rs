@@ -13,7 +13,7 @@ use xdp_ingress_tests::{
         backends::HttpBackend,
         clients::{get, pooled},
         ensure_served,
-        manifests::{our_class, rule, Manifests},
+        manifests::{backend_service, our_class, rule, Manifests},
         services_for,
     },
 };
@@ -225,5 +225,67 @@ fn migrate_report_lists_each_annotation_of_the_class_with_counts() -> Result<()>
                            "unknown": 1, "invalid": 1})
     );
     ensure_eq!(json["ingresses"].as_array().map(Vec::len), Some(2));
+    Ok(())
+}
+
+/// Problems have a severity: an Ingress served with a never-executed snippet and an unknown key
+/// gets warnings, printed as such, and `validate` succeeds; `--strict` fails on them. A bad
+/// value (its routes answer 503) is an error and fails either way.
+#[test]
+fn validate_fails_on_errors_and_on_warnings_only_when_strict() -> Result<()> {
+    let manifests = Manifests::new()?;
+    manifests.write("class.yaml", &[our_class()])?;
+    // Documentation addresses: `validate` only reads them.
+    let web = backend_service("web", &["192.0.2.10:8080".parse()?]);
+    manifests.write("services.yaml", &web)?;
+    let served = annotated(
+        "served",
+        &[rule(Some("served.example"), &[("/", "Prefix", "web")])],
+        &[
+            ("configuration-snippet", "more_set_headers \"X: y\";"),
+            ("not-a-real-annotation", "1"),
+        ],
+    );
+    manifests.write("ingress.yaml", std::slice::from_ref(&served))?;
+    let validate = |strict: bool| -> Result<(bool, String)> {
+        let mut command = Command::new(agent::binary()?);
+        command
+            .arg("validate")
+            .arg("--manifests")
+            .arg(manifests.path());
+        if strict {
+            command.arg("--strict");
+        }
+        let output = command.output().context("running validate")?;
+        Ok((
+            output.status.success(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    };
+    let (success, stderr) = validate(false)?;
+    ensure!(success, "warnings only: validate succeeds: {stderr}");
+    for key in ["configuration-snippet", "not-a-real-annotation"] {
+        ensure!(
+            stderr.lines().any(|line| line.starts_with("warning: ")
+                && line.contains(&format!("nginx.ingress.kubernetes.io/{key}\"]"))),
+            "{key} is a warning: {stderr}"
+        );
+    }
+    ensure!(!stderr.contains("error: "), "no error: {stderr}");
+    let (success, stderr) = validate(true)?;
+    ensure!(!success, "--strict fails on warnings: {stderr}");
+    let bad = annotated(
+        "bad",
+        &[rule(Some("bad.example"), &[("/", "Prefix", "web")])],
+        &[("ssl-redirect", "maybe")],
+    );
+    manifests.write("ingress.yaml", &[served, bad])?;
+    let (success, stderr) = validate(false)?;
+    ensure!(!success, "a bad value is an error: {stderr}");
+    ensure!(
+        stderr.lines().any(|line| line.starts_with("error: ")
+            && line.contains("nginx.ingress.kubernetes.io/ssl-redirect\"]")),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -286,9 +286,11 @@ fn check_ingress_class(documents: &[Document], args: &RunArgs) -> Result<()> {
     for (_, class) in classes {
         let controller = class.spec.and_then(|s| s.controller);
         ensure!(
-            controller.as_deref() == Some(args.ingress.controller_name.as_str()),
-            "IngressClass controller {controller:?}, the agent serves {}",
-            args.ingress.controller_name
+            controller
+                .as_ref()
+                .is_some_and(|c| args.ingress.controller_names.contains(c)),
+            "IngressClass controller {controller:?}, the agent serves {:?}",
+            args.ingress.controller_names
         );
     }
     Ok(())

@@ -29,8 +29,10 @@ pub(crate) const BASE: &str = "deploy/kubernetes/base";
 pub(crate) const L7_ONLY: &str = "deploy/kubernetes/overlays/l7-only";
 /// XDP L4 forwarding plus the Ingress proxy.
 pub(crate) const KUBE_PROXY_REPLACEMENT: &str = "deploy/kubernetes/overlays/kube-proxy-replacement";
+/// The RBAC `--nginx-configmap` needs (applied beside an overlay).
+pub(crate) const TAKEOVER: &str = "deploy/kubernetes/takeover";
 /// Every kustomize directory that is rendered.
-pub(crate) const KUSTOMIZATIONS: [&str; 3] = [BASE, L7_ONLY, KUBE_PROXY_REPLACEMENT];
+pub(crate) const KUSTOMIZATIONS: [&str; 4] = [BASE, L7_ONLY, KUBE_PROXY_REPLACEMENT, TAKEOVER];
 /// Plain manifests, applied with `kubectl apply -f`.
 pub(crate) const EXAMPLES: &str = "deploy/examples";
 

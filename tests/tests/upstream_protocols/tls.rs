@@ -114,6 +114,20 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A generic Secret `name` holding only this CA as `ca.crt` (ingress-nginx accepts those
+    /// for `proxy-ssl-secret`).
+    fn opaque_ca_secret(&self, name: &str) -> Value {
+        json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": name, "namespace": "default"},
+            "type": "Opaque",
+            "stringData": {"ca.crt": self.certificate.pem()},
+        })
+    }
+}
+
 /// An HTTPS (HTTP/1.1) backend answering `sni=<name or ->` with the SNI its handshake saw.
 struct HttpsBackend {
     addr: SocketAddr,
@@ -173,7 +187,11 @@ async fn tls_to_backends_verifies_names_and_cas_and_sends_the_expected_sni() -> 
 
     let manifests = Manifests::new()?;
     manifests.write("class.yaml", &[our_class()])?;
-    let mut objects = vec![ca.secret("backend-ca")?, other_ca.secret("other-ca")?];
+    let mut objects = vec![
+        ca.secret("backend-ca")?,
+        other_ca.secret("other-ca")?,
+        ca.opaque_ca_secret("opaque-ca"),
+    ];
     objects.extend(backend_service("secure", &[https.addr]));
     objects.extend(backend_service("secure-grpc", &[grpcs.addr]));
     objects.extend(backend_service("mutual", &[mtls.addr]));
@@ -198,6 +216,12 @@ async fn tls_to_backends_verifies_names_and_cas_and_sends_the_expected_sni() -> 
         "ingresses.yaml",
         &[
             annotated_ingress("good", "good.example", "secure", &verified),
+            annotated_ingress(
+                "opaque-ca",
+                "opaque-ca.example",
+                "secure",
+                &with(&[("proxy-ssl-secret", "default/opaque-ca")]),
+            ),
             annotated_ingress(
                 "wrong-name",
                 "wrong-name.example",
@@ -255,6 +279,13 @@ async fn tls_to_backends_verifies_names_and_cas_and_sends_the_expected_sni() -> 
     let proxy = TestProxy::start(manifests, &[])?;
     let client = pooled();
 
+    let reply = get(&client, proxy.http, "opaque-ca.example", "/").await?;
+    ensure_eq!(
+        reply.status,
+        200,
+        "the CA from an Opaque Secret: {}",
+        reply.text()
+    );
     let reply = get(&client, proxy.http, "good.example", "/").await?;
     ensure_eq!(reply.status, 200, "right CA and name: {}", reply.text());
     ensure_eq!(

@@ -6,7 +6,7 @@ use std::{collections::BTreeMap, fmt};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -14,7 +14,7 @@ use k8s_openapi::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::model::{ObjectKind, ObjectName, Origin, Problem, Sourced, TLS_SECRET_TYPE};
+use crate::model::{is_kept_secret, ObjectKind, ObjectName, Origin, Problem, Sourced};
 
 use super::Snapshot;
 
@@ -27,6 +27,7 @@ pub(super) struct FileObjects {
     pub(super) ingresses: Vec<(ObjectName, Sourced<Ingress>)>,
     pub(super) ingress_classes: Vec<(String, Sourced<IngressClass>)>,
     pub(super) secrets: Vec<(ObjectName, Sourced<Secret>)>,
+    pub(super) config_maps: Vec<(ObjectName, Sourced<ConfigMap>)>,
 }
 
 /// A kind of object this source reads, as a file holds it: where [`FileObjects`] keeps it and
@@ -64,6 +65,7 @@ impl_kind!(EndpointSlice, endpoint_slices);
 impl_kind!(Ingress, ingresses);
 impl_kind!(IngressClass, ingress_classes);
 impl_kind!(Secret, secrets, admit: admit_secret);
+impl_kind!(ConfigMap, config_maps);
 
 /// Runs `$body` once per kind this source reads, with `$kind` naming the type: the one list of
 /// kinds that parsing, keeping last good objects and merging all follow. Full paths: it expands
@@ -90,15 +92,20 @@ macro_rules! for_each_kind {
             type $kind = k8s_openapi::api::core::v1::Secret;
             $body
         }
+        {
+            type $kind = k8s_openapi::api::core::v1::ConfigMap;
+            $body
+        }
     }};
 }
 pub(super) use for_each_kind;
 
-/// Keeps TLS Secrets only (others hold things we must not read), with `stringData` merged into
-/// `data` as the API server does on write (`stringData` wins on a shared key).
+/// Keeps TLS Secrets and Opaque ones with a CA bundle only (others hold things we must not
+/// read), with `stringData` merged into `data` as the API server does on write (`stringData`
+/// wins on a shared key).
 fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
-    if secret.type_.as_deref() != Some(TLS_SECRET_TYPE) {
-        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is not of type kubernetes.io/tls");
+    if !is_kept_secret(&secret) {
+        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is neither of type kubernetes.io/tls nor Opaque with a ca.crt");
         return None;
     }
     if let Some(string_data) = secret.string_data.take() {
@@ -146,6 +153,7 @@ fn insert_unique<K: Ord + Clone + fmt::Display, T: Clone>(
 ) {
     if let Some(first) = map.get(name) {
         problems.push(Problem {
+            severity: crate::model::Severity::Error,
             origin: object.origin.to_string(),
             object: format!("{kind} {name}"),
             field: "metadata.name".to_string(),

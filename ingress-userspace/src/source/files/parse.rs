@@ -33,6 +33,7 @@ pub(super) fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Probl
         None => text,
         Some(deep) => {
             problems.push(Problem {
+                severity: crate::model::Severity::Error,
                 origin: Origin::File {
                     path: path_text.clone(),
                     document: deep.document,
@@ -55,6 +56,7 @@ pub(super) fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Probl
             document: index + 1,
         };
         let problem = |object: String, field: &str, message: String| Problem {
+            severity: crate::model::Severity::Error,
             origin: origin.to_string(),
             object,
             field: field.to_string(),
@@ -112,6 +114,7 @@ fn load<K: ManifestKind>(
     objects: &mut FileObjects,
 ) -> Result<(), Problem> {
     let problem = |field: &str, message: String| Problem {
+        severity: crate::model::Severity::Error,
         origin: origin.to_string(),
         object: describe(value, K::KIND, K::NAMESPACED),
         field: field.to_string(),

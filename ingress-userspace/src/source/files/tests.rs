@@ -43,10 +43,16 @@ kind: Secret
 metadata: {name: password, namespace: demo}
 type: Opaque
 stringData: {password: hunter2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: upstream-ca, namespace: demo}
+type: Opaque
+stringData: {ca.crt: CA}
 "#;
 
 #[test]
-fn reads_ingresses_classes_and_tls_secrets_only() {
+fn reads_ingresses_classes_tls_and_ca_secrets_only() {
     let (objects, problems) = parse_manifest(Path::new("/m/l7.yaml"), L7_OBJECTS);
     assert!(problems.is_empty(), "{problems:?}");
     let name = |namespace: &str, name: &str| ObjectName {
@@ -58,7 +64,12 @@ fn reads_ingresses_classes_and_tls_secrets_only() {
         "cluster-scoped: keyed by name"
     );
     assert_eq!(objects.ingresses[0].0, name("demo", "web"));
-    assert_eq!(objects.secrets.len(), 1, "the Opaque Secret is not kept");
+    assert_eq!(
+        objects.secrets.len(),
+        2,
+        "the Opaque Secret without ca.crt is not kept"
+    );
+    assert_eq!(objects.secrets[1].0, name("demo", "upstream-ca"));
     let (secret_name, secret) = &objects.secrets[0];
     assert_eq!(*secret_name, name("demo", "cert"));
     let data = secret.object.data.as_ref().unwrap();
@@ -108,7 +119,11 @@ fn duplicate_names_and_last_good_state_for_the_new_kinds() {
         1,
         "last good Ingress kept"
     );
-    assert_eq!(snapshot.objects.secrets.len(), 1);
+    assert_eq!(
+        snapshot.objects.secrets.len(),
+        2,
+        "the TLS and the CA Secret"
+    );
     assert!(snapshot
         .problems
         .iter()

@@ -97,6 +97,7 @@ pub(super) fn translate_service(
     problems: &mut Vec<Problem>,
 ) -> ServiceResult {
     let report = |field: String, message: String| Problem {
+        severity: crate::model::Severity::Error,
         origin: service.origin.to_string(),
         object: format!("Service {name}"),
         field,

@@ -72,6 +72,11 @@ pub(super) struct IngressAnnotations {
     pub(super) ssl_passthrough: bool,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
+    /// The status of the HTTPS and www redirects (the ConfigMap's `http-redirect-code`).
+    pub(super) http_redirect_code: StatusCode,
+    /// `Strict-Transport-Security` for HTTPS responses of hosts with a certificate (the
+    /// ConfigMap's `hsts*`); `None`: not sent.
+    pub(super) hsts: Option<HeaderValue>,
 }
 
 impl Default for IngressAnnotations {
@@ -95,6 +100,8 @@ impl Default for IngressAnnotations {
             limits: limits::Limits::default(),
             ssl_passthrough: false,
             invalid: None,
+            http_redirect_code: StatusCode::PERMANENT_REDIRECT,
+            hsts: None,
         }
     }
 }
@@ -119,7 +126,15 @@ pub fn problems_of(
     ingress: &crate::model::Sourced<k8s_openapi::api::networking::v1::Ingress>,
 ) -> Vec<Problem> {
     let mut problems = Vec::new();
-    parse(&OurIngress { name, ingress }, &mut problems);
+    let defaults = super::NginxDefaults::default();
+    parse(
+        &OurIngress {
+            name,
+            ingress,
+            defaults: &defaults,
+        },
+        &mut problems,
+    );
     problems
 }
 
@@ -177,7 +192,7 @@ impl<'a> Reader<'a, '_> {
             None => "unknown ingress-nginx annotation, ignored".to_string(),
         };
         self.problems
-            .push(self.ingress.problem(field(key), message));
+            .push(self.ingress.warning(field(key), message));
     }
 
     fn get(&self, key: &str) -> Option<&'a str> {
@@ -218,7 +233,7 @@ impl<'a> Reader<'a, '_> {
         match value.trim().parse::<u16>() {
             Ok(code @ 300..=308) => StatusCode::from_u16(code).unwrap_or(default),
             Ok(code) => {
-                self.problems.push(self.ingress.problem(
+                self.problems.push(self.ingress.warning(
                     field(key),
                     format!(
                         "{code} is not a redirect code (300-308); {} is used, as ingress-nginx does",
@@ -294,11 +309,16 @@ impl<'a> Reader<'a, '_> {
     fn read(mut self) -> IngressAnnotations {
         let mut out = IngressAnnotations {
             use_regex: self.bool("use-regex", false),
-            ssl_redirect: self.bool("ssl-redirect", true),
-            force_ssl_redirect: self.bool("force-ssl-redirect", false),
+            ssl_redirect: self.bool("ssl-redirect", self.ingress.defaults.ssl_redirect),
+            force_ssl_redirect: self.bool(
+                "force-ssl-redirect",
+                self.ingress.defaults.force_ssl_redirect,
+            ),
             preserve_trailing_slash: self.bool("preserve-trailing-slash", false),
             from_to_www: self.bool("from-to-www-redirect", false),
             ssl_passthrough: self.bool(super::passthrough::KEY, false),
+            http_redirect_code: self.ingress.defaults.http_redirect_code,
+            hsts: self.ingress.defaults.hsts.clone(),
             ..IngressAnnotations::default()
         };
         if let Some(target) = self.get("rewrite-target").map(str::trim) {
@@ -345,9 +365,14 @@ impl<'a> Reader<'a, '_> {
         }
         out.cors = self.cors();
         // ingress-nginx reads the new name first, the old one as its alias.
-        out.allow = match self.get("allowlist-source-range") {
-            Some(_) => self.ranges("allowlist-source-range"),
-            None => self.ranges("whitelist-source-range"),
+        // Neither: the ConfigMap's `whitelist-source-range`, as ingress-nginx.
+        out.allow = match (
+            self.get("allowlist-source-range"),
+            self.get("whitelist-source-range"),
+        ) {
+            (Some(_), _) => self.ranges("allowlist-source-range"),
+            (None, Some(_)) => self.ranges("whitelist-source-range"),
+            (None, None) => self.ingress.defaults.allow_source_ranges.clone(),
         };
         out.deny = self.ranges("denylist-source-range");
         out.limits = self.limits();

@@ -9,9 +9,9 @@ use k8s_openapi::{
     apimachinery::pkg::apis::meta::v1::Time,
 };
 
-use super::{DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS_ANNOTATION};
+use super::{nginx_config::NginxDefaults, DEFAULT_CLASS_ANNOTATION, INGRESS_CLASS_ANNOTATION};
 use crate::{
-    model::{ClusterObjects, ObjectName, Problem, Sourced},
+    model::{ClusterObjects, ObjectName, Problem, Severity, Sourced},
     translate::l4::compare_created,
 };
 
@@ -19,6 +19,8 @@ use crate::{
 pub(super) struct OurIngress<'a> {
     pub(super) name: &'a ObjectName,
     pub(super) ingress: &'a Sourced<Ingress>,
+    /// What its annotations default to (ingress-nginx's ConfigMap).
+    pub(super) defaults: &'a NginxDefaults,
 }
 
 impl OurIngress<'_> {
@@ -30,12 +32,23 @@ impl OurIngress<'_> {
         self.ingress.object.spec.as_ref()
     }
 
+    /// An error: something of this Ingress is not served as written.
     pub(super) fn problem(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.problem_of(Severity::Error, field.into(), message.into())
+    }
+
+    /// A warning: served, with a setting ignored or only partly honoured.
+    pub(super) fn warning(&self, field: impl Into<String>, message: impl Into<String>) -> Problem {
+        self.problem_of(Severity::Warning, field.into(), message.into())
+    }
+
+    fn problem_of(&self, severity: Severity, field: String, message: String) -> Problem {
         Problem {
+            severity,
             origin: self.ingress.origin.to_string(),
             object: format!("Ingress {}", self.name),
-            field: field.into(),
-            message: message.into(),
+            field,
+            message,
         }
     }
 }
@@ -43,13 +56,15 @@ impl OurIngress<'_> {
 /// Our Ingresses, in precedence order.
 pub(super) fn our_ingresses<'a>(
     objects: &'a ClusterObjects,
-    controller: &str,
+    controllers: &[String],
+    defaults: &'a NginxDefaults,
 ) -> Vec<OurIngress<'a>> {
     let mut our_classes = BTreeSet::new();
     let mut default_is_ours = false;
     for (name, class) in &objects.ingress_classes {
         let class = &class.object;
-        if class.spec.as_ref().and_then(|s| s.controller.as_deref()) != Some(controller) {
+        let controller = class.spec.as_ref().and_then(|s| s.controller.as_deref());
+        if !controller.is_some_and(|c| controllers.iter().any(|ours| ours == c)) {
             continue;
         }
         our_classes.insert(name.as_str());
@@ -65,7 +80,11 @@ pub(super) fn our_ingresses<'a>(
             Some(class) => our_classes.contains(class),
             None => default_is_ours,
         })
-        .map(|(name, ingress)| OurIngress { name, ingress })
+        .map(|(name, ingress)| OurIngress {
+            name,
+            ingress,
+            defaults,
+        })
         .collect();
     tracing::debug!(
         ours = ours.len(),

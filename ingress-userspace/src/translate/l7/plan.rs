@@ -9,6 +9,7 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 use crate::model::ObjectName;
 
 use super::{
+    nginx_config::NginxDefaults,
     passthrough::PassthroughTable,
     routes::{Route, RouteTable},
 };
@@ -34,6 +35,9 @@ pub struct L7Plan {
     /// `ssl-passthrough` hosts: their TLS connections go unterminated to a backend. Shared, like
     /// the routes.
     pub passthrough: Arc<PassthroughTable>,
+    /// The defaults from ingress-nginx's ConfigMap (or its own): what the routes were built
+    /// with, and what the proxy applies to every request (`use-forwarded-headers`).
+    pub nginx: NginxDefaults,
 }
 
 impl Default for L7Plan {
@@ -45,6 +49,7 @@ impl Default for L7Plan {
             default_tls: None,
             ingresses: Vec::new(),
             passthrough: Arc::default(),
+            nginx: NginxDefaults::default(),
         }
     }
 }

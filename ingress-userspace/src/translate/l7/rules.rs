@@ -318,9 +318,13 @@ fn filters(
     let acme = path.starts_with(ACME_CHALLENGE);
     if !acme && (annotations.force_ssl_redirect || (annotations.ssl_redirect && has_certificate)) {
         filters.push(Filter::HttpsRedirect {
-            status: http::StatusCode::PERMANENT_REDIRECT,
+            status: annotations.http_redirect_code,
             strip_trailing_slash: !annotations.preserve_trailing_slash,
         });
+    }
+    // ingress-nginx's `hsts`: on the HTTPS responses of servers with a certificate.
+    if let Some(value) = annotations.hsts.as_ref().filter(|_| has_certificate) {
+        filters.push(Filter::Hsts(value.clone()));
     }
     // nginx's access phase (allow/deny) follows the rewrite phase (the redirects above).
     // nginx's preaccess phase (limit_req) runs before its access phase (allow / deny).

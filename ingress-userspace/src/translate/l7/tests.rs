@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc};
 
 use k8s_openapi::{
     api::{
-        core::v1::{Secret, Service},
+        core::v1::{ConfigMap, Secret, Service},
         discovery::v1::EndpointSlice,
         networking::v1::{Ingress, IngressClass},
     },
@@ -19,6 +19,7 @@ use crate::model::{object_name, Origin, Sourced};
 mod annotations;
 mod backends;
 mod class;
+mod nginx_config;
 mod passthrough;
 mod rules;
 mod tls;
@@ -79,6 +80,12 @@ fn objects(yaml: &str) -> ClusterObjects {
                         .insert(k, ByteString(v.into_bytes()));
                 }
                 objects.secrets.insert(object_name(&s.metadata), sourced(s));
+            }
+            "ConfigMap" => {
+                let c: ConfigMap = serde_yaml::from_value(value).unwrap();
+                objects
+                    .config_maps
+                    .insert(object_name(&c.metadata), sourced(c));
             }
             other => panic!("unexpected kind {other}"),
         }

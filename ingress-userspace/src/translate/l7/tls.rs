@@ -93,6 +93,7 @@ pub(super) fn default_tls(
             |s| s.origin.to_string(),
         );
         problems.push(Problem {
+            severity: crate::model::Severity::Error,
             origin,
             object: format!("Secret {secret}"),
             field: String::new(),

@@ -91,9 +91,9 @@ pub const CATALOGUE: &[Entry] = &[
     ),
     e(
         "proxy-ssl-secret",
-        Partly,
-        "the Secret must be of type kubernetes.io/tls (ca.crt, tls.crt, tls.key); Opaque \
-         Secrets are not read yet",
+        Supported,
+        "a kubernetes.io/tls Secret, or an Opaque one with ca.crt (and optionally tls.crt and \
+         tls.key), as ingress-nginx",
     ),
     e("proxy-ssl-verify", Supported, ""),
     e(

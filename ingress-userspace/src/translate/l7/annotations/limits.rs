@@ -7,11 +7,14 @@
 //! A value that does not parse is a bad value (the Ingress's routes answer 503): a limit that is
 //! not the one written is not served.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use http::StatusCode;
 
-use super::Reader;
+use super::{super::NginxDefaults, Reader};
 use crate::translate::l7::routes::{
     limits::{ConnectionLimiter, NextUpstream, Rate, RateLimiter, UpstreamPolicy},
     Cidr,
@@ -108,8 +111,8 @@ impl Reader<'_, '_> {
 
     /// The limits annotations.
     pub(super) fn limits(&mut self) -> Limits {
-        let mut policy = UpstreamPolicy::default();
-        let mut changed = false;
+        let mut policy = self.configured_policy();
+        let mut changed = policy != UpstreamPolicy::default();
         if let Some(value) = self.get("proxy-body-size") {
             match parse_size(value) {
                 Ok(0) => policy.max_body_bytes = None,
@@ -171,7 +174,7 @@ impl Reader<'_, '_> {
                 rate,
                 multiplier,
                 exempt.clone(),
-                DEFAULT_LIMIT_STATUS,
+                self.ingress.defaults.limit_req_status_code,
             )));
         }
         if connections > 0 {
@@ -182,6 +185,27 @@ impl Reader<'_, '_> {
             )));
         }
         limits
+    }
+
+    /// The policy of an Ingress without `proxy-*` annotations: ingress-nginx's defaults, or
+    /// what its ConfigMap (`--nginx-configmap`) says instead. A ConfigMap value equal to nginx's
+    /// default leaves the agent's own flags (`--upstream-connect-timeout`,
+    /// `--upstream-response-timeout`) in charge.
+    fn configured_policy(&self) -> UpstreamPolicy {
+        static STOCK: LazyLock<NginxDefaults> = LazyLock::new(NginxDefaults::default);
+        let (nginx, stock) = (self.ingress.defaults, &*STOCK);
+        let mut policy = UpstreamPolicy::default();
+        if nginx.proxy_body_size != stock.proxy_body_size {
+            policy.max_body_bytes = (nginx.proxy_body_size > 0).then_some(nginx.proxy_body_size);
+        }
+        if nginx.proxy_connect_timeout != stock.proxy_connect_timeout {
+            policy.connect_timeout = Some(nginx.proxy_connect_timeout);
+        }
+        if nginx.proxy_read_timeout != stock.proxy_read_timeout {
+            policy.read_timeout = Some(nginx.proxy_read_timeout);
+        }
+        policy.send_timeout = nginx.proxy_send_timeout;
+        policy
     }
 
     /// `limit-burst-multiplier`: below 1 ingress-nginx uses its default; so do we, and say so.

@@ -227,8 +227,9 @@ fn parse_protocols(value: &str) -> Result<(bool, bool), String> {
 type SecretKeys = (Option<Vec<u8>>, Option<PemPair>);
 
 /// `proxy-ssl-secret` (`secret_name`, parsed from `value`): its `ca.crt`, and its `tls.crt` +
-/// `tls.key` when it has them. The sources keep Secrets of type `kubernetes.io/tls` only (as
-/// cert-manager makes them, with `ca.crt`); another type reads as missing.
+/// `tls.key` when it has them. The sources keep Secrets of type `kubernetes.io/tls` (as
+/// cert-manager makes them, with `ca.crt`) and Opaque ones with a `ca.crt` (as ingress-nginx
+/// accepts); another type reads as missing.
 fn secret_keys(
     value: &str,
     secret_name: Option<ObjectName>,

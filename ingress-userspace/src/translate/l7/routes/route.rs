@@ -90,6 +90,7 @@ impl Filter {
             Filter::Cors(_) => "cors",
             Filter::SourceRange { .. } => "source-range",
             Filter::RateLimit(_) => "rate-limit",
+            Filter::Hsts(_) => "hsts",
         }
     }
 }
@@ -151,6 +152,9 @@ pub enum Filter {
     /// `limit-rps` / `limit-rpm`: a client address over its rate (and burst) is answered the
     /// limiter's status (503); exempt ranges pass.
     RateLimit(Arc<RateLimiter>),
+    /// `Strict-Transport-Security: <value>` on the backend's responses to HTTPS requests,
+    /// replacing the backend's (ingress-nginx's `hsts` settings, `more_set_headers`).
+    Hsts(HeaderValue),
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.

@@ -7,8 +7,6 @@
 
 use std::collections::BTreeSet;
 
-use http::StatusCode;
-
 use super::{hosts_of, Annotated, Context, ServiceRef};
 use crate::{
     model::{ObjectName, Problem},
@@ -169,7 +167,7 @@ fn www_redirects(
             }
             let route = Route::answering(
                 Filter::HostRedirect {
-                    status: StatusCode::PERMANENT_REDIRECT,
+                    status: a.annotations.http_redirect_code,
                     host,
                 },
                 Some(a.ingress.name.clone()),

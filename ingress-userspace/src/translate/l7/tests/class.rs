@@ -106,10 +106,56 @@ fn default_class_of_another_controller_does_not_make_classless_ingresses_ours() 
     assert!(problems.is_empty());
     // Another controller name configured: that class is now ours.
     let options = L7Options {
-        controller_name: "k8s.io/ingress-nginx".into(),
-        default_tls_secret: None,
+        controller_names: vec!["k8s.io/ingress-nginx".into()],
         ..L7Options::default()
     };
     let (plan, _) = translate(&objects(&yaml), &options);
     assert_eq!(plan.ingresses, vec![name("demo", "no-class")]);
+}
+
+/// `--controller-name` twice: our class and ingress-nginx's as it stands, by name, by the
+/// legacy annotation and as the default class; a class of a third controller stays ignored.
+#[test]
+fn several_controller_names_take_over_the_nginx_class() {
+    let classes = CLASSES.replace(
+        "metadata: {name: nginx}",
+        "metadata: {name: nginx, annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}}",
+    ) + r#"
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: other}
+spec: {controller: example.dev/other}
+"#;
+    let yaml = classes
+        + &class_cases()
+        + &classed_ingress("nginx-by-annotation", None, Some("nginx"), "g.example")
+        + &classed_ingress("third", Some("other"), None, "h.example");
+    let options = L7Options {
+        controller_names: vec![
+            DEFAULT_CONTROLLER_NAME.to_string(),
+            "k8s.io/ingress-nginx".into(),
+        ],
+        ..L7Options::default()
+    };
+    let (plan, _) = translate(&objects(&yaml), &options);
+    assert_eq!(
+        plan.ingresses,
+        vec![
+            name("demo", "by-annotation"),
+            name("demo", "by-name"),
+            name("demo", "nginx-by-annotation"),
+            name("demo", "no-class"),
+            name("demo", "other-controller"),
+            name("demo", "spec-beats-annotation"),
+        ]
+    );
+    assert!(target(&plan, "b.example", "/").is_some());
+    assert!(target(&plan, "h.example", "/").is_none());
+    // Without the flag, none of the nginx class is ours.
+    let (plan, _) = translate(&objects(&yaml), &L7Options::default());
+    assert_eq!(
+        plan.ingresses,
+        vec![name("demo", "by-annotation"), name("demo", "by-name")]
+    );
 }

@@ -28,6 +28,12 @@ kind: Secret
 type: kubernetes.io/tls
 metadata: {name: client-only, namespace: demo}
 stringData: {tls.crt: "CERT PEM", tls.key: "KEY PEM"}
+---
+apiVersion: v1
+kind: Secret
+type: Opaque
+metadata: {name: opaque-ca, namespace: demo}
+stringData: {ca.crt: "OPAQUE CA PEM"}
 "#;
 
 /// One Ingress `ing` routing `h.example/` to Service `web`, with these nginx annotations.
@@ -132,6 +138,16 @@ fn proxy_ssl_annotations_are_read() {
     assert!(tls.client_certificate.is_some() && tls.trusted_ca.is_none());
     assert_eq!(tls.server_name, "192.0.2.7");
     assert!(!tls.send_sni && !tls.verify);
+
+    // A generic (Opaque) Secret holding only ca.crt, as ingress-nginx accepts: verification
+    // against it, no client certificate.
+    let tls = tls_of(&[
+        ("backend-protocol", "HTTPS"),
+        ("proxy-ssl-secret", "demo/opaque-ca"),
+        ("proxy-ssl-verify", "on"),
+    ]);
+    assert_eq!(tls.trusted_ca.as_deref(), Some(&b"OPAQUE CA PEM"[..]));
+    assert!(tls.verify && tls.client_certificate.is_none());
 }
 
 #[test]
