@@ -33,7 +33,10 @@ use super::{
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
-    upstream::{grpc, Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
+    upstream::{
+        grpc, Backend, Endpoint, Outstanding, RequestKeys, Sender, UpstreamBody,
+        UpstreamResponseBody,
+    },
 };
 
 /// One request's way through the proxy, filled in as it goes and read when the answer is
@@ -184,6 +187,7 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
+    let mut cookie_path: Option<std::sync::Arc<str>>;
     let (backend, rewritten_target, response_edit) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
@@ -210,13 +214,39 @@ async fn proxy_request(
             };
             filters::run(route, &view, request.headers_mut())
         };
-        match (decision, context.backend.as_ref()) {
-            (Decision::Answer(answer), _) => return Ok(*answer),
-            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
-            // A route without backends always answers; never forward nowhere.
-            (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
+        let (target, edit) = match decision {
+            Decision::Answer(answer) => return Ok(*answer),
+            Decision::Forward(target, edit) => (target, edit),
+        };
+        // A route without backends always answers; never forward nowhere.
+        let Some(primary) = context.backend.as_ref() else {
+            return Err(Refusal::NoRoute);
+        };
+        // A canary (only routes that have one look): the request's backend may change, and
+        // with it the path its session cookie is for.
+        cookie_path = route.cookie_path.clone();
+        if let Some(canary) = &route.canary {
+            if let Some(chosen) = router.canary(route, primary, request.headers()) {
+                context.backend = Some(chosen.clone());
+                cookie_path = canary.cookie_path.clone();
+            }
+        }
+        match context.backend.as_ref() {
+            Some(backend) => (backend, target, edit),
+            None => return Err(Refusal::NoRoute),
         }
     };
+    // What the balancer needs of the request (a hash key's value, the session cookie), read
+    // once, before the target is rewritten; nothing for the default balancing.
+    let https = connection.headers.proto == "https";
+    let prepared = backend.balancer.prepare(&RequestKeys {
+        headers: request.headers(),
+        uri: request.uri(),
+        path: rewritten_path.as_deref().unwrap_or(request.uri().path()),
+        host: host_text,
+        client: connection.peer.ip(),
+        https,
+    });
     let http2_upstream = backend.transport.is_http2();
     if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
         return Err(Refusal::GrpcOverHttp1);
@@ -297,9 +327,10 @@ async fn proxy_request(
     let mut last_error = String::new();
     // A request whose connection fails goes to another endpoint: it has not been sent yet.
     for _ in 0..backend.endpoints.len().clamp(1, 3) {
-        let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
+        let Some((endpoint, session)) = backend.choose(&prepared, failed.as_ref()) else {
             break;
         };
+        let endpoint = endpoint.clone();
         if failed.is_some() {
             backend.metrics.retry();
         }
@@ -334,6 +365,15 @@ async fn proxy_request(
                 );
                 if let (Ok(response), Some(edit)) = (relayed.as_mut(), response_edit) {
                     edit.apply(response);
+                }
+                // A new session: the endpoint's cookie goes with the answer.
+                let cookie = session.and_then(|session| {
+                    backend
+                        .balancer
+                        .set_cookie(&session, cookie_path.as_deref(), https, &prepared)
+                });
+                if let (Ok(response), Some(cookie)) = (relayed.as_mut(), cookie) {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
                 }
                 return relayed;
             }

@@ -10,7 +10,9 @@ use std::{
 
 use bytes::Bytes;
 
-use crate::translate::l7::{BackendId, BackendPlan, L7Plan, Route, RouteTable, UpstreamPlan};
+use crate::translate::l7::{
+    routes::Verdict, BackendId, BackendPlan, L7Plan, Route, RouteTable, UpstreamPlan,
+};
 
 use super::{
     metrics::{BackendKey, MetricsBook},
@@ -50,6 +52,31 @@ impl Router {
             (primary, _) => primary,
         };
         Some((route, backend))
+    }
+
+    /// The backend a canary request goes to instead of `primary` (ingress-nginx's
+    /// `route_to_alternative_balancer`): none while the request holds the primary backend's
+    /// session cookie; the canary's when it holds the canary's (unless `legacy`); else as the
+    /// canary rule decides.
+    pub(crate) fn canary(
+        &self,
+        route: &Route,
+        primary: &Backend,
+        headers: &http::HeaderMap,
+    ) -> Option<&Arc<Backend>> {
+        let canary = route.canary.as_ref()?;
+        let backend = canary
+            .backends
+            .first()
+            .and_then(|b| self.backends.get(b.backend))?;
+        if primary.balancer.is_affinitized(headers) {
+            return None;
+        }
+        if canary.rule.sticky && backend.balancer.is_affinitized(headers) {
+            return Some(backend);
+        }
+        let draw = |n: u32| (super::upstream::random() % u64::from(n.max(1))) as u32 + 1;
+        (canary.rule.decide(headers, draw) == Verdict::Canary).then_some(backend)
     }
 
     /// How many backends the table points at.
@@ -177,10 +204,12 @@ impl EndpointRegistry {
         };
         let key = BackendKey::of(backend);
         let metrics = self.metrics.get(&key);
+        let name = format!("{}/{}", backend.service, backend.port);
         Arc::new(
             Backend::new(endpoints, unavailable)
                 .with_metrics(key, metrics)
-                .with_transport(transport),
+                .with_transport(transport)
+                .with_balance(&backend.balance, &name),
         )
     }
 }
@@ -213,6 +242,7 @@ mod tests {
                     endpoints: Err(Unavailable::NoReadyEndpoints),
                     upstream: Ok(Default::default()),
                     upstream_secret: None,
+                    balance: Default::default(),
                 })
                 .collect(),
             ..L7Plan::default()
@@ -271,6 +301,7 @@ mod tests {
                 tls: None,
             }),
             upstream_secret: None,
+            balance: Default::default(),
         };
         let plan = |backends| L7Plan {
             backends,

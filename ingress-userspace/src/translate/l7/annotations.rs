@@ -11,6 +11,7 @@
 
 pub mod catalogue;
 mod cors;
+mod traffic;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -18,8 +19,9 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, Uri};
 
 use super::{
+    balance::Balance,
     class::OurIngress,
-    routes::{Cidr, CorsPolicy},
+    routes::{CanaryRule, Cidr, CorsPolicy},
     rules::check_host,
 };
 use crate::model::Problem;
@@ -64,6 +66,11 @@ pub(super) struct IngressAnnotations {
     pub(super) deny: Vec<Cidr>,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
+    /// `canary: "true"`: the rule that sends requests to this Ingress's backends instead of
+    /// the main Ingress's (its routes are merged into the main one's, not served alone).
+    pub(super) canary: Option<CanaryRule>,
+    /// `upstream-hash-by` or `affinity: cookie`: how its backends pick endpoints.
+    pub(super) balance: Balance,
 }
 
 impl Default for IngressAnnotations {
@@ -85,6 +92,8 @@ impl Default for IngressAnnotations {
             allow: Vec::new(),
             deny: Vec::new(),
             invalid: None,
+            canary: None,
+            balance: Balance::LeastRequests,
         }
     }
 }
@@ -282,6 +291,8 @@ impl<'a> Reader<'a, '_> {
     }
 
     fn read(mut self) -> IngressAnnotations {
+        // First: on a canary, the other annotations are dropped (and reported) before use.
+        let canary = self.canary_first();
         let mut out = IngressAnnotations {
             use_regex: self.bool("use-regex", false),
             ssl_redirect: self.bool("ssl-redirect", true),
@@ -339,6 +350,10 @@ impl<'a> Reader<'a, '_> {
             None => self.ranges("whitelist-source-range"),
         };
         out.deny = self.ranges("denylist-source-range");
+        if canary {
+            out.canary = Some(self.canary_rule());
+        }
+        out.balance = self.balance();
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

@@ -8,7 +8,10 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 
 use crate::model::ObjectName;
 
-use super::routes::{Route, RouteTable};
+use super::{
+    balance::Balance,
+    routes::{Route, RouteTable},
+};
 
 /// Index of a backend in [`L7Plan::backends`].
 pub type BackendId = usize;
@@ -77,6 +80,8 @@ pub struct BackendPlan {
     pub upstream: Result<UpstreamPlan, String>,
     /// The Secret `proxy-ssl-secret` names, read or not: the Kubernetes source keeps it.
     pub upstream_secret: Option<ObjectName>,
+    /// How requests are spread over the endpoints (`upstream-hash-by`, `affinity`).
+    pub balance: Balance,
 }
 
 /// The protocol spoken to a backend's endpoints (`backend-protocol`).

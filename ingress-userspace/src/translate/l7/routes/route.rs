@@ -12,7 +12,7 @@ use regex::Regex;
 
 use crate::model::ObjectName;
 
-use super::{super::BackendId, Cidr};
+use super::{super::BackendId, Canary, Cidr};
 
 /// A backend of a route and its share of the route's requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +35,11 @@ pub struct Route {
     pub backends: Vec<WeightedBackend>,
     /// Used instead when the backends have no endpoint (`default-backend` annotation).
     pub fallback: Option<BackendId>,
+    /// A second backend set and the rule that sends requests there (a canary Ingress).
+    pub canary: Option<Box<Canary>>,
+    /// The path the primary set's affinity cookie is set for (`session-cookie-path`, else the
+    /// rule's path); `None` without cookie affinity.
+    pub cookie_path: Option<Arc<str>>,
 }
 
 impl Route {
@@ -45,6 +50,8 @@ impl Route {
             filters: Vec::new(),
             backends: vec![WeightedBackend { backend, weight: 1 }],
             fallback: None,
+            canary: None,
+            cookie_path: None,
         }
     }
 
@@ -55,6 +62,8 @@ impl Route {
             filters: vec![filter],
             backends: Vec::new(),
             fallback: None,
+            canary: None,
+            cookie_path: None,
         }
     }
 
