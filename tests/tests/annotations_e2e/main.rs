@@ -5,7 +5,8 @@
 //! `Location`, body) and what the backend saw (path, headers), for the annotation's default and
 //! a non-default value, as ingress-nginx behaves. Groups: path matching and rewriting
 //! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), source
-//! ranges (`access`), and how bad or unsupported annotations are reported (`reports`).
+//! ranges (`access`), canaries, cookie affinity and hashing (`traffic`), and how bad or
+//! unsupported annotations are reported (`reports`).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
@@ -16,6 +17,7 @@ mod hosts;
 mod paths;
 mod redirects;
 mod reports;
+mod traffic;
 
 use anyhow::Result;
 use serde_json::Value;
