@@ -1,7 +1,7 @@
 //! The request path, from hyper's service call to the response head.
 //!
 //! Per request: one atomic load of the routing table, a lookup that allocates nothing, the
-//! route's filters (see `filters`; a route without annotations has none), header rewriting, an endpoint chosen by two random choices, a pooled (or new) connection, and the
+//! route's filters (see `filters`; a route without annotations has none), a canary's rule (routes with a canary only), header rewriting, an endpoint chosen by two random choices (or by the backend's hash ring or session cookie), a pooled (or new) connection, and the
 //! response streamed back. What a request learns on its way (its turn on the connection, the
 //! backend its route chose, the endpoint that answered) is kept in one [`RequestContext`]. It
 //! holds values the request path owns anyway, moved in rather than cloned: the one reference to

@@ -57,7 +57,7 @@ impl Router {
     /// The backend a canary request goes to instead of `primary` (ingress-nginx's
     /// `route_to_alternative_balancer`): none while the request holds the primary backend's
     /// session cookie; the canary's when it holds the canary's (unless `legacy`); else as the
-    /// canary rule decides.
+    /// canary rule decides. A canary backend without endpoints is never chosen.
     pub(crate) fn canary(
         &self,
         route: &Route,
@@ -65,10 +65,13 @@ impl Router {
         headers: &http::HeaderMap,
     ) -> Option<&Arc<Backend>> {
         let canary = route.canary.as_ref()?;
+        // A canary without endpoints takes nothing: the main backend serves, rather than
+        // a share of the requests failing with 503.
         let backend = canary
             .backends
             .first()
-            .and_then(|b| self.backends.get(b.backend))?;
+            .and_then(|b| self.backends.get(b.backend))
+            .filter(|b| !b.endpoints.is_empty())?;
         if primary.balancer.is_affinitized(headers) {
             return None;
         }

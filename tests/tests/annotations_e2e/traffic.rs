@@ -410,3 +410,63 @@ async fn upstream_hash_by_keeps_keys_and_moves_only_a_removed_endpoints_share() 
     }
     Ok(())
 }
+
+/// ingress-nginx's `affinity-canary-behavior: sticky` (the default): a session cookie of the
+/// canary's backend keeps the request on the canary, one of the main backend's on the main
+/// one, whatever the weight draws.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_stays_on_the_side_of_the_canary_it_started_on() -> Result<()> {
+    let web = HttpBackend::start("web").await?;
+    let v2 = HttpBackend::start("v2").await?;
+    let sticky = [("affinity", "cookie")];
+    let proxy = start(
+        &[&web, &v2],
+        &[],
+        &[
+            annotated(
+                "main",
+                &[rule(Some("sticky.example"), &[("/", "Prefix", "web")])],
+                &sticky,
+            ),
+            annotated(
+                "preview",
+                &[rule(Some("sticky.example"), &[("/", "Prefix", "v2")])],
+                &[
+                    ("canary", "true"),
+                    ("canary-weight", "50"),
+                    ("affinity", "cookie"),
+                ],
+            ),
+        ],
+    )?;
+    let client = pooled();
+    let mut cookies = BTreeMap::new();
+    // New sessions until both sides have one (50 % each: 40 tries all alike is p = 2^-39).
+    for _ in 0..40 {
+        let reply = get_with(&client, proxy.http, "sticky.example", "/", &[]).await?;
+        let side = served_by(&reply)?;
+        let cookie = set_cookie(&reply).context("a new session gets a cookie")?;
+        let pair = cookie
+            .split_once("; ")
+            .map_or(cookie.clone(), |(p, _)| p.to_string());
+        cookies.entry(side).or_insert(pair);
+        if cookies.len() == 2 {
+            break;
+        }
+    }
+    ensure_eq!(cookies.len(), 2, "{cookies:?}");
+    for (side, pair) in &cookies {
+        for _ in 0..20 {
+            let reply = get_with(
+                &client,
+                proxy.http,
+                "sticky.example",
+                "/",
+                &[("cookie", pair.as_str())],
+            )
+            .await?;
+            ensure_eq!(&served_by(&reply)?, side, "{pair}");
+        }
+    }
+    Ok(())
+}

@@ -152,6 +152,46 @@ fn sessions_get_a_cookie_and_keep_their_endpoint() {
 }
 
 #[test]
+fn change_on_failure_moves_a_session_off_the_endpoint_that_failed() {
+    for mode in [AffinityMode::Balanced, AffinityMode::Persistent] {
+        let endpoints = endpoints(3);
+        let affinity = CookieAffinity {
+            mode,
+            change_on_failure: true,
+            ..CookieAffinity::default()
+        };
+        let balancer = Balancer::new(&Balance::Cookie(Arc::new(affinity)), &endpoints, "d/w/80");
+        let uri: Uri = "/".parse().unwrap();
+        let none = HeaderMap::new();
+        let prepared = balancer.prepare(&keys(&none, &uri));
+        let (first, session) = balancer
+            .choose(&prepared, &endpoints, None, || None)
+            .unwrap();
+        let cookie = balancer
+            .set_cookie(&session.unwrap(), None, false, &prepared)
+            .unwrap();
+        let pair = cookie
+            .to_str()
+            .unwrap()
+            .split_once("; ")
+            .unwrap()
+            .0
+            .to_string();
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::COOKIE, pair.parse().unwrap());
+        let prepared = balancer.prepare(&keys(&headers, &uri));
+        let (other, session) = balancer
+            .choose(&prepared, &endpoints, Some(first), || None)
+            .unwrap();
+        assert!(!Arc::ptr_eq(first, other), "{mode:?}");
+        assert!(
+            session.is_some(),
+            "{mode:?}: a new cookie for the new endpoint"
+        );
+    }
+}
+
+#[test]
 fn a_persistent_session_whose_endpoint_is_gone_gets_a_new_one() {
     let (balancer, endpoints) = sticky(AffinityMode::Persistent);
     let uri: Uri = "/".parse().unwrap();

@@ -4,6 +4,8 @@
 //! On a canary Ingress, ingress-nginx uses only the canary annotations and those of the
 //! canary's own upstream (`load-balance`, `upstream-hash-by`, the affinity ones); every other
 //! annotation is the main Ingress's business and ignored there. So is it here, and reported.
+//! (Its affinity ones count only with `affinity-canary-behavior: legacy`: by default the
+//! canary takes the main backend's affinity; see `rules/canary`.)
 
 use http::HeaderName;
 use regex::RegexBuilder;

@@ -5,7 +5,8 @@
 //! reported (ingress-nginx: "unable to find real backend ... Deleting"); a second canary for
 //! a route is reported and ignored (ingress-nginx uses the first alternative backend only).
 //! A canary whose annotations do not parse is not merged at all: the main route keeps
-//! serving, without a canary nobody asked for in that form.
+//! serving, without a canary nobody asked for in that form. Session affinity follows
+//! ingress-nginx's `affinity-canary-behavior` (see `merge`).
 
 use std::sync::Arc;
 
@@ -122,12 +123,35 @@ pub(super) fn merge(
                 &format!("{field}.backend"),
                 problems,
             );
-            context.backends.plans[backend].balance = annotated.annotations.balance.clone();
+            // ingress-nginx (`mergeAlternativeBackend`): unless `affinity-canary-behavior:
+            // legacy`, the canary's backend takes the main backend's session affinity, so a
+            // session keeps one cookie whichever side serves it; its own affinity annotations
+            // then do not count (its `upstream-hash-by` does, without affinity from the main).
+            let main_balance = main
+                .backend
+                .backend()
+                .and_then(|id| context.backends.plans.get(id))
+                .map(|plan| plan.balance.clone())
+                .unwrap_or_default();
+            let (balance, path) = match (rule.sticky, main_balance) {
+                (true, Balance::Cookie(affinity)) => {
+                    (Balance::Cookie(affinity), main.backend.cookie_path.clone())
+                }
+                (true, _) => match &annotated.annotations.balance {
+                    Balance::Hash(key) => (Balance::Hash(key.clone()), None),
+                    _ => (Balance::LeastRequests, None),
+                },
+                (false, _) => (
+                    annotated.annotations.balance.clone(),
+                    cookie_path(&annotated.annotations, &checked.path),
+                ),
+            };
+            context.backends.plans[backend].balance = balance;
             main.backend.canary = Some(Box::new(Canary {
                 source: Some(ingress.name.clone()),
                 backends: vec![WeightedBackend { backend, weight: 1 }],
                 rule: rule.clone(),
-                cookie_path: cookie_path(&annotated.annotations, &checked.path),
+                cookie_path: path,
             }));
         }
     }

@@ -122,6 +122,62 @@ fn a_canary_ignores_other_annotations_and_keeps_its_own_upstream_ones() {
 }
 
 #[test]
+fn a_canary_takes_the_main_affinity_unless_legacy() {
+    let main_sticky = [("affinity", "cookie"), ("session-cookie-name", "main")];
+    let canary = |behavior: &'static str| {
+        let mut annotations = vec![
+            ("canary", "true"),
+            ("affinity", "cookie"),
+            ("session-cookie-name", "own"),
+            ("session-cookie-path", "/own"),
+        ];
+        if !behavior.is_empty() {
+            annotations.push(("affinity-canary-behavior", behavior));
+        }
+        annotated(
+            "preview",
+            &annotations,
+            &one_path("shop.example", "/", "Prefix", "web-v2"),
+        )
+    };
+    let main = annotated(
+        "main",
+        &main_sticky,
+        &one_path("shop.example", "/", "Prefix", "web"),
+    );
+    let cookie_of = |plan: &L7Plan| {
+        let canary = route(plan, "shop.example", "/").canary.as_ref().unwrap();
+        let Balance::Cookie(affinity) = &plan.backends[canary.backends[0].backend].balance else {
+            panic!("cookie affinity");
+        };
+        (
+            affinity.name.clone(),
+            canary.cookie_path.as_deref().map(str::to_string),
+        )
+    };
+    let (plan, _) = translate_docs(&[main.clone(), canary("")]);
+    assert_eq!(cookie_of(&plan), ("main".into(), Some("/".into())));
+    assert!(
+        route(&plan, "shop.example", "/")
+            .canary
+            .as_ref()
+            .unwrap()
+            .rule
+            .sticky
+    );
+    let (plan, _) = translate_docs(&[main, canary("legacy")]);
+    assert_eq!(cookie_of(&plan), ("own".into(), Some("/own".into())));
+    assert!(
+        !route(&plan, "shop.example", "/")
+            .canary
+            .as_ref()
+            .unwrap()
+            .rule
+            .sticky
+    );
+}
+
+#[test]
 fn a_canary_without_main_a_second_canary_and_a_broken_canary_are_reported() {
     let (plan, problems) = translate_docs(&[
         annotated("main", &[], &one_path("shop.example", "/", "Prefix", "web")),
