@@ -127,12 +127,21 @@ pub(super) fn merge(
             // legacy`, the canary's backend takes the main backend's session affinity, so a
             // session keeps one cookie whichever side serves it; its own affinity annotations
             // then do not count (its `upstream-hash-by` does, without affinity from the main).
-            let main_balance = main
+            let main_plan = main
                 .backend
                 .backend()
-                .and_then(|id| context.backends.plans.get(id))
+                .and_then(|id| context.backends.plans.get(id));
+            let main_balance = main_plan
                 .map(|plan| plan.balance.clone())
                 .unwrap_or_default();
+            // The protocol and TLS towards the endpoints are the location's in nginx, so the
+            // main Ingress's (`backend-protocol`, `proxy-ssl-*` on the canary are ignored).
+            let main_upstream =
+                main_plan.map(|plan| (plan.upstream.clone(), plan.upstream_secret.clone()));
+            if let Some((upstream, secret)) = main_upstream {
+                context.backends.plans[backend].upstream = upstream;
+                context.backends.plans[backend].upstream_secret = secret;
+            }
             let (balance, path) = match (rule.sticky, main_balance) {
                 (true, Balance::Cookie(affinity)) => {
                     (Balance::Cookie(affinity), main.backend.cookie_path.clone())

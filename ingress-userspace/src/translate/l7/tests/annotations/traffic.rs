@@ -93,6 +93,7 @@ fn canary_values_patterns_and_totals() {
 fn a_canary_ignores_other_annotations_and_keeps_its_own_upstream_ones() {
     let (plan, problems) = main_and_canary(&[
         ("canary-weight", "50"),
+        ("backend-protocol", "GRPC"),
         ("permanent-redirect", "https://example.org/"),
         ("affinity", "cookie"),
         ("upstream-hash-by", "$request_uri"),
@@ -105,12 +106,18 @@ fn a_canary_ignores_other_annotations_and_keeps_its_own_upstream_ones() {
     let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
     assert_eq!(
         fields,
-        ["metadata.annotations[\"nginx.ingress.kubernetes.io/permanent-redirect\"]"],
+        [
+            "metadata.annotations[\"nginx.ingress.kubernetes.io/backend-protocol\"]",
+            "metadata.annotations[\"nginx.ingress.kubernetes.io/permanent-redirect\"]"
+        ],
         "{problems:?}"
     );
     assert!(problems[0].message.contains("canary"), "{problems:?}");
     // The canary's own balancing: upstream-hash-by wins over affinity, as in ingress-nginx.
     let canary = route.canary.as_ref().unwrap();
+    // ...but the main Ingress's protocol.
+    let protocol = |id: usize| plan.backends[id].upstream.as_ref().unwrap().protocol;
+    assert_eq!(protocol(canary.backends[0].backend), BackendProtocol::Http);
     assert!(matches!(
         &plan.backends[canary.backends[0].backend].balance,
         Balance::Hash(key) if key.parts == [HashPart::RequestUri]
