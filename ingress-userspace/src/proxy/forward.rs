@@ -1,7 +1,7 @@
 //! The request path, from hyper's service call to the response head.
 //!
 //! Per request: one atomic load of the routing table, a lookup that allocates nothing, the
-//! route's filters (see `filters`; a route without annotations has none), header rewriting, an endpoint chosen by two random choices, a pooled (or new) connection, and the
+//! route's filters (see `filters`; a route without annotations has none), a canary's rule (routes with a canary only), header rewriting, an endpoint chosen by two random choices (or by the backend's hash ring or session cookie), a pooled (or new) connection, and the
 //! response streamed back. What a request learns on its way (its turn on the connection, the
 //! backend its route chose, the endpoint that answered) is kept in one [`RequestContext`]. It
 //! holds values the request path owns anyway, moved in rather than cloned: the one reference to
@@ -33,7 +33,10 @@ use super::{
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
-    upstream::{grpc, Backend, Endpoint, Outstanding, Sender, UpstreamBody, UpstreamResponseBody},
+    upstream::{
+        grpc, Backend, Endpoint, Outstanding, RequestKeys, Sender, UpstreamBody,
+        UpstreamResponseBody,
+    },
 };
 use crate::translate::l7::routes::limits::NextUpstream;
 
@@ -193,6 +196,7 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
+    let mut cookie_path: Option<std::sync::Arc<str>>;
     let (backend, rewritten_target, response_edit, policy, trust_forwarded) = {
         let router = shared.router.load();
         let trust_forwarded = router.trust_forwarded;
@@ -232,11 +236,25 @@ async fn proxy_request(
             };
             filters::run(route, &view, request.headers_mut())
         };
-        let forward = match (decision, context.backend.as_ref()) {
-            (Decision::Answer(answer), _) => return Ok(*answer),
-            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
-            // A route without backends always answers; never forward nowhere.
-            (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
+        let (target, edit) = match decision {
+            Decision::Answer(answer) => return Ok(*answer),
+            Decision::Forward(target, edit) => (target, edit),
+        };
+        // A route without backends always answers; never forward nowhere.
+        let Some(primary) = context.backend.as_ref() else {
+            return Err(Refusal::NoRoute);
+        };
+        // A canary (only routes that have one look): the request's backend may change, and
+        // with it the path its session cookie is for.
+        cookie_path = route.cookie_path.clone();
+        if let Some(canary) = &route.canary {
+            if let Some(chosen) = router.canary(route, primary, request.headers()) {
+                context.backend = Some(chosen.clone());
+                cookie_path = canary.cookie_path.clone();
+            }
+        }
+        let Some(backend) = context.backend.as_ref() else {
+            return Err(Refusal::NoRoute);
         };
         // `limit-connections`: the slot is held until the response has ended.
         if let Some(limiter) = &route.connection_limit {
@@ -245,9 +263,19 @@ async fn proxy_request(
                 Err(()) => return Ok(filters::limited(limiter.status, "connection")),
             }
         }
-        let (backend, target, edit) = forward;
         (backend, target, edit, *route.policy, trust_forwarded)
     };
+    // What the balancer needs of the request (a hash key's value, the session cookie), read
+    // once, before the target is rewritten; nothing for the default balancing.
+    let https = connection.headers.proto == "https";
+    let prepared = backend.balancer.prepare(&RequestKeys {
+        headers: request.headers(),
+        uri: request.uri(),
+        path: rewritten_path.as_deref().unwrap_or(request.uri().path()),
+        host: host_text,
+        client: connection.peer.ip(),
+        https,
+    });
     let http2_upstream = backend.transport.is_http2();
     if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
         return Err(Refusal::GrpcOverHttp1);
@@ -367,9 +395,10 @@ async fn proxy_request(
                     .next_upstream_timeout
                     .is_none_or(|budget| first_try.elapsed() < budget)
         };
-        let Some(endpoint) = backend.pick(failed.as_ref()).cloned() else {
+        let Some((endpoint, session)) = backend.choose(&prepared, failed.as_ref()) else {
             break;
         };
+        let endpoint = endpoint.clone();
         if failed.is_some() {
             backend.metrics.retry();
         }
@@ -432,6 +461,15 @@ async fn proxy_request(
                 );
                 if let (Ok(response), Some(edit)) = (relayed.as_mut(), response_edit) {
                     edit.apply(response);
+                }
+                // A new session: the endpoint's cookie goes with the answer.
+                let cookie = session.and_then(|session| {
+                    backend
+                        .balancer
+                        .set_cookie(&session, cookie_path.as_deref(), https, &prepared)
+                });
+                if let (Ok(response), Some(cookie)) = (relayed.as_mut(), cookie) {
+                    response.headers_mut().append(header::SET_COOKIE, cookie);
                 }
                 return relayed;
             }

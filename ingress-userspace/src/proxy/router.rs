@@ -11,7 +11,8 @@ use std::{
 use bytes::Bytes;
 
 use crate::translate::l7::{
-    BackendId, BackendPlan, L7Plan, PassthroughTable, Route, RouteTable, UpstreamPlan,
+    routes::Verdict, BackendId, BackendPlan, L7Plan, PassthroughTable, Route, RouteTable,
+    UpstreamPlan,
 };
 
 use super::{
@@ -68,6 +69,34 @@ impl Router {
     /// Whether some host passes TLS through (else the listener reads no ClientHello itself).
     pub(crate) fn has_passthrough(&self) -> bool {
         !self.passthrough.is_empty()
+    }
+
+    /// The backend a canary request goes to instead of `primary` (ingress-nginx's
+    /// `route_to_alternative_balancer`): none while the request holds the primary backend's
+    /// session cookie; the canary's when it holds the canary's (unless `legacy`); else as the
+    /// canary rule decides. A canary backend without endpoints is never chosen.
+    pub(crate) fn canary(
+        &self,
+        route: &Route,
+        primary: &Backend,
+        headers: &http::HeaderMap,
+    ) -> Option<&Arc<Backend>> {
+        let canary = route.canary.as_ref()?;
+        // A canary without endpoints takes nothing: the main backend serves, rather than
+        // a share of the requests failing with 503.
+        let backend = canary
+            .backends
+            .first()
+            .and_then(|b| self.backends.get(b.backend))
+            .filter(|b| !b.endpoints.is_empty())?;
+        if primary.balancer.is_affinitized(headers) {
+            return None;
+        }
+        if canary.rule.sticky && backend.balancer.is_affinitized(headers) {
+            return Some(backend);
+        }
+        let draw = |n: u32| (super::upstream::random() % u64::from(n.max(1))) as u32 + 1;
+        (canary.rule.decide(headers, draw) == Verdict::Canary).then_some(backend)
     }
 
     /// How many backends the table points at.
@@ -199,10 +228,12 @@ impl EndpointRegistry {
         };
         let key = BackendKey::of(backend);
         let metrics = self.metrics.get(&key);
+        let name = format!("{}/{}", backend.service, backend.port);
         Arc::new(
             Backend::new(endpoints, unavailable)
                 .with_metrics(key, metrics)
-                .with_transport(transport),
+                .with_transport(transport)
+                .with_balance(&backend.balance, &name),
         )
     }
 }
@@ -235,6 +266,7 @@ mod tests {
                     endpoints: Err(Unavailable::NoReadyEndpoints),
                     upstream: Ok(Default::default()),
                     upstream_secret: None,
+                    balance: Default::default(),
                 })
                 .collect(),
             ..L7Plan::default()
@@ -293,6 +325,7 @@ mod tests {
                 tls: None,
             }),
             upstream_secret: None,
+            balance: Default::default(),
         };
         let plan = |backends| L7Plan {
             backends,

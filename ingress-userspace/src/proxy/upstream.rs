@@ -7,6 +7,7 @@
 //! response body has been read to the end; a response dropped half-read closes it. An HTTP/2
 //! connection (gRPC backends) is one per endpoint, shared by all its requests as streams.
 
+mod balance;
 pub(crate) mod grpc;
 mod progress;
 mod response_body;
@@ -15,6 +16,7 @@ mod transport;
 pub(crate) use progress::SendProgress;
 pub(crate) use response_body::UpstreamResponseBody;
 
+pub(crate) use balance::{random, Balancer, NewSession, Prepared, RequestKeys};
 pub(crate) use transport::{unusable_upstream_tls, Sender, Transport};
 
 use std::{
@@ -394,6 +396,8 @@ pub(crate) struct Backend {
     pub metrics: Arc<RequestMetrics>,
     /// How its endpoints are reached (all of them the same way).
     pub transport: Arc<Transport>,
+    /// How an endpoint is chosen (`upstream-hash-by`, cookie affinity, else two choices).
+    pub balancer: Balancer,
     next: AtomicUsize,
 }
 
@@ -406,8 +410,31 @@ impl Backend {
             key: None,
             metrics: Arc::default(),
             transport: Arc::default(),
+            balancer: Balancer::LeastRequests,
             next: AtomicUsize::new(0),
         }
+    }
+
+    /// The same backend, choosing endpoints as `balance` says; `name` identifies it in
+    /// session cookies.
+    pub(crate) fn with_balance(
+        mut self,
+        balance: &crate::translate::l7::Balance,
+        name: &str,
+    ) -> Self {
+        self.balancer = Balancer::new(balance, &self.endpoints, name);
+        self
+    }
+
+    /// The endpoint for this try of a request (`prepared` by its balancer), and the session
+    /// it starts, if it starts one.
+    pub(crate) fn choose(
+        &self,
+        prepared: &Prepared,
+        exclude: Option<&Arc<Endpoint>>,
+    ) -> Option<(&Arc<Endpoint>, Option<NewSession>)> {
+        self.balancer
+            .choose(prepared, &self.endpoints, exclude, || self.pick(exclude))
     }
 
     /// The same backend, its endpoints reached through `transport`.

@@ -35,6 +35,7 @@
 
 pub mod annotations;
 mod backends;
+pub mod balance;
 mod class;
 pub mod nginx_config;
 pub mod passthrough;
@@ -46,12 +47,14 @@ mod tls;
 #[cfg(test)]
 mod tests;
 
+pub use balance::{AffinityMode, Balance, CookieAffinity, HashKey, HashPart};
 pub use plan::{
     BackendId, BackendPlan, BackendProtocol, L7Plan, PemPair, ServicePortRef, TlsPlan, Unavailable,
     UpstreamPlan, UpstreamTlsPlan,
 };
 pub use routes::{
-    Cidr, CorsPolicy, Filter, PathRule, PathType, Route, RouteTable, WeightedBackend,
+    Canary, CanaryRule, Cidr, CorsPolicy, Filter, PathRule, PathType, Route, RouteTable,
+    WeightedBackend,
 };
 
 pub use backends::refresh_endpoints;

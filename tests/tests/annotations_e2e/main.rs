@@ -6,9 +6,9 @@
 //! a non-default value, as ingress-nginx behaves. Groups: path matching and rewriting
 //! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), source
 //! ranges (`access`), body size, timeouts and retries (`limits`), rate and connection limits
-//! (`rate_limits`), TLS passthrough by SNI (`passthrough`), how bad or unsupported annotations
-//! are reported (`reports`), and taking over from ingress-nginx (`takeover`: controller names,
-//! its ConfigMap).
+//! (`rate_limits`), TLS passthrough by SNI (`passthrough`), canaries, cookie affinity and
+//! hashing (`traffic`), how bad or unsupported annotations are reported (`reports`), and taking
+//! over from ingress-nginx (`takeover`: controller names, its ConfigMap).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
@@ -23,6 +23,7 @@ mod rate_limits;
 mod redirects;
 mod reports;
 mod takeover;
+mod traffic;
 
 use anyhow::Result;
 use serde_json::Value;

@@ -15,6 +15,7 @@ mod limits;
 
 #[cfg(test)]
 pub(super) use limits::parse_size;
+mod traffic;
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -22,8 +23,9 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, Uri};
 
 use super::{
+    balance::Balance,
     class::OurIngress,
-    routes::{Cidr, CorsPolicy},
+    routes::{CanaryRule, Cidr, CorsPolicy},
     rules::check_host,
 };
 use crate::model::Problem;
@@ -77,6 +79,11 @@ pub(super) struct IngressAnnotations {
     /// `Strict-Transport-Security` for HTTPS responses of hosts with a certificate (the
     /// ConfigMap's `hsts*`); `None`: not sent.
     pub(super) hsts: Option<HeaderValue>,
+    /// `canary: "true"`: the rule that sends requests to this Ingress's backends instead of
+    /// the main Ingress's (its routes are merged into the main one's, not served alone).
+    pub(super) canary: Option<CanaryRule>,
+    /// `upstream-hash-by` or `affinity: cookie`: how its backends pick endpoints.
+    pub(super) balance: Balance,
 }
 
 impl Default for IngressAnnotations {
@@ -102,6 +109,8 @@ impl Default for IngressAnnotations {
             invalid: None,
             http_redirect_code: StatusCode::PERMANENT_REDIRECT,
             hsts: None,
+            canary: None,
+            balance: Balance::LeastRequests,
         }
     }
 }
@@ -307,6 +316,8 @@ impl<'a> Reader<'a, '_> {
     }
 
     fn read(mut self) -> IngressAnnotations {
+        // First: on a canary, the other annotations are dropped (and reported) before use.
+        let canary = self.canary_first();
         let mut out = IngressAnnotations {
             use_regex: self.bool("use-regex", false),
             ssl_redirect: self.bool("ssl-redirect", self.ingress.defaults.ssl_redirect),
@@ -376,6 +387,10 @@ impl<'a> Reader<'a, '_> {
         };
         out.deny = self.ranges("denylist-source-range");
         out.limits = self.limits();
+        if canary {
+            out.canary = Some(self.canary_rule());
+        }
+        out.balance = self.balance();
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

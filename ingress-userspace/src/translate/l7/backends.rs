@@ -83,6 +83,7 @@ impl<'a> Backends<'a> {
             endpoints,
             upstream,
             upstream_secret: upstream_secret(ingress),
+            balance: Default::default(),
         });
         self.ids.insert(key, id);
         id

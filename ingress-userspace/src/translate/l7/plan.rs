@@ -9,6 +9,7 @@ use std::{fmt, net::SocketAddr, sync::Arc};
 use crate::model::ObjectName;
 
 use super::{
+    balance::Balance,
     nginx_config::NginxDefaults,
     passthrough::PassthroughTable,
     routes::{Route, RouteTable},
@@ -89,6 +90,8 @@ pub struct BackendPlan {
     pub upstream: Result<UpstreamPlan, String>,
     /// The Secret `proxy-ssl-secret` names, read or not: the Kubernetes source keeps it.
     pub upstream_secret: Option<ObjectName>,
+    /// How requests are spread over the endpoints (`upstream-hash-by`, `affinity`).
+    pub balance: Balance,
 }
 
 /// The protocol spoken to a backend's endpoints (`backend-protocol`).

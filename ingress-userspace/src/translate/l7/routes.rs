@@ -19,10 +19,12 @@
 //! Lookups allocate nothing: hosts are hashed as given when already lower-case, path rules are
 //! pre-split and sorted, and regexes compiled, when the table is built.
 
+mod canary;
 mod cidr;
 pub mod limits;
 mod route;
 
+pub use canary::{cookie, Canary, CanaryHeader, CanaryRule, HeaderTest, Verdict};
 pub use cidr::{Cidr, CidrError};
 pub use route::{CorsPolicy, Filter, Route, WeightedBackend};
 

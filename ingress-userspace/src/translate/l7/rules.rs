@@ -4,6 +4,7 @@
 //! Ingress's annotations ask for (see `annotations` and `rules/extra` for the rules the
 //! annotations add: `app-root`, `server-alias`, `from-to-www-redirect`, `default-backend`).
 
+mod canary;
 mod extra;
 
 use std::{
@@ -65,6 +66,8 @@ impl MatchKey {
 struct Claim {
     ingress: ObjectName,
     field: String,
+    /// Its rule's index in [`Rules::rules`] (a canary joins that route).
+    index: usize,
 }
 
 /// What the rules of our Ingresses are translated with.
@@ -110,7 +113,8 @@ pub(super) fn path_rules(
         regex_hosts: regex_hosts(&annotated),
         ..Rules::default()
     };
-    for ingress in &annotated {
+    // Canary Ingresses join the routes of the others (below), never make their own.
+    for ingress in annotated.iter().filter(|a| a.annotations.canary.is_none()) {
         let ingress_rules = ingress.ingress.spec().and_then(|s| s.rules.as_ref());
         for (i, rule) in ingress_rules.into_iter().flatten().enumerate() {
             match check_host(rule.host.as_deref()) {
@@ -133,6 +137,9 @@ pub(super) fn path_rules(
         .collect();
     context.passthrough =
         passthrough_table(&inputs, &rules.rules, context.ssl_passthrough, problems);
+    for ingress in annotated.iter().filter(|a| a.annotations.canary.is_some()) {
+        canary::merge(ingress, &mut rules, context, problems);
+    }
     extra::add(&annotated, &rules.regex_hosts, rules.rules, problems)
 }
 
@@ -238,9 +245,11 @@ impl Rules {
         let backend = context
             .backends
             .intern(ingress, &checked.service, &backend_field, problems);
+        context.backends.plans[backend].balance = annotated.annotations.balance.clone();
         let claim = Claim {
             ingress: ingress.name.clone(),
             field,
+            index: self.rules.len(),
         };
         self.claimed.insert(key, claim);
         let mut route = Route::to(backend, Some(ingress.name.clone()));
@@ -250,6 +259,7 @@ impl Rules {
             route.policy = policy.clone();
         }
         route.connection_limit = limits.connections.clone();
+        route.cookie_path = canary::cookie_path(&annotated.annotations, &checked.path);
         route.filters = match broken_regex {
             Some(why) => vec![Filter::Fail(
                 format!("503 Service Unavailable: Ingress {}: {why}\n", ingress.name).into(),

@@ -15,7 +15,7 @@ use crate::model::ObjectName;
 use super::{
     super::BackendId,
     limits::{ConnectionLimiter, RateLimiter, UpstreamPolicy},
-    Cidr,
+    Canary, Cidr,
 };
 
 /// A backend of a route and its share of the route's requests.
@@ -43,6 +43,11 @@ pub struct Route {
     pub policy: Arc<UpstreamPolicy>,
     /// `limit-connections`: requests in progress per client address.
     pub connection_limit: Option<Arc<ConnectionLimiter>>,
+    /// A second backend set and the rule that sends requests there (a canary Ingress).
+    pub canary: Option<Box<Canary>>,
+    /// The path the primary set's affinity cookie is set for (`session-cookie-path`, else the
+    /// rule's path); `None` without cookie affinity.
+    pub cookie_path: Option<Arc<str>>,
 }
 
 impl Route {
@@ -55,6 +60,8 @@ impl Route {
             fallback: None,
             policy: UpstreamPolicy::shared_default(),
             connection_limit: None,
+            canary: None,
+            cookie_path: None,
         }
     }
 
@@ -67,6 +74,8 @@ impl Route {
             fallback: None,
             policy: UpstreamPolicy::shared_default(),
             connection_limit: None,
+            canary: None,
+            cookie_path: None,
         }
     }
 

@@ -8,6 +8,7 @@ use crate::translate::l7::{annotations::catalogue, Filter};
 
 mod access;
 mod limits;
+mod traffic;
 
 /// An Ingress of our default class with `annotations` (keys without the prefix).
 fn annotated(name: &str, annotations: &[(&str, &str)], spec: &str) -> String {
