@@ -60,8 +60,12 @@ pub struct Sourced<T> {
     pub origin: Origin,
 }
 
-/// The Secret type TLS certificates live in; sources keep only these Secrets.
+/// The Secret type TLS certificates live in; sources keep these Secrets, and the Opaque ones
+/// an Ingress names in `auth-secret`.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
+
+/// The type of generic Secrets (htpasswd files for `auth-secret`).
+pub const OPAQUE_SECRET_TYPE: &str = "Opaque";
 
 /// Everything the translator needs to know about the cluster (or the manifest directory).
 #[derive(Clone, Debug, Default, PartialEq)]

@@ -184,7 +184,7 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
-    let (backend, rewritten_target, response_edit) = {
+    let (backend, rewritten_target, response_edit, authorize) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
         let Some((route, backend)) = router.route(host_text, path) else {
@@ -212,9 +212,58 @@ async fn proxy_request(
         };
         match (decision, context.backend.as_ref()) {
             (Decision::Answer(answer), _) => return Ok(*answer),
-            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit),
+            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit, None),
+            (Decision::Authorize(mut authorize), Some(backend)) => {
+                let (target, edit) = (authorize.target.take(), authorize.edit.take());
+                (backend, target, edit, Some(authorize))
+            }
             // A route without backends always answers; never forward nowhere.
-            (Decision::Forward(..), None) => return Err(Refusal::NoRoute),
+            (Decision::Forward(..) | Decision::Authorize(_), None) => {
+                return Err(Refusal::NoRoute)
+            }
+        }
+    };
+    // Auth that waits (a hash the cache did not know, an auth service), off the table.
+    let vhost = match authorize {
+        None => None,
+        Some(authorize) => {
+            let filters::Authorize {
+                basic,
+                external,
+                vhost,
+                ..
+            } = *authorize;
+            if let Some(unverified) = basic {
+                if let Err(answer) = unverified.verify().await {
+                    return Ok(*answer);
+                }
+            }
+            if let Some(external) = external {
+                let (mut parts, body) = request.into_parts();
+                let original = filters::auth::Original {
+                    scheme: if connection.headers.proto == "https" {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    host: host_text,
+                    request_uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                    method: &parts.method,
+                    client_ip: &connection.headers.client_ip,
+                };
+                let checked = filters::auth::external(
+                    &external,
+                    &original,
+                    &mut parts.headers,
+                    settings.upstream_response_timeout,
+                )
+                .await;
+                request = Request::from_parts(parts, body);
+                if let Err(answer) = checked {
+                    return Ok(*answer);
+                }
+            }
+            vhost
         }
     };
     let http2_upstream = backend.transport.is_http2();
@@ -257,6 +306,9 @@ async fn proxy_request(
         host.as_ref(),
         &shared.request_ids,
     );
+    if let Some(vhost) = &vhost {
+        parts.headers.insert(header::HOST, vhost.clone());
+    }
     // Endpoints get origin-form (`/path?query`) with the path routing used, whatever form the
     // client used.
     parts.uri = match (rewritten_path, parts.uri.path_and_query()) {
@@ -286,7 +338,11 @@ async fn proxy_request(
         .flatten()
         .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
     if http2_upstream {
-        grpc::http2_request(&mut parts, backend.transport.scheme(), host.as_ref());
+        grpc::http2_request(
+            &mut parts,
+            backend.transport.scheme(),
+            vhost.as_ref().or(host.as_ref()),
+        );
     }
     let mut upstream_request = Request::from_parts(
         parts,

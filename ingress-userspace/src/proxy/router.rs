@@ -213,6 +213,7 @@ mod tests {
                     endpoints: Err(Unavailable::NoReadyEndpoints),
                     upstream: Ok(Default::default()),
                     upstream_secret: None,
+                    service_upstream: false,
                 })
                 .collect(),
             ..L7Plan::default()
@@ -271,6 +272,7 @@ mod tests {
                 tls: None,
             }),
             upstream_secret: None,
+            service_upstream: false,
         };
         let plan = |backends| L7Plan {
             backends,

@@ -102,7 +102,8 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         backends: &mut backends,
         tls: &tls,
     };
-    let rules = path_rules(&ours, &mut context, &mut problems);
+    let mut auth_secrets = Vec::new();
+    let rules = path_rules(&ours, &mut context, &mut auth_secrets, &mut problems);
     let default_backend = default_backend(&ours, &mut backends, &mut problems);
     let routes = Arc::new(RouteTable::new(
         rules
@@ -122,6 +123,7 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         tls,
         default_tls,
         ingresses,
+        auth_secrets,
     };
     (plan, problems)
 }

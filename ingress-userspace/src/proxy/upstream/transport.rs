@@ -348,6 +348,7 @@ mod tests {
                 tls: Some(tls),
             }),
             upstream_secret: None,
+            service_upstream: false,
         }
     }
 

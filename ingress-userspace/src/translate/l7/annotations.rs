@@ -9,6 +9,7 @@
 //! integer for codes, a URL with an http(s) scheme for redirects); where ingress-nginx silently
 //! falls back to a default (a redirect code outside 300–308), so do we, and say so.
 
+mod auth;
 pub mod catalogue;
 mod cors;
 
@@ -24,6 +25,7 @@ use super::{
 };
 use crate::model::Problem;
 
+pub(super) use auth::{resolve_basic, BasicAuthSource};
 use catalogue::{lookup, Support};
 
 /// The prefix of every ingress-nginx annotation.
@@ -62,6 +64,14 @@ pub(super) struct IngressAnnotations {
     pub(super) allow: Vec<Cidr>,
     /// `denylist-source-range`.
     pub(super) deny: Vec<Cidr>,
+    /// `auth-type: basic`, its Secret not yet looked up (see [`resolve_basic`]).
+    pub(super) basic_auth: Option<BasicAuthSource>,
+    /// `auth-type: basic` with its users, once [`resolve_basic`] found them.
+    pub(super) basic: Option<Arc<super::routes::auth::BasicAuth>>,
+    /// `auth-url` and its settings.
+    pub(super) external_auth: Option<Arc<super::routes::auth::ExternalAuth>>,
+    /// `upstream-vhost`.
+    pub(super) upstream_vhost: Option<HeaderValue>,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
 }
@@ -84,6 +94,10 @@ impl Default for IngressAnnotations {
             cors: None,
             allow: Vec::new(),
             deny: Vec::new(),
+            basic_auth: None,
+            basic: None,
+            external_auth: None,
+            upstream_vhost: None,
             invalid: None,
         }
     }
@@ -339,6 +353,11 @@ impl<'a> Reader<'a, '_> {
             None => self.ranges("whitelist-source-range"),
         };
         out.deny = self.ranges("denylist-source-range");
+        out.basic_auth = self.basic_auth();
+        out.external_auth = self.external_auth();
+        out.upstream_vhost = self.upstream_vhost();
+        // Read for its problems only: the backends read it (`backends::service_upstream`).
+        self.bool("service-upstream", false);
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

@@ -28,6 +28,8 @@ pub struct L7Plan {
     pub default_tls: Option<TlsPlan>,
     /// The Ingresses this controller owns, sorted.
     pub ingresses: Vec<ObjectName>,
+    /// The Secrets `auth-secret` names (read or not: the Kubernetes source keeps them).
+    pub auth_secrets: Vec<ObjectName>,
 }
 
 impl Default for L7Plan {
@@ -38,6 +40,7 @@ impl Default for L7Plan {
             tls: Vec::new(),
             default_tls: None,
             ingresses: Vec::new(),
+            auth_secrets: Vec::new(),
         }
     }
 }
@@ -77,6 +80,8 @@ pub struct BackendPlan {
     pub upstream: Result<UpstreamPlan, String>,
     /// The Secret `proxy-ssl-secret` names, read or not: the Kubernetes source keeps it.
     pub upstream_secret: Option<ObjectName>,
+    /// `service-upstream`: `endpoints` is the Service's ClusterIP and port (one address).
+    pub service_upstream: bool,
 }
 
 /// The protocol spoken to a backend's endpoints (`backend-protocol`).

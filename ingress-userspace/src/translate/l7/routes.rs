@@ -19,7 +19,9 @@
 //! Lookups allocate nothing: hosts are hashed as given when already lower-case, path rules are
 //! pre-split and sorted, and regexes compiled, when the table is built.
 
+pub mod auth;
 mod cidr;
+pub mod htpasswd;
 mod route;
 
 pub use cidr::{Cidr, CidrError};

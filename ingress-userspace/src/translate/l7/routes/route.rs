@@ -12,7 +12,11 @@ use regex::Regex;
 
 use crate::model::ObjectName;
 
-use super::{super::BackendId, Cidr};
+use super::{
+    super::BackendId,
+    auth::{BasicAuth, ExternalAuth},
+    Cidr,
+};
 
 /// A backend of a route and its share of the route's requests.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,6 +81,9 @@ impl Filter {
             Filter::SetHeader { .. } => "set-header",
             Filter::Cors(_) => "cors",
             Filter::SourceRange { .. } => "source-range",
+            Filter::BasicAuth(_) => "basic-auth",
+            Filter::ExternalAuth(_) => "external-auth",
+            Filter::UpstreamVhost(_) => "upstream-vhost",
         }
     }
 }
@@ -135,6 +142,15 @@ pub enum Filter {
         /// Allowed ranges; empty: every address not denied.
         allow: Vec<Cidr>,
     },
+    /// `auth-type: basic`: a request without valid credentials is answered 401 with the
+    /// challenge; the `Authorization` header is not sent to the backend.
+    BasicAuth(Arc<BasicAuth>),
+    /// `auth-url`: the request is allowed by a sub-request to an auth service (run by the
+    /// proxy after the other filters; see `proxy::filters::auth`).
+    ExternalAuth(Arc<ExternalAuth>),
+    /// `upstream-vhost`: the `Host` the backend gets (after the forwarding headers are set;
+    /// `X-Forwarded-Host` keeps the client's).
+    UpstreamVhost(HeaderValue),
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.
