@@ -7,9 +7,10 @@
 //!   list is complete (`InitDone`) and then replace that watcher's share of the store in one step,
 //!   so objects deleted while disconnected disappear and everything else never blinks.
 //! - **Readiness.** The source is synced when every watcher has completed its first list.
-//! - **Secrets** are watched with `type=kubernetes.io/tls` only, and after the first sync only
-//!   Secrets that some Ingress names are kept. When Ingresses start naming a Secret the store
-//!   dropped, the Secret watchers relist.
+//! - **Secrets** are watched with `type=kubernetes.io/tls`, and after the first sync only
+//!   Secrets that some Ingress names are kept; a second watcher of `type=Opaque` keeps only the
+//!   named ones (`auth-secret`), from the start. When Ingresses start naming a Secret the store
+//!   lacks, the Secret watchers relist.
 //! - `metadata.managedFields` is dropped on arrival: it is most of an object's size and nothing
 //!   here reads it.
 
@@ -40,7 +41,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 
 use crate::{
-    model::{ClusterObjects, ObjectKind, ObjectName, Origin, Sourced, TLS_SECRET_TYPE},
+    model::{
+        ClusterObjects, ObjectKind, ObjectName, Origin, Sourced, OPAQUE_SECRET_TYPE, TLS_SECRET_TYPE,
+    },
     translate::l4::SERVICE_NAME_LABEL,
 };
 
@@ -123,12 +126,14 @@ impl Shared {
     }
 
     fn keeps_secret(&self, name: &ObjectName) -> bool {
-        self.keep_all_secrets.load(Ordering::Relaxed)
-            || self
-                .referenced_secrets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(name)
+        self.keep_all_secrets.load(Ordering::Relaxed) || self.names_secret(name)
+    }
+
+    fn names_secret(&self, name: &ObjectName) -> bool {
+        self.referenced_secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
     }
 }
 
@@ -140,6 +145,11 @@ trait WatchedKind:
     /// Whether `key` belongs to the watcher scoped to `namespace` (`None`: all).
     fn in_scope(key: &Self::Key, namespace: Option<&str>) -> bool;
     fn keep(&self, _shared: &Shared) -> bool {
+        true
+    }
+    /// Whether this object is one the watcher with field selector `fields` lists (its share
+    /// of the store, which a relist replaces).
+    fn in_share(&self, _fields: Option<&str>) -> bool {
         true
     }
     /// Records that `key` changed from `old` to `new` (either absent: created or deleted).
@@ -190,8 +200,21 @@ impl WatchedKind for Secret {
         namespaced_in_scope(key, namespace)
     }
     fn keep(&self, shared: &Shared) -> bool {
-        self.type_.as_deref() == Some(TLS_SECRET_TYPE)
-            && Self::key(&self.metadata).is_some_and(|name| shared.keeps_secret(&name))
+        let Some(name) = Self::key(&self.metadata) else {
+            return false;
+        };
+        match self.type_.as_deref() {
+            Some(TLS_SECRET_TYPE) => shared.keeps_secret(&name),
+            // Opaque Secrets hold anything: only those an Ingress names, never all.
+            Some(OPAQUE_SECRET_TYPE) => shared.names_secret(&name),
+            _ => false,
+        }
+    }
+    fn in_share(&self, fields: Option<&str>) -> bool {
+        match fields.and_then(|f| f.strip_prefix("type=")) {
+            Some(kind) => self.type_.as_deref() == Some(kind),
+            None => true,
+        }
     }
 }
 
@@ -261,6 +284,13 @@ impl KubeSource {
             tasks.push(spawn_namespaced::<Secret>(
                 &client, scope, tls_only, &shared,
             ));
+            let opaque_only = config().fields(&format!("type={OPAQUE_SECRET_TYPE}"));
+            tasks.push(spawn_namespaced::<Secret>(
+                &client,
+                scope,
+                opaque_only,
+                &shared,
+            ));
         }
         shared.unlisted.fetch_add(1, Ordering::SeqCst);
         tasks.push(tokio::spawn(watch_kind::<IngressClass>(
@@ -297,7 +327,7 @@ impl KubeSource {
             *current = referenced;
             newly_named
         };
-        let was_keeping_all = self.shared.keep_all_secrets.swap(false, Ordering::SeqCst);
+        self.shared.keep_all_secrets.store(false, Ordering::SeqCst);
         let missing = {
             let mut store = self.shared.objects();
             let objects = &mut store.objects;
@@ -311,8 +341,9 @@ impl KubeSource {
                 .iter()
                 .any(|name| !objects.secrets.contains_key(name))
         };
-        // Before the first call every Secret was kept, so nothing can be missing for that reason.
-        if missing && !was_keeping_all {
+        // Before the first call every TLS Secret was kept, but no Opaque one (`auth-secret`):
+        // a missing one may exist.
+        if missing {
             self.shared.relist_secrets.send_modify(|n| *n += 1);
         }
     }
@@ -382,7 +413,11 @@ async fn watch_kind<K: WatchedKind>(
                         let mut store = shared.objects();
                         store.dirty.everything = true;
                         let slot = K::in_cluster(&mut store.objects);
-                        slot.retain(|key, _| !K::in_scope(key, namespace.as_deref()));
+                        let fields = config.field_selector.as_deref();
+                        slot.retain(|key, object| {
+                            !(K::in_scope(key, namespace.as_deref())
+                                && object.object.in_share(fields))
+                        });
                         slot.extend(listed);
                     }
                     if !first_list_done {
