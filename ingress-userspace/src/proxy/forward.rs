@@ -218,9 +218,7 @@ async fn proxy_request(
                 (backend, target, edit, Some(authorize))
             }
             // A route without backends always answers; never forward nowhere.
-            (Decision::Forward(..) | Decision::Authorize(_), None) => {
-                return Err(Refusal::NoRoute)
-            }
+            (Decision::Forward(..) | Decision::Authorize(_), None) => return Err(Refusal::NoRoute),
         }
     };
     // Auth that waits (a hash the cache did not know, an auth service), off the table.

@@ -42,7 +42,8 @@ use tokio::sync::{mpsc::UnboundedSender, watch};
 
 use crate::{
     model::{
-        ClusterObjects, ObjectKind, ObjectName, Origin, Sourced, OPAQUE_SECRET_TYPE, TLS_SECRET_TYPE,
+        ClusterObjects, ObjectKind, ObjectName, Origin, Sourced, OPAQUE_SECRET_TYPE,
+        TLS_SECRET_TYPE,
     },
     translate::l4::SERVICE_NAME_LABEL,
 };

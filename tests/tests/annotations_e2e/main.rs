@@ -5,12 +5,14 @@
 //! `Location`, body) and what the backend saw (path, headers), for the annotation's default and
 //! a non-default value, as ingress-nginx behaves. Groups: path matching and rewriting
 //! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), source
-//! ranges (`access`), and how bad or unsupported annotations are reported (`reports`).
+//! ranges (`access`), basic and external auth, `upstream-vhost` and `service-upstream`
+//! (`auth`), and how bad or unsupported annotations are reported (`reports`).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
 
 mod access;
+mod auth;
 mod cors;
 mod hosts;
 mod paths;

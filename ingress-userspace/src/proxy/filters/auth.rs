@@ -192,7 +192,11 @@ pub(in crate::proxy) async fn external(
         if let Some(uri) = request_uri {
             set(&mut sent, "x-original-uri", uri);
         }
-        set(&mut sent, "x-scheme", HeaderValue::from_static(original.scheme));
+        set(
+            &mut sent,
+            "x-scheme",
+            HeaderValue::from_static(original.scheme),
+        );
     }
     let mut request = Request::new(Empty::new());
     *request.method_mut() = auth.method.clone();

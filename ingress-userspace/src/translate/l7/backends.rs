@@ -208,8 +208,7 @@ pub fn refresh_endpoints(
     let mut changed = Vec::new();
     for id in affected {
         let backend = &mut plan.backends[id];
-        let endpoints =
-            resolver.resolve(&backend.service, &backend.port, backend.service_upstream);
+        let endpoints = resolver.resolve(&backend.service, &backend.port, backend.service_upstream);
         if endpoints != backend.endpoints {
             backend.endpoints = endpoints;
             changed.push(id);
@@ -222,9 +221,8 @@ pub fn refresh_endpoints(
 /// annotations, and then the Ingress answers 503 anyway).
 fn service_upstream(ingress: &OurIngress<'_>) -> bool {
     let annotations = ingress.ingress.object.metadata.annotations.as_ref();
-    let value = annotations.and_then(|a| {
-        a.get(&format!("{}service-upstream", super::annotations::PREFIX))
-    });
+    let value =
+        annotations.and_then(|a| a.get(&format!("{}service-upstream", super::annotations::PREFIX)));
     matches!(
         value.map(|v| v.trim()),
         Some("1" | "t" | "T" | "true" | "TRUE" | "True")

@@ -234,12 +234,16 @@ fn secret_name(value: &str, namespace: &str) -> Option<ObjectName> {
 fn signin(text: &str, param: &str) -> Result<Signin, String> {
     let lower = text.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err(format!("{text:?} is not an absolute http:// or https:// URL"));
+        return Err(format!(
+            "{text:?} is not an absolute http:// or https:// URL"
+        ));
     }
     let query = text.split_once('?').map(|(_, q)| q);
     let has_param = query.is_some_and(|q| {
-        q.split('&')
-            .any(|pair| pair.split_once('=').is_some_and(|(k, v)| k == param && !v.is_empty()))
+        q.split('&').any(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(k, v)| k == param && !v.is_empty())
+        })
     });
     let full = if has_param {
         text.to_string()

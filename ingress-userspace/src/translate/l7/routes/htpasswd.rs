@@ -242,7 +242,14 @@ mod tests {
 
     #[test]
     fn what_is_not_a_hash() {
-        for bad in ["", "$apr1$", "$apr1$toolongsalt$x", "{SHA}short", "$9$x$y", "abc"] {
+        for bad in [
+            "",
+            "$apr1$",
+            "$apr1$toolongsalt$x",
+            "{SHA}short",
+            "$9$x$y",
+            "abc",
+        ] {
             assert!(PasswordHash::parse(bad).is_err(), "{bad:?}");
         }
     }

@@ -7,6 +7,7 @@ use super::*;
 use crate::translate::l7::{annotations::catalogue, Filter};
 
 mod access;
+mod auth;
 
 /// An Ingress of our default class with `annotations` (keys without the prefix).
 fn annotated(name: &str, annotations: &[(&str, &str)], spec: &str) -> String {

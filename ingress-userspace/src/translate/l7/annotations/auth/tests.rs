@@ -3,19 +3,23 @@ use super::*;
 #[test]
 fn signin_gets_the_redirect_parameter_as_ingress_nginx_adds_it() {
     let parts = |text: &str| signin(text, "rd").unwrap().parts;
-    let added = vec![
-        SigninPart::Text("rd=".into()),
-        SigninPart::Scheme,
-        SigninPart::Text("://".into()),
-        SigninPart::Host,
-        SigninPart::EscapedRequestUri,
-    ];
-    let mut expected = vec![SigninPart::Text("https://auth.example/start?".into())];
-    expected.extend(added.iter().cloned());
-    assert_eq!(parts("https://auth.example/start"), expected);
-    let mut expected = vec![SigninPart::Text("https://auth.example/start?a=1&".into())];
-    expected.extend(added);
-    assert_eq!(parts("https://auth.example/start?a=1"), expected);
+    let added = |start: &str| {
+        vec![
+            SigninPart::Text(format!("{start}rd=")),
+            SigninPart::Scheme,
+            SigninPart::Text("://".into()),
+            SigninPart::Host,
+            SigninPart::EscapedRequestUri,
+        ]
+    };
+    assert_eq!(
+        parts("https://auth.example/start"),
+        added("https://auth.example/start?")
+    );
+    assert_eq!(
+        parts("https://auth.example/start?a=1"),
+        added("https://auth.example/start?a=1&")
+    );
     // Already there: kept as written, its variables substituted per request.
     assert_eq!(
         parts("https://auth.example/start?rd=$escaped_request_uri"),
