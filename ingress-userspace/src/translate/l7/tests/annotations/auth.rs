@@ -59,7 +59,9 @@ fn basic_auth_reads_the_secret_with_realm_and_both_secret_types() {
 
 #[test]
 fn auth_that_cannot_be_set_up_fails_closed_and_names_the_field() {
-    let cases: &[(&[(&str, &str)], &str, &str)] = &[
+    // (annotations, the key the problem names, what it says)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: &[Case<'_>] = &[
         (
             &[("auth-type", "basic"), ("auth-secret", "nobody")],
             "auth-secret",
