@@ -54,11 +54,12 @@ pub(super) enum Decision {
     Forward(Option<String>, Option<ResponseEdit>),
     /// Answer this instead (boxed: answering is the rare case, and the decision stays small).
     Answer(Box<Response<ProxyBody>>),
-    /// Forward after the auth checks that need to wait (routes with auth or `upstream-vhost`).
+    /// Forward after the auth checks that need to wait (a hash the cache did not know, an
+    /// auth service).
     Authorize(Box<Authorize>),
 }
 
-/// A forward that waits on auth, or sends another `Host`.
+/// A forward that waits on auth.
 pub(super) struct Authorize {
     /// As in [`Decision::Forward`].
     pub(super) target: Option<String>,
@@ -68,8 +69,14 @@ pub(super) struct Authorize {
     pub(super) basic: Option<auth::PendingBasic>,
     /// `auth-url`: ask it before forwarding.
     pub(super) external: Option<Arc<ExternalAuth>>,
-    /// `upstream-vhost`: the backend's `Host`.
-    pub(super) vhost: Option<HeaderValue>,
+}
+
+/// The route's `upstream-vhost`, if any (a reference count, no copy).
+pub(super) fn upstream_vhost(route: &Route) -> Option<HeaderValue> {
+    route.filters.iter().find_map(|filter| match filter {
+        Filter::UpstreamVhost(host) => Some(host.clone()),
+        _ => None,
+    })
 }
 
 /// Runs `route`'s filters on the request; header changes go into `headers`.
@@ -85,7 +92,8 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
                 Err(answer) => return Decision::Answer(answer),
             },
             Filter::ExternalAuth(external) => waits(&mut pending).external = Some(external.clone()),
-            Filter::UpstreamVhost(host) => waits(&mut pending).vhost = Some(host.clone()),
+            // Read by the request path itself (`upstream_vhost`): nothing to decide here.
+            Filter::UpstreamVhost(_) => {}
             Filter::Cors(policy) => {
                 let Some(origin) = allowed_origin(policy, headers) else {
                     continue;
@@ -170,7 +178,6 @@ fn waits(pending: &mut Option<Box<Authorize>>) -> &mut Authorize {
             edit: None,
             basic: None,
             external: None,
-            vhost: None,
         })
     })
 }

@@ -184,7 +184,7 @@ async fn proxy_request(
     // The context holds the request's one reference to the backend; the response is counted in
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
-    let (backend, rewritten_target, response_edit, authorize) = {
+    let (backend, rewritten_target, response_edit, authorize, vhost) = {
         let router = shared.router.load();
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
         let Some((route, backend)) = router.route(host_text, path) else {
@@ -193,6 +193,11 @@ async fn proxy_request(
         if let Some(backend) = backend {
             context.backend = Some(backend.clone());
         }
+        let vhost = if route.filters.is_empty() {
+            None
+        } else {
+            filters::upstream_vhost(route)
+        };
         let decision = if route.filters.is_empty() {
             Decision::Forward(None, None)
         } else {
@@ -212,58 +217,53 @@ async fn proxy_request(
         };
         match (decision, context.backend.as_ref()) {
             (Decision::Answer(answer), _) => return Ok(*answer),
-            (Decision::Forward(target, edit), Some(backend)) => (backend, target, edit, None),
+            (Decision::Forward(target, edit), Some(backend)) => {
+                (backend, target, edit, None, vhost)
+            }
             (Decision::Authorize(mut authorize), Some(backend)) => {
                 let (target, edit) = (authorize.target.take(), authorize.edit.take());
-                (backend, target, edit, Some(authorize))
+                (backend, target, edit, Some(authorize), vhost)
             }
             // A route without backends always answers; never forward nowhere.
             (Decision::Forward(..) | Decision::Authorize(_), None) => return Err(Refusal::NoRoute),
         }
     };
     // Auth that waits (a hash the cache did not know, an auth service), off the table.
-    let vhost = match authorize {
-        None => None,
-        Some(authorize) => {
-            let filters::Authorize {
-                basic,
-                external,
-                vhost,
-                ..
-            } = *authorize;
-            if let Some(unverified) = basic {
-                if let Err(answer) = unverified.verify().await {
-                    return Ok(*answer);
-                }
+    if let Some(authorize) = authorize {
+        let filters::Authorize {
+            basic, external, ..
+        } = *authorize;
+        if let Some(unverified) = basic {
+            if let Err(answer) = unverified.verify().await {
+                return Ok(*answer);
             }
-            if let Some(external) = external {
-                let (mut parts, body) = request.into_parts();
-                let original = filters::auth::Original {
-                    scheme: if connection.headers.proto == "https" {
-                        "https"
-                    } else {
-                        "http"
-                    },
-                    host: host_text,
-                    request_uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-                    method: &parts.method,
-                    client_ip: &connection.headers.client_ip,
-                };
-                let checked = filters::auth::external(
-                    &external,
-                    &original,
-                    &mut parts.headers,
-                    settings.upstream_response_timeout,
-                )
-                .await;
-                request = Request::from_parts(parts, body);
-                if let Err(answer) = checked {
-                    return Ok(*answer);
-                }
-            }
-            vhost
         }
-    };
+        if let Some(external) = external {
+            let (mut parts, body) = request.into_parts();
+            let original = filters::auth::Original {
+                scheme: if connection.headers.proto == "https" {
+                    "https"
+                } else {
+                    "http"
+                },
+                host: host_text,
+                request_uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                method: &parts.method,
+                client_ip: &connection.headers.client_ip,
+            };
+            let checked = filters::auth::external(
+                &external,
+                &original,
+                &mut parts.headers,
+                settings.upstream_response_timeout,
+            )
+            .await;
+            request = Request::from_parts(parts, body);
+            if let Err(answer) = checked {
+                return Ok(*answer);
+            }
+        }
+    }
     let http2_upstream = backend.transport.is_http2();
     if http2_upstream && request.version() < Version::HTTP_2 && grpc::is_grpc(request.headers()) {
         return Err(Refusal::GrpcOverHttp1);
