@@ -60,16 +60,18 @@ pub struct Sourced<T> {
     pub origin: Origin,
 }
 
-/// The Secret type TLS certificates live in; sources keep these Secrets, and
-/// [`OPAQUE_SECRET_TYPE`] ones that hold a [`CA_KEY`].
+/// The Secret type TLS certificates live in; sources keep these Secrets, [`OPAQUE_SECRET_TYPE`]
+/// ones that hold a [`CA_KEY`], and the Opaque ones an Ingress names in `auth-secret`.
 pub const TLS_SECRET_TYPE: &str = "kubernetes.io/tls";
-/// The generic Secret type, which ingress-nginx accepts for `proxy-ssl-secret` (a CA bundle).
+/// The generic Secret type: a CA bundle for `proxy-ssl-secret`, htpasswd users for
+/// `auth-secret`.
 pub const OPAQUE_SECRET_TYPE: &str = "Opaque";
 /// The key of a CA bundle in a Secret.
 pub const CA_KEY: &str = "ca.crt";
 
-/// Whether a source keeps this Secret: a TLS one, or an Opaque one holding a CA bundle (for
-/// `proxy-ssl-secret`); any other holds things the agent must not read. `stringData` counts, as
+/// Whether a source keeps this Secret whether or not an Ingress names it in `auth-secret`: a
+/// TLS one, or an Opaque one holding a CA bundle (for `proxy-ssl-secret`); any other Opaque one
+/// holds things the agent must not read unless an Ingress names it. `stringData` counts, as
 /// the sources merge it into `data`.
 pub fn is_kept_secret(secret: &Secret) -> bool {
     match secret.type_.as_deref().unwrap_or(OPAQUE_SECRET_TYPE) {

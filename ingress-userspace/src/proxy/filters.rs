@@ -6,12 +6,14 @@
 //! rewritten path. A route without filters costs one empty loop. What a filter adds to the
 //! response (CORS headers) is carried to the response as a [`ResponseEdit`].
 
+pub(super) mod auth;
+
 use std::{net::IpAddr, sync::Arc};
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode, Uri};
 
-use crate::translate::l7::{CorsPolicy, Filter, Route};
+use crate::translate::l7::{routes::auth::ExternalAuth, CorsPolicy, Filter, Route};
 
 use super::body::ProxyBody;
 
@@ -55,14 +57,46 @@ pub(super) enum Decision {
     Forward(Option<String>, Option<ResponseEdit>),
     /// Answer this instead (boxed: answering is the rare case, and the decision stays small).
     Answer(Box<Response<ProxyBody>>),
+    /// Forward after the auth checks that need to wait (a hash the cache did not know, an
+    /// auth service).
+    Authorize(Box<Authorize>),
+}
+
+/// A forward that waits on auth.
+pub(super) struct Authorize {
+    /// As in [`Decision::Forward`].
+    pub(super) target: Option<String>,
+    /// As in [`Decision::Forward`].
+    pub(super) edit: Option<ResponseEdit>,
+    /// Credentials the cache did not know: verify before forwarding.
+    pub(super) basic: Option<auth::PendingBasic>,
+    /// `auth-url`: ask it before forwarding.
+    pub(super) external: Option<Arc<ExternalAuth>>,
+}
+
+/// The route's `upstream-vhost`, if any (a reference count, no copy).
+pub(super) fn upstream_vhost(route: &Route) -> Option<HeaderValue> {
+    route.filters.iter().find_map(|filter| match filter {
+        Filter::UpstreamVhost(host) => Some(host.clone()),
+        _ => None,
+    })
 }
 
 /// Runs `route`'s filters on the request; header changes go into `headers`.
 pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut HeaderMap) -> Decision {
     let mut target = None;
     let mut edit = None;
+    let mut pending: Option<Box<Authorize>> = None;
     for filter in &route.filters {
         match filter {
+            Filter::BasicAuth(basic) => match auth::basic(basic, headers) {
+                Ok(None) => {}
+                Ok(Some(unverified)) => waits(&mut pending).basic = Some(unverified),
+                Err(answer) => return Decision::Answer(answer),
+            },
+            Filter::ExternalAuth(external) => waits(&mut pending).external = Some(external.clone()),
+            // Read by the request path itself (`upstream_vhost`): nothing to decide here.
+            Filter::UpstreamVhost(_) => {}
             Filter::Cors(policy) => {
                 let Some(origin) = allowed_origin(policy, headers) else {
                     continue;
@@ -138,7 +172,26 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
             }
         }
     }
-    Decision::Forward(target, edit)
+    match pending {
+        Some(mut authorize) => {
+            authorize.target = target;
+            authorize.edit = edit;
+            Decision::Authorize(authorize)
+        }
+        None => Decision::Forward(target, edit),
+    }
+}
+
+/// The pending checks, made at the first filter that needs them.
+fn waits(pending: &mut Option<Box<Authorize>>) -> &mut Authorize {
+    pending.get_or_insert_with(|| {
+        Box::new(Authorize {
+            target: None,
+            edit: None,
+            basic: None,
+            external: None,
+        })
+    })
 }
 
 /// Headers filters add to the backend's response.

@@ -197,7 +197,7 @@ async fn proxy_request(
     // its metrics. The route's filters run while the table is loaded: they may answer, rewrite
     // the target or set headers.
     let mut cookie_path: Option<std::sync::Arc<str>>;
-    let (backend, rewritten_target, response_edit, policy, trust_forwarded) = {
+    let (backend, rewritten_target, response_edit, policy, trust_forwarded, authorize, vhost) = {
         let router = shared.router.load();
         let trust_forwarded = router.trust_forwarded;
         let path = rewritten_path.as_deref().unwrap_or(request.uri().path());
@@ -207,6 +207,11 @@ async fn proxy_request(
         if let Some(backend) = backend {
             context.backend = Some(backend.clone());
         }
+        let vhost = if route.filters.is_empty() {
+            None
+        } else {
+            filters::upstream_vhost(route)
+        };
         let decision = if route.filters.is_empty() {
             Decision::Forward(None, None)
         } else {
@@ -236,9 +241,13 @@ async fn proxy_request(
             };
             filters::run(route, &view, request.headers_mut())
         };
-        let (target, edit) = match decision {
+        let (target, edit, authorize) = match decision {
             Decision::Answer(answer) => return Ok(*answer),
-            Decision::Forward(target, edit) => (target, edit),
+            Decision::Forward(target, edit) => (target, edit, None),
+            Decision::Authorize(mut authorize) => {
+                let (target, edit) = (authorize.target.take(), authorize.edit.take());
+                (target, edit, Some(authorize))
+            }
         };
         // A route without backends always answers; never forward nowhere.
         let Some(primary) = context.backend.as_ref() else {
@@ -263,8 +272,52 @@ async fn proxy_request(
                 Err(()) => return Ok(filters::limited(limiter.status, "connection")),
             }
         }
-        (backend, target, edit, *route.policy, trust_forwarded)
+        (
+            backend,
+            target,
+            edit,
+            *route.policy,
+            trust_forwarded,
+            authorize,
+            vhost,
+        )
     };
+    // Auth that waits (a hash the cache did not know, an auth service), off the table.
+    if let Some(authorize) = authorize {
+        let filters::Authorize {
+            basic, external, ..
+        } = *authorize;
+        if let Some(unverified) = basic {
+            if let Err(answer) = unverified.verify().await {
+                return Ok(*answer);
+            }
+        }
+        if let Some(external) = external {
+            let (mut parts, body) = request.into_parts();
+            let original = filters::auth::Original {
+                scheme: if connection.headers.proto == "https" {
+                    "https"
+                } else {
+                    "http"
+                },
+                host: host_text,
+                request_uri: parts.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                method: &parts.method,
+                client_ip: &connection.headers.client_ip,
+            };
+            let checked = filters::auth::external(
+                &external,
+                &original,
+                &mut parts.headers,
+                settings.upstream_response_timeout,
+            )
+            .await;
+            request = Request::from_parts(parts, body);
+            if let Err(answer) = checked {
+                return Ok(*answer);
+            }
+        }
+    }
     // What the balancer needs of the request (a hash key's value, the session cookie), read
     // once, before the target is rewritten; nothing for the default balancing.
     let https = connection.headers.proto == "https";
@@ -325,6 +378,9 @@ async fn proxy_request(
     if let Some(trusted) = trusted {
         trusted.apply(&mut parts.headers);
     }
+    if let Some(vhost) = &vhost {
+        parts.headers.insert(header::HOST, vhost.clone());
+    }
     // Endpoints get origin-form (`/path?query`) with the path routing used, whatever form the
     // client used.
     parts.uri = match (rewritten_path, parts.uri.path_and_query()) {
@@ -354,7 +410,11 @@ async fn proxy_request(
         .flatten()
         .and_then(|timeout| tokio::time::Instant::now().checked_add(timeout));
     if http2_upstream {
-        grpc::http2_request(&mut parts, backend.transport.scheme(), host.as_ref());
+        grpc::http2_request(
+            &mut parts,
+            backend.transport.scheme(),
+            vhost.as_ref().or(host.as_ref()),
+        );
     }
     let mut upstream_request = Request::from_parts(
         parts,

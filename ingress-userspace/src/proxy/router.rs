@@ -267,6 +267,7 @@ mod tests {
                     upstream: Ok(Default::default()),
                     upstream_secret: None,
                     balance: Default::default(),
+                    service_upstream: false,
                 })
                 .collect(),
             ..L7Plan::default()
@@ -326,6 +327,7 @@ mod tests {
             }),
             upstream_secret: None,
             balance: Default::default(),
+            service_upstream: false,
         };
         let plan = |backends| L7Plan {
             backends,

@@ -149,6 +149,7 @@ fn referenced_secrets(plan: &L7Plan) -> BTreeSet<ObjectName> {
                 .iter()
                 .filter_map(|b| b.upstream_secret.clone()),
         )
+        .chain(plan.auth_secrets.iter().cloned())
         .collect()
 }
 

@@ -33,7 +33,7 @@ use std::{
 
 use crate::model::{ClusterObjects, Problem};
 
-use objects::{keep_previous, merge_into, FileObjects};
+use objects::{drop_unnamed_secrets, keep_previous, merge_into, FileObjects};
 use parse::parse_manifest;
 use read::{open_regular, read_bounded};
 use walk::collect_manifest_files;
@@ -184,6 +184,7 @@ impl ManifestDir {
             next_read.insert(path, read);
         }
         self.last_read = next_read;
+        drop_unnamed_secrets(&mut snapshot);
         Ok(snapshot)
     }
 }

@@ -7,9 +7,11 @@
 //!   list is complete (`InitDone`) and then replace that watcher's share of the store in one step,
 //!   so objects deleted while disconnected disappear and everything else never blinks.
 //! - **Readiness.** The source is synced when every watcher has completed its first list.
-//! - **Secrets** are watched with `type=kubernetes.io/tls` only, and after the first sync only
-//!   Secrets that some Ingress names are kept. When Ingresses start naming a Secret the store
-//!   dropped, the Secret watchers relist.
+//! - **Secrets** are watched with `type=kubernetes.io/tls`, and after the first sync only
+//!   Secrets that some Ingress names are kept; a second watcher of `type=Opaque` keeps the
+//!   named ones (`auth-secret`) from the start, and CA bundles (`ca.crt`, for
+//!   `proxy-ssl-secret`) as TLS Secrets are kept. When Ingresses start naming a Secret the store
+//!   lacks, the Secret watchers relist.
 //! - `metadata.managedFields` is dropped on arrival: it is most of an object's size and nothing
 //!   here reads it.
 
@@ -126,12 +128,14 @@ impl Shared {
     }
 
     fn keeps_secret(&self, name: &ObjectName) -> bool {
-        self.keep_all_secrets.load(Ordering::Relaxed)
-            || self
-                .referenced_secrets
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .contains(name)
+        self.keep_all_secrets.load(Ordering::Relaxed) || self.names_secret(name)
+    }
+
+    fn names_secret(&self, name: &ObjectName) -> bool {
+        self.referenced_secrets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
     }
 }
 
@@ -145,9 +149,9 @@ trait WatchedKind:
     fn keep(&self, _shared: &Shared) -> bool {
         true
     }
-    /// Whether a watcher listing with `field_selector` would list this object: a (re)list
-    /// replaces only that share of the store (two Secret watchers, by type, share a namespace).
-    fn selected_by(&self, _field_selector: Option<&str>) -> bool {
+    /// Whether this object is one the watcher with field selector `fields` lists (its share
+    /// of the store, which a relist replaces).
+    fn in_share(&self, _fields: Option<&str>) -> bool {
         true
     }
     /// Records that `key` changed from `old` to `new` (either absent: created or deleted).
@@ -198,14 +202,24 @@ impl WatchedKind for Secret {
         namespaced_in_scope(key, namespace)
     }
     fn keep(&self, shared: &Shared) -> bool {
-        is_kept_secret(self)
-            && Self::key(&self.metadata).is_some_and(|name| shared.keeps_secret(&name))
+        let Some(name) = Self::key(&self.metadata) else {
+            return false;
+        };
+        match self.type_.as_deref() {
+            Some(TLS_SECRET_TYPE) => shared.keeps_secret(&name),
+            // Opaque Secrets hold anything: only those an Ingress names (`auth-secret`), or
+            // a CA bundle (`proxy-ssl-secret`) in scope, never all.
+            Some(OPAQUE_SECRET_TYPE) => {
+                shared.names_secret(&name) || (is_kept_secret(self) && shared.keeps_secret(&name))
+            }
+            _ => false,
+        }
     }
-    fn selected_by(&self, field_selector: Option<&str>) -> bool {
-        let type_ = self.type_.as_deref().unwrap_or(OPAQUE_SECRET_TYPE);
-        field_selector
-            .and_then(|s| s.strip_prefix("type="))
-            .is_none_or(|wanted| wanted == type_)
+    fn in_share(&self, fields: Option<&str>) -> bool {
+        match fields.and_then(|f| f.strip_prefix("type=")) {
+            Some(kind) => self.type_.as_deref() == Some(kind),
+            None => true,
+        }
     }
 }
 
@@ -279,7 +293,8 @@ impl KubeSource {
                 &shared,
             ));
             // By type, so the API server never sends us the other kinds of Secret; the Opaque
-            // ones are kept only with a ca.crt (a `proxy-ssl-secret`), and only when named.
+            // ones are kept only when named (`auth-secret`), or with a ca.crt (a
+            // `proxy-ssl-secret`) as TLS Secrets are.
             for secret_type in [TLS_SECRET_TYPE, OPAQUE_SECRET_TYPE] {
                 let of_type = config().fields(&format!("type={secret_type}"));
                 tasks.push(spawn_namespaced::<Secret>(&client, scope, of_type, &shared));
@@ -330,7 +345,7 @@ impl KubeSource {
             *current = referenced;
             newly_named
         };
-        let was_keeping_all = self.shared.keep_all_secrets.swap(false, Ordering::SeqCst);
+        self.shared.keep_all_secrets.store(false, Ordering::SeqCst);
         let missing = {
             let mut store = self.shared.objects();
             let objects = &mut store.objects;
@@ -344,8 +359,9 @@ impl KubeSource {
                 .iter()
                 .any(|name| !objects.secrets.contains_key(name))
         };
-        // Before the first call every Secret was kept, so nothing can be missing for that reason.
-        if missing && !was_keeping_all {
+        // Before the first call every TLS Secret was kept, but no Opaque one (`auth-secret`):
+        // a missing one may exist.
+        if missing {
             self.shared.relist_secrets.send_modify(|n| *n += 1);
         }
     }
@@ -415,9 +431,10 @@ async fn watch_kind<K: WatchedKind>(
                         let mut store = shared.objects();
                         store.dirty.everything = true;
                         let slot = K::in_cluster(&mut store.objects);
-                        slot.retain(|key, kept| {
-                            !K::in_scope(key, namespace.as_deref())
-                                || !kept.object.selected_by(config.field_selector.as_deref())
+                        let fields = config.field_selector.as_deref();
+                        slot.retain(|key, object| {
+                            !(K::in_scope(key, namespace.as_deref())
+                                && object.object.in_share(fields))
                         });
                         slot.extend(listed);
                     }

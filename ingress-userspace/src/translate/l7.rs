@@ -120,7 +120,8 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         ssl_passthrough: options.ssl_passthrough,
         passthrough: PassthroughTable::default(),
     };
-    let rules = path_rules(&ours, &mut context, &mut problems);
+    let mut auth_secrets = Vec::new();
+    let rules = path_rules(&ours, &mut context, &mut auth_secrets, &mut problems);
     let passthrough = Arc::new(std::mem::take(&mut context.passthrough));
     let default_backend = default_backend(&ours, &mut backends, &mut problems);
     let routes = Arc::new(RouteTable::new(
@@ -143,6 +144,7 @@ pub fn translate(objects: &ClusterObjects, options: &L7Options) -> (L7Plan, Vec<
         ingresses,
         passthrough,
         nginx,
+        auth_secrets,
     };
     (plan, problems)
 }

@@ -7,13 +7,15 @@
 //! (`paths`), redirects (`redirects`), hosts and fallbacks (`hosts`), CORS (`cors`), source
 //! ranges (`access`), body size, timeouts and retries (`limits`), rate and connection limits
 //! (`rate_limits`), TLS passthrough by SNI (`passthrough`), canaries, cookie affinity and
-//! hashing (`traffic`), how bad or unsupported annotations are reported (`reports`), and taking
-//! over from ingress-nginx (`takeover`: controller names, its ConfigMap).
+//! hashing (`traffic`), basic and external auth, `upstream-vhost` and `service-upstream`
+//! (`auth`), how bad or unsupported annotations are reported (`reports`), and taking over from
+//! ingress-nginx (`takeover`: controller names, its ConfigMap).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
 
 mod access;
+mod auth;
 mod cors;
 mod hosts;
 mod limits;

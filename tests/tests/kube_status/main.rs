@@ -81,6 +81,7 @@ async fn status_tls_events_vips(server: &FakeApiServer) -> Result<()> {
     status_published_for_ours_and_cleared_when_leaving(server, &client, http).await?;
     tls_by_sni_and_secrets_listed_by_type(server, https, &certs).await?;
     late_secret_fetched_and_kept_when_broken(server, https, &certs.late).await?;
+    auth_secret_named_later_is_fetched(server, &client, http).await?;
     one_event_for_a_bad_path(server, &client, http).await?;
     vip_assigned_and_programmed(server, &runner, &web).await?;
     other_class_never_written(server)?;
@@ -223,14 +224,62 @@ async fn tls_by_sni_and_secrets_listed_by_type(
             "a Secret request that is no LIST/WATCH: {request:?}"
         );
         let query = kube::decode_query(&request.query);
+        // TLS Secrets, and Opaque ones for `auth-secret` (of which only named ones are kept).
         ensure!(
             query
                 .split('&')
-                .any(|p| p == "fieldSelector=type=kubernetes.io/tls"),
-            "a Secret {:?} without fieldSelector=type=kubernetes.io/tls: {query}",
+                .any(|p| p == "fieldSelector=type=kubernetes.io/tls"
+                    || p == "fieldSelector=type=Opaque"),
+            "a Secret {:?} without fieldSelector=type=kubernetes.io/tls or type=Opaque: {query}",
             request.verb
         );
     }
+    Ok(())
+}
+
+/// An Opaque Secret first named (`auth-secret`) after the first sync is fetched: the Ingress
+/// answers 401 without credentials and serves with them; until then it answered 503.
+async fn auth_secret_named_later_is_fetched(
+    server: &FakeApiServer,
+    client: &Pooled,
+    http: SocketAddr,
+) -> Result<()> {
+    let mut guarded = ours("guarded", "guarded.example");
+    guarded["metadata"]["annotations"] = json!({
+        "nginx.ingress.kubernetes.io/auth-type": "basic",
+        "nginx.ingress.kubernetes.io/auth-secret": "staff",
+    });
+    server.apply(&objects::secret(
+        NS,
+        "staff",
+        "Opaque",
+        // `htpasswd -s`: dave / sha1-pass.
+        &[("auth", b"dave:{SHA}lwP+QnDZZeQ+bmQbA4P37mDtFVo=\n")],
+    ))?;
+    server.apply(&guarded)?;
+    let ask = |credentials: Option<&'static str>| async move {
+        let mut request = http::Request::get(format!("http://{http}/"))
+            .header(http::header::HOST, "guarded.example");
+        if let Some(credentials) = credentials {
+            request = request.header(http::header::AUTHORIZATION, credentials);
+        }
+        let response = client.request(request.body(Default::default())?).await?;
+        clients::collect(response).await
+    };
+    settle("guarded.example asks for credentials", async || {
+        let reply = ask(None).await?;
+        ensure!(reply.status == 401, "{} {:?}", reply.status, reply.text());
+        Ok(())
+    })
+    .await?;
+    // base64("dave:sha1-pass")
+    let reply = ask(Some("Basic ZGF2ZTpzaGExLXBhc3M=")).await?;
+    ensure!(
+        reply.backend().as_deref() == Some("web"),
+        "{} {:?}",
+        reply.status,
+        reply.text()
+    );
     Ok(())
 }
 

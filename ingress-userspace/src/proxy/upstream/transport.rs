@@ -349,6 +349,7 @@ mod tests {
             }),
             upstream_secret: None,
             balance: Default::default(),
+            service_upstream: false,
         }
     }
 

@@ -14,7 +14,10 @@ use k8s_openapi::{
 };
 use serde::de::DeserializeOwned;
 
-use crate::model::{is_kept_secret, ObjectKind, ObjectName, Origin, Problem, Sourced};
+use crate::model::{
+    is_kept_secret, ObjectKind, ObjectName, Origin, Problem, Sourced, OPAQUE_SECRET_TYPE,
+    TLS_SECRET_TYPE,
+};
 
 use super::Snapshot;
 
@@ -100,12 +103,14 @@ macro_rules! for_each_kind {
 }
 pub(super) use for_each_kind;
 
-/// Keeps TLS Secrets and Opaque ones with a CA bundle only (others hold things we must not
+/// Keeps TLS Secrets, and Opaque ones for `auth-secret` and CA bundles (those no Ingress names
+/// and without a `ca.crt` are dropped when the files are merged, see [`drop_unnamed_secrets`]: others hold things we must not
 /// read), with `stringData` merged into `data` as the API server does on write (`stringData`
 /// wins on a shared key).
 fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
-    if !is_kept_secret(&secret) {
-        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is neither of type kubernetes.io/tls nor Opaque with a ca.crt");
+    let kind = secret.type_.as_deref().unwrap_or(OPAQUE_SECRET_TYPE);
+    if kind != TLS_SECRET_TYPE && kind != OPAQUE_SECRET_TYPE {
+        tracing::debug!(%origin, r#type = ?secret.type_, "ignoring Secret that is neither kubernetes.io/tls nor Opaque");
         return None;
     }
     if let Some(string_data) = secret.string_data.take() {
@@ -115,6 +120,36 @@ fn admit_secret(mut secret: Secret, origin: &Origin) -> Option<Secret> {
         }
     }
     Some(secret)
+}
+
+/// Drops the Opaque Secrets no Ingress names in its `auth-secret` annotation.
+pub(super) fn drop_unnamed_secrets(snapshot: &mut Snapshot) {
+    let named: std::collections::BTreeSet<ObjectName> = snapshot
+        .objects
+        .ingresses
+        .iter()
+        .filter_map(|(name, ingress)| auth_secret_of(name, &ingress.object))
+        .collect();
+    snapshot
+        .objects
+        .secrets
+        .retain(|name, secret| is_kept_secret(&secret.object) || named.contains(name));
+}
+
+/// The Secret an Ingress's `auth-secret` annotation names (`name` or `namespace/name`).
+pub(crate) fn auth_secret_of(
+    name: &ObjectName,
+    ingress: &k8s_openapi::api::networking::v1::Ingress,
+) -> Option<ObjectName> {
+    let annotations = ingress.metadata.annotations.as_ref()?;
+    let value = annotations
+        .get("nginx.ingress.kubernetes.io/auth-secret")?
+        .trim();
+    let (namespace, secret) = value.split_once('/').unwrap_or((&name.namespace, value));
+    Some(ObjectName {
+        namespace: namespace.to_string(),
+        name: secret.to_string(),
+    })
 }
 
 /// Objects from documents that failed now keep their previous version.

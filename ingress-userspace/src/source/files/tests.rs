@@ -64,12 +64,11 @@ fn reads_ingresses_classes_tls_and_ca_secrets_only() {
         "cluster-scoped: keyed by name"
     );
     assert_eq!(objects.ingresses[0].0, name("demo", "web"));
-    assert_eq!(
-        objects.secrets.len(),
-        2,
-        "the Opaque Secret without ca.crt is not kept"
-    );
-    assert_eq!(objects.secrets[1].0, name("demo", "upstream-ca"));
+    // Opaque Secrets are read, and dropped when the files are merged unless an Ingress names
+    // one in `auth-secret` or it holds a ca.crt (see `an_opaque_secret_is_kept_only_when_named`).
+    assert_eq!(objects.secrets.len(), 3);
+    assert_eq!(objects.secrets[1].0, name("demo", "password"));
+    assert_eq!(objects.secrets[2].0, name("demo", "upstream-ca"));
     let (secret_name, secret) = &objects.secrets[0];
     assert_eq!(*secret_name, name("demo", "cert"));
     let data = secret.object.data.as_ref().unwrap();
@@ -128,6 +127,38 @@ fn duplicate_names_and_last_good_state_for_the_new_kinds() {
         .problems
         .iter()
         .any(|p| p.field == "spec.rules[0].http.paths[0].backend.service.port.number"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn an_opaque_secret_is_kept_only_when_named() {
+    let dir = std::env::temp_dir().join(format!("xdp-ingress-auth-secret-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), L7_OBJECTS).unwrap();
+    let mut source = ManifestDir::new(&dir);
+    let kept = |source: &mut ManifestDir| {
+        let snapshot = source.load().unwrap();
+        let mut names: Vec<String> = snapshot
+            .objects
+            .secrets
+            .keys()
+            .map(|n| n.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        kept(&mut source),
+        ["cert", "upstream-ca"],
+        "nobody names the Opaque one without a ca.crt"
+    );
+    let named = L7_OBJECTS.replace(
+        "metadata: {name: web, namespace: demo}",
+        "metadata: {name: web, namespace: demo, annotations: \
+         {nginx.ingress.kubernetes.io/auth-secret: password}}",
+    );
+    std::fs::write(dir.join("a.yaml"), named).unwrap();
+    assert_eq!(kept(&mut source), ["cert", "password", "upstream-ca"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

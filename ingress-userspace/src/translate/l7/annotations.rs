@@ -9,6 +9,7 @@
 //! integer for codes, a URL with an http(s) scheme for redirects); where ingress-nginx silently
 //! falls back to a default (a redirect code outside 300–308), so do we, and say so.
 
+mod auth;
 pub mod catalogue;
 mod cors;
 mod limits;
@@ -30,6 +31,7 @@ use super::{
 };
 use crate::model::Problem;
 
+pub(super) use auth::{resolve_basic, BasicAuthSource};
 use catalogue::{lookup, Support};
 
 /// The prefix of every ingress-nginx annotation.
@@ -72,6 +74,14 @@ pub(super) struct IngressAnnotations {
     pub(super) limits: limits::Limits,
     /// `ssl-passthrough` (default false; see `passthrough`).
     pub(super) ssl_passthrough: bool,
+    /// `auth-type: basic`, its Secret not yet looked up (see [`resolve_basic`]).
+    pub(super) basic_auth: Option<BasicAuthSource>,
+    /// `auth-type: basic` with its users, once [`resolve_basic`] found them.
+    pub(super) basic: Option<Arc<super::routes::auth::BasicAuth>>,
+    /// `auth-url` and its settings.
+    pub(super) external_auth: Option<Arc<super::routes::auth::ExternalAuth>>,
+    /// `upstream-vhost`.
+    pub(super) upstream_vhost: Option<HeaderValue>,
     /// The 503 text when a value did not parse: the Ingress's routes answer it.
     pub(super) invalid: Option<Bytes>,
     /// The status of the HTTPS and www redirects (the ConfigMap's `http-redirect-code`).
@@ -106,6 +116,10 @@ impl Default for IngressAnnotations {
             deny: Vec::new(),
             limits: limits::Limits::default(),
             ssl_passthrough: false,
+            basic_auth: None,
+            basic: None,
+            external_auth: None,
+            upstream_vhost: None,
             invalid: None,
             http_redirect_code: StatusCode::PERMANENT_REDIRECT,
             hsts: None,
@@ -391,6 +405,11 @@ impl<'a> Reader<'a, '_> {
             out.canary = Some(self.canary_rule());
         }
         out.balance = self.balance();
+        out.basic_auth = self.basic_auth();
+        out.external_auth = self.external_auth();
+        out.upstream_vhost = self.upstream_vhost();
+        // Read for its problems only: the backends read it (`backends::service_upstream`).
+        self.bool("service-upstream", false);
         if !self.bad.is_empty() {
             out.invalid = Some(Bytes::from(format!(
                 "503 Service Unavailable: Ingress {} has invalid annotations: {}\n",

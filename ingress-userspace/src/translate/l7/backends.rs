@@ -61,7 +61,17 @@ impl<'a> Backends<'a> {
             return *id;
         }
         let (ingress_name, service_name, port) = key.clone();
-        let endpoints = self.resolve(&service_name, &port);
+        let service_upstream = service_upstream(ingress);
+        let endpoints = self.resolve(&service_name, &port, service_upstream);
+        if service_upstream && endpoints.is_ok() && self.cluster_ip(&service_name).is_none() {
+            problems.push(ingress.problem(
+                super::annotations::field("service-upstream"),
+                format!(
+                    "Service {service_name} has no ClusterIP (headless?); its endpoints are \
+                     used instead, as ingress-nginx does"
+                ),
+            ));
+        }
         if let Err(why) = &endpoints {
             if let Some((subfield, message)) = unavailable_problem(why, &service_name, &port) {
                 problems.push(ingress.problem(format!("{field}.{subfield}"), message));
@@ -84,16 +94,27 @@ impl<'a> Backends<'a> {
             upstream,
             upstream_secret: upstream_secret(ingress),
             balance: Default::default(),
+            service_upstream,
         });
         self.ids.insert(key, id);
         id
     }
 
-    /// Ready IPv4 endpoints of the Service port, sorted, or why there are none.
+    /// The Service's ClusterIP, if it has one (not headless).
+    fn cluster_ip(&self, name: &ObjectName) -> Option<std::net::IpAddr> {
+        let service = self.objects.services.get(name)?;
+        let spec = service.object.spec.as_ref()?;
+        spec.cluster_ip.as_deref()?.parse().ok()
+    }
+
+    /// Ready IPv4 endpoints of the Service port, sorted, or why there are none; with
+    /// `service_upstream`, the ClusterIP and Service port instead (kube-proxy, or our L4
+    /// datapath, balances), unless the Service has no ClusterIP.
     fn resolve(
         &self,
         name: &ObjectName,
         port: &ServicePortRef,
+        service_upstream: bool,
     ) -> Result<Vec<SocketAddr>, Unavailable> {
         let service = self
             .objects
@@ -120,6 +141,12 @@ impl<'a> Backends<'a> {
             return Err(Unavailable::UnsupportedService(format!(
                 "port {port} is {protocol}; HTTP needs TCP"
             )));
+        }
+        if service_upstream {
+            if let (Some(ip), Ok(port)) = (self.cluster_ip(name), u16::try_from(service_port.port))
+            {
+                return Ok(vec![SocketAddr::new(ip, port)]);
+            }
         }
         let slices = self.slices.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let port_name = service_port.name.as_deref().unwrap_or("");
@@ -182,13 +209,25 @@ pub fn refresh_endpoints(
     let mut changed = Vec::new();
     for id in affected {
         let backend = &mut plan.backends[id];
-        let endpoints = resolver.resolve(&backend.service, &backend.port);
+        let endpoints = resolver.resolve(&backend.service, &backend.port, backend.service_upstream);
         if endpoints != backend.endpoints {
             backend.endpoints = endpoints;
             changed.push(id);
         }
     }
     changed
+}
+
+/// `service-upstream`, as ingress-nginx reads it (a bad value is reported with the other
+/// annotations, and then the Ingress answers 503 anyway).
+fn service_upstream(ingress: &OurIngress<'_>) -> bool {
+    let annotations = ingress.ingress.object.metadata.annotations.as_ref();
+    let value =
+        annotations.and_then(|a| a.get(&format!("{}service-upstream", super::annotations::PREFIX)));
+    matches!(
+        value.map(|v| v.trim()),
+        Some("1" | "t" | "T" | "true" | "TRUE" | "True")
+    )
 }
 
 /// The problem to report for an unresolvable backend (sub-field of the backend, message); `None`

@@ -39,6 +39,8 @@ pub struct L7Plan {
     /// The defaults from ingress-nginx's ConfigMap (or its own): what the routes were built
     /// with, and what the proxy applies to every request (`use-forwarded-headers`).
     pub nginx: NginxDefaults,
+    /// The Secrets `auth-secret` names (read or not: the Kubernetes source keeps them).
+    pub auth_secrets: Vec<ObjectName>,
 }
 
 impl Default for L7Plan {
@@ -51,6 +53,7 @@ impl Default for L7Plan {
             ingresses: Vec::new(),
             passthrough: Arc::default(),
             nginx: NginxDefaults::default(),
+            auth_secrets: Vec::new(),
         }
     }
 }
@@ -92,6 +95,8 @@ pub struct BackendPlan {
     pub upstream_secret: Option<ObjectName>,
     /// How requests are spread over the endpoints (`upstream-hash-by`, `affinity`).
     pub balance: Balance,
+    /// `service-upstream`: `endpoints` is the Service's ClusterIP and port (one address).
+    pub service_upstream: bool,
 }
 
 /// The protocol spoken to a backend's endpoints (`backend-protocol`).

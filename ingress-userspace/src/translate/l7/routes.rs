@@ -19,8 +19,10 @@
 //! Lookups allocate nothing: hosts are hashed as given when already lower-case, path rules are
 //! pre-split and sorted, and regexes compiled, when the table is built.
 
+pub mod auth;
 mod canary;
 mod cidr;
+pub mod htpasswd;
 pub mod limits;
 mod route;
 

@@ -95,12 +95,22 @@ struct Annotated<'a, 'b> {
 pub(super) fn path_rules(
     ours: &[OurIngress<'_>],
     context: &mut Context<'_, '_>,
+    auth_secrets: &mut Vec<ObjectName>,
     problems: &mut Vec<Problem>,
 ) -> Vec<(Option<String>, PathRule<Route>)> {
     let annotated: Vec<Annotated<'_, '_>> = ours
         .iter()
         .map(|ingress| {
-            let annotations = annotations::parse(ingress, problems);
+            let mut annotations = annotations::parse(ingress, problems);
+            if let Some(source) = &annotations.basic_auth {
+                auth_secrets.push(source.secret.clone());
+                if annotations.invalid.is_none() {
+                    match annotations::resolve_basic(ingress, source, context.objects, problems) {
+                        Ok(basic) => annotations.basic = Some(basic),
+                        Err(why) => annotations.invalid = Some(why.into()),
+                    }
+                }
+            }
             let fallback = extra::default_backend(ingress, &annotations, context, problems);
             Annotated {
                 ingress,
@@ -346,6 +356,16 @@ fn filters(
             deny: annotations.deny.clone(),
             allow: annotations.allow.clone(),
         });
+    }
+    // nginx's access phase again: auth_basic, then auth_request (`satisfy all`).
+    if let Some(basic) = &annotations.basic {
+        filters.push(Filter::BasicAuth(basic.clone()));
+    }
+    if let Some(external) = &annotations.external_auth {
+        filters.push(Filter::ExternalAuth(external.clone()));
+    }
+    if let Some(host) = &annotations.upstream_vhost {
+        filters.push(Filter::UpstreamVhost(host.clone()));
     }
     // ingress-nginx does not rewrite a path equal to the target.
     let rewrite = annotations

@@ -14,6 +14,7 @@ use crate::model::ObjectName;
 
 use super::{
     super::BackendId,
+    auth::{BasicAuth, ExternalAuth},
     limits::{ConnectionLimiter, RateLimiter, UpstreamPolicy},
     Canary, Cidr,
 };
@@ -100,6 +101,9 @@ impl Filter {
             Filter::SourceRange { .. } => "source-range",
             Filter::RateLimit(_) => "rate-limit",
             Filter::Hsts(_) => "hsts",
+            Filter::BasicAuth(_) => "basic-auth",
+            Filter::ExternalAuth(_) => "external-auth",
+            Filter::UpstreamVhost(_) => "upstream-vhost",
         }
     }
 }
@@ -164,6 +168,15 @@ pub enum Filter {
     /// `Strict-Transport-Security: <value>` on the backend's responses to HTTPS requests,
     /// replacing the backend's (ingress-nginx's `hsts` settings, `more_set_headers`).
     Hsts(HeaderValue),
+    /// `auth-type: basic`: a request without valid credentials is answered 401 with the
+    /// challenge; the `Authorization` header is not sent to the backend.
+    BasicAuth(Arc<BasicAuth>),
+    /// `auth-url`: the request is allowed by a sub-request to an auth service (run by the
+    /// proxy after the other filters; see `proxy::filters::auth`).
+    ExternalAuth(Arc<ExternalAuth>),
+    /// `upstream-vhost`: the `Host` the backend gets (after the forwarding headers are set;
+    /// `X-Forwarded-Host` keeps the client's).
+    UpstreamVhost(HeaderValue),
     /// Set a request header for the backend (`x-forwarded-prefix`).
     SetHeader {
         /// The header.

@@ -7,6 +7,7 @@ use super::*;
 use crate::translate::l7::{annotations::catalogue, Filter};
 
 mod access;
+mod auth;
 mod limits;
 mod traffic;
 
