@@ -1,5 +1,7 @@
-//! The peers of section 2: the same Services as kube-proxy-style nftables and iptables rules, and
-//! the time to load them in a namespace of their own.
+//! The peers of the forwarding section (3): the Services as kube-proxy-style nftables and
+//! iptables DNAT rules without masquerade (what kube-proxy writes for local endpoints of
+//! `externalTrafficPolicy: Local` Services, less its filter chains); and loading a ruleset in a
+//! namespace. kube-proxy's full shape, with masquerade, is in kube_proxy_cluster.rs.
 
 use std::{
     fmt::Write as _,
