@@ -475,16 +475,21 @@ impl<M: DatapathMaps> DatapathSync<M> {
         // Ids: keep those of backends that stay, allocate for newcomers.
         let mut backends = BTreeMap::new();
         let mut fresh = Vec::new();
+        // Fresh ids whose counters are known to be zero (no reset needed).
+        let mut clean = Vec::new();
         for backend in wanted.backends.iter().chain(&wanted.draining) {
             if let Some(id) = previous.as_ref().and_then(|p| p.backends.get(backend)) {
                 backends.insert(*backend, *id);
                 continue;
             }
-            let Some(id) = self.backend_ids.allocate() else {
+            let Some((id, is_clean)) = self.backend_ids.allocate_clean() else {
                 fresh.iter().for_each(|id| self.backend_ids.release(*id));
                 return Err(DatapathError::Exhausted("backend ids"));
             };
             fresh.push(id);
+            if is_clean {
+                clean.push(id);
+            }
             backends.insert(*backend, id);
         }
         let table_size = maglev::resize(
@@ -495,10 +500,10 @@ impl<M: DatapathMaps> DatapathSync<M> {
             fresh.iter().for_each(|id| self.backend_ids.release(*id));
             return Err(DatapathError::Exhausted("Maglev slots"));
         };
-        let service_id = match &previous {
-            Some(p) => p.service_id,
-            None => match self.service_ids.allocate() {
-                Some(id) => id,
+        let (service_id, service_clean) = match &previous {
+            Some(p) => (p.service_id, false),
+            None => match self.service_ids.allocate_clean() {
+                Some(allocated) => allocated,
                 None => {
                     fresh.iter().for_each(|id| self.backend_ids.release(*id));
                     self.slots.release(table_offset, table_size);
@@ -517,7 +522,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     self.generations.resize(index + 1, 0);
                 }
                 self.generations[index] = self.generations[index].wrapping_add(1);
-                self.maps.reset_backend_counters(*id)?;
+                if !clean.contains(id) {
+                    self.maps.reset_backend_counters(*id)?;
+                }
                 self.backend_filter.add(&mut self.maps, backend.addr)?;
             } else if previous
                 .as_ref()
@@ -555,7 +562,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
         let epoch = match &previous {
             Some(_) => self.epochs.get(service_id as usize).copied().unwrap_or(0),
             None => {
-                self.maps.reset_service_counters(service_id)?;
+                if !service_clean {
+                    self.maps.reset_service_counters(service_id)?;
+                }
                 let epoch = self.next_epoch(service_id);
                 self.maps.set_service_state(
                     service_id,

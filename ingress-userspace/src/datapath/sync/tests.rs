@@ -72,10 +72,12 @@ impl DatapathMaps for MemoryMaps {
         self.slots[offset as usize..end].copy_from_slice(slots);
         Ok(())
     }
-    fn reset_service_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+    fn reset_service_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.writes.push(format!("reset service counters {id}"));
         Ok(())
     }
-    fn reset_backend_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.writes.push(format!("reset backend counters {id}"));
         Ok(())
     }
     fn add_source_range(
@@ -256,6 +258,36 @@ fn retired_ids_wait_for_the_grace_period_and_come_back_with_a_new_generation() {
     let entry = sync.maps().backends[&0];
     assert_eq!(entry.flags, BACKEND_ACTIVE);
     assert_ne!(entry.generation, first_generation);
+}
+
+#[test]
+fn counters_are_reset_only_for_ids_used_before() {
+    let resets = |maps: &MemoryMaps| -> Vec<String> {
+        maps.writes
+            .iter()
+            .filter(|w| w.starts_with("reset"))
+            .cloned()
+            .collect()
+    };
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let start = Instant::now();
+    // Maps created empty: the first ids' counters are zero already.
+    sync.apply(&plan_of(&[(frontend(10, 80), &[11, 12])]), start);
+    assert_eq!(resets(sync.maps()), Vec::<String>::new());
+    // Removed, and after the grace period its ids come back: their counters are the old
+    // frontend's, so they are reset.
+    sync.apply(&L4Plan::default(), start);
+    let later = start + GRACE_PERIOD + Duration::from_millis(1);
+    sync.apply(&L4Plan::default(), later);
+    sync.apply(&plan_of(&[(frontend(10, 81), &[13])]), later);
+    let reused = resets(sync.maps());
+    assert!(
+        reused.contains(&"reset service counters 0".to_string())
+            && reused
+                .iter()
+                .any(|w| w.starts_with("reset backend counters")),
+        "{reused:?}"
+    );
 }
 
 #[test]
