@@ -33,8 +33,13 @@ const PER_FILE: usize = 100;
 
 fn write_part(dir: &Path, part: usize, endpoints: &[Vec<Ipv4Addr>]) -> Result<()> {
     let mut text = String::new();
-    for i in part * PER_FILE..((part + 1) * PER_FILE).min(endpoints.len()) {
-        service_manifest(&mut text, i, scale_frontend(i), &endpoints[i], None);
+    for (i, service) in endpoints
+        .iter()
+        .enumerate()
+        .skip(part * PER_FILE)
+        .take(PER_FILE)
+    {
+        service_manifest(&mut text, i, scale_frontend(i), service, None);
     }
     // Written aside and renamed: the agent never reads half a file.
     let path = dir.join(format!("part-{part:03}.yaml"));

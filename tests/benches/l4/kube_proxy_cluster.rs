@@ -44,7 +44,7 @@ fn hash(text: &str, len: usize) -> String {
     (0..len)
         .map(|_| {
             let c = ALPHABET[(value % 32) as usize] as char;
-            value = value / 32 ^ value.rotate_left(17);
+            value = (value / 32) ^ value.rotate_left(17);
             c
         })
         .collect()

@@ -32,8 +32,9 @@ impl IdPool {
             return Some((id, false));
         }
         (self.next < self.capacity).then(|| {
+            let id = self.next;
             self.next += 1;
-            (self.next - 1, self.next - 1 >= self.clean_from)
+            (id, id >= self.clean_from)
         })
     }
     pub(super) fn release(&mut self, id: u32) {
