@@ -65,13 +65,18 @@ pub mod bench {
     pub const FLOOR: &str = "xdp_bench_floor";
     /// Rewrites MACs and redirects: the forwarding ceiling.
     pub const REDIRECT: &str = "xdp_bench_redirect";
+    /// Like [`REDIRECT`] with the map's second entry: the ceiling's way back.
+    pub const REDIRECT_REPLY: &str = "xdp_bench_redirect_reply";
     /// Counts and drops IPv4 frames at the receiving end.
     pub const SINK: &str = "xdp_bench_sink";
+    /// Counts like [`SINK`] and sends every UDP datagram back with addresses and ports swapped
+    /// (XDP_TX): an endpoint that answers every packet.
+    pub const REFLECT: &str = "xdp_bench_reflect";
     /// Passes every frame: on a lab's wire-side veth end, so XDP_TX from its peer is received.
     pub const PASS: &str = "xdp_bench_pass";
-    /// `Array<RedirectTarget>` with one entry, read by [`REDIRECT`].
+    /// `Array<RedirectTarget>`: entry 0 read by [`REDIRECT`], entry 1 by [`REDIRECT_REPLY`].
     pub const REDIRECT_MAP: &str = "BENCH_REDIRECT";
-    /// `PerCpuArray<u64>` with one entry, written by [`SINK`].
+    /// `PerCpuArray<u64>` with one entry, written by [`SINK`] and [`REFLECT`].
     pub const SINK_COUNT_MAP: &str = "BENCH_SINK_COUNT";
 
     /// Where the redirect reference program sends frames.
@@ -100,6 +105,8 @@ pub mod capacity {
     pub const MAGLEV_SLOTS: u32 = 12 * 1024 * 1024;
     /// Connection-tracking entries, each direction (about 90 bytes each).
     pub const FLOWS: u32 = 131_072;
+    /// SNAT mappings (flows to endpoints on other nodes), about 100 bytes each.
+    pub const SNAT_FLOWS: u32 = 131_072;
     /// Source-range prefixes over all frontends.
     pub const SOURCE_RANGES: u32 = 65_536;
     /// Session-affinity entries (client, frontend).

@@ -4,8 +4,14 @@
 //!   is compared with;
 //! - `xdp_bench_redirect`: rewrites both MACs and redirects every IPv4 frame to one interface, the
 //!   ceiling of what an XDP forwarder can do on the rig;
+//! - `xdp_bench_redirect_reply`: the same with the map's second entry, attached to the other
+//!   side, so the ceiling also carries replies back (the SNAT rig's round trip);
 //! - `xdp_bench_sink`: counts IPv4 frames per CPU and drops them (other frames, ARP among them,
 //!   go to the stack), so the receiving end counts delivered packets cheaply;
+//! - `xdp_bench_reflect`: counts like the sink, then answers every UDP datagram by swapping
+//!   MACs, addresses and ports and sending it back (XDP_TX): an endpoint that replies to every
+//!   packet, at the cost of a sink, so the SNAT rig's replies return through the node (swapping
+//!   leaves both checksums valid: the sums are the same);
 //! - `xdp_bench_pass`: passes every frame; on the far end of a veth that stands for a wire (a
 //!   lab router's port) it makes that end receive what XDP_TX sends from the near end, as a NIC
 //!   would: the kernel wakes a veth peer for XDP_TX only when the peer has an XDP program (GRO
@@ -23,15 +29,16 @@ use aya_ebpf::{
 };
 
 use ingress_common::bench::RedirectTarget;
-use ingress_ebpf::parse::{ptr_at, EthHdr, Ipv4Hdr};
+use ingress_ebpf::parse::{ptr_at, EthHdr, Ipv4Hdr, Ports};
 
 #[map(name = "BENCH_REDIRECT")]
-static BENCH_REDIRECT: Array<RedirectTarget> = Array::with_max_entries(1, 0);
+static BENCH_REDIRECT: Array<RedirectTarget> = Array::with_max_entries(2, 0);
 
 #[map(name = "BENCH_SINK_COUNT")]
 static BENCH_SINK_COUNT: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 const ETH_P_IP: u16 = 0x0800;
+const UDP: u8 = 17;
 
 #[inline(always)]
 fn ipv4_eth(ctx: &XdpContext) -> Option<*mut EthHdr> {
@@ -54,10 +61,20 @@ pub(crate) fn xdp_bench_floor(ctx: XdpContext) -> u32 {
 
 #[xdp]
 pub(crate) fn xdp_bench_redirect(ctx: XdpContext) -> u32 {
-    let Some(eth) = ipv4_eth(&ctx) else {
+    redirect_to(&ctx, 0)
+}
+
+#[xdp]
+pub(crate) fn xdp_bench_redirect_reply(ctx: XdpContext) -> u32 {
+    redirect_to(&ctx, 1)
+}
+
+#[inline(always)]
+fn redirect_to(ctx: &XdpContext, entry: u32) -> u32 {
+    let Some(eth) = ipv4_eth(ctx) else {
         return xdp_action::XDP_PASS;
     };
-    let Some(target) = BENCH_REDIRECT.get(0) else {
+    let Some(target) = BENCH_REDIRECT.get(entry) else {
         return xdp_action::XDP_PASS;
     };
     // SAFETY: bounds-checked by ipv4_eth.
@@ -79,6 +96,36 @@ pub(crate) fn xdp_bench_sink(ctx: XdpContext) -> u32 {
         unsafe { *count += 1 };
     }
     xdp_action::XDP_DROP
+}
+
+#[xdp]
+pub(crate) fn xdp_bench_reflect(ctx: XdpContext) -> u32 {
+    let Some(eth) = ipv4_eth(&ctx) else {
+        return xdp_action::XDP_PASS;
+    };
+    let Some(ip) = ptr_at::<Ipv4Hdr>(&ctx, 14) else {
+        return xdp_action::XDP_PASS;
+    };
+    // SAFETY: bounds-checked by ptr_at.
+    let (version_ihl, protocol) = unsafe { ((*ip).version_ihl, (*ip).proto) };
+    // The rig sends no IP options: a fixed offset keeps the verifier's job trivial.
+    if version_ihl != 0x45 || protocol != UDP {
+        return xdp_action::XDP_PASS;
+    }
+    let Some(ports) = ptr_at::<Ports>(&ctx, 34) else {
+        return xdp_action::XDP_PASS;
+    };
+    if let Some(count) = BENCH_SINK_COUNT.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot.
+        unsafe { *count += 1 };
+    }
+    // SAFETY: all three bounds-checked by ptr_at above.
+    unsafe {
+        core::mem::swap(&mut (*eth).dst, &mut (*eth).src);
+        core::mem::swap(&mut (*ip).src_addr, &mut (*ip).dst_addr);
+        core::mem::swap(&mut (*ports).src, &mut (*ports).dst);
+    }
+    xdp_action::XDP_TX
 }
 
 #[xdp]

@@ -48,7 +48,7 @@ pub(crate) static FLOW_CACHE: PerCpuArray<FlowCacheEntry> =
 
 #[map(name = "REVERSE_FLOWS")]
 pub(crate) static REVERSE_FLOWS: LruHashMap<FlowKey, ReverseEntry> =
-    LruHashMap::with_max_entries(capacity::FLOWS, 0);
+    LruHashMap::with_max_entries(capacity::SNAT_FLOWS, 0);
 
 #[map(name = "NEXT_HOPS")]
 pub(crate) static NEXT_HOPS: PerCpuArray<NextHop> =

@@ -45,6 +45,10 @@ pub(crate) struct BenchArgs {
     /// l4 only: the per-packet cost and the 10,000-Service sync (no forwarding through the lab).
     #[arg(long)]
     pub skip_lab: bool,
+    /// l4 only: run only these sections (comma-separated: per-packet, scale, incremental,
+    /// forwarding, snat) and print them without rewriting docs/benchmarks.md.
+    #[arg(long)]
+    pub only: Option<String>,
 }
 
 /// Runs the suite.
@@ -72,6 +76,12 @@ pub(crate) fn run(args: &BenchArgs) -> Result<()> {
             bail!("--skip-lab applies to `bench l4` only");
         }
         bench.arg("--skip-lab");
+    }
+    if let Some(only) = &args.only {
+        if !matches!(args.suite, Suite::L4) {
+            bail!("--only applies to `bench l4` only");
+        }
+        bench.args(["--only", only]);
     }
     cmd::run(&mut bench)
 }

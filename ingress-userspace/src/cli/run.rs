@@ -306,6 +306,14 @@ pub struct DatapathArgs {
     /// Tracked flows per direction.
     #[arg(long, default_value_t = ingress_common::capacity::FLOWS)]
     pub max_flows: u32,
+    /// SNAT mappings: one per flow to an endpoint on another node, held until the flow idles
+    /// out (TCP six hours, ten seconds after FIN/RST, UDP a minute). About 100 bytes each.
+    #[arg(long, default_value_t = ingress_common::capacity::SNAT_FLOWS)]
+    pub max_snat_flows: u32,
+    /// Session-affinity entries: one per (client, frontend) of `sessionAffinity: ClientIP`
+    /// Services (an LRU table: when full, the least recently used client loses its affinity).
+    #[arg(long, default_value_t = ingress_common::capacity::AFFINITY)]
+    pub max_affinity_entries: u32,
 }
 
 impl DatapathArgs {
@@ -316,6 +324,8 @@ impl DatapathArgs {
             backends: self.max_backends,
             maglev_slots: self.maglev_slots,
             flows: self.max_flows,
+            snat_flows: self.max_snat_flows,
+            affinity: self.max_affinity_entries,
         }
     }
 

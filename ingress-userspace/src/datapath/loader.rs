@@ -36,8 +36,13 @@ pub struct MapSizes {
     pub backends: u32,
     /// Maglev slots in total (a multiple of 16).
     pub maglev_slots: u32,
-    /// Tracked flows per direction.
+    /// Tracked flows per direction (FLOWS).
     pub flows: u32,
+    /// SNAT mappings (REVERSE_FLOWS): one per flow to an endpoint on another node, held until
+    /// it idles out (TCP six hours, UDP a minute).
+    pub snat_flows: u32,
+    /// Session-affinity entries (AFFINITY): one per client of a `ClientIP` Service.
+    pub affinity: u32,
 }
 
 impl Default for MapSizes {
@@ -47,6 +52,8 @@ impl Default for MapSizes {
             backends: capacity::BACKENDS,
             maglev_slots: capacity::MAGLEV_SLOTS,
             flows: capacity::FLOWS,
+            snat_flows: capacity::SNAT_FLOWS,
+            affinity: capacity::AFFINITY,
         }
     }
 }
@@ -67,7 +74,9 @@ impl MapSizes {
                 Some(self.backends)
             }
             map_names::MAGLEV_SLOTS => Some(self.chunks()),
-            map_names::FLOWS | map_names::REVERSE_FLOWS | map_names::AFFINITY => Some(self.flows),
+            map_names::FLOWS => Some(self.flows),
+            map_names::REVERSE_FLOWS => Some(self.snat_flows),
+            map_names::AFFINITY => Some(self.affinity),
             _ => None,
         }
     }

@@ -239,6 +239,10 @@ pub struct DatapathSync<M> {
     maps: M,
     frontends: BTreeMap<Frontend, ProgrammedFrontend>,
     vip_ports: BTreeMap<Ipv4Addr, u32>,
+    /// VIPs whose port count changed without the VIPS entry appearing or going: written once
+    /// at the end of the pass (the datapath reads only whether a VIP is there; the count is for
+    /// adoption), so a first load writes each VIP once, not once per Service port.
+    stale_vip_counts: BTreeSet<Ipv4Addr>,
     service_ids: IdPool,
     backend_ids: IdPool,
     slots: SlotPool,
@@ -269,6 +273,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
             maps,
             frontends: BTreeMap::new(),
             vip_ports: BTreeMap::new(),
+            stale_vip_counts: BTreeSet::new(),
             service_ids: IdPool::new(capacity.services),
             backend_ids: IdPool::new(capacity.backends),
             slots: SlotPool::new(capacity.slots),
@@ -309,7 +314,19 @@ impl<M: DatapathMaps> DatapathSync<M> {
         for (frontend, wanted) in &plan.frontends {
             self.apply_one(frontend, wanted, now, &mut report);
         }
+        self.write_vip_counts(&mut report);
         report
+    }
+
+    /// Writes the VIP port counts that changed during this pass.
+    fn write_vip_counts(&mut self, report: &mut SyncReport) {
+        for vip in std::mem::take(&mut self.stale_vip_counts) {
+            if let Some(ports) = self.vip_ports.get(&vip) {
+                if let Err(error) = self.maps.set_vip(vip_key(vip), *ports) {
+                    report.errors.push(format!("VIP {vip}: {error}"));
+                }
+            }
+        }
     }
 
     /// Like [`DatapathSync::apply`], for the listed frontends of `plan` only (an incremental
@@ -328,6 +345,7 @@ impl<M: DatapathMaps> DatapathSync<M> {
             }
         }
         report.unchanged += self.frontends.len().saturating_sub(frontends.len());
+        self.write_vip_counts(&mut report);
         report
     }
 
@@ -457,10 +475,12 @@ impl<M: DatapathMaps> DatapathSync<M> {
             .saturating_sub(1);
         if remaining == 0 {
             self.vip_ports.remove(&vip);
+            self.stale_vip_counts.remove(&vip);
             self.maps.remove_vip(vip_key(vip))
         } else {
             self.vip_ports.insert(vip, remaining);
-            self.maps.set_vip(vip_key(vip), remaining)
+            self.stale_vip_counts.insert(vip);
+            Ok(())
         }
     }
 
@@ -475,16 +495,21 @@ impl<M: DatapathMaps> DatapathSync<M> {
         // Ids: keep those of backends that stay, allocate for newcomers.
         let mut backends = BTreeMap::new();
         let mut fresh = Vec::new();
+        // Fresh ids whose counters are known to be zero (no reset needed).
+        let mut clean = Vec::new();
         for backend in wanted.backends.iter().chain(&wanted.draining) {
             if let Some(id) = previous.as_ref().and_then(|p| p.backends.get(backend)) {
                 backends.insert(*backend, *id);
                 continue;
             }
-            let Some(id) = self.backend_ids.allocate() else {
+            let Some((id, is_clean)) = self.backend_ids.allocate_clean() else {
                 fresh.iter().for_each(|id| self.backend_ids.release(*id));
                 return Err(DatapathError::Exhausted("backend ids"));
             };
             fresh.push(id);
+            if is_clean {
+                clean.push(id);
+            }
             backends.insert(*backend, id);
         }
         let table_size = maglev::resize(
@@ -495,10 +520,10 @@ impl<M: DatapathMaps> DatapathSync<M> {
             fresh.iter().for_each(|id| self.backend_ids.release(*id));
             return Err(DatapathError::Exhausted("Maglev slots"));
         };
-        let service_id = match &previous {
-            Some(p) => p.service_id,
-            None => match self.service_ids.allocate() {
-                Some(id) => id,
+        let (service_id, service_clean) = match &previous {
+            Some(p) => (p.service_id, false),
+            None => match self.service_ids.allocate_clean() {
+                Some(allocated) => allocated,
                 None => {
                     fresh.iter().for_each(|id| self.backend_ids.release(*id));
                     self.slots.release(table_offset, table_size);
@@ -517,7 +542,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
                     self.generations.resize(index + 1, 0);
                 }
                 self.generations[index] = self.generations[index].wrapping_add(1);
-                self.maps.reset_backend_counters(*id)?;
+                if !clean.contains(id) {
+                    self.maps.reset_backend_counters(*id)?;
+                }
                 self.backend_filter.add(&mut self.maps, backend.addr)?;
             } else if previous
                 .as_ref()
@@ -555,7 +582,9 @@ impl<M: DatapathMaps> DatapathSync<M> {
         let epoch = match &previous {
             Some(_) => self.epochs.get(service_id as usize).copied().unwrap_or(0),
             None => {
-                self.maps.reset_service_counters(service_id)?;
+                if !service_clean {
+                    self.maps.reset_service_counters(service_id)?;
+                }
                 let epoch = self.next_epoch(service_id);
                 self.maps.set_service_state(
                     service_id,
@@ -577,8 +606,12 @@ impl<M: DatapathMaps> DatapathSync<M> {
             if is_vip {
                 let ports = self.vip_ports.entry(frontend.vip).or_insert(0);
                 *ports += 1;
-                let ports = *ports;
-                self.maps.set_vip(vip_key(frontend.vip), ports)?;
+                if *ports == 1 {
+                    // A new VIP is in VIPS before its first Service port is switched on.
+                    self.maps.set_vip(vip_key(frontend.vip), 1)?;
+                } else {
+                    self.stale_vip_counts.insert(frontend.vip);
+                }
             } else if was_vip == Some(true) {
                 self.release_vip_port(frontend.vip)?;
             }

@@ -189,6 +189,7 @@ fn report(sinks: &Sinks<KernelMaps>, outcome: &ApplyOutcome, read: Option<Durati
         Some(read) => tracing::info!(
             problems = outcome.problems.len(),
             read_ms = read.as_secs_f64() * 1e3,
+            l4_sync_ms = outcome.l4_sync.as_secs_f64() * 1e3,
             elapsed_ms = outcome.elapsed.as_secs_f64() * 1e3,
             "synced"
         ),

@@ -25,12 +25,23 @@ pub(crate) struct Sample {
     pub(crate) program_ns: f64,
 }
 
-/// Summed (run_time_ns, run_cnt) of loaded programs whose name starts with one of `prefixes`.
-pub(crate) fn program_stats(prefixes: &[&str]) -> Result<(u64, u64)> {
-    let output = run("bpftool", &["-j", "prog", "show"])?;
-    let programs: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+/// Summed (run_time_ns, run_cnt) of the XDP programs attached in namespace `ns` whose name
+/// starts with one of `prefixes` (other agents on the machine run programs of the same names).
+pub(crate) fn program_stats(ns: &str, prefixes: &[&str]) -> Result<(u64, u64)> {
+    let output = run("ip", &["netns", "exec", ns, "bpftool", "-j", "net", "show"])?;
+    let attached: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let ids: Vec<u64> = attached
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["xdp"].as_array())
+        .flatten()
+        .filter_map(|link| link["id"].as_u64())
+        .collect();
     let mut totals = (0, 0);
-    for program in programs.as_array().into_iter().flatten() {
+    for id in ids {
+        let output = run("bpftool", &["-j", "prog", "show", "id", &id.to_string()])?;
+        let program: serde_json::Value = serde_json::from_slice(&output.stdout)?;
         let name = program["name"].as_str().unwrap_or("");
         if prefixes.iter().any(|p| name.starts_with(p)) {
             totals.0 += program["run_time_ns"].as_u64().unwrap_or(0);
@@ -56,7 +67,7 @@ pub(crate) fn measure(
     let packets = (rate_pps as f64 * seconds) as u64;
     let before_delivered = rig.delivered()?;
     let before_busy = cpu1_busy_jiffies()?;
-    let before_programs = program_stats(MEASURED_PROGRAMS)?;
+    let before_programs = program_stats(rig.node.name(), MEASURED_PROGRAMS)?;
     rig.client.exec(&[
         "taskset",
         "-c",
@@ -78,10 +89,10 @@ pub(crate) fn measure(
     std::thread::sleep(Duration::from_millis(100));
     let busy = cpu1_busy_jiffies()? - before_busy;
     let delivered = rig.delivered()? - before_delivered;
-    let after_programs = program_stats(MEASURED_PROGRAMS)?;
+    let after_programs = program_stats(rig.node.name(), MEASURED_PROGRAMS)?;
     let (run_ns, runs) = (
-        after_programs.0 - before_programs.0,
-        after_programs.1 - before_programs.1,
+        after_programs.0.saturating_sub(before_programs.0),
+        after_programs.1.saturating_sub(before_programs.1),
     );
     Ok(Sample {
         program_ns: if runs > 0 {
@@ -360,6 +371,11 @@ pub(crate) enum ModeGuard {
     Rules {
         node: String,
         cleanup: Vec<Vec<String>>,
+    },
+    /// Rules and a helper program (the SNAT rig's pass-through on the node's n-sink).
+    RulesAndProgram {
+        _program: Box<ReferencePrograms>,
+        _rules: Box<ModeGuard>,
     },
 }
 

@@ -1,5 +1,7 @@
-//! The peers of section 2: the same Services as kube-proxy-style nftables and iptables rules, and
-//! the time to load them in a namespace of their own.
+//! The peers of the forwarding section (3): the Services as kube-proxy-style nftables and
+//! iptables DNAT rules without masquerade (what kube-proxy writes for local endpoints of
+//! `externalTrafficPolicy: Local` Services, less its filter chains); and loading a ruleset in a
+//! namespace. kube-proxy's full shape, with masquerade, is in kube_proxy_cluster.rs.
 
 use std::{
     fmt::Write as _,
@@ -90,6 +92,18 @@ pub(crate) fn kube_proxy_iptables(services: usize) -> String {
 
 /// Loads a ruleset in `ns` with `program` reading stdin; returns the wall time.
 pub(crate) fn load_rules(ns: &Netns, program: &[&str], rules: &str) -> Result<Duration> {
+    load_rules_within(ns, program, rules, Duration::MAX)?
+        .with_context(|| format!("{} did not finish", program.join(" ")))
+}
+
+/// [`load_rules`], giving up (the command killed: its transaction is not applied) after
+/// `limit`: `None` then.
+pub(crate) fn load_rules_within(
+    ns: &Netns,
+    program: &[&str],
+    rules: &str,
+    limit: Duration,
+) -> Result<Option<Duration>> {
     use std::io::Write as _;
     let started = Instant::now();
     let mut child = Command::new("ip")
@@ -104,6 +118,18 @@ pub(crate) fn load_rules(ns: &Netns, program: &[&str], rules: &str) -> Result<Du
         .take()
         .context("stdin")?
         .write_all(rules.as_bytes())?;
+    while started.elapsed() < limit {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed();
+    if child.try_wait()?.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Ok(None);
+    }
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(
@@ -112,5 +138,5 @@ pub(crate) fn load_rules(ns: &Netns, program: &[&str], rules: &str) -> Result<Du
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    Ok(started.elapsed())
+    Ok(Some(elapsed))
 }

@@ -13,24 +13,37 @@
 //!    Service, as its iptables mode) and a bare MAC-rewrite-and-redirect XDP program (the ceiling);
 //!    with 1 and with 10,000 Services.
 //!
+//! 4. Incremental sync at 10,000 Services: one endpoint of one Service changes; ours against
+//!    kube-proxy's nftables transaction and iptables restores for that change.
+//! 5. The SNAT path (endpoints on another node): node core time per round trip for ours,
+//!    kube-proxy's nftables DNAT + masquerade and the bare redirect both ways, steady and with
+//!    every packet a new flow.
+//!
 //! Prints ratios and rewrites the L4 section of docs/benchmarks.md. Needs root. Arguments:
-//! `--quick` (shorter runs, for trying the harness), `--skip-lab` (sections 1 and 2 only).
+//! `--quick` (shorter runs, for trying the harness), `--skip-lab` (sections 1, 2 and 4 only),
+//! `--only SECTION[,SECTION]` (per-packet, scale, incremental, forwarding, snat: run those and
+//! print them, without rewriting the docs).
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
 use anyhow::{bail, Context as _, Result};
 
 mod forwarding;
+mod incremental;
 mod kube_proxy;
+mod kube_proxy_cluster;
 mod per_packet;
 mod report;
 mod rig;
 mod scale;
+mod snat;
 
 use forwarding::forwarding_cost;
+use incremental::incremental;
 use per_packet::per_packet_cost;
 use report::Report;
 use scale::scale;
+use snat::snat_cost;
 
 const XDP_PASS: u32 = 2;
 const XDP_TX: u32 = 3;
@@ -72,13 +85,44 @@ fn main() -> Result<()> {
         // A check of our own 1- versus 10,000-Service cost, interleaved; nothing is written.
         return forwarding_cost(&settings, &mut report, true);
     }
-    per_packet_cost(&settings, &mut report).context("per-packet cost")?;
+    let only: Option<Vec<String>> = args.iter().position(|a| a == "--only").map(|i| {
+        args.get(i + 1)
+            .map(|list| list.split(',').map(str::to_string).collect())
+            .unwrap_or_default()
+    });
+    let run = |section: &str| only.as_ref().is_none_or(|s| s.iter().any(|o| o == section));
+    if let Some(sections) = &only {
+        const KNOWN: [&str; 5] = ["per-packet", "scale", "incremental", "forwarding", "snat"];
+        if let Some(unknown) = sections.iter().find(|s| !KNOWN.contains(&s.as_str())) {
+            bail!("--only {unknown}: the sections are {}", KNOWN.join(", "));
+        }
+    }
+    if run("per-packet") {
+        per_packet_cost(&settings, &mut report).context("per-packet cost")?;
+    }
     if args.iter().any(|a| a == "--per-packet-only") {
         return Ok(());
     }
-    scale(&settings, &mut report).context("10,000 Services")?;
-    if !settings.skip_lab {
+    let peers = if run("scale") {
+        Some(scale(&settings, &mut report).context("10,000 Services")?)
+    } else if run("incremental") {
+        Some(scale::load_peers().context("loading the peers' rules")?.0)
+    } else {
+        None
+    };
+    if let (true, Some(peers)) = (run("incremental"), &peers) {
+        incremental(&settings, &mut report, peers).context("incremental sync")?;
+    }
+    drop(peers);
+    if !settings.skip_lab && run("forwarding") {
         forwarding_cost(&settings, &mut report, false).context("forwarding cost")?;
+    }
+    if !settings.skip_lab && run("snat") {
+        snat_cost(&settings, &mut report).context("SNAT path")?;
+    }
+    if only.is_some() {
+        // A part of the run: printed, not recorded.
+        return Ok(());
     }
     report.finish(&settings)
 }

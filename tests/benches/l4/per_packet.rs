@@ -154,7 +154,7 @@ pub(crate) fn per_packet_cost(settings: &Settings, report: &mut Report) -> Resul
 
     let lines = ns.run_inside(move || {
         let ingress = ifindex("rc")?;
-        let sizes = MapSizes { services: 64, backends: 1024, maglev_slots: 1 << 16, flows: 262_144 };
+        let sizes = MapSizes { services: 64, backends: 1024, maglev_slots: 1 << 16, flows: 262_144, snat_flows: 1024, affinity: 1024 };
         let mut datapath = Datapath::load(&sizes)?;
         // The node's interfaces, as the agent's `--interface`s: redirect targets.
         datapath.add_interface("rc")?;

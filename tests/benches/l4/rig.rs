@@ -21,8 +21,11 @@ pub(crate) struct Rig {
     pub(crate) client: Netns,
     pub(crate) node: Netns,
     pub(crate) _sink: Netns,
-    /// The sink's counting XDP program (kept loaded and attached).
+    /// The sink's counting XDP program (kept loaded and attached): the sink, or with replies the
+    /// reflector.
     pub(crate) sink_program: ReferencePrograms,
+    /// With replies: the counting sink on the client's end, where the replies arrive.
+    pub(crate) client_program: Option<ReferencePrograms>,
 }
 
 pub(crate) fn mac_bytes(mac: &str) -> [u8; 6] {
@@ -41,6 +44,12 @@ impl Drop for Rig {
 
 impl Rig {
     pub(crate) fn build() -> Result<Self> {
+        Self::build_with(false)
+    }
+
+    /// With `replies`, the sink answers every datagram (the reflector) and the client counts
+    /// the answers: the SNAT path's round trip, through the node both ways.
+    pub(crate) fn build_with(replies: bool) -> Result<Self> {
         // Per-program run time, read back with bpftool; restored by the Rig's drop.
         run("sysctl", &["-qw", "kernel.bpf_stats_enabled=1"])?;
         let client = Netns::new("xib-client")?;
@@ -137,19 +146,47 @@ impl Rig {
         for pid in napi_threads {
             run("taskset", &["-pc", "1", &pid.to_string()])?;
         }
-        let sink_program = sink.run_inside(|| {
+        let sink_program = sink.run_inside(move || {
             let mut references = ReferencePrograms::load()?;
             // Detached when the object (which owns the link) is dropped.
             references
-                .program(refs::SINK)?
+                .program(if replies { refs::REFLECT } else { refs::SINK })?
                 .attach("eth0", AttachMode::Native.into())?;
             Ok(references)
         })?;
+        let client_program = if replies {
+            // Replies go to every source address the generator uses (192.0.2.2–201).
+            for host in 2..=201 {
+                node.ip(&[
+                    "neigh",
+                    "replace",
+                    &format!("192.0.2.{host}"),
+                    "lladdr",
+                    CLIENT_MAC,
+                    "dev",
+                    "n-client",
+                    "nud",
+                    "permanent",
+                ])?;
+            }
+            // Replies redirected or forwarded into n-sink's peer need NAPI on the node's end.
+            node.exec(&["ethtool", "-K", "n-sink", "gro", "on"])?;
+            Some(client.run_inside(|| {
+                let mut references = ReferencePrograms::load()?;
+                references
+                    .program(refs::SINK)?
+                    .attach("eth0", AttachMode::Native.into())?;
+                Ok(references)
+            })?)
+        } else {
+            None
+        };
         Ok(Self {
             client,
             node,
             _sink: sink,
             sink_program,
+            client_program,
         })
     }
 
@@ -159,6 +196,21 @@ impl Rig {
             .ebpf_mut()
             .map(refs::SINK_COUNT_MAP)
             .context("sink count map")?;
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
+        Ok(counts.get(&0, 0)?.iter().sum())
+    }
+}
+
+impl Rig {
+    /// Replies counted at the client (0 without replies).
+    pub(crate) fn replies(&mut self) -> Result<u64> {
+        let Some(program) = self.client_program.as_mut() else {
+            return Ok(0);
+        };
+        let map = program
+            .ebpf_mut()
+            .map(refs::SINK_COUNT_MAP)
+            .context("client count map")?;
         let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(counts.get(&0, 0)?.iter().sum())
     }

@@ -16,10 +16,19 @@ use anyhow::{bail, Context as _, Result};
 use xdp_ingress_tests::netns::{run, Netns};
 
 use super::{
-    kube_proxy::{kube_proxy_iptables, kube_proxy_nft, load_rules},
+    kube_proxy::load_rules,
+    kube_proxy_cluster::{ipt_full, nft_full, Services},
     report::{median, Report},
     Settings, ENDPOINTS, SCALE_SERVICES, SERVICE_PORT, VIP,
 };
+
+/// The agent's flags for SNAT and affinity tables of 1 M flows each.
+pub(crate) const BIG_TABLES: &[&str] = &[
+    "--max-snat-flows",
+    "1048576",
+    "--max-affinity-entries",
+    "1048576",
+];
 
 /// VIP and port of scale Service `i`: 100 VIPs × 100 ports.
 pub(crate) fn scale_frontend(i: usize) -> (Ipv4Addr, u16) {
@@ -37,31 +46,44 @@ pub(crate) fn endpoint_addr(i: usize) -> Ipv4Addr {
 pub(crate) fn write_manifests(dir: &Path, count: usize, one_vip: bool) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let mut text = String::new();
+    let endpoints: Vec<Ipv4Addr> = (0..ENDPOINTS).map(endpoint_addr).collect();
     for i in 0..count {
-        let (vip, port) = if one_vip {
+        let frontend = if one_vip {
             (VIP, SERVICE_PORT)
         } else {
             scale_frontend(i)
         };
-        let _ = write!(
-            text,
-            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\n\
-             spec:\n  type: LoadBalancer\n  ports: [{{name: p, protocol: UDP, port: {port}}}]\n\
-             status: {{loadBalancer: {{ingress: [{{ip: {vip}}}]}}}}\n\
-             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-             metadata: {{name: svc-{i}-x, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
-             addressType: IPv4\nports: [{{name: p, protocol: UDP, port: {SERVICE_PORT}}}]\nendpoints:\n"
-        );
-        for e in 0..ENDPOINTS {
-            let _ = writeln!(
-                text,
-                "- {{addresses: [{}], conditions: {{ready: true}}}}",
-                endpoint_addr(e)
-            );
-        }
+        service_manifest(&mut text, i, frontend, &endpoints, None);
     }
     std::fs::write(dir.join("services.yaml"), text)?;
     Ok(())
+}
+
+/// Appends Service `svc-{i}` (UDP LoadBalancer at `frontend`) and its EndpointSlice (ready
+/// `endpoints`, port 5000, on node `node` if given) to `text`.
+pub(crate) fn service_manifest(
+    text: &mut String,
+    i: usize,
+    (vip, port): (Ipv4Addr, u16),
+    endpoints: &[Ipv4Addr],
+    node: Option<&str>,
+) {
+    let _ = write!(
+        text,
+        "---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc-{i}, namespace: bench}}\n\
+         spec:\n  type: LoadBalancer\n  ports: [{{name: p, protocol: UDP, port: {port}}}]\n\
+         status: {{loadBalancer: {{ingress: [{{ip: {vip}}}]}}}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: svc-{i}-x, namespace: bench, labels: {{kubernetes.io/service-name: svc-{i}}}}}\n\
+         addressType: IPv4\nports: [{{name: p, protocol: UDP, port: {SERVICE_PORT}}}]\nendpoints:\n"
+    );
+    let node = node.map(|n| format!(", nodeName: {n}")).unwrap_or_default();
+    for endpoint in endpoints {
+        let _ = writeln!(
+            text,
+            "- {{addresses: [{endpoint}], conditions: {{ready: true}}{node}}}"
+        );
+    }
 }
 
 /// A running agent; killed on drop.
@@ -77,6 +99,17 @@ impl Agent {
         manifests: &Path,
         interfaces: &[&str],
     ) -> Result<(Self, Instant)> {
+        Self::start_with(settings, ns, manifests, interfaces, &[])
+    }
+
+    /// [`Agent::start`] with more arguments for `run`.
+    pub(crate) fn start_with(
+        settings: &Settings,
+        ns: &Netns,
+        manifests: &Path,
+        interfaces: &[&str],
+        extra: &[&str],
+    ) -> Result<(Self, Instant)> {
         let mut command = Command::new("ip");
         command
             .args(["netns", "exec", ns.name()])
@@ -86,7 +119,7 @@ impl Agent {
         for interface in interfaces {
             command.args(["--interface", interface]);
         }
-        command.args(["--bpffs", "off"]);
+        command.args(["--bpffs", "off"]).args(extra);
         let started = Instant::now();
         let mut child = command
             .env("RUST_LOG", "info")
@@ -148,39 +181,34 @@ impl Drop for Agent {
     }
 }
 
-/// Kernel memory of the maps of the newest loaded `xdp_ingress` program, by map name.
-pub(crate) fn map_memory() -> Result<BTreeMap<String, u64>> {
+/// Kernel memory of the maps of the `xdp_ingress` program attached in namespace `ns`, by map
+/// name (other agents on the machine load programs of the same name).
+pub(crate) fn map_memory(ns: &Netns) -> Result<BTreeMap<String, u64>> {
+    let output = ns.exec(&["bpftool", "-j", "net", "show"])?;
+    let attached: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let program = attached
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry["xdp"].as_array())
+        .flatten()
+        .filter_map(|link| link["id"].as_u64())
+        .next()
+        .with_context(|| format!("no XDP program attached in {}", ns.name()))?;
     let output = run(
         "bpftool",
-        &["-j", "prog", "show", "name", ingress_common::XDP_PROGRAM],
+        &["-j", "prog", "show", "id", &program.to_string()],
     )?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    // bpftool prints one object (or a list); take the highest id's map_ids without a JSON crate.
-    let mut best: Option<(u64, Vec<u64>)> = None;
-    for object in text.split("{\"id\":").skip(1) {
-        let id: u64 = object
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        let ids = object
-            .split("\"map_ids\":[")
-            .nth(1)
-            .and_then(|rest| rest.split(']').next())
-            .map(|list| {
-                list.split(',')
-                    .filter_map(|n| n.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        if best.as_ref().is_none_or(|(b, _)| id > *b) {
-            best = Some((id, ids));
-        }
+    let program: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    if program["name"].as_str() != Some(ingress_common::XDP_PROGRAM) {
+        bail!("the XDP program in {} is {}", ns.name(), program["name"]);
     }
-    let Some((_, ids)) = best else {
-        bail!("no {} program loaded", ingress_common::XDP_PROGRAM)
-    };
+    let ids: Vec<u64> = program["map_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|id| id.as_u64())
+        .collect();
     let mut memory = BTreeMap::new();
     for id in ids {
         let output = run("bpftool", &["-j", "map", "show", "id", &id.to_string()])?;
@@ -200,7 +228,7 @@ pub(crate) fn map_memory() -> Result<BTreeMap<String, u64>> {
     Ok(memory)
 }
 
-pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
+pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<Peers> {
     let ns = Netns::new("xib-scale")?;
     ns.ip(&["link", "add", "s0", "type", "veth", "peer", "name", "s1"])?;
     ns.ip(&["link", "set", "s0", "up"])?;
@@ -212,8 +240,9 @@ pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
     let rounds = if settings.quick { 1 } else { 3 };
     let (mut start_to_synced, mut reload_ms, mut memory_total) = (Vec::new(), Vec::new(), 0u64);
     let mut memory = BTreeMap::new();
+    let mut sized_for_1m = 0u64;
     for _ in 0..rounds {
-        let (agent, started) = Agent::start(settings, &ns, &manifests, &["s0"])?;
+        let (agent, started) = Agent::start_with(settings, &ns, &manifests, &["s0"], BIG_TABLES)?;
         // The sync logs what it programmed ("L4: ..."), then "synced" with its duration.
         let programmed = agent.wait_for("L4: ", Duration::from_secs(60))?;
         let line = agent.wait_for("synced", Duration::from_secs(60))?;
@@ -234,36 +263,33 @@ pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
                 .with_context(|| format!("{name} in the sync line {line:?}"))
         };
         reload_ms.push(field("read_ms")? + field("elapsed_ms")?);
-        memory = map_memory()?;
+        memory = map_memory(&ns)?;
         memory_total = memory.values().sum();
+        sized_for_1m = ["REVERSE_FLOWS", "AFFINITY"]
+            .iter()
+            .filter_map(|name| memory.get(*name))
+            .sum();
         drop(agent);
     }
     let mut lines = vec![
-        format!("{SCALE_SERVICES} UDP LoadBalancer Services × {ENDPOINTS} ready endpoints in one manifest file; median of {rounds} agent start(s)."),
+        format!("{SCALE_SERVICES} UDP LoadBalancer Services × {ENDPOINTS} ready endpoints in one manifest file; median of {rounds} agent start(s); the SNAT and session-affinity tables sized for 1 M flows (`{}`), the other maps at their defaults.", BIG_TABLES.join(" ")),
         String::new(),
         "| measure | value | target |".into(),
         "| --- | ---: | --- |".into(),
         format!("| agent start → all Services in the maps (process start, BPF load, YAML parse, translate, maps) | {:.2} s | < 2 s |", median(&mut start_to_synced)),
         format!("| of which read and parse the files, translate, write the maps (the agent's read_ms + elapsed_ms) | {:.0} ms | |", median(&mut reload_ms)),
-        format!("| kernel memory of all maps (bpftool bytes_memlock) | {:.1} MiB | < 100 MiB |", memory_total as f64 / 1048576.0),
+        format!("| kernel memory of all maps (bpftool bytes_memlock), SNAT and affinity tables for 1 M flows | {:.1} MiB | |", memory_total as f64 / 1048576.0),
+        format!("| of which the SNAT (REVERSE_FLOWS) and affinity (AFFINITY) tables | {:.1} MiB | |", sized_for_1m as f64 / 1048576.0),
+        format!("| all other maps (default sizes) | {:.1} MiB | < 100 MiB |", (memory_total - sized_for_1m) as f64 / 1048576.0),
         String::new(),
         "Map memory: ".to_string() + &memory.iter().map(|(n, b)| format!("{n} {:.1} MiB", *b as f64 / 1048576.0)).collect::<Vec<_>>().join(", "),
         String::new(),
     ];
-    // The same Services as kube-proxy would write them.
-    let nft = kube_proxy_nft(SCALE_SERVICES);
-    let ipt = kube_proxy_iptables(SCALE_SERVICES);
-    let (mut nft_times, mut ipt_times) = (Vec::new(), Vec::new());
-    // One round: loading 10,000 Services into nftables takes minutes.
-    for _ in 0..1 {
-        let peer = Netns::new("xib-rules")?;
-        nft_times.push(load_rules(&peer, &["nft", "-f", "-"], &nft)?.as_secs_f64());
-        let peer = Netns::new("xib-rules")?;
-        ipt_times.push(load_rules(&peer, &["iptables-restore"], &ipt)?.as_secs_f64());
-    }
+    // The same Services as kube-proxy writes them; the namespaces stay loaded for the
+    // incremental section.
+    let (peers, nft_s, ipt_s) = load_peers()?;
     let ours = median(&mut reload_ms) / 1e3;
-    let (nft_s, ipt_s) = (median(&mut nft_times), median(&mut ipt_times));
-    lines.push("Rule sync of the same 10,000 Services, from nothing (kube-proxy-style rulesets, loaded with one command). Like with like: each figure includes parsing its input (ours: the YAML manifests; nft and iptables-restore: their rule text, timed wall-clock around the command):".into());
+    lines.push("Rule sync of the same 10,000 Services, from nothing, in kube-proxy's own shape for a LoadBalancer Service with externalTrafficPolicy Cluster (DNAT + masquerade; see kube_proxy_cluster.rs), loaded with one command. Like with like: each figure includes parsing its input (ours: the YAML manifests; nft and iptables-restore: their rule text, timed wall-clock around the command):".into());
     lines.push(String::new());
     lines.push("| mode | sync time | × ours |".into());
     lines.push("| --- | ---: | ---: |".into());
@@ -272,17 +298,51 @@ pub(crate) fn scale(settings: &Settings, report: &mut Report) -> Result<()> {
         ours * 1e3
     ));
     lines.push(format!(
-        "| nftables (`nft -f`, verdict map + chain per Service and endpoint) | {:.0} ms | {:.1} |",
+        "| nftables (`nft -f`, kube-proxy nftables mode's full sync) | {:.0} ms | {:.1} |",
         nft_s * 1e3,
         nft_s / ours
     ));
     lines.push(format!(
-        "| iptables (`iptables-restore`, chain per Service and endpoint) | {:.0} ms | {:.1} |",
+        "| iptables (`iptables-restore`, kube-proxy iptables mode's nat table) | {:.0} ms | {:.1} |",
         ipt_s * 1e3,
         ipt_s / ours
     ));
     report.section("10,000 Services × 10 endpoints", lines);
-    Ok(())
+    Ok(peers)
+}
+
+/// The 10,000 Services loaded into nftables and iptables (kube-proxy's full syncs), each in a
+/// namespace of its own, kept for the incremental section; with the load times in seconds.
+pub(crate) fn load_peers() -> Result<(Peers, f64, f64)> {
+    let services = scale_services();
+    let nft = nft_full(&services);
+    let ipt = ipt_full(&services, true, &[]);
+    let peers = Peers {
+        nft: Netns::new("xib-nft")?,
+        ipt: Netns::new("xib-ipt")?,
+        services,
+    };
+    // One round: loading 10,000 Services into nftables takes minutes.
+    eprintln!("loading 10,000 Services into nftables (minutes)...");
+    let nft_s = load_rules(&peers.nft, &["nft", "-f", "-"], &nft)?.as_secs_f64();
+    eprintln!("loading 10,000 Services into iptables...");
+    let ipt_s = load_rules(&peers.ipt, &["iptables-restore"], &ipt)?.as_secs_f64();
+    Ok((peers, nft_s, ipt_s))
+}
+
+/// The 10,000 Services as the kube-proxy rulesets describe them.
+pub(crate) fn scale_services() -> Services {
+    Services {
+        frontends: (0..SCALE_SERVICES).map(scale_frontend).collect(),
+        endpoints: vec![(0..ENDPOINTS).map(endpoint_addr).collect(); SCALE_SERVICES],
+    }
+}
+
+/// The peers' namespaces with the 10,000 Services loaded.
+pub(crate) struct Peers {
+    pub(crate) nft: Netns,
+    pub(crate) ipt: Netns,
+    pub(crate) services: Services,
 }
 
 pub(crate) struct RemoveDir(pub(crate) PathBuf);

@@ -61,6 +61,8 @@ fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
         backends: 256,
         maglev_slots: 1 << 16,
         flows: 1024,
+        snat_flows: 1024,
+        affinity: 1024,
     };
     let load = |sizes: &MapSizes| -> Result<PinnedState> {
         let (datapath, state) = Datapath::load_pinned(sizes, Some(&pins))?;
@@ -84,10 +86,21 @@ fn pinned_maps_are_reused_only_when_their_layout_matches() -> Result<()> {
         load(&more_flows)? == PinnedState::Adopted,
         "only FLOWS differs"
     );
+    // Bigger SNAT and affinity tables (`--max-snat-flows`, `--max-affinity-entries`): made
+    // anew like FLOWS, the forwarding state adopted.
+    let more_snat = MapSizes {
+        snat_flows: 4096,
+        affinity: 2048,
+        ..more_flows
+    };
+    ensure!(
+        load(&more_snat)? == PinnedState::Adopted,
+        "only REVERSE_FLOWS and AFFINITY differ"
+    );
     // A different Service capacity changes state maps: everything starts empty.
     let more_services = MapSizes {
         services: 128,
-        ..more_flows
+        ..more_snat
     };
     ensure!(
         load(&more_services)? == PinnedState::Fresh,

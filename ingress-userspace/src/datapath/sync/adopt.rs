@@ -96,6 +96,9 @@ impl IdPool {
             next,
             free,
             capacity,
+            // Ids above the highest used one may hold counters of frontends removed before
+            // the restart.
+            clean_from: u32::MAX,
         }
     }
 }

@@ -10,6 +10,10 @@ pub(super) struct IdPool {
     pub(super) next: u32,
     pub(super) free: Vec<u32>,
     pub(super) capacity: u32,
+    /// Ids from here on were never handed out since their maps were created empty, so their
+    /// counters are still zero and need no reset (at a first load: 110,000 per-CPU writes
+    /// fewer for 10,000 Services × 10 endpoints). Adopted maps: `u32::MAX` (nothing known).
+    pub(super) clean_from: u32,
 }
 
 impl IdPool {
@@ -18,15 +22,19 @@ impl IdPool {
             next: 0,
             free: Vec::new(),
             capacity,
+            clean_from: 0,
         }
     }
-    pub(super) fn allocate(&mut self) -> Option<u32> {
+    /// An id, with whether its counters are known to be zero (never handed out since its
+    /// maps were created empty).
+    pub(super) fn allocate_clean(&mut self) -> Option<(u32, bool)> {
         if let Some(id) = self.free.pop() {
-            return Some(id);
+            return Some((id, false));
         }
         (self.next < self.capacity).then(|| {
+            let id = self.next;
             self.next += 1;
-            self.next - 1
+            (id, id >= self.clean_from)
         })
     }
     pub(super) fn release(&mut self, id: u32) {

@@ -23,6 +23,7 @@ struct MemoryMaps {
     filters: BTreeMap<(Filter, u32), u64>,
     source_ranges: BTreeSet<(u32, Ipv4Prefix)>,
     writes: Vec<String>,
+    vip_writes: usize,
 }
 
 impl DatapathMaps for MemoryMaps {
@@ -37,6 +38,7 @@ impl DatapathMaps for MemoryMaps {
         Ok(())
     }
     fn set_vip(&mut self, vip: u32, ports: u32) -> Result<(), DatapathError> {
+        self.vip_writes += 1;
         self.vips.insert(vip, ports);
         Ok(())
     }
@@ -72,10 +74,12 @@ impl DatapathMaps for MemoryMaps {
         self.slots[offset as usize..end].copy_from_slice(slots);
         Ok(())
     }
-    fn reset_service_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+    fn reset_service_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.writes.push(format!("reset service counters {id}"));
         Ok(())
     }
-    fn reset_backend_counters(&mut self, _id: u32) -> Result<(), DatapathError> {
+    fn reset_backend_counters(&mut self, id: u32) -> Result<(), DatapathError> {
+        self.writes.push(format!("reset backend counters {id}"));
         Ok(())
     }
     fn add_source_range(
@@ -259,6 +263,60 @@ fn retired_ids_wait_for_the_grace_period_and_come_back_with_a_new_generation() {
 }
 
 #[test]
+fn counters_are_reset_only_for_ids_used_before() {
+    let resets = |maps: &MemoryMaps| -> Vec<String> {
+        maps.writes
+            .iter()
+            .filter(|w| w.starts_with("reset"))
+            .cloned()
+            .collect()
+    };
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let start = Instant::now();
+    // Maps created empty: the first ids' counters are zero already.
+    sync.apply(&plan_of(&[(frontend(10, 80), &[11, 12])]), start);
+    assert_eq!(resets(sync.maps()), Vec::<String>::new());
+    // Removed, and after the grace period its ids come back: their counters are the old
+    // frontend's, so they are reset.
+    sync.apply(&L4Plan::default(), start);
+    let later = start + GRACE_PERIOD + Duration::from_millis(1);
+    sync.apply(&L4Plan::default(), later);
+    sync.apply(&plan_of(&[(frontend(10, 81), &[13])]), later);
+    let reused = resets(sync.maps());
+    assert!(
+        reused.contains(&"reset service counters 0".to_string())
+            && reused
+                .iter()
+                .any(|w| w.starts_with("reset backend counters")),
+        "{reused:?}"
+    );
+}
+
+#[test]
+fn a_vip_count_is_written_when_it_appears_and_once_at_the_end_of_the_pass() {
+    let mut sync = DatapathSync::new(MemoryMaps::default(), capacity());
+    let now = Instant::now();
+    let vip = vip_key(frontend(10, 80).vip);
+    let ports = [80, 81, 82, 83];
+    let entries: Vec<(Frontend, &[u8])> = ports
+        .iter()
+        .map(|port| (frontend(10, *port), &[11u8][..]))
+        .collect();
+    sync.apply(&plan_of(&entries), now);
+    assert_eq!(sync.maps().vips.get(&vip), Some(&4));
+    assert_eq!(
+        sync.maps().vip_writes,
+        2,
+        "on appearing, then the final count"
+    );
+    sync.apply(&plan_of(&entries[..1]), now);
+    assert_eq!(sync.maps().vips.get(&vip), Some(&1));
+    assert_eq!(sync.maps().vip_writes, 3);
+    sync.apply(&L4Plan::default(), now);
+    assert_eq!(sync.maps().vips.get(&vip), None);
+}
+
+#[test]
 fn exhausted_slots_keep_the_previous_state() {
     let mut sync = DatapathSync::new(
         MemoryMaps::default(),
@@ -398,6 +456,7 @@ impl MemoryMaps {
             filters: self.filters.clone(),
             source_ranges: self.source_ranges.clone(),
             writes: Vec::new(),
+            vip_writes: 0,
         }
     }
 }
