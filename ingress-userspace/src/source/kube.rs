@@ -1,5 +1,7 @@
 //! The cluster source: kube-runtime watchers for Services, EndpointSlices, Ingresses,
-//! IngressClasses and TLS Secrets, kept in one [`ClusterObjects`] that the agent translates from.
+//! IngressClasses, Secrets (TLS, and the Opaque ones named or holding a CA bundle) and
+//! ingress-nginx's ConfigMap (`--nginx-configmap`), kept in one [`ClusterObjects`] that the agent
+//! translates from.
 //!
 //! Watch semantics come from kube-runtime's `watcher`: an initial list, then a watch from its
 //! resourceVersion, bookmarks, a relist on 410 Gone, reconnects with backoff. On top of it:

@@ -100,7 +100,7 @@ pub(super) fn parse_manifest(path: &Path, text: &str) -> (FileObjects, Vec<Probl
             }
         });
         if !ours {
-            // Other kinds (Deployments, ConfigMaps, ...) may share the directory; they are not ours.
+            // Other kinds (Deployments, Pods, ...) may share the directory; they are not ours.
             tracing::debug!(%origin, api_version, kind, "ignoring object of a kind we do not use");
         }
     }

@@ -202,9 +202,9 @@ pub const CATALOGUE: &[Entry] = &[
     ),
     e("custom-headers", Ignored, LATER),
     // Access.
-    e("whitelist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
-    e("allowlist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
-    e("denylist-source-range", Partly, "the client address is the connection's (the ConfigMap's global ranges and use-forwarded-headers are not read)"),
+    e("whitelist-source-range", Supported, ""),
+    e("allowlist-source-range", Supported, ""),
+    e("denylist-source-range", Supported, ""),
     e(
         "limit-connections",
         Supported,
