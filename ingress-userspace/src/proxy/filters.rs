@@ -72,6 +72,9 @@ pub(super) struct Authorize {
     pub(super) basic: Option<auth::PendingBasic>,
     /// `auth-url`: ask it before forwarding.
     pub(super) external: Option<Arc<ExternalAuth>>,
+    /// Basic auth checked the `Authorization` header: it goes to `auth-url` but not to the
+    /// backend, so it is removed after the sub-request.
+    pub(super) strip_authorization: bool,
 }
 
 /// The route's `upstream-vhost`, if any (a reference count, no copy).
@@ -87,13 +90,17 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
     let mut target = None;
     let mut edit = None;
     let mut pending: Option<Box<Authorize>> = None;
+    let mut basic_auth = false;
     for filter in &route.filters {
         match filter {
-            Filter::BasicAuth(basic) => match auth::basic(basic, headers) {
-                Ok(None) => {}
-                Ok(Some(unverified)) => waits(&mut pending).basic = Some(unverified),
-                Err(answer) => return Decision::Answer(answer),
-            },
+            Filter::BasicAuth(basic) => {
+                basic_auth = true;
+                match auth::basic(basic, headers) {
+                    Ok(None) => {}
+                    Ok(Some(unverified)) => waits(&mut pending).basic = Some(unverified),
+                    Err(answer) => return Decision::Answer(answer),
+                }
+            }
             Filter::ExternalAuth(external) => waits(&mut pending).external = Some(external.clone()),
             // Read by the request path itself (`upstream_vhost`): nothing to decide here.
             Filter::UpstreamVhost(_) => {}
@@ -172,6 +179,14 @@ pub(super) fn run(route: &Route, request: &RequestView<'_>, headers: &mut Header
             }
         }
     }
+    if basic_auth {
+        match pending.as_mut().filter(|p| p.external.is_some()) {
+            Some(authorize) => authorize.strip_authorization = true,
+            None => {
+                headers.remove(http::header::AUTHORIZATION);
+            }
+        }
+    }
     match pending {
         Some(mut authorize) => {
             authorize.target = target;
@@ -190,6 +205,7 @@ fn waits(pending: &mut Option<Box<Authorize>>) -> &mut Authorize {
             edit: None,
             basic: None,
             external: None,
+            strip_authorization: false,
         })
     })
 }

@@ -285,7 +285,10 @@ async fn proxy_request(
     // Auth that waits (a hash the cache did not know, an auth service), off the table.
     if let Some(authorize) = authorize {
         let filters::Authorize {
-            basic, external, ..
+            basic,
+            external,
+            strip_authorization,
+            ..
         } = *authorize;
         if let Some(unverified) = basic {
             if let Err(answer) = unverified.verify().await {
@@ -312,6 +315,9 @@ async fn proxy_request(
                 settings.upstream_response_timeout,
             )
             .await;
+            if strip_authorization {
+                parts.headers.remove(header::AUTHORIZATION);
+            }
             request = Request::from_parts(parts, body);
             if let Err(answer) = checked {
                 return Ok(*answer);

@@ -301,12 +301,21 @@ async fn external_auth_asks_the_auth_service_for_every_request() -> Result<()> {
     let host = |name: &'static str| [rule(Some(name), &[("/", "Prefix", "web")])];
     let proxy = start(
         &[&web],
-        &[],
+        &[opaque_secret("staff-users", &[("auth", HTPASSWD)])],
         &[
             annotated(
                 "ext",
                 &host("ext.example"),
                 &[("auth-url", &url), ("auth-response-headers", "X-Auth-User")],
+            ),
+            annotated(
+                "both",
+                &host("both.example"),
+                &[
+                    ("auth-type", "basic"),
+                    ("auth-secret", "staff-users"),
+                    ("auth-url", &url),
+                ],
             ),
             annotated(
                 "signin",
@@ -341,6 +350,33 @@ async fn external_auth_asks_the_auth_service_for_every_request() -> Result<()> {
         vec!["alice".to_string()],
         "from the auth service, not the client"
     );
+    // Basic auth and auth-url on one route: the auth service gets the client's Authorization
+    // (as nginx's auth_request sub-request does), the backend does not.
+    let reply = get_as(
+        &client,
+        p,
+        "both.example",
+        Some(("apr1", "apr1-pass")),
+        &token("good"),
+    )
+    .await?;
+    ensure_served(&reply, "web", "basic and external auth")?;
+    let (_, _, sent) = auth.last().context("the auth service was asked")?;
+    ensure!(
+        sent.get(header::AUTHORIZATION)
+            .is_some_and(|v| v.as_bytes().starts_with(b"Basic ")),
+        "the auth service did not get the client's Authorization: {sent:?}"
+    );
+    ensure_eq!(
+        reply.seen_header("authorization")?,
+        Vec::<String>::new(),
+        "the backend must not get Authorization"
+    );
+    let refused = get_as(&client, p, "both.example", None, &token("good")).await?;
+    ensure_eq!(refused.status, StatusCode::UNAUTHORIZED, "no credentials");
+
+    let reply = get_as(&client, p, "ext.example", None, &token("good")).await?;
+    ensure_served(&reply, "web", "good token again")?;
     let (method, uri, sent) = auth.last().context("the auth service was asked")?;
     ensure_eq!(method, Method::GET);
     ensure_eq!(uri, "/check?app=web");

@@ -32,13 +32,14 @@ pub(in crate::proxy) struct PendingBasic {
 }
 
 /// Checks the `Authorization` header: `Ok(None)` when the cache knows it, `Ok(Some)` when it
-/// must be verified, `Err` with the 401 when it cannot be right. The header is removed: the
-/// backend does not get it (nginx: `proxy_set_header Authorization ""`).
+/// must be verified, `Err` with the 401 when it cannot be right. The header stays for an
+/// `auth-url` sub-request; the caller removes it before the backend gets the request (nginx:
+/// `proxy_set_header Authorization ""`).
 pub(super) fn basic(
     auth: &std::sync::Arc<BasicAuth>,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
 ) -> Result<Option<PendingBasic>, Box<Response<ProxyBody>>> {
-    let Some(value) = headers.remove(header::AUTHORIZATION) else {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Err(Box::new(unauthorized(auth)));
     };
     let tag = auth.tag(value.as_bytes());
