@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     access_log::AccessRecord,
-    body::{Counted, ProxyBody, Tally},
+    body::{Counted, NginxTally, ProxyBody, Tally},
     connection::ConnectionInfo,
     filters::{self, Decision, RequestView},
     head_guard::RequestTurn,
@@ -38,7 +38,7 @@ use super::{
         UpstreamResponseBody,
     },
 };
-use crate::translate::l7::routes::limits::NextUpstream;
+use crate::translate::l7::routes::{limits::NextUpstream, series::SeriesCounters};
 
 use attempt::{Replay, Sent, Timeouts};
 
@@ -58,6 +58,12 @@ pub(super) struct RequestContext {
     endpoint: Option<Arc<Endpoint>>,
     /// Its place in its client's `limit-connections`, given up when the response ends.
     slot: Option<ConnectionSlot>,
+    /// `--metrics-compat nginx`: its route's series counters (`None`: unrouted, or no flag).
+    series: Option<Arc<SeriesCounters>>,
+    /// Whether a canary took it.
+    canary: bool,
+    /// When it was about to be sent to an endpoint (past filters and auth).
+    upstream_started: Option<Instant>,
 }
 
 /// hyper's service: one request, start to answer. Always answers; what goes wrong becomes a
@@ -80,7 +86,17 @@ pub(super) async fn handle(
         backend: None,
         endpoint: None,
         slot: None,
+        series: None,
+        canary: false,
+        upstream_started: None,
     };
+    // ingress-nginx's families: the method and length are read before the request moves on.
+    let nginx_request = shared.settings.nginx_metrics.is_some().then(|| {
+        (
+            SeriesCounters::method_index(request.method()),
+            request_length(&request),
+        )
+    });
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
             log: log.clone(),
@@ -126,10 +142,28 @@ pub(super) async fn handle(
         None => Counted::Unrouted(shared.counters.unrouted.clone()),
     };
     response.body_mut().slot = context.slot;
+    let nginx = nginx_request.map(|(method, request_bytes)| {
+        let upstream_started = context
+            .upstream_started
+            .filter(|_| context.endpoint.is_some());
+        NginxTally {
+            counters: context
+                .series
+                .take()
+                .unwrap_or_else(|| shared.counters.nginx_unrouted.clone()),
+            canary: context.canary,
+            method,
+            request_bytes,
+            response_bytes: response_head_length(&response),
+            upstream_started,
+            upstream_latency: upstream_started.map(|started| started.elapsed()),
+        }
+    });
     response.body_mut().tally = Some(Tally {
         counter,
         status: status.as_u16(),
         started: context.started,
+        nginx,
     });
     if let Some(mut record) = record {
         record.status = status.as_u16();
@@ -147,6 +181,39 @@ pub(super) async fn handle(
     // The request's own reference to its connection goes with the body.
     response.body_mut().end_request_on_drop(connection, !http1);
     Ok(response)
+}
+
+/// nginx's `$request_length` as near as hyper lets us see it: the request line and headers as
+/// HTTP/1.1 writes them, plus the declared body length (a chunked body's is not known here).
+fn request_length<B>(request: &Request<B>) -> u64 {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |pq| pq.as_str().len());
+    // "METHOD target HTTP/1.1\r\n"
+    let line = request.method().as_str().len() + 1 + target + 11;
+    let body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (line + headers_length(request.headers()) + 2) as u64 + body
+}
+
+/// The status line and headers of `response` as HTTP/1.1 writes them (nginx's `$bytes_sent`
+/// counts them; the body bytes are added as they go out).
+fn response_head_length<B>(response: &Response<B>) -> u64 {
+    // "HTTP/1.1 200 OK\r\n"
+    let reason = response.status().canonical_reason().map_or(0, str::len);
+    (15 + reason + headers_length(response.headers()) + 2) as u64
+}
+
+/// `name: value\r\n` for every header.
+fn headers_length(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// The request's host: the target URI's authority when it has one (HTTP/2 `:authority`, or an
@@ -207,6 +274,9 @@ async fn proxy_request(
         if let Some(backend) = backend {
             context.backend = Some(backend.clone());
         }
+        if let Some(series) = &route.series {
+            context.series = series.counters.get().cloned();
+        }
         let vhost = if route.filters.is_empty() {
             None
         } else {
@@ -259,6 +329,7 @@ async fn proxy_request(
         if let Some(canary) = &route.canary {
             if let Some(chosen) = router.canary(route, primary, request.headers()) {
                 context.backend = Some(chosen.clone());
+                context.canary = true;
                 cookie_path = canary.cookie_path.clone();
             }
         }
@@ -317,6 +388,10 @@ async fn proxy_request(
                 return Ok(*answer);
             }
         }
+    }
+    // Past filters and auth: what follows is the endpoint's time (`response_duration`).
+    if context.series.is_some() || settings.nginx_metrics.is_some() {
+        context.upstream_started = Some(Instant::now());
     }
     // What the balancer needs of the request (a hash key's value, the session cookie), read
     // once, before the target is rewritten; nothing for the default balancing.
