@@ -106,6 +106,11 @@ fn histogram<const N: usize>(
     sum_scale: f64,
 ) {
     let (counts, sum) = buckets.read();
+    // Nothing observed (no endpoint answered): no series, as a Go histogram vector has none
+    // until its first observation.
+    if counts.iter().all(|c| *c == 0) {
+        return;
+    }
     let mut cumulative = 0;
     for (i, count) in counts.iter().enumerate() {
         cumulative += count;
@@ -137,11 +142,17 @@ fn series<'a>(scrape: &'a NginxScrape<'a>) -> Vec<(&'a SeriesKey, &'a SeriesCoun
     all
 }
 
+/// A sample's label pairs.
+type Labels<'a> = &'a [(&'a str, &'a str)];
+
+/// Writes one family's samples of one slot.
+type WriteSlot = dyn Fn(&mut String, Labels<'_>, &Slot);
+
 /// Writes the request families of every slot of every series, then the controller's.
 pub(crate) fn render(scrape: &NginxScrape<'_>, out: &mut String) {
     let c = scrape.labels;
     let all = series(scrape);
-    let each_slot = |out: &mut String, write: &dyn Fn(&mut String, &[(&str, &str)], &Slot)| {
+    let each_slot = |out: &mut String, write: &WriteSlot| {
         let mut status = String::new();
         for (key, counters) in &all {
             for (slot_labels, slot) in counters.slots() {
@@ -189,7 +200,7 @@ pub(crate) fn render(scrape: &NginxScrape<'_>, out: &mut String) {
     type Family = (
         &'static str,
         &'static str,
-        fn(&mut String, &[(&str, &str)], &Slot),
+        fn(&mut String, Labels<'_>, &Slot),
     );
     let families: [Family; 5] = [
         (

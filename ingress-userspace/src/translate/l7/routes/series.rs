@@ -130,7 +130,7 @@ pub struct Observation {
     pub method: usize,
     /// Its status code.
     pub status: u16,
-    /// Request head to the end of the response, in seconds... as a duration.
+    /// Request head to the end of the response.
     pub duration: std::time::Duration,
     /// Sent to the endpoint to the end of the response (`None`: no endpoint answered).
     pub upstream: Option<std::time::Duration>,
