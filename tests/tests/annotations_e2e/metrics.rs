@@ -14,7 +14,7 @@ use xdp_ingress_tests::{
         backends::HttpBackend,
         clients::{collect, get, pooled, Pooled, Reply, EXCHANGE_TIMEOUT},
         eventually,
-        manifests::{our_class, rule, service, Manifests},
+        manifests::{our_class, rule, service, tls_secret, with_tls, Manifests},
         services_for, TestProxy,
     },
 };
@@ -47,7 +47,7 @@ async fn send(
 
 /// Our class, `web` and `v2` with endpoints, `down` without, and the Ingresses: `shop` sends
 /// `shop.example/api` (Prefix) to web and `/down` to down; `shop-canary` sends the header's
-/// requests to v2.
+/// requests to v2; `certs` serves `tls.example` with Secret `cert`.
 async fn start_shop(extra: &[&str]) -> Result<(TestProxy, HttpBackend, HttpBackend)> {
     let web = HttpBackend::start("web").await?;
     let v2 = HttpBackend::start("v2").await?;
@@ -55,6 +55,18 @@ async fn start_shop(extra: &[&str]) -> Result<(TestProxy, HttpBackend, HttpBacke
     manifests.write("class.yaml", &[our_class()])?;
     let mut services = services_for(&[&web, &v2]);
     services.push(service("down"));
+    let cert = rcgen::generate_simple_self_signed(vec!["tls.example".to_string()])?;
+    services.push(tls_secret(
+        "cert",
+        &cert.cert.pem(),
+        &cert.key_pair.serialize_pem(),
+    ));
+    let mut certs = annotated(
+        "certs",
+        &[rule(Some("tls.example"), &[("/", "Prefix", "web")])],
+        &[],
+    );
+    with_tls(&mut certs, &["tls.example"], "cert");
     manifests.write("services.yaml", &services)?;
     manifests.write(
         "ingresses.yaml",
@@ -72,6 +84,7 @@ async fn start_shop(extra: &[&str]) -> Result<(TestProxy, HttpBackend, HttpBacke
                 &[rule(Some("shop.example"), &[("/api", "Prefix", "v2")])],
                 &[("canary", "true"), ("canary-by-header", "X-Canary")],
             ),
+            certs,
         ],
     )?;
     let proxy = TestProxy::start_with_admin(manifests, extra)?;
@@ -224,6 +237,17 @@ async fn nginx_families_label_requests_from_the_routing_table() -> Result<()> {
         routed("", "GET", "/api", "web", 200)
     );
     ensure!(!text.lines().any(|l| l == zero_size), "{zero_size:?}");
+    // The TLS host's certificate: notAfter in the future (rcgen's default is far out).
+    let expiry = format!(
+        r#"nginx_ingress_controller_ssl_expire_time_seconds{{class="xdp-ingress.dev/controller",host="tls.example",namespace="{ns}",secret_name="cert"}} "#
+    );
+    let not_after: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(expiry.as_str()))
+        .with_context(|| format!("no {expiry:?} in:\n{text}"))?
+        .parse()?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+    ensure!(not_after > now.as_secs() as i64, "{not_after}");
     ensure!(
         !text.contains("secret-path") && !text.contains("elsewhere.example"),
         "raw request values in labels:\n{text}"
