@@ -65,6 +65,14 @@ pub(super) struct NginxTally {
     pub(super) upstream_latency: Option<std::time::Duration>,
 }
 
+impl NginxTally {
+    /// Notes the endpoint's response head as received now (when an endpoint answered).
+    pub(super) fn with_head_received(mut self) -> Self {
+        self.upstream_latency = self.upstream_started.map(|started| started.elapsed());
+        self
+    }
+}
+
 /// The counters a response goes to. The routed case keeps the request's own reference to its
 /// backend rather than cloning the counters' `Arc`: two atomic operations fewer per request.
 pub(super) enum Counted {

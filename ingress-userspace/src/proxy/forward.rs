@@ -30,6 +30,7 @@ use super::{
     head_guard::RequestTurn,
     headers,
     limits::{self, ConnectionSlot},
+    metrics::nginx,
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
@@ -94,7 +95,7 @@ pub(super) async fn handle(
     let nginx_request = shared.settings.nginx_metrics.is_some().then(|| {
         (
             SeriesCounters::method_index(request.method()),
-            request_length(&request),
+            nginx::request_length(&request),
         )
     });
     let record = shared.access_log.as_ref().map(|log| {
@@ -143,21 +144,19 @@ pub(super) async fn handle(
     };
     response.body_mut().slot = context.slot;
     let nginx = nginx_request.map(|(method, request_bytes)| {
-        let upstream_started = context
-            .upstream_started
-            .filter(|_| context.endpoint.is_some());
+        let counters = context.series.take();
         NginxTally {
-            counters: context
-                .series
-                .take()
-                .unwrap_or_else(|| shared.counters.nginx_unrouted.clone()),
+            counters: counters.unwrap_or_else(|| shared.counters.nginx_unrouted.clone()),
             canary: context.canary,
             method,
             request_bytes,
-            response_bytes: response_head_length(&response),
-            upstream_started,
-            upstream_latency: upstream_started.map(|started| started.elapsed()),
+            response_bytes: nginx::response_head_length(&response),
+            upstream_started: context
+                .upstream_started
+                .filter(|_| context.endpoint.is_some()),
+            upstream_latency: None,
         }
+        .with_head_received()
     });
     response.body_mut().tally = Some(Tally {
         counter,
@@ -181,39 +180,6 @@ pub(super) async fn handle(
     // The request's own reference to its connection goes with the body.
     response.body_mut().end_request_on_drop(connection, !http1);
     Ok(response)
-}
-
-/// nginx's `$request_length` as near as hyper lets us see it: the request line and headers as
-/// HTTP/1.1 writes them, plus the declared body length (a chunked body's is not known here).
-fn request_length<B>(request: &Request<B>) -> u64 {
-    let target = request
-        .uri()
-        .path_and_query()
-        .map_or(1, |pq| pq.as_str().len());
-    // "METHOD target HTTP/1.1\r\n"
-    let line = request.method().as_str().len() + 1 + target + 11;
-    let body = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
-    (line + headers_length(request.headers()) + 2) as u64 + body
-}
-
-/// The status line and headers of `response` as HTTP/1.1 writes them (nginx's `$bytes_sent`
-/// counts them; the body bytes are added as they go out).
-fn response_head_length<B>(response: &Response<B>) -> u64 {
-    // "HTTP/1.1 200 OK\r\n"
-    let reason = response.status().canonical_reason().map_or(0, str::len);
-    (15 + reason + headers_length(response.headers()) + 2) as u64
-}
-
-/// `name: value\r\n` for every header.
-fn headers_length(headers: &http::HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
-        .sum()
 }
 
 /// The request's host: the target URI's authority when it has one (HTTP/2 `:authority`, or an
@@ -390,7 +356,7 @@ async fn proxy_request(
         }
     }
     // Past filters and auth: what follows is the endpoint's time (`response_duration`).
-    if context.series.is_some() || settings.nginx_metrics.is_some() {
+    if settings.nginx_metrics.is_some() {
         context.upstream_started = Some(Instant::now());
     }
     // What the balancer needs of the request (a hash key's value, the session cookie), read

@@ -13,6 +13,8 @@
 
 use std::{fmt::Write as _, sync::Arc};
 
+use http::{header, Request, Response};
+
 use crate::{
     model::ObjectName,
     translate::l7::routes::{
@@ -354,6 +356,39 @@ pub(crate) fn render(scrape: &NginxScrape<'_>, out: &mut String) {
         );
         let _ = writeln!(out, " {success}");
     }
+}
+
+/// nginx's `$request_length` as near as hyper lets us see it: the request line and headers as
+/// HTTP/1.1 writes them, plus the declared body length (a chunked body's is not known here).
+pub(crate) fn request_length<B>(request: &Request<B>) -> u64 {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |pq| pq.as_str().len());
+    // "METHOD target HTTP/1.1\r\n"
+    let line = request.method().as_str().len() + 1 + target + 11;
+    let body = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    (line + headers_length(request.headers()) + 2) as u64 + body
+}
+
+/// The status line and headers of `response` as HTTP/1.1 writes them (nginx's `$bytes_sent`
+/// counts them; the body bytes are added as they go out).
+pub(crate) fn response_head_length<B>(response: &Response<B>) -> u64 {
+    // "HTTP/1.1 200 OK\r\n"
+    let reason = response.status().canonical_reason().map_or(0, str::len);
+    (15 + reason + headers_length(response.headers()) + 2) as u64
+}
+
+/// `name: value\r\n` for every header.
+fn headers_length(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
 }
 
 /// Attaches counters to every route series of `routes` (from `book`, so totals continue across
