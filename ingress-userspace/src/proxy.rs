@@ -45,4 +45,5 @@ pub(crate) mod upstream;
 
 pub use lifetime::raise_nofile_limit;
 pub use listener::BoundListeners;
-pub use server::{ApplyReport, Proxy, ProxySettings};
+pub use metrics::nginx::NginxLabels;
+pub use server::{ApplyReport, NginxCollector, Proxy, ProxySettings};

@@ -120,6 +120,7 @@ impl Runner {
             sinks,
             datapath,
             proxy_collector,
+            nginx_collector,
         } = startup::build_sinks(&args, &proxy_health)?;
         startup::serve_node_health(&args, sinks.l4().is_some(), &proxy_health);
         // A small queue: scrapes beyond it wait, they are not lost.
@@ -130,7 +131,8 @@ impl Runner {
             }
             None => (None, None),
         };
-        let metrics = Arc::new(Metrics::new(proxy_collector, scrape_tx));
+        let metrics =
+            Arc::new(Metrics::new(proxy_collector, scrape_tx).with_nginx(nginx_collector));
         // The admin listener comes after the sinks, which `/metrics` reads; it still answers
         // (not ready) long before the first apply pass.
         let (views_tx, views) = mpsc::channel(8);

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{
     datapath::KernelMaps,
+    proxy::NginxCollector,
     sinks::{ApplyOutcome, L4Sink},
 };
 
@@ -469,6 +470,8 @@ pub struct Metrics {
     registry: Registry,
     agent: AgentMetrics,
     l4: Option<mpsc::Sender<L4Request>>,
+    /// ingress-nginx's families (`--metrics-compat nginx`), written after ours.
+    nginx: Option<NginxCollector>,
 }
 
 impl Metrics {
@@ -484,7 +487,14 @@ impl Metrics {
             registry,
             agent,
             l4,
+            nginx: None,
         }
+    }
+
+    /// Also writes ingress-nginx's families (`--metrics-compat nginx`).
+    pub fn with_nginx(mut self, nginx: Option<NginxCollector>) -> Self {
+        self.nginx = nginx;
+        self
     }
 
     /// The handles the runner records syncs with.
@@ -524,6 +534,9 @@ impl Metrics {
             if let Err(error) = text::encode_registry(&mut out, &registry) {
                 tracing::error!(%error, "encoding datapath metrics");
             }
+        }
+        if let Some(nginx) = &self.nginx {
+            nginx.render(&mut out, Some(self.agent.last_reload_successful.get()));
         }
         let _ = text::encode_eof(&mut out);
         if !out.ends_with('\n') {

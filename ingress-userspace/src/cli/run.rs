@@ -240,6 +240,19 @@ pub struct ProxyArgs {
     /// Proxy worker threads (default: one per CPU).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Also export another controller's request metrics on `/metrics`: `nginx` adds
+    /// ingress-nginx's `nginx_ingress_controller_*` families (its names, types, buckets and
+    /// labels; `controller_namespace` and `controller_pod` from `$POD_NAMESPACE` and
+    /// `$POD_NAME`, `controller_class` the first `--controller-name`).
+    #[arg(long, value_enum, value_name = "CONTROLLER")]
+    pub metrics_compat: Option<MetricsCompat>,
+}
+
+/// Whose metric families `--metrics-compat` adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsCompat {
+    /// ingress-nginx's (`nginx_ingress_controller_*`).
+    Nginx,
 }
 
 impl ProxyArgs {
@@ -273,6 +286,15 @@ impl ProxyArgs {
                 .iter()
                 .map(|protocol| protocol.to_ascii_lowercase())
                 .collect(),
+            nginx_metrics: self.metrics_compat.map(|MetricsCompat::Nginx| {
+                let env = |name: &str| std::env::var(name).unwrap_or_default();
+                crate::proxy::NginxLabels {
+                    // Set from `--controller-name` by the runner, which reads both groups.
+                    controller_class: String::new(),
+                    controller_namespace: env("POD_NAMESPACE"),
+                    controller_pod: env("POD_NAME"),
+                }
+            }),
         }
     }
 }

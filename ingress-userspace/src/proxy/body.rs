@@ -14,6 +14,8 @@ use std::{
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::translate::l7::routes::series::{Observation, SeriesCounters};
+
 use super::{
     access_log::AccessRecord,
     connection::ConnectionInfo,
@@ -43,6 +45,32 @@ pub(super) struct Tally {
     pub(super) counter: Counted,
     pub(super) status: u16,
     pub(super) started: Instant,
+    /// `--metrics-compat nginx` only: the request as ingress-nginx's families count it.
+    pub(super) nginx: Option<NginxTally>,
+}
+
+/// A request in ingress-nginx's families: everything but the response's body bytes and end is
+/// known when the response starts; the counters are its route's series (or the unrouted ones).
+pub(super) struct NginxTally {
+    pub(super) counters: Arc<SeriesCounters>,
+    pub(super) canary: bool,
+    pub(super) method: usize,
+    pub(super) request_bytes: u64,
+    /// The response's status line and headers (as HTTP/1.1 would write them), then its body
+    /// bytes as they go out.
+    pub(super) response_bytes: u64,
+    /// When the request was sent to an endpoint that answered.
+    pub(super) upstream_started: Option<Instant>,
+    /// From then to the endpoint's response head.
+    pub(super) upstream_latency: Option<std::time::Duration>,
+}
+
+impl NginxTally {
+    /// Notes the endpoint's response head as received now (when an endpoint answered).
+    pub(super) fn with_head_received(mut self) -> Self {
+        self.upstream_latency = self.upstream_started.map(|started| started.elapsed());
+        self
+    }
 }
 
 /// The counters a response goes to. The routed case keeps the request's own reference to its
@@ -116,7 +144,20 @@ impl Drop for ProxyBody {
                 Counted::Backend(backend) => &backend.metrics,
                 Counted::Unrouted(metrics) => metrics,
             };
-            metrics.record(tally.status, tally.started.elapsed());
+            let elapsed = tally.started.elapsed();
+            metrics.record(tally.status, elapsed);
+            if let Some(nginx) = &tally.nginx {
+                nginx.counters.record(&Observation {
+                    canary: nginx.canary,
+                    method: nginx.method,
+                    status: tally.status,
+                    duration: elapsed,
+                    upstream: nginx.upstream_started.map(|started| started.elapsed()),
+                    upstream_latency: nginx.upstream_latency,
+                    request_bytes: nginx.request_bytes,
+                    response_bytes: nginx.response_bytes,
+                });
+            }
         }
     }
 }
@@ -151,6 +192,17 @@ impl Body for ProxyBody {
         if let (Some(record), Poll::Ready(Some(Ok(frame)))) = (&mut this.record, &polled) {
             if let Some(data) = frame.data_ref() {
                 record.bytes += data.len() as u64;
+            }
+        }
+        if let (
+            Some(Tally {
+                nginx: Some(nginx), ..
+            }),
+            Poll::Ready(Some(Ok(frame))),
+        ) = (&mut this.tally, &polled)
+        {
+            if let Some(data) = frame.data_ref() {
+                nginx.response_bytes += data.len() as u64;
             }
         }
         polled

@@ -24,12 +24,13 @@ use hyper_util::rt::TokioIo;
 
 use super::{
     access_log::AccessRecord,
-    body::{Counted, ProxyBody, Tally},
+    body::{Counted, NginxTally, ProxyBody, Tally},
     connection::ConnectionInfo,
     filters::{self, Decision, RequestView},
     head_guard::RequestTurn,
     headers,
     limits::{self, ConnectionSlot},
+    metrics::nginx,
     path,
     refusal::Refusal,
     server::{ProxySettings, Shared},
@@ -38,7 +39,7 @@ use super::{
         UpstreamResponseBody,
     },
 };
-use crate::translate::l7::routes::limits::NextUpstream;
+use crate::translate::l7::routes::{limits::NextUpstream, series::SeriesCounters};
 
 use attempt::{Replay, Sent, Timeouts};
 
@@ -58,6 +59,12 @@ pub(super) struct RequestContext {
     endpoint: Option<Arc<Endpoint>>,
     /// Its place in its client's `limit-connections`, given up when the response ends.
     slot: Option<ConnectionSlot>,
+    /// `--metrics-compat nginx`: its route's series counters (`None`: unrouted, or no flag).
+    series: Option<Arc<SeriesCounters>>,
+    /// Whether a canary took it.
+    canary: bool,
+    /// When it was about to be sent to an endpoint (past filters and auth).
+    upstream_started: Option<Instant>,
 }
 
 /// hyper's service: one request, start to answer. Always answers; what goes wrong becomes a
@@ -80,7 +87,17 @@ pub(super) async fn handle(
         backend: None,
         endpoint: None,
         slot: None,
+        series: None,
+        canary: false,
+        upstream_started: None,
     };
+    // ingress-nginx's families: the method and length are read before the request moves on.
+    let nginx_request = shared.settings.nginx_metrics.is_some().then(|| {
+        (
+            SeriesCounters::method_index(request.method()),
+            nginx::request_length(&request),
+        )
+    });
     let record = shared.access_log.as_ref().map(|log| {
         Box::new(AccessRecord {
             log: log.clone(),
@@ -126,10 +143,26 @@ pub(super) async fn handle(
         None => Counted::Unrouted(shared.counters.unrouted.clone()),
     };
     response.body_mut().slot = context.slot;
+    let nginx = nginx_request.map(|(method, request_bytes)| {
+        let counters = context.series.take();
+        NginxTally {
+            counters: counters.unwrap_or_else(|| shared.counters.nginx_unrouted.clone()),
+            canary: context.canary,
+            method,
+            request_bytes,
+            response_bytes: nginx::response_head_length(&response),
+            upstream_started: context
+                .upstream_started
+                .filter(|_| context.endpoint.is_some()),
+            upstream_latency: None,
+        }
+        .with_head_received()
+    });
     response.body_mut().tally = Some(Tally {
         counter,
         status: status.as_u16(),
         started: context.started,
+        nginx,
     });
     if let Some(mut record) = record {
         record.status = status.as_u16();
@@ -207,6 +240,9 @@ async fn proxy_request(
         if let Some(backend) = backend {
             context.backend = Some(backend.clone());
         }
+        if let Some(series) = &route.series {
+            context.series = series.counters.get().cloned();
+        }
         let vhost = if route.filters.is_empty() {
             None
         } else {
@@ -259,6 +295,7 @@ async fn proxy_request(
         if let Some(canary) = &route.canary {
             if let Some(chosen) = router.canary(route, primary, request.headers()) {
                 context.backend = Some(chosen.clone());
+                context.canary = true;
                 cookie_path = canary.cookie_path.clone();
             }
         }
@@ -323,6 +360,10 @@ async fn proxy_request(
                 return Ok(*answer);
             }
         }
+    }
+    // Past filters and auth: what follows is the endpoint's time (`response_duration`).
+    if settings.nginx_metrics.is_some() {
+        context.upstream_started = Some(Instant::now());
     }
     // What the balancer needs of the request (a hash key's value, the session cookie), read
     // once, before the target is rewritten; nothing for the default balancing.

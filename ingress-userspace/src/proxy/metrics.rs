@@ -23,7 +23,15 @@ use prometheus_client::{
     metrics::MetricType,
 };
 
-use crate::{model::ObjectName, translate::l7::BackendPlan};
+use crate::{
+    model::ObjectName,
+    translate::l7::{
+        routes::series::{SeriesCounters, SeriesKey},
+        BackendPlan,
+    },
+};
+
+pub(crate) mod nginx;
 
 /// Upper bounds of the request duration histogram, in seconds: Prometheus' default buckets,
 /// which ingress-nginx's `request_duration_seconds` also uses.
@@ -137,6 +145,8 @@ impl BackendKey {
 #[derive(Debug, Default)]
 pub(crate) struct MetricsBook {
     by_key: HashMap<BackendKey, Arc<RequestMetrics>>,
+    /// `--metrics-compat nginx`: the routes' series by their labels.
+    series: HashMap<SeriesKey, Arc<SeriesCounters>>,
 }
 
 impl MetricsBook {
@@ -151,6 +161,16 @@ impl MetricsBook {
     pub(crate) fn retain(&mut self, plan: &[BackendPlan]) {
         let keep: std::collections::HashSet<BackendKey> = plan.iter().map(BackendKey::of).collect();
         self.by_key.retain(|key, _| keep.contains(key));
+    }
+
+    /// The counters of a route's series: the existing ones, or new zeroed ones.
+    pub(crate) fn series(&mut self, key: &SeriesKey) -> Arc<SeriesCounters> {
+        self.series.entry(key.clone()).or_default().clone()
+    }
+
+    /// Forgets the series `keep` refuses.
+    pub(crate) fn retain_series(&mut self, keep: impl Fn(&SeriesKey) -> bool) {
+        self.series.retain(|key, _| keep(key));
     }
 }
 
@@ -173,6 +193,8 @@ pub(crate) struct ProxyCounters {
     pub refused: AtomicU64,
     /// TLS passthrough connections.
     pub passthrough: super::passthrough::PassthroughCounters,
+    /// `--metrics-compat nginx`: requests no route series took (empty labels, as nginx).
+    pub nginx_unrouted: nginx::Unrouted,
 }
 
 /// Client timeouts by kind (`xdp_ingress_client_timeouts_total{kind}`).

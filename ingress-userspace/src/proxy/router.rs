@@ -10,13 +10,14 @@ use std::{
 
 use bytes::Bytes;
 
+use crate::model::ObjectName;
 use crate::translate::l7::{
     routes::Verdict, BackendId, BackendPlan, L7Plan, PassthroughTable, Route, RouteTable,
     UpstreamPlan,
 };
 
 use super::{
-    metrics::{BackendKey, MetricsBook},
+    metrics::{nginx, BackendKey, MetricsBook},
     tls::crypto_provider,
     upstream::{Backend, Endpoint, Transport},
 };
@@ -30,6 +31,9 @@ pub(crate) struct Router {
     passthrough: Arc<PassthroughTable>,
     /// ingress-nginx's `use-forwarded-headers`: the client's `X-Forwarded-*` are trusted.
     pub(crate) trust_forwarded: bool,
+    /// `--metrics-compat nginx`: each TLS host and its Secret (first named wins), for
+    /// `nginx_ingress_controller_ssl_expire_time_seconds`; empty without the flag.
+    tls_hosts: Arc<Vec<(String, ObjectName)>>,
 }
 
 impl Default for Router {
@@ -39,6 +43,7 @@ impl Default for Router {
             backends: Vec::new(),
             passthrough: Arc::default(),
             trust_forwarded: false,
+            tls_hosts: Arc::default(),
         }
     }
 }
@@ -108,6 +113,19 @@ impl Router {
     pub(crate) fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
+
+    /// Every route of the table, the default backend's too (for the nginx metrics).
+    pub(crate) fn routes(&self) -> Vec<&Route> {
+        let entries = self.routes.entries();
+        let mut routes: Vec<&Route> = entries.iter().map(|e| e.backend).collect();
+        routes.extend(self.routes.default_backend());
+        routes
+    }
+
+    /// TLS hosts and their Secrets (`--metrics-compat nginx` only).
+    pub(crate) fn tls_hosts(&self) -> &[(String, ObjectName)] {
+        &self.tls_hosts
+    }
 }
 
 /// Endpoints by address and way of connecting, kept as long as some table uses them; the
@@ -120,6 +138,8 @@ pub(crate) struct EndpointRegistry {
     endpoints: HashMap<(SocketAddr, usize), Weak<Endpoint>>,
     transports: HashMap<UpstreamPlan, Weak<Transport>>,
     metrics: MetricsBook,
+    /// `--metrics-compat nginx`: routes get their series' counters.
+    pub(crate) nginx_metrics: bool,
 }
 
 impl EndpointRegistry {
@@ -157,11 +177,32 @@ impl EndpointRegistry {
         self.endpoints.retain(|_, weak| weak.strong_count() > 0);
         self.transports.retain(|_, weak| weak.strong_count() > 0);
         self.metrics.retain(&plan.backends);
+        let mut tls_hosts = Vec::new();
+        if self.nginx_metrics {
+            let routes = plan.routes.entries();
+            let all = || {
+                routes
+                    .iter()
+                    .map(|e| e.backend)
+                    .chain(plan.routes.default_backend())
+            };
+            nginx::attach(all(), &mut self.metrics);
+            nginx::retain(all(), &mut self.metrics);
+            let mut seen = std::collections::HashSet::new();
+            for tls in &plan.tls {
+                for host in &tls.hosts {
+                    if seen.insert(host.clone()) {
+                        tls_hosts.push((host.clone(), tls.secret.clone()));
+                    }
+                }
+            }
+        }
         Router {
             routes: plan.routes.clone(),
             backends,
             passthrough: plan.passthrough.clone(),
             trust_forwarded: plan.nginx.use_forwarded_headers,
+            tls_hosts: Arc::new(tls_hosts),
         }
     }
 
@@ -185,6 +226,7 @@ impl EndpointRegistry {
             backends,
             passthrough: current.passthrough.clone(),
             trust_forwarded: current.trust_forwarded,
+            tls_hosts: current.tls_hosts.clone(),
         }
     }
 

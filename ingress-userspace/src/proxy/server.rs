@@ -81,6 +81,9 @@ pub struct ProxySettings {
     pub allow_underscores_in_headers: bool,
     /// Upgrade protocols passed to endpoints (lower-case; `h2c` never is).
     pub upgrades: Vec<String>,
+    /// `--metrics-compat nginx`: also export ingress-nginx's families, with these constant
+    /// labels; `None`: not exported, and requests record nothing for them.
+    pub nginx_metrics: Option<super::NginxLabels>,
 }
 
 impl Default for ProxySettings {
@@ -102,6 +105,7 @@ impl Default for ProxySettings {
             allow_encoded_slashes: false,
             allow_underscores_in_headers: false,
             upgrades: vec!["websocket".to_string()],
+            nginx_metrics: None,
         }
     }
 }
@@ -196,6 +200,8 @@ impl Proxy {
         } else {
             None
         };
+        let mut registry = EndpointRegistry::default();
+        registry.nginx_metrics = settings.nginx_metrics.is_some();
         Ok(Self {
             shared: Arc::new(Shared {
                 router: ArcSwap::from_pointee(Router::default()),
@@ -214,7 +220,7 @@ impl Proxy {
                     }
                 },
             }),
-            registry: EndpointRegistry::default(),
+            registry,
             certs,
         })
     }
@@ -304,6 +310,51 @@ impl Proxy {
             shared: self.shared.clone(),
             cert_expiry: self.certs.expiry(),
         }
+    }
+}
+
+impl Proxy {
+    /// The writer of ingress-nginx's families (`--metrics-compat nginx`); `None` without it.
+    pub fn nginx_metrics(&self) -> Option<NginxCollector> {
+        self.shared.settings.nginx_metrics.as_ref()?;
+        Some(NginxCollector {
+            shared: self.shared.clone(),
+            cert_expiry: self.certs.expiry(),
+        })
+    }
+}
+
+/// Writes ingress-nginx's families for `/metrics` (see [`metrics::nginx`]).
+pub struct NginxCollector {
+    shared: Arc<Shared>,
+    cert_expiry: CertExpiry,
+}
+
+impl fmt::Debug for NginxCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NginxCollector").finish_non_exhaustive()
+    }
+}
+
+impl NginxCollector {
+    /// Appends the families to `out` (before `# EOF`), with the last reload's result.
+    pub fn render(&self, out: &mut String, last_reload_successful: Option<i64>) {
+        let Some(labels) = &self.shared.settings.nginx_metrics else {
+            return;
+        };
+        let router = self.shared.router.load();
+        let cert_expiry = self.cert_expiry.load();
+        metrics::nginx::render(
+            &metrics::nginx::NginxScrape {
+                labels,
+                routes: router.routes(),
+                unrouted: &self.shared.counters.nginx_unrouted,
+                tls_hosts: router.tls_hosts(),
+                cert_expiry: &cert_expiry,
+                last_reload_successful,
+            },
+            out,
+        );
     }
 }
 

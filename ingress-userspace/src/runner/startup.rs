@@ -61,6 +61,8 @@ pub(super) struct Built {
     pub(super) datapath: Option<Datapath>,
     /// The proxy's metrics, with an L7 sink.
     pub(super) proxy_collector: Option<Box<dyn Collector>>,
+    /// ingress-nginx's families (`--metrics-compat nginx`), with an L7 sink.
+    pub(super) nginx_collector: Option<crate::proxy::NginxCollector>,
 }
 
 /// The sinks the flags ask for, with the loaded datapath (when there is an L4 sink) and the
@@ -91,18 +93,28 @@ pub(super) fn build_sinks(
     };
     let with_l4 = l4.is_some();
     // Read after main raised the open-file limit to the hard one (the default connection cap).
-    let settings = args.proxy.settings();
+    let mut settings = args.proxy.settings();
+    if let Some(labels) = &mut settings.nginx_metrics {
+        labels.controller_class = args
+            .ingress
+            .controller_names
+            .first()
+            .cloned()
+            .unwrap_or_default();
+    }
     tracing::info!(
         max_connections = settings.max_connections,
         "proxy: client connections per listener"
     );
     let mut proxy_collector = None;
+    let mut nginx_collector = None;
     let l7 = if settings.http_listen.is_none() && settings.https_listen.is_none() {
         None
     } else {
         let options = args.ingress.options()?;
         let proxy = Proxy::new(settings)?;
         proxy_collector = Some(Box::new(proxy.collector()) as _);
+        nginx_collector = proxy.nginx_metrics();
         Some(L7Sink::new(proxy, options))
     };
     let mut sinks = Sinks::new(l4, l7);
@@ -113,6 +125,7 @@ pub(super) fn build_sinks(
         sinks,
         datapath,
         proxy_collector,
+        nginx_collector,
     })
 }
 

@@ -9,7 +9,8 @@
 //! (`rate_limits`), TLS passthrough by SNI (`passthrough`), canaries, cookie affinity and
 //! hashing (`traffic`), basic and external auth, `upstream-vhost` and `service-upstream`
 //! (`auth`), how bad or unsupported annotations are reported (`reports`), and taking over from
-//! ingress-nginx (`takeover`: controller names, its ConfigMap).
+//! ingress-nginx (`takeover`: controller names, its ConfigMap), and ingress-nginx's metric families
+//! (`metrics`).
 //!
 //! The binary is `$XDP_INGRESS_BIN` or `target/<profile>/xdp-ingress`: build it first with
 //! `cargo build -p ingress-userspace`.
@@ -19,6 +20,7 @@ mod auth;
 mod cors;
 mod hosts;
 mod limits;
+mod metrics;
 mod passthrough;
 mod paths;
 mod rate_limits;

@@ -25,6 +25,7 @@ mod cidr;
 pub mod htpasswd;
 pub mod limits;
 mod route;
+pub mod series;
 
 pub use canary::{cookie, Canary, CanaryHeader, CanaryRule, HeaderTest, Verdict};
 pub use cidr::{Cidr, CidrError};

@@ -19,7 +19,11 @@ use super::{
     backends::Backends,
     class::OurIngress,
     passthrough::{passthrough_table, PassthroughInput, PassthroughTable},
-    routes::{path_regex, Filter, Route, REGEX_SIZE_LIMIT},
+    routes::{
+        path_regex,
+        series::{RouteSeries, SeriesKey},
+        Filter, Route, REGEX_SIZE_LIMIT,
+    },
     BackendId, PathRule, PathType, ServicePortRef, TlsPlan,
 };
 use crate::model::{ClusterObjects, ObjectName, Problem};
@@ -270,6 +274,13 @@ impl Rules {
         }
         route.connection_limit = limits.connections.clone();
         route.cookie_path = canary::cookie_path(&annotated.annotations, &checked.path);
+        route.series = Some(RouteSeries::new(SeriesKey {
+            host: host.clone().unwrap_or_default(),
+            path: checked.path.clone(),
+            ingress: ingress.name.clone(),
+            service: context.backends.plans[backend].service.name.clone(),
+            canary: String::new(),
+        }));
         route.filters = match broken_regex {
             Some(why) => vec![Filter::Fail(
                 format!("503 Service Unavailable: Ingress {}: {why}\n", ingress.name).into(),

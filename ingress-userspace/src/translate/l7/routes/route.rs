@@ -49,6 +49,9 @@ pub struct Route {
     /// The path the primary set's affinity cookie is set for (`session-cookie-path`, else the
     /// rule's path); `None` without cookie affinity.
     pub cookie_path: Option<Arc<str>>,
+    /// The labels of its ingress-nginx-compatible request series (`--metrics-compat nginx`);
+    /// `None` for routes the translator makes itself (their requests count unrouted).
+    pub series: Option<Arc<super::series::RouteSeries>>,
 }
 
 impl Route {
@@ -63,6 +66,7 @@ impl Route {
             connection_limit: None,
             canary: None,
             cookie_path: None,
+            series: None,
         }
     }
 
@@ -77,6 +81,7 @@ impl Route {
             connection_limit: None,
             canary: None,
             cookie_path: None,
+            series: None,
         }
     }
 

@@ -16,7 +16,7 @@ use crate::{
     translate::l7::{
         annotations::IngressAnnotations,
         balance::Balance,
-        routes::{Canary, WeightedBackend},
+        routes::{series::RouteSeries, Canary, WeightedBackend},
         PathType,
     },
 };
@@ -156,6 +156,16 @@ pub(super) fn merge(
                 ),
             };
             context.backends.plans[backend].balance = balance;
+            // The `canary` label of the requests it takes: its upstream's name in nginx.
+            if let Some(series) = &mut main.backend.series {
+                let plan = &context.backends.plans[backend];
+                let mut key = series.key.clone();
+                key.canary = format!(
+                    "{}-{}-{}",
+                    plan.service.namespace, plan.service.name, plan.port
+                );
+                *series = RouteSeries::new(key);
+            }
             main.backend.canary = Some(Box::new(Canary {
                 source: Some(ingress.name.clone()),
                 backends: vec![WeightedBackend { backend, weight: 1 }],
