@@ -68,23 +68,7 @@ pub(crate) fn measure(
     let before_delivered = rig.delivered()?;
     let before_busy = cpu1_busy_jiffies()?;
     let before_programs = program_stats(rig.node.name(), MEASURED_PROGRAMS)?;
-    rig.client.exec(&[
-        "taskset",
-        "-c",
-        "0",
-        "trafgen",
-        "--dev",
-        "eth0",
-        "--conf",
-        &config.to_string_lossy(),
-        "-b",
-        &format!("{rate_pps}pps"),
-        "-n",
-        &packets.to_string(),
-        "-P",
-        "1",
-        "-q",
-    ])?;
+    rig.send(config, rate_pps, packets)?;
     // Let in-flight packets land.
     std::thread::sleep(Duration::from_millis(100));
     let busy = cpu1_busy_jiffies()? - before_busy;

@@ -1,7 +1,7 @@
 //! Section 3's rig: client ── node ── sink namespaces, the node's NAPI thread pinned to core 1,
 //! and the trafgen configuration and CPU accounting the measurements read.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, path::Path};
 
 use anyhow::{bail, Context as _, Result};
 use aya::maps::PerCpuArray;
@@ -202,6 +202,29 @@ impl Rig {
 }
 
 impl Rig {
+    /// Sends `packets` frames from the client's `config` (trafgen) at `rate_pps`, the
+    /// generator pinned to core 0 (the node's work is measured on core 1).
+    pub(crate) fn send(&self, config: &Path, rate_pps: u64, packets: u64) -> Result<()> {
+        self.client.exec(&[
+            "taskset",
+            "-c",
+            "0",
+            "trafgen",
+            "--dev",
+            "eth0",
+            "--conf",
+            &config.to_string_lossy(),
+            "-b",
+            &format!("{rate_pps}pps"),
+            "-n",
+            &packets.to_string(),
+            "-P",
+            "1",
+            "-q",
+        ])?;
+        Ok(())
+    }
+
     /// Replies counted at the client (0 without replies).
     pub(crate) fn replies(&mut self) -> Result<u64> {
         let Some(program) = self.client_program.as_mut() else {
