@@ -284,6 +284,18 @@ pub(crate) fn jiffy_ns() -> f64 {
 
 /// trafgen config: UDP to the VIP; `flows` picks steady (1,000 flows cycling) or all-new.
 pub(crate) fn trafgen_config(dst: (Ipv4Addr, u16), new_flows: bool) -> String {
+    // Steady: source address byte cycles over 8 values and port low byte over 125: lcm = 1,000
+    // distinct flows. New: three random bytes (one address byte, the port) per packet, 2^24 tuples.
+    if new_flows {
+        udp_frames(dst, "drnd()", "drnd(), drnd()")
+    } else {
+        udp_frames(dst, "dinc(2, 9)", "0x27, dinc(0, 124)")
+    }
+}
+
+/// trafgen config: 64-byte UDP frames from the client to `dst`, from 192.0.2.`src_byte`, source
+/// port `port` (trafgen expressions for the last address byte and the two port bytes).
+pub(crate) fn udp_frames(dst: (Ipv4Addr, u16), src_byte: &str, port: &str) -> String {
     let [a, b, c, d] = dst.0.octets();
     let mac = |m: &str| {
         mac_bytes(m)
@@ -291,13 +303,6 @@ pub(crate) fn trafgen_config(dst: (Ipv4Addr, u16), new_flows: bool) -> String {
             .map(|x| format!("0x{x:02x}"))
             .collect::<Vec<_>>()
             .join(", ")
-    };
-    // Steady: source address byte cycles over 8 values and port low byte over 125: lcm = 1,000
-    // distinct flows. New: three random bytes (one address byte, the port) per packet, 2^24 tuples.
-    let (src_byte, port) = if new_flows {
-        ("drnd()", "drnd(), drnd()")
-    } else {
-        ("dinc(2, 9)", "0x27, dinc(0, 124)")
     };
     format!(
         "{{\n  {}, {}, c16(0x0800),\n  0x45, 0x00, c16(46), c16(0), c16(0), 64, 17, csumip(14, 33),\n  \

@@ -20,8 +20,8 @@ use super::{
     per_packet::ifindex,
     report::{median, Report},
     rig::{
-        cpu1_busy_jiffies, jiffy_ns, mac_bytes, Rig, CLIENT_MAC, NODE_CLIENT_MAC, NODE_SINK_MAC,
-        SINK_MAC,
+        cpu1_busy_jiffies, jiffy_ns, mac_bytes, udp_frames, Rig, CLIENT_MAC, NODE_CLIENT_MAC,
+        NODE_SINK_MAC, SINK_MAC,
     },
     scale::{endpoint_addr, scale_frontend, service_manifest, Agent, RemoveDir, BIG_TABLES},
     Settings, ENDPOINTS, SCALE_SERVICES, SERVICE_PORT, VIP,
@@ -63,26 +63,11 @@ struct Sample {
 /// steady: 1,000 flows cycling; new: two random port bytes per packet besides the cycling
 /// address (13 M tuples; a run of 40,000 packets repeats about 60 of them).
 fn round_trip_config(dst: (Ipv4Addr, u16), new_flows: bool) -> String {
-    let [a, b, c, d] = dst.0.octets();
-    let mac = |m: &str| {
-        mac_bytes(m)
-            .iter()
-            .map(|x| format!("0x{x:02x}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    let (src_byte, port) = if new_flows {
-        ("dinc(2, 201)", "drnd(), drnd()")
+    if new_flows {
+        udp_frames(dst, "dinc(2, 201)", "drnd(), drnd()")
     } else {
-        ("dinc(2, 9)", "0x27, dinc(0, 124)")
-    };
-    format!(
-        "{{\n  {}, {}, c16(0x0800),\n  0x45, 0x00, c16(46), c16(0), c16(0), 64, 17, csumip(14, 33),\n  \
-         192, 0, 2, {src_byte}, {a}, {b}, {c}, {d},\n  {port}, c16({}), c16(26), c16(0),\n  fill(0x41, 18)\n}}\n",
-        mac(NODE_CLIENT_MAC),
-        mac(CLIENT_MAC),
-        dst.1
-    )
+        udp_frames(dst, "dinc(2, 9)", "0x27, dinc(0, 124)")
+    }
 }
 
 fn measure(
